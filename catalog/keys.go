@@ -1,0 +1,115 @@
+package catalog
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// KeyPrefix starts every tenant API key, so a leaked one is recognisable
+// (and findable by secret scanners).
+const KeyPrefix = "tp_"
+
+// APIKey is a tenant API key as stored: never the key itself.
+type APIKey struct {
+	ID         string     `json:"id"`
+	TenantID   string     `json:"-"`
+	Prefix     string     `json:"prefix"`
+	CreatedAt  time.Time  `json:"created_at"`
+	LastUsedAt *time.Time `json:"last_used_at"`
+	RevokedAt  *time.Time `json:"revoked_at"`
+}
+
+// HashKey is how a key is stored and looked up. Keys carry 256 bits of
+// entropy, so a fast hash is enough: there is nothing to brute-force.
+func HashKey(key string) []byte {
+	h := sha256.Sum256([]byte(key))
+	return h[:]
+}
+
+// newKey returns a fresh key: the prefix and 32 random bytes in base64url.
+func newKey() string {
+	b := make([]byte, 32)
+	_, _ = rand.Read(b)
+	return KeyPrefix + base64.RawURLEncoding.EncodeToString(b)
+}
+
+// CreateAPIKey issues a key for a tenant. The returned plaintext key is shown
+// once and never stored.
+func (s *Store) CreateAPIKey(ctx context.Context, tenantID, actor string) (APIKey, string, error) {
+	key := newKey()
+	k := APIKey{TenantID: tenantID, Prefix: key[:len(KeyPrefix)+8]}
+	err := s.InTx(ctx, func(tx pgx.Tx) error {
+		err := tx.QueryRow(ctx, `INSERT INTO api_keys (tenant_id, prefix, hash) VALUES ($1, $2, $3) RETURNING id, created_at`,
+			tenantID, k.Prefix, HashKey(key)).Scan(&k.ID, &k.CreatedAt)
+		if err != nil {
+			return classify(err, "api key")
+		}
+		return insertAudit(ctx, tx, AuditEvent{Actor: actor, Action: "key.created", TenantID: tenantID, Subject: k.ID})
+	})
+	if err != nil {
+		return APIKey{}, "", err
+	}
+	return k, key, nil
+}
+
+// ListAPIKeys returns a tenant's keys, revoked ones included, oldest first.
+func (s *Store) ListAPIKeys(ctx context.Context, tenantID string) ([]APIKey, error) {
+	rows, err := s.pool.Query(ctx, `SELECT id, tenant_id, prefix, created_at, last_used_at, revoked_at
+		FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id`, tenantID)
+	if err != nil {
+		return nil, classify(err, "api keys")
+	}
+	keys, err := pgx.CollectRows(rows, pgx.RowToStructByPos[APIKey])
+	if keys == nil {
+		keys = []APIKey{}
+	}
+	return keys, classify(err, "api keys")
+}
+
+// RevokeAPIKey revokes a tenant's key and announces it on TenantChannel.
+// Revoking a revoked key is a no-op; a key of another tenant is not found.
+func (s *Store) RevokeAPIKey(ctx context.Context, tenantID, keyID, actor string) error {
+	if !uuidRE.MatchString(keyID) {
+		return Errorf(CodeNotFound, "api key %q not found", keyID)
+	}
+	return s.InTx(ctx, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 AND tenant_id = $2`, keyID, tenantID)
+		if err != nil {
+			return classify(err, "api key")
+		}
+		if tag.RowsAffected() == 0 {
+			return Errorf(CodeNotFound, "api key %q not found", keyID)
+		}
+		if err := insertAudit(ctx, tx, AuditEvent{Actor: actor, Action: "key.revoked", TenantID: tenantID, Subject: keyID}); err != nil {
+			return err
+		}
+		return notifyTenant(ctx, tx, tenantID)
+	})
+}
+
+// KeyOwner is what a key resolves to.
+type KeyOwner struct {
+	KeyID    string
+	TenantID string
+	Revoked  bool
+}
+
+// ResolveAPIKey finds the key with that hash. An unknown hash is a
+// CodeNotFound error.
+func (s *Store) ResolveAPIKey(ctx context.Context, hash []byte) (KeyOwner, error) {
+	var o KeyOwner
+	err := s.pool.QueryRow(ctx, `SELECT id, tenant_id, revoked_at IS NOT NULL FROM api_keys WHERE hash = $1`, hash).
+		Scan(&o.KeyID, &o.TenantID, &o.Revoked)
+	return o, classify(err, "api key")
+}
+
+// TouchAPIKeys records that keys were used (batched by the router).
+func (s *Store) TouchAPIKeys(ctx context.Context, keyIDs []string, at time.Time) error {
+	_, err := s.pool.Exec(ctx, `UPDATE api_keys SET last_used_at = $2 WHERE id = ANY($1::uuid[]) AND (last_used_at IS NULL OR last_used_at < $2)`, keyIDs, at)
+	return classify(err, "api keys")
+}

@@ -1,0 +1,159 @@
+package catalog
+
+import (
+	"context"
+	"regexp"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// ServerState says whether a server takes new tenants.
+type ServerState string
+
+const (
+	ServerActive   ServerState = "active"   // accepts new tenant databases
+	ServerDraining ServerState = "draining" // keeps its tenants, takes no new ones
+)
+
+// Server is a PostgreSQL server that holds tenant databases. Its admin DSN is
+// sealed in the catalog; DSNRedacted is safe to show.
+type Server struct {
+	ID          int64       `json:"id"`
+	Name        string      `json:"name"`
+	DSNRedacted string      `json:"dsn"`
+	Capacity    int         `json:"capacity"`
+	ConnBudget  int         `json:"conn_budget"`
+	State       ServerState `json:"state"`
+	Tenants     int         `json:"tenants"` // tenants placed on it that are not deleted
+	CreatedAt   time.Time   `json:"created_at"`
+}
+
+// NewServer is what registering a server takes. DSN is the admin DSN in
+// plaintext; the store seals it.
+type NewServer struct {
+	Name       string
+	DSN        string
+	Capacity   int
+	ConnBudget int
+	Actor      string // who registered it, for the audit log
+}
+
+var nameRE = regexp.MustCompile(`^[a-z][a-z0-9-]{0,62}$`)
+
+// ValidateServerName checks a server name: lowercase letters, digits and
+// hyphens, starting with a letter, at most 63 characters.
+func ValidateServerName(name string) error {
+	if !nameRE.MatchString(name) {
+		return Errorf(CodeInvalid, "server name %q must be 1 to 63 lowercase letters, digits or hyphens, starting with a letter", name)
+	}
+	return nil
+}
+
+func serverAD(name string) []byte { return []byte("server-dsn:" + name) }
+
+// CreateServer registers a server and records an audit event. A taken name is
+// a CodeConflict error.
+func (s *Store) CreateServer(ctx context.Context, ns NewServer) (Server, error) {
+	if err := ValidateServerName(ns.Name); err != nil {
+		return Server{}, err
+	}
+	if ns.Capacity <= 0 || ns.ConnBudget <= 0 {
+		return Server{}, Errorf(CodeInvalid, "capacity and connection budget must be positive")
+	}
+	redacted, err := RedactDSN(ns.DSN)
+	if err != nil {
+		return Server{}, err
+	}
+	sealed := s.cipher.Seal([]byte(ns.DSN), serverAD(ns.Name))
+	var srv Server
+	err = s.InTx(ctx, func(tx pgx.Tx) error {
+		err := tx.QueryRow(ctx, `
+			INSERT INTO servers (name, dsn_sealed, dsn_redacted, capacity, conn_budget)
+			VALUES ($1, $2, $3, $4, $5)
+			RETURNING id, name, dsn_redacted, capacity, conn_budget, state, 0, created_at`,
+			ns.Name, sealed, redacted, ns.Capacity, ns.ConnBudget,
+		).Scan(&srv.ID, &srv.Name, &srv.DSNRedacted, &srv.Capacity, &srv.ConnBudget, &srv.State, &srv.Tenants, &srv.CreatedAt)
+		if err != nil {
+			return classify(err, "server "+quote(ns.Name))
+		}
+		return insertAudit(ctx, tx, AuditEvent{Actor: ns.Actor, Action: "server.registered", Subject: ns.Name})
+	})
+	return srv, err
+}
+
+const serverColumns = `s.id, s.name, s.dsn_redacted, s.capacity, s.conn_budget, s.state,
+	(SELECT count(*) FROM tenants t WHERE t.server_id = s.id AND t.state <> 'deleted'), s.created_at`
+
+func scanServer(row pgx.Row) (srv Server, err error) {
+	err = row.Scan(&srv.ID, &srv.Name, &srv.DSNRedacted, &srv.Capacity, &srv.ConnBudget, &srv.State, &srv.Tenants, &srv.CreatedAt)
+	return srv, err
+}
+
+// ListServers returns every registered server, by name.
+func (s *Store) ListServers(ctx context.Context) ([]Server, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+serverColumns+` FROM servers s ORDER BY s.name`)
+	if err != nil {
+		return nil, classify(err, "servers")
+	}
+	servers, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Server, error) { return scanServer(row) })
+	return servers, classify(err, "servers")
+}
+
+// GetServer returns the server of that name.
+func (s *Store) GetServer(ctx context.Context, name string) (Server, error) {
+	srv, err := scanServer(s.pool.QueryRow(ctx, `SELECT `+serverColumns+` FROM servers s WHERE s.name = $1`, name))
+	return srv, classify(err, "server "+quote(name))
+}
+
+// ServerDSN returns the plaintext admin DSN of a server. Never log or return it.
+func (s *Store) ServerDSN(ctx context.Context, name string) (string, error) {
+	var sealed []byte
+	err := s.pool.QueryRow(ctx, `SELECT dsn_sealed FROM servers WHERE name = $1`, name).Scan(&sealed)
+	if err != nil {
+		return "", classify(err, "server "+quote(name))
+	}
+	dsn, err := s.cipher.Open(sealed, serverAD(name))
+	return string(dsn), err
+}
+
+// UpdateServerDSN replaces a server's admin DSN (its password changed, or it moved).
+func (s *Store) UpdateServerDSN(ctx context.Context, name, dsn, actor string) error {
+	redacted, err := RedactDSN(dsn)
+	if err != nil {
+		return err
+	}
+	return s.InTx(ctx, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `UPDATE servers SET dsn_sealed = $2, dsn_redacted = $3, updated_at = now() WHERE name = $1`,
+			name, s.cipher.Seal([]byte(dsn), serverAD(name)), redacted)
+		if err != nil {
+			return classify(err, "server "+quote(name))
+		}
+		if tag.RowsAffected() == 0 {
+			return Errorf(CodeNotFound, "server %q not found", name)
+		}
+		return insertAudit(ctx, tx, AuditEvent{Actor: actor, Action: "server.dsn_updated", Subject: name})
+	})
+}
+
+// SetServerState marks a server active or draining (no new placements).
+func (s *Store) SetServerState(ctx context.Context, name string, state ServerState, actor string) (Server, error) {
+	if state != ServerActive && state != ServerDraining {
+		return Server{}, Errorf(CodeInvalid, "unknown server state %q", state)
+	}
+	err := s.InTx(ctx, func(tx pgx.Tx) error {
+		var from ServerState
+		if err := tx.QueryRow(ctx, `SELECT state FROM servers WHERE name = $1 FOR UPDATE`, name).Scan(&from); err != nil {
+			return classify(err, "server "+quote(name))
+		}
+		if _, err := tx.Exec(ctx, `UPDATE servers SET state = $2, updated_at = now() WHERE name = $1`, name, state); err != nil {
+			return classify(err, "server "+quote(name))
+		}
+		return insertAudit(ctx, tx, AuditEvent{Actor: actor, Action: "server." + string(state), Subject: name,
+			FromState: string(from), ToState: string(state)})
+	})
+	if err != nil {
+		return Server{}, err
+	}
+	return s.GetServer(ctx, name)
+}

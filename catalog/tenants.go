@@ -1,0 +1,411 @@
+package catalog
+
+import (
+	"context"
+	"encoding/base64"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// TenantState is where a tenant is in its lifecycle:
+// provisioning -> active <-> suspended -> deleting -> deleted, and failed
+// (with the reason, retryable) from any step that can fail.
+type TenantState string
+
+const (
+	TenantProvisioning TenantState = "provisioning"
+	TenantActive       TenantState = "active"
+	TenantSuspended    TenantState = "suspended"
+	TenantDeleting     TenantState = "deleting"
+	TenantDeleted      TenantState = "deleted"
+	TenantFailed       TenantState = "failed"
+)
+
+// TenantChannel is the LISTEN/NOTIFY channel on which every change to a
+// tenant (state, credentials, keys) is announced with the tenant's id.
+const TenantChannel = "tenantplane_tenant_changed"
+
+// Tenant is a customer with a database of its own.
+type Tenant struct {
+	ID            string      `json:"id"`
+	Slug          string      `json:"slug"`
+	Name          string      `json:"name"`
+	Plan          string      `json:"plan"`
+	State         TenantState `json:"state"`
+	ServerID      int64       `json:"-"`
+	Server        string      `json:"server"`
+	Database      string      `json:"database"`
+	Role          string      `json:"-"`
+	SchemaVersion int64       `json:"schema_version"`
+	SchemaDirty   bool        `json:"schema_dirty"`
+	LastError     string      `json:"last_error"`
+	DeleteAfter   *time.Time  `json:"delete_after"`
+	CreatedAt     time.Time   `json:"created_at"`
+	UpdatedAt     time.Time   `json:"updated_at"`
+}
+
+var slugRE = regexp.MustCompile(`^[a-z][a-z0-9-]{2,62}$`)
+
+// ValidateSlug checks a tenant slug: 3 to 63 lowercase letters, digits and
+// hyphens, starting with a letter.
+func ValidateSlug(slug string) error {
+	if !slugRE.MatchString(slug) {
+		return Errorf(CodeInvalid, "slug %q must be 3 to 63 lowercase letters, digits or hyphens, starting with a letter", slug)
+	}
+	return nil
+}
+
+// NewTenant is what creating a tenant takes.
+type NewTenant struct {
+	Slug   string
+	Name   string
+	Plan   string
+	Server string // the server to place it on; "" picks the one with the most free capacity
+	Actor  string
+}
+
+const tenantColumns = `t.id, t.slug, t.name, t.plan, t.state, coalesce(t.server_id, 0), coalesce(s.name, ''),
+	coalesce(t.db_name, ''), coalesce(t.db_role, ''), t.schema_version, t.schema_dirty, t.last_error,
+	t.delete_after, t.created_at, t.updated_at`
+
+const tenantFrom = ` FROM tenants t LEFT JOIN servers s ON s.id = t.server_id `
+
+func scanTenant(row pgx.Row) (t Tenant, err error) {
+	err = row.Scan(&t.ID, &t.Slug, &t.Name, &t.Plan, &t.State, &t.ServerID, &t.Server, &t.Database, &t.Role,
+		&t.SchemaVersion, &t.SchemaDirty, &t.LastError, &t.DeleteAfter, &t.CreatedAt, &t.UpdatedAt)
+	return t, err
+}
+
+// CreateTenant records a tenant in state provisioning, placed on a server,
+// and calls enqueue in the same transaction so the work that provisions it is
+// durable exactly when the tenant is. It is idempotent by slug: the same
+// request again returns the existing tenant with created false; a different
+// request for a taken slug is a CodeConflict error.
+func (s *Store) CreateTenant(ctx context.Context, nt NewTenant, enqueue func(ctx context.Context, tx pgx.Tx, t Tenant) error) (t Tenant, created bool, err error) {
+	if err := ValidateSlug(nt.Slug); err != nil {
+		return Tenant{}, false, err
+	}
+	if strings.TrimSpace(nt.Name) == "" || len(nt.Name) > 200 {
+		return Tenant{}, false, Errorf(CodeInvalid, "name is required (at most 200 characters)")
+	}
+	err = s.InTx(ctx, func(tx pgx.Tx) error {
+		// One placement at a time, so capacity is never oversubscribed. Each
+		// holds the lock for a few milliseconds; a burst of creations queues.
+		if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '60s'`); err != nil {
+			return classify(err, "placement lock")
+		}
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('tenantplane.placement'))`); err != nil {
+			return classify(err, "placement lock")
+		}
+		existing, err := scanTenant(tx.QueryRow(ctx, `SELECT `+tenantColumns+tenantFrom+`WHERE t.slug = $1`, nt.Slug))
+		if err == nil {
+			if existing.Name != nt.Name || existing.Plan != nt.Plan || (nt.Server != "" && nt.Server != existing.Server) {
+				return Errorf(CodeConflict, "slug %q is taken by another tenant", nt.Slug)
+			}
+			t = existing
+			return nil
+		} else if err != pgx.ErrNoRows {
+			return classify(err, "tenant")
+		}
+		serverID, err := pickServer(ctx, tx, nt.Server)
+		if err != nil {
+			return err
+		}
+		id, err := scanID(tx.QueryRow(ctx, `
+			INSERT INTO tenants (slug, name, plan, state, server_id) VALUES ($1, $2, $3, 'provisioning', $4)
+			RETURNING id`, nt.Slug, nt.Name, nt.Plan, serverID))
+		if err != nil {
+			return classify(err, "tenant "+quote(nt.Slug))
+		}
+		// Names derive from the id: deterministic, so a retried step finds what
+		// an earlier attempt made, and never built from input.
+		if _, err := tx.Exec(ctx, `UPDATE tenants SET db_name = $2, db_role = $2 WHERE id = $1`, id, DatabaseName(id)); err != nil {
+			return classify(err, "tenant")
+		}
+		if t, err = scanTenant(tx.QueryRow(ctx, `SELECT `+tenantColumns+tenantFrom+`WHERE t.id = $1`, id)); err != nil {
+			return classify(err, "tenant")
+		}
+		if err := insertAudit(ctx, tx, AuditEvent{Actor: nt.Actor, Action: "tenant.created", TenantID: id, Subject: nt.Slug,
+			ToState: string(TenantProvisioning), Details: map[string]any{"server": t.Server, "plan": t.Plan}}); err != nil {
+			return err
+		}
+		created = true
+		if enqueue != nil {
+			return enqueue(ctx, tx, t)
+		}
+		return nil
+	})
+	return t, created, err
+}
+
+func scanID(row pgx.Row) (id string, err error) {
+	err = row.Scan(&id)
+	return id, err
+}
+
+// DatabaseName is the name of a tenant's database and of its login role:
+// "t_" and the tenant id without hyphens (34 characters).
+func DatabaseName(tenantID string) string {
+	return "t_" + strings.ReplaceAll(tenantID, "-", "")
+}
+
+func pickServer(ctx context.Context, tx pgx.Tx, name string) (int64, error) {
+	var id int64
+	var state ServerState
+	var free int
+	if name != "" {
+		err := tx.QueryRow(ctx, `
+			SELECT s.id, s.state, s.capacity - (SELECT count(*) FROM tenants t WHERE t.server_id = s.id AND t.state <> 'deleted')
+			FROM servers s WHERE s.name = $1`, name).Scan(&id, &state, &free)
+		if err == pgx.ErrNoRows {
+			return 0, Errorf(CodeInvalid, "unknown server %q (GET /admin/v1/servers lists them)", name)
+		}
+		if err != nil {
+			return 0, classify(err, "server "+quote(name))
+		}
+		switch {
+		case state != ServerActive:
+			return 0, Errorf(CodeConflict, "server %q is %s and takes no new tenants", name, state)
+		case free <= 0:
+			return 0, Errorf(CodeConflict, "server %q is full", name)
+		}
+		return id, nil
+	}
+	err := tx.QueryRow(ctx, `
+		SELECT id FROM (
+			SELECT s.id, s.name, s.capacity - (SELECT count(*) FROM tenants t WHERE t.server_id = s.id AND t.state <> 'deleted') AS free
+			FROM servers s WHERE s.state = 'active'
+		) c WHERE free > 0 ORDER BY free DESC, name LIMIT 1`).Scan(&id)
+	if err == pgx.ErrNoRows {
+		return 0, Errorf(CodeUnavailable, "no server has free capacity: register one (POST /admin/v1/servers) or raise a capacity")
+	}
+	return id, classify(err, "server")
+}
+
+// GetTenant returns the tenant with that slug (deleted ones included).
+func (s *Store) GetTenant(ctx context.Context, slug string) (Tenant, error) {
+	t, err := scanTenant(s.pool.QueryRow(ctx, `SELECT `+tenantColumns+tenantFrom+`WHERE t.slug = $1`, slug))
+	return t, classify(err, "tenant "+quote(slug))
+}
+
+// GetTenantByID returns the tenant with that id.
+func (s *Store) GetTenantByID(ctx context.Context, id string) (Tenant, error) {
+	t, err := scanTenant(s.pool.QueryRow(ctx, `SELECT `+tenantColumns+tenantFrom+`WHERE t.id = $1`, id))
+	return t, classify(err, "tenant "+quote(id))
+}
+
+// TenantFilter selects tenants; zero fields match everything.
+type TenantFilter struct {
+	State  TenantState
+	Plan   string
+	Server string
+	Limit  int    // default 100, at most 1000
+	Cursor string // from TenantPage.NextCursor
+}
+
+// TenantPage is one page of a tenant listing, ordered by creation.
+type TenantPage struct {
+	Tenants    []Tenant `json:"tenants"`
+	NextCursor string   `json:"next_cursor,omitempty"`
+}
+
+// ListTenants returns a page of matching tenants, oldest first.
+func (s *Store) ListTenants(ctx context.Context, f TenantFilter) (TenantPage, error) {
+	if f.Limit <= 0 {
+		f.Limit = 100
+	}
+	if f.Limit > 1000 {
+		return TenantPage{}, Errorf(CodeInvalid, "limit must be at most 1000")
+	}
+	afterTime, afterID := time.Time{}, ""
+	if f.Cursor != "" {
+		var err error
+		if afterTime, afterID, err = decodeCursor(f.Cursor); err != nil {
+			return TenantPage{}, err
+		}
+	}
+	rows, err := s.pool.Query(ctx, `SELECT `+tenantColumns+tenantFrom+`
+		WHERE ($1 = '' OR t.state = $1) AND ($2 = '' OR t.plan = $2) AND ($3 = '' OR s.name = $3)
+		  AND ($4 = '' OR (t.created_at, t.id) > ($5, $4::uuid))
+		ORDER BY t.created_at, t.id LIMIT $6`,
+		string(f.State), f.Plan, f.Server, afterID, afterTime, f.Limit+1)
+	if err != nil {
+		return TenantPage{}, classify(err, "tenants")
+	}
+	tenants, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Tenant, error) { return scanTenant(row) })
+	if err != nil {
+		return TenantPage{}, classify(err, "tenants")
+	}
+	page := TenantPage{Tenants: tenants}
+	if len(tenants) > f.Limit {
+		page.Tenants = tenants[:f.Limit]
+		last := page.Tenants[f.Limit-1]
+		page.NextCursor = encodeCursor(last.CreatedAt, last.ID)
+	}
+	if page.Tenants == nil {
+		page.Tenants = []Tenant{}
+	}
+	return page, nil
+}
+
+func encodeCursor(t time.Time, id string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(t.UTC().Format(time.RFC3339Nano) + "|" + id))
+}
+
+func decodeCursor(c string) (time.Time, string, error) {
+	raw, err := base64.RawURLEncoding.DecodeString(c)
+	if err == nil {
+		if ts, id, ok := strings.Cut(string(raw), "|"); ok {
+			if t, err := time.Parse(time.RFC3339Nano, ts); err == nil && uuidRE.MatchString(id) {
+				return t, id, nil
+			}
+		}
+	}
+	return time.Time{}, "", Errorf(CodeInvalid, "cursor is malformed: pass next_cursor from the previous page")
+}
+
+var uuidRE = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+
+// Transition is a change of a tenant's state.
+type Transition struct {
+	TenantID string
+	From     []TenantState // the states it may leave; others make a CodeConflict error
+	To       TenantState
+	Actor    string
+	Action   string // audit action, e.g. "tenant.suspended"
+	Reason   string
+	// LastError is stored with the new state ("" clears it).
+	LastError string
+	// DeleteAfter sets the end of the grace period (state deleting), or clears it.
+	DeleteAfter *time.Time
+}
+
+// TransitionTenant moves a tenant from one of tr.From to tr.To, records the
+// audit event and announces the change on TenantChannel, all in one
+// transaction. A tenant in another state is a CodeConflict error naming it.
+func (s *Store) TransitionTenant(ctx context.Context, tr Transition) (t Tenant, err error) {
+	err = s.InTx(ctx, func(tx pgx.Tx) error {
+		t, err = s.TransitionTenantTx(ctx, tx, tr)
+		return err
+	})
+	return t, err
+}
+
+// TransitionTenantTx is TransitionTenant inside the caller's transaction, so
+// the caller can queue the work the new state needs atomically with it.
+func (s *Store) TransitionTenantTx(ctx context.Context, tx pgx.Tx, tr Transition) (Tenant, error) {
+	var from TenantState
+	err := tx.QueryRow(ctx, `SELECT state FROM tenants WHERE id = $1 FOR UPDATE`, tr.TenantID).Scan(&from)
+	if err != nil {
+		return Tenant{}, classify(err, "tenant")
+	}
+	if !containsState(tr.From, from) {
+		return Tenant{}, Errorf(CodeConflict, "tenant is %s; %s needs it to be %s", from, strings.TrimPrefix(tr.Action, "tenant."), joinStates(tr.From))
+	}
+	_, err = tx.Exec(ctx, `
+		UPDATE tenants SET state = $2, last_error = $3, delete_after = $4, updated_at = now(), state_changed_at = now()
+		WHERE id = $1`, tr.TenantID, tr.To, tr.LastError, tr.DeleteAfter)
+	if err != nil {
+		return Tenant{}, classify(err, "tenant")
+	}
+	t, err := scanTenant(tx.QueryRow(ctx, `SELECT `+tenantColumns+tenantFrom+`WHERE t.id = $1`, tr.TenantID))
+	if err != nil {
+		return Tenant{}, classify(err, "tenant")
+	}
+	if err := insertAudit(ctx, tx, AuditEvent{Actor: tr.Actor, Action: tr.Action, TenantID: tr.TenantID, Subject: t.Slug,
+		FromState: string(from), ToState: string(tr.To), Reason: tr.Reason}); err != nil {
+		return Tenant{}, err
+	}
+	return t, notifyTenant(ctx, tx, tr.TenantID)
+}
+
+func notifyTenant(ctx context.Context, q querier, tenantID string) error {
+	_, err := q.Exec(ctx, `SELECT pg_notify($1, $2)`, TenantChannel, tenantID)
+	return classify(err, "notify")
+}
+
+func containsState(states []TenantState, s TenantState) bool {
+	for _, x := range states {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func joinStates(states []TenantState) string {
+	parts := make([]string, len(states))
+	for i, s := range states {
+		parts[i] = string(s)
+	}
+	if len(parts) == 1 {
+		return parts[0]
+	}
+	return strings.Join(parts[:len(parts)-1], ", ") + " or " + parts[len(parts)-1]
+}
+
+// TenantCredentials returns the tenant's login role and its password. Never
+// log or return them.
+func (s *Store) TenantCredentials(ctx context.Context, tenantID string) (role, password string, err error) {
+	var sealed []byte
+	err = s.pool.QueryRow(ctx, `SELECT coalesce(db_role, ''), credentials_sealed FROM tenants WHERE id = $1`, tenantID).Scan(&role, &sealed)
+	if err != nil {
+		return "", "", classify(err, "tenant")
+	}
+	if sealed == nil {
+		return role, "", Errorf(CodeNotFound, "tenant has no credentials yet")
+	}
+	plain, err := s.cipher.Open(sealed, tenantAD(tenantID))
+	return role, string(plain), err
+}
+
+// EnsureTenantCredentials returns the tenant's role password, generating and
+// sealing a new one with gen when it has none. A crashed provisioning run
+// thus finds the password its role was made with.
+func (s *Store) EnsureTenantCredentials(ctx context.Context, tenantID string, gen func() string) (string, error) {
+	_, err := s.pool.Exec(ctx, `UPDATE tenants SET credentials_sealed = $2 WHERE id = $1 AND credentials_sealed IS NULL`,
+		tenantID, s.cipher.Seal([]byte(gen()), tenantAD(tenantID)))
+	if err != nil {
+		return "", classify(err, "tenant")
+	}
+	_, pw, err := s.TenantCredentials(ctx, tenantID)
+	return pw, err
+}
+
+func tenantAD(id string) []byte { return []byte("tenant-credentials:" + id) }
+
+// SetTenantSchema records the schema version and dirty flag read from the
+// tenant's database.
+func (s *Store) SetTenantSchema(ctx context.Context, tenantID string, version int64, dirty bool) error {
+	_, err := s.pool.Exec(ctx, `UPDATE tenants SET schema_version = $2, schema_dirty = $3, updated_at = now() WHERE id = $1`,
+		tenantID, version, dirty)
+	return classify(err, "tenant")
+}
+
+// SetTenantError records why the last attempt at a tenant's work failed,
+// without changing its state (the work will be retried).
+func (s *Store) SetTenantError(ctx context.Context, tenantID, msg string) error {
+	_, err := s.pool.Exec(ctx, `UPDATE tenants SET last_error = $2, updated_at = now() WHERE id = $1`, tenantID, msg)
+	return classify(err, "tenant")
+}
+
+// KnownDatabases returns the names of the databases the catalog knows on a
+// server (every tenant not yet deleted), for the reconciler.
+func (s *Store) KnownDatabases(ctx context.Context, serverID int64) (map[string]bool, error) {
+	rows, err := s.pool.Query(ctx, `SELECT db_name FROM tenants WHERE server_id = $1 AND state <> 'deleted' AND db_name IS NOT NULL`, serverID)
+	if err != nil {
+		return nil, classify(err, "tenants")
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, classify(err, "tenants")
+	}
+	known := make(map[string]bool, len(names))
+	for _, n := range names {
+		known[n] = true
+	}
+	return known, nil
+}

@@ -1,0 +1,132 @@
+package catalog
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Watcher listens on TenantChannel over one catalog connection and fans each
+// change out to in-process subscribers, so that any number of waiters and
+// caches learn of a tenant's change at once without polling the catalog.
+// When the connection drops it reconnects with backoff, and tells every
+// subscriber "everything may have changed" (an empty tenant id) once it is
+// back, since notifications sent meanwhile are lost.
+type Watcher struct {
+	pool   *pgxpool.Pool
+	logger *slog.Logger
+
+	mu   sync.Mutex
+	subs map[chan string]struct{}
+
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// NewWatcher returns a Watcher on the store's catalog. Start it to listen.
+func NewWatcher(s *Store, logger *slog.Logger) *Watcher {
+	if logger == nil {
+		logger = slog.Default()
+	}
+	return &Watcher{pool: s.pool, logger: logger, subs: map[chan string]struct{}{}}
+}
+
+// Subscribe returns a channel that receives the id of each changed tenant
+// ("" for "reload everything"), and a function that ends the subscription.
+// A subscriber that falls behind misses ids rather than stalling others, and
+// is sent "" instead.
+func (w *Watcher) Subscribe() (<-chan string, func()) {
+	ch := make(chan string, 256)
+	w.mu.Lock()
+	w.subs[ch] = struct{}{}
+	w.mu.Unlock()
+	return ch, func() {
+		w.mu.Lock()
+		delete(w.subs, ch)
+		w.mu.Unlock()
+	}
+}
+
+func (w *Watcher) publish(id string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for ch := range w.subs {
+		select {
+		case ch <- id:
+		default:
+			// Full: drop one and say "reload everything" instead.
+			select {
+			case <-ch:
+			default:
+			}
+			select {
+			case ch <- "":
+			default:
+			}
+		}
+	}
+}
+
+// Start listens in the background until Stop.
+func (w *Watcher) Start(ctx context.Context) {
+	ctx, w.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	w.done = make(chan struct{})
+	go w.run(ctx)
+}
+
+// Stop stops listening and waits for the listener to end.
+func (w *Watcher) Stop() {
+	if w.cancel != nil {
+		w.cancel()
+		<-w.done
+	}
+}
+
+func (w *Watcher) run(ctx context.Context) {
+	defer close(w.done)
+	backoff := 100 * time.Millisecond
+	first := true
+	for ctx.Err() == nil {
+		err := w.listen(ctx, !first)
+		first = false
+		if ctx.Err() != nil {
+			return
+		}
+		w.logger.WarnContext(ctx, "catalog listener lost; reconnecting", "error", err, "backoff", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+// listen holds one connection in LISTEN until it fails.
+func (w *Watcher) listen(ctx context.Context, resumed bool) error {
+	connectCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	pooled, err := w.pool.Acquire(connectCtx)
+	cancel()
+	if err != nil {
+		return err
+	}
+	// The connection will be in LISTEN state: it must never go back to the pool.
+	conn := pooled.Hijack()
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, "LISTEN "+TenantChannel); err != nil {
+		return err
+	}
+	if resumed {
+		w.publish("") // changes made while we were away were not heard
+	}
+	for {
+		n, err := conn.WaitForNotification(ctx)
+		if err != nil {
+			return err
+		}
+		w.publish(n.Payload)
+	}
+}
