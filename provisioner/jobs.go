@@ -1,0 +1,341 @@
+package provisioner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+
+	"github.com/tenantplane/tenantplane/catalog"
+	"github.com/tenantplane/tenantplane/internal/pgcluster"
+)
+
+// provisionArgs is the durable job that takes a tenant from provisioning to
+// active. Its steps are idempotent, so a rerun after a crash at any point
+// finishes the work without doing any of it twice.
+type provisionArgs struct {
+	TenantID string `json:"tenant_id" river:"unique"`
+}
+
+func (provisionArgs) Kind() string { return "tenantplane.provision_tenant" }
+
+type provisionWorker struct {
+	river.WorkerDefaults[provisionArgs]
+	p *Provisioner
+}
+
+func (w *provisionWorker) Work(ctx context.Context, job *river.Job[provisionArgs]) error {
+	return w.p.runJob(ctx, job.Args.TenantID, "provision", w.p.provision)
+}
+
+// dropArgs is the durable job that drops a deleted tenant's database and role
+// once its grace period is over.
+type dropArgs struct {
+	TenantID string `json:"tenant_id" river:"unique"`
+}
+
+func (dropArgs) Kind() string { return "tenantplane.drop_tenant" }
+
+type dropWorker struct {
+	river.WorkerDefaults[dropArgs]
+	p *Provisioner
+}
+
+func (w *dropWorker) Work(ctx context.Context, job *river.Job[dropArgs]) error {
+	return w.p.runJob(ctx, job.Args.TenantID, "drop", w.p.drop)
+}
+
+// runJob runs one tenant job. An interrupted job (the process is stopping)
+// returns its error so River retries it, here or on another replica. Any
+// other failure marks the tenant failed with the reason, for the operator to
+// read and retry: a server that is down should not be hammered by retries.
+func (p *Provisioner) runJob(ctx context.Context, tenantID, what string, fn func(context.Context, catalog.Tenant) error) error {
+	t, err := p.store.GetTenantByID(ctx, tenantID)
+	if errors.Is(err, catalog.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	logger := p.logger.With("tenant", t.Slug, "tenant_id", t.ID, "op", what)
+	start := time.Now()
+	err = fn(ctx, t)
+	switch {
+	case err == nil:
+		logger.InfoContext(ctx, what+" done", "duration_ms", time.Since(start).Milliseconds())
+		return nil
+	case ctx.Err() != nil || errors.Is(err, errInterrupted):
+		logger.WarnContext(ctx, what+" interrupted; it will resume", "error", err)
+		return err
+	}
+	reason := fmt.Sprintf("%s failed: %v", what, err)
+	logger.ErrorContext(ctx, what+" failed", "error", err)
+	from := []catalog.TenantState{catalog.TenantProvisioning}
+	if what == "drop" {
+		from = []catalog.TenantState{catalog.TenantDeleting}
+	}
+	_, terr := p.store.TransitionTenant(ctx, catalog.Transition{
+		TenantID: t.ID, From: from, To: catalog.TenantFailed, Actor: "provisioner",
+		Action: "tenant.failed", Reason: reason, LastError: reason,
+	})
+	if terr != nil && !errors.Is(terr, catalog.ErrConflict) {
+		return terr // the catalog is down: retry the whole job later
+	}
+	return nil
+}
+
+// errInterrupted marks a step stopped on purpose (tests' crash hook).
+var errInterrupted = errors.New("interrupted")
+
+func (p *Provisioner) step(ctx context.Context, t catalog.Tenant, name string) error {
+	if p.cfg.afterStep == nil {
+		return nil
+	}
+	if err := p.cfg.afterStep(ctx, t.Slug, name); err != nil {
+		return fmt.Errorf("%w after step %s: %v", errInterrupted, name, err)
+	}
+	return nil
+}
+
+// provision creates the tenant's role and database and marks it active.
+func (p *Provisioner) provision(ctx context.Context, t catalog.Tenant) error {
+	if t.State != catalog.TenantProvisioning {
+		return nil // done already, or moved on (deleted while queued)
+	}
+	srv, err := p.store.GetServer(ctx, t.Server)
+	if err != nil {
+		return err
+	}
+	pool, err := p.admin(ctx, srv.ID, srv.Name)
+	if err != nil {
+		return err
+	}
+	password, err := p.store.EnsureTenantCredentials(ctx, t.ID, func() string { return randomHex(24) })
+	if err != nil {
+		return err
+	}
+	if err := p.ensureRole(ctx, pool, t.Role, password); err != nil {
+		return fmt.Errorf("server %s: creating role: %s", srv.Name, describe(err))
+	}
+	if err := p.step(ctx, t, "role"); err != nil {
+		return err
+	}
+	if err := p.ensureDatabase(ctx, srv, pool, t); err != nil {
+		return fmt.Errorf("server %s: creating database: %s", srv.Name, describe(err))
+	}
+	if err := p.step(ctx, t, "database"); err != nil {
+		return err
+	}
+	version, dirty, err := p.grantTenant(ctx, srv.Name, t)
+	if err != nil {
+		return fmt.Errorf("server %s: granting the tenant role: %s", srv.Name, describe(err))
+	}
+	if err := p.store.SetTenantSchema(ctx, t.ID, version, dirty); err != nil {
+		return err
+	}
+	if err := p.step(ctx, t, "schema"); err != nil {
+		return err
+	}
+	_, err = p.store.TransitionTenant(ctx, catalog.Transition{
+		TenantID: t.ID, From: []catalog.TenantState{catalog.TenantProvisioning}, To: catalog.TenantActive,
+		Actor: "provisioner", Action: "tenant.activated",
+	})
+	if errors.Is(err, catalog.ErrConflict) {
+		return nil // deleted meanwhile; the drop job owns it now
+	}
+	return err
+}
+
+// ensureRole creates the tenant's login role, or resets its password to the
+// sealed one when an earlier attempt made it.
+func (p *Provisioner) ensureRole(ctx context.Context, pool *pgxpool.Pool, role, password string) error {
+	var exists, super bool
+	err := pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1), (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)`, role).
+		Scan(&exists, &super)
+	if err != nil {
+		return err
+	}
+	verb := "CREATE"
+	if exists {
+		verb = "ALTER"
+	}
+	stmts := []string{
+		fmt.Sprintf("%s ROLE %s LOGIN NOINHERIT PASSWORD %s CONNECTION LIMIT %d", verb, ident(role), literal(password), p.cfg.TenantConnLimit),
+		fmt.Sprintf("ALTER ROLE %s SET statement_timeout = %s", ident(role), literal(fmt.Sprint(p.cfg.TenantStatementTimeout.Milliseconds()))),
+		fmt.Sprintf("ALTER ROLE %s SET idle_in_transaction_session_timeout = '60000'", ident(role)),
+	}
+	if !super {
+		// A non-superuser admin must be a member of the role to make it the
+		// owner of a database (CREATE DATABASE ... OWNER, ALTER DATABASE OWNER).
+		stmts = append(stmts, fmt.Sprintf("GRANT %s TO CURRENT_USER", ident(role)))
+	}
+	for _, s := range stmts {
+		if _, err := pool.Exec(ctx, s); err != nil {
+			var pgErr *pgconn.PgError
+			if exists && errors.As(err, &pgErr) && pgErr.Code == "42710" { // already a member
+				continue
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// ensureDatabase gives the tenant its database, owned by its role, with
+// CONNECT revoked from PUBLIC: from the warm pool when one is ready, else a
+// clone of the server's template.
+func (p *Provisioner) ensureDatabase(ctx context.Context, srv catalog.Server, pool *pgxpool.Pool, t catalog.Tenant) error {
+	exists, err := databaseExists(ctx, pool, t.Database)
+	if err != nil {
+		return err
+	}
+	if !exists {
+		claimed, err := p.claimWarm(ctx, pool, t.Database)
+		if err != nil {
+			return err
+		}
+		if !claimed {
+			tpl, err := p.ensureTemplate(ctx, srv)
+			if err != nil {
+				return err
+			}
+			if _, err := pool.Exec(ctx, "CREATE DATABASE "+ident(t.Database)+" TEMPLATE "+ident(tpl)); err != nil {
+				return err
+			}
+		}
+	}
+	for _, s := range []string{
+		"ALTER DATABASE " + ident(t.Database) + " OWNER TO " + ident(t.Role),
+		"REVOKE ALL ON DATABASE " + ident(t.Database) + " FROM PUBLIC",
+		"GRANT CONNECT, TEMPORARY ON DATABASE " + ident(t.Database) + " TO " + ident(t.Role),
+	} {
+		if _, err := pool.Exec(ctx, s); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// grantTenant lets the tenant role use the tables of its database. The
+// schema belongs to the admin role that migrates it; the tenant role reads
+// and writes rows, now and in tables later migrations add. It returns the
+// database's schema version.
+func (p *Provisioner) grantTenant(ctx context.Context, serverName string, t catalog.Tenant) (int64, bool, error) {
+	conn, err := p.connectDB(ctx, serverName, t.Database)
+	if err != nil {
+		return 0, false, err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	role := ident(t.Role)
+	batch := &pgx.Batch{}
+	for _, s := range []string{
+		"REVOKE ALL ON SCHEMA public FROM PUBLIC",
+		"GRANT USAGE ON SCHEMA public TO " + role,
+		"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO " + role,
+		"GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO " + role,
+		"ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO " + role,
+		"ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO " + role,
+		"REVOKE ALL ON TABLE schema_migrations FROM " + role,
+	} {
+		batch.Queue(s)
+	}
+	if err := conn.SendBatch(ctx, batch).Close(); err != nil {
+		return 0, false, err
+	}
+	return readSchemaVersion(ctx, conn)
+}
+
+// drop removes a deleted tenant's database and role once its grace period
+// is over, keeping a pg_dump first when an archive directory is set.
+func (p *Provisioner) drop(ctx context.Context, t catalog.Tenant) error {
+	if t.State != catalog.TenantDeleting {
+		return nil // restored meanwhile, or dropped already
+	}
+	if t.DeleteAfter != nil && time.Until(*t.DeleteAfter) > 0 {
+		return river.JobSnooze(time.Until(*t.DeleteAfter))
+	}
+	if t.Server != "" {
+		srv, err := p.store.GetServer(ctx, t.Server)
+		if err != nil {
+			return err
+		}
+		pool, err := p.admin(ctx, srv.ID, srv.Name)
+		if err != nil {
+			return err
+		}
+		if p.cfg.ArchiveDir != "" {
+			if err := p.archive(ctx, srv.Name, pool, t); err != nil {
+				return fmt.Errorf("archiving before drop: %w", err)
+			}
+		}
+		for _, s := range []string{
+			"DROP DATABASE IF EXISTS " + ident(t.Database) + " WITH (FORCE)",
+			"DROP ROLE IF EXISTS " + ident(t.Role),
+		} {
+			if _, err := pool.Exec(ctx, s); err != nil {
+				return fmt.Errorf("server %s: %s", srv.Name, describe(err))
+			}
+		}
+	}
+	_, err := p.store.TransitionTenant(ctx, catalog.Transition{
+		TenantID: t.ID, From: []catalog.TenantState{catalog.TenantDeleting}, To: catalog.TenantDeleted,
+		Actor: "provisioner", Action: "tenant.dropped",
+	})
+	if errors.Is(err, catalog.ErrConflict) {
+		return nil
+	}
+	return err
+}
+
+// archive keeps a custom-format pg_dump of the tenant's database in ArchiveDir.
+func (p *Provisioner) archive(ctx context.Context, serverName string, pool *pgxpool.Pool, t catalog.Tenant) error {
+	if ok, err := databaseExists(ctx, pool, t.Database); err != nil || !ok {
+		return err
+	}
+	bin, err := pgcluster.FindBinDir()
+	if err != nil {
+		return err
+	}
+	dsn, err := p.store.ServerDSN(ctx, serverName)
+	if err != nil {
+		return err
+	}
+	cfg, err := pgconn.ParseConfig(dsn)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(p.cfg.ArchiveDir, 0o700); err != nil {
+		return err
+	}
+	out := filepath.Join(p.cfg.ArchiveDir, fmt.Sprintf("%s-%s.dump", t.Slug, time.Now().UTC().Format("20060102T150405Z")))
+	cmd := exec.CommandContext(ctx, filepath.Join(bin, "pg_dump"), "--format=custom", "--no-owner", "--file="+out,
+		"--host="+cfg.Host, fmt.Sprintf("--port=%d", cfg.Port), "--username="+cfg.User, "--dbname="+t.Database)
+	// The password goes through the environment, never the command line.
+	cmd.Env = append(os.Environ(), "PGPASSWORD="+cfg.Password, "PGCONNECT_TIMEOUT=10")
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("pg_dump: %v: %s", err, msg)
+	}
+	p.logger.InfoContext(ctx, "tenant database archived", "tenant", t.Slug, "file", out)
+	return nil
+}
+
+// describe says what went wrong on a server in words for an operator.
+func describe(err error) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Message
+	}
+	var ce *pgconn.ConnectError
+	if errors.As(err, &ce) {
+		return "cannot connect: " + connectReason(err)
+	}
+	return err.Error()
+}

@@ -1,0 +1,235 @@
+package provisioner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/tenantplane/tenantplane/catalog"
+	"github.com/tenantplane/tenantplane/migrations"
+)
+
+// Config configures a Provisioner. Zero fields take the documented defaults.
+type Config struct {
+	// Logger receives structured logs. Default: slog.Default().
+	Logger *slog.Logger
+	// Watcher, when set, wakes WaitSettled on catalog changes instead of polling.
+	Watcher *catalog.Watcher
+	// Migrations is the tenant schema. Default: the embedded set.
+	Migrations *migrations.Source
+	// ConnectTimeout bounds each connection to a tenant server. Default 5s.
+	ConnectTimeout time.Duration
+	// DefaultConnBudget is a new server's connection budget when none is given. Default 80.
+	DefaultConnBudget int
+	// WarmPoolSize is how many ready databases each server keeps for instant
+	// tenant creation (TENANTPLANE_WARM_POOL_SIZE). Default 2; -1 disables the pool.
+	WarmPoolSize int
+	// DeleteGrace is how long a deleted tenant can be restored before its
+	// database is dropped (TENANTPLANE_DELETE_GRACE). Zero drops at once;
+	// controlplane passes its default of 7 days.
+	DeleteGrace time.Duration
+	// ArchiveDir, when set, keeps a pg_dump of each tenant database before it
+	// is dropped (TENANTPLANE_ARCHIVE_DIR).
+	ArchiveDir string
+	// TenantStatementTimeout is the per-role statement_timeout of tenant roles. Default 30s.
+	TenantStatementTimeout time.Duration
+	// TenantConnLimit is the per-role CONNECTION LIMIT of tenant roles. Default 20.
+	TenantConnLimit int
+	// Workers is how many provisioning jobs run at once in this process. Default 8.
+	Workers int
+	// JobTimeout bounds one provisioning job. Default 2 minutes.
+	JobTimeout time.Duration
+	// RescueAfter is how long a job may look running before another process
+	// takes it over (its process died). Must exceed JobTimeout. Default 3 minutes.
+	RescueAfter time.Duration
+
+	// afterStep, in tests, runs after each provisioning step; an error stops the job there.
+	afterStep func(ctx context.Context, slug, step string) error
+}
+
+// Provisioner manages the fleet of tenant servers and the databases on them.
+// Its work is durable: each tenant's provisioning and deletion is a River job
+// in the catalog database, inserted in the same transaction as the change
+// that asks for it, so a crash at any point leaves a job that a restarted
+// process (or another replica) finishes.
+type Provisioner struct {
+	store  *catalog.Store
+	cfg    Config
+	logger *slog.Logger
+	schema migrations.Source
+	river  *river.Client[pgx.Tx]
+
+	mu         sync.Mutex
+	adminPools map[int64]*adminPool // by server id
+	templates  singleflight.Group
+
+	refill   chan struct{}
+	stopFill context.CancelFunc
+	fillDone chan struct{}
+}
+
+// New returns a Provisioner working through store. Start runs its workers.
+func New(store *catalog.Store, cfg Config) (*Provisioner, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	schema := migrations.Embedded()
+	if cfg.Migrations != nil {
+		schema = *cfg.Migrations
+	}
+	if cfg.ConnectTimeout == 0 {
+		cfg.ConnectTimeout = 5 * time.Second
+	}
+	if cfg.DefaultConnBudget == 0 {
+		cfg.DefaultConnBudget = 80
+	}
+	if cfg.WarmPoolSize == 0 {
+		cfg.WarmPoolSize = 2
+	}
+	if cfg.TenantStatementTimeout == 0 {
+		cfg.TenantStatementTimeout = 30 * time.Second
+	}
+	if cfg.TenantConnLimit == 0 {
+		cfg.TenantConnLimit = 20
+	}
+	if cfg.Workers == 0 {
+		cfg.Workers = 8
+	}
+	if cfg.JobTimeout == 0 {
+		cfg.JobTimeout = 2 * time.Minute
+	}
+	if cfg.RescueAfter == 0 {
+		cfg.RescueAfter = 3 * time.Minute
+	}
+	if cfg.RescueAfter <= cfg.JobTimeout {
+		return nil, errors.New("provisioner: RescueAfter must exceed JobTimeout")
+	}
+	if cfg.DeleteGrace < 0 {
+		return nil, errors.New("provisioner: DeleteGrace must not be negative")
+	}
+	p := &Provisioner{
+		store:      store,
+		cfg:        cfg,
+		logger:     cfg.Logger,
+		schema:     schema,
+		adminPools: map[int64]*adminPool{},
+		refill:     make(chan struct{}, 1),
+	}
+	workers := river.NewWorkers()
+	river.AddWorker(workers, &provisionWorker{p: p})
+	river.AddWorker(workers, &dropWorker{p: p})
+	client, err := river.NewClient(riverpgxv5.New(store.Pool()), &river.Config{
+		Logger:               cfg.Logger.With("component", "river"),
+		Queues:               map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: cfg.Workers}},
+		Workers:              workers,
+		JobTimeout:           cfg.JobTimeout,
+		RescueStuckJobsAfter: cfg.RescueAfter,
+		FetchCooldown:        5 * time.Millisecond,
+		FetchPollInterval:    500 * time.Millisecond,
+		MaxAttempts:          10,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("provisioner: job queue: %w", err)
+	}
+	p.river = client
+	return p, nil
+}
+
+// Start runs the provisioning workers and the warm-pool refiller until Stop.
+func (p *Provisioner) Start(ctx context.Context) error {
+	if err := p.river.Start(ctx); err != nil {
+		return fmt.Errorf("provisioner: starting job workers: %w", err)
+	}
+	fillCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	p.stopFill, p.fillDone = cancel, make(chan struct{})
+	go p.refillLoop(fillCtx)
+	return nil
+}
+
+// Stop lets running jobs finish (until ctx ends, then cancels them: they
+// resume elsewhere), stops the refiller and closes the admin pools.
+func (p *Provisioner) Stop(ctx context.Context) error {
+	var err error
+	if p.stopFill != nil {
+		p.stopFill()
+		<-p.fillDone
+		if err = p.river.Stop(ctx); errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+			err = p.river.StopAndCancel(context.Background())
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for id, ap := range p.adminPools {
+		ap.pool.Close()
+		delete(p.adminPools, id)
+	}
+	return err
+}
+
+// Schema is the tenant schema the provisioner builds databases from.
+func (p *Provisioner) Schema() migrations.Source { return p.schema }
+
+// adminPool is a small pool on a server's admin DSN.
+type adminPool struct {
+	pool *pgxpool.Pool
+	dsn  string
+}
+
+// admin returns the admin pool of a server, opening it on first use (and
+// again when the server's DSN changed).
+func (p *Provisioner) admin(ctx context.Context, serverID int64, serverName string) (*pgxpool.Pool, error) {
+	dsn, err := p.store.ServerDSN(ctx, serverName)
+	if err != nil {
+		return nil, err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if ap, ok := p.adminPools[serverID]; ok {
+		if ap.dsn == dsn {
+			return ap.pool, nil
+		}
+		ap.pool.Close()
+		delete(p.adminPools, serverID)
+	}
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		return nil, catalog.Errorf(catalog.CodeInvalid, "server %q has a malformed DSN", serverName)
+	}
+	cfg.MaxConns = 4
+	cfg.MinConns = 0
+	cfg.MaxConnIdleTime = time.Minute
+	cfg.ConnConfig.ConnectTimeout = p.cfg.ConnectTimeout
+	cfg.ConnConfig.RuntimeParams["application_name"] = "tenantplane-provisioner"
+	cfg.ConnConfig.RuntimeParams["lock_timeout"] = "10000"
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	p.adminPools[serverID] = &adminPool{pool: pool, dsn: dsn}
+	return pool, nil
+}
+
+// connectDB opens a connection to one database of a server as its admin.
+func (p *Provisioner) connectDB(ctx context.Context, serverName, database string) (*pgx.Conn, error) {
+	dsn, err := p.store.ServerDSN(ctx, serverName)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return nil, catalog.Errorf(catalog.CodeInvalid, "server %q has a malformed DSN", serverName)
+	}
+	cfg.Database = database
+	cfg.ConnectTimeout = p.cfg.ConnectTimeout
+	cfg.RuntimeParams["application_name"] = "tenantplane-provisioner"
+	return pgx.ConnectConfig(ctx, cfg)
+}
