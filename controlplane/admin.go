@@ -1,0 +1,68 @@
+package controlplane
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"net/http"
+	"strings"
+
+	"github.com/gin-gonic/gin"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/tenantplane/tenantplane/catalog"
+	"github.com/tenantplane/tenantplane/internal/httpapi"
+	"github.com/tenantplane/tenantplane/provisioner"
+)
+
+// adminActor names the admin token's holder in the audit log.
+const adminActor = "admin"
+
+func (a *App) adminHandler(metrics *httpapi.Metrics) http.Handler {
+	e := httpapi.NewEngine(httpapi.Config{API: "admin", Logger: a.logger, Metrics: metrics})
+	httpapi.HealthRoutes(e, a.ready)
+	e.GET("/metrics", gin.WrapH(promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{})))
+
+	v1 := e.Group("/admin/v1", a.requireAdminToken())
+	v1.GET("/servers", a.listServers)
+	v1.POST("/servers", a.registerServer)
+	a.tenantRoutes(v1)
+	return e
+}
+
+// requireAdminToken checks the bearer token in constant time; comparing
+// hashes keeps the token's length from leaking through timing too.
+func (a *App) requireAdminToken() gin.HandlerFunc {
+	want := sha256.Sum256([]byte(a.cfg.AdminToken))
+	return func(c *gin.Context) {
+		token, ok := strings.CutPrefix(c.GetHeader("Authorization"), "Bearer ")
+		got := sha256.Sum256([]byte(token))
+		if !ok || subtle.ConstantTimeCompare(want[:], got[:]) != 1 {
+			c.Header("WWW-Authenticate", `Bearer realm="tenantplane-admin"`)
+			httpapi.Fail(c, catalog.CodeUnauthorized, "missing or invalid admin token: send Authorization: Bearer $TENANTPLANE_ADMIN_TOKEN")
+			return
+		}
+		c.Next()
+	}
+}
+
+func (a *App) listServers(c *gin.Context) {
+	servers, err := a.store.ListServers(c)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, gin.H{"servers": servers})
+}
+
+func (a *App) registerServer(c *gin.Context) {
+	var spec provisioner.ServerSpec
+	if err := httpapi.BindJSON(c, &spec); err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	srv, err := a.prov.RegisterServer(c, spec, adminActor)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusCreated, srv)
+}

@@ -1,0 +1,208 @@
+package controlplane
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/tenantplane/tenantplane/catalog"
+	"github.com/tenantplane/tenantplane/internal/httpapi"
+	"github.com/tenantplane/tenantplane/provisioner"
+)
+
+// waitLimit bounds POST /tenants?wait=true; it stays under the admin
+// server's write timeout so the answer is never cut off.
+const waitLimit = 50 * time.Second
+
+func (a *App) tenantRoutes(v1 *gin.RouterGroup) {
+	v1.POST("/servers/:name/drain", a.drainServer)
+	v1.GET("/orphans", a.orphans(false))
+	v1.DELETE("/orphans", a.orphans(true))
+	v1.POST("/tenants", a.createTenant)
+	v1.GET("/tenants", a.listTenants)
+	v1.GET("/tenants/:slug", a.getTenant)
+	v1.DELETE("/tenants/:slug", a.lifecycle(a.prov.Delete, http.StatusAccepted))
+	v1.POST("/tenants/:slug/suspend", a.lifecycle(a.prov.Suspend, http.StatusOK))
+	v1.POST("/tenants/:slug/resume", a.lifecycle(a.prov.Resume, http.StatusOK))
+	v1.POST("/tenants/:slug/restore", a.lifecycle(a.prov.Restore, http.StatusOK))
+	v1.POST("/tenants/:slug/retry", a.lifecycle(a.prov.Retry, http.StatusOK))
+	v1.POST("/tenants/:slug/keys", a.createKey)
+	v1.GET("/tenants/:slug/keys", a.listKeys)
+	v1.DELETE("/tenants/:slug/keys/:id", a.revokeKey)
+}
+
+func (a *App) drainServer(c *gin.Context) {
+	srv, err := a.store.SetServerState(c, c.Param("name"), catalog.ServerDraining, adminActor)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, srv)
+}
+
+// orphans reports (remove false) or drops (remove true) the databases and
+// roles on the servers that the provisioner made and the catalog does not
+// account for.
+func (a *App) orphans(remove bool) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		found, err := a.prov.Reconcile(c, remove)
+		if err != nil {
+			httpapi.WriteError(c, err)
+			return
+		}
+		c.JSON(http.StatusOK, gin.H{"orphans": found})
+	}
+}
+
+// createTenant answers 202 with the tenant provisioning, or with ?wait=true
+// 201 once it is active (or the failure with its reason). The same request
+// again answers with the same tenant.
+func (a *App) createTenant(c *gin.Context) {
+	var spec provisioner.TenantSpec
+	if err := httpapi.BindJSON(c, &spec); err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	wait, err := boolQuery(c, "wait")
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	t, _, err := a.prov.CreateTenant(c, spec, adminActor)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	if !wait {
+		status := http.StatusAccepted
+		if t.State != catalog.TenantProvisioning {
+			status = http.StatusOK
+		}
+		c.JSON(status, t)
+		return
+	}
+	ctx, cancel := context.WithTimeout(c, waitLimit)
+	defer cancel()
+	t, err = a.prov.WaitSettled(ctx, t.Slug)
+	switch {
+	case err != nil:
+		httpapi.WriteError(c, err)
+	case t.State == catalog.TenantFailed:
+		httpapi.WriteError(c, catalog.Errorf(catalog.CodeUnavailable, "tenant %q failed to provision: %s (fix the cause, then POST /admin/v1/tenants/%s/retry)", t.Slug, t.LastError, t.Slug))
+	default:
+		c.JSON(http.StatusCreated, t)
+	}
+}
+
+func (a *App) listTenants(c *gin.Context) {
+	limit := 0
+	if raw := c.Query("limit"); raw != "" {
+		n, err := strconv.Atoi(raw)
+		if err != nil || n < 1 {
+			httpapi.Fail(c, catalog.CodeInvalid, "limit must be a whole number from 1 to 1000")
+			return
+		}
+		limit = n
+	}
+	page, err := a.store.ListTenants(c, catalog.TenantFilter{
+		State: catalog.TenantState(c.Query("state")), Plan: c.Query("plan"), Server: c.Query("server"),
+		Limit: limit, Cursor: c.Query("cursor"),
+	})
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, page)
+}
+
+func (a *App) getTenant(c *gin.Context) {
+	t, err := a.store.GetTenant(c, c.Param("slug"))
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, t)
+}
+
+// reasonBody is the optional body of lifecycle calls.
+type reasonBody struct {
+	Reason string `json:"reason"`
+}
+
+func (a *App) lifecycle(op func(ctx context.Context, slug, actor, reason string) (catalog.Tenant, error), status int) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		var body reasonBody
+		if c.Request.ContentLength > 0 {
+			if err := httpapi.BindJSON(c, &body); err != nil {
+				httpapi.WriteError(c, err)
+				return
+			}
+		}
+		t, err := op(c, c.Param("slug"), adminActor, body.Reason)
+		if err != nil {
+			httpapi.WriteError(c, err)
+			return
+		}
+		c.JSON(status, t)
+	}
+}
+
+func (a *App) createKey(c *gin.Context) {
+	t, err := a.store.GetTenant(c, c.Param("slug"))
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	if t.State == catalog.TenantDeleting || t.State == catalog.TenantDeleted {
+		httpapi.Fail(c, catalog.CodeConflict, "tenant %q is %s: it takes no new keys", t.Slug, t.State)
+		return
+	}
+	k, key, err := a.store.CreateAPIKey(c, t.ID, adminActor)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusCreated, gin.H{"id": k.ID, "key": key, "prefix": k.Prefix, "created_at": k.CreatedAt})
+}
+
+func (a *App) listKeys(c *gin.Context) {
+	t, err := a.store.GetTenant(c, c.Param("slug"))
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	keys, err := a.store.ListAPIKeys(c, t.ID)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, gin.H{"keys": keys})
+}
+
+func (a *App) revokeKey(c *gin.Context) {
+	t, err := a.store.GetTenant(c, c.Param("slug"))
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	if err := a.store.RevokeAPIKey(c, t.ID, c.Param("id"), adminActor); err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.Status(http.StatusNoContent)
+}
+
+func boolQuery(c *gin.Context, name string) (bool, error) {
+	raw := c.Query(name)
+	if raw == "" {
+		return false, nil
+	}
+	v, err := strconv.ParseBool(raw)
+	if err != nil {
+		return false, catalog.Errorf(catalog.CodeInvalid, "%s must be true or false", name)
+	}
+	return v, nil
+}

@@ -1,0 +1,202 @@
+package controlplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/tenantplane/tenantplane/catalog"
+	"github.com/tenantplane/tenantplane/internal/httpapi"
+	"github.com/tenantplane/tenantplane/migrations"
+	"github.com/tenantplane/tenantplane/provisioner"
+	"github.com/tenantplane/tenantplane/router"
+)
+
+// App is one running tenantplane: the tenant API, the admin API and the
+// background work, over one catalog.
+type App struct {
+	cfg      Config
+	logger   *slog.Logger
+	store    *catalog.Store
+	watcher  *catalog.Watcher
+	prov     *provisioner.Provisioner
+	registry *prometheus.Registry
+
+	apiServer, adminServer *http.Server
+	apiLn, adminLn         net.Listener
+	serveErr               chan error
+	stopOnce               sync.Once
+	stopErr                error
+}
+
+// New migrates the catalog to the newest schema and wires the components. It
+// fails when the catalog cannot be reached: a process that cannot read its
+// source of truth should not start serving.
+func New(ctx context.Context, cfg Config, logger *slog.Logger) (*App, error) {
+	if logger == nil {
+		logger = slog.Default()
+	}
+	if err := catalog.Migrate(ctx, cfg.DatabaseURL); err != nil {
+		return nil, fmt.Errorf("catalog at %s: %w", redactDSN(cfg.DatabaseURL), err)
+	}
+	cipher, err := catalog.NewCipher(cfg.SecretKey)
+	if err != nil {
+		return nil, fmt.Errorf("TENANTPLANE_SECRET_KEY: %w", err)
+	}
+	store, err := catalog.Open(ctx, cfg.DatabaseURL, cipher, catalog.StoreConfig{})
+	if err != nil {
+		return nil, err
+	}
+	schema, err := migrations.Load(cfg.TenantMigrations)
+	if err != nil {
+		store.Close()
+		return nil, fmt.Errorf("TENANTPLANE_TENANT_MIGRATIONS: %w", err)
+	}
+	warm := cfg.WarmPoolSize
+	if warm == 0 {
+		warm = -1 // the provisioner's "off"
+	}
+	watcher := catalog.NewWatcher(store, logger)
+	prov, err := provisioner.New(store, provisioner.Config{
+		Logger: logger, Watcher: watcher, Migrations: &schema, WarmPoolSize: warm, DeleteGrace: cfg.DeleteGrace, ArchiveDir: cfg.ArchiveDir,
+	})
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	a := &App{
+		cfg:      cfg,
+		logger:   logger,
+		store:    store,
+		watcher:  watcher,
+		prov:     prov,
+		registry: reg,
+		serveErr: make(chan error, 2),
+	}
+	metrics := httpapi.NewMetrics(reg)
+	a.apiServer = newHTTPServer(router.New(router.Config{Logger: logger, Metrics: metrics, Ready: a.ready}), logger)
+	a.adminServer = newHTTPServer(a.adminHandler(metrics), logger)
+	return a, nil
+}
+
+func newHTTPServer(h http.Handler, logger *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+}
+
+// Start listens on both addresses and serves in the background. With port 0
+// in an address, APIAddr and AdminAddr tell the port chosen.
+func (a *App) Start(ctx context.Context) error {
+	var err error
+	if a.apiLn, err = listen(ctx, "TENANTPLANE_API_ADDR", a.cfg.APIAddr); err != nil {
+		return err
+	}
+	if a.adminLn, err = listen(ctx, "TENANTPLANE_ADMIN_ADDR", a.cfg.AdminAddr); err != nil {
+		_ = a.apiLn.Close()
+		return err
+	}
+	a.watcher.Start(ctx)
+	if err := a.prov.Start(ctx); err != nil {
+		a.watcher.Stop()
+		_ = a.apiLn.Close()
+		_ = a.adminLn.Close()
+		return err
+	}
+	for _, s := range []struct {
+		srv *http.Server
+		ln  net.Listener
+	}{{a.apiServer, a.apiLn}, {a.adminServer, a.adminLn}} {
+		go func() {
+			if err := s.srv.Serve(s.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				a.serveErr <- err
+			}
+		}()
+	}
+	a.logger.Info("serving", "api_addr", a.APIAddr(), "admin_addr", a.AdminAddr())
+	return nil
+}
+
+func listen(ctx context.Context, name, addr string) (net.Listener, error) {
+	ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("%s=%s: cannot listen: %w", name, addr, err)
+	}
+	return ln, nil
+}
+
+// APIAddr is the address the tenant API listens on, once started.
+func (a *App) APIAddr() string { return a.apiLn.Addr().String() }
+
+// AdminAddr is the address the admin API listens on, once started.
+func (a *App) AdminAddr() string { return a.adminLn.Addr().String() }
+
+// Run starts the app and serves until ctx ends or a server fails, then shuts
+// down gracefully.
+func (a *App) Run(ctx context.Context) error {
+	if err := a.Start(ctx); err != nil {
+		a.store.Close()
+		return err
+	}
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-a.serveErr:
+	}
+	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.cfg.ShutdownTimeout)
+	defer cancel()
+	return errors.Join(runErr, a.Stop(stopCtx))
+}
+
+// Stop stops taking requests, lets those in flight finish (until ctx ends),
+// then closes the catalog. It is safe to call more than once.
+func (a *App) Stop(ctx context.Context) error {
+	a.stopOnce.Do(func() {
+		a.logger.Info("shutting down")
+		var wg sync.WaitGroup
+		errs := make([]error, 2)
+		for i, srv := range []*http.Server{a.apiServer, a.adminServer} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs[i] = srv.Shutdown(ctx)
+			}()
+		}
+		wg.Wait()
+		errs = append(errs, a.prov.Stop(ctx))
+		a.watcher.Stop()
+		a.store.Close()
+		a.stopErr = errors.Join(errs...)
+		a.logger.Info("stopped")
+	})
+	return a.stopErr
+}
+
+// ready reports whether the app can do its work: the catalog answers.
+func (a *App) ready(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	return a.store.Ping(ctx)
+}
+
+func redactDSN(dsn string) string {
+	r, err := catalog.RedactDSN(dsn)
+	if err != nil {
+		return "(malformed DSN)"
+	}
+	return r
+}

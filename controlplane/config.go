@@ -1,0 +1,131 @@
+package controlplane
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/tenantplane/tenantplane/catalog"
+)
+
+// Config is tenantplane's configuration. ConfigFromEnv reads it from the
+// environment; each field names its variable and default.
+type Config struct {
+	// DatabaseURL is the catalog database (DATABASE_URL). Required.
+	DatabaseURL string
+	// APIAddr is where the tenant API listens (TENANTPLANE_API_ADDR). Default ":8080".
+	APIAddr string
+	// AdminAddr is where the admin API listens (TENANTPLANE_ADMIN_ADDR). Default "127.0.0.1:8081".
+	AdminAddr string
+	// AdminToken is the admin API's bearer token (TENANTPLANE_ADMIN_TOKEN). Required, at least 16 characters.
+	AdminToken string
+	// SecretKey encrypts credentials at rest (TENANTPLANE_SECRET_KEY): 32 bytes as
+	// base64 or 64 hex digits. Required.
+	SecretKey []byte
+	// StripeAPIKey enables invoicing through Stripe (STRIPE_API_KEY). Optional.
+	StripeAPIKey string
+	// StripeAPIBase points the Stripe client elsewhere, e.g. at stripe-mock (STRIPE_API_BASE). Optional.
+	StripeAPIBase string
+	// StripeWebhookSecret checks Stripe webhook signatures (STRIPE_WEBHOOK_SECRET). Optional.
+	StripeWebhookSecret string
+	// TenantMigrations is a directory of tenant migrations that replaces the
+	// embedded set (TENANTPLANE_TENANT_MIGRATIONS). Optional.
+	TenantMigrations string
+	// DeleteGrace is how long a deleted tenant can be restored before its
+	// database is dropped (TENANTPLANE_DELETE_GRACE). Default 7 days (168h); 0 allowed.
+	DeleteGrace time.Duration
+	// ArchiveDir keeps a pg_dump of each tenant database before it is dropped
+	// (TENANTPLANE_ARCHIVE_DIR). Optional.
+	ArchiveDir string
+	// WarmPoolSize is how many ready databases each server keeps for instant
+	// tenant creation (TENANTPLANE_WARM_POOL_SIZE). Default 2; 0 disables it.
+	WarmPoolSize int
+	// ShutdownTimeout bounds graceful shutdown (TENANTPLANE_SHUTDOWN_TIMEOUT). Default 30s.
+	ShutdownTimeout time.Duration
+}
+
+const minAdminTokenLen = 16
+
+// ConfigFromEnv reads the configuration through getenv (os.Getenv in
+// production). It reports every missing or malformed setting at once, each
+// naming its variable and what to set.
+func ConfigFromEnv(getenv func(string) string) (Config, error) {
+	cfg := Config{
+		DatabaseURL:         strings.TrimSpace(getenv("DATABASE_URL")),
+		APIAddr:             orDefault(getenv("TENANTPLANE_API_ADDR"), ":8080"),
+		AdminAddr:           orDefault(getenv("TENANTPLANE_ADMIN_ADDR"), "127.0.0.1:8081"),
+		AdminToken:          getenv("TENANTPLANE_ADMIN_TOKEN"),
+		StripeAPIKey:        getenv("STRIPE_API_KEY"),
+		StripeAPIBase:       getenv("STRIPE_API_BASE"),
+		StripeWebhookSecret: getenv("STRIPE_WEBHOOK_SECRET"),
+		TenantMigrations:    getenv("TENANTPLANE_TENANT_MIGRATIONS"),
+		ArchiveDir:          getenv("TENANTPLANE_ARCHIVE_DIR"),
+	}
+	var errs []error
+	bad := func(name, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", name, fmt.Sprintf(format, args...)))
+	}
+	if cfg.DatabaseURL == "" {
+		bad("DATABASE_URL", "not set; set it to the catalog database, e.g. postgres://user:pass@host:5432/tenantplane (or run `tenantplane dev` for a private one)")
+	} else if _, err := catalog.RedactDSN(cfg.DatabaseURL); err != nil {
+		bad("DATABASE_URL", "not a valid PostgreSQL connection string")
+	}
+	if cfg.AdminToken == "" {
+		bad("TENANTPLANE_ADMIN_TOKEN", "not set; set it to a random string of at least %d characters (openssl rand -hex 32)", minAdminTokenLen)
+	} else if len(cfg.AdminToken) < minAdminTokenLen {
+		bad("TENANTPLANE_ADMIN_TOKEN", "too short; use at least %d characters (openssl rand -hex 32)", minAdminTokenLen)
+	}
+	if raw := getenv("TENANTPLANE_SECRET_KEY"); raw == "" {
+		bad("TENANTPLANE_SECRET_KEY", "not set; set it to 32 random bytes in base64 (openssl rand -base64 32)")
+	} else if key, err := catalog.ParseKey(raw); err != nil {
+		bad("TENANTPLANE_SECRET_KEY", "%v", err)
+	} else {
+		cfg.SecretKey = key
+	}
+	if cfg.TenantMigrations != "" {
+		if st, err := os.Stat(cfg.TenantMigrations); err != nil || !st.IsDir() {
+			bad("TENANTPLANE_TENANT_MIGRATIONS", "%q is not a readable directory", cfg.TenantMigrations)
+		}
+	}
+	if cfg.StripeAPIBase != "" && cfg.StripeAPIKey == "" {
+		bad("STRIPE_API_KEY", "not set, but STRIPE_API_BASE is; set both, or neither to bill without Stripe")
+	}
+	cfg.DeleteGrace = 7 * 24 * time.Hour
+	if raw := getenv("TENANTPLANE_DELETE_GRACE"); raw != "" {
+		d, err := time.ParseDuration(raw)
+		if err != nil || d < 0 {
+			bad("TENANTPLANE_DELETE_GRACE", "%q is not a duration such as 168h or 0s", raw)
+		}
+		cfg.DeleteGrace = d
+	}
+	cfg.WarmPoolSize = 2
+	if raw := getenv("TENANTPLANE_WARM_POOL_SIZE"); raw != "" {
+		n, err := strconv.Atoi(raw)
+		if err != nil || n < 0 || n > 100 {
+			bad("TENANTPLANE_WARM_POOL_SIZE", "%q is not a whole number from 0 to 100", raw)
+		}
+		cfg.WarmPoolSize = n
+	}
+	cfg.ShutdownTimeout = 30 * time.Second
+	if raw := getenv("TENANTPLANE_SHUTDOWN_TIMEOUT"); raw != "" {
+		d, err := time.ParseDuration(raw)
+		if err != nil || d <= 0 {
+			bad("TENANTPLANE_SHUTDOWN_TIMEOUT", "%q is not a positive duration such as 30s", raw)
+		}
+		cfg.ShutdownTimeout = d
+	}
+	if len(errs) > 0 {
+		return Config{}, fmt.Errorf("configuration: %w", errors.Join(errs...))
+	}
+	return cfg, nil
+}
+
+func orDefault(v, def string) string {
+	if v = strings.TrimSpace(v); v == "" {
+		return def
+	}
+	return v
+}

@@ -1,0 +1,54 @@
+package controlplane
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestConfigFromEnv(t *testing.T) {
+	t.Parallel()
+	good := map[string]string{
+		"DATABASE_URL":            "postgres://u:p@localhost:5432/tenantplane",
+		"TENANTPLANE_ADMIN_TOKEN": "0123456789abcdef",
+		"TENANTPLANE_SECRET_KEY":  "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+	}
+	cfg, err := ConfigFromEnv(envOf(good))
+	require.NoError(t, err)
+	require.Equal(t, ":8080", cfg.APIAddr)
+	require.Equal(t, "127.0.0.1:8081", cfg.AdminAddr, "the admin API listens on loopback by default")
+	require.Len(t, cfg.SecretKey, 32)
+	require.Equal(t, 30*time.Second, cfg.ShutdownTimeout)
+
+	// Every problem is reported at once, each naming its variable.
+	_, err = ConfigFromEnv(envOf(map[string]string{}))
+	require.Error(t, err)
+	for _, name := range []string{"DATABASE_URL", "TENANTPLANE_ADMIN_TOKEN", "TENANTPLANE_SECRET_KEY"} {
+		require.Contains(t, err.Error(), name+": not set")
+	}
+
+	cases := map[string]string{
+		"DATABASE_URL":                  "postgres://%zz",
+		"TENANTPLANE_ADMIN_TOKEN":       "short",
+		"TENANTPLANE_SECRET_KEY":        "not-a-key",
+		"TENANTPLANE_TENANT_MIGRATIONS": "/does/not/exist",
+		"TENANTPLANE_SHUTDOWN_TIMEOUT":  "soon",
+		"STRIPE_API_BASE":               "http://127.0.0.1:12111",
+	}
+	for name, value := range cases {
+		env := map[string]string{}
+		for k, v := range good {
+			env[k] = v
+		}
+		env[name] = value
+		_, err := ConfigFromEnv(envOf(env))
+		require.Error(t, err, name)
+		if name != "STRIPE_API_BASE" {
+			require.Contains(t, err.Error(), name+":", name)
+		}
+		if name == "STRIPE_API_BASE" {
+			require.Contains(t, err.Error(), "STRIPE_API_KEY: not set")
+		}
+	}
+}
