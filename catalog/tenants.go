@@ -2,7 +2,9 @@ package catalog
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/base64"
+	"encoding/hex"
 	"regexp"
 	"strings"
 	"time"
@@ -122,7 +124,10 @@ func (s *Store) CreateTenant(ctx context.Context, nt NewTenant, enqueue func(ctx
 		}
 		// Names derive from the id: deterministic, so a retried step finds what
 		// an earlier attempt made, and never built from input.
-		if _, err := tx.Exec(ctx, `UPDATE tenants SET db_name = $2, db_role = $2 WHERE id = $1`, id, DatabaseName(id)); err != nil {
+		// The role's password is made and sealed here, once: every attempt
+		// at provisioning uses the same one.
+		if _, err := tx.Exec(ctx, `UPDATE tenants SET db_name = $2, db_role = $2, credentials_sealed = $3 WHERE id = $1`,
+			id, DatabaseName(id), s.cipher.Seal([]byte(newPassword()), tenantAD(id))); err != nil {
 			return classify(err, "tenant")
 		}
 		if t, err = scanTenant(tx.QueryRow(ctx, `SELECT `+tenantColumns+tenantFrom+`WHERE t.id = $1`, id)); err != nil {
@@ -281,6 +286,14 @@ type Transition struct {
 	LastError string
 	// DeleteAfter sets the end of the grace period (state deleting), or clears it.
 	DeleteAfter *time.Time
+	// Schema, when set, records the tenant database's schema with the change.
+	Schema *SchemaState
+}
+
+// SchemaState is a tenant database's golang-migrate version and dirty flag.
+type SchemaState struct {
+	Version int64
+	Dirty   bool
 }
 
 // TransitionTenant moves a tenant from one of tr.From to tr.To, records the
@@ -310,6 +323,12 @@ func (s *Store) TransitionTenantTx(ctx context.Context, tx pgx.Tx, tr Transition
 		WHERE id = $1`, tr.TenantID, tr.To, tr.LastError, tr.DeleteAfter)
 	if err != nil {
 		return Tenant{}, classify(err, "tenant")
+	}
+	if tr.Schema != nil {
+		if _, err := tx.Exec(ctx, `UPDATE tenants SET schema_version = $2, schema_dirty = $3 WHERE id = $1`,
+			tr.TenantID, tr.Schema.Version, tr.Schema.Dirty); err != nil {
+			return Tenant{}, classify(err, "tenant")
+		}
 	}
 	t, err := scanTenant(tx.QueryRow(ctx, `SELECT `+tenantColumns+tenantFrom+`WHERE t.id = $1`, tr.TenantID))
 	if err != nil {
@@ -362,17 +381,11 @@ func (s *Store) TenantCredentials(ctx context.Context, tenantID string) (role, p
 	return role, string(plain), err
 }
 
-// EnsureTenantCredentials returns the tenant's role password, generating and
-// sealing a new one with gen when it has none. A crashed provisioning run
-// thus finds the password its role was made with.
-func (s *Store) EnsureTenantCredentials(ctx context.Context, tenantID string, gen func() string) (string, error) {
-	_, err := s.pool.Exec(ctx, `UPDATE tenants SET credentials_sealed = $2 WHERE id = $1 AND credentials_sealed IS NULL`,
-		tenantID, s.cipher.Seal([]byte(gen()), tenantAD(tenantID)))
-	if err != nil {
-		return "", classify(err, "tenant")
-	}
-	_, pw, err := s.TenantCredentials(ctx, tenantID)
-	return pw, err
+// newPassword returns a random password for a tenant role: 24 bytes, hex.
+func newPassword() string {
+	b := make([]byte, 24)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
 }
 
 func tenantAD(id string) []byte { return []byte("tenant-credentials:" + id) }

@@ -105,10 +105,15 @@ func (p *Provisioner) step(ctx context.Context, t catalog.Tenant, name string) e
 	return nil
 }
 
-// provision creates the tenant's role and database and marks it active.
+// provision creates the tenant's role and database and marks it active:
+// from the warm pool when it has an entry, else by the slow path (role,
+// template clone, grants), whose every step a rerun finds done and skips.
 func (p *Provisioner) provision(ctx context.Context, t catalog.Tenant) error {
 	if t.State != catalog.TenantProvisioning {
 		return nil // done already, or moved on (deleted while queued)
+	}
+	if err := p.step(ctx, t, "picked"); err != nil {
+		return err
 	}
 	srv, err := p.store.GetServer(ctx, t.Server)
 	if err != nil {
@@ -118,35 +123,38 @@ func (p *Provisioner) provision(ctx context.Context, t catalog.Tenant) error {
 	if err != nil {
 		return err
 	}
-	password, err := p.store.EnsureTenantCredentials(ctx, t.ID, func() string { return randomHex(24) })
+	_, password, err := p.store.TenantCredentials(ctx, t.ID)
 	if err != nil {
 		return err
 	}
-	if err := p.ensureRole(ctx, pool, t.Role, password); err != nil {
-		return fmt.Errorf("server %s: creating role: %s", srv.Name, describe(err))
-	}
-	if err := p.step(ctx, t, "role"); err != nil {
-		return err
-	}
-	if err := p.ensureDatabase(ctx, srv, pool, t); err != nil {
-		return fmt.Errorf("server %s: creating database: %s", srv.Name, describe(err))
-	}
-	if err := p.step(ctx, t, "database"); err != nil {
-		return err
-	}
-	version, dirty, err := p.grantTenant(ctx, srv.Name, t)
+	claimed, err := p.claimWarm(ctx, pool, t, password)
 	if err != nil {
-		return fmt.Errorf("server %s: granting the tenant role: %s", srv.Name, describe(err))
+		return fmt.Errorf("server %s: claiming a warm database: %s", srv.Name, describe(err))
 	}
-	if err := p.store.SetTenantSchema(ctx, t.ID, version, dirty); err != nil {
-		return err
-	}
-	if err := p.step(ctx, t, "schema"); err != nil {
-		return err
+	schema := catalog.SchemaState{Version: int64(p.schema.Latest())}
+	if !claimed {
+		if err := p.ensureRole(ctx, pool, t.Role, password); err != nil {
+			return fmt.Errorf("server %s: creating role: %s", srv.Name, describe(err))
+		}
+		if err := p.step(ctx, t, "role"); err != nil {
+			return err
+		}
+		if err := p.ensureDatabase(ctx, srv, pool, t); err != nil {
+			return fmt.Errorf("server %s: creating database: %s", srv.Name, describe(err))
+		}
+		if err := p.step(ctx, t, "database"); err != nil {
+			return err
+		}
+		if schema.Version, schema.Dirty, err = p.grantTables(ctx, srv.Name, t.Database, t.Role); err != nil {
+			return fmt.Errorf("server %s: granting the tenant role: %s", srv.Name, describe(err))
+		}
+		if err := p.step(ctx, t, "schema"); err != nil {
+			return err
+		}
 	}
 	_, err = p.store.TransitionTenant(ctx, catalog.Transition{
 		TenantID: t.ID, From: []catalog.TenantState{catalog.TenantProvisioning}, To: catalog.TenantActive,
-		Actor: "provisioner", Action: "tenant.activated",
+		Actor: "provisioner", Action: "tenant.activated", Schema: &schema,
 	})
 	if errors.Is(err, catalog.ErrConflict) {
 		return nil // deleted meanwhile; the drop job owns it now
@@ -154,12 +162,37 @@ func (p *Provisioner) provision(ctx context.Context, t catalog.Tenant) error {
 	return err
 }
 
+// roleSettings are the statements that give a tenant role its limits, and
+// make a non-superuser admin a member of it (needed to make the role a
+// database's owner).
+func (p *Provisioner) roleSettings(role string, adminIsSuper bool) []string {
+	stmts := []string{
+		fmt.Sprintf("ALTER ROLE %s NOINHERIT CONNECTION LIMIT %d", ident(role), p.cfg.TenantConnLimit),
+		fmt.Sprintf("ALTER ROLE %s SET statement_timeout = %s", ident(role), literal(fmt.Sprint(p.cfg.TenantStatementTimeout.Milliseconds()))),
+		fmt.Sprintf("ALTER ROLE %s SET idle_in_transaction_session_timeout = '60000'", ident(role)),
+	}
+	if !adminIsSuper {
+		stmts = append(stmts, fmt.Sprintf("GRANT %s TO CURRENT_USER", ident(role)))
+	}
+	return stmts
+}
+
+func isSuperuser(ctx context.Context, q interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}) (bool, error) {
+	var super bool
+	err := q.QueryRow(ctx, `SELECT rolsuper FROM pg_roles WHERE rolname = current_user`).Scan(&super)
+	return super, err
+}
+
 // ensureRole creates the tenant's login role, or resets its password to the
 // sealed one when an earlier attempt made it.
 func (p *Provisioner) ensureRole(ctx context.Context, pool *pgxpool.Pool, role, password string) error {
-	var exists, super bool
-	err := pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1), (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)`, role).
-		Scan(&exists, &super)
+	var exists bool
+	if err := pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)`, role).Scan(&exists); err != nil {
+		return err
+	}
+	super, err := isSuperuser(ctx, pool)
 	if err != nil {
 		return err
 	}
@@ -167,16 +200,7 @@ func (p *Provisioner) ensureRole(ctx context.Context, pool *pgxpool.Pool, role, 
 	if exists {
 		verb = "ALTER"
 	}
-	stmts := []string{
-		fmt.Sprintf("%s ROLE %s LOGIN NOINHERIT PASSWORD %s CONNECTION LIMIT %d", verb, ident(role), literal(password), p.cfg.TenantConnLimit),
-		fmt.Sprintf("ALTER ROLE %s SET statement_timeout = %s", ident(role), literal(fmt.Sprint(p.cfg.TenantStatementTimeout.Milliseconds()))),
-		fmt.Sprintf("ALTER ROLE %s SET idle_in_transaction_session_timeout = '60000'", ident(role)),
-	}
-	if !super {
-		// A non-superuser admin must be a member of the role to make it the
-		// owner of a database (CREATE DATABASE ... OWNER, ALTER DATABASE OWNER).
-		stmts = append(stmts, fmt.Sprintf("GRANT %s TO CURRENT_USER", ident(role)))
-	}
+	stmts := append([]string{verb + " ROLE " + ident(role) + " LOGIN PASSWORD " + literal(password)}, p.roleSettings(role, super)...)
 	for _, s := range stmts {
 		if _, err := pool.Exec(ctx, s); err != nil {
 			var pgErr *pgconn.PgError
@@ -189,27 +213,20 @@ func (p *Provisioner) ensureRole(ctx context.Context, pool *pgxpool.Pool, role, 
 	return nil
 }
 
-// ensureDatabase gives the tenant its database, owned by its role, with
-// CONNECT revoked from PUBLIC: from the warm pool when one is ready, else a
-// clone of the server's template.
+// ensureDatabase gives the tenant its database, a clone of the server's
+// template, owned by its role, with CONNECT revoked from PUBLIC.
 func (p *Provisioner) ensureDatabase(ctx context.Context, srv catalog.Server, pool *pgxpool.Pool, t catalog.Tenant) error {
 	exists, err := databaseExists(ctx, pool, t.Database)
 	if err != nil {
 		return err
 	}
 	if !exists {
-		claimed, err := p.claimWarm(ctx, pool, t.Database)
+		tpl, err := p.ensureTemplate(ctx, srv)
 		if err != nil {
 			return err
 		}
-		if !claimed {
-			tpl, err := p.ensureTemplate(ctx, srv)
-			if err != nil {
-				return err
-			}
-			if _, err := pool.Exec(ctx, "CREATE DATABASE "+ident(t.Database)+" TEMPLATE "+ident(tpl)); err != nil {
-				return err
-			}
+		if _, err := pool.Exec(ctx, "CREATE DATABASE "+ident(t.Database)+" TEMPLATE "+ident(tpl)); err != nil {
+			return err
 		}
 	}
 	for _, s := range []string{
@@ -224,26 +241,25 @@ func (p *Provisioner) ensureDatabase(ctx context.Context, srv catalog.Server, po
 	return nil
 }
 
-// grantTenant lets the tenant role use the tables of its database. The
-// schema belongs to the admin role that migrates it; the tenant role reads
-// and writes rows, now and in tables later migrations add. It returns the
-// database's schema version.
-func (p *Provisioner) grantTenant(ctx context.Context, serverName string, t catalog.Tenant) (int64, bool, error) {
-	conn, err := p.connectDB(ctx, serverName, t.Database)
+// grantTables lets role use the tables of database. The schema belongs to
+// the admin role that migrates it; the tenant role reads and writes rows, now
+// and in tables later migrations add. It returns the database's schema version.
+func (p *Provisioner) grantTables(ctx context.Context, serverName, database, role string) (int64, bool, error) {
+	conn, err := p.connectDB(ctx, serverName, database)
 	if err != nil {
 		return 0, false, err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	role := ident(t.Role)
+	r := ident(role)
 	batch := &pgx.Batch{}
 	for _, s := range []string{
 		"REVOKE ALL ON SCHEMA public FROM PUBLIC",
-		"GRANT USAGE ON SCHEMA public TO " + role,
-		"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO " + role,
-		"GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO " + role,
-		"ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO " + role,
-		"ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO " + role,
-		"REVOKE ALL ON TABLE schema_migrations FROM " + role,
+		"GRANT USAGE ON SCHEMA public TO " + r,
+		"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO " + r,
+		"GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO " + r,
+		"ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO " + r,
+		"ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO " + r,
+		"REVOKE ALL ON TABLE schema_migrations FROM " + r,
 	} {
 		batch.Queue(s)
 	}

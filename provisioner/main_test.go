@@ -22,7 +22,7 @@ type testBundle struct {
 	cfg    Config
 }
 
-func setup(t *testing.T) *testBundle {
+func setup(t testing.TB) *testBundle {
 	t.Helper()
 	ctx := context.Background()
 	key, err := catalog.ParseKey(catalog.NewKey())
@@ -43,7 +43,7 @@ func setup(t *testing.T) *testBundle {
 }
 
 // start runs a provisioner (a process, as far as the catalog can tell) until the test ends.
-func (b *testBundle) start(t *testing.T, cfg Config) *Provisioner {
+func (b *testBundle) start(t testing.TB, cfg Config) *Provisioner {
 	t.Helper()
 	p, err := New(b.store, cfg)
 	require.NoError(t, err)

@@ -133,7 +133,7 @@ func New(store *catalog.Store, cfg Config) (*Provisioner, error) {
 		Workers:              workers,
 		JobTimeout:           cfg.JobTimeout,
 		RescueStuckJobsAfter: cfg.RescueAfter,
-		FetchCooldown:        5 * time.Millisecond,
+		FetchCooldown:        time.Millisecond, // pick up a new tenant's job at once
 		FetchPollInterval:    500 * time.Millisecond,
 		MaxAttempts:          10,
 	})

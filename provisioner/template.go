@@ -4,13 +4,11 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/tenantplane/tenantplane/catalog"
@@ -19,13 +17,13 @@ import (
 // Names of what the provisioner keeps on each server besides tenant
 // databases. The reconciler knows them by these prefixes.
 const (
-	templatePrefix = "tp_tpl_"   // tp_tpl_<schema hash>: the template at the newest version
-	buildPrefix    = "tp_build_" // tp_build_<schema hash>: a template being built
-	warmPrefix     = "tp_warm_"  // tp_warm_<schema hash>_<random>: a ready database waiting for a tenant
+	templatePrefix = "tp_tpl_"    // tp_tpl_<schema hash>: the template at the newest version
+	buildPrefix    = "tp_build_"  // tp_build_<schema hash>: a template being built
+	warmPrefix     = "tp_warm_"   // tp_warm_<schema hash>_<random>: a ready database and role waiting for a tenant
+	warmBuild      = "tp_wbuild_" // tp_wbuild_<schema hash>_<random>: a warm database being built
 )
 
 func (p *Provisioner) templateName() string { return templatePrefix + p.schema.Hash() }
-func (p *Provisioner) warmPattern() string  { return warmPrefix + p.schema.Hash() + "_" }
 
 // ensureTemplate makes sure the server has a template database at the newest
 // tenant schema, building it when missing: migrations run once per server and
@@ -75,111 +73,6 @@ func (p *Provisioner) ensureTemplate(ctx context.Context, srv catalog.Server) (s
 		return nil, nil
 	})
 	return name, err
-}
-
-// claimWarm renames a ready database of the warm pool to dbName. It returns
-// false when the pool is empty. Two claimers never get the same database:
-// the rename succeeds for one of them only.
-func (p *Provisioner) claimWarm(ctx context.Context, pool *pgxpool.Pool, dbName string) (bool, error) {
-	if p.cfg.WarmPoolSize < 0 {
-		return false, nil
-	}
-	rows, err := pool.Query(ctx, `SELECT datname FROM pg_database WHERE starts_with(datname, $1) ORDER BY random()`, p.warmPattern())
-	if err != nil {
-		return false, err
-	}
-	candidates, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return false, err
-	}
-	for _, c := range candidates {
-		_, err := pool.Exec(ctx, "ALTER DATABASE "+ident(c)+" RENAME TO "+ident(dbName))
-		if err == nil {
-			p.kickRefill()
-			return true, nil
-		}
-		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && (pgErr.Code == "3D000" || pgErr.Code == "55006") {
-			continue // taken by another claimer, or still being created
-		}
-		return false, err
-	}
-	return false, nil
-}
-
-func (p *Provisioner) kickRefill() {
-	select {
-	case p.refill <- struct{}{}:
-	default:
-	}
-}
-
-// refillLoop keeps each active server's warm pool at WarmPoolSize ready
-// databases of the current schema, and drops ready databases of older ones.
-func (p *Provisioner) refillLoop(ctx context.Context) {
-	defer close(p.fillDone)
-	if p.cfg.WarmPoolSize < 0 {
-		return
-	}
-	tick := time.NewTicker(5 * time.Second)
-	defer tick.Stop()
-	for {
-		servers, err := p.store.ListServers(ctx)
-		if err == nil {
-			for _, srv := range servers {
-				if srv.State != catalog.ServerActive || ctx.Err() != nil {
-					continue
-				}
-				if err := p.refillServer(ctx, srv); err != nil && ctx.Err() == nil {
-					p.logger.WarnContext(ctx, "warm pool refill failed", "server", srv.Name, "error", err)
-				}
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		case <-p.refill:
-		}
-	}
-}
-
-func (p *Provisioner) refillServer(ctx context.Context, srv catalog.Server) error {
-	ctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	tpl, err := p.ensureTemplate(ctx, srv)
-	if err != nil {
-		return err
-	}
-	pool, err := p.admin(ctx, srv.ID, srv.Name)
-	if err != nil {
-		return err
-	}
-	rows, err := pool.Query(ctx, `SELECT datname FROM pg_database WHERE starts_with(datname, $1)`, warmPrefix)
-	if err != nil {
-		return err
-	}
-	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return err
-	}
-	ready := 0
-	for _, n := range names {
-		if strings.HasPrefix(n, p.warmPattern()) {
-			ready++
-			continue
-		}
-		// A ready database of another schema: not for this binary's tenants.
-		if _, err := pool.Exec(ctx, "DROP DATABASE IF EXISTS "+ident(n)+" WITH (FORCE)"); err != nil {
-			return err
-		}
-	}
-	for ; ready < p.cfg.WarmPoolSize; ready++ {
-		if _, err := pool.Exec(ctx, "CREATE DATABASE "+ident(p.warmPattern()+randomHex(4))+" TEMPLATE "+ident(tpl)); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 func databaseExists(ctx context.Context, pool *pgxpool.Pool, name string) (bool, error) {
