@@ -26,6 +26,7 @@ type App struct {
 	logger   *slog.Logger
 	store    *catalog.Store
 	watcher  *catalog.Watcher
+	router   *router.Router
 	prov     *provisioner.Provisioner
 	registry *prometheus.Registry
 
@@ -83,7 +84,15 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*App, error) {
 		serveErr: make(chan error, 2),
 	}
 	metrics := httpapi.NewMetrics(reg)
-	a.apiServer = newHTTPServer(router.New(router.Config{Logger: logger, Metrics: metrics, Ready: a.ready}), logger)
+	a.router, err = router.New(router.Config{
+		Store: store, Watcher: watcher, Ready: a.ready, Logger: logger, Metrics: metrics, Registerer: reg,
+		Pools: router.PoolConfig{CacheSize: cfg.PoolCacheSize}, FlushInterval: cfg.UsageFlushInterval,
+	})
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	a.apiServer = newHTTPServer(a.router.Handler(), logger)
 	a.adminServer = newHTTPServer(a.adminHandler(metrics), logger)
 	return a, nil
 }
@@ -110,13 +119,13 @@ func (a *App) Start(ctx context.Context) error {
 		_ = a.apiLn.Close()
 		return err
 	}
-	a.watcher.Start(ctx)
 	if err := a.prov.Start(ctx); err != nil {
-		a.watcher.Stop()
 		_ = a.apiLn.Close()
 		_ = a.adminLn.Close()
 		return err
 	}
+	a.watcher.Start(ctx)
+	a.router.Start(ctx)
 	for _, s := range []struct {
 		srv *http.Server
 		ln  net.Listener
@@ -177,7 +186,8 @@ func (a *App) Stop(ctx context.Context) error {
 			}()
 		}
 		wg.Wait()
-		errs = append(errs, a.prov.Stop(ctx))
+		// The servers take no more requests: flush the last usage counts.
+		errs = append(errs, a.router.Stop(ctx), a.prov.Stop(ctx))
 		a.watcher.Stop()
 		a.store.Close()
 		a.stopErr = errors.Join(errs...)

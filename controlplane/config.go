@@ -43,6 +43,12 @@ type Config struct {
 	// WarmPoolSize is how many ready databases each server keeps for instant
 	// tenant creation (TENANTPLANE_WARM_POOL_SIZE). Default 2; 0 disables it.
 	WarmPoolSize int
+	// PoolCacheSize bounds the tenant pools open at once (TENANTPLANE_POOL_CACHE_SIZE). Default 500.
+	PoolCacheSize int
+	// UsageFlushInterval is how often the router writes its usage counters to
+	// the catalog; a crash loses at most this much metering
+	// (TENANTPLANE_USAGE_FLUSH_INTERVAL). Default 5s.
+	UsageFlushInterval time.Duration
 	// ShutdownTimeout bounds graceful shutdown (TENANTPLANE_SHUTDOWN_TIMEOUT). Default 30s.
 	ShutdownTimeout time.Duration
 }
@@ -108,6 +114,22 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 			bad("TENANTPLANE_WARM_POOL_SIZE", "%q is not a whole number from 0 to 100", raw)
 		}
 		cfg.WarmPoolSize = n
+	}
+	cfg.PoolCacheSize = 500
+	if raw := getenv("TENANTPLANE_POOL_CACHE_SIZE"); raw != "" {
+		n, err := strconv.Atoi(raw)
+		if err != nil || n < 1 {
+			bad("TENANTPLANE_POOL_CACHE_SIZE", "%q is not a whole number of at least 1", raw)
+		}
+		cfg.PoolCacheSize = n
+	}
+	cfg.UsageFlushInterval = 5 * time.Second
+	if raw := getenv("TENANTPLANE_USAGE_FLUSH_INTERVAL"); raw != "" {
+		d, err := time.ParseDuration(raw)
+		if err != nil || d < 100*time.Millisecond {
+			bad("TENANTPLANE_USAGE_FLUSH_INTERVAL", "%q is not a duration of at least 100ms, such as 5s", raw)
+		}
+		cfg.UsageFlushInterval = d
 	}
 	cfg.ShutdownTimeout = 30 * time.Second
 	if raw := getenv("TENANTPLANE_SHUTDOWN_TIMEOUT"); raw != "" {

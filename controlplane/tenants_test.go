@@ -24,11 +24,17 @@ type fleet struct {
 // servers pg-1 ... pg-n.
 func setupFleet(t *testing.T, n int, env map[string]string) *fleet {
 	t.Helper()
+	return setupFleetOpts(t, n, env, 0)
+}
+
+// setupFleetOpts is setupFleet with each server's connection budget (0: the default).
+func setupFleetOpts(t *testing.T, n int, env map[string]string, connBudget int) *fleet {
+	t.Helper()
 	f := &fleet{testBundle: setupEnv(t, "", env), servers: map[string]*pgtest.Server{}}
 	for i := 1; i <= n; i++ {
 		srv := pgtest.NewServer(t)
 		name := fmt.Sprintf("pg-%d", i)
-		status, body := call(t, "POST", f.admin+"/admin/v1/servers", testToken, map[string]any{"name": name, "dsn": srv.DSN("postgres"), "capacity": 100})
+		status, body := call(t, "POST", f.admin+"/admin/v1/servers", testToken, map[string]any{"name": name, "dsn": srv.DSN("postgres"), "capacity": 100, "conn_budget": connBudget})
 		require.Equal(t, http.StatusCreated, status, body)
 		f.servers[name] = srv
 	}

@@ -2,28 +2,265 @@ package router
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
+	"strconv"
+	"strings"
+	"time"
 
+	"github.com/gin-gonic/gin"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tenantplane/tenantplane/catalog"
 	"github.com/tenantplane/tenantplane/internal/httpapi"
 )
 
 // Config configures the tenant API.
 type Config struct {
+	// Store is the catalog. Required.
+	Store *catalog.Store
+	// Watcher brings the catalog's changes (suspend, delete, key revocation,
+	// credentials) to the caches at once. Required.
+	Watcher *catalog.Watcher
+	// Ready reports whether the dependencies answer, for GET /readyz. Required.
+	Ready func(context.Context) error
 	// Logger receives one line per request. Default slog.Default().
 	Logger *slog.Logger
 	// Metrics counts requests; optional.
 	Metrics *httpapi.Metrics
-	// Ready reports whether the dependencies answer, for GET /readyz. Required.
-	Ready func(context.Context) error
+	// Registerer receives the router's own metrics (pools, usage); optional.
+	Registerer prometheus.Registerer
+	// Pools tunes the per-tenant pools.
+	Pools PoolConfig
+	// FlushInterval is how often usage counters are written to the catalog;
+	// a crash loses at most this much metering. Default 5s.
+	FlushInterval time.Duration
+	// RequestTimeout bounds one tenant request, database work included. Default 10s.
+	RequestTimeout time.Duration
+	// AcquireTimeout bounds waiting for a connection of the tenant's pool, so
+	// a tenant whose server is down or saturated gets 503 fast. Default 1.8s.
+	AcquireTimeout time.Duration
+	// NegativeTTL is how long an unknown key is remembered as unknown. Default 10s.
+	NegativeTTL time.Duration
 }
 
-// New returns the tenant API's HTTP handler.
-func New(cfg Config) http.Handler {
+// Router serves the tenant API.
+type Router struct {
+	cfg      Config
+	engine   *gin.Engine
+	resolver *resolver
+	pools    *pools
+	meter    *meter
+
+	stopWatch context.CancelFunc
+	watchDone chan struct{}
+}
+
+// New returns the tenant API. Start runs its background work.
+func New(cfg Config) (*Router, error) {
+	if cfg.Store == nil || cfg.Watcher == nil || cfg.Ready == nil {
+		return nil, errors.New("router: Store, Watcher and Ready are required")
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	e := httpapi.NewEngine(httpapi.Config{API: "tenant", Logger: cfg.Logger, Metrics: cfg.Metrics})
+	if cfg.FlushInterval == 0 {
+		cfg.FlushInterval = 5 * time.Second
+	}
+	if cfg.RequestTimeout == 0 {
+		cfg.RequestTimeout = 10 * time.Second
+	}
+	if cfg.AcquireTimeout == 0 {
+		cfg.AcquireTimeout = 1800 * time.Millisecond
+	}
+	if cfg.NegativeTTL == 0 {
+		cfg.NegativeTTL = 10 * time.Second
+	}
+	r := &Router{
+		cfg:      cfg,
+		resolver: newResolver(cfg.Store, cfg.Logger, cfg.NegativeTTL),
+		pools:    newPools(cfg.Pools, cfg.Store, cfg.Logger, cfg.Registerer),
+		meter:    newMeter(cfg.Store, cfg.Logger, cfg.FlushInterval, cfg.Registerer),
+	}
+	e := httpapi.NewEngine(httpapi.Config{API: "tenant", Logger: cfg.Logger, Metrics: cfg.Metrics, MaxBodyBytes: 1 << 20})
 	httpapi.HealthRoutes(e, cfg.Ready)
-	return e
+	v1 := e.Group("/v1", r.authenticate)
+	v1.GET("/me", r.me)
+	v1.GET("/usage", r.usage)
+	userRoutes(v1)
+	r.engine = e
+	return r, nil
+}
+
+// Handler is the tenant API's HTTP handler.
+func (r *Router) Handler() http.Handler { return r.engine }
+
+// Start follows the catalog's changes and flushes usage until Stop.
+func (r *Router) Start(ctx context.Context) {
+	changes, unsubscribe := r.cfg.Watcher.Subscribe()
+	ctx, r.stopWatch = context.WithCancel(context.WithoutCancel(ctx))
+	r.watchDone = make(chan struct{})
+	go func() {
+		defer close(r.watchDone)
+		defer unsubscribe()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case id := <-changes:
+				r.resolver.forget(id)
+				if id != "" {
+					// Credentials may have changed, or the tenant gone: new
+					// requests open a fresh pool; running ones finish on the old.
+					r.pools.drop(id)
+				}
+			}
+		}
+	}()
+	r.meter.start(ctx)
+}
+
+// Stop flushes the usage counters (bounded by ctx) and closes every pool.
+// Call it after the HTTP server has stopped taking requests.
+func (r *Router) Stop(ctx context.Context) error {
+	if r.stopWatch != nil {
+		r.stopWatch()
+		<-r.watchDone
+	}
+	err := r.meter.stop(ctx)
+	r.pools.purge()
+	return err
+}
+
+// Context keys.
+const (
+	tenantKey = "tenantplane.router.tenant"
+	poolKey   = "tenantplane.router.pool"
+)
+
+// authenticate resolves the request's key to its tenant, refuses tenants
+// that may not be served, applies the plan's rate limit, counts the request,
+// and releases the tenant's pool (if a handler used it) when the request ends.
+func (r *Router) authenticate(c *gin.Context) {
+	key, _ := strings.CutPrefix(c.GetHeader("Authorization"), "Bearer ")
+	e, err := r.resolver.resolve(c, key)
+	if err != nil {
+		if catalog.CodeOf(err) == catalog.CodeUnauthorized {
+			c.Header("WWW-Authenticate", `Bearer realm="tenantplane"`)
+		}
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.Set(httpapi.TenantLogKey, e.tenant.Slug)
+	switch e.tenant.State {
+	case catalog.TenantActive:
+	case catalog.TenantSuspended:
+		httpapi.Fail(c, catalog.CodeForbidden, "tenant %q is suspended", e.tenant.Slug)
+		return
+	case catalog.TenantDeleting, catalog.TenantDeleted:
+		httpapi.Fail(c, catalog.CodeNotFound, "tenant %q does not exist", e.tenant.Slug)
+		return
+	default:
+		httpapi.Fail(c, catalog.CodeUnavailable, "tenant %q is %s", e.tenant.Slug, e.tenant.State)
+		return
+	}
+	if res := e.limiter.Reserve(); !res.OK() || res.Delay() > 0 {
+		wait := res.Delay()
+		res.Cancel()
+		c.Header("Retry-After", strconv.Itoa(int(math.Ceil(max(wait, time.Second).Seconds()))))
+		httpapi.Fail(c, catalog.CodeRateLimited, "rate limit of plan %q exceeded (%d requests per second)", e.plan.Name, e.plan.RatePerSec)
+		return
+	}
+	r.meter.count(e.tenant.ID)
+
+	ctx, cancel := context.WithTimeout(c.Request.Context(), r.cfg.RequestTimeout)
+	defer cancel()
+	c.Request = c.Request.WithContext(ctx)
+	c.Set(tenantKey, e)
+	c.Set(poolRouterKey, r)
+	c.Next()
+	if h, ok := c.Get(poolKey); ok {
+		h.(*held).conn.Release()
+		r.pools.release(h.(*held).tp)
+	}
+}
+
+const poolRouterKey = "tenantplane.router.router"
+
+// Tenant returns the tenant of the request.
+func Tenant(c *gin.Context) catalog.Tenant {
+	return c.MustGet(tenantKey).(*resolved).tenant
+}
+
+// held is the tenant pool and connection a request uses.
+type held struct {
+	tp   *tenantPool
+	conn *pgxpool.Conn
+}
+
+// DB returns a connection to the tenant's own database, as the tenant's
+// role, held for the rest of the request and released when it ends. A
+// handler of a new tenant endpoint needs nothing more:
+//
+//	db, err := router.DB(c)
+//	if err != nil { httpapi.WriteError(c, err); return }
+//	rows, err := db.Query(c, "SELECT ...")
+//
+// It fails fast (503) when the tenant's server is down, slow or out of
+// connection budget; other tenants are not affected.
+func DB(c *gin.Context) (*pgxpool.Conn, error) {
+	if h, ok := c.Get(poolKey); ok {
+		return h.(*held).conn, nil
+	}
+	r := c.MustGet(poolRouterKey).(*Router)
+	e := c.MustGet(tenantKey).(*resolved)
+	tp, err := r.pools.acquire(c, e)
+	if err != nil {
+		return nil, unavailable(e, err)
+	}
+	ctx, cancel := context.WithTimeout(c, r.cfg.AcquireTimeout)
+	defer cancel()
+	conn, err := tp.pool.Acquire(ctx)
+	if err != nil {
+		r.pools.release(tp)
+		return nil, unavailable(e, err)
+	}
+	c.Set(poolKey, &held{tp: tp, conn: conn})
+	return conn, nil
+}
+
+func unavailable(e *resolved, err error) error {
+	if errors.Is(err, errBudget) {
+		return catalog.WrapError(catalog.CodeUnavailable, err, "the database server of tenant %q is at its connection budget; retry shortly", e.tenant.Slug)
+	}
+	var ce *catalog.Error
+	if errors.As(err, &ce) {
+		return err
+	}
+	return catalog.WrapError(catalog.CodeUnavailable, err, "the database of tenant %q is unavailable", e.tenant.Slug)
+}
+
+func (r *Router) me(c *gin.Context) {
+	e := c.MustGet(tenantKey).(*resolved)
+	c.JSON(http.StatusOK, gin.H{
+		"id": e.tenant.ID, "slug": e.tenant.Slug, "name": e.tenant.Name, "plan": e.tenant.Plan,
+		"state": e.tenant.State, "key_id": e.keyID,
+		"limits": gin.H{"requests_per_second": e.plan.RatePerSec, "burst": e.plan.RateBurst, "connections": e.plan.MaxConns},
+	})
+}
+
+func (r *Router) usage(c *gin.Context) {
+	e := c.MustGet(tenantKey).(*resolved)
+	now := time.Now().UTC()
+	usage, err := r.cfg.Store.TenantUsage(c, e.tenant.ID, now)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, gin.H{"period": fmt.Sprintf("%04d-%02d", now.Year(), now.Month()), "usage": usage,
+		"note": "counted requests reach this view within one flush interval"})
 }

@@ -1,0 +1,2 @@
+DROP TABLE migration_run_tenants;
+DROP TABLE migration_runs;

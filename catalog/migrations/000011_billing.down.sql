@@ -1,0 +1,12 @@
+DROP TABLE stripe_events;
+DROP TABLE invoice_lines;
+DROP TABLE invoices;
+DROP TABLE billing_runs;
+DROP TABLE billing_customers;
+DROP TABLE usage_events;
+DROP TABLE usage_batches;
+DROP TABLE usage_periods;
+DROP TABLE usage;
+DROP TABLE plan_meter_prices;
+DROP TABLE plan_versions;
+DROP TABLE meters;

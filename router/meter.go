@@ -1,0 +1,130 @@
+package router
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tenantplane/tenantplane/catalog"
+)
+
+// meter counts each tenant's requests as api_calls in memory and flushes
+// them to the catalog in batches. Each batch carries a unique id and is
+// retried as is until the catalog takes it, so a retried flush never counts
+// twice; a crash loses at most the counts of one flush interval.
+type meter struct {
+	store    *catalog.Store
+	logger   *slog.Logger
+	interval time.Duration
+
+	mu      sync.Mutex
+	counts  map[meterKey]int64
+	pending []usageBatch // flushed but not yet accepted, oldest first
+
+	flushMu sync.Mutex // one flush at a time
+	cancel  context.CancelFunc
+	done    chan struct{}
+
+	flushed prometheus.Counter
+}
+
+type meterKey struct {
+	tenantID string
+	hour     time.Time
+}
+
+type usageBatch struct {
+	id   string
+	rows []catalog.UsageRow
+}
+
+func newMeter(store *catalog.Store, logger *slog.Logger, interval time.Duration, reg prometheus.Registerer) *meter {
+	m := &meter{store: store, logger: logger, interval: interval, counts: map[meterKey]int64{},
+		flushed: prometheus.NewCounter(prometheus.CounterOpts{Name: "tenantplane_router_api_calls_flushed_total", Help: "api_calls written to the catalog."})}
+	if reg != nil {
+		reg.MustRegister(m.flushed)
+	}
+	return m
+}
+
+func (m *meter) count(tenantID string) {
+	k := meterKey{tenantID, time.Now().UTC().Truncate(time.Hour)}
+	m.mu.Lock()
+	m.counts[k]++
+	m.mu.Unlock()
+}
+
+func (m *meter) start(ctx context.Context) {
+	ctx, m.cancel = context.WithCancel(ctx)
+	m.done = make(chan struct{})
+	go func() {
+		defer close(m.done)
+		tick := time.NewTicker(m.interval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				if err := m.flush(ctx); err != nil && ctx.Err() == nil {
+					m.logger.WarnContext(ctx, "usage flush failed; it will be retried", "error", err)
+				}
+			}
+		}
+	}()
+}
+
+// stop ends the loop and flushes what is left, until ctx ends.
+func (m *meter) stop(ctx context.Context) error {
+	if m.cancel != nil {
+		m.cancel()
+		<-m.done
+	}
+	return m.flush(ctx)
+}
+
+// flush turns the counts into a batch and writes every pending batch, oldest
+// first; a batch that fails stays pending with its id.
+func (m *meter) flush(ctx context.Context) error {
+	m.flushMu.Lock()
+	defer m.flushMu.Unlock()
+	m.mu.Lock()
+	if len(m.counts) > 0 {
+		b := usageBatch{id: newBatchID()}
+		for k, n := range m.counts {
+			b.rows = append(b.rows, catalog.UsageRow{TenantID: k.tenantID, Meter: catalog.MeterAPICalls, Bucket: k.hour, Quantity: n})
+		}
+		m.counts = map[meterKey]int64{}
+		m.pending = append(m.pending, b)
+	}
+	pending := m.pending
+	m.mu.Unlock()
+	for i, b := range pending {
+		if err := m.store.RecordUsageBatch(ctx, b.id, b.rows); err != nil {
+			m.mu.Lock()
+			m.pending = m.pending[i:]
+			m.mu.Unlock()
+			return err
+		}
+		var n int64
+		for _, r := range b.rows {
+			n += r.Quantity
+		}
+		m.flushed.Add(float64(n))
+	}
+	m.mu.Lock()
+	m.pending = m.pending[len(pending):]
+	m.mu.Unlock()
+	return nil
+}
+
+func newBatchID() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return "router-" + hex.EncodeToString(b)
+}

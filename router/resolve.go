@@ -1,0 +1,205 @@
+package router
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/golang-lru/v2/simplelru"
+	"golang.org/x/sync/singleflight"
+	"golang.org/x/time/rate"
+
+	"github.com/tenantplane/tenantplane/catalog"
+)
+
+// resolved is what a key resolves to: the tenant as the catalog last said,
+// its plan, its server's connection budget, and its rate limiter.
+type resolved struct {
+	hash         [32]byte
+	keyID        string
+	tenant       catalog.Tenant
+	plan         catalog.Plan
+	serverBudget int
+	limiter      *rate.Limiter
+	fetched      time.Time
+}
+
+// resolver maps API keys to tenants through a cache that the catalog's
+// change notifications keep fresh: a suspend, delete, key revocation or
+// credential change reaches it within the notification's latency, not after
+// a TTL. Unknown keys are remembered for a short time so a flood of bad keys
+// does not reach the catalog. While the catalog is down, cached keys keep
+// resolving; new ones answer 503.
+type resolver struct {
+	store       *catalog.Store
+	logger      *slog.Logger
+	negativeTTL time.Duration
+	maxAge      time.Duration
+
+	mu       sync.Mutex
+	byHash   *simplelru.LRU[[32]byte, *resolved]
+	byTenant map[string]map[[32]byte]struct{}
+	negative *simplelru.LRU[[32]byte, time.Time]
+	limiters map[string]*rate.Limiter // by tenant id; survive re-resolution
+	plans    map[string]catalog.Plan
+	budgets  map[int64]int // by server id
+
+	flight singleflight.Group
+}
+
+func newResolver(store *catalog.Store, logger *slog.Logger, negativeTTL time.Duration) *resolver {
+	r := &resolver{
+		store: store, logger: logger, negativeTTL: negativeTTL, maxAge: 5 * time.Minute,
+		byTenant: map[string]map[[32]byte]struct{}{},
+		limiters: map[string]*rate.Limiter{},
+		budgets:  map[int64]int{},
+	}
+	r.byHash, _ = simplelru.NewLRU(100_000, r.unindex)
+	r.negative, _ = simplelru.NewLRU[[32]byte, time.Time](10_000, nil)
+	return r
+}
+
+func (r *resolver) unindex(h [32]byte, e *resolved) {
+	if set := r.byTenant[e.tenant.ID]; set != nil {
+		delete(set, h)
+		if len(set) == 0 {
+			delete(r.byTenant, e.tenant.ID)
+		}
+	}
+}
+
+// resolve returns the entry for key, from the cache or the catalog.
+func (r *resolver) resolve(ctx context.Context, key string) (*resolved, error) {
+	if !strings.HasPrefix(key, catalog.KeyPrefix) || len(key) > 100 {
+		return nil, errBadKey
+	}
+	var h [32]byte
+	copy(h[:], catalog.HashKey(key))
+	now := time.Now()
+	r.mu.Lock()
+	e, ok := r.byHash.Get(h)
+	if ok && subtle.ConstantTimeCompare(e.hash[:], h[:]) == 1 && now.Sub(e.fetched) < r.maxAge {
+		r.mu.Unlock()
+		return e, nil
+	}
+	if until, bad := r.negative.Get(h); bad && now.Before(until) {
+		r.mu.Unlock()
+		return nil, errBadKey
+	}
+	r.mu.Unlock()
+
+	v, err, _ := r.flight.Do(string(h[:]), func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Second)
+		defer cancel()
+		return r.load(ctx, h)
+	})
+	if err != nil {
+		if ok && errors.Is(err, catalog.ErrUnavailable) {
+			return e, nil // the catalog is down: serve what we knew
+		}
+		return nil, err
+	}
+	return v.(*resolved), nil
+}
+
+var errBadKey = catalog.Errorf(catalog.CodeUnauthorized, "missing, unknown or revoked API key: send Authorization: Bearer <tenant API key>")
+
+func (r *resolver) load(ctx context.Context, h [32]byte) (*resolved, error) {
+	owner, err := r.store.ResolveAPIKey(ctx, h[:])
+	if errors.Is(err, catalog.ErrNotFound) || (err == nil && owner.Revoked) {
+		r.mu.Lock()
+		r.negative.Add(h, time.Now().Add(r.negativeTTL))
+		r.mu.Unlock()
+		return nil, errBadKey
+	}
+	if err != nil {
+		return nil, err
+	}
+	t, err := r.store.GetTenantByID(ctx, owner.TenantID)
+	if err != nil {
+		return nil, err
+	}
+	plan, err := r.plan(ctx, t.Plan)
+	if err != nil {
+		return nil, err
+	}
+	budget, err := r.budget(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	e := &resolved{hash: h, keyID: owner.KeyID, tenant: t, plan: plan, serverBudget: budget, fetched: time.Now()}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	lim := r.limiters[t.ID]
+	if lim == nil || lim.Limit() != rate.Limit(plan.RatePerSec) || lim.Burst() != plan.RateBurst {
+		lim = rate.NewLimiter(rate.Limit(plan.RatePerSec), plan.RateBurst)
+		r.limiters[t.ID] = lim
+	}
+	e.limiter = lim
+	r.byHash.Add(h, e)
+	if r.byTenant[t.ID] == nil {
+		r.byTenant[t.ID] = map[[32]byte]struct{}{}
+	}
+	r.byTenant[t.ID][h] = struct{}{}
+	return e, nil
+}
+
+func (r *resolver) plan(ctx context.Context, name string) (catalog.Plan, error) {
+	r.mu.Lock()
+	p, ok := r.plans[name]
+	r.mu.Unlock()
+	if ok {
+		return p, nil
+	}
+	plans, err := r.store.ListPlans(ctx)
+	if err != nil {
+		return catalog.Plan{}, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.plans = map[string]catalog.Plan{}
+	for _, p := range plans {
+		r.plans[p.Name] = p
+	}
+	if p, ok = r.plans[name]; !ok {
+		return catalog.Plan{}, catalog.Errorf(catalog.CodeInternal, "tenant's plan %q is not in the catalog", name)
+	}
+	return p, nil
+}
+
+func (r *resolver) budget(ctx context.Context, t catalog.Tenant) (int, error) {
+	r.mu.Lock()
+	b, ok := r.budgets[t.ServerID]
+	r.mu.Unlock()
+	if ok {
+		return b, nil
+	}
+	srv, err := r.store.GetServer(ctx, t.Server)
+	if err != nil {
+		return 0, err
+	}
+	r.mu.Lock()
+	r.budgets[t.ServerID] = srv.ConnBudget
+	r.mu.Unlock()
+	return srv.ConnBudget, nil
+}
+
+// forget drops what is cached of a tenant ("" drops everything): the next
+// request reads the catalog again.
+func (r *resolver) forget(tenantID string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if tenantID == "" {
+		r.byHash.Purge()
+		r.negative.Purge()
+		r.plans = nil
+		return
+	}
+	for h := range r.byTenant[tenantID] {
+		r.byHash.Remove(h)
+	}
+}

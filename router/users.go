@@ -1,0 +1,257 @@
+package router
+
+import (
+	"encoding/base64"
+	"errors"
+	"net/http"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/tenantplane/tenantplane/catalog"
+	"github.com/tenantplane/tenantplane/internal/httpapi"
+)
+
+// The reference product resource: users, in each tenant's own database
+// (table from the tenant migrations). Every query runs on the tenant's
+// connection, as its role: another tenant's rows are not reachable, whatever
+// id is asked for.
+
+func userRoutes(v1 *gin.RouterGroup) {
+	v1.GET("/users", listUsers)
+	v1.POST("/users", createUser)
+	v1.GET("/users/:id", getUser)
+	v1.PATCH("/users/:id", updateUser)
+	v1.DELETE("/users/:id", deleteUser)
+}
+
+// User is a row of the tenant's users table.
+type User struct {
+	ID        string    `json:"id"`
+	Email     string    `json:"email"`
+	Name      string    `json:"name"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+const userColumns = `id, email, name, created_at, updated_at`
+
+func scanUser(row pgx.Row) (u User, err error) {
+	err = row.Scan(&u.ID, &u.Email, &u.Name, &u.CreatedAt, &u.UpdatedAt)
+	return u, err
+}
+
+// userInput is the body of POST and PATCH; PATCH leaves nil fields alone.
+type userInput struct {
+	Email *string `json:"email"`
+	Name  *string `json:"name"`
+}
+
+var emailRE = regexp.MustCompile(`^[^@\s]{1,64}@[^@\s]{1,255}$`)
+
+func (in userInput) validate(create bool) error {
+	if create && in.Email == nil {
+		return catalog.Errorf(catalog.CodeInvalid, "email is required")
+	}
+	if in.Email != nil && !emailRE.MatchString(*in.Email) {
+		return catalog.Errorf(catalog.CodeInvalid, "email %q is not an email address", *in.Email)
+	}
+	if in.Name != nil && len(*in.Name) > 200 {
+		return catalog.Errorf(catalog.CodeInvalid, "name is longer than 200 characters")
+	}
+	if !create && in.Email == nil && in.Name == nil {
+		return catalog.Errorf(catalog.CodeInvalid, "nothing to change: send email and/or name")
+	}
+	return nil
+}
+
+var uuidRE = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+
+// userID reads the :id parameter; a malformed one is simply not found.
+func userID(c *gin.Context) (string, bool) {
+	id := c.Param("id")
+	if !uuidRE.MatchString(id) {
+		httpapi.Fail(c, catalog.CodeNotFound, "user %q not found", id)
+		return "", false
+	}
+	return id, true
+}
+
+func createUser(c *gin.Context) {
+	var in userInput
+	if err := httpapi.BindJSON(c, &in); err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	if err := in.validate(true); err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	db, err := DB(c)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	name := ""
+	if in.Name != nil {
+		name = *in.Name
+	}
+	u, err := scanUser(db.QueryRow(c, `INSERT INTO users (email, name) VALUES ($1, $2) RETURNING `+userColumns, *in.Email, name))
+	if err != nil {
+		httpapi.WriteError(c, dbError(err, "user"))
+		return
+	}
+	c.JSON(http.StatusCreated, u)
+}
+
+func getUser(c *gin.Context) {
+	id, ok := userID(c)
+	if !ok {
+		return
+	}
+	db, err := DB(c)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	u, err := scanUser(db.QueryRow(c, `SELECT `+userColumns+` FROM users WHERE id = $1`, id))
+	if err != nil {
+		httpapi.WriteError(c, dbError(err, "user"))
+		return
+	}
+	c.JSON(http.StatusOK, u)
+}
+
+func updateUser(c *gin.Context) {
+	id, ok := userID(c)
+	if !ok {
+		return
+	}
+	var in userInput
+	if err := httpapi.BindJSON(c, &in); err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	if err := in.validate(false); err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	db, err := DB(c)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	u, err := scanUser(db.QueryRow(c, `
+		UPDATE users SET email = coalesce($2, email), name = coalesce($3, name), updated_at = now()
+		WHERE id = $1 RETURNING `+userColumns, id, in.Email, in.Name))
+	if err != nil {
+		httpapi.WriteError(c, dbError(err, "user"))
+		return
+	}
+	c.JSON(http.StatusOK, u)
+}
+
+func deleteUser(c *gin.Context) {
+	id, ok := userID(c)
+	if !ok {
+		return
+	}
+	db, err := DB(c)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	tag, err := db.Exec(c, `DELETE FROM users WHERE id = $1`, id)
+	if err != nil {
+		httpapi.WriteError(c, dbError(err, "user"))
+		return
+	}
+	if tag.RowsAffected() == 0 {
+		httpapi.Fail(c, catalog.CodeNotFound, "user %q not found", id)
+		return
+	}
+	c.Status(http.StatusNoContent)
+}
+
+// listUsers pages through users oldest first: ?limit= (1 to 100, default 50)
+// and ?cursor= from the previous page's next_cursor.
+func listUsers(c *gin.Context) {
+	limit := 50
+	if raw := c.Query("limit"); raw != "" {
+		n, err := strconv.Atoi(raw)
+		if err != nil || n < 1 || n > 100 {
+			httpapi.Fail(c, catalog.CodeInvalid, "limit must be a whole number from 1 to 100")
+			return
+		}
+		limit = n
+	}
+	after, afterID := time.Time{}, "00000000-0000-0000-0000-000000000000"
+	if cur := c.Query("cursor"); cur != "" {
+		raw, err := base64.RawURLEncoding.DecodeString(cur)
+		ts, id, ok := strings.Cut(string(raw), "|")
+		t, terr := time.Parse(time.RFC3339Nano, ts)
+		if err != nil || !ok || terr != nil || !uuidRE.MatchString(id) {
+			httpapi.Fail(c, catalog.CodeInvalid, "cursor is malformed: pass next_cursor from the previous page")
+			return
+		}
+		after, afterID = t, id
+	}
+	db, err := DB(c)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	rows, err := db.Query(c, `SELECT `+userColumns+` FROM users WHERE (created_at, id) > ($1, $2::uuid)
+		ORDER BY created_at, id LIMIT $3`, after, afterID, limit+1)
+	if err != nil {
+		httpapi.WriteError(c, dbError(err, "users"))
+		return
+	}
+	users, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (User, error) { return scanUser(row) })
+	if err != nil {
+		httpapi.WriteError(c, dbError(err, "users"))
+		return
+	}
+	page := gin.H{"users": users}
+	if len(users) > limit {
+		last := users[limit-1]
+		page["users"] = users[:limit]
+		page["next_cursor"] = base64.RawURLEncoding.EncodeToString([]byte(last.CreatedAt.UTC().Format(time.RFC3339Nano) + "|" + last.ID))
+	}
+	if len(users) == 0 {
+		page["users"] = []User{}
+	}
+	c.JSON(http.StatusOK, page)
+}
+
+// dbError categorises an error from a tenant database.
+func dbError(err error, what string) error {
+	if errors.Is(err, pgx.ErrNoRows) {
+		return catalog.Errorf(catalog.CodeNotFound, "%s not found", what)
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch {
+		case pgErr.Code == "23505":
+			return catalog.WrapError(catalog.CodeConflict, err, "a %s with this %s already exists", what, uniqueField(pgErr))
+		case pgErr.Code == "23514" || pgErr.Code == "22001" || pgErr.Code == "22P02":
+			return catalog.WrapError(catalog.CodeInvalid, err, "invalid %s: %s", what, pgErr.Message)
+		case pgErr.Code == "57014" || pgErr.Code == "55P03" || strings.HasPrefix(pgErr.Code, "08") || strings.HasPrefix(pgErr.Code, "53") || strings.HasPrefix(pgErr.Code, "57P"):
+			return catalog.WrapError(catalog.CodeUnavailable, err, "the tenant database did not answer in time")
+		}
+		return err
+	}
+	return catalog.WrapError(catalog.CodeUnavailable, err, "the tenant database is unavailable")
+}
+
+func uniqueField(e *pgconn.PgError) string {
+	if strings.Contains(e.ConstraintName, "email") {
+		return "email"
+	}
+	return "value"
+}
