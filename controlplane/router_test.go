@@ -15,6 +15,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"github.com/tenantplane/tenantplane/catalog"
+	"github.com/tenantplane/tenantplane/internal/pgtest"
 )
 
 // tenantWithKey creates an active tenant and returns it with a fresh API key.
@@ -440,4 +441,32 @@ func TestMeteringCountsEveryRequestOnceAcrossARestart(t *testing.T) {
 	status, body := call(t, "GET", second.api+"/v1/usage", key, nil)
 	require.Equal(t, http.StatusOK, status, body)
 	require.EqualValues(t, 1000, body["usage"].(map[string]any)[catalog.MeterAPICalls])
+}
+
+func TestCatalogDownKeepsResolvedTenantsServed(t *testing.T) {
+	t.Parallel()
+	catalogServer := pgtest.NewServer(t)
+	f := setupFleetOn(t, catalogServer.NewDB(t), 1, nil, 0)
+	_, known := f.tenantWithKey(t, "known", "enterprise", "")
+	_, unused := f.tenantWithKey(t, "not-yet-seen", "enterprise", "")
+	status, _ := call(t, "GET", f.api+"/v1/users", known, nil)
+	require.Equal(t, http.StatusOK, status)
+
+	catalogServer.Stop(t)
+	for range 5 {
+		status, body := call(t, "GET", f.api+"/v1/users", known, nil)
+		require.Equal(t, http.StatusOK, status, "a resolved tenant is served while the catalog is down: %v", body)
+	}
+	start := time.Now()
+	status, body := call(t, "GET", f.api+"/v1/users", unused, nil)
+	require.Equal(t, http.StatusServiceUnavailable, status, body)
+	require.Less(t, time.Since(start), 5*time.Second)
+	status, _ = call(t, "GET", f.admin+"/admin/v1/tenants", testToken, nil)
+	require.Equal(t, http.StatusServiceUnavailable, status, "admin calls answer 503 while the catalog is down")
+
+	catalogServer.Start(t)
+	require.Eventually(t, func() bool {
+		status, _ := call(t, "GET", f.api+"/v1/users", unused, nil)
+		return status == http.StatusOK
+	}, 15*time.Second, 100*time.Millisecond)
 }

@@ -30,7 +30,13 @@ func setupFleet(t *testing.T, n int, env map[string]string) *fleet {
 // setupFleetOpts is setupFleet with each server's connection budget (0: the default).
 func setupFleetOpts(t *testing.T, n int, env map[string]string, connBudget int) *fleet {
 	t.Helper()
-	f := &fleet{testBundle: setupEnv(t, "", env), servers: map[string]*pgtest.Server{}}
+	return setupFleetOn(t, "", n, env, connBudget)
+}
+
+// setupFleetOn is setupFleetOpts on a given catalog database ("" for a fresh one).
+func setupFleetOn(t *testing.T, catalogDSN string, n int, env map[string]string, connBudget int) *fleet {
+	t.Helper()
+	f := &fleet{testBundle: setupEnv(t, catalogDSN, env), servers: map[string]*pgtest.Server{}}
 	for i := 1; i <= n; i++ {
 		srv := pgtest.NewServer(t)
 		name := fmt.Sprintf("pg-%d", i)

@@ -1,0 +1,132 @@
+package router
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tenantplane/tenantplane/catalog"
+	"github.com/tenantplane/tenantplane/internal/pgtest"
+	"github.com/tenantplane/tenantplane/provisioner"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+var catalogTemplate = pgtest.WithTemplate("catalog-"+pgtest.HashFS(catalog.Migrations()), catalog.Migrate)
+
+// setupTenants provisions n tenants on a private server and returns the
+// store and what the router would resolve them to.
+func setupTenants(t *testing.T, n int) (*catalog.Store, []*resolved) {
+	t.Helper()
+	ctx := context.Background()
+	key, _ := catalog.ParseKey(catalog.NewKey())
+	cipher, _ := catalog.NewCipher(key)
+	store, err := catalog.Open(ctx, pgtest.NewDB(t, catalogTemplate), cipher, catalog.StoreConfig{})
+	require.NoError(t, err)
+	t.Cleanup(store.Close)
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	prov, err := provisioner.New(store, provisioner.Config{Logger: logger, WarmPoolSize: -1})
+	require.NoError(t, err)
+	require.NoError(t, prov.Start(ctx))
+	t.Cleanup(func() { _ = prov.Stop(ctx) })
+	srv := pgtest.NewServer(t)
+	_, err = prov.RegisterServer(ctx, provisioner.ServerSpec{Name: "pg-1", DSN: srv.DSN("postgres"), ConnBudget: 20}, "test")
+	require.NoError(t, err)
+	var out []*resolved
+	for i := range n {
+		tn, _, err := prov.CreateTenant(ctx, provisioner.TenantSpec{Slug: fmt.Sprintf("pool-%02d", i), Plan: "pro"}, "test")
+		require.NoError(t, err)
+		tn, err = prov.WaitSettled(ctx, tn.Slug)
+		require.NoError(t, err)
+		require.Equal(t, catalog.TenantActive, tn.State, tn.LastError)
+		out = append(out, &resolved{tenant: tn, plan: catalog.Plan{MaxConns: 2}, serverBudget: 20})
+	}
+	return store, out
+}
+
+func ping(tp *tenantPool) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var one int
+	return tp.pool.QueryRow(ctx, "SELECT 1").Scan(&one)
+}
+
+func TestEvictedPoolClosesAfterItsLastRequest(t *testing.T) {
+	t.Parallel()
+	store, tenants := setupTenants(t, 2)
+	p := newPools(PoolConfig{CacheSize: 1}, store, slog.Default(), nil)
+	ctx := context.Background()
+
+	a, err := p.acquire(ctx, tenants[0])
+	require.NoError(t, err)
+	require.NoError(t, ping(a))
+	b, err := p.acquire(ctx, tenants[1]) // evicts a, which is still in use
+	require.NoError(t, err)
+	require.NoError(t, ping(a), "a request holding an evicted pool keeps working")
+	p.release(a)
+	p.closing.Wait()
+	require.ErrorContains(t, ping(a), "closed pool", "the evicted pool is closed once released")
+	require.NoError(t, ping(b))
+	p.release(b)
+	p.purge()
+	require.Equal(t, 2.0, testutil.ToFloat64(p.closed))
+}
+
+func TestEvictionRacingRequests(t *testing.T) {
+	t.Parallel()
+	store, tenants := setupTenants(t, 3)
+	p := newPools(PoolConfig{CacheSize: 1}, store, slog.Default(), nil)
+	var wg sync.WaitGroup
+	errs := make(chan error, 300)
+	for w := range 12 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 20 {
+				tp, err := p.acquire(context.Background(), tenants[(w+i)%3])
+				if err != nil {
+					errs <- err
+					continue
+				}
+				if err := ping(tp); err != nil {
+					errs <- err
+				}
+				p.release(tp)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err) // a "closed pool" here would mean a pool closed under a request
+	}
+	p.purge()
+	require.Equal(t, testutil.ToFloat64(p.opened), testutil.ToFloat64(p.closed), "every pool opened was closed: none leaked")
+}
+
+func TestConcurrentMissesOpenOnePool(t *testing.T) {
+	t.Parallel()
+	store, tenants := setupTenants(t, 1)
+	p := newPools(PoolConfig{CacheSize: 10}, store, slog.Default(), nil)
+	var wg sync.WaitGroup
+	for range 30 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tp, err := p.acquire(context.Background(), tenants[0])
+			if err == nil {
+				p.release(tp)
+			}
+		}()
+	}
+	wg.Wait()
+	require.Equal(t, 1.0, testutil.ToFloat64(p.opened))
+	p.purge()
+}
