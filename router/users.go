@@ -12,6 +12,7 @@ import (
 	"github.com/gin-gonic/gin"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/tenantplane/tenantplane/catalog"
 	"github.com/tenantplane/tenantplane/internal/httpapi"
@@ -72,14 +73,20 @@ func (in userInput) validate(create bool) error {
 
 var uuidRE = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
 
-// userID reads the :id parameter; a malformed one is simply not found.
-func userID(c *gin.Context) (string, bool) {
+// userAndDB reads the :id parameter (a malformed one is simply not found)
+// and the tenant's connection; on failure it has answered already.
+func userAndDB(c *gin.Context) (string, *pgxpool.Conn, bool) {
 	id := c.Param("id")
 	if !uuidRE.MatchString(id) {
 		httpapi.Fail(c, catalog.CodeNotFound, "user %q not found", id)
-		return "", false
+		return "", nil, false
 	}
-	return id, true
+	db, err := DB(c)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return "", nil, false
+	}
+	return id, db, true
 }
 
 func createUser(c *gin.Context) {
@@ -110,13 +117,8 @@ func createUser(c *gin.Context) {
 }
 
 func getUser(c *gin.Context) {
-	id, ok := userID(c)
+	id, db, ok := userAndDB(c)
 	if !ok {
-		return
-	}
-	db, err := DB(c)
-	if err != nil {
-		httpapi.WriteError(c, err)
 		return
 	}
 	u, err := scanUser(db.QueryRow(c, `SELECT `+userColumns+` FROM users WHERE id = $1`, id))
@@ -128,10 +130,6 @@ func getUser(c *gin.Context) {
 }
 
 func updateUser(c *gin.Context) {
-	id, ok := userID(c)
-	if !ok {
-		return
-	}
 	var in userInput
 	if err := httpapi.BindJSON(c, &in); err != nil {
 		httpapi.WriteError(c, err)
@@ -141,9 +139,8 @@ func updateUser(c *gin.Context) {
 		httpapi.WriteError(c, err)
 		return
 	}
-	db, err := DB(c)
-	if err != nil {
-		httpapi.WriteError(c, err)
+	id, db, ok := userAndDB(c)
+	if !ok {
 		return
 	}
 	u, err := scanUser(db.QueryRow(c, `
@@ -157,13 +154,8 @@ func updateUser(c *gin.Context) {
 }
 
 func deleteUser(c *gin.Context) {
-	id, ok := userID(c)
+	id, db, ok := userAndDB(c)
 	if !ok {
-		return
-	}
-	db, err := DB(c)
-	if err != nil {
-		httpapi.WriteError(c, err)
 		return
 	}
 	tag, err := db.Exec(c, `DELETE FROM users WHERE id = $1`, id)
