@@ -4,6 +4,10 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -11,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 	"github.com/tenantplane/tenantplane/catalog"
+	"github.com/tenantplane/tenantplane/internal/pgcluster"
 	"github.com/tenantplane/tenantplane/internal/pgtest"
 )
 
@@ -338,4 +343,31 @@ func auditFilterFor(t *testing.T, f *fleet, slug string) catalog.AuditFilter {
 	tenant, err := f.app.store.GetTenant(context.Background(), slug)
 	require.NoError(t, err)
 	return catalog.AuditFilter{TenantID: tenant.ID}
+}
+
+func TestDeleteKeepsADumpWhenAsked(t *testing.T) {
+	t.Parallel()
+	archive, err := os.MkdirTemp("", "tenantplane-archive-")
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = os.RemoveAll(archive) })
+	f := setupFleet(t, 1, map[string]string{"TENANTPLANE_DELETE_GRACE": "0s", "TENANTPLANE_ARCHIVE_DIR": archive})
+	_, key := f.tenantWithKey(t, "archived", "pro", "")
+	status, body := call(t, "POST", f.api+"/v1/users", key, map[string]any{"email": "kept@example.com"})
+	require.Equal(t, http.StatusCreated, status, body)
+
+	status, _ = call(t, "DELETE", f.admin+"/admin/v1/tenants/archived", testToken, nil)
+	require.Equal(t, http.StatusAccepted, status)
+	require.Eventually(t, func() bool {
+		_, body := call(t, "GET", f.admin+"/admin/v1/tenants/archived", testToken, nil)
+		return body["state"] == "deleted"
+	}, 30*time.Second, 50*time.Millisecond)
+
+	dumps, err := filepath.Glob(filepath.Join(archive, "archived-*.dump"))
+	require.NoError(t, err)
+	require.Len(t, dumps, 1)
+	bin, err := pgcluster.FindBinDir()
+	require.NoError(t, err)
+	restored, err := exec.Command(filepath.Join(bin, "pg_restore"), "--data-only", "--file=-", dumps[0]).Output()
+	require.NoError(t, err, "a pg_dump archive pg_restore can read")
+	require.True(t, strings.Contains(string(restored), "kept@example.com"), "the archive holds the tenant's rows")
 }
