@@ -1,0 +1,342 @@
+package router
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/jackc/pgx/v5/pgxpool"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tenantplane/tenantplane/catalog"
+	"github.com/tenantplane/tenantplane/internal/httpapi"
+	"github.com/tenantplane/tenantplane/internal/pgcluster"
+	"github.com/tenantplane/tenantplane/internal/pgtest"
+	"github.com/tenantplane/tenantplane/provisioner"
+)
+
+const (
+	benchTenants     = 1000
+	benchConcurrency = 16
+	benchDuration    = 3 * time.Second // one measurement; each figure is three, interleaved
+	benchRounds      = 3
+	zipfS            = 1.1
+)
+
+// BenchmarkRouter compares, side by side in one run on one machine, three
+// servers answering GET /v1/users (the same handler, the same query) under
+// Zipf-distributed traffic over 1,000 tenants:
+//
+//	direct:  one fixed pool on one tenant's database, no routing (the baseline)
+//	cached:  the router with every tenant's pool cached
+//	churn:   the router with a pool cache smaller than the active set
+//
+//	go test -run '^$' -bench Router -benchtime 1x -timeout 30m ./router
+func BenchmarkRouter(b *testing.B) {
+	env := setupBench(b)
+	direct := env.directHandler(b)
+	cached := env.routed(b, "cached", benchTenants, direct)
+	// A cache of 750 of 1,000 tenants: under Zipf(1.1) traffic an LRU of that
+	// size serves about 95 % of requests (a perfect cache would need 600).
+	churn := env.routed(b, "churn", 750, direct)
+
+	for _, r := range []*benchResult{cached, churn} {
+		b.Logf("%-6s %7.0f req/s vs direct %7.0f req/s: ratio %.3f | p50 %6.2f ms p99 %6.2f ms (direct p50 %5.2f ms p99 %6.2f ms) | hit %5.1f%% | errors %d",
+			r.name, r.rps, r.directRPS, r.rps/r.directRPS, ms(r.p50), ms(r.p99), ms(r.directP50), ms(r.directP99), 100*r.hitRate, r.errors)
+	}
+	b.ReportMetric(cached.rps/cached.directRPS, "cached-ratio")
+	b.ReportMetric(churn.rps/churn.directRPS, "churn-ratio")
+	b.ReportMetric(100*churn.hitRate, "churn-hit-%")
+	b.ReportMetric(ms(churn.missP50), "miss-p50-ms")
+	b.ReportMetric(ms(churn.missP99), "miss-p99-ms")
+	b.ReportMetric(float64(cached.hitOverheadP99.Microseconds()), "hit-overhead-p99-µs")
+	b.ReportMetric(float64(max(cached.peakConns, churn.peakConns)), "peak-conns")
+	b.ReportMetric(float64(env.budget), "budget")
+	b.ReportMetric(cached.bytesPerPool/1024, "KiB/pool")
+}
+
+type benchEnv struct {
+	store   *catalog.Store
+	watcher *catalog.Watcher
+	keys    []string
+	tenants []catalog.Tenant
+	budget  int
+	logger  *slog.Logger
+}
+
+type benchResult struct {
+	name                 string
+	rps, directRPS       float64
+	p50, p99             time.Duration
+	directP50, directP99 time.Duration
+	errors               int64
+	hitRate              float64
+	missP50, missP99     time.Duration
+	hitOverheadP99       time.Duration
+	peakConns            int64
+	bytesPerPool         float64
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func setupBench(b *testing.B) *benchEnv {
+	ctx := context.Background()
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	key, _ := catalog.ParseKey(catalog.NewKey())
+	cipher, _ := catalog.NewCipher(key)
+	store, err := catalog.Open(ctx, pgtest.NewDB(b, catalogTemplate), cipher, catalog.StoreConfig{MaxConns: 40})
+	require.NoError(b, err)
+	b.Cleanup(store.Close)
+	// A plan whose rate limit is out of the way: the figure is the routing.
+	_, err = store.Pool().Exec(ctx, `INSERT INTO plans (name, max_conns, rate_per_sec, rate_burst) VALUES ('bench', 4, 1000000, 1000000)`)
+	require.NoError(b, err)
+
+	// The tenant server: a private cluster with room for a connection per tenant.
+	const budget = 1100
+	dir, err := os.MkdirTemp("/var/tmp", "tenantplane-router-bench-")
+	require.NoError(b, err)
+	require.NoError(b, os.Chmod(dir, 0o755))
+	cluster, err := pgcluster.New(pgcluster.Config{Dir: filepath.Join(dir, "data"), Password: "bench", Settings: map[string]string{
+		"max_connections": "1200", "shared_buffers": "256MB", "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
+	}})
+	require.NoError(b, err)
+	require.NoError(b, cluster.Start(ctx))
+	b.Cleanup(func() { _ = cluster.Stop(context.Background()); _ = os.RemoveAll(dir) })
+
+	prov, err := provisioner.New(store, provisioner.Config{Logger: logger, WarmPoolSize: -1, Workers: 6})
+	require.NoError(b, err)
+	require.NoError(b, prov.Start(ctx))
+	defer func() { _ = prov.Stop(ctx) }()
+	_, err = prov.RegisterServer(ctx, provisioner.ServerSpec{Name: "bench", DSN: cluster.DSN("postgres"), Capacity: 2000, ConnBudget: budget}, "bench")
+	require.NoError(b, err)
+	start := time.Now()
+	for i := range benchTenants {
+		_, _, err := prov.CreateTenant(ctx, provisioner.TenantSpec{Slug: fmt.Sprintf("bench-%04d", i), Plan: "bench"}, "bench")
+		require.NoError(b, err)
+	}
+	env := &benchEnv{store: store, budget: budget, logger: logger}
+	for i := range benchTenants {
+		t, err := prov.WaitSettled(ctx, fmt.Sprintf("bench-%04d", i))
+		require.NoError(b, err)
+		require.Equal(b, catalog.TenantActive, t.State, t.LastError)
+		_, k, err := store.CreateAPIKey(ctx, t.ID, "bench")
+		require.NoError(b, err)
+		env.keys = append(env.keys, k)
+		env.tenants = append(env.tenants, t)
+	}
+	b.Logf("%d tenants provisioned in %v", benchTenants, time.Since(start).Round(time.Second))
+	env.watcher = catalog.NewWatcher(store, logger)
+	env.watcher.Start(ctx)
+	b.Cleanup(env.watcher.Stop)
+	return env
+}
+
+// directHandler serves the same handler from one fixed pool on tenant 0's
+// database: the cost of everything but routing.
+func (env *benchEnv) directHandler(b *testing.B) http.Handler {
+	ctx := context.Background()
+	serverDSN, err := env.store.ServerDSN(ctx, "bench")
+	require.NoError(b, err)
+	role, pw, err := env.store.TenantCredentials(ctx, env.tenants[0].ID)
+	require.NoError(b, err)
+	cfg, err := pgxpool.ParseConfig(serverDSN)
+	require.NoError(b, err)
+	cfg.ConnConfig.User, cfg.ConnConfig.Password, cfg.ConnConfig.Database = role, pw, env.tenants[0].Database
+	cfg.MaxConns = benchConcurrency
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	require.NoError(b, err)
+	b.Cleanup(pool.Close)
+	e := httpapi.NewEngine(httpapi.Config{API: "tenant", Logger: env.logger})
+	e.GET("/v1/users", func(c *gin.Context) {
+		conn, err := pool.Acquire(c)
+		if err != nil {
+			httpapi.WriteError(c, err)
+			return
+		}
+		defer conn.Release()
+		c.Set(poolKey, &held{conn: conn})
+		c.Next()
+	}, listUsers)
+	return e
+}
+
+// routed measures the router with a pool cache of cacheSize, in rounds that
+// alternate with the direct baseline so that both see the same machine.
+func (env *benchEnv) routed(b *testing.B, name string, cacheSize int, direct http.Handler) *benchResult {
+	r, err := New(Config{Store: env.store, Watcher: env.watcher, Ready: func(context.Context) error { return nil }, Logger: env.logger,
+		Pools: PoolConfig{CacheSize: cacheSize, MaxConnIdleTime: 10 * time.Minute}, FlushInterval: time.Second})
+	require.NoError(b, err)
+	r.Start(context.Background())
+	defer func() { _ = r.Stop(context.Background()) }()
+
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	if cacheSize >= benchTenants {
+		// Every tenant's pool opened first: the figure is the hit path.
+		srv := httptest.NewServer(r.Handler())
+		for _, k := range env.keys {
+			get(srv.URL, k)
+		}
+		srv.Close()
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+	} else {
+		env.load(r.Handler(), r) // fill the cache with the hot set; not reported
+	}
+
+	res := &benchResult{name: name}
+	var routedLat, directLat []time.Duration
+	var routedN, directN, requests, misses int64
+	for range benchRounds {
+		d := env.load(direct, nil)
+		directLat, directN = append(directLat, d.lat...), directN+d.requests
+		m := env.load(r.Handler(), r)
+		routedLat, routedN = append(routedLat, m.lat...), routedN+m.requests
+		requests, misses, res.errors = requests+m.requests, misses+m.misses, res.errors+m.errors+d.errors
+	}
+	span := benchDuration.Seconds() * benchRounds
+	res.rps, res.directRPS = float64(routedN)/span, float64(directN)/span
+	res.p50, res.p99 = quantiles(routedLat)
+	res.directP50, res.directP99 = quantiles(directLat)
+	res.hitRate = 1 - float64(misses)/float64(requests)
+	r.pools.budgetMu.Lock()
+	for _, bg := range r.pools.budgets {
+		res.peakConns = max(res.peakConns, bg.peak.Load())
+	}
+	r.pools.budgetMu.Unlock()
+	if cacheSize >= benchTenants {
+		res.bytesPerPool = float64(after.HeapAlloc-before.HeapAlloc) / benchTenants
+		res.hitOverheadP99 = env.hitOverhead(b, r)
+	} else {
+		res.missP50, res.missP99 = env.missLatency(b, r)
+	}
+	return res
+}
+
+func quantiles(d []time.Duration) (p50, p99 time.Duration) {
+	slices.Sort(d)
+	return d[len(d)/2], d[len(d)*99/100]
+}
+
+func get(base, key string) int {
+	req, _ := http.NewRequest("GET", base+"/v1/users", nil)
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+type loadResult struct {
+	lat                      []time.Duration
+	requests, errors, misses int64
+}
+
+// load runs the Zipf traffic against h for benchDuration.
+func (env *benchEnv) load(h http.Handler, r *Router) loadResult {
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: benchConcurrency}}
+	var opened0 float64
+	if r != nil {
+		opened0 = counterValue(r.pools.opened)
+	}
+	var requests, errors atomic.Int64
+	lat := make([][]time.Duration, benchConcurrency)
+	deadline := time.Now().Add(benchDuration)
+	var wg sync.WaitGroup
+	for w := range benchConcurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			zipf := rand.NewZipf(rand.New(rand.NewSource(time.Now().UnixNano()+int64(w))), zipfS, 1, benchTenants-1)
+			for time.Now().Before(deadline) {
+				req, _ := http.NewRequest("GET", srv.URL+"/v1/users", nil)
+				req.Header.Set("Authorization", "Bearer "+env.keys[zipf.Uint64()])
+				start := time.Now()
+				resp, err := client.Do(req)
+				if err == nil {
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+				lat[w] = append(lat[w], time.Since(start))
+				requests.Add(1)
+				if err != nil || resp.StatusCode != http.StatusOK {
+					errors.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	client.CloseIdleConnections()
+	res := loadResult{lat: slices.Concat(lat...), requests: requests.Load(), errors: errors.Load()}
+	if r != nil {
+		res.misses = int64(counterValue(r.pools.opened) - opened0)
+	}
+	return res
+}
+
+// hitOverhead times the routing work of a request whose tenant is cached:
+// resolving the key, finding the pool, taking a connection and giving it back.
+func (env *benchEnv) hitOverhead(b *testing.B, r *Router) time.Duration {
+	ctx := context.Background()
+	var d []time.Duration
+	for i := range 20000 {
+		k := env.keys[i%50]
+		start := time.Now()
+		e, err := r.resolver.resolve(ctx, k)
+		require.NoError(b, err)
+		tp, err := r.pools.acquire(ctx, e)
+		require.NoError(b, err)
+		conn, err := tp.pool.Acquire(ctx)
+		require.NoError(b, err)
+		conn.Release()
+		r.pools.release(tp)
+		d = append(d, time.Since(start))
+	}
+	slices.Sort(d)
+	return d[len(d)*99/100]
+}
+
+// missLatency times whole requests for tenants whose pool is not cached.
+func (env *benchEnv) missLatency(b *testing.B, r *Router) (p50, p99 time.Duration) {
+	srv := httptest.NewServer(r.Handler())
+	defer srv.Close()
+	var d []time.Duration
+	for i := 0; len(d) < 200 && i < benchTenants; i++ {
+		r.pools.mu.Lock()
+		cached := r.pools.cache.Contains(env.tenants[i].ID)
+		r.pools.mu.Unlock()
+		if cached {
+			continue
+		}
+		start := time.Now()
+		require.Equal(b, http.StatusOK, get(srv.URL, env.keys[i]))
+		d = append(d, time.Since(start))
+	}
+	return quantiles(d)
+}
+
+func counterValue(c interface{ Write(*dto.Metric) error }) float64 {
+	var m dto.Metric
+	_ = c.Write(&m)
+	return m.GetCounter().GetValue()
+}
