@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -111,7 +113,7 @@ func classify(err error, what string) error {
 		switch {
 		case pgErr.Code == "23505": // unique_violation
 			return &Error{Code: CodeConflict, Message: what + " already exists", Err: err}
-		case pgErr.Code == "23503", pgErr.Code == "23514", pgErr.Code == "22P02": // fk, check, bad text repr
+		case pgErr.Code == "23503", pgErr.Code == "23514", pgErr.Code[:2] == "22": // fk, check, data exception
 			return &Error{Code: CodeInvalid, Message: "invalid " + what, Err: err}
 		case pgErr.Code == "57014", pgErr.Code == "55P03": // query_canceled (statement timeout), lock_not_available
 			return &Error{Code: CodeUnavailable, Message: "catalog database is busy", Err: err}
@@ -126,4 +128,10 @@ func classify(err error, what string) error {
 	// Anything that is not a server-side error is the transport: the catalog
 	// could not be reached, or did not answer in time.
 	return &Error{Code: CodeUnavailable, Message: "catalog database is unavailable", Err: err}
+}
+
+// ValidText reports whether s can be stored as PostgreSQL text: valid UTF-8
+// without NUL characters.
+func ValidText(s string) bool {
+	return utf8.ValidString(s) && !strings.ContainsRune(s, 0)
 }

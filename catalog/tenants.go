@@ -90,8 +90,8 @@ func (s *Store) CreateTenant(ctx context.Context, nt NewTenant, enqueue func(ctx
 	if err := ValidateSlug(nt.Slug); err != nil {
 		return Tenant{}, false, err
 	}
-	if strings.TrimSpace(nt.Name) == "" || len(nt.Name) > 200 {
-		return Tenant{}, false, Errorf(CodeInvalid, "name is required (at most 200 characters)")
+	if strings.TrimSpace(nt.Name) == "" || len(nt.Name) > 200 || !ValidText(nt.Name) {
+		return Tenant{}, false, Errorf(CodeInvalid, "name is required: at most 200 characters of valid UTF-8 text")
 	}
 	err = s.InTx(ctx, func(tx pgx.Tx) error {
 		// One placement at a time, so capacity is never oversubscribed. Each

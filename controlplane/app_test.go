@@ -195,7 +195,7 @@ func TestGracefulShutdownFinishesInFlightRequests(t *testing.T) {
 }
 
 // withUser returns dsn with another user and password.
-func withUser(t *testing.T, dsn, user, password string) string {
+func withUser(t testing.TB, dsn, user, password string) string {
 	t.Helper()
 	u, err := url.Parse(dsn)
 	require.NoError(t, err)
@@ -204,7 +204,7 @@ func withUser(t *testing.T, dsn, user, password string) string {
 }
 
 // createRole creates a uniquely named role on the server of adminDSN and drops it at cleanup.
-func createRole(t *testing.T, adminDSN, options string) string {
+func createRole(t testing.TB, adminDSN, options string) string {
 	t.Helper()
 	ctx := context.Background()
 	conn, err := pgx.Connect(ctx, adminDSN)

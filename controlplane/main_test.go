@@ -31,13 +31,13 @@ type testBundle struct {
 
 // setup starts the real App on catalogDSN (a fresh database on the shared
 // test server when empty).
-func setup(t *testing.T, catalogDSN string) *testBundle {
+func setup(t testing.TB, catalogDSN string) *testBundle {
 	t.Helper()
 	return setupEnv(t, catalogDSN, nil)
 }
 
 // setupEnv is setup with extra environment variables.
-func setupEnv(t *testing.T, catalogDSN string, extra map[string]string) *testBundle {
+func setupEnv(t testing.TB, catalogDSN string, extra map[string]string) *testBundle {
 	t.Helper()
 	if catalogDSN == "" {
 		catalogDSN = pgtest.NewDB(t)
@@ -71,7 +71,7 @@ func envOf(m map[string]string) func(string) string { return func(k string) stri
 
 // call sends a request with the admin token (when token is not "") and
 // decodes the JSON answer.
-func call(t *testing.T, method, url, token string, body any) (int, map[string]any) {
+func call(t testing.TB, method, url, token string, body any) (int, map[string]any) {
 	t.Helper()
 	var r io.Reader
 	if body != nil {
@@ -97,7 +97,7 @@ func call(t *testing.T, method, url, token string, body any) (int, map[string]an
 }
 
 // errorCode returns the code of an {"error": {...}} body.
-func errorCode(t *testing.T, body map[string]any) string {
+func errorCode(t testing.TB, body map[string]any) string {
 	t.Helper()
 	e, ok := body["error"].(map[string]any)
 	require.True(t, ok, "not an error body: %v", body)

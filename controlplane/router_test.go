@@ -19,7 +19,7 @@ import (
 )
 
 // tenantWithKey creates an active tenant and returns it with a fresh API key.
-func (f *fleet) tenantWithKey(t *testing.T, slug, plan, server string) (map[string]any, string) {
+func (f *fleet) tenantWithKey(t testing.TB, slug, plan, server string) (map[string]any, string) {
 	t.Helper()
 	body := map[string]any{"slug": slug, "name": "Tenant " + slug, "plan": plan}
 	if server != "" {
@@ -284,7 +284,7 @@ func TestPoolCacheUnderChurnHoldsTheBudget(t *testing.T) {
 }
 
 // metric reads one unlabelled sample from the admin /metrics endpoint.
-func metric(t *testing.T, admin, name string) float64 {
+func metric(t testing.TB, admin, name string) float64 {
 	t.Helper()
 	resp, err := http.Get(admin + "/metrics")
 	require.NoError(t, err)

@@ -27,19 +27,19 @@ type fleet struct {
 
 // setupFleet starts the App and registers n private clusters as tenant
 // servers pg-1 ... pg-n.
-func setupFleet(t *testing.T, n int, env map[string]string) *fleet {
+func setupFleet(t testing.TB, n int, env map[string]string) *fleet {
 	t.Helper()
 	return setupFleetOpts(t, n, env, 0)
 }
 
 // setupFleetOpts is setupFleet with each server's connection budget (0: the default).
-func setupFleetOpts(t *testing.T, n int, env map[string]string, connBudget int) *fleet {
+func setupFleetOpts(t testing.TB, n int, env map[string]string, connBudget int) *fleet {
 	t.Helper()
 	return setupFleetOn(t, "", n, env, connBudget)
 }
 
 // setupFleetOn is setupFleetOpts on a given catalog database ("" for a fresh one).
-func setupFleetOn(t *testing.T, catalogDSN string, n int, env map[string]string, connBudget int) *fleet {
+func setupFleetOn(t testing.TB, catalogDSN string, n int, env map[string]string, connBudget int) *fleet {
 	t.Helper()
 	f := &fleet{testBundle: setupEnv(t, catalogDSN, env), servers: map[string]*pgtest.Server{}}
 	for i := 1; i <= n; i++ {
@@ -52,20 +52,20 @@ func setupFleetOn(t *testing.T, catalogDSN string, n int, env map[string]string,
 	return f
 }
 
-func (f *fleet) createTenant(t *testing.T, slug string, wait bool) (int, map[string]any) {
+func (f *fleet) createTenant(t testing.TB, slug string, wait bool) (int, map[string]any) {
 	t.Helper()
 	return call(t, "POST", f.admin+"/admin/v1/tenants?wait="+fmt.Sprint(wait), testToken, map[string]any{"slug": slug, "name": "Tenant " + slug, "plan": "pro"})
 }
 
 // connect opens a connection to a database of a server with the given DSN user.
-func connect(t *testing.T, dsn string) (*pgx.Conn, error) {
+func connect(t testing.TB, dsn string) (*pgx.Conn, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	return pgx.Connect(ctx, dsn)
 }
 
-func query[T any](t *testing.T, dsn, sql string, args ...any) T {
+func query[T any](t testing.TB, dsn, sql string, args ...any) T {
 	t.Helper()
 	conn, err := connect(t, dsn)
 	require.NoError(t, err)
@@ -76,7 +76,7 @@ func query[T any](t *testing.T, dsn, sql string, args ...any) T {
 }
 
 // dbAndRoleExist says whether a database and a role of that name exist on a server.
-func dbAndRoleExist(t *testing.T, srv *pgtest.Server, name string) (db, role bool) {
+func dbAndRoleExist(t testing.TB, srv *pgtest.Server, name string) (db, role bool) {
 	t.Helper()
 	db = query[bool](t, srv.DSN("postgres"), `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`, name)
 	role = query[bool](t, srv.DSN("postgres"), `SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)`, name)
@@ -84,7 +84,7 @@ func dbAndRoleExist(t *testing.T, srv *pgtest.Server, name string) (db, role boo
 }
 
 // tenantNames returns the tenant databases (t_...) on a server.
-func tenantNames(t *testing.T, srv *pgtest.Server) (dbs, roles []string) {
+func tenantNames(t testing.TB, srv *pgtest.Server) (dbs, roles []string) {
 	t.Helper()
 	conn, err := connect(t, srv.DSN("postgres"))
 	require.NoError(t, err)
@@ -162,7 +162,7 @@ func TestCreateTenantsConcurrentlyAcrossServers(t *testing.T) {
 	}
 }
 
-func sameServerPair(t *testing.T, bodies []map[string]any) (map[string]any, map[string]any) {
+func sameServerPair(t testing.TB, bodies []map[string]any) (map[string]any, map[string]any) {
 	t.Helper()
 	for _, a := range bodies {
 		for _, b := range bodies {
@@ -175,7 +175,7 @@ func sameServerPair(t *testing.T, bodies []map[string]any) (map[string]any, map[
 	return nil, nil
 }
 
-func tenantPassword(t *testing.T, f *fleet, id string) string {
+func tenantPassword(t testing.TB, f *fleet, id string) string {
 	t.Helper()
 	_, pw, err := f.app.store.TenantCredentials(context.Background(), id)
 	require.NoError(t, err)
@@ -333,12 +333,12 @@ func TestServerDownFailsThenRetrySucceeds(t *testing.T) {
 }
 
 // dsnAs is a DSN for a database of srv as another user.
-func dsnAs(t *testing.T, srv *pgtest.Server, user, password, database string) string {
+func dsnAs(t testing.TB, srv *pgtest.Server, user, password, database string) string {
 	t.Helper()
 	return withUser(t, srv.DSN(database), user, password)
 }
 
-func auditFilterFor(t *testing.T, f *fleet, slug string) catalog.AuditFilter {
+func auditFilterFor(t testing.TB, f *fleet, slug string) catalog.AuditFilter {
 	t.Helper()
 	tenant, err := f.app.store.GetTenant(context.Background(), slug)
 	require.NoError(t, err)

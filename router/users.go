@@ -59,6 +59,11 @@ func (in userInput) validate(create bool) error {
 	if create && in.Email == nil {
 		return catalog.Errorf(catalog.CodeInvalid, "email is required")
 	}
+	for _, v := range []*string{in.Email, in.Name} {
+		if v != nil && !catalog.ValidText(*v) {
+			return catalog.Errorf(catalog.CodeInvalid, "text must be valid UTF-8 without NUL characters")
+		}
+	}
 	if in.Email != nil && !emailRE.MatchString(*in.Email) {
 		return catalog.Errorf(catalog.CodeInvalid, "email %q is not an email address", *in.Email)
 	}
@@ -231,7 +236,7 @@ func dbError(err error, what string) error {
 		switch {
 		case pgErr.Code == "23505":
 			return catalog.WrapError(catalog.CodeConflict, err, "a %s with this %s already exists", what, uniqueField(pgErr))
-		case pgErr.Code == "23514" || pgErr.Code == "22001" || pgErr.Code == "22P02":
+		case pgErr.Code == "23514" || strings.HasPrefix(pgErr.Code, "22"): // check violation, data exception
 			return catalog.WrapError(catalog.CodeInvalid, err, "invalid %s: %s", what, pgErr.Message)
 		case pgErr.Code == "57014" || pgErr.Code == "55P03" || strings.HasPrefix(pgErr.Code, "08") || strings.HasPrefix(pgErr.Code, "53") || strings.HasPrefix(pgErr.Code, "57P"):
 			return catalog.WrapError(catalog.CodeUnavailable, err, "the tenant database did not answer in time")
