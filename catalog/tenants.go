@@ -398,12 +398,6 @@ func (s *Store) SetTenantSchema(ctx context.Context, tenantID string, version in
 	return classify(err, "tenant")
 }
 
-// SetTenantError records why the last attempt at a tenant's work failed,
-// without changing its state (the work will be retried).
-func (s *Store) SetTenantError(ctx context.Context, tenantID, msg string) error {
-	_, err := s.pool.Exec(ctx, `UPDATE tenants SET last_error = $2, updated_at = now() WHERE id = $1`, tenantID, msg)
-	return classify(err, "tenant")
-}
 
 // KnownDatabases returns the names of the databases the catalog knows on a
 // server (every tenant not yet deleted), for the reconciler.

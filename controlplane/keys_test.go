@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -32,6 +33,14 @@ func TestAPIKeys(t *testing.T) {
 	require.Equal(t, created["id"], listed["id"])
 	require.Nil(t, listed["revoked_at"])
 	require.NotContains(t, listed, "key")
+
+	// The key works, and its use is recorded (within a flush interval).
+	status, _ = call(t, "GET", f.api+"/v1/me", key, nil)
+	require.Equal(t, http.StatusOK, status)
+	require.Eventually(t, func() bool {
+		_, body := call(t, "GET", f.admin+"/admin/v1/tenants/key-owner/keys", testToken, nil)
+		return body["keys"].([]any)[0].(map[string]any)["last_used_at"] != nil
+	}, 10*time.Second, 100*time.Millisecond, "last_used_at is set after the key is used")
 
 	// Only a hash is stored.
 	stored := query[bool](t, f.app.cfg.DatabaseURL, `SELECT EXISTS (SELECT 1 FROM api_keys WHERE position(convert_to($1, 'UTF8') in hash) > 0 OR prefix = $1)`, key)

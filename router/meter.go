@@ -22,9 +22,10 @@ type meter struct {
 	logger   *slog.Logger
 	interval time.Duration
 
-	mu      sync.Mutex
-	counts  map[meterKey]int64
-	pending []usageBatch // flushed but not yet accepted, oldest first
+	mu       sync.Mutex
+	counts   map[meterKey]int64
+	pending  []usageBatch         // flushed but not yet accepted, oldest first
+	keysUsed map[string]time.Time // API key id -> last use, for the keys' last_used_at
 
 	flushMu sync.Mutex // one flush at a time
 	cancel  context.CancelFunc
@@ -44,7 +45,7 @@ type usageBatch struct {
 }
 
 func newMeter(store *catalog.Store, logger *slog.Logger, interval time.Duration, reg prometheus.Registerer) *meter {
-	m := &meter{store: store, logger: logger, interval: interval, counts: map[meterKey]int64{},
+	m := &meter{store: store, logger: logger, interval: interval, counts: map[meterKey]int64{}, keysUsed: map[string]time.Time{},
 		flushed: prometheus.NewCounter(prometheus.CounterOpts{Name: "tenantplane_router_api_calls_flushed_total", Help: "api_calls written to the catalog."})}
 	if reg != nil {
 		reg.MustRegister(m.flushed)
@@ -52,10 +53,12 @@ func newMeter(store *catalog.Store, logger *slog.Logger, interval time.Duration,
 	return m
 }
 
-func (m *meter) count(tenantID string) {
-	k := meterKey{tenantID, time.Now().UTC().Truncate(time.Hour)}
+func (m *meter) count(tenantID, keyID string) {
+	now := time.Now().UTC()
+	k := meterKey{tenantID, now.Truncate(time.Hour)}
 	m.mu.Lock()
 	m.counts[k]++
+	m.keysUsed[keyID] = now
 	m.mu.Unlock()
 }
 
@@ -103,7 +106,12 @@ func (m *meter) flush(ctx context.Context) error {
 		m.pending = append(m.pending, b)
 	}
 	pending := m.pending
+	used := m.keysUsed
+	m.keysUsed = map[string]time.Time{}
 	m.mu.Unlock()
+	if err := m.touchKeys(ctx, used); err != nil {
+		m.logger.WarnContext(ctx, "recording API key use failed", "error", err)
+	}
 	for i, b := range pending {
 		if err := m.store.RecordUsageBatch(ctx, b.id, b.rows); err != nil {
 			m.mu.Lock()
@@ -121,6 +129,22 @@ func (m *meter) flush(ctx context.Context) error {
 	m.pending = m.pending[len(pending):]
 	m.mu.Unlock()
 	return nil
+}
+
+// touchKeys records when keys were last used; at-most-once is enough here.
+func (m *meter) touchKeys(ctx context.Context, used map[string]time.Time) error {
+	if len(used) == 0 {
+		return nil
+	}
+	ids := make([]string, 0, len(used))
+	var latest time.Time
+	for id, at := range used {
+		ids = append(ids, id)
+		if at.After(latest) {
+			latest = at
+		}
+	}
+	return m.store.TouchAPIKeys(ctx, ids, latest)
 }
 
 func newBatchID() string {

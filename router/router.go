@@ -175,7 +175,7 @@ func (r *Router) authenticate(c *gin.Context) {
 		httpapi.Fail(c, catalog.CodeRateLimited, "rate limit of plan %q exceeded (%d requests per second)", e.plan.Name, e.plan.RatePerSec)
 		return
 	}
-	r.meter.count(e.tenant.ID)
+	r.meter.count(e.tenant.ID, e.keyID)
 
 	ctx, cancel := context.WithTimeout(c.Request.Context(), r.cfg.RequestTimeout)
 	defer cancel()
