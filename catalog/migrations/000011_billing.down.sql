@@ -2,6 +2,7 @@ DROP TABLE stripe_events;
 DROP TABLE invoice_lines;
 DROP TABLE invoices;
 DROP TABLE billing_runs;
+DROP TABLE billing_settings;
 DROP TABLE billing_customers;
 DROP TABLE usage_events;
 DROP TABLE usage_batches;

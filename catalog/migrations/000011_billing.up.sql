@@ -103,6 +103,16 @@ CREATE TABLE billing_customers (
     attempted_at       timestamptz NOT NULL DEFAULT now() -- first attempt to create it
 );
 
+-- The schedule bills periods from schedule_from on: the first that began after
+-- billing was installed, so an upgrade never bills a past month by itself (an
+-- operator can, through the admin API).
+CREATE TABLE billing_settings (
+    singleton     boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    schedule_from date NOT NULL CHECK (extract(day FROM schedule_from) = 1)
+);
+INSERT INTO billing_settings (schedule_from)
+    VALUES ((date_trunc('month', now() AT TIME ZONE 'UTC') + interval '1 month')::date);
+
 -- Billing runs: one period, every tenant billable in it.
 CREATE TABLE billing_runs (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

@@ -1,0 +1,362 @@
+package billing
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	stripe "github.com/stripe/stripe-go/v76"
+	"github.com/stripe/stripe-go/v76/client"
+
+	"github.com/tenantplane/tenantplane/catalog"
+)
+
+// Actor is who billing's changes are recorded as in the audit log.
+const Actor = "billing"
+
+// Suspender suspends and resumes tenants: the provisioner's lifecycle, wired
+// by controlplane. Billing suspends a tenant unpaid past the dunning grace
+// and resumes it once it has paid.
+type Suspender interface {
+	Suspend(ctx context.Context, slug, actor, reason string) (catalog.Tenant, error)
+	Resume(ctx context.Context, slug, actor, reason string) (catalog.Tenant, error)
+}
+
+// Config configures a Service. Zero fields take the documented defaults.
+type Config struct {
+	// Logger receives structured logs. Default slog.Default().
+	Logger *slog.Logger
+	// Registerer, when set, gets billing's metrics.
+	Registerer prometheus.Registerer
+
+	// StripeKey enables invoicing through Stripe (STRIPE_API_KEY). Without
+	// it, runs compute and store invoices, marked not sent.
+	StripeKey string
+	// StripeAPIBase points the Stripe client elsewhere, e.g. at stripe-mock
+	// (STRIPE_API_BASE). Default Stripe's API.
+	StripeAPIBase string
+	// StripeHTTPClient sends the Stripe requests. Default: a client with a
+	// 30s timeout and Concurrency idle connections.
+	StripeHTTPClient *http.Client
+	// StripeRetries is how often the Stripe client retries a request that
+	// failed in transit or with a 5xx, with the same idempotency key.
+	// Default 2; -1 for none.
+	StripeRetries int
+	// WebhookSecret checks Stripe webhook signatures (STRIPE_WEBHOOK_SECRET).
+	// Without it, webhooks are refused.
+	WebhookSecret string
+	// WebhookTolerance is how old a signed webhook may be. Default 5 minutes.
+	WebhookTolerance time.Duration
+
+	// Concurrency is how many invoices are sent to Stripe at once. Default 16.
+	Concurrency int
+	// ComputeBatch is how many tenants are priced per catalog transaction. Default 500.
+	ComputeBatch int
+	// MaxConsecutiveFailures stops a run's sending after this many invoices
+	// failed in a row (Stripe is down, or the key is wrong). Default 50.
+	MaxConsecutiveFailures int
+	// PollInterval is how often a process looks for runs to do: new ones, or
+	// ones a dead process left. Default 5s.
+	PollInterval time.Duration
+
+	// Schedule starts a run for each period once it has ended plus
+	// BillingGrace (TENANTPLANE_BILLING_GRACE). Default on; DisableSchedule turns it off.
+	DisableSchedule bool
+	// BillingGrace is how long after a period ends the scheduled run starts,
+	// for late usage to arrive. Default 24h.
+	BillingGrace time.Duration
+	// ScheduleInterval is how often the schedule looks. Default 1 minute.
+	ScheduleInterval time.Duration
+
+	// Suspender suspends tenants unpaid past DunningGrace and resumes them
+	// once paid. Without it there is no dunning.
+	Suspender Suspender
+	// DunningGrace is how long a sent invoice may stay unpaid before its
+	// tenant is suspended (TENANTPLANE_DUNNING_GRACE). Default 14 days.
+	DunningGrace time.Duration
+	// DunningInterval is how often unpaid invoices are looked at. Default 1 minute.
+	DunningInterval time.Duration
+
+	// StorageInterval is how often the collector samples each tenant
+	// database's size (TENANTPLANE_STORAGE_INTERVAL). Default 1h;
+	// DisableCollector turns it off.
+	StorageInterval  time.Duration
+	DisableCollector bool
+	// ConnectTimeout bounds the collector's connection to each server. Default 10s.
+	ConnectTimeout time.Duration
+
+	// Now tells the time. Default time.Now; tests move it.
+	Now func() time.Time
+}
+
+// Service is billing: usage events, runs, previews, webhooks, dunning and
+// the storage collector. Its methods are safe for concurrent use.
+type Service struct {
+	store   *catalog.Store
+	cfg     Config
+	logger  *slog.Logger
+	stripe  *client.API // nil: runs do not send
+	metrics *metrics
+
+	wake chan struct{} // a run was created: look now
+
+	mu      sync.Mutex
+	cancel  context.CancelFunc
+	loops   sync.WaitGroup
+	started bool
+}
+
+// New returns a billing Service over store. Start runs its background work.
+func New(store *catalog.Store, cfg Config) (*Service, error) {
+	if store == nil {
+		return nil, errors.New("billing: a catalog store is required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.StripeRetries == 0 {
+		cfg.StripeRetries = 2
+	}
+	if cfg.WebhookTolerance == 0 {
+		cfg.WebhookTolerance = 5 * time.Minute
+	}
+	if cfg.Concurrency == 0 {
+		cfg.Concurrency = 16
+	}
+	if cfg.ComputeBatch == 0 {
+		cfg.ComputeBatch = 500
+	}
+	if cfg.MaxConsecutiveFailures == 0 {
+		cfg.MaxConsecutiveFailures = 50
+	}
+	if cfg.PollInterval == 0 {
+		cfg.PollInterval = 5 * time.Second
+	}
+	if cfg.BillingGrace == 0 {
+		cfg.BillingGrace = 24 * time.Hour
+	}
+	if cfg.ScheduleInterval == 0 {
+		cfg.ScheduleInterval = time.Minute
+	}
+	if cfg.DunningGrace == 0 {
+		cfg.DunningGrace = 14 * 24 * time.Hour
+	}
+	if cfg.DunningInterval == 0 {
+		cfg.DunningInterval = time.Minute
+	}
+	if cfg.StorageInterval == 0 {
+		cfg.StorageInterval = time.Hour
+	}
+	if cfg.ConnectTimeout == 0 {
+		cfg.ConnectTimeout = 10 * time.Second
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	switch {
+	case cfg.Concurrency < 1 || cfg.ComputeBatch < 1:
+		return nil, errors.New("billing: Concurrency and ComputeBatch must be at least 1")
+	case cfg.BillingGrace < 0 || cfg.DunningGrace < 0:
+		return nil, errors.New("billing: BillingGrace and DunningGrace must not be negative")
+	case cfg.StripeAPIBase != "" && cfg.StripeKey == "":
+		return nil, errors.New("billing: StripeAPIBase is set without StripeKey; set both (STRIPE_API_KEY), or neither to bill without Stripe")
+	}
+	s := &Service{store: store, cfg: cfg, logger: cfg.Logger.With("component", "billing"), wake: make(chan struct{}, 1),
+		metrics: newMetrics(cfg.Registerer)}
+	if cfg.StripeKey != "" {
+		s.stripe = newStripeClient(cfg, s.logger)
+	}
+	return s, nil
+}
+
+// SendsToStripe reports whether runs send invoices to Stripe.
+func (s *Service) SendsToStripe() bool { return s.stripe != nil }
+
+func newStripeClient(cfg Config, logger *slog.Logger) *client.API {
+	hc := cfg.StripeHTTPClient
+	if hc == nil {
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.MaxIdleConnsPerHost = cfg.Concurrency
+		hc = &http.Client{Timeout: 30 * time.Second, Transport: tr}
+	}
+	retries := int64(max(cfg.StripeRetries, 0))
+	enableTelemetry := false
+	bc := &stripe.BackendConfig{HTTPClient: hc, MaxNetworkRetries: &retries, LeveledLogger: stripeLogger{logger},
+		EnableTelemetry: &enableTelemetry}
+	if cfg.StripeAPIBase != "" {
+		bc.URL = stripe.String(cfg.StripeAPIBase)
+	}
+	b := stripe.GetBackendWithConfig(stripe.APIBackend, bc)
+	return client.New(cfg.StripeKey, &stripe.Backends{API: b, Connect: b, Uploads: b})
+}
+
+// Start runs the background work until Stop: runs (new ones, and those a
+// dead process left), the schedule, dunning and the storage collector.
+func (s *Service) Start(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.started {
+		return errors.New("billing: already started")
+	}
+	s.started = true
+	ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	s.loop(ctx, "runs", s.cfg.PollInterval, s.wake, s.doOpenRuns)
+	if !s.cfg.DisableSchedule {
+		s.loop(ctx, "schedule", s.cfg.ScheduleInterval, nil, s.schedule)
+	}
+	if s.cfg.Suspender != nil {
+		s.loop(ctx, "dunning", s.cfg.DunningInterval, nil, s.SweepDunning)
+	}
+	if !s.cfg.DisableCollector {
+		s.loop(ctx, "storage", s.cfg.StorageInterval, nil, func(ctx context.Context) error {
+			_, err := s.CollectStorage(ctx)
+			return err
+		})
+	}
+	return nil
+}
+
+// loop runs fn now, then every interval (or when wake fires) until ctx ends.
+func (s *Service) loop(ctx context.Context, name string, every time.Duration, wake <-chan struct{}, fn func(context.Context) error) {
+	s.loops.Go(func() {
+		tick := time.NewTicker(every)
+		defer tick.Stop()
+		for {
+			if err := fn(ctx); err != nil && ctx.Err() == nil {
+				s.logger.WarnContext(ctx, name+" failed; retrying next round", "op", name, "error", err)
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			case <-wake:
+			}
+		}
+	})
+}
+
+// Stop ends the background work. A run in progress stops between two
+// invoices and stays running in the catalog: the next process resumes it.
+// It waits until ctx ends at most.
+func (s *Service) Stop(ctx context.Context) error {
+	s.mu.Lock()
+	cancel := s.cancel
+	s.mu.Unlock()
+	if cancel == nil {
+		return nil
+	}
+	cancel()
+	done := make(chan struct{})
+	go func() {
+		s.loops.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("billing: stopping: %w", ctx.Err())
+	}
+}
+
+func (s *Service) now() time.Time { return s.cfg.Now().UTC() }
+
+// RecordUsageEvents validates and counts a batch of usage events (see
+// catalog.Store.RecordUsageEvents): an invalid event fails the batch, an id
+// seen before counts once.
+func (s *Service) RecordUsageEvents(ctx context.Context, events []catalog.UsageEvent) (catalog.UsageEventsResult, error) {
+	res, err := s.store.RecordUsageEvents(ctx, events, s.now())
+	if err == nil {
+		s.metrics.events.WithLabelValues("accepted").Add(float64(res.Accepted))
+		s.metrics.events.WithLabelValues("duplicate").Add(float64(res.Duplicates))
+	} else if catalog.CodeOf(err) == catalog.CodeInvalid {
+		s.metrics.events.WithLabelValues("rejected").Add(float64(len(events)))
+	}
+	return res, err
+}
+
+// Preview returns a tenant's invoice for a period as it would be computed
+// now, without storing it or calling Stripe: the open period by default. A
+// period already invoiced shows the invoice stored.
+func (s *Service) Preview(ctx context.Context, slug string, period time.Time) (catalog.Invoice, error) {
+	t, err := s.store.GetTenant(ctx, slug)
+	if err != nil {
+		return catalog.Invoice{}, err
+	}
+	if period.IsZero() {
+		period = s.now()
+	}
+	p := catalog.FormatPeriod(period)
+	if inv, err := s.store.TenantInvoice(ctx, t.ID, p); err == nil {
+		return inv, nil
+	} else if !errors.Is(err, catalog.ErrNotFound) {
+		return catalog.Invoice{}, err
+	}
+	in, err := s.store.PreviewInputs(ctx, t.ID, period)
+	if err != nil {
+		return catalog.Invoice{}, err
+	}
+	lines, err := Price(in)
+	if err != nil {
+		return catalog.Invoice{}, err
+	}
+	inv := catalog.Invoice{TenantID: t.ID, Tenant: t.Slug, Period: p, Plan: in.Version.Plan, PlanVersion: in.Version.Version,
+		Currency: in.Version.Currency, State: StatePreview, Payment: catalog.PaymentNone, ComputedAt: s.now(), Lines: lines}
+	for i := range inv.Lines {
+		inv.Lines[i].No = i + 1
+		inv.Total += inv.Lines[i].Amount
+	}
+	return inv, nil
+}
+
+// StatePreview marks an invoice Preview computed and did not store.
+const StatePreview catalog.InvoiceState = "preview"
+
+type metrics struct {
+	stripe *prometheus.CounterVec
+	events *prometheus.CounterVec
+	runs   *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		stripe: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tenantplane_billing_stripe_requests_total",
+			Help: "Stripe requests billing made, by operation and outcome.",
+		}, []string{"op", "outcome"}),
+		events: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tenantplane_usage_events_total",
+			Help: "Usage events posted, by result (accepted, duplicate, rejected).",
+		}, []string{"result"}),
+		runs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tenantplane_billing_runs_total",
+			Help: "Billing runs finished, by state.",
+		}, []string{"state"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.stripe, m.events, m.runs)
+	}
+	return m
+}
+
+// stripeLogger sends stripe-go's logs to slog: its errors as warnings (the
+// caller reports the failure), the rest at debug.
+type stripeLogger struct{ l *slog.Logger }
+
+func (s stripeLogger) Debugf(format string, v ...any) {
+	s.l.Debug(fmt.Sprintf(format, v...), "op", "stripe")
+}
+func (s stripeLogger) Infof(format string, v ...any) {
+	s.l.Debug(fmt.Sprintf(format, v...), "op", "stripe")
+}
+func (s stripeLogger) Warnf(format string, v ...any) {
+	s.l.Debug(fmt.Sprintf(format, v...), "op", "stripe")
+}
+func (s stripeLogger) Errorf(format string, v ...any) {
+	s.l.Warn(fmt.Sprintf(format, v...), "op", "stripe")
+}

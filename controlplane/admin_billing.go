@@ -1,0 +1,250 @@
+package controlplane
+
+import (
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tenantplane/tenantplane/billing"
+	"github.com/tenantplane/tenantplane/catalog"
+	"github.com/tenantplane/tenantplane/internal/httpapi"
+	"github.com/tenantplane/tenantplane/provisioner"
+)
+
+// newBilling wires billing: Stripe from the environment, the provisioner's
+// lifecycle for dunning, and the schedule, dunning and collector switched off
+// when their setting says "off".
+func newBilling(store *catalog.Store, prov *provisioner.Provisioner, reg prometheus.Registerer, cfg Config, logger *slog.Logger) (*billing.Service, error) {
+	bc := billing.Config{
+		Logger: logger, Registerer: reg,
+		StripeKey: cfg.StripeAPIKey, StripeAPIBase: cfg.StripeAPIBase, WebhookSecret: cfg.StripeWebhookSecret,
+		BillingGrace: max(cfg.BillingGrace, 0), DunningGrace: max(cfg.DunningGrace, 0), StorageInterval: max(cfg.StorageInterval, 0),
+		DisableSchedule: cfg.BillingGrace < 0, DisableCollector: cfg.StorageInterval < 0,
+	}
+	if cfg.DunningGrace >= 0 {
+		bc.Suspender = prov
+	}
+	return billing.New(store, bc)
+}
+
+// billingRoutes adds metering and billing to the admin API, and the Stripe
+// webhook outside of it: Stripe signs its calls instead of holding the admin token.
+func (a *App) billingRoutes(e *gin.Engine, v1 *gin.RouterGroup) {
+	e.POST("/webhooks/stripe", a.stripeWebhook)
+	v1.POST("/usage/events", a.postUsageEvents)
+	v1.GET("/usage", a.periodUsage)
+	v1.GET("/tenants/:slug/usage", a.tenantUsage)
+	v1.GET("/plans", a.listPlans)
+	v1.POST("/plans/:name/versions", a.createPlanVersion)
+	v1.POST("/billing/runs", a.startBillingRun)
+	v1.GET("/billing/runs", a.listBillingRuns)
+	v1.GET("/billing/runs/:id", a.getBillingRun)
+	v1.GET("/tenants/:slug/invoices", a.listInvoices)
+	v1.GET("/tenants/:slug/invoice-preview", a.invoicePreview)
+}
+
+// periodQuery reads ?period=YYYY-MM, the current period when absent.
+func periodQuery(c *gin.Context) (time.Time, error) {
+	raw := c.Query("period")
+	if raw == "" {
+		return catalog.PeriodOf(time.Now()), nil
+	}
+	return catalog.ParsePeriod(raw)
+}
+
+func (a *App) stripeWebhook(c *gin.Context) {
+	payload, err := io.ReadAll(c.Request.Body)
+	if err != nil {
+		httpapi.WriteError(c, catalog.WrapError(catalog.CodeTooLarge, err, "webhook body is too large or unreadable"))
+		return
+	}
+	res, err := a.billing.HandleWebhook(c, payload, c.GetHeader("Stripe-Signature"))
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, res)
+}
+
+// postUsageEvents takes a JSON array of {id, tenant, meter, quantity,
+// timestamp}: all recorded, or none (400 naming each bad event).
+func (a *App) postUsageEvents(c *gin.Context) {
+	var events []catalog.UsageEvent
+	if err := httpapi.BindJSON(c, &events); err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	res, err := a.billing.RecordUsageEvents(c, events)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, res)
+}
+
+func (a *App) periodUsage(c *gin.Context) {
+	period, err := periodQuery(c)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	limit := 0
+	if raw := c.Query("limit"); raw != "" {
+		if limit, err = strconv.Atoi(raw); err != nil || limit < 1 {
+			httpapi.Fail(c, catalog.CodeInvalid, "limit must be a whole number from 1 to 10000")
+			return
+		}
+	}
+	page, err := a.store.PeriodUsage(c, period, c.Query("cursor"), limit)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, page)
+}
+
+func (a *App) tenantUsage(c *gin.Context) {
+	period, err := periodQuery(c)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	t, err := a.store.GetTenant(c, c.Param("slug"))
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	usage, err := a.store.TenantUsage(c, t.ID, period)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, gin.H{"tenant": t.Slug, "period": catalog.FormatPeriod(period), "usage": usage})
+}
+
+func (a *App) listPlans(c *gin.Context) {
+	plans, err := a.store.ListPlans(c)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	versions, err := a.store.ListPlanVersions(c, "")
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, gin.H{"plans": plans, "versions": versions})
+}
+
+func (a *App) createPlanVersion(c *gin.Context) {
+	var nv catalog.NewPlanVersion
+	if err := httpapi.BindJSON(c, &nv); err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	nv.Plan, nv.Actor = c.Param("name"), adminActor
+	v, err := a.store.CreatePlanVersion(c, nv, time.Now())
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusCreated, v)
+}
+
+// startBillingRun answers 202 with a new run, or 200 with the period's run
+// already pending or running.
+func (a *App) startBillingRun(c *gin.Context) {
+	var body struct {
+		Period string `json:"period"`
+	}
+	if err := httpapi.BindJSON(c, &body); err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	if body.Period == "" {
+		httpapi.Fail(c, catalog.CodeInvalid, "period is required: {\"period\": \"YYYY-MM\"}, a month that has ended")
+		return
+	}
+	period, err := catalog.ParsePeriod(body.Period)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	run, created, err := a.billing.StartRun(c, period, adminActor)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	status := http.StatusOK
+	if created {
+		status = http.StatusAccepted
+	}
+	c.JSON(status, run)
+}
+
+func (a *App) listBillingRuns(c *gin.Context) {
+	period := c.Query("period")
+	if period != "" {
+		p, err := catalog.ParsePeriod(period)
+		if err != nil {
+			httpapi.WriteError(c, err)
+			return
+		}
+		period = catalog.FormatPeriod(p)
+	}
+	runs, err := a.store.ListBillingRuns(c, period, 50)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, gin.H{"runs": runs})
+}
+
+func (a *App) getBillingRun(c *gin.Context) {
+	id, err := strconv.ParseInt(c.Param("id"), 10, 64)
+	if err != nil || id < 1 {
+		httpapi.Fail(c, catalog.CodeNotFound, "billing run %q not found", c.Param("id"))
+		return
+	}
+	run, err := a.store.GetBillingRun(c, id)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, run)
+}
+
+func (a *App) listInvoices(c *gin.Context) {
+	t, err := a.store.GetTenant(c, c.Param("slug"))
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	invoices, err := a.store.ListInvoices(c, t.ID)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, gin.H{"invoices": invoices})
+}
+
+// invoicePreview shows a tenant's invoice of the open period (or ?period=)
+// as it stands, without storing it or calling Stripe.
+func (a *App) invoicePreview(c *gin.Context) {
+	period, err := periodQuery(c)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	inv, err := a.billing.Preview(c, c.Param("slug"), period)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, inv)
+}
