@@ -51,6 +51,16 @@ type Config struct {
 	// RescueAfter is how long a job may look running before another process
 	// takes it over (its process died). Must exceed JobTimeout. Default 3 minutes.
 	RescueAfter time.Duration
+	// FanoutWorkers is how many tenants this process migrates at once for
+	// migration runs, whatever a run's concurrency. Default 16.
+	FanoutWorkers int
+	// FanoutLease is how long a run's claim on a tenant lives without a
+	// heartbeat: a process that dies has its tenants taken over, and its
+	// runs given new workers, this long after. Default 30s.
+	FanoutLease time.Duration
+	// FanoutLimits bound each statement of a run's tenant migrations.
+	// Default: SchemaLimits' defaults.
+	FanoutLimits SchemaLimits
 
 	// afterStep, in tests, runs after each provisioning step; an error stops the job there.
 	afterStep func(ctx context.Context, slug, step string) error
@@ -75,6 +85,8 @@ type Provisioner struct {
 	refill   chan struct{}
 	stopFill context.CancelFunc
 	fillDone chan struct{}
+
+	fanout fanoutState // migration runs (fanout.go)
 }
 
 // New returns a Provisioner working through store. Start runs its workers.
@@ -116,6 +128,7 @@ func New(store *catalog.Store, cfg Config) (*Provisioner, error) {
 	if cfg.DeleteGrace < 0 {
 		return nil, errors.New("provisioner: DeleteGrace must not be negative")
 	}
+	applyFanoutDefaults(&cfg)
 	p := &Provisioner{
 		store:      store,
 		cfg:        cfg,
@@ -127,9 +140,10 @@ func New(store *catalog.Store, cfg Config) (*Provisioner, error) {
 	workers := river.NewWorkers()
 	river.AddWorker(workers, &provisionWorker{p: p})
 	river.AddWorker(workers, &dropWorker{p: p})
+	river.AddWorker(workers, &fanoutWorker{p: p})
 	client, err := river.NewClient(riverpgxv5.New(store.Pool()), &river.Config{
 		Logger:               cfg.Logger.With("component", "river"),
-		Queues:               map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: cfg.Workers}},
+		Queues:               map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: cfg.Workers}, fanoutQueue(p.schema.Hash()): {MaxWorkers: cfg.FanoutWorkers}},
 		Workers:              workers,
 		JobTimeout:           cfg.JobTimeout,
 		RescueStuckJobsAfter: cfg.RescueAfter,
@@ -152,6 +166,7 @@ func (p *Provisioner) Start(ctx context.Context) error {
 	fillCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	p.stopFill, p.fillDone = cancel, make(chan struct{})
 	go p.refillLoop(fillCtx)
+	p.startFanout(ctx)
 	return nil
 }
 
@@ -160,6 +175,7 @@ func (p *Provisioner) Start(ctx context.Context) error {
 func (p *Provisioner) Stop(ctx context.Context) error {
 	var err error
 	if p.stopFill != nil {
+		p.stopFanout()
 		p.stopFill()
 		<-p.fillDone
 		if err = p.river.Stop(ctx); errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {

@@ -52,4 +52,5 @@ CREATE TABLE migration_run_tenants (
 );
 CREATE INDEX migration_run_tenants_claim_idx ON migration_run_tenants (run_id, canary DESC, position)
     WHERE state IN ('pending', 'running');
+CREATE INDEX migration_run_tenants_running_idx ON migration_run_tenants (run_id, server_id) WHERE state = 'running';
 CREATE INDEX migration_run_tenants_tenant_idx ON migration_run_tenants (tenant_id);

@@ -1,0 +1,186 @@
+package catalog_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tenantplane/tenantplane/catalog"
+)
+
+// activeTenants records n active tenants on each of the named servers
+// (registered here; nothing connects to them).
+func activeTenants(t *testing.T, b *testBundle, servers []string, n int) {
+	t.Helper()
+	ctx := context.Background()
+	for _, name := range servers {
+		_, err := b.store.CreateServer(ctx, catalog.NewServer{Name: name, DSN: "postgres://u:p@127.0.0.1:1/postgres", Capacity: 1000, ConnBudget: 10})
+		require.NoError(t, err)
+	}
+	for i := range n * len(servers) {
+		tn, _, err := b.store.CreateTenant(ctx, catalog.NewTenant{Slug: fmt.Sprintf("tenant-%02d", i), Name: "t", Plan: "basic",
+			Server: servers[i%len(servers)]}, nil)
+		require.NoError(t, err)
+		_, err = b.store.TransitionTenant(ctx, catalog.Transition{TenantID: tn.ID, From: []catalog.TenantState{catalog.TenantProvisioning},
+			To: catalog.TenantActive, Action: "tenant.activated"})
+		require.NoError(t, err)
+	}
+}
+
+func claim(t *testing.T, b *testBundle, run catalog.MigrationRun, lease time.Duration) (catalog.RunTenant, catalog.ClaimOutcome) {
+	t.Helper()
+	rt, outcome, err := b.store.ClaimRunTenant(context.Background(), catalog.ClaimRequest{RunID: run.ID, Generation: run.Generation, Worker: "test", Lease: lease})
+	require.NoError(t, err)
+	return rt, outcome
+}
+
+func finish(t *testing.T, b *testBundle, rt catalog.RunTenant, state catalog.RunTenantState) (halted, stale bool) {
+	t.Helper()
+	v := rt.ToVersion
+	halted, stale, err := b.store.FinishRunTenant(context.Background(), catalog.RunTenantResult{RunID: rt.RunID, TenantID: rt.TenantID,
+		Owner: rt.LeaseOwner, State: state, Version: &v, Error: map[bool]string{true: "boom"}[state == catalog.RunTenantFailed]})
+	require.NoError(t, err)
+	return halted, stale
+}
+
+func TestRunClaimsKeepCanaryAndLimits(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	activeTenants(t, b, []string{"pg-a", "pg-b"}, 3)
+	enqueued := 0
+	run, err := b.store.CreateMigrationRun(ctx, catalog.NewMigrationRun{TargetVersion: 2, SchemaHash: "h", Concurrency: 3, PerServer: 1,
+		Canary: -1, MaxFailures: 1, Actor: "test"}, func(ctx context.Context, tx pgx.Tx, run catalog.MigrationRun, slots int) error {
+		enqueued = slots
+		return nil
+	})
+	require.NoError(t, err)
+	require.Equal(t, 3, enqueued)
+	require.Equal(t, 2, run.Canary, "one per server")
+	require.Equal(t, catalog.RunCounts{Total: 6, Pending: 6}, run.Counts)
+
+	// The canary wave alone first, one per server.
+	c1, o1 := claim(t, b, run, time.Minute)
+	c2, o2 := claim(t, b, run, time.Minute)
+	require.Equal(t, catalog.ClaimGot, o1)
+	require.Equal(t, catalog.ClaimGot, o2)
+	require.True(t, c1.Canary && c2.Canary)
+	require.NotEqual(t, c1.Server, c2.Server)
+	_, o := claim(t, b, run, time.Minute)
+	require.Equal(t, catalog.ClaimWait, o, "the rest wait for the canaries")
+	finish(t, b, c1, catalog.RunTenantDone)
+	_, o = claim(t, b, run, time.Minute)
+	require.Equal(t, catalog.ClaimWait, o, "all canaries must succeed first")
+	finish(t, b, c2, catalog.RunTenantDone)
+
+	// Then per_server 1: one a server, although concurrency is 3.
+	c3, o3 := claim(t, b, run, time.Minute)
+	c4, o4 := claim(t, b, run, time.Minute)
+	require.Equal(t, catalog.ClaimGot, o3)
+	require.Equal(t, catalog.ClaimGot, o4)
+	require.NotEqual(t, c3.Server, c4.Server)
+	_, o = claim(t, b, run, time.Minute)
+	require.Equal(t, catalog.ClaimWait, o)
+
+	// A failure within max_failures goes on; only the claim's owner records.
+	forged := c3
+	forged.LeaseOwner = "00000000-0000-0000-0000-000000000000"
+	_, stale := finish(t, b, forged, catalog.RunTenantDone)
+	require.True(t, stale)
+	halted, stale := finish(t, b, c3, catalog.RunTenantFailed)
+	require.False(t, halted)
+	require.False(t, stale)
+
+	// A claim whose lease runs out is taken over.
+	c5, o5 := claim(t, b, run, 100*time.Millisecond)
+	require.Equal(t, catalog.ClaimGot, o5)
+	time.Sleep(150 * time.Millisecond)
+	c6, o6 := claim(t, b, run, time.Minute)
+	require.Equal(t, catalog.ClaimGot, o6)
+	require.Equal(t, c5.TenantID, c6.TenantID)
+	require.Equal(t, 2, c6.Attempts)
+	require.Contains(t, c6.Note, "taken over from test")
+	_, stale = finish(t, b, c5, catalog.RunTenantDone)
+	require.True(t, stale, "the old claim no longer counts")
+
+	// A second failure is more than max_failures 1: halted, nothing more to take.
+	halted, _ = finish(t, b, c6, catalog.RunTenantFailed)
+	require.True(t, halted)
+	_, o = claim(t, b, run, time.Minute)
+	require.Equal(t, catalog.ClaimStop, o)
+	finish(t, b, c4, catalog.RunTenantDone)
+	got, err := b.store.GetMigrationRun(ctx, run.ID)
+	require.NoError(t, err)
+	require.Equal(t, catalog.RunHalted, got.State)
+	require.Equal(t, "2 tenants failed, more than max_failures (1)", got.Reason)
+	require.Equal(t, catalog.RunCounts{Total: 6, Done: 3, Failed: 2, Pending: 1}, got.Counts)
+
+	// Resume: a new generation; the failed are pending again; the old generation stops.
+	resumed, err := b.store.ChangeMigrationRun(ctx, run.ID, catalog.RunResume, "test", func(ctx context.Context, tx pgx.Tx, r catalog.MigrationRun, slots int) error {
+		enqueued = slots
+		return nil
+	})
+	require.NoError(t, err)
+	require.Equal(t, run.Generation+1, resumed.Generation)
+	require.Equal(t, catalog.RunCounts{Total: 6, Done: 3, Pending: 3}, resumed.Counts)
+	require.Equal(t, 3, enqueued)
+	_, o = claim(t, b, run, time.Minute)
+	require.Equal(t, catalog.ClaimStop, o, "workers of the old generation stop")
+	for range 3 {
+		rt, o := claim(t, b, resumed, time.Minute)
+		require.Equal(t, catalog.ClaimGot, o)
+		finish(t, b, rt, catalog.RunTenantDone)
+	}
+	_, o = claim(t, b, resumed, time.Minute)
+	require.Equal(t, catalog.ClaimFinished, o)
+	got, err = b.store.GetMigrationRun(ctx, run.ID)
+	require.NoError(t, err)
+	require.Equal(t, catalog.RunDone, got.State)
+	require.NotNil(t, got.FinishedAt)
+
+	tn, err := b.store.GetTenant(ctx, "tenant-00")
+	require.NoError(t, err)
+	require.EqualValues(t, 2, tn.SchemaVersion, "the tenant's record follows its database")
+}
+
+func TestOneOpenRunAtATime(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	activeTenants(t, b, []string{"pg-a"}, 2)
+	nr := catalog.NewMigrationRun{TargetVersion: 2, SchemaHash: "h", Concurrency: 1, PerServer: 1, Canary: 0, Actor: "test"}
+	first, err := b.store.CreateMigrationRun(ctx, nr, nil)
+	require.NoError(t, err)
+	require.Zero(t, first.Canary)
+	_, err = b.store.CreateMigrationRun(ctx, nr, nil)
+	require.ErrorIs(t, err, catalog.ErrConflict)
+	require.Contains(t, err.Error(), fmt.Sprintf("run %d is running", first.ID))
+
+	paused, err := b.store.ChangeMigrationRun(ctx, first.ID, catalog.RunPause, "test", nil)
+	require.NoError(t, err)
+	require.Equal(t, catalog.RunPaused, paused.State)
+	_, err = b.store.ChangeMigrationRun(ctx, first.ID, catalog.RunPause, "test", nil)
+	require.ErrorIs(t, err, catalog.ErrConflict)
+	cancelled, err := b.store.ChangeMigrationRun(ctx, first.ID, catalog.RunCancel, "test", nil)
+	require.NoError(t, err)
+	require.Equal(t, catalog.RunCounts{Total: 2, Skipped: 2}, cancelled.Counts)
+
+	nr.Tenants = []string{"tenant-01", "tenant-01"}
+	second, err := b.store.CreateMigrationRun(ctx, nr, nil)
+	require.NoError(t, err, "a cancelled run is not open")
+	require.Equal(t, 1, second.Counts.Total)
+	require.False(t, second.AllTenants)
+
+	nr.Tenants = []string{"tenant-00", "ghost"}
+	_, err = b.store.CreateMigrationRun(ctx, nr, nil)
+	require.ErrorIs(t, err, catalog.ErrInvalid)
+
+	runs, err := b.store.ListMigrationRuns(ctx, 0)
+	require.NoError(t, err)
+	require.Len(t, runs, 2)
+	require.Equal(t, second.ID, runs[0].ID, "newest first")
+}

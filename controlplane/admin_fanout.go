@@ -1,0 +1,162 @@
+package controlplane
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/tenantplane/tenantplane/catalog"
+	"github.com/tenantplane/tenantplane/internal/httpapi"
+	"github.com/tenantplane/tenantplane/provisioner"
+)
+
+// fanoutRoutes is the admin API of migration fan-out: runs, the fleet's
+// schema status, and forcing a dirty tenant's version.
+func (a *App) fanoutRoutes(v1 *gin.RouterGroup) {
+	v1.POST("/migrations/runs", a.startRun)
+	v1.GET("/migrations/runs", a.listRuns)
+	v1.GET("/migrations/runs/:id", a.getRun)
+	v1.GET("/migrations/runs/:id/tenants", a.runTenants)
+	v1.POST("/migrations/runs/:id/pause", a.changeRun(catalog.RunPause))
+	v1.POST("/migrations/runs/:id/resume", a.changeRun(catalog.RunResume))
+	v1.POST("/migrations/runs/:id/cancel", a.changeRun(catalog.RunCancel))
+	v1.GET("/migrations/status", a.migrationStatus)
+	v1.POST("/tenants/:slug/migrations/force", a.forceSchema)
+}
+
+// startRun answers 201 with the run as GET /migrations/runs/{id} shows it.
+// The body is optional: every field has a default.
+func (a *App) startRun(c *gin.Context) {
+	var spec provisioner.RunSpec
+	if c.Request.ContentLength != 0 {
+		if err := httpapi.BindJSON(c, &spec); err != nil {
+			httpapi.WriteError(c, err)
+			return
+		}
+	}
+	run, err := a.prov.StartRun(c, spec, adminActor)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	report, err := a.prov.Run(c, run.ID)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusCreated, report)
+}
+
+func (a *App) listRuns(c *gin.Context) {
+	limit := 0
+	if raw := c.Query("limit"); raw != "" {
+		n, err := strconv.Atoi(raw)
+		if err != nil || n < 1 || n > 1000 {
+			httpapi.Fail(c, catalog.CodeInvalid, "limit must be a whole number from 1 to 1000")
+			return
+		}
+		limit = n
+	}
+	runs, err := a.store.ListMigrationRuns(c, limit)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, gin.H{"runs": runs})
+}
+
+func runID(c *gin.Context) (int64, bool) {
+	id, err := strconv.ParseInt(c.Param("id"), 10, 64)
+	if err != nil || id < 1 {
+		httpapi.Fail(c, catalog.CodeInvalid, "run id %q is not a run number", c.Param("id"))
+		return 0, false
+	}
+	return id, true
+}
+
+func (a *App) getRun(c *gin.Context) {
+	id, ok := runID(c)
+	if !ok {
+		return
+	}
+	report, err := a.prov.Run(c, id)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, report)
+}
+
+// runTenants lists a run's tenants, ?state= one of pending, running, done,
+// failed, skipped.
+func (a *App) runTenants(c *gin.Context) {
+	id, ok := runID(c)
+	if !ok {
+		return
+	}
+	rows, err := a.prov.RunTenants(c, id, c.Query("state"))
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, gin.H{"tenants": rows})
+}
+
+func (a *App) changeRun(action catalog.RunAction) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		id, ok := runID(c)
+		if !ok {
+			return
+		}
+		if _, err := a.prov.ChangeRun(c, id, action, adminActor); err != nil {
+			httpapi.WriteError(c, err)
+			return
+		}
+		report, err := a.prov.Run(c, id)
+		if err != nil {
+			httpapi.WriteError(c, err)
+			return
+		}
+		c.JSON(http.StatusOK, report)
+	}
+}
+
+// migrationStatus reads every tenant database's schema version; it is
+// bounded to answer within the admin server's write timeout.
+func (a *App) migrationStatus(c *gin.Context) {
+	ctx, cancel := context.WithTimeout(c, waitLimit)
+	defer cancel()
+	st, err := a.prov.SchemaStatus(ctx, provisioner.StatusOptions{})
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, st)
+}
+
+type forceBody struct {
+	Version *int64 `json:"version"`
+	Reason  string `json:"reason"`
+}
+
+// forceSchema clears a dirty tenant database's flag at the version the
+// operator says it is at, after their repair, with an audit event.
+func (a *App) forceSchema(c *gin.Context) {
+	var body forceBody
+	if err := httpapi.BindJSON(c, &body); err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	if body.Version == nil {
+		httpapi.Fail(c, catalog.CodeInvalid, `version is required: the version the database really is at after the repair, e.g. {"version": 3}`)
+		return
+	}
+	t, err := a.prov.ForceSchema(c, c.Param("slug"), *body.Version, adminActor, body.Reason)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, t)
+}
