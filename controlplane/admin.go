@@ -25,6 +25,8 @@ func (a *App) adminHandler(metrics *httpapi.Metrics) http.Handler {
 	v1.GET("/servers", a.listServers)
 	v1.POST("/servers", a.registerServer)
 	a.tenantRoutes(v1)
+	a.fanoutRoutes(v1)
+	a.billingRoutes(e, v1)
 	return e
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/tenantplane/tenantplane/billing"
 	"github.com/tenantplane/tenantplane/catalog"
 	"github.com/tenantplane/tenantplane/internal/httpapi"
 	"github.com/tenantplane/tenantplane/migrations"
@@ -28,6 +29,7 @@ type App struct {
 	watcher  *catalog.Watcher
 	router   *router.Router
 	prov     *provisioner.Provisioner
+	billing  *billing.Service
 	registry *prometheus.Registry
 
 	apiServer, adminServer *http.Server
@@ -74,12 +76,18 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*App, error) {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	bill, err := newBilling(store, prov, reg, cfg, logger)
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
 	a := &App{
 		cfg:      cfg,
 		logger:   logger,
 		store:    store,
 		watcher:  watcher,
 		prov:     prov,
+		billing:  bill,
 		registry: reg,
 		serveErr: make(chan error, 2),
 	}
@@ -126,6 +134,9 @@ func (a *App) Start(ctx context.Context) error {
 	}
 	a.watcher.Start(ctx)
 	a.router.Start(ctx)
+	if err := a.billing.Start(ctx); err != nil {
+		return errors.Join(err, a.Stop(ctx))
+	}
 	for _, s := range []struct {
 		srv *http.Server
 		ln  net.Listener
@@ -187,7 +198,7 @@ func (a *App) Stop(ctx context.Context) error {
 		}
 		wg.Wait()
 		// The servers take no more requests: flush the last usage counts.
-		errs = append(errs, a.router.Stop(ctx), a.prov.Stop(ctx))
+		errs = append(errs, a.router.Stop(ctx), a.billing.Stop(ctx), a.prov.Stop(ctx))
 		a.watcher.Stop()
 		a.store.Close()
 		a.stopErr = errors.Join(errs...)

@@ -51,6 +51,17 @@ type Config struct {
 	UsageFlushInterval time.Duration
 	// ShutdownTimeout bounds graceful shutdown (TENANTPLANE_SHUTDOWN_TIMEOUT). Default 30s.
 	ShutdownTimeout time.Duration
+	// BillingGrace is how long after a period ends its billing run starts by
+	// itself, for late usage to arrive (TENANTPLANE_BILLING_GRACE). Default
+	// 24h; negative ("off"): runs start only through the admin API.
+	BillingGrace time.Duration
+	// DunningGrace is how long a sent invoice may stay unpaid before its
+	// tenant is suspended (TENANTPLANE_DUNNING_GRACE). Default 14 days
+	// (336h); negative ("off"): never.
+	DunningGrace time.Duration
+	// StorageInterval is how often each tenant database's size is sampled
+	// for billing (TENANTPLANE_STORAGE_INTERVAL). Default 1h; negative ("off"): never.
+	StorageInterval time.Duration
 }
 
 const minAdminTokenLen = 16
@@ -138,6 +149,29 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 			bad("TENANTPLANE_SHUTDOWN_TIMEOUT", "%q is not a positive duration such as 30s", raw)
 		}
 		cfg.ShutdownTimeout = d
+	}
+	for _, d := range []struct {
+		name string
+		v    *time.Duration
+		def  time.Duration
+		min  time.Duration
+	}{
+		{"TENANTPLANE_BILLING_GRACE", &cfg.BillingGrace, 24 * time.Hour, time.Second},
+		{"TENANTPLANE_DUNNING_GRACE", &cfg.DunningGrace, 14 * 24 * time.Hour, time.Second},
+		{"TENANTPLANE_STORAGE_INTERVAL", &cfg.StorageInterval, time.Hour, time.Minute},
+	} {
+		*d.v = d.def
+		switch raw := strings.TrimSpace(getenv(d.name)); raw {
+		case "":
+		case "off":
+			*d.v = -1
+		default:
+			v, err := time.ParseDuration(raw)
+			if err != nil || v < d.min {
+				bad(d.name, "%q is not a duration of at least %s, such as %s, nor off", raw, d.min, d.def)
+			}
+			*d.v = v
+		}
 	}
 	if len(errs) > 0 {
 		return Config{}, fmt.Errorf("configuration: %w", errors.Join(errs...))

@@ -31,6 +31,8 @@ func newRootCmd() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.AddCommand(newServeCmd(), newDevCmd(), newCatalogCmd(), newServersCmd(), newTenantsCmd(), newKeysCmd())
+	root.AddCommand(newFanoutCmd(), newMigrationsCmd())
+	root.AddCommand(newBillingCmd(), newUsageCmd())
 	return root
 }
 
