@@ -398,7 +398,6 @@ func (s *Store) SetTenantSchema(ctx context.Context, tenantID string, version in
 	return classify(err, "tenant")
 }
 
-
 // KnownDatabases returns the names of the databases the catalog knows on a
 // server (every tenant not yet deleted), for the reconciler.
 func (s *Store) KnownDatabases(ctx context.Context, serverID int64) (map[string]bool, error) {

@@ -113,7 +113,14 @@ func (m *meter) flush(ctx context.Context) error {
 		m.logger.WarnContext(ctx, "recording API key use failed", "error", err)
 	}
 	for i, b := range pending {
-		if err := m.store.RecordUsageBatch(ctx, b.id, b.rows); err != nil {
+		err := m.store.RecordUsageBatch(ctx, b.id, b.rows)
+		if catalog.CodeOf(err) == catalog.CodeInvalid {
+			// The catalog will never take it (a tenant gone from it): retrying
+			// would stall every batch behind it.
+			m.logger.ErrorContext(ctx, "usage batch refused by the catalog; dropped", "batch", b.id, "rows", len(b.rows), "error", err)
+			continue
+		}
+		if err != nil {
 			m.mu.Lock()
 			m.pending = m.pending[i:]
 			m.mu.Unlock()
