@@ -62,7 +62,7 @@ func (p *Provisioner) ensureTemplate(ctx context.Context, srv catalog.Server) (s
 				return nil, fmt.Errorf("building template on %s: %w", srv.Name, err)
 			}
 		}
-		if _, _, err := p.migrateDB(ctx, srv.Name, build, p.schema.Latest(), SchemaLimits{}); err != nil {
+		if _, err := p.migrateTenant(ctx, srv.Name, build, p.schema.Latest(), SchemaLimits{}); err != nil {
 			return nil, fmt.Errorf("building template on %s: %w", srv.Name, err)
 		}
 		if _, err := conn.Exec(ctx, "ALTER DATABASE "+ident(build)+" RENAME TO "+ident(name)); err != nil {
