@@ -58,7 +58,9 @@ func BenchmarkRouter(b *testing.B) {
 		b.Logf("%-6s %7.0f req/s vs direct %7.0f req/s: ratio %.3f | p50 %6.2f ms p99 %6.2f ms (direct p50 %5.2f ms p99 %6.2f ms) | hit %5.1f%% | errors %d",
 			r.name, r.rps, r.directRPS, r.rps/r.directRPS, ms(r.p50), ms(r.p99), ms(r.directP50), ms(r.directP99), 100*r.hitRate, r.errors)
 	}
+	b.Logf("one tenant: routed/direct %.3f (the routing alone, all traffic on one tenant's database)", cached.oneTenantRatio)
 	b.ReportMetric(cached.rps/cached.directRPS, "cached-ratio")
+	b.ReportMetric(cached.oneTenantRatio, "one-tenant-ratio")
 	b.ReportMetric(churn.rps/churn.directRPS, "churn-ratio")
 	b.ReportMetric(100*churn.hitRate, "churn-hit-%")
 	b.ReportMetric(ms(churn.missP50), "miss-p50-ms")
@@ -70,6 +72,7 @@ func BenchmarkRouter(b *testing.B) {
 }
 
 type benchEnv struct {
+	oneKey  bool // send every request with the first tenant's key
 	store   *catalog.Store
 	watcher *catalog.Watcher
 	keys    []string
@@ -89,6 +92,7 @@ type benchResult struct {
 	hitOverheadP99       time.Duration
 	peakConns            int64
 	bytesPerPool         float64
+	oneTenantRatio       float64
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -102,16 +106,16 @@ func setupBench(b *testing.B) *benchEnv {
 	require.NoError(b, err)
 	b.Cleanup(store.Close)
 	// A plan whose rate limit is out of the way: the figure is the routing.
-	_, err = store.Pool().Exec(ctx, `INSERT INTO plans (name, max_conns, rate_per_sec, rate_burst) VALUES ('bench', 4, 1000000, 1000000)`)
+	_, err = store.Pool().Exec(ctx, `INSERT INTO plans (name, max_conns, rate_per_sec, rate_burst) VALUES ('bench', 16, 1000000, 1000000)`)
 	require.NoError(b, err)
 
 	// The tenant server: a private cluster with room for a connection per tenant.
-	const budget = 1100
+	const budget = 1300 // a connection per tenant, and room for the hot ones to hold several
 	dir, err := os.MkdirTemp("/var/tmp", "tenantplane-router-bench-")
 	require.NoError(b, err)
 	require.NoError(b, os.Chmod(dir, 0o755))
 	cluster, err := pgcluster.New(pgcluster.Config{Dir: filepath.Join(dir, "data"), Password: "bench", Settings: map[string]string{
-		"max_connections": "1200", "shared_buffers": "256MB", "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
+		"max_connections": "1400", "shared_buffers": "256MB", "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
 	}})
 	require.NoError(b, err)
 	require.NoError(b, cluster.Start(ctx))
@@ -124,12 +128,15 @@ func setupBench(b *testing.B) *benchEnv {
 	_, err = prov.RegisterServer(ctx, provisioner.ServerSpec{Name: "bench", DSN: cluster.DSN("postgres"), Capacity: 2000, ConnBudget: budget}, "bench")
 	require.NoError(b, err)
 	start := time.Now()
-	for i := range benchTenants {
+	// One tenant more than the traffic uses: the direct baseline's. It must
+	// not share a role with routed traffic, whose connections would count
+	// against the same per-role CONNECTION LIMIT.
+	for i := range benchTenants + 1 {
 		_, _, err := prov.CreateTenant(ctx, provisioner.TenantSpec{Slug: fmt.Sprintf("bench-%04d", i), Plan: "bench"}, "bench")
 		require.NoError(b, err)
 	}
 	env := &benchEnv{store: store, budget: budget, logger: logger}
-	for i := range benchTenants {
+	for i := range benchTenants + 1 {
 		t, err := prov.WaitSettled(ctx, fmt.Sprintf("bench-%04d", i))
 		require.NoError(b, err)
 		require.Equal(b, catalog.TenantActive, t.State, t.LastError)
@@ -145,17 +152,18 @@ func setupBench(b *testing.B) *benchEnv {
 	return env
 }
 
-// directHandler serves the same handler from one fixed pool on tenant 0's
-// database: the cost of everything but routing.
+// directHandler serves the same handler from one fixed pool on the extra
+// tenant's database: the cost of everything but routing.
 func (env *benchEnv) directHandler(b *testing.B) http.Handler {
 	ctx := context.Background()
 	serverDSN, err := env.store.ServerDSN(ctx, "bench")
 	require.NoError(b, err)
-	role, pw, err := env.store.TenantCredentials(ctx, env.tenants[0].ID)
+	baseline := env.tenants[benchTenants]
+	role, pw, err := env.store.TenantCredentials(ctx, baseline.ID)
 	require.NoError(b, err)
 	cfg, err := pgxpool.ParseConfig(serverDSN)
 	require.NoError(b, err)
-	cfg.ConnConfig.User, cfg.ConnConfig.Password, cfg.ConnConfig.Database = role, pw, env.tenants[0].Database
+	cfg.ConnConfig.User, cfg.ConnConfig.Password, cfg.ConnConfig.Database = role, pw, baseline.Database
 	cfg.MaxConns = benchConcurrency
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	require.NoError(b, err)
@@ -189,7 +197,7 @@ func (env *benchEnv) routed(b *testing.B, name string, cacheSize int, direct htt
 	if cacheSize >= benchTenants {
 		// Every tenant's pool opened first: the figure is the hit path.
 		srv := httptest.NewServer(r.Handler())
-		for _, k := range env.keys {
+		for _, k := range env.keys[:benchTenants] {
 			get(srv.URL, k)
 		}
 		srv.Close()
@@ -222,6 +230,16 @@ func (env *benchEnv) routed(b *testing.B, name string, cacheSize int, direct htt
 	if cacheSize >= benchTenants {
 		res.bytesPerPool = float64(after.HeapAlloc-before.HeapAlloc) / benchTenants
 		res.hitOverheadP99 = env.hitOverhead(b, r)
+		// The same pair with all traffic on one tenant: the routing alone,
+		// without the cost of spreading requests over 1,000 databases.
+		env.oneKey = true
+		var one, dir int64
+		for range benchRounds {
+			dir += env.load(direct, nil).requests
+			one += env.load(r.Handler(), r).requests
+		}
+		env.oneKey = false
+		res.oneTenantRatio = float64(one) / float64(dir)
 	} else {
 		res.missP50, res.missP99 = env.missLatency(b, r)
 	}
@@ -270,7 +288,11 @@ func (env *benchEnv) load(h http.Handler, r *Router) loadResult {
 			zipf := rand.NewZipf(rand.New(rand.NewSource(time.Now().UnixNano()+int64(w))), zipfS, 1, benchTenants-1)
 			for time.Now().Before(deadline) {
 				req, _ := http.NewRequest("GET", srv.URL+"/v1/users", nil)
-				req.Header.Set("Authorization", "Bearer "+env.keys[zipf.Uint64()])
+				k := zipf.Uint64()
+				if env.oneKey {
+					k = 0
+				}
+				req.Header.Set("Authorization", "Bearer "+env.keys[k])
 				start := time.Now()
 				resp, err := client.Do(req)
 				if err == nil {
