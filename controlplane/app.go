@@ -62,6 +62,10 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*App, error) {
 		store.Close()
 		return nil, fmt.Errorf("TENANTPLANE_TENANT_MIGRATIONS: %w", err)
 	}
+	if err := checkConnLimit(ctx, store, cfg.TenantConnLimit); err != nil {
+		store.Close()
+		return nil, err
+	}
 	warm := cfg.WarmPoolSize
 	if warm == 0 {
 		warm = -1 // the provisioner's "off"
@@ -69,6 +73,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*App, error) {
 	watcher := catalog.NewWatcher(store, logger)
 	prov, err := provisioner.New(store, provisioner.Config{
 		Logger: logger, Watcher: watcher, Migrations: &schema, WarmPoolSize: warm, DeleteGrace: cfg.DeleteGrace, ArchiveDir: cfg.ArchiveDir,
+		TenantConnLimit: cfg.TenantConnLimit,
 	})
 	if err != nil {
 		store.Close()
@@ -212,6 +217,22 @@ func (a *App) ready(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	return a.store.Ping(ctx)
+}
+
+// checkConnLimit refuses a per-role connection limit below a plan's pool
+// size: one replica alone would then fail that plan's busiest tenants.
+func checkConnLimit(ctx context.Context, store *catalog.Store, limit int) error {
+	plans, err := store.ListPlans(ctx)
+	if err != nil {
+		return err
+	}
+	for _, p := range plans {
+		if p.MaxConns > limit {
+			return fmt.Errorf("TENANTPLANE_TENANT_CONN_LIMIT=%d is below plan %q's pool of %d connections; set it to at least replicas x %d",
+				limit, p.Name, p.MaxConns, p.MaxConns)
+		}
+	}
+	return nil
 }
 
 func redactDSN(dsn string) string {

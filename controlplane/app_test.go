@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"strings"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
+	"github.com/tenantplane/tenantplane/catalog"
 	"github.com/tenantplane/tenantplane/internal/pgtest"
 )
 
@@ -221,4 +223,17 @@ func createRole(t testing.TB, adminDSN, options string) string {
 		}
 	})
 	return name
+}
+
+func TestStartRefusesAConnLimitBelowAPlansPool(t *testing.T) {
+	t.Parallel()
+	cfg, err := ConfigFromEnv(envOf(map[string]string{
+		"DATABASE_URL":                  pgtest.NewDB(t),
+		"TENANTPLANE_ADMIN_TOKEN":       testToken,
+		"TENANTPLANE_SECRET_KEY":        catalog.NewKey(),
+		"TENANTPLANE_TENANT_CONN_LIMIT": "5", // enterprise pools hold 10
+	}))
+	require.NoError(t, err)
+	_, err = New(context.Background(), cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	require.ErrorContains(t, err, `TENANTPLANE_TENANT_CONN_LIMIT=5 is below plan "enterprise"'s pool of 10 connections`)
 }

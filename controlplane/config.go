@@ -43,6 +43,11 @@ type Config struct {
 	// WarmPoolSize is how many ready databases each server keeps for instant
 	// tenant creation (TENANTPLANE_WARM_POOL_SIZE). Default 2; 0 disables it.
 	WarmPoolSize int
+	// TenantConnLimit is each tenant role's CONNECTION LIMIT on its server
+	// (TENANTPLANE_TENANT_CONN_LIMIT). Every replica may hold up to the
+	// tenant plan's max_conns, so keep it at least replicas x the largest
+	// plan's max_conns. Default 40: four replicas of the enterprise plan (10).
+	TenantConnLimit int
 	// PoolCacheSize bounds the tenant pools open at once (TENANTPLANE_POOL_CACHE_SIZE). Default 500.
 	PoolCacheSize int
 	// UsageFlushInterval is how often the router writes its usage counters to
@@ -125,6 +130,14 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 			bad("TENANTPLANE_WARM_POOL_SIZE", "%q is not a whole number from 0 to 100", raw)
 		}
 		cfg.WarmPoolSize = n
+	}
+	cfg.TenantConnLimit = 40
+	if raw := getenv("TENANTPLANE_TENANT_CONN_LIMIT"); raw != "" {
+		n, err := strconv.Atoi(raw)
+		if err != nil || n < 1 || n > 10000 {
+			bad("TENANTPLANE_TENANT_CONN_LIMIT", "%q is not a whole number from 1 to 10000", raw)
+		}
+		cfg.TenantConnLimit = n
 	}
 	cfg.PoolCacheSize = 500
 	if raw := getenv("TENANTPLANE_POOL_CACHE_SIZE"); raw != "" {

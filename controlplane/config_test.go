@@ -20,6 +20,7 @@ func TestConfigFromEnv(t *testing.T) {
 	require.Equal(t, "127.0.0.1:8081", cfg.AdminAddr, "the admin API listens on loopback by default")
 	require.Len(t, cfg.SecretKey, 32)
 	require.Equal(t, 30*time.Second, cfg.ShutdownTimeout)
+	require.Equal(t, 40, cfg.TenantConnLimit)
 
 	// Every problem is reported at once, each naming its variable.
 	_, err = ConfigFromEnv(envOf(map[string]string{}))
@@ -34,6 +35,7 @@ func TestConfigFromEnv(t *testing.T) {
 		"TENANTPLANE_SECRET_KEY":        "not-a-key",
 		"TENANTPLANE_TENANT_MIGRATIONS": "/does/not/exist",
 		"TENANTPLANE_SHUTDOWN_TIMEOUT":  "soon",
+		"TENANTPLANE_TENANT_CONN_LIMIT": "0",
 		"STRIPE_API_BASE":               "http://127.0.0.1:12111",
 	}
 	for name, value := range cases {

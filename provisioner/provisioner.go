@@ -42,7 +42,8 @@ type Config struct {
 	ArchiveDir string
 	// TenantStatementTimeout is the per-role statement_timeout of tenant roles. Default 30s.
 	TenantStatementTimeout time.Duration
-	// TenantConnLimit is the per-role CONNECTION LIMIT of tenant roles. Default 20.
+	// TenantConnLimit is the per-role CONNECTION LIMIT of tenant roles: at
+	// least replicas x the plan's pool size (TENANTPLANE_TENANT_CONN_LIMIT). Default 40.
 	TenantConnLimit int
 	// Workers is how many provisioning jobs run at once in this process. Default 8.
 	Workers int
@@ -111,7 +112,7 @@ func New(store *catalog.Store, cfg Config) (*Provisioner, error) {
 		cfg.TenantStatementTimeout = 30 * time.Second
 	}
 	if cfg.TenantConnLimit == 0 {
-		cfg.TenantConnLimit = 20
+		cfg.TenantConnLimit = 40
 	}
 	if cfg.Workers == 0 {
 		cfg.Workers = 8
