@@ -46,6 +46,12 @@ func TestFormatting(t *testing.T) {
 	require.Equal(t, "$1,234,567.89", billing.FormatAmount(123_456_789, "usd"))
 	require.Equal(t, "€0.05", billing.FormatAmount(5, "eur"))
 	require.Equal(t, "1,000 JPY", billing.FormatAmount(1000, "jpy"))
+	// What the CLI prints with it.
+	require.Equal(t, "$5.00", billing.FormatAmount(500, "USD"))
+	require.Equal(t, "$1,234.05", billing.FormatAmount(123405, "usd"))
+	require.Equal(t, "-€0.07", billing.FormatAmount(-7, "eur"))
+	require.Equal(t, "1,500 JPY", billing.FormatAmount(1500, "jpy"))
+	require.Equal(t, "12.00 CHF", billing.FormatAmount(1200, "chf"))
 	require.Equal(t, "$0.01", billing.UnitPrice(1_000_000, "usd"))
 	require.Equal(t, "$0.0001", billing.UnitPrice(10_000, "usd"))
 	require.Equal(t, "$0.25", billing.UnitPrice(25_000_000, "usd"))

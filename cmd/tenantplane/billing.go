@@ -8,12 +8,13 @@ import (
 	"io"
 	"net/url"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/tenantplane/tenantplane/billing"
 )
 
 // BillingRun is a billing run as the admin API shows it.
@@ -377,7 +378,7 @@ func writeInvoices(w io.Writer, invoices []Invoice) error {
 	}
 	t := newTable(w, "PERIOD", "PLAN", "TOTAL", "STATE", "SENT", "PAYMENT", "STRIPE_INVOICE")
 	for _, inv := range invoices {
-		t.row(inv.Period, fmt.Sprintf("%s v%d", inv.Plan, inv.PlanVersion), money(inv.Total, inv.Currency), inv.State,
+		t.row(inv.Period, fmt.Sprintf("%s v%d", inv.Plan, inv.PlanVersion), billing.FormatAmount(inv.Total, inv.Currency), inv.State,
 			strconv.FormatBool(inv.Sent), inv.Payment, inv.StripeInvoiceID)
 	}
 	return t.flush()
@@ -397,35 +398,10 @@ func writeInvoice(w io.Writer, inv Invoice) error {
 	}
 	t := newTable(w, "LINE", "DESCRIPTION", "AMOUNT")
 	for _, l := range inv.Lines {
-		t.row(strconv.Itoa(l.No), l.Description, money(l.Amount, inv.Currency))
+		t.row(strconv.Itoa(l.No), l.Description, billing.FormatAmount(l.Amount, inv.Currency))
 	}
-	t.row("", "TOTAL", money(inv.Total, inv.Currency))
+	t.row("", "TOTAL", billing.FormatAmount(inv.Total, inv.Currency))
 	return t.flush()
-}
-
-// zeroDecimal are the currencies counted in whole units.
-var zeroDecimal = []string{"bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv", "xaf", "xof", "xpf"}
-
-// money writes minor units in their currency: 10500 usd is "$105.00".
-func money(amount int64, currency string) string {
-	currency = strings.ToLower(currency)
-	sign := ""
-	if amount < 0 {
-		sign, amount = "-", -amount
-	}
-	s := groupDigits(amount)
-	if !slices.Contains(zeroDecimal, currency) {
-		s = groupDigits(amount/100) + fmt.Sprintf(".%02d", amount%100)
-	}
-	switch currency {
-	case "usd":
-		return sign + "$" + s
-	case "eur":
-		return sign + "€" + s
-	case "gbp":
-		return sign + "£" + s
-	}
-	return sign + s + " " + strings.ToUpper(currency)
 }
 
 func groupDigits(n int64) string {
