@@ -18,8 +18,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/stdlib"
-
-	"github.com/tenantplane/tenantplane/catalog"
 )
 
 // NoTransactionMarker, as the first line of a tenant migration file, runs it
@@ -280,17 +278,10 @@ func (p *Provisioner) openMigrator(ctx context.Context, serverName, dbName strin
 	if limits.StatementTimeout == 0 {
 		limits.StatementTimeout = 5 * time.Minute
 	}
-	dsn, err := p.store.ServerDSN(ctx, serverName)
+	cfg, err := p.dbConfig(ctx, serverName, dbName, "tenantplane-fanout")
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		return nil, catalog.Errorf(catalog.CodeInvalid, "server %q has a malformed DSN", serverName)
-	}
-	cfg.Database = dbName
-	cfg.ConnectTimeout = p.cfg.ConnectTimeout
-	cfg.RuntimeParams["application_name"] = "tenantplane-fanout"
 	cfg.RuntimeParams["lock_timeout"] = fmt.Sprint(limits.LockTimeout.Milliseconds())
 	cfg.RuntimeParams["statement_timeout"] = fmt.Sprint(limits.StatementTimeout.Milliseconds())
 	db := stdlib.OpenDB(*cfg, stdlib.OptionAfterConnect(func(ctx context.Context, conn *pgx.Conn) error {

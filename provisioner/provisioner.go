@@ -235,8 +235,9 @@ func (p *Provisioner) admin(ctx context.Context, serverID int64, serverName stri
 	return pool, nil
 }
 
-// connectDB opens a connection to one database of a server as its admin.
-func (p *Provisioner) connectDB(ctx context.Context, serverName, database string) (*pgx.Conn, error) {
+// dbConfig is the configuration of a connection to one database of a
+// server as its admin role, named app in pg_stat_activity.
+func (p *Provisioner) dbConfig(ctx context.Context, serverName, database, app string) (*pgx.ConnConfig, error) {
 	dsn, err := p.store.ServerDSN(ctx, serverName)
 	if err != nil {
 		return nil, err
@@ -247,6 +248,15 @@ func (p *Provisioner) connectDB(ctx context.Context, serverName, database string
 	}
 	cfg.Database = database
 	cfg.ConnectTimeout = p.cfg.ConnectTimeout
-	cfg.RuntimeParams["application_name"] = "tenantplane-provisioner"
+	cfg.RuntimeParams["application_name"] = app
+	return cfg, nil
+}
+
+// connectDB opens a connection to one database of a server as its admin.
+func (p *Provisioner) connectDB(ctx context.Context, serverName, database string) (*pgx.Conn, error) {
+	cfg, err := p.dbConfig(ctx, serverName, database, "tenantplane-provisioner")
+	if err != nil {
+		return nil, err
+	}
 	return pgx.ConnectConfig(ctx, cfg)
 }
