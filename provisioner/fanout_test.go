@@ -521,20 +521,42 @@ func TestFanoutPauseResumeAndNewTenantsJoin(t *testing.T) {
 // helperEnv names the environment of the fan-out helper process.
 const helperEnv = "TENANTPLANE_FANOUT_HELPER"
 
-// TestFanoutHelperProcess is not a test: it is the process that
-// TestFanoutKilledProcessResumes kills. It runs a provisioner on the catalog
+// fanoutHelperProcess is not a test: it is the process that
+// TestFanoutKilledProcessResumes starts and kills. TestMain runs it instead
+// of the tests when helperEnv is set. It runs a provisioner on the catalog
 // and tenant schema its environment names until it is killed.
-func TestFanoutHelperProcess(t *testing.T) {
-	t.Parallel()
-	if os.Getenv(helperEnv) == "" {
-		t.Skip("the process TestFanoutKilledProcessResumes starts and kills")
+func fanoutHelperProcess() error {
+	ctx := context.Background()
+	key, err := catalog.ParseKey(os.Getenv("SECRET_KEY"))
+	if err != nil {
+		return err
 	}
-	b := &fanoutBundle{dsn: os.Getenv("CATALOG_DSN"), key: os.Getenv("SECRET_KEY"),
-		logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
-	b.store = b.openStore(t)
-	p := b.provisioner(t, loadSchema(t, os.Getenv("SCHEMA_DIR")), true, func(c *Config) { c.FanoutWorkers = 3 })
-	run, err := p.StartRun(context.Background(), RunSpec{Concurrency: 3, Canary: ptr(0)}, "helper")
-	require.NoError(t, err)
+	cipher, err := catalog.NewCipher(key)
+	if err != nil {
+		return err
+	}
+	store, err := catalog.Open(ctx, os.Getenv("CATALOG_DSN"), cipher, catalog.StoreConfig{MaxConns: 40})
+	if err != nil {
+		return err
+	}
+	schema, err := migrations.Load(os.Getenv("SCHEMA_DIR"))
+	if err != nil {
+		return err
+	}
+	p, err := New(store, Config{
+		Logger:     slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Migrations: &schema, WarmPoolSize: -1, FanoutLease: 2 * time.Second, FanoutWorkers: 3,
+	})
+	if err != nil {
+		return err
+	}
+	if err := p.Start(ctx); err != nil {
+		return err
+	}
+	run, err := p.StartRun(ctx, RunSpec{Concurrency: 3, Canary: ptr(0)}, "helper")
+	if err != nil {
+		return err
+	}
 	fmt.Printf("run %d started\n", run.ID)
 	select {} // until killed
 }
@@ -551,7 +573,7 @@ func TestFanoutKilledProcessResumes(t *testing.T) {
 	tenants := seedTenants(t, v1, "killed", 24)
 	dir := schemaDir(t, map[string]string{"000002_log.up.sql": logMigration})
 
-	cmd := exec.Command(os.Args[0], "-test.run=^TestFanoutHelperProcess$", "-test.count=1")
+	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), helperEnv+"=1", "CATALOG_DSN="+b.dsn, "SECRET_KEY="+b.key, "SCHEMA_DIR="+dir)
 	cmd.Stderr = os.Stderr
 	require.NoError(t, cmd.Start())

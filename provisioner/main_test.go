@@ -2,6 +2,7 @@ package provisioner
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"testing"
@@ -11,7 +12,16 @@ import (
 	"github.com/tenantplane/tenantplane/internal/pgtest"
 )
 
-func TestMain(m *testing.M) { pgtest.Main(m) }
+func TestMain(m *testing.M) {
+	if os.Getenv(helperEnv) != "" {
+		// This process is the one TestFanoutKilledProcessResumes kills.
+		if err := fanoutHelperProcess(); err != nil {
+			fmt.Fprintln(os.Stderr, "fan-out helper process:", err)
+			os.Exit(2)
+		}
+	}
+	pgtest.Main(m)
+}
 
 var catalogTemplate = pgtest.WithTemplate("catalog-"+pgtest.HashFS(catalog.Migrations()), catalog.Migrate)
 
