@@ -86,7 +86,7 @@ func createTenants(b *testing.B, server, path string, n int) []time.Duration {
 	return lat
 }
 
-func countWarm(b *testing.B, p *Provisioner, srv catalog.Server) int {
+func countWarm(b testing.TB, p *Provisioner, srv catalog.Server) int {
 	pool, err := p.admin(context.Background(), srv.ID, srv.Name)
 	require.NoError(b, err)
 	var n int

@@ -200,7 +200,7 @@ func (p *Provisioner) ensureRole(ctx context.Context, pool *pgxpool.Pool, role, 
 	if exists {
 		verb = "ALTER"
 	}
-	stmts := append([]string{verb + " ROLE " + ident(role) + " LOGIN PASSWORD " + literal(password)}, p.roleSettings(role, super)...)
+	stmts := append([]string{verb + " ROLE " + ident(role) + " LOGIN PASSWORD " + literal(scramVerifier(password))}, p.roleSettings(role, super)...)
 	for _, s := range stmts {
 		if _, err := pool.Exec(ctx, s); err != nil {
 			var pgErr *pgconn.PgError

@@ -53,7 +53,7 @@ func (p *Provisioner) claimWarm(ctx context.Context, pool *pgxpool.Pool, t catal
 		// database made and takes the slow path, which repairs the role.
 		for _, s := range []string{
 			"ALTER ROLE " + ident(c) + " RENAME TO " + ident(t.Role),
-			"ALTER ROLE " + ident(t.Role) + " LOGIN PASSWORD " + literal(password),
+			"ALTER ROLE " + ident(t.Role) + " LOGIN PASSWORD " + literal(scramVerifier(password)),
 		} {
 			if _, err := pool.Exec(ctx, s); err != nil {
 				return true, err
