@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -32,18 +34,24 @@ import (
 const (
 	benchTenants     = 1000
 	benchConcurrency = 16
-	benchDuration    = 3 * time.Second // one measurement; each figure is three, interleaved
-	benchRounds      = 3
+	benchDuration    = 3 * time.Second // one measurement; each figure is several, interleaved
+	benchRounds      = 5
 	zipfS            = 1.1
 )
 
-// BenchmarkRouter compares, side by side in one run on one machine, three
-// servers answering GET /v1/users (the same handler, the same query) under
+// BenchmarkRouter compares, side by side in one run on one machine, servers
+// answering GET /v1/users (the same handler, the same query) under
 // Zipf-distributed traffic over 1,000 tenants:
 //
 //	direct:  one fixed pool on one tenant's database, no routing (the baseline)
+//	ideal:   each request on its tenant's pool, found in a prepared map: the
+//	         same databases and connections as cached, without the routing
 //	cached:  the router with every tenant's pool cached
 //	churn:   the router with a pool cache smaller than the active set
+//
+// ideal is the most any router could reach on these databases, so
+// cached/ideal is the cost of the routing itself, and ideal/direct the cost
+// of spreading the load over 1,000 databases.
 //
 //	go test -run '^$' -bench Router -benchtime 1x -timeout 30m ./router
 func BenchmarkRouter(b *testing.B) {
@@ -55,11 +63,16 @@ func BenchmarkRouter(b *testing.B) {
 	churn := env.routed(b, "churn", 750, direct)
 
 	for _, r := range []*benchResult{cached, churn} {
-		b.Logf("%-6s %7.0f req/s vs direct %7.0f req/s: ratio %.3f | p50 %6.2f ms p99 %6.2f ms (direct p50 %5.2f ms p99 %6.2f ms) | hit %5.1f%% | errors %d",
-			r.name, r.rps, r.directRPS, r.rps/r.directRPS, ms(r.p50), ms(r.p99), ms(r.directP50), ms(r.directP99), 100*r.hitRate, r.errors)
+		b.Logf("%-6s %7.0f req/s vs direct %7.0f req/s: ratio %.3f | p50 %6.2f ms p99 %6.2f ms (direct p50 %5.2f ms p99 %6.2f ms) | CPU/request %3.0f µs (direct %3.0f µs) | hit %5.1f%% | errors %d",
+			r.name, r.rps, r.directRPS, r.rps/r.directRPS, ms(r.p50), ms(r.p99), ms(r.directP50), ms(r.directP99),
+			us(r.cpu), us(r.directCPU), 100*r.hitRate, r.errors)
 	}
+	b.Logf("ideal  %7.0f req/s: ratio %.3f to direct; cached/ideal %.3f | p50 %6.2f ms p99 %6.2f ms | CPU/request %3.0f µs",
+		cached.idealRPS, cached.idealRPS/cached.directRPS, cached.rps/cached.idealRPS, ms(cached.idealP50), ms(cached.idealP99), us(cached.idealCPU))
 	b.Logf("one tenant: routed/direct %.3f (the routing alone, all traffic on one tenant's database)", cached.oneTenantRatio)
 	b.ReportMetric(cached.rps/cached.directRPS, "cached-ratio")
+	b.ReportMetric(cached.idealRPS/cached.directRPS, "ideal-ratio")
+	b.ReportMetric(cached.rps/cached.idealRPS, "cached/ideal")
 	b.ReportMetric(cached.oneTenantRatio, "one-tenant-ratio")
 	b.ReportMetric(churn.rps/churn.directRPS, "churn-ratio")
 	b.ReportMetric(100*churn.hitRate, "churn-hit-%")
@@ -84,8 +97,12 @@ type benchEnv struct {
 type benchResult struct {
 	name                 string
 	rps, directRPS       float64
+	idealRPS             float64
 	p50, p99             time.Duration
 	directP50, directP99 time.Duration
+	idealP50, idealP99   time.Duration
+	cpu, directCPU       time.Duration // machine CPU (all processes) per request
+	idealCPU             time.Duration
 	errors               int64
 	hitRate              float64
 	missP50, missP99     time.Duration
@@ -96,6 +113,7 @@ type benchResult struct {
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 }
 
 func setupBench(b *testing.B) *benchEnv {
 	ctx := context.Background()
@@ -168,9 +186,31 @@ func (env *benchEnv) directHandler(b *testing.B) http.Handler {
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	require.NoError(b, err)
 	b.Cleanup(pool.Close)
+	return env.unrouted(func(*gin.Context) *pgxpool.Pool { return pool })
+}
+
+// idealHandler serves each request from its tenant's pool in r's cache,
+// found by the request's Authorization header in a map made beforehand: the
+// same databases and connections as the routed server, without resolving,
+// limits, metering, the LRU or the budget.
+func (env *benchEnv) idealHandler(r *Router) http.Handler {
+	byHeader := make(map[string]*pgxpool.Pool, benchTenants)
+	r.pools.mu.Lock()
+	for i, k := range env.keys[:benchTenants] {
+		if tp, ok := r.pools.cache.Peek(env.tenants[i].ID); ok {
+			byHeader["Bearer "+k] = tp.pool
+		}
+	}
+	r.pools.mu.Unlock()
+	return env.unrouted(func(c *gin.Context) *pgxpool.Pool { return byHeader[c.GetHeader("Authorization")] })
+}
+
+// unrouted is the tenant API's users list on a pool chosen by pick, with the
+// same engine and middleware as the router's.
+func (env *benchEnv) unrouted(pick func(*gin.Context) *pgxpool.Pool) http.Handler {
 	e := httpapi.NewEngine(httpapi.Config{API: "tenant", Logger: env.logger})
 	e.GET("/v1/users", func(c *gin.Context) {
-		conn, err := pool.Acquire(c)
+		conn, err := pick(c).Acquire(c)
 		if err != nil {
 			httpapi.WriteError(c, err)
 			return
@@ -208,20 +248,25 @@ func (env *benchEnv) routed(b *testing.B, name string, cacheSize int, direct htt
 	}
 
 	res := &benchResult{name: name}
-	var routedLat, directLat []time.Duration
-	var routedN, directN, requests, misses int64
-	for range benchRounds {
-		d := env.load(direct, nil)
-		directLat, directN = append(directLat, d.lat...), directN+d.requests
-		m := env.load(r.Handler(), r)
-		routedLat, routedN = append(routedLat, m.lat...), routedN+m.requests
-		requests, misses, res.errors = requests+m.requests, misses+m.misses, res.errors+m.errors+d.errors
+	var ideal http.Handler
+	if cacheSize >= benchTenants {
+		ideal = env.idealHandler(r)
 	}
-	span := benchDuration.Seconds() * benchRounds
-	res.rps, res.directRPS = float64(routedN)/span, float64(directN)/span
-	res.p50, res.p99 = quantiles(routedLat)
-	res.directP50, res.directP99 = quantiles(directLat)
-	res.hitRate = 1 - float64(misses)/float64(requests)
+	var routed, dir, idl loadResult
+	for range benchRounds {
+		dir.add(env.load(direct, nil))
+		if ideal != nil {
+			idl.add(env.load(ideal, nil))
+		}
+		routed.add(env.load(r.Handler(), r))
+	}
+	res.errors = routed.errors + dir.errors + idl.errors
+	res.rps, res.p50, res.p99, res.cpu = routed.figures()
+	res.directRPS, res.directP50, res.directP99, res.directCPU = dir.figures()
+	if ideal != nil {
+		res.idealRPS, res.idealP50, res.idealP99, res.idealCPU = idl.figures()
+	}
+	res.hitRate = 1 - float64(routed.misses)/float64(routed.requests)
 	r.pools.budgetMu.Lock()
 	for _, bg := range r.pools.budgets {
 		res.peakConns = max(res.peakConns, bg.peak.Load())
@@ -266,6 +311,39 @@ func get(base, key string) int {
 type loadResult struct {
 	lat                      []time.Duration
 	requests, errors, misses int64
+	cpu                      time.Duration // busy time of the whole machine
+	rounds                   int
+}
+
+func (l *loadResult) add(m loadResult) {
+	l.lat = append(l.lat, m.lat...)
+	l.requests, l.errors, l.misses = l.requests+m.requests, l.errors+m.errors, l.misses+m.misses
+	l.cpu += m.cpu
+	l.rounds++
+}
+
+// figures are requests per second, latency quantiles and machine CPU per request.
+func (l *loadResult) figures() (rps float64, p50, p99, cpu time.Duration) {
+	p50, p99 = quantiles(l.lat)
+	return float64(l.requests) / (benchDuration.Seconds() * float64(l.rounds)), p50, p99, l.cpu / time.Duration(l.requests)
+}
+
+// machineBusy is the CPU time all processes have used since boot, from
+// /proc/stat (Linux); zero elsewhere.
+func machineBusy() time.Duration {
+	raw, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(raw), "\n")
+	var busy int64
+	for i, f := range strings.Fields(line)[1:] {
+		n, _ := strconv.ParseInt(f, 10, 64)
+		if i != 3 && i != 4 && i < 7 { // user, nice, system, irq, softirq: not idle, iowait, steal or guest
+			busy += n
+		}
+	}
+	return time.Duration(busy) * time.Second / 100 // USER_HZ
 }
 
 // load runs the Zipf traffic against h for benchDuration.
@@ -278,6 +356,7 @@ func (env *benchEnv) load(h http.Handler, r *Router) loadResult {
 		opened0 = counterValue(r.pools.opened)
 	}
 	var requests, errors atomic.Int64
+	busy := machineBusy()
 	lat := make([][]time.Duration, benchConcurrency)
 	deadline := time.Now().Add(benchDuration)
 	var wg sync.WaitGroup
@@ -309,7 +388,7 @@ func (env *benchEnv) load(h http.Handler, r *Router) loadResult {
 	}
 	wg.Wait()
 	client.CloseIdleConnections()
-	res := loadResult{lat: slices.Concat(lat...), requests: requests.Load(), errors: errors.Load()}
+	res := loadResult{lat: slices.Concat(lat...), requests: requests.Load(), errors: errors.Load(), cpu: machineBusy() - busy}
 	if r != nil {
 		res.misses = int64(counterValue(r.pools.opened) - opened0)
 	}
