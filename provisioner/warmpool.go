@@ -72,12 +72,12 @@ func (p *Provisioner) kickRefill() {
 }
 
 // refillLoop keeps each active server's warm pool full, every few seconds
-// and whenever an entry is claimed.
+// and whenever an entry is claimed. On its first pass over a server that
+// answers, it also brings the server's tenant roles to the configured
+// connection limit.
 func (p *Provisioner) refillLoop(ctx context.Context) {
 	defer close(p.fillDone)
-	if p.cfg.WarmPoolSize < 0 {
-		return
-	}
+	limitsSynced := map[int64]bool{}
 	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()
 	for {
@@ -85,6 +85,19 @@ func (p *Provisioner) refillLoop(ctx context.Context) {
 		if err == nil {
 			for _, srv := range servers {
 				if srv.State != catalog.ServerActive || ctx.Err() != nil {
+					continue
+				}
+				if !limitsSynced[srv.ID] {
+					n, err := p.syncConnLimits(ctx, srv)
+					if n > 0 {
+						p.logger.InfoContext(ctx, "tenant roles given the configured connection limit", "server", srv.Name, "roles", n, "limit", p.cfg.TenantConnLimit)
+					}
+					if err != nil && ctx.Err() == nil {
+						p.logger.WarnContext(ctx, "setting tenant roles' connection limit failed", "server", srv.Name, "error", err)
+					}
+					limitsSynced[srv.ID] = err == nil
+				}
+				if p.cfg.WarmPoolSize < 0 {
 					continue
 				}
 				if err := p.refillServer(ctx, srv); err != nil && ctx.Err() == nil {
