@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/require"
@@ -440,4 +441,73 @@ func counterValue(c interface{ Write(*dto.Metric) error }) float64 {
 	var m dto.Metric
 	_ = c.Write(&m)
 	return m.GetCounter().GetValue()
+}
+
+// BenchmarkMemoryPer10kTenants states what 10,000 tenants cost: the catalog
+// rows they take (tenant, one API key, two audit events each, with indexes)
+// and the router's heap once it has resolved a key of each.
+//
+//	go test -run '^$' -bench MemoryPer10kTenants -benchtime 1x ./router
+func BenchmarkMemoryPer10kTenants(b *testing.B) {
+	const tenants = 10_000
+	ctx := context.Background()
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	key, _ := catalog.ParseKey(catalog.NewKey())
+	cipher, _ := catalog.NewCipher(key)
+	store, err := catalog.Open(ctx, pgtest.NewDB(b, catalogTemplate), cipher, catalog.StoreConfig{})
+	require.NoError(b, err)
+	b.Cleanup(store.Close)
+	srv, err := store.CreateServer(ctx, catalog.NewServer{Name: "bench", DSN: "postgres://u:p@127.0.0.1:5432/postgres", Capacity: 20_000, ConnBudget: 500, Actor: "bench"})
+	require.NoError(b, err)
+	// Rows as the provisioner leaves them: a role and database name, a sealed
+	// 48-character password (76 bytes sealed), created and activated events.
+	_, err = store.Pool().Exec(ctx, `
+		INSERT INTO tenants (slug, name, plan, state, server_id, db_name, db_role, credentials_sealed, schema_version)
+		SELECT 'tenant-' || g, 'Tenant ' || g, 'basic', 'active', $2, 't_' || md5(g::text), 't_' || md5(g::text),
+		       substr(decode(repeat(md5(g::text), 5), 'hex'), 1, 76), 1
+		FROM generate_series(1, $1) g`, tenants, srv.ID)
+	require.NoError(b, err)
+	_, err = store.Pool().Exec(ctx, `
+		INSERT INTO audit_events (actor, action, tenant_id, from_state, to_state)
+		SELECT 'admin', a, id, f, t FROM tenants,
+		       (VALUES ('tenant.created', NULL, 'provisioning'), ('tenant.activated', 'provisioning', 'active')) v (a, f, t)`)
+	require.NoError(b, err)
+	ids, err := pgxCollectStrings(ctx, store, `SELECT id::text FROM tenants ORDER BY slug`)
+	require.NoError(b, err)
+	keys := make([]string, 0, tenants)
+	for _, id := range ids {
+		_, k, err := store.CreateAPIKey(ctx, id, "bench")
+		require.NoError(b, err)
+		keys = append(keys, k)
+	}
+	var catalogBytes int64
+	require.NoError(b, store.Pool().QueryRow(ctx, `SELECT pg_total_relation_size('tenants') + pg_total_relation_size('api_keys')
+		+ pg_total_relation_size('audit_events')`).Scan(&catalogBytes))
+
+	watcher := catalog.NewWatcher(store, logger)
+	r, err := New(Config{Store: store, Watcher: watcher, Ready: func(context.Context) error { return nil }, Logger: logger})
+	require.NoError(b, err)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for _, k := range keys {
+		_, err := r.resolver.resolve(ctx, k)
+		require.NoError(b, err)
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	heap := float64(after.HeapAlloc) - float64(before.HeapAlloc)
+	runtime.KeepAlive(r)
+	b.Logf("10,000 tenants: catalog %.1f MiB (tenants, keys, audit events, indexes); router heap after resolving a key of each %.1f MiB (%.0f bytes a tenant)",
+		float64(catalogBytes)/(1<<20), heap/(1<<20), heap/tenants)
+	b.ReportMetric(float64(catalogBytes)/(1<<20), "catalog-MiB/10k")
+	b.ReportMetric(heap/(1<<20), "router-heap-MiB/10k")
+}
+
+func pgxCollectStrings(ctx context.Context, store *catalog.Store, sql string) ([]string, error) {
+	rows, err := store.Pool().Query(ctx, sql)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
 }
