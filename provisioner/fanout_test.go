@@ -6,7 +6,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -62,11 +61,7 @@ func setupFanout(t testing.TB) *fanoutBundle {
 
 func (b *fanoutBundle) openStore(t testing.TB) *catalog.Store {
 	t.Helper()
-	key, err := catalog.ParseKey(b.key)
-	require.NoError(t, err)
-	cipher, err := catalog.NewCipher(key)
-	require.NoError(t, err)
-	store, err := catalog.Open(context.Background(), b.dsn, cipher, catalog.StoreConfig{MaxConns: 40})
+	store, err := openCatalog(context.Background(), b.dsn, b.key, catalog.StoreConfig{MaxConns: 40})
 	require.NoError(t, err)
 	t.Cleanup(store.Close)
 	return store
@@ -527,15 +522,7 @@ const helperEnv = "TENANTPLANE_FANOUT_HELPER"
 // and tenant schema its environment names until it is killed.
 func fanoutHelperProcess() error {
 	ctx := context.Background()
-	key, err := catalog.ParseKey(os.Getenv("SECRET_KEY"))
-	if err != nil {
-		return err
-	}
-	cipher, err := catalog.NewCipher(key)
-	if err != nil {
-		return err
-	}
-	store, err := catalog.Open(ctx, os.Getenv("CATALOG_DSN"), cipher, catalog.StoreConfig{MaxConns: 40})
+	store, err := helperStore(ctx)
 	if err != nil {
 		return err
 	}
@@ -544,7 +531,7 @@ func fanoutHelperProcess() error {
 		return err
 	}
 	p, err := New(store, Config{
-		Logger:     slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Logger:     helperLogger(),
 		Migrations: &schema, WarmPoolSize: -1, FanoutLease: 2 * time.Second, FanoutWorkers: 3,
 	})
 	if err != nil {
@@ -573,17 +560,7 @@ func TestFanoutKilledProcessResumes(t *testing.T) {
 	tenants := seedTenants(t, v1, "killed", 24)
 	dir := schemaDir(t, map[string]string{"000002_log.up.sql": logMigration})
 
-	cmd := exec.Command(os.Args[0])
-	cmd.Env = append(os.Environ(), helperEnv+"=1", "CATALOG_DSN="+b.dsn, "SECRET_KEY="+b.key, "SCHEMA_DIR="+dir)
-	cmd.Stderr = os.Stderr
-	require.NoError(t, cmd.Start())
-	killed := false
-	t.Cleanup(func() {
-		if !killed {
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
-		}
-	})
+	helper := startHelper(t, nil, helperEnv+"=1", "CATALOG_DSN="+b.dsn, "SECRET_KEY="+b.key, "SCHEMA_DIR="+dir)
 
 	// Kill it once some tenants are done and others are being migrated.
 	var run catalog.MigrationRun
@@ -595,9 +572,7 @@ func TestFanoutKilledProcessResumes(t *testing.T) {
 		run = runs[0]
 		return run.Counts.Done >= 6 && run.Counts.Running > 0
 	}, 60*time.Second, 5*time.Millisecond)
-	require.NoError(t, cmd.Process.Kill())
-	_ = cmd.Wait()
-	killed = true
+	helper.kill(t)
 	run, err := b.store.GetMigrationRun(ctx, run.ID)
 	require.NoError(t, err)
 	require.Equal(t, catalog.RunRunning, run.State)
