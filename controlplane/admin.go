@@ -3,6 +3,7 @@ package controlplane
 import (
 	"crypto/sha256"
 	"crypto/subtle"
+	_ "embed"
 	"net/http"
 	"strings"
 
@@ -16,9 +17,16 @@ import (
 // adminActor names the admin token's holder in the audit log.
 const adminActor = "admin"
 
+// openAPI is the admin API's OpenAPI document; openapi_test.go keeps it
+// matched to the routes below.
+//
+//go:embed openapi.yaml
+var openAPI []byte
+
 func (a *App) adminHandler(metrics *httpapi.Metrics) http.Handler {
 	e := httpapi.NewEngine(httpapi.Config{API: "admin", Logger: a.logger, Metrics: metrics})
 	httpapi.HealthRoutes(e, a.ready)
+	httpapi.OpenAPIRoute(e, openAPI)
 	e.GET("/metrics", gin.WrapH(promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{})))
 
 	v1 := e.Group("/admin/v1", a.requireAdminToken())

@@ -2,6 +2,7 @@ package router
 
 import (
 	"context"
+	_ "embed"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -48,6 +49,12 @@ type Config struct {
 	NegativeTTL time.Duration
 }
 
+// openAPI is the tenant API's OpenAPI document; openapi_test.go keeps it
+// matched to the routes.
+//
+//go:embed openapi.yaml
+var openAPI []byte
+
 // Router serves the tenant API.
 type Router struct {
 	cfg      Config
@@ -88,6 +95,7 @@ func New(cfg Config) (*Router, error) {
 	}
 	e := httpapi.NewEngine(httpapi.Config{API: "tenant", Logger: cfg.Logger, Metrics: cfg.Metrics, MaxBodyBytes: 1 << 20})
 	httpapi.HealthRoutes(e, cfg.Ready)
+	httpapi.OpenAPIRoute(e, openAPI)
 	v1 := e.Group("/v1", r.authenticate)
 	v1.GET("/me", r.me)
 	v1.GET("/usage", r.usage)
