@@ -381,6 +381,44 @@ func (s *Store) TenantCredentials(ctx context.Context, tenantID string) (role, p
 	return role, string(plain), err
 }
 
+// RotateTenantCredentials gives an active or suspended tenant's role a new
+// password. apply sets it on the tenant's server while the tenant's row is
+// locked; the new sealed password, the audit event and the announcement on
+// TenantChannel (routers open new pools with it) commit only if apply
+// succeeded. Should the catalog fail after apply, the role has a password the
+// catalog does not know, and rotating again repairs it.
+func (s *Store) RotateTenantCredentials(ctx context.Context, tenantID, actor, reason string,
+	apply func(ctx context.Context, role, password string) error) (t Tenant, err error) {
+	err = s.InTx(ctx, func(tx pgx.Tx) error {
+		var state TenantState
+		var role string
+		err := tx.QueryRow(ctx, `SELECT state, coalesce(db_role, '') FROM tenants WHERE id = $1 FOR UPDATE`, tenantID).Scan(&state, &role)
+		if err != nil {
+			return classify(err, "tenant")
+		}
+		if state != TenantActive && state != TenantSuspended {
+			return Errorf(CodeConflict, "tenant is %s; rotating credentials needs it to be active or suspended", state)
+		}
+		password := newPassword()
+		if err := apply(ctx, role, password); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `UPDATE tenants SET credentials_sealed = $2, updated_at = now() WHERE id = $1`,
+			tenantID, s.cipher.Seal([]byte(password), tenantAD(tenantID))); err != nil {
+			return classify(err, "tenant")
+		}
+		if t, err = scanTenant(tx.QueryRow(ctx, `SELECT `+tenantColumns+tenantFrom+`WHERE t.id = $1`, tenantID)); err != nil {
+			return classify(err, "tenant")
+		}
+		if err := insertAudit(ctx, tx, AuditEvent{Actor: actor, Action: "tenant.credentials_rotated", TenantID: tenantID,
+			Subject: t.Slug, FromState: string(state), ToState: string(state), Reason: reason}); err != nil {
+			return err
+		}
+		return notifyTenant(ctx, tx, tenantID)
+	})
+	return t, err
+}
+
 // newPassword returns a random password for a tenant role: 24 bytes, hex.
 func newPassword() string {
 	b := make([]byte, 24)

@@ -29,6 +29,7 @@ func (a *App) tenantRoutes(v1 *gin.RouterGroup) {
 	v1.POST("/tenants/:slug/resume", a.lifecycle(a.prov.Resume, http.StatusOK))
 	v1.POST("/tenants/:slug/restore", a.lifecycle(a.prov.Restore, http.StatusOK))
 	v1.POST("/tenants/:slug/retry", a.lifecycle(a.prov.Retry, http.StatusOK))
+	v1.POST("/tenants/:slug/rotate-credentials", a.lifecycle(a.prov.RotateCredentials, http.StatusOK))
 	v1.POST("/tenants/:slug/keys", a.createKey)
 	v1.GET("/tenants/:slug/keys", a.listKeys)
 	v1.DELETE("/tenants/:slug/keys/:id", a.revokeKey)

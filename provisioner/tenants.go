@@ -99,6 +99,31 @@ func (p *Provisioner) Resume(ctx context.Context, slug, actor, reason string) (c
 	})
 }
 
+// RotateCredentials gives an active or suspended tenant's role a new
+// password, on its server and in the catalog, and announces the change:
+// routers open new pools with it while requests already running finish on
+// the old ones. Sessions already open are not ended.
+func (p *Provisioner) RotateCredentials(ctx context.Context, slug, actor, reason string) (catalog.Tenant, error) {
+	t, err := p.store.GetTenant(ctx, slug)
+	if err != nil {
+		return catalog.Tenant{}, err
+	}
+	out, err := p.store.RotateTenantCredentials(ctx, t.ID, actor, reason, func(ctx context.Context, role, password string) error {
+		pool, err := p.admin(ctx, t.ServerID, t.Server)
+		if err == nil {
+			_, err = pool.Exec(ctx, "ALTER ROLE "+ident(role)+" PASSWORD "+literal(scramVerifier(password)))
+		}
+		if err != nil {
+			return catalog.WrapError(catalog.CodeUnavailable, err, "server %q did not take tenant %q's new password; nothing changed", t.Server, slug)
+		}
+		return nil
+	})
+	if err == nil {
+		p.logger.InfoContext(ctx, "credentials rotated", "tenant", slug, "actor", actor)
+	}
+	return out, err
+}
+
 // Delete soft-deletes a tenant: state deleting at once (the tenant API stops
 // answering for it), its database and role dropped after the grace period
 // unless it is restored first.

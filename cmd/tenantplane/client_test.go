@@ -134,6 +134,7 @@ func TestUnreachableAdminAPI(t *testing.T) {
 		{"tenants", "create", "acme", "--name", "Acme", "--plan", "pro", "--wait"},
 		{"tenants", "list", "--all"},
 		{"tenants", "suspend", "acme", "--reason", "unpaid"},
+		{"tenants", "rotate-credentials", "acme"},
 		{"keys", "create", "acme"},
 		{"keys", "revoke", "acme", "7"},
 	} {

@@ -52,13 +52,14 @@ type tenantPage struct {
 }
 
 func newTenantsCmd() *cobra.Command {
-	cmd, o := newAdminGroup("tenants", "Create, list, show, suspend, resume, restore, retry and delete tenants")
+	cmd, o := newAdminGroup("tenants", "Create, list, show, suspend, resume, restore, retry, delete tenants and rotate their credentials")
 	cmd.AddCommand(newTenantsCreateCmd(o), newTenantsListCmd(o), newTenantsShowCmd(o), newTenantsDeleteCmd(o))
 	for _, a := range []struct{ action, done, short string }{
 		{"suspend", "Suspended", "Suspend a tenant: its API calls get 403 within a second; its data stays"},
 		{"resume", "Resumed", "Resume a suspended tenant"},
 		{"restore", "Restored", "Restore a tenant that is deleting, before its grace period ends"},
 		{"retry", "Retried", "Retry the failed step of a failed tenant"},
+		{"rotate-credentials", "Rotated the database credentials of", "Give a tenant's database role a new password; routers switch to it within a second"},
 	} {
 		cmd.AddCommand(newTenantActionCmd(o, a.action, a.done, a.short))
 	}

@@ -192,6 +192,9 @@ func TestTenantsAgainstAdminAPI(t *testing.T) {
 	stdout, _, err = b.run(t, "tenants", "resume", "acme")
 	require.NoError(t, err)
 	require.Equal(t, "Resumed tenant acme; it is now active.\n", stdout)
+	stdout, _, err = b.run(t, "tenants", "rotate-credentials", "acme", "--reason", "yearly")
+	require.NoError(t, err)
+	require.Equal(t, "Rotated the database credentials of tenant acme; it is now active.\n", stdout)
 
 	stdout, _, err = b.run(t, "tenants", "delete", "globex")
 	require.NoError(t, err)
