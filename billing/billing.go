@@ -186,7 +186,7 @@ func newStripeClient(cfg Config, logger *slog.Logger) *client.API {
 	}
 	retries := int64(max(cfg.StripeRetries, 0))
 	enableTelemetry := false
-	bc := &stripe.BackendConfig{HTTPClient: hc, MaxNetworkRetries: &retries, LeveledLogger: stripeLogger{logger},
+	bc := &stripe.BackendConfig{HTTPClient: hc, MaxNetworkRetries: &retries, LeveledLogger: stripeLogger{logger, cfg.StripeKey},
 		EnableTelemetry: &enableTelemetry}
 	if cfg.StripeAPIBase != "" {
 		bc.URL = stripe.String(cfg.StripeAPIBase)
@@ -345,18 +345,22 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 }
 
 // stripeLogger sends stripe-go's logs to slog: its errors as warnings (the
-// caller reports the failure), the rest at debug.
-type stripeLogger struct{ l *slog.Logger }
+// caller reports the failure), the rest at debug. It redacts the secret key,
+// which an error from stripe-mock quotes.
+type stripeLogger struct {
+	l   *slog.Logger
+	key string
+}
 
 func (s stripeLogger) Debugf(format string, v ...any) {
-	s.l.Debug(fmt.Sprintf(format, v...), "op", "stripe")
+	s.l.Debug(redactKey(fmt.Sprintf(format, v...), s.key), "op", "stripe")
 }
 func (s stripeLogger) Infof(format string, v ...any) {
-	s.l.Debug(fmt.Sprintf(format, v...), "op", "stripe")
+	s.l.Debug(redactKey(fmt.Sprintf(format, v...), s.key), "op", "stripe")
 }
 func (s stripeLogger) Warnf(format string, v ...any) {
-	s.l.Debug(fmt.Sprintf(format, v...), "op", "stripe")
+	s.l.Debug(redactKey(fmt.Sprintf(format, v...), s.key), "op", "stripe")
 }
 func (s stripeLogger) Errorf(format string, v ...any) {
-	s.l.Warn(fmt.Sprintf(format, v...), "op", "stripe")
+	s.l.Warn(redactKey(fmt.Sprintf(format, v...), s.key), "op", "stripe")
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	stripe "github.com/stripe/stripe-go/v76"
@@ -49,14 +50,25 @@ const (
 	metaLine      = "tenantplane_line"
 )
 
-// stepErr names the Stripe step an error happened at.
+// stepErr names the Stripe step an error happened at. Its message goes to
+// the catalog (an invoice's or a tenant's last error), so it never holds the
+// secret key: Stripe masks a key it quotes, stripe-mock does not.
 type stepErr struct {
 	step string
 	err  error
+	key  string // the secret key, to redact
 }
 
-func (e *stepErr) Error() string { return e.step + ": " + stripeMessage(e.err) }
+func (e *stepErr) Error() string { return redactKey(e.step+": "+stripeMessage(e.err), e.key) }
 func (e *stepErr) Unwrap() error { return e.err }
+
+// redactKey replaces the secret key in msg by the name of its setting.
+func redactKey(msg, key string) string {
+	if key == "" {
+		return msg
+	}
+	return strings.ReplaceAll(msg, key, "[STRIPE_API_KEY]")
+}
 
 func stepError(err error) string { return err.Error() }
 
@@ -85,7 +97,7 @@ func (s *Service) call(op string, fn func() error) error {
 	}
 	s.metrics.stripe.WithLabelValues(op, outcome).Inc()
 	if err != nil {
-		return &stepErr{step: op, err: err}
+		return &stepErr{step: op, err: err, key: s.cfg.StripeKey}
 	}
 	return nil
 }
@@ -100,7 +112,8 @@ func (s *Service) send(ctx context.Context, inv catalog.Invoice, cust catalog.Bi
 	customer := firstNonEmpty(inv.StripeCustomerID, cust.StripeCustomerID)
 	if customer == "" {
 		var err error
-		if customer, err = s.ensureCustomer(ctx, inv, cust.AttemptedAt); err != nil {
+		who := customerFor{TenantID: inv.TenantID, Slug: inv.Tenant, Name: inv.TenantName}
+		if customer, err = s.ensureCustomer(ctx, who, cust.AttemptedAt); err != nil {
 			return err
 		}
 	}
@@ -235,18 +248,50 @@ func paymentOf(st stripe.InvoiceStatus) catalog.PaymentStatus {
 	return catalog.PaymentOpen
 }
 
+// ErrNoStripe is returned by EnsureCustomer when no Stripe key is set.
+var ErrNoStripe = errors.New("billing: no Stripe key is set (STRIPE_API_KEY); there is no Stripe customer to create")
+
+// EnsureCustomer gives tenant t its Stripe customer; provisioning calls it
+// before activating a tenant. A customer stored in the catalog is kept; else
+// one is made the way a billing run makes it (ensureCustomer: the tenant's
+// idempotency key, CustomerKey, so no retry here or in a run makes a second)
+// and stored. Without Stripe it returns ErrNoStripe.
+func (s *Service) EnsureCustomer(ctx context.Context, t catalog.Tenant) error {
+	if s.stripe == nil {
+		return ErrNoStripe
+	}
+	// Records the first attempt's time, as a run does: a retry a day later
+	// looks in Stripe before creating.
+	custs, err := s.store.BillingCustomers(ctx, []string{t.ID})
+	if err != nil {
+		return err
+	}
+	if custs[t.ID].StripeCustomerID != "" {
+		return nil // made before: by an earlier attempt, or by a billing run
+	}
+	_, err = s.ensureCustomer(ctx, customerFor{TenantID: t.ID, Slug: t.Slug, Name: t.Name}, custs[t.ID].AttemptedAt)
+	return err
+}
+
+// customerFor names the tenant a Stripe customer is made for.
+type customerFor struct {
+	TenantID, Slug, Name string
+}
+
 // ensureCustomer creates the tenant's Stripe customer and stores its id
 // (once: the key is the tenant's). firstAttempt is when creating it was
-// first attempted.
-func (s *Service) ensureCustomer(ctx context.Context, inv catalog.Invoice, firstAttempt time.Time) (string, error) {
+// first attempted: longer ago than Stripe keeps idempotency keys, it looks in
+// Stripe first for the customer that attempt made. Billing runs and
+// EnsureCustomer (provisioning) both create customers here.
+func (s *Service) ensureCustomer(ctx context.Context, who customerFor, firstAttempt time.Time) (string, error) {
 	id := ""
 	if s.now().Sub(firstAttempt) > recoverAfter {
 		params := &stripe.CustomerSearchParams{SearchParams: stripe.SearchParams{
-			Query: fmt.Sprintf("metadata['%s']:'%s'", metaTenantID, inv.TenantID), Context: ctx}}
+			Query: fmt.Sprintf("metadata['%s']:'%s'", metaTenantID, who.TenantID), Context: ctx}}
 		err := s.call("customer.search", func() error {
 			it := s.stripe.Customers.Search(params)
 			for it.Next() {
-				if cu := it.Customer(); cu.Metadata[metaTenantID] == inv.TenantID {
+				if cu := it.Customer(); cu.Metadata[metaTenantID] == who.TenantID {
 					id = cu.ID
 					break
 				}
@@ -259,11 +304,11 @@ func (s *Service) ensureCustomer(ctx context.Context, inv catalog.Invoice, first
 	}
 	if id == "" {
 		params := &stripe.CustomerParams{
-			Name:     stripe.String(inv.TenantName),
-			Metadata: map[string]string{metaTenantID: inv.TenantID, metaTenant: inv.Tenant},
+			Name:     stripe.String(who.Name),
+			Metadata: map[string]string{metaTenantID: who.TenantID, metaTenant: who.Slug},
 		}
 		params.Context = ctx
-		params.SetIdempotencyKey(CustomerKey(inv.TenantID))
+		params.SetIdempotencyKey(CustomerKey(who.TenantID))
 		err := s.call("customer.create", func() error {
 			cu, err := s.stripe.Customers.New(params)
 			if err == nil {
@@ -275,7 +320,7 @@ func (s *Service) ensureCustomer(ctx context.Context, inv catalog.Invoice, first
 			return "", err
 		}
 	}
-	return s.store.SetStripeCustomer(ctx, inv.TenantID, id)
+	return s.store.SetStripeCustomer(ctx, who.TenantID, id)
 }
 
 // findInvoice looks among a customer's invoices for the one an earlier

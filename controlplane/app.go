@@ -71,9 +71,10 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*App, error) {
 		warm = -1 // the provisioner's "off"
 	}
 	watcher := catalog.NewWatcher(store, logger)
+	customers := &stripeCustomers{}
 	prov, err := provisioner.New(store, provisioner.Config{
 		Logger: logger, Watcher: watcher, Migrations: &schema, WarmPoolSize: warm, DeleteGrace: cfg.DeleteGrace, ArchiveDir: cfg.ArchiveDir,
-		TenantConnLimit: cfg.TenantConnLimit,
+		TenantConnLimit: cfg.TenantConnLimit, Customers: customers,
 	})
 	if err != nil {
 		store.Close()
@@ -85,6 +86,9 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*App, error) {
 	if err != nil {
 		store.Close()
 		return nil, err
+	}
+	if bill.SendsToStripe() {
+		customers.billing = bill
 	}
 	a := &App{
 		cfg:      cfg,
@@ -210,6 +214,20 @@ func (a *App) Stop(ctx context.Context) error {
 		a.logger.Info("stopped")
 	})
 	return a.stopErr
+}
+
+// stripeCustomers lets provisioning create each tenant's Stripe customer
+// before activating it, through billing, when billing sends to Stripe. The
+// provisioner is made before billing (billing suspends unpaid tenants
+// through it), so billing is set here once made, before any job runs
+// (Start); left unset, without Stripe, there is nothing to create.
+type stripeCustomers struct{ billing *billing.Service }
+
+func (c *stripeCustomers) EnsureCustomer(ctx context.Context, t catalog.Tenant) error {
+	if c.billing == nil {
+		return nil
+	}
+	return c.billing.EnsureCustomer(ctx, t)
 }
 
 // ready reports whether the app can do its work: the catalog answers.

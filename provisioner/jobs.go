@@ -108,6 +108,8 @@ func (p *Provisioner) step(ctx context.Context, t catalog.Tenant, name string) e
 // provision creates the tenant's role and database and marks it active:
 // from the warm pool when it has an entry, else by the slow path (role,
 // template clone, grants), whose every step a rerun finds done and skips.
+// With Config.Customers, the tenant's billing customer is made last, before
+// activation, on either path.
 func (p *Provisioner) provision(ctx context.Context, t catalog.Tenant) error {
 	if t.State != catalog.TenantProvisioning {
 		return nil // done already, or moved on (deleted while queued)
@@ -149,6 +151,14 @@ func (p *Provisioner) provision(ctx context.Context, t catalog.Tenant) error {
 			return fmt.Errorf("server %s: granting the tenant role: %s", srv.Name, describe(err))
 		}
 		if err := p.step(ctx, t, "schema"); err != nil {
+			return err
+		}
+	}
+	if p.cfg.Customers != nil {
+		if err := p.cfg.Customers.EnsureCustomer(ctx, t); err != nil {
+			return fmt.Errorf("creating the billing customer: %w", err)
+		}
+		if err := p.step(ctx, t, "customer"); err != nil {
 			return err
 		}
 	}

@@ -63,8 +63,22 @@ type Config struct {
 	// Default: SchemaLimits' defaults.
 	FanoutLimits SchemaLimits
 
+	// Customers, when set, gives each tenant its billing customer before it
+	// is activated, as the last provisioning step. controlplane passes
+	// billing's, which creates the Stripe customer when billing sends to
+	// Stripe. Default: none, and no such step.
+	Customers Customers
+
 	// afterStep, in tests, runs after each provisioning step; an error stops the job there.
 	afterStep func(ctx context.Context, slug, step string) error
+}
+
+// Customers makes tenants' billing customers (billing.Service satisfies it).
+// EnsureCustomer is called again for a tenant whose provisioning is retried
+// or resumed after a crash: it must make one customer per tenant, however
+// often it is called, and return nil for a tenant that has one.
+type Customers interface {
+	EnsureCustomer(ctx context.Context, t catalog.Tenant) error
 }
 
 // Provisioner manages the fleet of tenant servers and the databases on them.
