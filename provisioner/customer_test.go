@@ -172,47 +172,14 @@ func TestCustomerFailureFailsTheTenant(t *testing.T) {
 func TestCrashAroundTheCustomerStepIsFinishedAfterRestart(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	ctx := context.Background()
 	steps := []string{"schema", "customer"}
 	customers := &testCustomers{store: b.store}
 
-	reached := make(chan string, len(steps))
 	crashing := b.cfg
 	crashing.WarmPoolSize, crashing.Customers = -1, customers
-	crashing.afterStep = func(ctx context.Context, slug, step string) error {
-		if slug == "crash-after-"+step {
-			reached <- slug
-			<-ctx.Done() // hold the job until the process stops under it
-			return ctx.Err()
-		}
-		return nil
-	}
-	first, err := New(b.store, crashing)
-	require.NoError(t, err)
-	require.NoError(t, first.Start(ctx))
-	ids := map[string]string{}
-	for _, step := range steps {
-		tenant, _, err := first.CreateTenant(ctx, TenantSpec{Slug: "crash-after-" + step, Plan: "basic"}, "test")
-		require.NoError(t, err)
-		ids[step] = tenant.ID
-	}
-	for range steps {
-		select {
-		case <-reached:
-		case <-time.After(30 * time.Second):
-			t.Fatal("the provisioning jobs did not reach their crash points")
-		}
-	}
-	stopCtx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
-	defer cancel()
-	_ = first.Stop(stopCtx) // the process goes away with its jobs in flight
+	ids := stopMidProvisioning(t, b, crashing, steps)
 	require.Empty(t, customers.callsFor(ids["schema"]), "stopped before the customer step")
 	require.Len(t, customers.callsFor(ids["customer"]), 1, "stopped after the customer step")
-	for _, step := range steps {
-		tenant, err := b.store.GetTenant(ctx, "crash-after-"+step)
-		require.NoError(t, err)
-		require.Equal(t, catalog.TenantProvisioning, tenant.State, "not finished by the first process")
-	}
 
 	restart := b.cfg
 	restart.Customers = customers

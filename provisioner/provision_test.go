@@ -22,48 +22,14 @@ func TestCrashMidProvisioningIsFinishedAfterRestart(t *testing.T) {
 	b := setup(t)
 	ctx := context.Background()
 	steps := []string{"role", "database", "schema"}
-
-	// The first process dies right after the step named by the tenant's slug.
-	reached := make(chan string, len(steps))
-	crashing := b.cfg
-	crashing.WarmPoolSize = -1 // every tenant takes the template path, the longer one
-	crashing.afterStep = func(ctx context.Context, slug, step string) error {
-		if slug == "crash-after-"+step {
-			reached <- slug
-			<-ctx.Done() // hold the job until the process stops under it
-			return ctx.Err()
-		}
-		return nil
-	}
-	first, err := New(b.store, crashing)
-	require.NoError(t, err)
-	require.NoError(t, first.Start(ctx))
+	cfg := b.cfg
+	cfg.WarmPoolSize = -1 // every tenant takes the template path, the longer one
+	ids := stopMidProvisioning(t, b, cfg, steps)
 	passwords := map[string]string{}
-	for _, step := range steps {
-		tenant, _, err := first.CreateTenant(ctx, TenantSpec{Slug: "crash-after-" + step, Plan: "basic"}, "test")
-		require.NoError(t, err)
-		passwords[tenant.ID] = ""
-	}
-	for range steps {
-		select {
-		case <-reached:
-		case <-time.After(30 * time.Second):
-			t.Fatal("the provisioning jobs did not reach their crash points")
-		}
-	}
-	for id := range passwords {
+	for _, id := range ids {
 		_, pw, err := b.store.TenantCredentials(ctx, id)
 		require.NoError(t, err)
 		passwords[id] = pw
-	}
-	stopCtx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
-	defer cancel()
-	_ = first.Stop(stopCtx) // the process goes away with its jobs in flight
-
-	for _, step := range steps {
-		tenant, err := b.store.GetTenant(ctx, "crash-after-"+step)
-		require.NoError(t, err)
-		require.Equal(t, catalog.TenantProvisioning, tenant.State, "not finished by the first process")
 	}
 
 	// The restart finishes them.
@@ -91,6 +57,50 @@ func TestCrashMidProvisioningIsFinishedAfterRestart(t *testing.T) {
 	orphans, err := b.start(t, b.cfg).Reconcile(ctx, false)
 	require.NoError(t, err)
 	require.Empty(t, orphans)
+}
+
+// stopMidProvisioning starts a provisioner on cfg whose job for tenant
+// "crash-after-<step>" holds right after that step, creates one such tenant
+// per step, waits until every job holds, and stops the process under them
+// (its jobs in flight, as in a crash). It checks the tenants are left
+// provisioning and returns their ids by step.
+func stopMidProvisioning(t *testing.T, b *testBundle, cfg Config, steps []string) map[string]string {
+	t.Helper()
+	ctx := context.Background()
+	reached := make(chan string, len(steps))
+	cfg.afterStep = func(ctx context.Context, slug, step string) error {
+		if slug == "crash-after-"+step {
+			reached <- slug
+			<-ctx.Done() // hold the job until the process stops under it
+			return ctx.Err()
+		}
+		return nil
+	}
+	first, err := New(b.store, cfg)
+	require.NoError(t, err)
+	require.NoError(t, first.Start(ctx))
+	ids := map[string]string{}
+	for _, step := range steps {
+		tenant, _, err := first.CreateTenant(ctx, TenantSpec{Slug: "crash-after-" + step, Plan: "basic"}, "test")
+		require.NoError(t, err)
+		ids[step] = tenant.ID
+	}
+	for range steps {
+		select {
+		case <-reached:
+		case <-time.After(30 * time.Second):
+			t.Fatal("the provisioning jobs did not reach their crash points")
+		}
+	}
+	stopCtx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	_ = first.Stop(stopCtx) // the process goes away with its jobs in flight
+	for _, step := range steps {
+		tenant, err := b.store.GetTenant(ctx, "crash-after-"+step)
+		require.NoError(t, err)
+		require.Equal(t, catalog.TenantProvisioning, tenant.State, "not finished by the first process")
+	}
+	return ids
 }
 
 func TestReconcileReportsAndRemovesOrphans(t *testing.T) {
