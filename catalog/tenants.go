@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -25,6 +26,12 @@ const (
 	TenantDeleted      TenantState = "deleted"
 	TenantFailed       TenantState = "failed"
 )
+
+// TenantStates lists every tenant state, in lifecycle order.
+var TenantStates = []TenantState{TenantProvisioning, TenantActive, TenantSuspended, TenantDeleting, TenantDeleted, TenantFailed}
+
+// Valid reports whether s is one of TenantStates.
+func (s TenantState) Valid() bool { return slices.Contains(TenantStates, s) }
 
 // TenantChannel is the LISTEN/NOTIFY channel on which every change to a
 // tenant (state, credentials, keys) is announced with the tenant's id.
@@ -204,11 +211,11 @@ func (s *Store) GetTenantByID(ctx context.Context, id string) (Tenant, error) {
 
 // TenantFilter selects tenants; zero fields match everything.
 type TenantFilter struct {
-	State  TenantState
-	Plan   string
-	Server string
-	Limit  int    // default 100, at most 1000
-	Cursor string // from TenantPage.NextCursor
+	State  TenantState // one of TenantStates; another is a CodeInvalid error
+	Plan   string      // a plan's name; a name no tenant has matches nothing
+	Server string      // a server's name; a name no tenant has matches nothing
+	Limit  int         // default 100, at most 1000
+	Cursor string      // from TenantPage.NextCursor
 }
 
 // TenantPage is one page of a tenant listing, ordered by creation.
@@ -224,6 +231,9 @@ func (s *Store) ListTenants(ctx context.Context, f TenantFilter) (TenantPage, er
 	}
 	if f.Limit > 1000 {
 		return TenantPage{}, Errorf(CodeInvalid, "limit must be at most 1000")
+	}
+	if f.State != "" && !f.State.Valid() {
+		return TenantPage{}, Errorf(CodeInvalid, "state %q is not a tenant state: use %s", f.State, tenantStateList())
 	}
 	afterTime, afterID := time.Time{}, ""
 	if f.Cursor != "" {
@@ -254,6 +264,15 @@ func (s *Store) ListTenants(ctx context.Context, f TenantFilter) (TenantPage, er
 		page.Tenants = []Tenant{}
 	}
 	return page, nil
+}
+
+// tenantStateList is TenantStates in words: "provisioning, ... or failed".
+func tenantStateList() string {
+	names := make([]string, len(TenantStates))
+	for i, s := range TenantStates {
+		names[i] = string(s)
+	}
+	return strings.Join(names[:len(names)-1], ", ") + " or " + names[len(names)-1]
 }
 
 func encodeCursor(t time.Time, id string) string {

@@ -133,14 +133,15 @@ type reasonBody struct {
 	Reason string `json:"reason"`
 }
 
+// lifecycle serves a call that moves a tenant with op. Its body is optional
+// and read however it is framed (a chunked one has no Content-Length), so a
+// reason sent is never lost from the audit log.
 func (a *App) lifecycle(op func(ctx context.Context, slug, actor, reason string) (catalog.Tenant, error), status int) gin.HandlerFunc {
 	return func(c *gin.Context) {
 		var body reasonBody
-		if c.Request.ContentLength > 0 {
-			if err := httpapi.BindJSON(c, &body); err != nil {
-				httpapi.WriteError(c, err)
-				return
-			}
+		if err := httpapi.BindOptionalJSON(c, &body); err != nil {
+			httpapi.WriteError(c, err)
+			return
 		}
 		t, err := op(c, c.Param("slug"), adminActor, body.Reason)
 		if err != nil {

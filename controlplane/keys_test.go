@@ -118,3 +118,22 @@ func TestListTenantsFiltersAndPages(t *testing.T) {
 		require.Equal(t, "pg-1", body["server"], "a draining server takes no new tenants")
 	}
 }
+
+// An unknown state is a mistake (400 naming the states); an unknown plan or
+// server is a name nothing has (an empty page).
+func TestListTenantsRefusesAnUnknownState(t *testing.T) {
+	t.Parallel()
+	b := setup(t, "")
+	for _, state := range []string{"bogus", "Active", "activ"} {
+		status, body := call(t, "GET", b.admin+"/admin/v1/tenants?state="+state, testToken, nil)
+		require.Equal(t, http.StatusBadRequest, status, "%s: %v", state, body)
+		require.Equal(t, "invalid", errorCode(t, body))
+		require.Equal(t, `state "`+state+`" is not a tenant state: use provisioning, active, suspended, deleting, deleted or failed`,
+			body["error"].(map[string]any)["message"])
+	}
+	for _, query := range []string{"state=active", "state=", "plan=no-such-plan", "server=no-such-server"} {
+		status, body := call(t, "GET", b.admin+"/admin/v1/tenants?"+query, testToken, nil)
+		require.Equal(t, http.StatusOK, status, "%s: %v", query, body)
+		require.Empty(t, body["tenants"], query)
+	}
+}

@@ -476,3 +476,36 @@ func TestCatalogDownKeepsResolvedTenantsServed(t *testing.T) {
 		return status == http.StatusOK
 	}, 15*time.Second, 100*time.Millisecond)
 }
+
+// A user's name is at most 200 characters, counted as the database's CHECK
+// counts them (code points), not bytes.
+func TestTenantAPIUserNameCountsCharacters(t *testing.T) {
+	t.Parallel()
+	f := setupFleet(t, 1, nil)
+	_, key := f.tenantWithKey(t, "runes", "pro", "")
+	u := f.api + "/v1/users"
+
+	long := strings.Repeat("é", 200) // 400 bytes
+	status, body := call(t, "POST", u, key, map[string]any{"email": "e@example.com", "name": long})
+	require.Equal(t, http.StatusCreated, status, body)
+	require.Equal(t, long, body["name"])
+	id := body["id"].(string)
+
+	clef := strings.Repeat("𝄞", 200) // 800 bytes
+	status, body = call(t, "PATCH", u+"/"+id, key, map[string]any{"name": clef})
+	require.Equal(t, http.StatusOK, status, body)
+	require.Equal(t, clef, body["name"])
+
+	for _, tooLong := range []string{long + "é", clef + "x", strings.Repeat("n", 201)} {
+		status, body = call(t, "POST", u, key, map[string]any{"email": "other@example.com", "name": tooLong})
+		require.Equal(t, http.StatusBadRequest, status, body)
+		require.Equal(t, "invalid", errorCode(t, body))
+		require.Equal(t, "name is longer than 200 characters", body["error"].(map[string]any)["message"])
+		status, body = call(t, "PATCH", u+"/"+id, key, map[string]any{"name": tooLong})
+		require.Equal(t, http.StatusBadRequest, status, body)
+		require.Equal(t, "name is longer than 200 characters", body["error"].(map[string]any)["message"])
+	}
+	status, body = call(t, "GET", u+"/"+id, key, nil)
+	require.Equal(t, http.StatusOK, status, body)
+	require.Equal(t, clef, body["name"], "a refused change changes nothing")
+}

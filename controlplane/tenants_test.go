@@ -1,12 +1,17 @@
 package controlplane
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -370,4 +375,131 @@ func TestDeleteKeepsADumpWhenAsked(t *testing.T) {
 	restored, err := exec.Command(filepath.Join(bin, "pg_restore"), "--data-only", "--file=-", dumps[0]).Output()
 	require.NoError(t, err, "a pg_dump archive pg_restore can read")
 	require.True(t, strings.Contains(string(restored), "kept@example.com"), "the archive holds the tenant's rows")
+}
+
+// A tenant server that cannot be reached makes the reconciler answer 503
+// naming that server, never its DSN or password.
+func TestOrphansWithAServerDownAnswer503(t *testing.T) {
+	t.Parallel()
+	f := setupFleet(t, 1, nil)
+	srv := pgtest.NewServer(t)
+	password := "pw-" + randomHex(12)
+	role := createRole(t, srv.DSN("postgres"), "LOGIN CREATEDB CREATEROLE PASSWORD '"+password+"'")
+	dsn := withUser(t, srv.DSN("postgres"), role, password)
+	status, body := call(t, "POST", f.admin+"/admin/v1/servers", testToken, map[string]any{"name": "pg-down", "dsn": dsn})
+	require.Equal(t, http.StatusCreated, status, body)
+
+	status, body = call(t, "GET", f.admin+"/admin/v1/orphans", testToken, nil)
+	require.Equal(t, http.StatusOK, status, body)
+	srv.Stop(t)
+
+	for _, method := range []string{"GET", "DELETE"} {
+		status, raw, err := try(method, f.admin+"/admin/v1/orphans", testToken, "")
+		require.NoError(t, err)
+		require.Equal(t, http.StatusServiceUnavailable, status, "%s: %s", method, raw)
+		var out map[string]any
+		require.NoError(t, json.Unmarshal([]byte(raw), &out), raw)
+		require.Equal(t, "unavailable", errorCode(t, out))
+		msg := out["error"].(map[string]any)["message"].(string)
+		t.Logf("%s /admin/v1/orphans: %s", method, msg)
+		// The first call may meet a pooled connection the stop ended, the
+		// next a refused one: either way the server could not be reached.
+		require.Contains(t, msg, `server "pg-down" could not be reached: `)
+		require.NotContains(t, raw, password)
+		require.NotContains(t, raw, role, "the DSN's user is not in the answer")
+		require.NotContains(t, raw, strconv.Itoa(srv.Port()), "the DSN's address is not in the answer")
+	}
+	require.NotContains(t, f.logs.String(), password)
+}
+
+// chunked sends body with the admin token and no Content-Length: net/http
+// cannot know the length of a reader that is not a bytes or strings reader,
+// so it sends the body chunked.
+func chunked(t *testing.T, method, url, body string) (int, map[string]any) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, io.MultiReader(strings.NewReader(body)))
+	require.NoError(t, err)
+	require.EqualValues(t, 0, req.ContentLength, "the length is unknown")
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	var out map[string]any
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&out))
+	return resp.StatusCode, out
+}
+
+// rawRequest writes request as is to the server at base (http://host:port)
+// and returns the answer's status: for framings net/http's client does not
+// send, such as an empty chunked body.
+func rawRequest(t *testing.T, base, request string) int {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", strings.TrimPrefix(base, "http://"), 5*time.Second)
+	require.NoError(t, err)
+	defer conn.Close()
+	require.NoError(t, conn.SetDeadline(time.Now().Add(20*time.Second)))
+	_, err = io.WriteString(conn, request)
+	require.NoError(t, err)
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	return resp.StatusCode
+}
+
+// The lifecycle calls read their optional {"reason"} body whatever its
+// framing, so a reason sent chunked reaches the audit log.
+func TestLifecycleReasonSentChunked(t *testing.T) {
+	t.Parallel()
+	f := setupFleet(t, 1, nil)
+	status, body := f.createTenant(t, "chunky", true)
+	require.Equal(t, http.StatusCreated, status, body)
+	base := f.admin + "/admin/v1/tenants/chunky"
+	reasons := func() map[string]string {
+		t.Helper()
+		events, err := f.app.store.ListAudit(context.Background(), auditFilterFor(t, f, "chunky"))
+		require.NoError(t, err)
+		out := map[string]string{}
+		for _, e := range events {
+			out[e.Action] = e.Reason
+		}
+		return out
+	}
+	state := func() string {
+		t.Helper()
+		_, body := call(t, "GET", base, testToken, nil)
+		return body["state"].(string)
+	}
+
+	status, body = chunked(t, "POST", base+"/suspend", `{"reason": "chunked: invoice 42 unpaid"}`)
+	require.Equal(t, http.StatusOK, status, body)
+	require.Equal(t, "suspended", body["state"])
+	require.Equal(t, "chunked: invoice 42 unpaid", reasons()["tenant.suspended"])
+
+	// An empty chunked body is no body: no reason.
+	status = rawRequest(t, f.admin, "POST /admin/v1/tenants/chunky/resume HTTP/1.1\r\nHost: admin\r\n"+
+		"Authorization: Bearer "+testToken+"\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n0\r\n\r\n")
+	require.Equal(t, http.StatusOK, status)
+	require.Equal(t, "active", state())
+
+	// Malformed JSON and unknown fields are refused, chunked or not, and change nothing.
+	for _, bad := range []string{`{"reason": `, `{"reasn": "typo"}`, `{"reason": "a"} {"reason": "b"}`, `"unpaid"`} {
+		status, body = chunked(t, "POST", base+"/suspend", bad)
+		require.Equal(t, http.StatusBadRequest, status, "%s: %v", bad, body)
+		require.Equal(t, "invalid", errorCode(t, body))
+		status, raw, err := try("POST", base+"/suspend", testToken, bad)
+		require.NoError(t, err)
+		require.Equal(t, http.StatusBadRequest, status, "%s with a Content-Length: %s", bad, raw)
+		require.Equal(t, "active", state(), "a refused call changes nothing")
+	}
+	status, body = chunked(t, "POST", base+"/suspend", `{"reasn": "typo"}`)
+	require.Equal(t, http.StatusBadRequest, status)
+	require.Contains(t, body["error"].(map[string]any)["message"], `unknown field "reasn"`)
+
+	status, body = chunked(t, "DELETE", base, `{"reason": "chunked: customer left"}`)
+	require.Equal(t, http.StatusAccepted, status, body)
+	require.Equal(t, "deleting", body["state"])
+	got := reasons()
+	require.Equal(t, "", got["tenant.resumed"])
+	require.Equal(t, "chunked: customer left", got["tenant.deleted"])
 }

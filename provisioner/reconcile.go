@@ -2,11 +2,12 @@ package provisioner
 
 import (
 	"context"
-	"fmt"
+	"errors"
 	"regexp"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/tenantplane/tenantplane/catalog"
 )
@@ -29,6 +30,10 @@ var tenantNameRE = regexp.MustCompile(`^t_[0-9a-f]{32}$`)
 // returns the orphans the provisioner made: tenant databases and roles the
 // catalog does not hold as live, and ready or template databases of a schema
 // this process does not build. With remove, it drops them.
+//
+// It stops at the first server that fails; the error names that server and
+// says why (a server that cannot be reached is CodeUnavailable), never with
+// its DSN.
 func (p *Provisioner) Reconcile(ctx context.Context, remove bool) ([]Orphan, error) {
 	servers, err := p.store.ListServers(ctx)
 	if err != nil {
@@ -38,11 +43,42 @@ func (p *Provisioner) Reconcile(ctx context.Context, remove bool) ([]Orphan, err
 	for _, srv := range servers {
 		found, err := p.reconcileServer(ctx, srv, remove)
 		if err != nil {
-			return orphans, fmt.Errorf("server %s: %s", srv.Name, describe(err))
+			after := ""
+			if remove {
+				after = "; orphans on the servers reconciled before it were removed"
+			}
+			return orphans, serverError(srv.Name, err, after)
 		}
 		orphans = append(orphans, found...)
 	}
 	return orphans, nil
+}
+
+// serverError gives an error met on the server named name a category and a
+// message that names the server, ends with after, and holds no DSN: pgx's
+// own texts can carry the host and user, so only their gist is kept.
+// Errors that have a category already (the catalog's) keep theirs.
+func serverError(name string, err error, after string) error {
+	var known *catalog.Error
+	if errors.As(err, &known) || errors.Is(err, context.Canceled) {
+		return err
+	}
+	var connErr *pgconn.ConnectError
+	if errors.As(err, &connErr) {
+		return catalog.WrapError(catalog.CodeUnavailable, err, "server %q could not be reached: %s%s", name, connectReason(err), after)
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch class := pgErr.Code[:2]; {
+		case class == "08", class == "53", strings.HasPrefix(pgErr.Code, "57P"): // connection, resources, shutting down
+			return catalog.WrapError(catalog.CodeUnavailable, err, "server %q could not be reached: %s%s", name, pgErr.Message, after)
+		case pgErr.Code == "57014", pgErr.Code == "55P03": // statement or lock timeout
+			return catalog.WrapError(catalog.CodeUnavailable, err, "server %q is busy: %s%s", name, pgErr.Message, after)
+		}
+		return catalog.WrapError(catalog.CodeInternal, err, "server %q: %s%s", name, pgErr.Message, after)
+	}
+	// Anything else is the transport: a connection lost, a read that timed out.
+	return catalog.WrapError(catalog.CodeUnavailable, err, "server %q could not be reached: %s%s", name, connectReason(err), after)
 }
 
 func (p *Provisioner) reconcileServer(ctx context.Context, srv catalog.Server, remove bool) ([]Orphan, error) {

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gin-gonic/gin"
 	"github.com/jackc/pgx/v5"
@@ -67,7 +68,8 @@ func (in userInput) validate(create bool) error {
 	if in.Email != nil && !emailRE.MatchString(*in.Email) {
 		return catalog.Errorf(catalog.CodeInvalid, "email %q is not an email address", *in.Email)
 	}
-	if in.Name != nil && len(*in.Name) > 200 {
+	// Characters, as the column's CHECK (length(name) <= 200) counts them.
+	if in.Name != nil && utf8.RuneCountInString(*in.Name) > 200 {
 		return catalog.Errorf(catalog.CodeInvalid, "name is longer than 200 characters")
 	}
 	if !create && in.Email == nil && in.Name == nil {

@@ -1,7 +1,10 @@
 package httpapi
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 
 	"github.com/gin-gonic/gin"
@@ -70,6 +73,37 @@ func BindJSON(c *gin.Context, v any) error {
 			return catalog.Errorf(catalog.CodeTooLarge, "request body is larger than %d bytes", tooBig.Limit)
 		}
 		return catalog.WrapError(catalog.CodeInvalid, err, "request body is not valid JSON for this call: %s", err.Error())
+	}
+	return nil
+}
+
+// BindOptionalJSON decodes a body the caller may leave out into v. The body
+// is read whatever its framing (Content-Length, chunked, or none), so
+// nothing sent is ignored; an empty one (or only whitespace) leaves v as it
+// is. Unlike BindJSON it refuses unknown fields and anything after the JSON
+// value, so a misspelt field is an error rather than a field silently lost.
+func BindOptionalJSON(c *gin.Context, v any) error {
+	if c.Request.Body == nil || c.Request.Body == http.NoBody {
+		return nil
+	}
+	raw, err := io.ReadAll(c.Request.Body)
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return catalog.Errorf(catalog.CodeTooLarge, "request body is larger than %d bytes", tooBig.Limit)
+		}
+		return catalog.WrapError(catalog.CodeInvalid, err, "request body could not be read")
+	}
+	if len(bytes.TrimSpace(raw)) == 0 {
+		return nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return catalog.WrapError(catalog.CodeInvalid, err, "request body is not valid JSON for this call: %s", err.Error())
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return catalog.Errorf(catalog.CodeInvalid, "request body is not valid JSON for this call: more after its JSON value")
 	}
 	return nil
 }
