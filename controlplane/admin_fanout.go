@@ -30,11 +30,9 @@ func (a *App) fanoutRoutes(v1 *gin.RouterGroup) {
 // The body is optional: every field has a default.
 func (a *App) startRun(c *gin.Context) {
 	var spec provisioner.RunSpec
-	if c.Request.ContentLength != 0 {
-		if err := httpapi.BindJSON(c, &spec); err != nil {
-			httpapi.WriteError(c, err)
-			return
-		}
+	if err := httpapi.BindOptionalJSON(c, &spec); err != nil {
+		httpapi.WriteError(c, err)
+		return
 	}
 	run, err := a.prov.StartRun(c, spec, adminActor)
 	if err != nil {

@@ -124,7 +124,8 @@ func TestTenantAPIUsersAndErrors(t *testing.T) {
 	status, body := call(t, "POST", u, key, map[string]any{"email": "ada@example.com"})
 	require.Equal(t, http.StatusConflict, status, body)
 	require.Contains(t, body["error"].(map[string]any)["message"], "email already exists")
-	for _, bad := range []any{map[string]any{"name": "no email"}, map[string]any{"email": "not-an-email"}, map[string]any{"email": "x@y.z", "name": strings.Repeat("n", 201)}, "[]"} {
+	for _, bad := range []any{map[string]any{"name": "no email"}, map[string]any{"email": "not-an-email"}, map[string]any{"email": "x@y.z", "name": strings.Repeat("n", 201)}, "[]",
+		map[string]any{"email": "x@y.z", "nmae": "misspelt"}} {
 		status, body := call(t, "POST", u, key, bad)
 		require.Equal(t, http.StatusBadRequest, status, "%v: %v", bad, body)
 	}

@@ -216,15 +216,20 @@ func TestCreateTenantIsIdempotentAndValidates(t *testing.T) {
 		{"slug": "good-slug", "name": "x", "plan": "platinum"},
 		{"slug": "good-slug", "name": "x", "plan": "pro", "server": "nowhere"},
 		{"slug": "good-slug", "name": "x"},
+		{"slug": "good-slug", "name": "x", "plan": "pro", "sever": "pg-2"}, // a misspelt field is not dropped
 	}
 	for _, b := range bad {
 		status, body := call(t, "POST", f.admin+"/admin/v1/tenants", testToken, b)
 		require.Equal(t, http.StatusBadRequest, status, "%v: %v", b, body)
 		require.Equal(t, "invalid", errorCode(t, body))
 	}
-	status, body = call(t, "POST", f.admin+"/admin/v1/tenants", testToken, map[string]any{"slug": "good-slug", "name": "x", "plan": "platinum"})
+	_, body = call(t, "POST", f.admin+"/admin/v1/tenants", testToken, map[string]any{"slug": "good-slug", "name": "x", "plan": "platinum"})
 	require.Contains(t, body["error"].(map[string]any)["message"], `unknown plan "platinum"`)
-	_ = status
+	_, body = call(t, "POST", f.admin+"/admin/v1/tenants", testToken, map[string]any{"slug": "good-slug", "name": "x", "plan": "pro", "sever": "pg-2"})
+	require.Contains(t, body["error"].(map[string]any)["message"], `unknown field "sever"`)
+	status, body = call(t, "POST", f.admin+"/admin/v1/tenants", testToken, nil)
+	require.Equal(t, http.StatusBadRequest, status)
+	require.Contains(t, body["error"].(map[string]any)["message"], "request body is empty")
 
 	// Nothing was made anywhere: no catalog row, no role, no database.
 	status, body = call(t, "GET", f.admin+"/admin/v1/tenants", testToken, nil)

@@ -64,39 +64,48 @@ func Fail(c *gin.Context, code catalog.ErrorCode, format string, args ...any) {
 	WriteError(c, catalog.Errorf(code, format, args...))
 }
 
-// BindJSON decodes the request body into v, turning decoding failures into
-// clear CodeInvalid errors and an oversized body into CodeTooLarge.
+// BindJSON decodes the request body into v. It is strict: an empty body,
+// a field v does not have (a misspelt one would otherwise be lost without a
+// word) or anything after the JSON value is CodeInvalid, naming the problem;
+// an oversized body is CodeTooLarge.
 func BindJSON(c *gin.Context, v any) error {
-	if err := c.ShouldBindJSON(v); err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			return catalog.Errorf(catalog.CodeTooLarge, "request body is larger than %d bytes", tooBig.Limit)
-		}
-		return catalog.WrapError(catalog.CodeInvalid, err, "request body is not valid JSON for this call: %s", err.Error())
+	raw, err := readBody(c)
+	if err != nil {
+		return err
 	}
-	return nil
+	if len(bytes.TrimSpace(raw)) == 0 {
+		return catalog.Errorf(catalog.CodeInvalid, "request body is empty: send a JSON value")
+	}
+	return decodeStrict(raw, v)
 }
 
-// BindOptionalJSON decodes a body the caller may leave out into v. The body
-// is read whatever its framing (Content-Length, chunked, or none), so
-// nothing sent is ignored; an empty one (or only whitespace) leaves v as it
-// is. Unlike BindJSON it refuses unknown fields and anything after the JSON
-// value, so a misspelt field is an error rather than a field silently lost.
+// BindOptionalJSON is BindJSON for a body the caller may leave out: an
+// empty one (or only whitespace), however it is framed (Content-Length,
+// chunked or none), leaves v as it is.
 func BindOptionalJSON(c *gin.Context, v any) error {
+	raw, err := readBody(c)
+	if err != nil || len(bytes.TrimSpace(raw)) == 0 {
+		return err
+	}
+	return decodeStrict(raw, v)
+}
+
+func readBody(c *gin.Context) ([]byte, error) {
 	if c.Request.Body == nil || c.Request.Body == http.NoBody {
-		return nil
+		return nil, nil
 	}
 	raw, err := io.ReadAll(c.Request.Body)
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			return catalog.Errorf(catalog.CodeTooLarge, "request body is larger than %d bytes", tooBig.Limit)
+			return nil, catalog.Errorf(catalog.CodeTooLarge, "request body is larger than %d bytes", tooBig.Limit)
 		}
-		return catalog.WrapError(catalog.CodeInvalid, err, "request body could not be read")
+		return nil, catalog.WrapError(catalog.CodeInvalid, err, "request body could not be read")
 	}
-	if len(bytes.TrimSpace(raw)) == 0 {
-		return nil
-	}
+	return raw, nil
+}
+
+func decodeStrict(raw []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
