@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 
@@ -129,4 +130,59 @@ func TestConcurrentMissesOpenOnePool(t *testing.T) {
 	wg.Wait()
 	require.Equal(t, 1.0, testutil.ToFloat64(p.opened))
 	p.purge()
+}
+
+// A spent connection budget first takes idle connections from other pools on
+// the server, then waits BudgetWait, then refuses with the error that
+// answers 503; the server never holds more than the budget.
+func TestBudgetTakesIdleConnectionsThenWaitsThenRefuses(t *testing.T) {
+	t.Parallel()
+	store, tenants := setupTenants(t, 2)
+	const budget, wait = 2, 300 * time.Millisecond
+	for _, e := range tenants {
+		e.serverBudget = budget
+	}
+	p := newPools(PoolConfig{CacheSize: 10, BudgetWait: wait}, store, slog.Default(), nil)
+	defer p.purge()
+	ctx := context.Background()
+	a, err := p.acquire(ctx, tenants[0])
+	require.NoError(t, err)
+	defer p.release(a)
+	b, err := p.acquire(ctx, tenants[1])
+	require.NoError(t, err)
+	defer p.release(b)
+
+	// a holds the whole budget.
+	held := make([]*pgxpool.Conn, budget)
+	release := func(i int) { held[i].Release(); held[i] = nil }
+	defer func() { // before purge, which waits for connections in use
+		for i := range held {
+			if held[i] != nil {
+				release(i)
+			}
+		}
+	}()
+	for i := range held {
+		held[i], err = a.pool.Acquire(ctx)
+		require.NoError(t, err)
+	}
+	start := time.Now()
+	_, err = b.pool.Acquire(ctx)
+	waited := time.Since(start)
+	require.ErrorIs(t, err, errBudget)
+	require.GreaterOrEqual(t, waited, wait, "it waited for the budget")
+	require.Less(t, waited, wait+time.Second, "and no longer than BudgetWait")
+	refusal := unavailable(tenants[1], err)
+	require.Equal(t, catalog.CodeUnavailable, catalog.CodeOf(refusal))
+	require.ErrorContains(t, refusal, "is at its connection budget; retry shortly")
+
+	// One of a's connections goes idle: b takes its place at once.
+	release(1)
+	start = time.Now()
+	conn, err := b.pool.Acquire(ctx)
+	require.NoError(t, err, "an idle connection of another pool was closed to make room")
+	require.Less(t, time.Since(start), wait, "without waiting")
+	require.Equal(t, int32(1), a.pool.Stat().TotalConns(), "a kept the connection in use")
+	require.LessOrEqual(t, p.budget(tenants[0].tenant.ServerID, budget).peak.Load(), int64(budget))
+	conn.Release()
 }
