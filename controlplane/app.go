@@ -62,7 +62,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*App, error) {
 		store.Close()
 		return nil, fmt.Errorf("TENANTPLANE_TENANT_MIGRATIONS: %w", err)
 	}
-	if err := checkConnLimit(ctx, store, cfg.TenantConnLimit); err != nil {
+	if err := checkConnLimit(ctx, store, cfg.TenantConnLimit, cfg.Replicas); err != nil {
 		store.Close()
 		return nil, err
 	}
@@ -103,7 +103,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*App, error) {
 	metrics := httpapi.NewMetrics(reg)
 	a.router, err = router.New(router.Config{
 		Store: store, Watcher: watcher, Ready: a.ready, Logger: logger, Metrics: metrics, Registerer: reg,
-		Pools: router.PoolConfig{CacheSize: cfg.PoolCacheSize}, FlushInterval: cfg.UsageFlushInterval,
+		Pools: router.PoolConfig{CacheSize: cfg.PoolCacheSize, Replicas: cfg.Replicas}, FlushInterval: cfg.UsageFlushInterval,
 	})
 	if err != nil {
 		store.Close()
@@ -237,17 +237,18 @@ func (a *App) ready(ctx context.Context) error {
 	return a.store.Ping(ctx)
 }
 
-// checkConnLimit refuses a per-role connection limit below a plan's pool
-// size: one replica alone would then fail that plan's busiest tenants.
-func checkConnLimit(ctx context.Context, store *catalog.Store, limit int) error {
+// checkConnLimit refuses a per-role connection limit below replicas pools
+// of a plan: the replicas together would then fail that plan's busiest
+// tenants.
+func checkConnLimit(ctx context.Context, store *catalog.Store, limit, replicas int) error {
 	plans, err := store.ListPlans(ctx)
 	if err != nil {
 		return err
 	}
 	for _, p := range plans {
-		if p.MaxConns > limit {
-			return fmt.Errorf("TENANTPLANE_TENANT_CONN_LIMIT=%d is below plan %q's pool of %d connections; set it to at least replicas x %d",
-				limit, p.Name, p.MaxConns, p.MaxConns)
+		if need := replicas * p.MaxConns; need > limit {
+			return fmt.Errorf("TENANTPLANE_TENANT_CONN_LIMIT=%d is below TENANTPLANE_REPLICAS=%d x plan %q's pool of %d connections; set it to at least %d",
+				limit, replicas, p.Name, p.MaxConns, need)
 		}
 	}
 	return nil

@@ -225,15 +225,22 @@ func createRole(t testing.TB, adminDSN, options string) string {
 	return name
 }
 
-func TestStartRefusesAConnLimitBelowAPlansPool(t *testing.T) {
+func TestStartRefusesAConnLimitBelowReplicasOfAPlansPool(t *testing.T) {
 	t.Parallel()
-	cfg, err := ConfigFromEnv(envOf(map[string]string{
-		"DATABASE_URL":                  pgtest.NewDB(t),
-		"TENANTPLANE_ADMIN_TOKEN":       testToken,
-		"TENANTPLANE_SECRET_KEY":        catalog.NewKey(),
-		"TENANTPLANE_TENANT_CONN_LIMIT": "5", // enterprise pools hold 10
-	}))
-	require.NoError(t, err)
-	_, err = New(context.Background(), cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	require.ErrorContains(t, err, `TENANTPLANE_TENANT_CONN_LIMIT=5 is below plan "enterprise"'s pool of 10 connections`)
+	catalogDSN := pgtest.NewDB(t)
+	for _, tc := range []struct{ limit, replicas, want string }{
+		{"5", "", `TENANTPLANE_TENANT_CONN_LIMIT=5 is below TENANTPLANE_REPLICAS=1 x plan "enterprise"'s pool of 10 connections; set it to at least 10`},
+		{"40", "5", `TENANTPLANE_TENANT_CONN_LIMIT=40 is below TENANTPLANE_REPLICAS=5 x plan "enterprise"'s pool of 10 connections; set it to at least 50`},
+	} {
+		cfg, err := ConfigFromEnv(envOf(map[string]string{
+			"DATABASE_URL":                  catalogDSN,
+			"TENANTPLANE_ADMIN_TOKEN":       testToken,
+			"TENANTPLANE_SECRET_KEY":        catalog.NewKey(),
+			"TENANTPLANE_TENANT_CONN_LIMIT": tc.limit, // enterprise pools hold 10
+			"TENANTPLANE_REPLICAS":          tc.replicas,
+		}))
+		require.NoError(t, err)
+		_, err = New(context.Background(), cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		require.ErrorContains(t, err, tc.want)
+	}
 }

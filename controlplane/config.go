@@ -45,9 +45,15 @@ type Config struct {
 	WarmPoolSize int
 	// TenantConnLimit is each tenant role's CONNECTION LIMIT on its server
 	// (TENANTPLANE_TENANT_CONN_LIMIT). Every replica may hold up to the
-	// tenant plan's max_conns, so keep it at least replicas x the largest
+	// tenant plan's max_conns, so it must be at least Replicas x the largest
 	// plan's max_conns. Default 40: four replicas of the enterprise plan (10).
 	TenantConnLimit int
+	// Replicas is how many tenantplane processes serve the tenant API on this
+	// catalog (TENANTPLANE_REPLICAS). Each takes its share of every server's
+	// connection budget, conn_budget / Replicas, so together they stay within
+	// it; and a start refuses a TenantConnLimit below Replicas x a plan's
+	// max_conns. Default 1.
+	Replicas int
 	// PoolCacheSize bounds the tenant pools open at once (TENANTPLANE_POOL_CACHE_SIZE). Default 500.
 	PoolCacheSize int
 	// UsageFlushInterval is how often the router writes its usage counters to
@@ -138,6 +144,14 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 			bad("TENANTPLANE_TENANT_CONN_LIMIT", "%q is not a whole number from 1 to 10000", raw)
 		}
 		cfg.TenantConnLimit = n
+	}
+	cfg.Replicas = 1
+	if raw := getenv("TENANTPLANE_REPLICAS"); raw != "" {
+		n, err := strconv.Atoi(raw)
+		if err != nil || n < 1 || n > 1000 {
+			bad("TENANTPLANE_REPLICAS", "%q is not a whole number from 1 to 1000", raw)
+		}
+		cfg.Replicas = n
 	}
 	cfg.PoolCacheSize = 500
 	if raw := getenv("TENANTPLANE_POOL_CACHE_SIZE"); raw != "" {

@@ -36,6 +36,7 @@ func TestConfigFromEnv(t *testing.T) {
 		"TENANTPLANE_TENANT_MIGRATIONS": "/does/not/exist",
 		"TENANTPLANE_SHUTDOWN_TIMEOUT":  "soon",
 		"TENANTPLANE_TENANT_CONN_LIMIT": "0",
+		"TENANTPLANE_REPLICAS":          "0",
 		"STRIPE_API_BASE":               "http://127.0.0.1:12111",
 	}
 	for name, value := range cases {

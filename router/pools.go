@@ -24,6 +24,10 @@ type PoolConfig struct {
 	// CacheSize bounds how many tenant pools are open at once
 	// (TENANTPLANE_POOL_CACHE_SIZE). Default 500.
 	CacheSize int
+	// Replicas is how many processes share each server's connection budget
+	// (TENANTPLANE_REPLICAS): this one holds conn_budget / Replicas of it, at
+	// least one connection. Default 1.
+	Replicas int
 	// ConnectTimeout bounds opening one connection to a tenant database. Default 2s.
 	ConnectTimeout time.Duration
 	// BudgetWait bounds how long a request waits for a server's connection
@@ -38,6 +42,9 @@ type PoolConfig struct {
 func (c *PoolConfig) setDefaults() {
 	if c.CacheSize == 0 {
 		c.CacheSize = 500
+	}
+	if c.Replicas == 0 {
+		c.Replicas = 1
 	}
 	if c.ConnectTimeout == 0 {
 		c.ConnectTimeout = 2 * time.Second
@@ -243,11 +250,13 @@ func (p *pools) open(ctx context.Context, t *resolved) (*pgxpool.Pool, error) {
 	return pgxpool.NewWithConfig(ctx, cfg)
 }
 
+// budget is this process's share of a server's connection budget of size.
 func (p *pools) budget(serverID int64, size int) *budget {
 	p.budgetMu.Lock()
 	defer p.budgetMu.Unlock()
 	b, ok := p.budgets[serverID]
 	if !ok {
+		size = max(1, size/p.cfg.Replicas)
 		b = &budget{sem: semaphore.NewWeighted(int64(size)), size: int64(size)}
 		p.budgets[serverID] = b
 	}

@@ -134,15 +134,15 @@ func TestConcurrentMissesOpenOnePool(t *testing.T) {
 
 // A spent connection budget first takes idle connections from other pools on
 // the server, then waits BudgetWait, then refuses with the error that
-// answers 503; the server never holds more than the budget.
+// answers 503; the process never holds more than its replica's share.
 func TestBudgetTakesIdleConnectionsThenWaitsThenRefuses(t *testing.T) {
 	t.Parallel()
 	store, tenants := setupTenants(t, 2)
-	const budget, wait = 2, 300 * time.Millisecond
+	const budget, wait = 2, 300 * time.Millisecond // this replica's share
 	for _, e := range tenants {
-		e.serverBudget = budget
+		e.serverBudget = 2*budget + 1 // conn_budget, shared by two replicas
 	}
-	p := newPools(PoolConfig{CacheSize: 10, BudgetWait: wait}, store, slog.Default(), nil)
+	p := newPools(PoolConfig{CacheSize: 10, BudgetWait: wait, Replicas: 2}, store, slog.Default(), nil)
 	defer p.purge()
 	ctx := context.Background()
 	a, err := p.acquire(ctx, tenants[0])
