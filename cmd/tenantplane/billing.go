@@ -1,13 +1,11 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -103,21 +101,10 @@ are computed and stored, marked not sent.`
 	return cmd
 }
 
-// billingWatch are the flags of commands that can follow a billing run.
-type billingWatch struct {
-	on       bool
-	interval time.Duration
-}
-
-func (w *billingWatch) register(cmd *cobra.Command) {
-	cmd.Flags().BoolVar(&w.on, "watch", false, "follow the run until it ends, a line per change")
-	cmd.Flags().DurationVar(&w.interval, "interval", time.Second, "how often --watch asks for the run")
-}
-
 func newBillingRunCmd(o *adminOptions) *cobra.Command {
 	var (
 		period string
-		watch  billingWatch
+		watch  watchFlags
 	)
 	cmd := &cobra.Command{
 		Use:     "run --period YYYY-MM",
@@ -150,7 +137,7 @@ func newBillingRunCmd(o *adminOptions) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&period, "period", "", "the month to bill, YYYY-MM")
-	watch.register(cmd)
+	watch.register(cmd, "follow the run until it ends, a line per change", time.Second)
 	return cmd
 }
 
@@ -165,7 +152,7 @@ func writeBillingRunStarted(w io.Writer, run BillingRun) error {
 }
 
 func newBillingStatusCmd(o *adminOptions) *cobra.Command {
-	var watch billingWatch
+	var watch watchFlags
 	cmd := &cobra.Command{
 		Use:   "status RUN",
 		Short: "Show a billing run: its progress and the invoices that failed, with their errors",
@@ -182,59 +169,40 @@ func newBillingStatusCmd(o *adminOptions) *cobra.Command {
 			return o.print(cmd, raw, &run, func() error { return writeBillingRun(cmd.OutOrStdout(), run) })
 		},
 	}
-	watch.register(cmd)
+	watch.register(cmd, "follow the run until it ends, a line per change", time.Second)
 	return cmd
 }
 
-// watchBilling follows a run until it is done or failed, a line per change;
-// it ends with an error when the run failed.
-func (o *adminOptions) watchBilling(cmd *cobra.Command, id string, w billingWatch) error {
-	if w.interval <= 0 {
-		return fmt.Errorf("--interval must be positive, got %s", w.interval)
-	}
-	c, err := o.client(os.Getenv)
-	if err != nil {
-		return err
-	}
-	ctx, out, last := cmd.Context(), cmd.OutOrStdout(), ""
-	for {
-		var raw json.RawMessage
-		if err := c.do(ctx, "GET", pathf("/billing/runs/%s", id), nil, nil, &raw); err != nil {
-			if errors.Is(err, context.Canceled) {
-				fmt.Fprintf(cmd.ErrOrStderr(), "Stopped watching; billing run %s goes on. Follow it again with: tenantplane billing status %s --watch\n", id, id)
-				return nil
+// watchBilling follows a billing run, a line per change, until it ends. It
+// ends with an error when the run failed, so that scripts stop.
+func (o *adminOptions) watchBilling(cmd *cobra.Command, id string, w watchFlags) error {
+	out, last := cmd.OutOrStdout(), ""
+	return o.follow(cmd, w, pathf("/billing/runs/%s", id), "billing run "+id, "tenantplane billing status "+id+" --watch", nil,
+		func(raw json.RawMessage) (bool, error) {
+			var run BillingRun
+			if err := json.Unmarshal(raw, &run); err != nil {
+				return false, fmt.Errorf("the admin API's answer is not the JSON expected: %w", err)
 			}
-			return err
-		}
-		var run BillingRun
-		if err := json.Unmarshal(raw, &run); err != nil {
-			return fmt.Errorf("the admin API's answer is not the JSON expected: %w", err)
-		}
-		if line := run.progressText(); line != last && !o.json {
-			fmt.Fprintf(out, "%s run %s: %s\n", time.Now().UTC().Format("15:04:05"), run.ID, line)
-			last = line
-		}
-		if run.finished() {
+			if line := run.progressText(); line != last && !o.json {
+				fmt.Fprintf(out, "%s run %s: %s\n", time.Now().UTC().Format("15:04:05"), run.ID, line)
+				last = line
+			}
+			if !run.finished() {
+				return false, nil
+			}
 			if o.json {
 				if err := writeJSON(out, raw); err != nil {
-					return err
+					return true, err
 				}
 			} else if err := writeBillingRun(out, run); err != nil {
-				return err
+				return true, err
 			}
 			if run.State == "failed" {
-				return fmt.Errorf("billing run %s failed%s; fix the cause, then run the period again: finished invoices are not sent twice",
+				return true, fmt.Errorf("billing run %s failed%s; fix the cause, then run the period again: finished invoices are not sent twice",
 					run.ID, prefixed(": ", run.LastError))
 			}
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			fmt.Fprintf(cmd.ErrOrStderr(), "Stopped watching; billing run %s goes on. Follow it again with: tenantplane billing status %s --watch\n", id, id)
-			return nil
-		case <-time.After(w.interval):
-		}
-	}
+			return true, nil
+		})
 }
 
 func prefixed(prefix, s string) string {

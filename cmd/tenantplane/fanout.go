@@ -1,9 +1,7 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -113,7 +111,7 @@ func newFanoutStartCmd(o *adminOptions) *cobra.Command {
 	var (
 		target, concurrency, perServer, canary, maxFailures int
 		tenants                                             []string
-		watch                                               watchOptions
+		watch                                               watchFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "start",
@@ -169,23 +167,12 @@ func newFanoutStartCmd(o *adminOptions) *cobra.Command {
 	f.IntVar(&canary, "canary", 0, "tenants that go first, alone (default: one per server; 0: no canary wave)")
 	f.IntVar(&maxFailures, "max-failures", 0, "failed tenants tolerated before the run halts")
 	f.StringSliceVar(&tenants, "tenants", nil, "only these tenants (slugs, comma-separated; default: every active and suspended one)")
-	watch.register(cmd)
+	watch.registerFanout(cmd)
 	return cmd
 }
 
-// watchOptions are the flags of commands that can follow a run.
-type watchOptions struct {
-	on       bool
-	interval time.Duration
-}
-
-func (w *watchOptions) register(cmd *cobra.Command) {
-	cmd.Flags().BoolVar(&w.on, "watch", false, "follow the run until it ends, pauses or halts: a progress bar in a terminal, a line per change otherwise")
-	cmd.Flags().DurationVar(&w.interval, "interval", 500*time.Millisecond, "how often --watch asks for the run")
-}
-
 func newFanoutStatusCmd(o *adminOptions) *cobra.Command {
-	var watch watchOptions
+	var watch watchFlags
 	cmd := &cobra.Command{
 		Use:   "status RUN",
 		Short: "Show a run: its counts, the tenants being migrated and every failed tenant with its error",
@@ -202,7 +189,7 @@ func newFanoutStatusCmd(o *adminOptions) *cobra.Command {
 			return o.print(cmd, raw, &run, func() error { return writeRun(cmd.OutOrStdout(), run) })
 		},
 	}
-	watch.register(cmd)
+	watch.registerFanout(cmd)
 	return cmd
 }
 
@@ -250,7 +237,7 @@ func newFanoutTenantsCmd(o *adminOptions) *cobra.Command {
 }
 
 func newFanoutActionCmd(o *adminOptions, action, done, short string) *cobra.Command {
-	var watch watchOptions
+	var watch watchFlags
 	cmd := &cobra.Command{
 		Use:   action + " RUN",
 		Short: short,
@@ -272,64 +259,46 @@ func newFanoutActionCmd(o *adminOptions, action, done, short string) *cobra.Comm
 		},
 	}
 	if action == "resume" {
-		watch.register(cmd)
+		watch.registerFanout(cmd)
 	}
 	return cmd
 }
 
+// registerFanout adds --watch and --interval to a fan-out command.
+func (w *watchFlags) registerFanout(cmd *cobra.Command) {
+	w.register(cmd, "follow the run until it ends, pauses or halts: a progress bar in a terminal, a line per change otherwise", 500*time.Millisecond)
+}
+
 // watch follows a run until it stops changing by itself. It ends with an
 // error when the run halted, failed or was cancelled, so that scripts stop.
-func (o *adminOptions) watch(cmd *cobra.Command, id string, w watchOptions) error {
-	c, err := o.client(os.Getenv)
-	if err != nil {
-		return err
-	}
-	if w.interval <= 0 {
-		return fmt.Errorf("--interval must be positive, got %s", w.interval)
-	}
+func (o *adminOptions) watch(cmd *cobra.Command, id string, w watchFlags) error {
 	out := cmd.OutOrStdout()
 	p := newProgress(out, isTerminal(out), time.Now)
-	ctx := cmd.Context()
-	for {
-		var raw json.RawMessage
-		if err := c.do(ctx, "GET", pathf("/migrations/runs/%s", id), nil, nil, &raw); err != nil {
-			p.end()
-			if errors.Is(err, context.Canceled) {
-				fmt.Fprintf(cmd.ErrOrStderr(), "Stopped watching; run %s goes on. Follow it again with: tenantplane fanout status %s --watch\n", id, id)
-				return nil
+	return o.follow(cmd, w, pathf("/migrations/runs/%s", id), "run "+id, "tenantplane fanout status "+id+" --watch", p.end,
+		func(raw json.RawMessage) (bool, error) {
+			var run Run
+			if err := json.Unmarshal(raw, &run); err != nil {
+				return false, fmt.Errorf("the admin API's answer is not the JSON expected: %w", err)
 			}
-			return err
-		}
-		var run Run
-		if err := json.Unmarshal(raw, &run); err != nil {
-			p.end()
-			return fmt.Errorf("the admin API's answer is not the JSON expected: %w", err)
-		}
-		if o.json {
-			if terminalRun(run.State) {
-				if err := writeJSON(out, raw); err != nil {
-					return err
+			if !terminalRun(run.State) {
+				if !o.json {
+					p.update(run)
 				}
-				return runOutcome(run)
+				return false, nil
 			}
-		} else {
-			p.update(run)
-			if terminalRun(run.State) {
+			if o.json {
+				if err := writeJSON(out, raw); err != nil {
+					return true, err
+				}
+			} else {
+				p.update(run)
 				p.end()
 				if err := writeRunEnd(out, run, p.elapsed()); err != nil {
-					return err
+					return true, err
 				}
-				return runOutcome(run)
 			}
-		}
-		select {
-		case <-ctx.Done():
-			p.end()
-			fmt.Fprintf(cmd.ErrOrStderr(), "Stopped watching; run %s goes on. Follow it again with: tenantplane fanout status %s --watch\n", id, id)
-			return nil
-		case <-time.After(w.interval):
-		}
-	}
+			return true, runOutcome(run)
+		})
 }
 
 // runOutcome is the exit of a watch: nil when the run is done or paused.
