@@ -71,10 +71,12 @@ func BenchmarkRouter(b *testing.B) {
 	b.Logf("ideal  %7.0f req/s: ratio %.3f to direct; cached/ideal %.3f | p50 %6.2f ms p99 %6.2f ms | CPU/request %3.0f µs",
 		cached.idealRPS, cached.idealRPS/cached.directRPS, cached.rps/cached.idealRPS, ms(cached.idealP50), ms(cached.idealP99), us(cached.idealCPU))
 	b.Logf("one tenant: routed/direct %.3f (the routing alone, all traffic on one tenant's database)", cached.oneTenantRatio)
+	b.Logf("databases alone (pgx, no HTTP): the 1,000 tenant pools / the one pool %.3f", cached.dbRatio)
 	b.ReportMetric(cached.rps/cached.directRPS, "cached-ratio")
 	b.ReportMetric(cached.idealRPS/cached.directRPS, "ideal-ratio")
 	b.ReportMetric(cached.rps/cached.idealRPS, "cached/ideal")
 	b.ReportMetric(cached.oneTenantRatio, "one-tenant-ratio")
+	b.ReportMetric(cached.dbRatio, "db-only-ratio")
 	b.ReportMetric(churn.rps/churn.directRPS, "churn-ratio")
 	b.ReportMetric(100*churn.hitRate, "churn-hit-%")
 	b.ReportMetric(ms(churn.missP50), "miss-p50-ms")
@@ -86,13 +88,17 @@ func BenchmarkRouter(b *testing.B) {
 }
 
 type benchEnv struct {
-	oneKey  bool // send every request with the first tenant's key
-	store   *catalog.Store
-	watcher *catalog.Watcher
-	keys    []string
-	tenants []catalog.Tenant
-	budget  int
-	logger  *slog.Logger
+	oneKey bool // send every request with the first tenant's key
+	// directPool is the direct server's pool; tenantPools the cached
+	// router's, by tenant index (set by idealHandler).
+	directPool  *pgxpool.Pool
+	tenantPools []*pgxpool.Pool
+	store       *catalog.Store
+	watcher     *catalog.Watcher
+	keys        []string
+	tenants     []catalog.Tenant
+	budget      int
+	logger      *slog.Logger
 }
 
 type benchResult struct {
@@ -111,6 +117,7 @@ type benchResult struct {
 	peakConns            int64
 	bytesPerPool         float64
 	oneTenantRatio       float64
+	dbRatio              float64 // the pools over 1,000 databases vs the one pool, no HTTP
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -187,6 +194,7 @@ func (env *benchEnv) directHandler(b *testing.B) http.Handler {
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	require.NoError(b, err)
 	b.Cleanup(pool.Close)
+	env.directPool = pool
 	return env.unrouted(func(*gin.Context) *pgxpool.Pool { return pool })
 }
 
@@ -196,10 +204,11 @@ func (env *benchEnv) directHandler(b *testing.B) http.Handler {
 // limits, metering, the LRU or the budget.
 func (env *benchEnv) idealHandler(r *Router) http.Handler {
 	byHeader := make(map[string]*pgxpool.Pool, benchTenants)
+	env.tenantPools = make([]*pgxpool.Pool, benchTenants)
 	r.pools.mu.Lock()
 	for i, k := range env.keys[:benchTenants] {
 		if tp, ok := r.pools.cache.Peek(env.tenants[i].ID); ok {
-			byHeader["Bearer "+k] = tp.pool
+			byHeader["Bearer "+k], env.tenantPools[i] = tp.pool, tp.pool
 		}
 	}
 	r.pools.mu.Unlock()
@@ -286,6 +295,16 @@ func (env *benchEnv) routed(b *testing.B, name string, cacheSize int, direct htt
 		}
 		env.oneKey = false
 		res.oneTenantRatio = float64(one) / float64(dir)
+		// The databases alone: the same query and traffic straight on the
+		// pools, without HTTP or routing.
+		var dbDirect, dbSpread int64
+		for range benchRounds {
+			n, errs := env.dbLoad(func(uint64) *pgxpool.Pool { return env.directPool })
+			dbDirect, res.errors = dbDirect+n, res.errors+errs
+			n, errs = env.dbLoad(func(k uint64) *pgxpool.Pool { return env.tenantPools[k] })
+			dbSpread, res.errors = dbSpread+n, res.errors+errs
+		}
+		res.dbRatio = float64(dbSpread) / float64(dbDirect)
 	} else {
 		res.missP50, res.missP99 = env.missLatency(b, r)
 	}
@@ -394,6 +413,36 @@ func (env *benchEnv) load(h http.Handler, r *Router) loadResult {
 		res.misses = int64(counterValue(r.pools.opened) - opened0)
 	}
 	return res
+}
+
+// dbLoad runs the users list query under the Zipf traffic for
+// benchDuration straight on the pool pick gives for each request's tenant,
+// and returns how many ran and how many failed.
+func (env *benchEnv) dbLoad(pick func(tenant uint64) *pgxpool.Pool) (requests, failures int64) {
+	var ok, failed atomic.Int64
+	deadline := time.Now().Add(benchDuration)
+	var wg sync.WaitGroup
+	for w := range benchConcurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			zipf := rand.NewZipf(rand.New(rand.NewSource(time.Now().UnixNano()+int64(w))), zipfS, 1, benchTenants-1)
+			for time.Now().Before(deadline) {
+				rows, err := pick(zipf.Uint64()).Query(context.Background(), listUsersSQL, time.Time{}, "00000000-0000-0000-0000-000000000000", 51)
+				if err == nil {
+					rows.Close()
+					err = rows.Err()
+				}
+				if err == nil {
+					ok.Add(1)
+				} else {
+					failed.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return ok.Load(), failed.Load()
 }
 
 // hitOverhead times the routing work of a request whose tenant is cached:

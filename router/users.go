@@ -43,6 +43,10 @@ type User struct {
 
 const userColumns = `id, email, name, created_at, updated_at`
 
+// listUsersSQL is a page of users after the cursor ($1, $2), $3 at most.
+const listUsersSQL = `SELECT ` + userColumns + ` FROM users WHERE (created_at, id) > ($1, $2::uuid)
+	ORDER BY created_at, id LIMIT $3`
+
 func scanUser(row pgx.Row) (u User, err error) {
 	err = row.Scan(&u.ID, &u.Email, &u.Name, &u.CreatedAt, &u.UpdatedAt)
 	return u, err
@@ -205,8 +209,7 @@ func listUsers(c *gin.Context) {
 		httpapi.WriteError(c, err)
 		return
 	}
-	rows, err := db.Query(c, `SELECT `+userColumns+` FROM users WHERE (created_at, id) > ($1, $2::uuid)
-		ORDER BY created_at, id LIMIT $3`, after, afterID, limit+1)
+	rows, err := db.Query(c, listUsersSQL, after, afterID, limit+1)
 	if err != nil {
 		httpapi.WriteError(c, dbError(err, "users"))
 		return
