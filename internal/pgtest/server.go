@@ -62,6 +62,7 @@ type Server struct {
 	mu        sync.Mutex
 	stopped   bool // by Stop, or for good by destroy
 	destroyed bool
+	managed   bool // ManagedRole exists
 	templates map[string]*templateState
 	// strategy is the STRATEGY clause of CREATE DATABASE for this server.
 	strategy      string
