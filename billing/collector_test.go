@@ -24,14 +24,18 @@ func TestStorageCollectorAcrossTwoServers(t *testing.T) {
 	servers := map[string]*pgtest.Server{"pg-1": pgtest.NewServer(t), "pg-2": pgtest.NewServer(t)}
 	tenants := map[string][]catalog.Tenant{}
 	for name, srv := range servers {
-		_, err := b.store.CreateServer(ctx, catalog.NewServer{Name: name, DSN: srv.DSN("postgres"), Capacity: 10, ConnBudget: 10, Actor: "test"})
+		// Registered, and its databases made, as a managed PostgreSQL allows:
+		// a CREATEDB CREATEROLE role, and no CONNECT for PUBLIC.
+		admin := srv.ManagedDSN(t, "postgres")
+		_, err := b.store.CreateServer(ctx, catalog.NewServer{Name: name, DSN: admin, Capacity: 10, ConnBudget: 10, Actor: "test"})
 		require.NoError(t, err)
 		for i := range 2 {
 			tn := b.addTenant(t, fmt.Sprintf("%s-t%d", name, i), "basic")
 			_, err := b.store.Pool().Exec(ctx, `UPDATE tenants SET server_id = (SELECT id FROM servers WHERE name = $2), db_name = $3 WHERE id = $1`,
 				tn.ID, name, catalog.DatabaseName(tn.ID))
 			require.NoError(t, err)
-			exec(t, srv.DSN("postgres"), "CREATE DATABASE "+catalog.DatabaseName(tn.ID))
+			exec(t, admin, "CREATE DATABASE "+catalog.DatabaseName(tn.ID))
+			exec(t, admin, "REVOKE ALL ON DATABASE "+catalog.DatabaseName(tn.ID)+" FROM PUBLIC")
 			tenants[name] = append(tenants[name], tn)
 		}
 	}

@@ -472,3 +472,39 @@ func (s *Store) KnownDatabases(ctx context.Context, serverID int64) (map[string]
 	}
 	return known, nil
 }
+
+// TenantsBelowAccessLayout lists a server's tenants whose database may have
+// an older ownership and grant layout than layout: every tenant not deleted
+// whose row says so.
+func (s *Store) TenantsBelowAccessLayout(ctx context.Context, serverID int64, layout int) ([]Tenant, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+tenantColumns+tenantFrom+`
+		WHERE t.server_id = $1 AND t.access_layout < $2 AND t.state <> 'deleted' AND t.db_name IS NOT NULL
+		ORDER BY t.created_at, t.id`, serverID, layout)
+	if err != nil {
+		return nil, classify(err, "tenants")
+	}
+	ts, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Tenant, error) { return scanTenant(r) })
+	return ts, classify(err, "tenants")
+}
+
+// SetTenantAccessLayout records that a tenant's database has been brought
+// to layout, with an audit event. It reports false, and records nothing,
+// when the row had that layout already (another replica converted it).
+func (s *Store) SetTenantAccessLayout(ctx context.Context, tenantID string, layout int, actor string) (bool, error) {
+	changed := false
+	err := s.InTx(ctx, func(tx pgx.Tx) error {
+		var from int
+		err := tx.QueryRow(ctx, `UPDATE tenants t SET access_layout = $2 FROM (SELECT id, access_layout FROM tenants WHERE id = $1 FOR UPDATE) old
+			WHERE t.id = old.id AND old.access_layout < $2 RETURNING old.access_layout`, tenantID, layout).Scan(&from)
+		if err == pgx.ErrNoRows {
+			return nil
+		}
+		if err != nil {
+			return classify(err, "tenant")
+		}
+		changed = true
+		return insertAudit(ctx, tx, AuditEvent{Actor: actor, Action: "tenant.access_converted", TenantID: tenantID,
+			Details: map[string]any{"from_layout": from, "to_layout": layout}})
+	})
+	return changed, err
+}

@@ -50,7 +50,7 @@ func setupFleetOn(t testing.TB, catalogDSN string, n int, env map[string]string,
 	for i := 1; i <= n; i++ {
 		srv := pgtest.NewServer(t)
 		name := fmt.Sprintf("pg-%d", i)
-		status, body := call(t, "POST", f.admin+"/admin/v1/servers", testToken, map[string]any{"name": name, "dsn": srv.DSN("postgres"), "capacity": 100, "conn_budget": connBudget})
+		status, body := call(t, "POST", f.admin+"/admin/v1/servers", testToken, map[string]any{"name": name, "dsn": srv.ManagedDSN(t, "postgres"), "capacity": 100, "conn_budget": connBudget})
 		require.Equal(t, http.StatusCreated, status, body)
 		f.servers[name] = srv
 	}
@@ -135,9 +135,10 @@ func TestCreateTenantsConcurrentlyAcrossServers(t *testing.T) {
 		body := bodies[i]
 		srv := f.servers[body["server"].(string)]
 		db := body["database"].(string)
-		// The database is on the server the catalog says, owned by its own role.
+		// The database is on the server the catalog says, owned by the
+		// server's admin role: the tenant role only connects.
 		owner := query[string](t, srv.DSN("postgres"), `SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = $1`, db)
-		require.Equal(t, db, owner)
+		require.Equal(t, pgtest.ManagedRole, owner)
 		other := f.servers[map[string]string{"pg-1": "pg-2", "pg-2": "pg-1"}[body["server"].(string)]]
 		inOther, _ := dbAndRoleExist(t, other, db)
 		require.False(t, inOther)

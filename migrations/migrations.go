@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"sort"
 	"strconv"
+	"strings"
 )
 
 //go:embed sql/*.sql
@@ -19,6 +20,7 @@ var embedded embed.FS
 type Source struct {
 	fsys     fs.FS
 	versions []uint
+	up       map[uint]string // the up file of each version
 	hash     string
 	origin   string
 }
@@ -89,12 +91,13 @@ func newSource(fsys fs.FS, origin string) (Source, error) {
 		fmt.Fprintf(h, "%s\x00%d\x00", e.Name(), len(body))
 		h.Write(body)
 	}
-	src := Source{fsys: fsys, origin: origin}
+	src := Source{fsys: fsys, origin: origin, up: map[uint]string{}}
 	for v, p := range byVersion {
 		if p.up == "" {
 			return Source{}, fmt.Errorf("tenant migrations in %s: version %d has no up file", origin, v)
 		}
 		src.versions = append(src.versions, v)
+		src.up[v] = p.up
 	}
 	if len(src.versions) == 0 {
 		return Source{}, fmt.Errorf("tenant migrations in %s: no migrations found", origin)
@@ -127,3 +130,42 @@ func (s Source) Hash() string { return s.hash }
 
 // Origin says where the set came from: "embedded" or the directory.
 func (s Source) Origin() string { return s.origin }
+
+// ExtensionUse is a CREATE EXTENSION found in an up migration.
+type ExtensionUse struct {
+	Version uint
+	Name    string
+}
+
+var createExtensionRE = regexp.MustCompile(`(?i)\bCREATE\s+EXTENSION\s+(?:IF\s+NOT\s+EXISTS\s+)?("(?:[^"]|"")+"|[a-z_][a-z0-9_$-]*)`)
+
+// Extensions lists the extensions the up migrations of versions from (not
+// included) to to (included) create, in order, so that a run can check
+// before it starts that the servers' roles may create them. It reads the
+// files' text: an extension created by dynamic SQL is not seen.
+func (s Source) Extensions(from, to uint) ([]ExtensionUse, error) {
+	var uses []ExtensionUse
+	for _, v := range s.versions {
+		if v <= from || v > to {
+			continue
+		}
+		body, err := fs.ReadFile(s.fsys, s.up[v])
+		if err != nil {
+			return nil, err
+		}
+		for _, m := range createExtensionRE.FindAllStringSubmatch(sqlComments.ReplaceAllString(string(body), " "), -1) {
+			ext := m[1]
+			if strings.HasPrefix(ext, `"`) {
+				ext = strings.ReplaceAll(ext[1:len(ext)-1], `""`, `"`)
+			} else {
+				ext = strings.ToLower(ext)
+			}
+			uses = append(uses, ExtensionUse{Version: v, Name: ext})
+		}
+	}
+	return uses, nil
+}
+
+// sqlComments matches SQL comments, so that a commented-out statement is not
+// taken for one.
+var sqlComments = regexp.MustCompile(`(?s)--[^\n]*|/\*.*?\*/`)

@@ -213,6 +213,9 @@ func (p *Provisioner) StartRun(ctx context.Context, spec RunSpec, actor string) 
 			return catalog.MigrationRun{}, err
 		}
 	}
+	if err := p.checkExtensions(ctx, uint(nr.TargetVersion)); err != nil {
+		return catalog.MigrationRun{}, err
+	}
 	run, err := p.store.CreateMigrationRun(ctx, nr, p.enqueueSlots)
 	if err != nil {
 		return catalog.MigrationRun{}, err

@@ -53,7 +53,7 @@ func setupFanout(t testing.TB) *fanoutBundle {
 	p, err := New(b.store, Config{Logger: b.logger})
 	require.NoError(t, err)
 	for _, name := range []string{"pg-1", "pg-2"} {
-		_, err = p.RegisterServer(ctx, ServerSpec{Name: name, DSN: b.servers[name].DSN("postgres"), Capacity: 2000}, "test")
+		_, err = p.RegisterServer(ctx, ServerSpec{Name: name, DSN: b.servers[name].ManagedDSN(t, "postgres"), Capacity: 2000}, "test")
 		require.NoError(t, err)
 	}
 	return b

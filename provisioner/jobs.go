@@ -213,8 +213,7 @@ func (p *Provisioner) ensureRole(ctx context.Context, pool *pgxpool.Pool, role, 
 	stmts := append([]string{verb + " ROLE " + ident(role) + " LOGIN PASSWORD " + literal(scramVerifier(password))}, p.roleSettings(role, super)...)
 	for _, s := range stmts {
 		if _, err := pool.Exec(ctx, s); err != nil {
-			var pgErr *pgconn.PgError
-			if exists && errors.As(err, &pgErr) && pgErr.Code == "42710" { // already a member
+			if exists && isDuplicate(err) { // already a member
 				continue
 			}
 			return err
@@ -224,7 +223,7 @@ func (p *Provisioner) ensureRole(ctx context.Context, pool *pgxpool.Pool, role, 
 }
 
 // ensureDatabase gives the tenant its database, a clone of the server's
-// template, owned by its role, with CONNECT revoked from PUBLIC.
+// template owned by the admin role, that only the tenant role may connect to.
 func (p *Provisioner) ensureDatabase(ctx context.Context, srv catalog.Server, pool *pgxpool.Pool, t catalog.Tenant) error {
 	exists, err := databaseExists(ctx, pool, t.Database)
 	if err != nil {
@@ -239,12 +238,32 @@ func (p *Provisioner) ensureDatabase(ctx context.Context, srv catalog.Server, po
 			return err
 		}
 	}
-	for _, s := range []string{
-		"ALTER DATABASE " + ident(t.Database) + " OWNER TO " + ident(t.Role),
-		"REVOKE ALL ON DATABASE " + ident(t.Database) + " FROM PUBLIC",
-		"GRANT CONNECT, TEMPORARY ON DATABASE " + ident(t.Database) + " TO " + ident(t.Role),
-	} {
-		if _, err := pool.Exec(ctx, s); err != nil {
+	return execAll(ctx, pool, databaseAccess(t.Database, t.Role))
+}
+
+// databaseAccess are the statements that give role CONNECT on database and
+// nothing else there: no TEMPORARY (so no functions in pg_temp either), and
+// not ownership, which would let it CREATE in schema public (on PostgreSQL
+// 15 the schema belongs to pg_database_owner), create schemas and ALTER
+// DATABASE. The owner is the admin role that created the database from the
+// template; a database an older layout gave to the tenant is taken back
+// (that needs the admin to be a member of the tenant role, which
+// roleSettings makes it).
+func databaseAccess(database, role string) []string {
+	db, r := ident(database), ident(role)
+	return []string{
+		"ALTER DATABASE " + db + " OWNER TO CURRENT_USER",
+		"REVOKE ALL ON DATABASE " + db + " FROM PUBLIC",
+		"REVOKE ALL ON DATABASE " + db + " FROM " + r,
+		"GRANT CONNECT ON DATABASE " + db + " TO " + r,
+	}
+}
+
+func execAll(ctx context.Context, q interface {
+	Exec(context.Context, string, ...any) (pgconn.CommandTag, error)
+}, stmts []string) error {
+	for _, s := range stmts {
+		if _, err := q.Exec(ctx, s); err != nil {
 			return err
 		}
 	}
@@ -351,6 +370,13 @@ func (p *Provisioner) archive(ctx context.Context, serverName string, pool *pgxp
 	}
 	p.logger.InfoContext(ctx, "tenant database archived", "tenant", t.Slug, "file", out)
 	return nil
+}
+
+// isDuplicate reports a duplicate_object error (42710): a role that is a
+// member already, say.
+func isDuplicate(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "42710"
 }
 
 // describe says what went wrong on a server in words for an operator.

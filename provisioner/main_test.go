@@ -51,7 +51,7 @@ func setup(t testing.TB) *testBundle {
 	b.store, b.server = store, pgtest.NewServer(t)
 	p, err := New(b.store, b.cfg) // not started: tests start the workers they want
 	require.NoError(t, err)
-	_, err = p.RegisterServer(ctx, ServerSpec{Name: "pg-1", DSN: b.server.DSN("postgres")}, "test")
+	_, err = p.RegisterServer(ctx, ServerSpec{Name: "pg-1", DSN: b.server.ManagedDSN(t, "postgres")}, "test")
 	require.NoError(t, err)
 	return b
 }

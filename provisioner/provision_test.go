@@ -112,12 +112,13 @@ func TestReconcileReportsAndRemovesOrphans(t *testing.T) {
 	require.NoError(t, err)
 	waitState(t, b.store, "kept", catalog.TenantActive)
 
-	// Leftovers that look like ours, and a database that is not ours.
+	// Leftovers that look like ours (made by the server's admin role, as a
+	// crashed provisioning would), and a database that is not ours.
 	stray := catalog.DatabaseName("00000000-0000-0000-0000-0000000000aa")
-	admin, err := pgx.Connect(ctx, b.server.DSN("postgres"))
+	admin, err := pgx.Connect(ctx, b.server.ManagedDSN(t, "postgres"))
 	require.NoError(t, err)
 	defer admin.Close(ctx)
-	for _, s := range []string{"CREATE ROLE " + stray, "CREATE DATABASE " + stray + " OWNER " + stray, "CREATE DATABASE not_ours", "CREATE ROLE t_not_ours_either"} {
+	for _, s := range []string{"CREATE ROLE " + stray, "CREATE DATABASE " + stray, "CREATE DATABASE not_ours", "CREATE ROLE t_not_ours_either"} {
 		_, err := admin.Exec(ctx, s)
 		require.NoError(t, err, s)
 	}

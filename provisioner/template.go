@@ -19,8 +19,8 @@ import (
 const (
 	templatePrefix = "tp_tpl_"    // tp_tpl_<schema hash>: the template at the newest version
 	buildPrefix    = "tp_build_"  // tp_build_<schema hash>: a template being built
-	warmPrefix     = "tp_warm_"   // tp_warm_<schema hash>_<random>: a ready database and role waiting for a tenant
-	warmBuild      = "tp_wbuild_" // tp_wbuild_<schema hash>_<random>: a warm database being built
+	warmPrefix     = "tp_warm_"   // tp_warm_<schema hash>_l<layout>_<random>: a ready database and role waiting for a tenant
+	warmBuild      = "tp_wbuild_" // tp_wbuild_<schema hash>_l<layout>_<random>: a warm database being built
 )
 
 func (p *Provisioner) templateName() string { return templatePrefix + p.schema.Hash() }

@@ -15,12 +15,17 @@ import (
 )
 
 // The warm pool: each server keeps WarmPoolSize entries that are a tenant in
-// all but name — a role (no login yet) and a database cloned from the
-// template, owned by the role, CONNECT granted to it alone, table grants in
+// all but name — a role (no login yet) and a database of the same name cloned
+// from the template, CONNECT granted to the role alone, table grants in
 // place. Claiming one is two renames and a password, with no connection to
 // the new database, which is what makes creation from the pool fast.
 
-func (p *Provisioner) warmPattern() string { return warmPrefix + p.schema.Hash() + "_" }
+// warmPattern starts the names of this schema's warm entries. It names the
+// access layout too, so entries built under an older one are rebuilt rather
+// than claimed.
+func (p *Provisioner) warmPattern() string {
+	return fmt.Sprintf("%s%s_l%d_", warmPrefix, p.schema.Hash(), accessLayout)
+}
 
 // claimWarm gives tenant t a warm entry: its database and role renamed to the
 // tenant's names, the role given its password and login. It returns false
@@ -72,32 +77,25 @@ func (p *Provisioner) kickRefill() {
 }
 
 // refillLoop keeps each active server's warm pool full, every few seconds
-// and whenever an entry is claimed. On its first pass over a server that
+// and whenever an entry is claimed. On its first pass over each server that
 // answers, it also brings the server's tenant roles to the configured
-// connection limit.
+// connection limit and their databases to the current access layout.
 func (p *Provisioner) refillLoop(ctx context.Context) {
 	defer close(p.fillDone)
-	limitsSynced := map[int64]bool{}
+	synced := map[int64]bool{}
 	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()
 	for {
 		servers, err := p.store.ListServers(ctx)
 		if err == nil {
 			for _, srv := range servers {
-				if srv.State != catalog.ServerActive || ctx.Err() != nil {
-					continue
+				if ctx.Err() != nil {
+					break
 				}
-				if !limitsSynced[srv.ID] {
-					n, err := p.syncConnLimits(ctx, srv)
-					if n > 0 {
-						p.logger.InfoContext(ctx, "tenant roles given the configured connection limit", "server", srv.Name, "roles", n, "limit", p.cfg.TenantConnLimit)
-					}
-					if err != nil && ctx.Err() == nil {
-						p.logger.WarnContext(ctx, "setting tenant roles' connection limit failed", "server", srv.Name, "error", err)
-					}
-					limitsSynced[srv.ID] = err == nil
+				if !synced[srv.ID] {
+					synced[srv.ID] = p.syncServer(ctx, srv)
 				}
-				if p.cfg.WarmPoolSize < 0 {
+				if srv.State != catalog.ServerActive || p.cfg.WarmPoolSize < 0 {
 					continue
 				}
 				if err := p.refillServer(ctx, srv); err != nil && ctx.Err() == nil {
@@ -112,6 +110,34 @@ func (p *Provisioner) refillLoop(ctx context.Context) {
 		case <-p.refill:
 		}
 	}
+}
+
+// syncServer brings what a server holds from earlier versions or settings
+// up to this process's: tenant roles' connection limit, tenant databases'
+// access layout. It reports whether both are done, so a server that did not
+// answer is tried again on the next pass.
+func (p *Provisioner) syncServer(ctx context.Context, srv catalog.Server) bool {
+	n, err := p.syncConnLimits(ctx, srv)
+	if n > 0 {
+		p.logger.InfoContext(ctx, "tenant roles given the configured connection limit", "server", srv.Name, "roles", n, "limit", p.cfg.TenantConnLimit)
+	}
+	if err != nil {
+		if ctx.Err() == nil {
+			p.logger.WarnContext(ctx, "setting tenant roles' connection limit failed", "server", srv.Name, "error", err)
+		}
+		return false
+	}
+	n, err = p.convertAccess(ctx, srv)
+	if n > 0 {
+		p.logger.InfoContext(ctx, "tenant databases brought to the current access layout", "server", srv.Name, "tenants", n, "layout", accessLayout)
+	}
+	if err != nil {
+		if ctx.Err() == nil {
+			p.logger.WarnContext(ctx, "converting tenant databases to the current access layout failed; retrying on the next pass", "server", srv.Name, "error", err)
+		}
+		return false
+	}
+	return true
 }
 
 // refillServer tops up one server's warm pool. One process refills a server
@@ -157,9 +183,9 @@ func (p *Provisioner) refillServer(ctx context.Context, srv catalog.Server) erro
 			return err
 		}
 	}
-	// Warm roles that own no database lost theirs to a crash or a schema change.
+	// Warm roles without their database lost it to a crash or a schema change.
 	rows, err = conn.Query(ctx, `SELECT rolname FROM pg_roles r WHERE starts_with(rolname, $1)
-		AND NOT EXISTS (SELECT 1 FROM pg_database d WHERE d.datdba = r.oid)`, warmPrefix)
+		AND NOT EXISTS (SELECT 1 FROM pg_database d WHERE d.datname = r.rolname)`, warmPrefix)
 	if err != nil {
 		return err
 	}
@@ -183,22 +209,17 @@ func (p *Provisioner) refillServer(ctx context.Context, srv catalog.Server) erro
 // buildWarm makes one warm entry under a build name, and renames it into the
 // pool only when it is complete, so a claimer never gets half of one.
 func (p *Provisioner) buildWarm(ctx context.Context, srv catalog.Server, admin *pgx.Conn, tpl string) error {
-	suffix := p.schema.Hash() + "_" + randomHex(4)
+	suffix := strings.TrimPrefix(p.warmPattern(), warmPrefix) + randomHex(4)
 	name, build := warmPrefix+suffix, warmBuild+suffix
 	super, err := isSuperuser(ctx, admin)
 	if err != nil {
 		return err
 	}
 	stmts := append([]string{"CREATE ROLE " + ident(name) + " NOLOGIN"}, p.roleSettings(name, super)...)
-	stmts = append(stmts,
-		"CREATE DATABASE "+ident(build)+" TEMPLATE "+ident(tpl)+" OWNER "+ident(name),
-		"REVOKE ALL ON DATABASE "+ident(build)+" FROM PUBLIC",
-		"GRANT CONNECT, TEMPORARY ON DATABASE "+ident(build)+" TO "+ident(name),
-	)
-	for _, s := range stmts {
-		if _, err := admin.Exec(ctx, s); err != nil {
-			return fmt.Errorf("building a warm database: %s", describe(err))
-		}
+	stmts = append(stmts, "CREATE DATABASE "+ident(build)+" TEMPLATE "+ident(tpl))
+	stmts = append(stmts, databaseAccess(build, name)...)
+	if err := execAll(ctx, admin, stmts); err != nil {
+		return fmt.Errorf("building a warm database: %s", describe(err))
 	}
 	if _, _, err := p.grantTables(ctx, srv.Name, build, name); err != nil {
 		return fmt.Errorf("building a warm database: %s", describe(err))

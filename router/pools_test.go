@@ -38,7 +38,7 @@ func setupTenants(t *testing.T, n int) (*catalog.Store, []*resolved) {
 	require.NoError(t, prov.Start(ctx))
 	t.Cleanup(func() { _ = prov.Stop(ctx) })
 	srv := pgtest.NewServer(t)
-	_, err = prov.RegisterServer(ctx, provisioner.ServerSpec{Name: "pg-1", DSN: srv.DSN("postgres"), ConnBudget: 20}, "test")
+	_, err = prov.RegisterServer(ctx, provisioner.ServerSpec{Name: "pg-1", DSN: srv.ManagedDSN(t, "postgres"), ConnBudget: 20}, "test")
 	require.NoError(t, err)
 	var out []*resolved
 	for i := range n {

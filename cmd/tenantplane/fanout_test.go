@@ -150,7 +150,7 @@ func TestFanoutCommands(t *testing.T) {
 		return stdout + stderr, err
 	}
 	tenantServer := pgtest.NewServer(t)
-	_, err = cli("servers", "add", "pg-1", "--dsn", tenantServer.DSN("postgres"))
+	_, err = cli("servers", "add", "pg-1", "--dsn", tenantServer.ManagedDSN(t, "postgres"))
 	require.NoError(t, err)
 	for _, slug := range []string{"acme", "globex", "initech"} {
 		_, err := cli("tenants", "create", slug, "--name", slug, "--plan", "pro", "--wait")

@@ -11,12 +11,12 @@ import (
 	"github.com/tenantplane/tenantplane/internal/pgtest"
 )
 
-// serverDSN is a superuser DSN of the shared test server, and its password as
-// it would appear in a DSN (":password@"; the password alone may be a word
-// that shows up anyway, like "postgres").
+// serverDSN is a DSN of the shared test server as its managed (CREATEDB
+// CREATEROLE) role, and its password as it would appear in a DSN
+// (":password@"; the password alone may be a word that shows up anyway).
 func serverDSN(t *testing.T) (dsn, password string) {
 	t.Helper()
-	dsn = pgtest.Shared(t).DSN("postgres")
+	dsn = pgtest.Shared(t).ManagedDSN(t, "postgres")
 	u, err := url.Parse(dsn)
 	require.NoError(t, err)
 	password, ok := u.User.Password()
@@ -38,7 +38,7 @@ func TestServersAddAndList(t *testing.T) {
 	require.Equal(t, []string{"NAME", "STATE", "TENANTS/CAPACITY", "CONN_BUDGET", "DSN"}, strings.Fields(lines[0]))
 	row := strings.Fields(lines[1])
 	require.Equal(t, []string{"pg-1", "active", "0/5", "7"}, row[:4])
-	require.True(t, strings.HasPrefix(row[4], "postgres://postgres@"), row[4])
+	require.True(t, strings.HasPrefix(row[4], "postgres://"+pgtest.ManagedRole+"@"), row[4])
 	require.True(t, strings.HasSuffix(row[4], "/postgres"), row[4])
 
 	// The API's defaults apply when the flags are left out; the DSN can come on stdin.
