@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -101,7 +102,7 @@ func Dev(ctx context.Context, opts DevOptions) (err error) {
 		return err
 	}
 	if cluster != nil {
-		if err := registerDevServer(ctx, app, cluster.DSN("postgres")); err != nil {
+		if err := registerDevServer(ctx, app, cluster, dir); err != nil {
 			return errors.Join(err, app.Stop(context.WithoutCancel(ctx)))
 		}
 	}
@@ -157,9 +158,21 @@ func ensureDatabase(ctx context.Context, adminDSN, name string) error {
 	return err
 }
 
+// devAdminRole is the role the private cluster is registered with as a
+// tenant server: LOGIN CREATEDB CREATEROLE and nothing more, as a managed
+// PostgreSQL gives, so that `make run` runs as users do.
+const devAdminRole = "tenantplane_admin"
+
 // registerDevServer registers the private cluster as the first tenant server,
-// or updates its DSN when the cluster came back on another port.
-func registerDevServer(ctx context.Context, app *App, dsn string) error {
+// as devAdminRole, or updates its DSN when the cluster came back on another
+// port. A cluster registered by an older version with its superuser stays
+// so: its tenants' tables belong to the superuser, which another role could
+// not migrate.
+func registerDevServer(ctx context.Context, app *App, cluster *pgcluster.Cluster, dir string) error {
+	dsn, err := devAdminDSN(ctx, cluster, dir)
+	if err != nil {
+		return err
+	}
 	current, err := app.store.ServerDSN(ctx, devServerName)
 	switch {
 	case errors.Is(err, catalog.ErrNotFound):
@@ -167,10 +180,47 @@ func registerDevServer(ctx context.Context, app *App, dsn string) error {
 		return err
 	case err != nil:
 		return err
-	case current != dsn:
+	}
+	if u, err := url.Parse(current); err == nil && u.User.Username() != devAdminRole {
+		dsn = cluster.DSN("postgres")
+	}
+	if current != dsn {
 		return app.store.UpdateServerDSN(ctx, devServerName, dsn, "dev")
 	}
 	return nil
+}
+
+// devAdminDSN makes sure devAdminRole exists with the password kept in dir,
+// and returns a DSN connecting as it.
+func devAdminDSN(ctx context.Context, cluster *pgcluster.Cluster, dir string) (string, error) {
+	password, err := readOrCreate(filepath.Join(dir, "tenant-admin.password"), func() string { return randomHex(16) })
+	if err != nil {
+		return "", err
+	}
+	conn, err := pgx.Connect(ctx, cluster.DSN("postgres"))
+	if err != nil {
+		return "", fmt.Errorf("connecting to the private cluster: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var exists bool
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)`, devAdminRole).Scan(&exists); err != nil {
+		return "", err
+	}
+	verb := "CREATE"
+	if exists {
+		verb = "ALTER"
+	}
+	// A literal, not a parameter: utility statements take none. The password
+	// is hex, so it needs no quoting beyond the quotes.
+	if _, err := conn.Exec(ctx, verb+" ROLE "+devAdminRole+" LOGIN CREATEDB CREATEROLE NOSUPERUSER PASSWORD '"+password+"'"); err != nil {
+		return "", fmt.Errorf("creating the tenant servers' admin role: %w", err)
+	}
+	u, err := url.Parse(cluster.DSN("postgres"))
+	if err != nil {
+		return "", err
+	}
+	u.User = url.UserPassword(devAdminRole, password)
+	return u.String(), nil
 }
 
 func printBanner(w io.Writer, app *App, cfg Config, generated map[string]string) {

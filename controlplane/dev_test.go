@@ -52,6 +52,8 @@ func TestDevEmbeddedDefault(t *testing.T) {
 		servers := body["servers"].([]any)
 		require.Len(t, servers, 1, "registered once, and reused on the next start")
 		require.Equal(t, devServerName, servers[0].(map[string]any)["name"])
+		// Registered as a managed PostgreSQL would be: a CREATEDB CREATEROLE role, not the superuser.
+		require.Contains(t, servers[0].(map[string]any)["dsn"], "//"+devAdminRole+"@")
 
 		if run == 1 {
 			// The embedded default provisions tenants on its own cluster.
