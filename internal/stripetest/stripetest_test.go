@@ -167,8 +167,9 @@ func TestBuildFails(t *testing.T) {
 echo "go: downloading github.com/stripe/stripe-mock v0.203.0" >&2
 echo "go: github.com/stripe/stripe-mock@v0.203.0: dial tcp: lookup proxy.golang.org: no such host" >&2
 exit 1`)
+	emptyGopath := t.TempDir() // not the machine's: a stripe-mock there would be found
 	l := lookup{
-		getenv:   func(string) string { return "" },
+		getenv:   func(k string) string { return map[string]string{"GOPATH": emptyGopath}[k] },
 		lookPath: func(string) (string, error) { return "", errors.New("not found") },
 		version:  func(string) string { return "" },
 		build:    func() (string, error) { return build(cache, goCmd) },
