@@ -20,9 +20,12 @@ import (
 const EnvBinDir = "TENANTPLANE_PG_BIN"
 
 // ErrNoBinaries is returned (wrapped) when the PostgreSQL server binaries cannot
-// be found. Test for it with errors.Is.
-var ErrNoBinaries = errors.New("PostgreSQL server binaries not found; install Debian's `postgresql` package " +
-	"(apt-get install postgresql) or set " + EnvBinDir + " to the directory holding initdb and pg_ctl")
+// be found; the wrapping error says where they were looked for and how to
+// install them. Test for it with errors.Is.
+var ErrNoBinaries = errors.New("PostgreSQL server binaries (initdb, pg_ctl, postgres) not found")
+
+// installHint says how to get the binaries.
+const installHint = "apt-get install postgresql (Debian, Ubuntu; it puts them in /usr/lib/postgresql/<version>/bin)"
 
 // debianBinGlob is where Debian and Ubuntu install the server binaries, one
 // directory per major version; they are not on PATH there.
@@ -34,11 +37,14 @@ var requiredBinaries = []string{"initdb", "pg_ctl", "postgres"}
 // FindBinDir returns the directory holding the PostgreSQL server binaries:
 // $TENANTPLANE_PG_BIN if it is set (and then only that), else the directory
 // of pg_ctl found on PATH, else the newest /usr/lib/postgresql/<version>/bin.
-// The error wraps ErrNoBinaries.
-func FindBinDir() (string, error) {
+// The error wraps ErrNoBinaries and is one line saying what to do.
+func FindBinDir() (string, error) { return findBinDir(debianBinGlob) }
+
+func findBinDir(debianGlob string) (string, error) {
 	if dir := os.Getenv(EnvBinDir); dir != "" {
 		if err := checkBinDir(dir); err != nil {
-			return "", fmt.Errorf("%w (%s=%s: %v)", ErrNoBinaries, EnvBinDir, dir, err)
+			return "", fmt.Errorf("%w at %s=%s (%v): set it to the directory holding them, or unset it and %s",
+				ErrNoBinaries, EnvBinDir, dir, err, installHint)
 		}
 		return dir, nil
 	}
@@ -50,14 +56,15 @@ func FindBinDir() (string, error) {
 			}
 		}
 	}
-	dirs, _ := filepath.Glob(debianBinGlob) // the pattern is valid
+	dirs, _ := filepath.Glob(debianGlob) // the pattern is valid
 	slices.SortFunc(dirs, func(a, b string) int { return compareVersions(versionOfDebianDir(b), versionOfDebianDir(a)) })
 	for _, dir := range dirs {
 		if checkBinDir(dir) == nil {
 			return dir, nil
 		}
 	}
-	return "", ErrNoBinaries
+	return "", fmt.Errorf("%w on PATH or under %s: %s, or set %s to the directory holding them",
+		ErrNoBinaries, debianGlob, installHint, EnvBinDir)
 }
 
 func checkBinDir(dir string) error {

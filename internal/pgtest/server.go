@@ -3,6 +3,7 @@ package pgtest
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"net"
 	"net/url"
@@ -93,8 +94,17 @@ var (
 //	func TestMain(m *testing.M) { pgtest.Main(m) }
 //
 // An interrupt (^C) or SIGTERM stops the clusters too, then exits.
+//
+// Without the PostgreSQL server binaries it runs no test: it says once what
+// is missing and how to install it, and exits 1, where every test would
+// otherwise fail with the same message. With TENANTPLANE_TEST_DATABASE_URL
+// the tests run (only NewServer needs the binaries then).
 func Main(m *testing.M) {
 	mainActive.Store(true)
+	if err := checkBinaries(); err != nil {
+		fmt.Fprintf(os.Stderr, "pgtest: %v\n", err)
+		os.Exit(1)
+	}
 	sweepOnce()
 
 	sigc := make(chan os.Signal, 1)
@@ -118,6 +128,22 @@ func Main(m *testing.M) {
 	wg.Wait()
 	shutdown(code != 0)
 	os.Exit(code)
+}
+
+// checkBinaries fails when the tests need the server binaries and they are
+// missing. Listing the tests (go test -list) needs none.
+func checkBinaries() error {
+	if os.Getenv(EnvDatabaseURL) != "" {
+		return nil
+	}
+	if !flag.Parsed() {
+		flag.Parse() // m.Run would; the testing flags are registered by now
+	}
+	if f := flag.Lookup("test.list"); f != nil && f.Value.String() != "" {
+		return nil
+	}
+	_, err := findBinDir()
+	return err
 }
 
 // shutdown stops and removes every running cluster, or with EnvKeep after
