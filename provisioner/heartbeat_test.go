@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -181,6 +182,9 @@ func TestSlowClientKeepsItsJob(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, slow.Start(ctx))
 	t.Cleanup(func() { _ = slow.Stop(context.Background()) })
+	var releaseOnce sync.Once
+	letGo := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(letGo) // before the Stop above, should the test fail holding the job
 	select {
 	case <-reached:
 	case <-time.After(30 * time.Second):
@@ -216,7 +220,7 @@ func TestSlowClientKeepsItsJob(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, catalog.TenantProvisioning, got.State, "nobody else finished the slow tenant")
 
-	close(release)
+	letGo()
 	waitAllActive(t, b.store, []catalog.Tenant{slowTenant}, 10*time.Second)
 	require.Eventually(t, func() bool {
 		job := provisionJob(t, b.store, slowTenant.ID)
