@@ -122,7 +122,9 @@ func (h *clientHeartbeat) Start(ctx context.Context) error {
 		return errHeartbeatStarted
 	}
 	h.started = true
-	if err := h.beat(ctx); err != nil {
+	// The first beat may have to wait for a busy catalog: without it the
+	// process does not start.
+	if err := h.beat(ctx, 10*time.Second); err != nil {
 		h.closeConn()
 		return fmt.Errorf("provisioner: recording the job client in the catalog: %w", err)
 	}
@@ -167,7 +169,7 @@ func (h *clientHeartbeat) loop(ctx context.Context) {
 		}
 		// Beat first: a process that was itself stalled speaks up before it
 		// judges the others.
-		if err := h.beat(ctx); err != nil {
+		if err := h.beat(ctx, h.cfg.DeadAfter/3); err != nil {
 			if ctx.Err() == nil {
 				h.logger.WarnContext(ctx, "job client heartbeat failed; other processes take this one's jobs after "+h.cfg.DeadAfter.String()+" without one",
 					"client", h.id, "error", err)
@@ -179,9 +181,11 @@ func (h *clientHeartbeat) loop(ctx context.Context) {
 }
 
 // beat upserts the client's row on the heartbeat's own connection,
-// connecting again when it was lost. Each try is bounded by the interval.
-func (h *clientHeartbeat) beat(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, h.cfg.Interval)
+// connecting again when it was lost, within timeout. In the loop that is a
+// third of DeadAfter: a beat stuck on a dead connection is given up, and
+// tried again on a new one, well before the client could look dead.
+func (h *clientHeartbeat) beat(ctx context.Context, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	if h.conn == nil || h.conn.IsClosed() {
 		h.closeConn()
