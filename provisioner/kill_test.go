@@ -120,8 +120,9 @@ func TestProvisioningKilledProcessFinishes(t *testing.T) {
 		require.Equal(t, 1, job.Attempt, tn.Slug)
 	}
 
-	// A restarted process finishes them. River takes a dead process's jobs
-	// over only once they look stuck (RescueAfter) and the process is its
+	// A restarted process finishes them, once the dead process's job client
+	// has missed its beats (ClientDeadAfter, heartbeat.go); River would take
+	// them over too once they look stuck (RescueAfter) and the process is its
 	// leader, which it becomes once the dead one's lease (15s) has run out.
 	// RescueAfter is short here, still above JobTimeout (New insists), and
 	// JobTimeout long enough for one job on a busy machine: a job that

@@ -24,6 +24,8 @@ func TestMain(m *testing.M) {
 		runHelperProcess("fan-out", fanoutHelperProcess) // TestFanoutKilledProcessResumes
 	case os.Getenv(provisionHelperEnv) != "":
 		runHelperProcess("provisioning", provisionHelperProcess) // TestProvisioningKilledProcessFinishes
+	case os.Getenv(crowdHelperEnv) != "":
+		runHelperProcess("crowd", crowdHelperProcess) // TestKilledProcessJobsResumeWithinSeconds
 	}
 	pgtest.Main(m)
 }

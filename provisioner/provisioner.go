@@ -49,9 +49,19 @@ type Config struct {
 	Workers int
 	// JobTimeout bounds one provisioning job. Default 2 minutes.
 	JobTimeout time.Duration
-	// RescueAfter is how long a job may look running before another process
-	// takes it over (its process died). Must exceed JobTimeout. Default 3 minutes.
+	// RescueAfter is how long a job may look running before River takes it
+	// over, whatever its process: the bound on a job that hangs in a live
+	// process. Must exceed JobTimeout. Default 3 minutes. A process that died
+	// has its jobs taken over sooner, ClientDeadAfter after its last beat.
 	RescueAfter time.Duration
+	// HeartbeatInterval is how often this process records in the catalog
+	// that its job client is alive (heartbeat.go). Default 2s.
+	HeartbeatInterval time.Duration
+	// ClientDeadAfter is how long a process may go without a heartbeat
+	// before any other process (or its restart) takes its running jobs
+	// back. A process that keeps beating never loses a job this way, however
+	// long the job runs. Default 10s; at least 3 HeartbeatIntervals.
+	ClientDeadAfter time.Duration
 	// FanoutWorkers is how many tenants this process migrates at once for
 	// migration runs, whatever a run's concurrency. Default 16.
 	FanoutWorkers int
@@ -92,6 +102,7 @@ type Provisioner struct {
 	logger *slog.Logger
 	schema migrations.Source
 	river  *river.Client[pgx.Tx]
+	beats  *clientHeartbeat // the river client's liveness, and the rescue of dead clients' jobs
 
 	mu         sync.Mutex
 	adminPools map[int64]*adminPool // by server id
@@ -152,11 +163,20 @@ func New(store *catalog.Store, cfg Config) (*Provisioner, error) {
 		adminPools: map[int64]*adminPool{},
 		refill:     make(chan struct{}, 1),
 	}
+	clientID := newClientID()
+	beats, err := newClientHeartbeat(store.Pool(), clientID, heartbeatConfig{
+		Interval: cfg.HeartbeatInterval, DeadAfter: cfg.ClientDeadAfter, Logger: cfg.Logger.With("component", "heartbeat"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	p.beats = beats
 	workers := river.NewWorkers()
 	river.AddWorker(workers, &provisionWorker{p: p})
 	river.AddWorker(workers, &dropWorker{p: p})
 	river.AddWorker(workers, &fanoutWorker{p: p})
 	client, err := river.NewClient(riverpgxv5.New(store.Pool()), &river.Config{
+		ID:                   clientID, // its beats in job_clients say it is alive
 		Logger:               cfg.Logger.With("component", "river"),
 		Queues:               map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: cfg.Workers}, fanoutQueue(p.schema.Hash()): {MaxWorkers: cfg.FanoutWorkers}},
 		Workers:              workers,
@@ -175,7 +195,13 @@ func New(store *catalog.Store, cfg Config) (*Provisioner, error) {
 
 // Start runs the provisioning workers and the warm-pool refiller until Stop.
 func (p *Provisioner) Start(ctx context.Context) error {
+	// The client beats before it fetches a job: a running job whose client
+	// has no row counts as a dead process's.
+	if err := p.beats.Start(ctx); err != nil {
+		return err
+	}
 	if err := p.river.Start(ctx); err != nil {
+		_ = p.beats.Stop(ctx)
 		return fmt.Errorf("provisioner: starting job workers: %w", err)
 	}
 	fillCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -196,6 +222,8 @@ func (p *Provisioner) Stop(ctx context.Context) error {
 		if err = p.river.Stop(ctx); errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 			err = p.river.StopAndCancel(context.Background())
 		}
+		// Only now, with the jobs handed back, may the client look dead.
+		err = errors.Join(err, p.beats.Stop(ctx))
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
