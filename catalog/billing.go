@@ -134,6 +134,10 @@ var currencyRE = regexp.MustCompile(`^[a-z]{3}$`)
 // from the current period at the earliest.
 func (s *Store) CreatePlanVersion(ctx context.Context, nv NewPlanVersion, now time.Time) (PlanVersion, error) {
 	if _, err := s.GetPlan(ctx, nv.Plan); err != nil {
+		if CodeOf(err) == CodeInvalid {
+			// The plan is named by the path, not the body: no such resource.
+			return PlanVersion{}, Errorf(CodeNotFound, "%s", MessageOf(err))
+		}
 		return PlanVersion{}, err
 	}
 	nv.Currency = strings.ToLower(strings.TrimSpace(nv.Currency))

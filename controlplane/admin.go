@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	_ "embed"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"github.com/gin-gonic/gin"
@@ -52,6 +53,18 @@ func (a *App) requireAdminToken() gin.HandlerFunc {
 		}
 		c.Next()
 	}
+}
+
+// numericID reads a numbered object's :id. An id that cannot be a number of
+// ours is not found, the answer an unknown number gets: every {id} route of
+// both APIs answers a malformed id 404 not_found, never 400.
+func numericID(c *gin.Context, what string) (int64, bool) {
+	id, err := strconv.ParseInt(c.Param("id"), 10, 64)
+	if err != nil || id < 1 {
+		httpapi.Fail(c, catalog.CodeNotFound, "%s %q not found", what, c.Param("id"))
+		return 0, false
+	}
+	return id, true
 }
 
 func (a *App) listServers(c *gin.Context) {

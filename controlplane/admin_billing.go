@@ -206,9 +206,8 @@ func (a *App) listBillingRuns(c *gin.Context) {
 }
 
 func (a *App) getBillingRun(c *gin.Context) {
-	id, err := strconv.ParseInt(c.Param("id"), 10, 64)
-	if err != nil || id < 1 {
-		httpapi.Fail(c, catalog.CodeNotFound, "billing run %q not found", c.Param("id"))
+	id, ok := numericID(c, "billing run")
+	if !ok {
 		return
 	}
 	run, err := a.store.GetBillingRun(c, id)

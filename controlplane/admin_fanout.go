@@ -65,14 +65,7 @@ func (a *App) listRuns(c *gin.Context) {
 	c.JSON(http.StatusOK, gin.H{"runs": runs})
 }
 
-func runID(c *gin.Context) (int64, bool) {
-	id, err := strconv.ParseInt(c.Param("id"), 10, 64)
-	if err != nil || id < 1 {
-		httpapi.Fail(c, catalog.CodeInvalid, "run id %q is not a run number", c.Param("id"))
-		return 0, false
-	}
-	return id, true
-}
+func runID(c *gin.Context) (int64, bool) { return numericID(c, "run") }
 
 func (a *App) getRun(c *gin.Context) {
 	id, ok := runID(c)
