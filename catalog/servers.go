@@ -2,7 +2,10 @@ package catalog
 
 import (
 	"context"
+	"fmt"
 	"regexp"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -151,6 +154,61 @@ func (s *Store) SetServerState(ctx context.Context, name string, state ServerSta
 		}
 		return insertAudit(ctx, tx, AuditEvent{Actor: actor, Action: "server." + string(state), Subject: name,
 			FromState: string(from), ToState: string(state)})
+	})
+	if err != nil {
+		return Server{}, err
+	}
+	return s.GetServer(ctx, name)
+}
+
+// ServerUpdate is a change to a server's limits; nil fields stay as they are.
+type ServerUpdate struct {
+	Capacity   *int `json:"capacity"`
+	ConnBudget *int `json:"conn_budget"`
+}
+
+// ServerChangePrefix starts the payload that announces a change to a server
+// on TenantChannel ("server:<id>"): routers apply its new connection budget.
+// Tenant ids are UUIDs, so the two never clash on the one channel.
+const ServerChangePrefix = "server:"
+
+// ServerChanged reports whether a TenantChannel payload announces a change
+// to a server, and which.
+func ServerChanged(payload string) (int64, bool) {
+	raw, ok := strings.CutPrefix(payload, ServerChangePrefix)
+	if !ok {
+		return 0, false
+	}
+	id, err := strconv.ParseInt(raw, 10, 64)
+	return id, err == nil
+}
+
+// UpdateServer changes a server's capacity and connection budget, records an
+// audit event and announces the change on TenantChannel, in one
+// transaction: every router applies the new budget as the change commits.
+// A smaller capacity than the tenants it holds only stops new placements.
+func (s *Store) UpdateServer(ctx context.Context, name string, u ServerUpdate, actor string) (Server, error) {
+	if u.Capacity == nil && u.ConnBudget == nil {
+		return Server{}, Errorf(CodeInvalid, "nothing to change: send capacity and/or conn_budget")
+	}
+	if (u.Capacity != nil && *u.Capacity <= 0) || (u.ConnBudget != nil && *u.ConnBudget <= 0) {
+		return Server{}, Errorf(CodeInvalid, "capacity and conn_budget must be positive")
+	}
+	err := s.InTx(ctx, func(tx pgx.Tx) error {
+		var id int64
+		var capacity, budget int
+		err := tx.QueryRow(ctx, `
+			UPDATE servers SET capacity = coalesce($2, capacity), conn_budget = coalesce($3, conn_budget), updated_at = now()
+			WHERE name = $1 RETURNING id, capacity, conn_budget`, name, u.Capacity, u.ConnBudget).Scan(&id, &capacity, &budget)
+		if err != nil {
+			return classify(err, "server "+quote(name))
+		}
+		if err := insertAudit(ctx, tx, AuditEvent{Actor: actor, Action: "server.updated", Subject: name,
+			Reason: fmt.Sprintf("capacity %d, conn_budget %d", capacity, budget)}); err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `SELECT pg_notify($1, $2)`, TenantChannel, ServerChangePrefix+strconv.FormatInt(id, 10))
+		return classify(err, "notify")
 	})
 	if err != nil {
 		return Server{}, err

@@ -34,7 +34,8 @@ var TenantStates = []TenantState{TenantProvisioning, TenantActive, TenantSuspend
 func (s TenantState) Valid() bool { return slices.Contains(TenantStates, s) }
 
 // TenantChannel is the LISTEN/NOTIFY channel on which every change to a
-// tenant (state, credentials, keys) is announced with the tenant's id.
+// tenant (state, credentials, keys) is announced with the tenant's id, and
+// a change to a server's limits with ServerChangePrefix and its id.
 const TenantChannel = "tenantplane_tenant_changed"
 
 // Tenant is a customer with a database of its own.

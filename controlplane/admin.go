@@ -33,6 +33,7 @@ func (a *App) adminHandler(metrics *httpapi.Metrics) http.Handler {
 	v1 := e.Group("/admin/v1", a.requireAdminToken())
 	v1.GET("/servers", a.listServers)
 	v1.POST("/servers", a.registerServer)
+	v1.PATCH("/servers/:name", a.updateServer)
 	a.tenantRoutes(v1)
 	a.fanoutRoutes(v1)
 	a.billingRoutes(e, v1)
@@ -88,4 +89,22 @@ func (a *App) registerServer(c *gin.Context) {
 		return
 	}
 	c.JSON(http.StatusCreated, srv)
+}
+
+// updateServer changes a server's capacity and connection budget. The
+// change is announced in its transaction: every router holds its share of
+// the new budget within a second, without a restart.
+func (a *App) updateServer(c *gin.Context) {
+	var u catalog.ServerUpdate
+	if err := httpapi.BindJSON(c, &u); err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	srv, err := a.store.UpdateServer(c, c.Param("name"), u, adminActor)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	a.logger.InfoContext(c, "server updated", "server", srv.Name, "capacity", srv.Capacity, "conn_budget", srv.ConnBudget)
+	c.JSON(http.StatusOK, srv)
 }
