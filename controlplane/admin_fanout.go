@@ -117,7 +117,7 @@ func (a *App) changeRun(action catalog.RunAction) gin.HandlerFunc {
 // migrationStatus reads every tenant database's schema version; it is
 // bounded to answer within the admin server's write timeout.
 func (a *App) migrationStatus(c *gin.Context) {
-	ctx, cancel := context.WithTimeout(c, waitLimit)
+	ctx, cancel := context.WithTimeout(c, statusLimit)
 	defer cancel()
 	st, err := a.prov.SchemaStatus(ctx, provisioner.StatusOptions{})
 	if err != nil {
