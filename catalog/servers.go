@@ -103,6 +103,38 @@ func (s *Store) ListServers(ctx context.Context) ([]Server, error) {
 	return servers, classify(err, "servers")
 }
 
+// ListServersPage returns a page of servers by name: at most limit
+// (CheckLimit's bounds) after cursor, and the next page's cursor.
+func (s *Store) ListServersPage(ctx context.Context, limit int, cursor string) ([]Server, string, error) {
+	limit, err := CheckLimit(limit)
+	if err != nil {
+		return nil, "", err
+	}
+	after := ""
+	if parts, err := DecodeCursor(cursor, 1); err != nil {
+		return nil, "", err
+	} else if parts != nil {
+		after = parts[0]
+	}
+	rows, err := s.pool.Query(ctx, `SELECT `+serverColumns+` FROM servers s WHERE s.name > $1 ORDER BY s.name LIMIT $2`, after, limit+1)
+	if err != nil {
+		return nil, "", classify(err, "servers")
+	}
+	servers, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Server, error) { return scanServer(row) })
+	if err != nil {
+		return nil, "", classify(err, "servers")
+	}
+	next := ""
+	if len(servers) > limit {
+		servers = servers[:limit]
+		next = EncodeCursor(servers[limit-1].Name)
+	}
+	if servers == nil {
+		servers = []Server{}
+	}
+	return servers, next, nil
+}
+
 // GetServer returns the server of that name.
 func (s *Store) GetServer(ctx context.Context, name string) (Server, error) {
 	srv, err := scanServer(s.pool.QueryRow(ctx, `SELECT `+serverColumns+` FROM servers s WHERE s.name = $1`, name))

@@ -69,12 +69,17 @@ func numericID(c *gin.Context, what string) (int64, bool) {
 }
 
 func (a *App) listServers(c *gin.Context) {
-	servers, err := a.store.ListServers(c)
+	limit, cursor, err := httpapi.PageQuery(c)
 	if err != nil {
 		httpapi.WriteError(c, err)
 		return
 	}
-	c.JSON(http.StatusOK, gin.H{"servers": servers})
+	servers, next, err := a.store.ListServersPage(c, limit, cursor)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, httpapi.Page("servers", servers, next, nil))
 }
 
 func (a *App) registerServer(c *gin.Context) {

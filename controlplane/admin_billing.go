@@ -4,7 +4,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"strconv"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -94,14 +93,12 @@ func (a *App) periodUsage(c *gin.Context) {
 		httpapi.WriteError(c, err)
 		return
 	}
-	limit := 0
-	if raw := c.Query("limit"); raw != "" {
-		if limit, err = strconv.Atoi(raw); err != nil || limit < 1 {
-			httpapi.Fail(c, catalog.CodeInvalid, "limit must be a whole number from 1 to 10000")
-			return
-		}
+	limit, cursor, err := httpapi.PageQuery(c)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
 	}
-	page, err := a.store.PeriodUsage(c, period, c.Query("cursor"), limit)
+	page, err := a.store.PeriodUsage(c, period, cursor, limit)
 	if err != nil {
 		httpapi.WriteError(c, err)
 		return
@@ -198,12 +195,17 @@ func (a *App) listBillingRuns(c *gin.Context) {
 		}
 		period = catalog.FormatPeriod(p)
 	}
-	runs, err := a.store.ListBillingRuns(c, period, 50)
+	limit, cursor, err := httpapi.PageQuery(c)
 	if err != nil {
 		httpapi.WriteError(c, err)
 		return
 	}
-	c.JSON(http.StatusOK, gin.H{"runs": runs})
+	runs, next, err := a.store.ListBillingRuns(c, period, limit, cursor)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, httpapi.Page("runs", runs, next, nil))
 }
 
 func (a *App) getBillingRun(c *gin.Context) {
@@ -225,12 +227,17 @@ func (a *App) listInvoices(c *gin.Context) {
 		httpapi.WriteError(c, err)
 		return
 	}
-	invoices, err := a.store.ListInvoices(c, t.ID)
+	limit, cursor, err := httpapi.PageQuery(c)
 	if err != nil {
 		httpapi.WriteError(c, err)
 		return
 	}
-	c.JSON(http.StatusOK, gin.H{"invoices": invoices})
+	invoices, next, err := a.store.ListInvoices(c, t.ID, limit, cursor)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, httpapi.Page("invoices", invoices, next, nil))
 }
 
 // invoicePreview shows a tenant's invoice of the open period (or ?period=)

@@ -106,18 +106,14 @@ func (a *App) createTenant(c *gin.Context) {
 }
 
 func (a *App) listTenants(c *gin.Context) {
-	limit := 0
-	if raw := c.Query("limit"); raw != "" {
-		n, err := strconv.Atoi(raw)
-		if err != nil || n < 1 {
-			httpapi.Fail(c, catalog.CodeInvalid, "limit must be a whole number from 1 to 1000")
-			return
-		}
-		limit = n
+	limit, cursor, err := httpapi.PageQuery(c)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
 	}
 	page, err := a.store.ListTenants(c, catalog.TenantFilter{
 		State: catalog.TenantState(c.Query("state")), Plan: c.Query("plan"), Server: c.Query("server"),
-		Limit: limit, Cursor: c.Query("cursor"),
+		Limit: limit, Cursor: cursor,
 	})
 	if err != nil {
 		httpapi.WriteError(c, err)
@@ -183,12 +179,17 @@ func (a *App) listKeys(c *gin.Context) {
 		httpapi.WriteError(c, err)
 		return
 	}
-	keys, err := a.store.ListAPIKeys(c, t.ID)
+	limit, cursor, err := httpapi.PageQuery(c)
 	if err != nil {
 		httpapi.WriteError(c, err)
 		return
 	}
-	c.JSON(http.StatusOK, gin.H{"keys": keys})
+	keys, next, err := a.store.ListAPIKeys(c, t.ID, limit, cursor)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, httpapi.Page("keys", keys, next, nil))
 }
 
 func (a *App) revokeKey(c *gin.Context) {

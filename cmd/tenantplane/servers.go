@@ -72,7 +72,7 @@ func newServersListCmd(o *adminOptions) *cobra.Command {
 		Short: "List the servers with their load",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			raw, err := o.call(cmd, "GET", "/servers", nil, nil)
+			raw, err := o.callAll(cmd, "/servers", nil, "servers")
 			if err != nil {
 				return err
 			}
