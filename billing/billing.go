@@ -41,11 +41,16 @@ type Config struct {
 	// (STRIPE_API_BASE). Default Stripe's API.
 	StripeAPIBase string
 	// StripeHTTPClient sends the Stripe requests. Default: a client with a
-	// 30s timeout and Concurrency idle connections.
+	// StripeTimeout timeout and Concurrency idle connections.
 	StripeHTTPClient *http.Client
+	// StripeTimeout bounds one attempt of one Stripe request
+	// (TENANTPLANE_STRIPE_TIMEOUT), so a Stripe that hangs is an error, not
+	// a stuck step. Default 10s.
+	StripeTimeout time.Duration
 	// StripeRetries is how often the Stripe client retries a request that
 	// failed in transit or with a 5xx, with the same idempotency key.
-	// Default 2; -1 for none.
+	// Default 1; -1 for none. A request that never answers therefore takes
+	// at most StripeCallLimit.
 	StripeRetries int
 	// WebhookSecret checks Stripe webhook signatures (STRIPE_WEBHOOK_SECRET).
 	// Without it, webhooks are refused.
@@ -155,6 +160,12 @@ func New(store *catalog.Store, cfg Config) (*Service, error) {
 	if cfg.ConnectTimeout == 0 {
 		cfg.ConnectTimeout = 10 * time.Second
 	}
+	if cfg.StripeTimeout == 0 {
+		cfg.StripeTimeout = 10 * time.Second
+	}
+	if cfg.StripeRetries == 0 {
+		cfg.StripeRetries = 1
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -174,6 +185,17 @@ func New(store *catalog.Store, cfg Config) (*Service, error) {
 	return s, nil
 }
 
+// StripeCallLimit is the longest one Stripe request takes when Stripe does
+// not answer: every attempt times out, with stripe-go's backoff between
+// them (at most 5s each, half a second for a first retry).
+func StripeCallLimit(timeout time.Duration, retries int) time.Duration {
+	retries = max(retries, 0)
+	return time.Duration(retries+1)*timeout + time.Duration(retries)*stripeMaxBackoff
+}
+
+// stripeMaxBackoff is stripe-go's longest wait between two attempts.
+const stripeMaxBackoff = 5 * time.Second
+
 // SendsToStripe reports whether runs send invoices to Stripe.
 func (s *Service) SendsToStripe() bool { return s.stripe != nil }
 
@@ -182,7 +204,7 @@ func newStripeClient(cfg Config, logger *slog.Logger) *client.API {
 	if hc == nil {
 		tr := http.DefaultTransport.(*http.Transport).Clone()
 		tr.MaxIdleConnsPerHost = cfg.Concurrency
-		hc = &http.Client{Timeout: 30 * time.Second, Transport: tr}
+		hc = &http.Client{Timeout: cfg.StripeTimeout, Transport: tr}
 	}
 	retries := int64(max(cfg.StripeRetries, 0))
 	enableTelemetry := false

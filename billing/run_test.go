@@ -378,7 +378,7 @@ func TestScheduleStartsOneRunAfterTheGrace(t *testing.T) {
 	require.NoError(t, early.Start(context.Background()))
 	time.Sleep(200 * time.Millisecond)
 	require.NoError(t, early.Stop(context.Background()))
-	runs, err := b.store.ListBillingRuns(context.Background(), "", 10)
+	runs, _, err := b.store.ListBillingRuns(context.Background(), "", 10, "")
 	require.NoError(t, err)
 	require.Empty(t, runs)
 
@@ -394,11 +394,11 @@ func TestScheduleStartsOneRunAfterTheGrace(t *testing.T) {
 		svcs = append(svcs, svc)
 	}
 	require.Eventually(t, func() bool {
-		runs, err := b.store.ListBillingRuns(context.Background(), catalog.FormatPeriod(b.last), 10)
+		runs, _, err := b.store.ListBillingRuns(context.Background(), catalog.FormatPeriod(b.last), 10, "")
 		return err == nil && len(runs) == 1 && runs[0].State == catalog.BillingRunDone
 	}, 20*time.Second, 20*time.Millisecond)
 	time.Sleep(100 * time.Millisecond)
-	runs, err = b.store.ListBillingRuns(context.Background(), "", 10)
+	runs, _, err = b.store.ListBillingRuns(context.Background(), "", 10, "")
 	require.NoError(t, err)
 	require.Len(t, runs, 1)
 	require.Equal(t, catalog.TriggerSchedule, runs[0].Trigger)

@@ -85,7 +85,15 @@ func stripeMessage(err error) string {
 		}
 		return "Stripe: " + msg
 	}
-	return err.Error()
+	if errors.Is(err, context.DeadlineExceeded) || isTimeout(err) {
+		return "Stripe did not answer in time: " + err.Error()
+	}
+	return "Stripe is unreachable: " + err.Error()
+}
+
+func isTimeout(err error) bool {
+	var t interface{ Timeout() bool }
+	return errors.As(err, &t) && t.Timeout()
 }
 
 // call runs one Stripe request and counts it.

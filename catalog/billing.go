@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -134,6 +135,10 @@ var currencyRE = regexp.MustCompile(`^[a-z]{3}$`)
 // from the current period at the earliest.
 func (s *Store) CreatePlanVersion(ctx context.Context, nv NewPlanVersion, now time.Time) (PlanVersion, error) {
 	if _, err := s.GetPlan(ctx, nv.Plan); err != nil {
+		if CodeOf(err) == CodeInvalid {
+			// The plan is named by the path, not the body: no such resource.
+			return PlanVersion{}, Errorf(CodeNotFound, "%s", MessageOf(err))
+		}
 		return PlanVersion{}, err
 	}
 	nv.Currency = strings.ToLower(strings.TrimSpace(nv.Currency))
@@ -338,9 +343,35 @@ func (s *Store) queryInvoices(ctx context.Context, sql string, args ...any) ([]I
 	return invoices, classify(err, "invoice lines")
 }
 
-// ListInvoices returns a tenant's invoices with their lines, newest period first.
-func (s *Store) ListInvoices(ctx context.Context, tenantID string) ([]Invoice, error) {
-	return s.queryInvoices(ctx, `WHERE i.tenant_id = $1 ORDER BY i.period DESC`, tenantID)
+// ListInvoices returns a page of a tenant's invoices with their lines,
+// newest period first: at most limit (CheckLimit's bounds) after cursor, and
+// the next page's cursor ("" on the last).
+func (s *Store) ListInvoices(ctx context.Context, tenantID string, limit int, cursor string) ([]Invoice, string, error) {
+	limit, err := CheckLimit(limit)
+	if err != nil {
+		return nil, "", err
+	}
+	before := "9999-12"
+	if parts, err := DecodeCursor(cursor, 1); err != nil {
+		return nil, "", err
+	} else if parts != nil {
+		p, perr := ParsePeriod(parts[0])
+		if perr != nil {
+			return nil, "", ErrBadCursor()
+		}
+		before = FormatPeriod(p)
+	}
+	invs, err := s.queryInvoices(ctx, `WHERE i.tenant_id = $1 AND to_char(i.period, 'YYYY-MM') < $2 ORDER BY i.period DESC LIMIT $3`,
+		tenantID, before, limit+1)
+	if err != nil {
+		return nil, "", err
+	}
+	next := ""
+	if len(invs) > limit {
+		invs = invs[:limit]
+		next = EncodeCursor(invs[limit-1].Period)
+	}
+	return invs, next, nil
 }
 
 // GetInvoice returns an invoice with its lines.
@@ -872,21 +903,36 @@ func (s *Store) GetBillingRun(ctx context.Context, id int64) (BillingRun, error)
 	return run, classify(err, "invoices")
 }
 
-// ListBillingRuns returns the newest runs, of one period (YYYY-MM) or of all when period is "".
-func (s *Store) ListBillingRuns(ctx context.Context, period string, limit int) ([]BillingRun, error) {
-	if limit <= 0 || limit > 1000 {
-		limit = 50
+// ListBillingRuns returns a page of runs, newest first, of one period
+// (YYYY-MM) or of all when period is "": at most limit (CheckLimit's bounds)
+// after cursor, and the next page's cursor ("" on the last).
+func (s *Store) ListBillingRuns(ctx context.Context, period string, limit int, cursor string) ([]BillingRun, string, error) {
+	limit, err := CheckLimit(limit)
+	if err != nil {
+		return nil, "", err
+	}
+	before, err := idCursor(cursor)
+	if err != nil {
+		return nil, "", err
 	}
 	rows, err := s.pool.Query(ctx, `SELECT `+billingRunColumns+` FROM billing_runs
-		WHERE $1 = '' OR to_char(period, 'YYYY-MM') = $1 ORDER BY id DESC LIMIT $2`, period, limit)
+		WHERE ($1 = '' OR to_char(period, 'YYYY-MM') = $1) AND id < $3 ORDER BY id DESC LIMIT $2`, period, limit+1, before)
 	if err != nil {
-		return nil, classify(err, "billing runs")
+		return nil, "", classify(err, "billing runs")
 	}
 	runs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (BillingRun, error) { return scanBillingRun(row) })
+	if err != nil {
+		return nil, "", classify(err, "billing runs")
+	}
+	next := ""
+	if len(runs) > limit {
+		runs = runs[:limit]
+		next = EncodeCursor(strconv.FormatInt(runs[limit-1].ID, 10))
+	}
 	if runs == nil {
 		runs = []BillingRun{}
 	}
-	return runs, classify(err, "billing runs")
+	return runs, next, nil
 }
 
 // OpenBillingRuns returns the runs pending or running, oldest first.

@@ -62,7 +62,7 @@ func TestPlanVersions(t *testing.T) {
 	for name, bad := range map[string]catalog.NewPlanVersion{
 		"past":           {Plan: "pro", Currency: "usd", EffectiveFrom: "2026-02"},
 		"not after last": {Plan: "pro", Currency: "usd", EffectiveFrom: "2026-04"},
-		"unknown plan":   {Plan: "platinum", Currency: "usd"},
+		"unknown plan":   {Plan: "platinum", Currency: "usd"}, // not found: the plan is named by the path
 		"currency":       {Plan: "pro", Currency: "dollars", EffectiveFrom: "2026-06"},
 		"unknown meter":  {Plan: "pro", Currency: "usd", EffectiveFrom: "2026-06", Meters: []catalog.MeterPrice{{Meter: "x", PerUnits: 1}}},
 		"per_units":      {Plan: "pro", Currency: "usd", EffectiveFrom: "2026-06", Meters: []catalog.MeterPrice{{Meter: catalog.MeterAPICalls}}},
@@ -70,7 +70,7 @@ func TestPlanVersions(t *testing.T) {
 	} {
 		_, err := b.store.CreatePlanVersion(ctx, bad, now)
 		require.Error(t, err, name)
-		require.Contains(t, []catalog.ErrorCode{catalog.CodeInvalid, catalog.CodeConflict}, catalog.CodeOf(err), name)
+		require.Contains(t, []catalog.ErrorCode{catalog.CodeInvalid, catalog.CodeConflict, catalog.CodeNotFound}, catalog.CodeOf(err), name)
 	}
 	versions, err := b.store.ListPlanVersions(ctx, "pro")
 	require.NoError(t, err)

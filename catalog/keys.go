@@ -57,18 +57,39 @@ func (s *Store) CreateAPIKey(ctx context.Context, tenantID, actor string) (APIKe
 	return k, key, nil
 }
 
-// ListAPIKeys returns a tenant's keys, revoked ones included, oldest first.
-func (s *Store) ListAPIKeys(ctx context.Context, tenantID string) ([]APIKey, error) {
-	rows, err := s.pool.Query(ctx, `SELECT id, tenant_id, prefix, created_at, last_used_at, revoked_at
-		FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id`, tenantID)
+// ListAPIKeys returns a page of a tenant's keys, revoked ones included,
+// oldest first: at most limit (CheckLimit's bounds) after cursor, and the
+// next page's cursor ("" on the last).
+func (s *Store) ListAPIKeys(ctx context.Context, tenantID string, limit int, cursor string) ([]APIKey, string, error) {
+	limit, err := CheckLimit(limit)
 	if err != nil {
-		return nil, classify(err, "api keys")
+		return nil, "", err
+	}
+	afterTime, afterID := time.Time{}, ""
+	if cursor != "" {
+		if afterTime, afterID, err = decodeCursor(cursor); err != nil {
+			return nil, "", err
+		}
+	}
+	rows, err := s.pool.Query(ctx, `SELECT id, tenant_id, prefix, created_at, last_used_at, revoked_at
+		FROM api_keys WHERE tenant_id = $1 AND ($2 = '' OR (created_at, id) > ($3, $2::uuid))
+		ORDER BY created_at, id LIMIT $4`, tenantID, afterID, afterTime, limit+1)
+	if err != nil {
+		return nil, "", classify(err, "api keys")
 	}
 	keys, err := pgx.CollectRows(rows, pgx.RowToStructByPos[APIKey])
+	if err != nil {
+		return nil, "", classify(err, "api keys")
+	}
+	next := ""
+	if len(keys) > limit {
+		keys = keys[:limit]
+		next = encodeCursor(keys[limit-1].CreatedAt, keys[limit-1].ID)
+	}
 	if keys == nil {
 		keys = []APIKey{}
 	}
-	return keys, classify(err, "api keys")
+	return keys, next, nil
 }
 
 // RevokeAPIKey revokes a tenant's key and announces it on TenantChannel.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -288,28 +289,54 @@ func (s *Store) GetMigrationRun(ctx context.Context, id int64) (MigrationRun, er
 	return getRun(ctx, s.pool, id)
 }
 
-// ListMigrationRuns returns the newest runs first, at most limit (default 20).
-func (s *Store) ListMigrationRuns(ctx context.Context, limit int) ([]MigrationRun, error) {
-	if limit <= 0 {
-		limit = 20
-	}
-	rows, err := s.pool.Query(ctx, `SELECT r.id FROM migration_runs r ORDER BY r.id DESC LIMIT $1`, limit)
+// ListMigrationRuns returns a page of runs, newest first: at most limit
+// (CheckLimit's bounds) after cursor, and the cursor of the next page ("" on
+// the last).
+func (s *Store) ListMigrationRuns(ctx context.Context, limit int, cursor string) ([]MigrationRun, string, error) {
+	limit, err := CheckLimit(limit)
 	if err != nil {
-		return nil, classify(err, "migration runs")
+		return nil, "", err
+	}
+	before, err := idCursor(cursor)
+	if err != nil {
+		return nil, "", err
+	}
+	rows, err := s.pool.Query(ctx, `SELECT r.id FROM migration_runs r WHERE r.id < $1 ORDER BY r.id DESC LIMIT $2`, before, limit+1)
+	if err != nil {
+		return nil, "", classify(err, "migration runs")
 	}
 	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
 	if err != nil {
-		return nil, classify(err, "migration runs")
+		return nil, "", classify(err, "migration runs")
+	}
+	next := ""
+	if len(ids) > limit {
+		ids = ids[:limit]
+		next = EncodeCursor(strconv.FormatInt(ids[limit-1], 10))
 	}
 	runs := make([]MigrationRun, 0, len(ids))
 	for _, id := range ids {
 		r, err := getRun(ctx, s.pool, id)
 		if err != nil {
-			return nil, err
+			return nil, "", err
 		}
 		runs = append(runs, r)
 	}
-	return runs, nil
+	return runs, next, nil
+}
+
+// idCursor reads a cursor of a list ordered by a numeric id, newest first:
+// the ids to list are below it.
+func idCursor(cursor string) (int64, error) {
+	parts, err := DecodeCursor(cursor, 1)
+	if err != nil || parts == nil {
+		return math.MaxInt64, err
+	}
+	id, err := strconv.ParseInt(parts[0], 10, 64)
+	if err != nil {
+		return 0, ErrBadCursor()
+	}
+	return id, nil
 }
 
 const runTenantColumns = `rt.run_id, rt.tenant_id, t.slug, t.state, rt.server_id, s.name, coalesce(t.db_name, ''), rt.canary,
@@ -325,27 +352,82 @@ func scanRunTenant(row pgx.Row) (rt RunTenant, err error) {
 	return rt, err
 }
 
+// scanRunTenantPos scans a run tenant followed by its position.
+func scanRunTenantPos(row pgx.Row) (rt RunTenant, pos int64, err error) {
+	err = row.Scan(&rt.RunID, &rt.TenantID, &rt.Slug, &rt.TenantState, &rt.ServerID, &rt.Server, &rt.Database, &rt.Canary,
+		&rt.State, &rt.FromVersion, &rt.ToVersion, &rt.Version, &rt.Dirty, &rt.Attempts, &rt.Error, &rt.Note, &rt.Worker,
+		&rt.StartedAt, &rt.FinishedAt, &rt.LeaseOwner, &pos)
+	return rt, pos, err
+}
+
 // ListRunTenants returns a run's tenants in the given states (all when none),
 // in claim order, at most limit (default 1000).
 func (s *Store) ListRunTenants(ctx context.Context, runID int64, states []RunTenantState, limit int) ([]RunTenant, error) {
 	if limit <= 0 {
 		limit = 1000
 	}
+	out, _, err := s.listRunTenants(ctx, runID, states, limit, "")
+	return out, err
+}
+
+// ListRunTenantsPage is a page of ListRunTenants: at most limit
+// (CheckLimit's bounds) after cursor, and the next page's cursor.
+func (s *Store) ListRunTenantsPage(ctx context.Context, runID int64, states []RunTenantState, limit int, cursor string) ([]RunTenant, string, error) {
+	limit, err := CheckLimit(limit)
+	if err != nil {
+		return nil, "", err
+	}
+	return s.listRunTenants(ctx, runID, states, limit, cursor)
+}
+
+func (s *Store) listRunTenants(ctx context.Context, runID int64, states []RunTenantState, limit int, cursor string) ([]RunTenant, string, error) {
 	var filter []string
 	for _, st := range states {
 		filter = append(filter, string(st))
 	}
-	rows, err := s.pool.Query(ctx, `SELECT `+runTenantColumns+runTenantFrom+`
-		WHERE rt.run_id = $1 AND ($2::text[] IS NULL OR rt.state = ANY($2))
-		ORDER BY rt.canary DESC, rt.position LIMIT $3`, runID, filter, limit)
+	// Canaries first, then claim order: (NOT canary, position) ascending.
+	afterWave, afterPos := -1, int64(-1)
+	parts, err := DecodeCursor(cursor, 2)
 	if err != nil {
-		return nil, classify(err, "migration run tenants")
+		return nil, "", err
 	}
-	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (RunTenant, error) { return scanRunTenant(row) })
+	if parts != nil {
+		w, werr := strconv.Atoi(parts[0])
+		p, perr := strconv.ParseInt(parts[1], 10, 64)
+		if werr != nil || perr != nil {
+			return nil, "", ErrBadCursor()
+		}
+		afterWave, afterPos = w, p
+	}
+	rows, err := s.pool.Query(ctx, `SELECT `+runTenantColumns+`, rt.position`+runTenantFrom+`
+		WHERE rt.run_id = $1 AND ($2::text[] IS NULL OR rt.state = ANY($2))
+		  AND ((NOT rt.canary)::int, rt.position) > ($4::int, $5::bigint)
+		ORDER BY rt.canary DESC, rt.position LIMIT $3`, runID, filter, limit+1, afterWave, afterPos)
+	if err != nil {
+		return nil, "", classify(err, "migration run tenants")
+	}
+	var positions []int64
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (RunTenant, error) {
+		rt, pos, err := scanRunTenantPos(row)
+		positions = append(positions, pos)
+		return rt, err
+	})
+	if err != nil {
+		return nil, "", classify(err, "migration run tenants")
+	}
+	next := ""
+	if len(out) > limit {
+		out = out[:limit]
+		wave := 1
+		if out[limit-1].Canary {
+			wave = 0
+		}
+		next = EncodeCursor(strconv.Itoa(wave), strconv.FormatInt(positions[limit-1], 10))
+	}
 	if out == nil {
 		out = []RunTenant{}
 	}
-	return out, classify(err, "migration run tenants")
+	return out, next, nil
 }
 
 // RunAction is an operator's change to a run.

@@ -179,7 +179,7 @@ func TestOneOpenRunAtATime(t *testing.T) {
 	_, err = b.store.CreateMigrationRun(ctx, nr, nil)
 	require.ErrorIs(t, err, catalog.ErrInvalid)
 
-	runs, err := b.store.ListMigrationRuns(ctx, 0)
+	runs, _, err := b.store.ListMigrationRuns(ctx, 0, "")
 	require.NoError(t, err)
 	require.Len(t, runs, 2)
 	require.Equal(t, second.ID, runs[0].ID, "newest first")

@@ -2,7 +2,10 @@ package catalog
 
 import (
 	"context"
+	"fmt"
 	"regexp"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -100,6 +103,38 @@ func (s *Store) ListServers(ctx context.Context) ([]Server, error) {
 	return servers, classify(err, "servers")
 }
 
+// ListServersPage returns a page of servers by name: at most limit
+// (CheckLimit's bounds) after cursor, and the next page's cursor.
+func (s *Store) ListServersPage(ctx context.Context, limit int, cursor string) ([]Server, string, error) {
+	limit, err := CheckLimit(limit)
+	if err != nil {
+		return nil, "", err
+	}
+	after := ""
+	if parts, err := DecodeCursor(cursor, 1); err != nil {
+		return nil, "", err
+	} else if parts != nil {
+		after = parts[0]
+	}
+	rows, err := s.pool.Query(ctx, `SELECT `+serverColumns+` FROM servers s WHERE s.name > $1 ORDER BY s.name LIMIT $2`, after, limit+1)
+	if err != nil {
+		return nil, "", classify(err, "servers")
+	}
+	servers, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Server, error) { return scanServer(row) })
+	if err != nil {
+		return nil, "", classify(err, "servers")
+	}
+	next := ""
+	if len(servers) > limit {
+		servers = servers[:limit]
+		next = EncodeCursor(servers[limit-1].Name)
+	}
+	if servers == nil {
+		servers = []Server{}
+	}
+	return servers, next, nil
+}
+
 // GetServer returns the server of that name.
 func (s *Store) GetServer(ctx context.Context, name string) (Server, error) {
 	srv, err := scanServer(s.pool.QueryRow(ctx, `SELECT `+serverColumns+` FROM servers s WHERE s.name = $1`, name))
@@ -151,6 +186,61 @@ func (s *Store) SetServerState(ctx context.Context, name string, state ServerSta
 		}
 		return insertAudit(ctx, tx, AuditEvent{Actor: actor, Action: "server." + string(state), Subject: name,
 			FromState: string(from), ToState: string(state)})
+	})
+	if err != nil {
+		return Server{}, err
+	}
+	return s.GetServer(ctx, name)
+}
+
+// ServerUpdate is a change to a server's limits; nil fields stay as they are.
+type ServerUpdate struct {
+	Capacity   *int `json:"capacity"`
+	ConnBudget *int `json:"conn_budget"`
+}
+
+// ServerChangePrefix starts the payload that announces a change to a server
+// on TenantChannel ("server:<id>"): routers apply its new connection budget.
+// Tenant ids are UUIDs, so the two never clash on the one channel.
+const ServerChangePrefix = "server:"
+
+// ServerChanged reports whether a TenantChannel payload announces a change
+// to a server, and which.
+func ServerChanged(payload string) (int64, bool) {
+	raw, ok := strings.CutPrefix(payload, ServerChangePrefix)
+	if !ok {
+		return 0, false
+	}
+	id, err := strconv.ParseInt(raw, 10, 64)
+	return id, err == nil
+}
+
+// UpdateServer changes a server's capacity and connection budget, records an
+// audit event and announces the change on TenantChannel, in one
+// transaction: every router applies the new budget as the change commits.
+// A smaller capacity than the tenants it holds only stops new placements.
+func (s *Store) UpdateServer(ctx context.Context, name string, u ServerUpdate, actor string) (Server, error) {
+	if u.Capacity == nil && u.ConnBudget == nil {
+		return Server{}, Errorf(CodeInvalid, "nothing to change: send capacity and/or conn_budget")
+	}
+	if (u.Capacity != nil && *u.Capacity <= 0) || (u.ConnBudget != nil && *u.ConnBudget <= 0) {
+		return Server{}, Errorf(CodeInvalid, "capacity and conn_budget must be positive")
+	}
+	err := s.InTx(ctx, func(tx pgx.Tx) error {
+		var id int64
+		var capacity, budget int
+		err := tx.QueryRow(ctx, `
+			UPDATE servers SET capacity = coalesce($2, capacity), conn_budget = coalesce($3, conn_budget), updated_at = now()
+			WHERE name = $1 RETURNING id, capacity, conn_budget`, name, u.Capacity, u.ConnBudget).Scan(&id, &capacity, &budget)
+		if err != nil {
+			return classify(err, "server "+quote(name))
+		}
+		if err := insertAudit(ctx, tx, AuditEvent{Actor: actor, Action: "server.updated", Subject: name,
+			Reason: fmt.Sprintf("capacity %d, conn_budget %d", capacity, budget)}); err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `SELECT pg_notify($1, $2)`, TenantChannel, ServerChangePrefix+strconv.FormatInt(id, 10))
+		return classify(err, "notify")
 	})
 	if err != nil {
 		return Server{}, err

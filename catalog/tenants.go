@@ -34,7 +34,8 @@ var TenantStates = []TenantState{TenantProvisioning, TenantActive, TenantSuspend
 func (s TenantState) Valid() bool { return slices.Contains(TenantStates, s) }
 
 // TenantChannel is the LISTEN/NOTIFY channel on which every change to a
-// tenant (state, credentials, keys) is announced with the tenant's id.
+// tenant (state, credentials, keys) is announced with the tenant's id, and
+// a change to a server's limits with ServerChangePrefix and its id.
 const TenantChannel = "tenantplane_tenant_changed"
 
 // Tenant is a customer with a database of its own.
@@ -226,18 +227,15 @@ type TenantPage struct {
 
 // ListTenants returns a page of matching tenants, oldest first.
 func (s *Store) ListTenants(ctx context.Context, f TenantFilter) (TenantPage, error) {
-	if f.Limit <= 0 {
-		f.Limit = 100
-	}
-	if f.Limit > 1000 {
-		return TenantPage{}, Errorf(CodeInvalid, "limit must be at most 1000")
+	var err error
+	if f.Limit, err = CheckLimit(f.Limit); err != nil {
+		return TenantPage{}, err
 	}
 	if f.State != "" && !f.State.Valid() {
 		return TenantPage{}, Errorf(CodeInvalid, "state %q is not a tenant state: use %s", f.State, tenantStateList())
 	}
 	afterTime, afterID := time.Time{}, ""
 	if f.Cursor != "" {
-		var err error
 		if afterTime, afterID, err = decodeCursor(f.Cursor); err != nil {
 			return TenantPage{}, err
 		}
@@ -288,7 +286,7 @@ func decodeCursor(c string) (time.Time, string, error) {
 			}
 		}
 	}
-	return time.Time{}, "", Errorf(CodeInvalid, "cursor is malformed: pass next_cursor from the previous page")
+	return time.Time{}, "", ErrBadCursor()
 }
 
 var uuidRE = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)

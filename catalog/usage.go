@@ -425,18 +425,24 @@ type UsagePage struct {
 	// Totals adds up every tenant's usage of the period per meter, all pages
 	// (for a max meter, the sum of each tenant's maximum).
 	Totals     map[string]int64 `json:"totals"`
-	NextCursor string           `json:"next_cursor,omitempty"` // the slug to pass as cursor for the next page
+	NextCursor string           `json:"next_cursor,omitempty"` // the cursor of the next page
 }
 
 // PeriodUsage returns the usage of a period by tenant (those with any),
 // ordered by slug, limit tenants (default 1000, at most 10000) after the
 // slug cursor.
 func (s *Store) PeriodUsage(ctx context.Context, period time.Time, cursor string, limit int) (UsagePage, error) {
-	if limit <= 0 {
-		limit = 1000
+	limit, err := CheckLimit(limit)
+	if err != nil {
+		return UsagePage{}, err
 	}
-	if limit > 10000 {
-		return UsagePage{}, Errorf(CodeInvalid, "limit must be at most 10000")
+	after, err := DecodeCursor(cursor, 1)
+	if err != nil {
+		return UsagePage{}, err
+	}
+	cursor = ""
+	if after != nil {
+		cursor = after[0]
 	}
 	period = PeriodOf(period)
 	page := UsagePage{Period: FormatPeriod(period), Tenants: []TenantUsageSummary{}, Totals: map[string]int64{}}
@@ -465,7 +471,7 @@ func (s *Store) PeriodUsage(ctx context.Context, period time.Time, cursor string
 	}
 	if len(page.Tenants) > limit {
 		page.Tenants = page.Tenants[:limit]
-		page.NextCursor = page.Tenants[limit-1].Tenant
+		page.NextCursor = EncodeCursor(page.Tenants[limit-1].Tenant)
 	}
 	rows, err = s.pool.Query(ctx, `
 		SELECT meter, sum(quantity)::bigint FROM usage_periods WHERE period = $1 GROUP BY meter`, period)

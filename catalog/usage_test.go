@@ -146,7 +146,7 @@ func TestUsageEventsDedupAcrossRetriedBatches(t *testing.T) {
 	page, err = b.store.PeriodUsage(ctx, now, "", 1)
 	require.NoError(t, err)
 	require.Len(t, page.Tenants, 1)
-	require.Equal(t, "acme", page.NextCursor)
+	require.Equal(t, catalog.EncodeCursor("acme"), page.NextCursor, "an opaque cursor, as every list has")
 	page, err = b.store.PeriodUsage(ctx, now, page.NextCursor, 1)
 	require.NoError(t, err)
 	require.Equal(t, "globex", page.Tenants[0].Tenant)

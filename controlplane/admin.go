@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	_ "embed"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"github.com/gin-gonic/gin"
@@ -32,6 +33,7 @@ func (a *App) adminHandler(metrics *httpapi.Metrics) http.Handler {
 	v1 := e.Group("/admin/v1", a.requireAdminToken())
 	v1.GET("/servers", a.listServers)
 	v1.POST("/servers", a.registerServer)
+	v1.PATCH("/servers/:name", a.updateServer)
 	a.tenantRoutes(v1)
 	a.fanoutRoutes(v1)
 	a.billingRoutes(e, v1)
@@ -54,13 +56,30 @@ func (a *App) requireAdminToken() gin.HandlerFunc {
 	}
 }
 
+// numericID reads a numbered object's :id. An id that cannot be a number of
+// ours is not found, the answer an unknown number gets: every {id} route of
+// both APIs answers a malformed id 404 not_found, never 400.
+func numericID(c *gin.Context, what string) (int64, bool) {
+	id, err := strconv.ParseInt(c.Param("id"), 10, 64)
+	if err != nil || id < 1 {
+		httpapi.Fail(c, catalog.CodeNotFound, "%s %q not found", what, c.Param("id"))
+		return 0, false
+	}
+	return id, true
+}
+
 func (a *App) listServers(c *gin.Context) {
-	servers, err := a.store.ListServers(c)
+	limit, cursor, err := httpapi.PageQuery(c)
 	if err != nil {
 		httpapi.WriteError(c, err)
 		return
 	}
-	c.JSON(http.StatusOK, gin.H{"servers": servers})
+	servers, next, err := a.store.ListServersPage(c, limit, cursor)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, httpapi.Page("servers", servers, next, nil))
 }
 
 func (a *App) registerServer(c *gin.Context) {
@@ -75,4 +94,22 @@ func (a *App) registerServer(c *gin.Context) {
 		return
 	}
 	c.JSON(http.StatusCreated, srv)
+}
+
+// updateServer changes a server's capacity and connection budget. The
+// change is announced in its transaction: every router holds its share of
+// the new budget within a second, without a restart.
+func (a *App) updateServer(c *gin.Context) {
+	var u catalog.ServerUpdate
+	if err := httpapi.BindJSON(c, &u); err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	srv, err := a.store.UpdateServer(c, c.Param("name"), u, adminActor)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	a.logger.InfoContext(c, "server updated", "server", srv.Name, "capacity", srv.Capacity, "conn_budget", srv.ConnBudget)
+	c.JSON(http.StatusOK, srv)
 }

@@ -4,7 +4,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"strconv"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -23,6 +22,7 @@ func newBilling(store *catalog.Store, prov *provisioner.Provisioner, reg prometh
 	bc := billing.Config{
 		Logger: logger, Registerer: reg,
 		StripeKey: cfg.StripeAPIKey, StripeAPIBase: cfg.StripeAPIBase, WebhookSecret: cfg.StripeWebhookSecret,
+		StripeTimeout: cfg.StripeTimeout, StripeRetries: stripeRetries,
 		BillingGrace: max(cfg.BillingGrace, 0), DunningGrace: max(cfg.DunningGrace, 0), StorageInterval: max(cfg.StorageInterval, 0),
 		DisableSchedule: cfg.BillingGrace < 0, DisableCollector: cfg.StorageInterval < 0,
 	}
@@ -93,14 +93,12 @@ func (a *App) periodUsage(c *gin.Context) {
 		httpapi.WriteError(c, err)
 		return
 	}
-	limit := 0
-	if raw := c.Query("limit"); raw != "" {
-		if limit, err = strconv.Atoi(raw); err != nil || limit < 1 {
-			httpapi.Fail(c, catalog.CodeInvalid, "limit must be a whole number from 1 to 10000")
-			return
-		}
+	limit, cursor, err := httpapi.PageQuery(c)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
 	}
-	page, err := a.store.PeriodUsage(c, period, c.Query("cursor"), limit)
+	page, err := a.store.PeriodUsage(c, period, cursor, limit)
 	if err != nil {
 		httpapi.WriteError(c, err)
 		return
@@ -197,18 +195,22 @@ func (a *App) listBillingRuns(c *gin.Context) {
 		}
 		period = catalog.FormatPeriod(p)
 	}
-	runs, err := a.store.ListBillingRuns(c, period, 50)
+	limit, cursor, err := httpapi.PageQuery(c)
 	if err != nil {
 		httpapi.WriteError(c, err)
 		return
 	}
-	c.JSON(http.StatusOK, gin.H{"runs": runs})
+	runs, next, err := a.store.ListBillingRuns(c, period, limit, cursor)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, httpapi.Page("runs", runs, next, nil))
 }
 
 func (a *App) getBillingRun(c *gin.Context) {
-	id, err := strconv.ParseInt(c.Param("id"), 10, 64)
-	if err != nil || id < 1 {
-		httpapi.Fail(c, catalog.CodeNotFound, "billing run %q not found", c.Param("id"))
+	id, ok := numericID(c, "billing run")
+	if !ok {
 		return
 	}
 	run, err := a.store.GetBillingRun(c, id)
@@ -225,12 +227,17 @@ func (a *App) listInvoices(c *gin.Context) {
 		httpapi.WriteError(c, err)
 		return
 	}
-	invoices, err := a.store.ListInvoices(c, t.ID)
+	limit, cursor, err := httpapi.PageQuery(c)
 	if err != nil {
 		httpapi.WriteError(c, err)
 		return
 	}
-	c.JSON(http.StatusOK, gin.H{"invoices": invoices})
+	invoices, next, err := a.store.ListInvoices(c, t.ID, limit, cursor)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, httpapi.Page("invoices", invoices, next, nil))
 }
 
 // invoicePreview shows a tenant's invoice of the open period (or ?period=)

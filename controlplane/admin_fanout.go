@@ -3,7 +3,6 @@ package controlplane
 import (
 	"context"
 	"net/http"
-	"strconv"
 
 	"github.com/gin-gonic/gin"
 
@@ -48,31 +47,20 @@ func (a *App) startRun(c *gin.Context) {
 }
 
 func (a *App) listRuns(c *gin.Context) {
-	limit := 0
-	if raw := c.Query("limit"); raw != "" {
-		n, err := strconv.Atoi(raw)
-		if err != nil || n < 1 || n > 1000 {
-			httpapi.Fail(c, catalog.CodeInvalid, "limit must be a whole number from 1 to 1000")
-			return
-		}
-		limit = n
-	}
-	runs, err := a.store.ListMigrationRuns(c, limit)
+	limit, cursor, err := httpapi.PageQuery(c)
 	if err != nil {
 		httpapi.WriteError(c, err)
 		return
 	}
-	c.JSON(http.StatusOK, gin.H{"runs": runs})
+	runs, next, err := a.store.ListMigrationRuns(c, limit, cursor)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, httpapi.Page("runs", runs, next, nil))
 }
 
-func runID(c *gin.Context) (int64, bool) {
-	id, err := strconv.ParseInt(c.Param("id"), 10, 64)
-	if err != nil || id < 1 {
-		httpapi.Fail(c, catalog.CodeInvalid, "run id %q is not a run number", c.Param("id"))
-		return 0, false
-	}
-	return id, true
-}
+func runID(c *gin.Context) (int64, bool) { return numericID(c, "run") }
 
 func (a *App) getRun(c *gin.Context) {
 	id, ok := runID(c)
@@ -94,12 +82,17 @@ func (a *App) runTenants(c *gin.Context) {
 	if !ok {
 		return
 	}
-	rows, err := a.prov.RunTenants(c, id, c.Query("state"))
+	limit, cursor, err := httpapi.PageQuery(c)
 	if err != nil {
 		httpapi.WriteError(c, err)
 		return
 	}
-	c.JSON(http.StatusOK, gin.H{"tenants": rows})
+	rows, next, err := a.prov.RunTenants(c, id, c.Query("state"), limit, cursor)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, httpapi.Page("tenants", rows, next, nil))
 }
 
 func (a *App) changeRun(action catalog.RunAction) gin.HandlerFunc {
@@ -124,7 +117,7 @@ func (a *App) changeRun(action catalog.RunAction) gin.HandlerFunc {
 // migrationStatus reads every tenant database's schema version; it is
 // bounded to answer within the admin server's write timeout.
 func (a *App) migrationStatus(c *gin.Context) {
-	ctx, cancel := context.WithTimeout(c, waitLimit)
+	ctx, cancel := context.WithTimeout(c, statusLimit)
 	defer cancel()
 	st, err := a.prov.SchemaStatus(ctx, provisioner.StatusOptions{})
 	if err != nil {

@@ -248,8 +248,8 @@ func TestFanoutDirtyTenantIsReportedNeverForced(t *testing.T) {
 	require.Empty(t, st["behind"])
 }
 
-// TestFanoutAPIInput: bad input is a 400 and leaves nothing; unknown runs
-// are 404; a run over no tenants is done at once.
+// TestFanoutAPIInput: bad input is a 400 and leaves nothing; unknown or
+// malformed run ids are 404; a run over no tenants is done at once.
 func TestFanoutAPIInput(t *testing.T) {
 	t.Parallel()
 	b := setup(t, "")
@@ -277,7 +277,7 @@ func TestFanoutAPIInput(t *testing.T) {
 		require.Equal(t, http.StatusNotFound, status, body)
 	}
 	status, _ = call(t, "GET", b.admin+"/admin/v1/migrations/runs/x", testToken, nil)
-	require.Equal(t, http.StatusBadRequest, status)
+	require.Equal(t, http.StatusNotFound, status, "a run id that cannot exist is not found")
 	status, _ = call(t, "POST", b.admin+"/admin/v1/migrations/runs/42/pause", testToken, nil)
 	require.Equal(t, http.StatusNotFound, status)
 

@@ -13,9 +13,10 @@ import (
 	"github.com/tenantplane/tenantplane/provisioner"
 )
 
-// waitLimit bounds POST /tenants?wait=true; it stays under the admin
-// server's write timeout so the answer is never cut off.
-const waitLimit = 50 * time.Second
+// statusLimit bounds GET /migrations/status; it stays under the admin
+// server's write timeout so the answer is never cut off. POST
+// /tenants?wait=true waits Config.CreateWait, as bounded.
+const statusLimit = 50 * time.Second
 
 func (a *App) tenantRoutes(v1 *gin.RouterGroup) {
 	v1.POST("/servers/:name/drain", a.drainServer)
@@ -85,10 +86,16 @@ func (a *App) createTenant(c *gin.Context) {
 		c.JSON(status, t)
 		return
 	}
-	ctx, cancel := context.WithTimeout(c, waitLimit)
+	// Every step of provisioning is bounded (Stripe's included, to less than
+	// CreateWait), so the tenant usually settles in time; if not, the answer
+	// says it is still provisioning, and it goes on.
+	slug := t.Slug
+	ctx, cancel := context.WithTimeout(c, a.cfg.CreateWait)
 	defer cancel()
-	t, err = a.prov.WaitSettled(ctx, t.Slug)
+	t, err = a.prov.WaitSettled(ctx, slug)
 	switch {
+	case err != nil && ctx.Err() != nil && c.Request.Context().Err() == nil:
+		httpapi.WriteError(c, catalog.WrapError(catalog.CodeUnavailable, err, "tenant %q is still provisioning after %s; it goes on: GET /admin/v1/tenants/%s shows when it is active or why it failed", slug, a.cfg.CreateWait, slug))
 	case err != nil:
 		httpapi.WriteError(c, err)
 	case t.State == catalog.TenantFailed:
@@ -99,18 +106,14 @@ func (a *App) createTenant(c *gin.Context) {
 }
 
 func (a *App) listTenants(c *gin.Context) {
-	limit := 0
-	if raw := c.Query("limit"); raw != "" {
-		n, err := strconv.Atoi(raw)
-		if err != nil || n < 1 {
-			httpapi.Fail(c, catalog.CodeInvalid, "limit must be a whole number from 1 to 1000")
-			return
-		}
-		limit = n
+	limit, cursor, err := httpapi.PageQuery(c)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
 	}
 	page, err := a.store.ListTenants(c, catalog.TenantFilter{
 		State: catalog.TenantState(c.Query("state")), Plan: c.Query("plan"), Server: c.Query("server"),
-		Limit: limit, Cursor: c.Query("cursor"),
+		Limit: limit, Cursor: cursor,
 	})
 	if err != nil {
 		httpapi.WriteError(c, err)
@@ -176,12 +179,17 @@ func (a *App) listKeys(c *gin.Context) {
 		httpapi.WriteError(c, err)
 		return
 	}
-	keys, err := a.store.ListAPIKeys(c, t.ID)
+	limit, cursor, err := httpapi.PageQuery(c)
 	if err != nil {
 		httpapi.WriteError(c, err)
 		return
 	}
-	c.JSON(http.StatusOK, gin.H{"keys": keys})
+	keys, next, err := a.store.ListAPIKeys(c, t.ID, limit, cursor)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, httpapi.Page("keys", keys, next, nil))
 }
 
 func (a *App) revokeKey(c *gin.Context) {

@@ -74,7 +74,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*App, error) {
 	customers := &stripeCustomers{}
 	prov, err := provisioner.New(store, provisioner.Config{
 		Logger: logger, Watcher: watcher, Migrations: &schema, WarmPoolSize: warm, DeleteGrace: cfg.DeleteGrace, ArchiveDir: cfg.ArchiveDir,
-		TenantConnLimit: cfg.TenantConnLimit, Customers: customers,
+		TenantConnLimit: cfg.TenantConnLimit, Customers: customers, CustomerTimeout: cfg.customerTimeout(),
 	})
 	if err != nil {
 		store.Close()

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tenantplane/tenantplane/billing"
 	"github.com/tenantplane/tenantplane/catalog"
 )
 
@@ -29,6 +30,16 @@ type Config struct {
 	StripeAPIKey string
 	// StripeAPIBase points the Stripe client elsewhere, e.g. at stripe-mock (STRIPE_API_BASE). Optional.
 	StripeAPIBase string
+	// StripeTimeout bounds one attempt of one Stripe request
+	// (TENANTPLANE_STRIPE_TIMEOUT). Default 10s. A request is tried twice, so
+	// a Stripe that hangs fails a tenant's customer step after
+	// billing.StripeCallLimit of it (25s by default), which must be under
+	// CreateWait.
+	StripeTimeout time.Duration
+	// CreateWait is the longest POST /admin/v1/tenants?wait=true waits for
+	// the tenant to settle (TENANTPLANE_CREATE_WAIT). Default 50s, at most 55s
+	// (under the admin server's 60s write timeout).
+	CreateWait time.Duration
 	// StripeWebhookSecret checks Stripe webhook signatures (STRIPE_WEBHOOK_SECRET). Optional.
 	StripeWebhookSecret string
 	// TenantMigrations is a directory of tenant migrations that replaces the
@@ -76,6 +87,18 @@ type Config struct {
 }
 
 const minAdminTokenLen = 16
+
+// maxCreateWait keeps ?wait=true under the admin server's write timeout.
+const maxCreateWait = 55 * time.Second
+
+// stripeRetries is how often a Stripe request is retried (so tried twice).
+const stripeRetries = 1
+
+// customerTimeout bounds provisioning's Stripe customer step: every attempt
+// of its one request times out, with the backoff between them.
+func (c Config) customerTimeout() time.Duration {
+	return billing.StripeCallLimit(c.StripeTimeout, stripeRetries)
+}
 
 // ConfigFromEnv reads the configuration through getenv (os.Getenv in
 // production). It reports every missing or malformed setting at once, each
@@ -176,6 +199,26 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 			bad("TENANTPLANE_SHUTDOWN_TIMEOUT", "%q is not a positive duration such as 30s", raw)
 		}
 		cfg.ShutdownTimeout = d
+	}
+	cfg.StripeTimeout = 10 * time.Second
+	if raw := getenv("TENANTPLANE_STRIPE_TIMEOUT"); raw != "" {
+		d, err := time.ParseDuration(raw)
+		if err != nil || d < 100*time.Millisecond {
+			bad("TENANTPLANE_STRIPE_TIMEOUT", "%q is not a duration of at least 100ms, such as 10s", raw)
+		}
+		cfg.StripeTimeout = d
+	}
+	cfg.CreateWait = 50 * time.Second
+	if raw := getenv("TENANTPLANE_CREATE_WAIT"); raw != "" {
+		d, err := time.ParseDuration(raw)
+		if err != nil || d < time.Second || d > maxCreateWait {
+			bad("TENANTPLANE_CREATE_WAIT", "%q is not a duration from 1s to %s, such as 50s", raw, maxCreateWait)
+		}
+		cfg.CreateWait = d
+	}
+	if limit := cfg.customerTimeout(); cfg.StripeAPIKey != "" && limit >= cfg.CreateWait {
+		bad("TENANTPLANE_STRIPE_TIMEOUT", "%s lets a Stripe that hangs hold a tenant's creation for %s, not under TENANTPLANE_CREATE_WAIT (%s): lower it, or raise TENANTPLANE_CREATE_WAIT",
+			cfg.StripeTimeout, limit, cfg.CreateWait)
 	}
 	for _, d := range []struct {
 		name string

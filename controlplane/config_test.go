@@ -38,6 +38,8 @@ func TestConfigFromEnv(t *testing.T) {
 		"TENANTPLANE_TENANT_CONN_LIMIT": "0",
 		"TENANTPLANE_REPLICAS":          "0",
 		"STRIPE_API_BASE":               "http://127.0.0.1:12111",
+		"TENANTPLANE_STRIPE_TIMEOUT":    "0s",
+		"TENANTPLANE_CREATE_WAIT":       "2m",
 	}
 	for name, value := range cases {
 		env := map[string]string{}
@@ -54,4 +56,21 @@ func TestConfigFromEnv(t *testing.T) {
 			require.Contains(t, err.Error(), "STRIPE_API_KEY: not set")
 		}
 	}
+}
+
+// A Stripe timeout that would let a hung Stripe outlast ?wait=true is refused.
+func TestConfigStripeTimeoutFitsTheCreateWait(t *testing.T) {
+	t.Parallel()
+	env := map[string]string{
+		"DATABASE_URL": "postgres://u:p@localhost/db", "TENANTPLANE_ADMIN_TOKEN": "0123456789abcdef",
+		"TENANTPLANE_SECRET_KEY": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=", "STRIPE_API_KEY": "sk_test_x",
+		"TENANTPLANE_STRIPE_TIMEOUT": "25s",
+	}
+	_, err := ConfigFromEnv(envOf(env))
+	require.ErrorContains(t, err, "TENANTPLANE_STRIPE_TIMEOUT: 25s lets a Stripe that hangs hold a tenant's creation for 55s, not under TENANTPLANE_CREATE_WAIT (50s)")
+	env["TENANTPLANE_STRIPE_TIMEOUT"] = "10s"
+	cfg, err := ConfigFromEnv(envOf(env))
+	require.NoError(t, err)
+	require.Equal(t, 25*time.Second, cfg.customerTimeout())
+	require.Equal(t, 50*time.Second, cfg.CreateWait)
 }

@@ -510,3 +510,69 @@ func TestTenantAPIUserNameCountsCharacters(t *testing.T) {
 	require.Equal(t, http.StatusOK, status, body)
 	require.Equal(t, clef, body["name"], "a refused change changes nothing")
 }
+
+// TestConnBudgetChangeReachesAnotherInstanceWithinASecond: an operator's
+// PATCH of a server's conn_budget reaches a running router, no restart:
+// within a second it holds its share (conn_budget / TENANTPLANE_REPLICAS) of
+// the new budget, smaller or larger.
+func TestConnBudgetChangeReachesAnotherInstanceWithinASecond(t *testing.T) {
+	t.Parallel()
+	secret := catalog.NewKey()
+	f := setupFleetOpts(t, 1, map[string]string{"TENANTPLANE_SECRET_KEY": secret}, 6)
+	keys := make([]string, 3)
+	for i := range keys {
+		_, keys[i] = f.tenantWithKey(t, fmt.Sprintf("budget-%d", i), "basic", "")
+	}
+	second := setupEnv(t, f.app.cfg.DatabaseURL, map[string]string{"TENANTPLANE_SECRET_KEY": secret, "TENANTPLANE_REPLICAS": "2"})
+	srv := f.servers["pg-1"]
+	tenantConns := func() int64 {
+		return query[int64](t, srv.DSN("postgres"), `SELECT count(*) FROM pg_stat_activity WHERE usename ~ '^t_[0-9a-f]{32}$'`)
+	}
+	// One request per tenant, one after another: each pool keeps its
+	// connection idle while the share allows, or takes one from another.
+	serve := func() {
+		for _, k := range keys {
+			status, body := call(t, "GET", second.api+"/v1/users", k, nil)
+			require.Equal(t, http.StatusOK, status, body)
+		}
+	}
+	setBudget := func(n int) {
+		status, body := call(t, "PATCH", f.admin+"/admin/v1/servers/pg-1", testToken, map[string]any{"conn_budget": n})
+		require.Equal(t, http.StatusOK, status, body)
+		require.EqualValues(t, n, body["conn_budget"])
+	}
+
+	serve()
+	require.EqualValues(t, 3, tenantConns(), "a share of 6/2 = 3 keeps the three tenants' connections")
+
+	setBudget(2) // a share of 1
+	start := time.Now()
+	for tenantConns() > 1 {
+		require.Less(t, time.Since(start), time.Second, "the smaller budget did not reach the second instance within a second")
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("the smaller budget reached the second instance after %v", time.Since(start))
+	serve()
+	require.LessOrEqual(t, tenantConns(), int64(1), "every tenant is served within a share of 1")
+
+	setBudget(6) // a share of 3 again
+	start = time.Now()
+	for {
+		serve()
+		if tenantConns() == 3 {
+			break
+		}
+		require.Less(t, time.Since(start), time.Second, "the larger budget did not reach the second instance within a second")
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	status, body := call(t, "GET", f.admin+"/admin/v1/servers", testToken, nil)
+	require.Equal(t, http.StatusOK, status)
+	require.EqualValues(t, 6, body["servers"].([]any)[0].(map[string]any)["conn_budget"])
+	for _, bad := range []map[string]any{{}, {"conn_budget": 0}, {"capacity": -1}, {"conn_budgets": 3}} {
+		status, body := call(t, "PATCH", f.admin+"/admin/v1/servers/pg-1", testToken, bad)
+		require.Equal(t, http.StatusBadRequest, status, "%v: %v", bad, body)
+	}
+	status, _ = call(t, "PATCH", f.admin+"/admin/v1/servers/nowhere", testToken, map[string]any{"capacity": 3})
+	require.Equal(t, http.StatusNotFound, status)
+}

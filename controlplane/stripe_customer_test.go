@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -207,4 +208,77 @@ func TestCreateTenantStripeFailureFailsIt(t *testing.T) {
 	}, 30*time.Second, 50*time.Millisecond, "tenant: %v", tenant)
 	require.NotEmpty(t, storedCustomer(t, f.app.store, id))
 	require.Equal(t, []string{"tenant.created", "tenant.failed", "tenant.retried", "tenant.activated"}, auditActions(t, f.app.store, id))
+}
+
+// hungStripe is a Stripe that takes connections and never answers.
+func hungStripe(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	var mu sync.Mutex
+	var conns []net.Conn
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c) // held open, never read from nor answered
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	return "http://" + ln.Addr().String()
+}
+
+// TestCreateTenantStripeHangsAnswersWithinTheWait: a Stripe that never
+// answers cannot hold POST /tenants?wait=true past its limit. The customer
+// step gives up after its bounded attempts, so the answer comes within the
+// wait (here TENANTPLANE_CREATE_WAIT=15s) and says Stripe did not answer;
+// the tenant is failed with that reason, and a retry once Stripe answers
+// activates it.
+func TestCreateTenantStripeHangsAnswersWithinTheWait(t *testing.T) {
+	t.Parallel()
+	const wait = 15 * time.Second
+	env := map[string]string{
+		"STRIPE_API_KEY": stripetest.Key, "STRIPE_API_BASE": hungStripe(t), "TENANTPLANE_SECRET_KEY": catalog.NewKey(),
+		"TENANTPLANE_STRIPE_TIMEOUT": "1s", "TENANTPLANE_CREATE_WAIT": wait.String(),
+		"TENANTPLANE_BILLING_GRACE": "off", "TENANTPLANE_STORAGE_INTERVAL": "off",
+	}
+	f := setupFleet(t, 1, env)
+	v1 := f.admin + "/admin/v1"
+
+	start := time.Now()
+	status, body := f.createTenant(t, "acme", true)
+	took := time.Since(start)
+	t.Logf("?wait=true answered after %v: %d %v", took, status, body)
+	require.Less(t, took, wait, "the answer came within the wait limit")
+	require.Equal(t, http.StatusServiceUnavailable, status, body)
+	require.Equal(t, "unavailable", errorCode(t, body))
+	msg := body["error"].(map[string]any)["message"].(string)
+	require.Contains(t, msg, `tenant "acme" failed to provision`)
+	require.Contains(t, msg, "Stripe did not answer in time")
+	require.Contains(t, msg, "/retry")
+
+	_, tenant := call(t, "GET", v1+"/tenants/acme", testToken, nil)
+	require.Equal(t, "failed", tenant["state"])
+	require.Contains(t, tenant["last_error"], "creating the billing customer: customer.create: Stripe did not answer in time")
+
+	env["STRIPE_API_BASE"] = stripetest.Shared(t).URL
+	f.redeploy(t, env)
+	v1 = f.admin + "/admin/v1"
+	status, body = call(t, "POST", v1+"/tenants/acme/retry", testToken, nil)
+	require.Equal(t, http.StatusOK, status, body)
+	require.Eventually(t, func() bool {
+		_, tenant = call(t, "GET", v1+"/tenants/acme", testToken, nil)
+		return tenant["state"] == "active"
+	}, 30*time.Second, 50*time.Millisecond, "tenant: %v", tenant)
 }

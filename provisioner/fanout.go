@@ -498,19 +498,20 @@ func (p *Provisioner) finishRunTenant(ctx context.Context, logger *slog.Logger, 
 	return nil
 }
 
-// RunTenants lists a run's tenants in a state ("" for all), in claim order.
-func (p *Provisioner) RunTenants(ctx context.Context, id int64, state string) ([]catalog.RunTenant, error) {
+// RunTenants lists a page of a run's tenants in a state ("" for all), in
+// claim order, and the next page's cursor.
+func (p *Provisioner) RunTenants(ctx context.Context, id int64, state string, limit int, cursor string) ([]catalog.RunTenant, string, error) {
 	var states []catalog.RunTenantState
 	if state != "" {
 		st := catalog.RunTenantState(state)
 		if !slices.Contains([]catalog.RunTenantState{catalog.RunTenantPending, catalog.RunTenantRunning, catalog.RunTenantDone,
 			catalog.RunTenantFailed, catalog.RunTenantSkipped}, st) {
-			return nil, catalog.Errorf(catalog.CodeInvalid, "state must be pending, running, done, failed or skipped")
+			return nil, "", catalog.Errorf(catalog.CodeInvalid, "state must be pending, running, done, failed or skipped")
 		}
 		states = []catalog.RunTenantState{st}
 	}
 	if _, err := p.store.GetMigrationRun(ctx, id); err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	return p.store.ListRunTenants(ctx, id, states, 0)
+	return p.store.ListRunTenantsPage(ctx, id, states, limit, cursor)
 }

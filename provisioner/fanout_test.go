@@ -297,7 +297,7 @@ func TestFanoutHaltsOnFailuresThenResumes(t *testing.T) {
 		require.NoError(t, err)
 		require.EqualValues(t, 2, got.SchemaVersion, "the catalog's copy follows")
 	}
-	rows, err := p.RunTenants(ctx, run.ID, "done")
+	rows, _, err := p.RunTenants(ctx, run.ID, "done", 0, "")
 	require.NoError(t, err)
 	for _, r := range rows {
 		if r.Slug == bad[0].Slug {
@@ -341,7 +341,7 @@ func TestFanoutCanaryFailureStopsTheRun(t *testing.T) {
 	require.Equal(t, 10, run.Counts.Pending, "no tenant but the canaries was tried")
 	require.LessOrEqual(t, run.Counts.Failed, 2)
 
-	rows, err := p.RunTenants(ctx, run.ID, "")
+	rows, _, err := p.RunTenants(ctx, run.ID, "", 0, "")
 	require.NoError(t, err)
 	touched := 0
 	for _, r := range rows {
@@ -437,7 +437,7 @@ func TestFanoutTwoProcessesMigrateEachTenantOnce(t *testing.T) {
 	require.LessOrEqual(t, peakTotal, 4, "per_server 2 on two servers")
 	require.LessOrEqual(t, peakServer, 2)
 
-	rows, err := p1.RunTenants(ctx, run.ID, "")
+	rows, _, err := p1.RunTenants(ctx, run.ID, "", 0, "")
 	require.NoError(t, err)
 	workers := map[string]int{}
 	for _, r := range rows {
@@ -565,7 +565,7 @@ func TestFanoutKilledProcessResumes(t *testing.T) {
 	// Kill it once some tenants are done and others are being migrated.
 	var run catalog.MigrationRun
 	require.Eventually(t, func() bool {
-		runs, err := b.store.ListMigrationRuns(ctx, 1)
+		runs, _, err := b.store.ListMigrationRuns(ctx, 1, "")
 		if err != nil || len(runs) == 0 {
 			return false
 		}

@@ -155,7 +155,14 @@ func (p *Provisioner) provision(ctx context.Context, t catalog.Tenant) error {
 		}
 	}
 	if p.cfg.Customers != nil {
-		if err := p.cfg.Customers.EnsureCustomer(ctx, t); err != nil {
+		cctx, cancel := context.WithTimeout(ctx, p.cfg.CustomerTimeout)
+		err := p.cfg.Customers.EnsureCustomer(cctx, t)
+		timedOut := cctx.Err() != nil && ctx.Err() == nil
+		cancel()
+		switch {
+		case err != nil && timedOut:
+			return fmt.Errorf("creating the billing customer: no answer within %s: %w", p.cfg.CustomerTimeout, err)
+		case err != nil:
 			return fmt.Errorf("creating the billing customer: %w", err)
 		}
 		if err := p.step(ctx, t, "customer"); err != nil {

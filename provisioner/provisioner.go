@@ -78,6 +78,10 @@ type Config struct {
 	// billing's, which creates the Stripe customer when billing sends to
 	// Stripe. Default: none, and no such step.
 	Customers Customers
+	// CustomerTimeout bounds the customer step, so a billing provider that
+	// hangs fails provisioning (retryably) instead of holding it. controlplane
+	// derives it from the Stripe client's limits. Default 25s.
+	CustomerTimeout time.Duration
 
 	// afterStep, in tests, runs after each provisioning step; an error stops the job there.
 	afterStep func(ctx context.Context, slug, step string) error
@@ -141,6 +145,9 @@ func New(store *catalog.Store, cfg Config) (*Provisioner, error) {
 	}
 	if cfg.Workers == 0 {
 		cfg.Workers = 8
+	}
+	if cfg.CustomerTimeout == 0 {
+		cfg.CustomerTimeout = 25 * time.Second
 	}
 	if cfg.JobTimeout == 0 {
 		cfg.JobTimeout = 2 * time.Minute

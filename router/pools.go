@@ -11,9 +11,9 @@ import (
 	"time"
 
 	"github.com/hashicorp/golang-lru/v2/simplelru"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/sync/semaphore"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/tenantplane/tenantplane/catalog"
@@ -91,12 +91,74 @@ type pools struct {
 	size           prometheus.GaugeFunc
 }
 
-// budget bounds the connections all tenant pools hold on one server.
+// budget bounds the connections all tenant pools hold on one server. Its
+// size changes while it is in use (an operator changed the server's
+// conn_budget): a smaller one is reached as connections are closed, since
+// none is opened, and none returned to a pool, while over it.
 type budget struct {
-	sem  *semaphore.Weighted
+	mu   sync.Mutex
 	size int64
+	used int64
+	free chan struct{} // closed, and replaced, whenever a place may have freed
+
 	open atomic.Int64
 	peak atomic.Int64
+}
+
+func newBudget(size int64) *budget {
+	return &budget{size: size, free: make(chan struct{})}
+}
+
+// tryTake reserves one connection if one is free.
+func (b *budget) tryTake() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.used < b.size {
+		b.used++
+		return true
+	}
+	return false
+}
+
+// take reserves one connection, waiting until ctx ends.
+func (b *budget) take(ctx context.Context) error {
+	for {
+		b.mu.Lock()
+		if b.used < b.size {
+			b.used++
+			b.mu.Unlock()
+			return nil
+		}
+		free := b.free
+		b.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-free:
+		}
+	}
+}
+
+// wake tells waiters a place may be free; b.mu is held.
+func (b *budget) wake() {
+	close(b.free)
+	b.free = make(chan struct{})
+}
+
+// resize sets the budget's size; it reports whether connections are over it.
+func (b *budget) resize(size int64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.size = size
+	b.wake()
+	return b.used > b.size
+}
+
+// over reports whether more connections are open than the budget allows.
+func (b *budget) over() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.used > b.size
 }
 
 func newPools(cfg PoolConfig, store *catalog.Store, logger *slog.Logger, reg prometheus.Registerer) *pools {
@@ -235,6 +297,9 @@ func (p *pools) open(ctx context.Context, t *resolved) (*pgxpool.Pool, error) {
 	cfg.MaxConnLifetime = p.cfg.MaxConnLifetime
 	cfg.HealthCheckPeriod = 30 * time.Second
 	b := p.budget(t.tenant.ServerID, t.serverBudget)
+	// A connection released while its server is over a budget made smaller
+	// is closed instead of kept idle.
+	cfg.AfterRelease = func(*pgx.Conn) bool { return !b.over() }
 	dial := cc.DialFunc
 	cc.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
 		if err := p.takeBudget(ctx, b, t.tenant.ServerID); err != nil {
@@ -256,11 +321,33 @@ func (p *pools) budget(serverID int64, size int) *budget {
 	defer p.budgetMu.Unlock()
 	b, ok := p.budgets[serverID]
 	if !ok {
-		size = max(1, size/p.cfg.Replicas)
-		b = &budget{sem: semaphore.NewWeighted(int64(size)), size: int64(size)}
+		b = newBudget(p.share(size))
 		p.budgets[serverID] = b
 	}
 	return b
+}
+
+// share is this process's part of a server's conn_budget.
+func (p *pools) share(connBudget int) int64 {
+	return int64(max(1, connBudget/p.cfg.Replicas))
+}
+
+// setBudget applies a server's new conn_budget to the pools open on it at
+// once: a larger one lets waiting requests connect, a smaller one closes idle
+// connections until the server is within it (connections in use close when
+// their request releases them).
+func (p *pools) setBudget(serverID int64, connBudget int) {
+	p.budgetMu.Lock()
+	b, ok := p.budgets[serverID]
+	if !ok {
+		b = newBudget(p.share(connBudget))
+		p.budgets[serverID] = b
+	}
+	p.budgetMu.Unlock()
+	if ok && b.resize(p.share(connBudget)) {
+		for b.over() && p.releaseIdle(serverID) {
+		}
+	}
 }
 
 // errBudget is a server whose connection budget stayed exhausted.
@@ -270,11 +357,11 @@ var errBudget = errors.New("connection budget exhausted")
 // first has the least recently used pools on that server let go of their
 // idle connections, then waits a bounded time.
 func (p *pools) takeBudget(ctx context.Context, b *budget, serverID int64) error {
-	if !b.sem.TryAcquire(1) {
+	if !b.tryTake() {
 		p.releaseIdle(serverID)
 		ctx, cancel := context.WithTimeout(ctx, p.cfg.BudgetWait)
 		defer cancel()
-		if err := b.sem.Acquire(ctx, 1); err != nil {
+		if err := b.take(ctx); err != nil {
 			return errBudget
 		}
 	}
@@ -290,12 +377,16 @@ func (p *pools) takeBudget(ctx context.Context, b *budget, serverID int64) error
 
 func (b *budget) give() {
 	b.open.Add(-1)
-	b.sem.Release(1)
+	b.mu.Lock()
+	b.used--
+	b.wake()
+	b.mu.Unlock()
 }
 
 // releaseIdle closes the idle connections of the least recently used pools
-// on a server, oldest first, until one connection is freed.
-func (p *pools) releaseIdle(serverID int64) {
+// on a server, oldest first, until one connection is freed; it reports
+// whether it freed any.
+func (p *pools) releaseIdle(serverID int64) bool {
 	p.mu.Lock()
 	var victims []*tenantPool
 	for _, tp := range p.cache.Values() { // oldest first
@@ -310,9 +401,10 @@ func (p *pools) releaseIdle(serverID int64) {
 				c.Conn().Close(context.Background()) //nolint:errcheck // closing frees the budget
 				c.Release()
 			}
-			return
+			return true
 		}
 	}
+	return false
 }
 
 // budgetConn gives its connection's place in the budget back when closed.

@@ -188,6 +188,13 @@ func (r *resolver) budget(ctx context.Context, t catalog.Tenant) (int, error) {
 	return srv.ConnBudget, nil
 }
 
+// setBudget records a server's conn_budget for the tenants resolved from now on.
+func (r *resolver) setBudget(serverID int64, connBudget int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.budgets[serverID] = connBudget
+}
+
 // forget drops what is cached of a tenant ("" drops everything): the next
 // request reads the catalog again.
 func (r *resolver) forget(tenantID string) {

@@ -120,8 +120,14 @@ func (r *Router) Start(ctx context.Context) {
 			case <-ctx.Done():
 				return
 			case id := <-changes:
+				if serverID, ok := catalog.ServerChanged(id); ok {
+					r.applyBudgets(ctx, serverID)
+					continue
+				}
 				r.resolver.forget(id)
-				if id != "" {
+				if id == "" {
+					r.applyBudgets(ctx, 0) // changes may have been missed
+				} else {
 					// Credentials may have changed, or the tenant gone: new
 					// requests open a fresh pool; running ones finish on the old.
 					r.pools.drop(id)
@@ -130,6 +136,29 @@ func (r *Router) Start(ctx context.Context) {
 		}
 	}()
 	r.meter.start(ctx)
+}
+
+// applyBudgets reads the connection budget of a server (0: of every
+// server) from the catalog and applies this process's share of it to the
+// pools open there. A catalog that does not answer leaves the budgets as
+// they were; the next change, or reconnection, brings them up to date.
+func (r *Router) applyBudgets(ctx context.Context, serverID int64) {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	servers, err := r.cfg.Store.ListServers(ctx)
+	if err != nil {
+		r.cfg.Logger.WarnContext(ctx, "reading servers' connection budgets", "error", err, "server_id", serverID)
+		return
+	}
+	for _, srv := range servers {
+		if serverID == 0 || srv.ID == serverID {
+			r.resolver.setBudget(srv.ID, srv.ConnBudget)
+			r.pools.setBudget(srv.ID, srv.ConnBudget)
+			if serverID != 0 {
+				r.cfg.Logger.InfoContext(ctx, "server connection budget applied", "server", srv.Name, "conn_budget", srv.ConnBudget)
+			}
+		}
+	}
 }
 
 // Stop flushes the usage counters (bounded by ctx) and closes every pool.

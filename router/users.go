@@ -5,7 +5,6 @@ import (
 	"errors"
 	"net/http"
 	"regexp"
-	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -181,25 +180,24 @@ func deleteUser(c *gin.Context) {
 	c.Status(http.StatusNoContent)
 }
 
-// listUsers pages through users oldest first: ?limit= (1 to 100, default 50)
-// and ?cursor= from the previous page's next_cursor.
+// listUsers pages through users oldest first, as every list does: ?limit=
+// (1 to 1000, default 100) and ?cursor= from the previous page's next_cursor.
 func listUsers(c *gin.Context) {
-	limit := 50
-	if raw := c.Query("limit"); raw != "" {
-		n, err := strconv.Atoi(raw)
-		if err != nil || n < 1 || n > 100 {
-			httpapi.Fail(c, catalog.CodeInvalid, "limit must be a whole number from 1 to 100")
-			return
-		}
-		limit = n
+	limit, cur, err := httpapi.PageQuery(c)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	if limit == 0 {
+		limit = catalog.DefaultPageLimit
 	}
 	after, afterID := time.Time{}, "00000000-0000-0000-0000-000000000000"
-	if cur := c.Query("cursor"); cur != "" {
+	if cur != "" {
 		raw, err := base64.RawURLEncoding.DecodeString(cur)
 		ts, id, ok := strings.Cut(string(raw), "|")
 		t, terr := time.Parse(time.RFC3339Nano, ts)
 		if err != nil || !ok || terr != nil || !uuidRE.MatchString(id) {
-			httpapi.Fail(c, catalog.CodeInvalid, "cursor is malformed: pass next_cursor from the previous page")
+			httpapi.WriteError(c, catalog.ErrBadCursor())
 			return
 		}
 		after, afterID = t, id

@@ -312,7 +312,7 @@ func newBillingInvoicesCmd(o *adminOptions) *cobra.Command {
 		Short: "List a tenant's invoices, newest first (--lines: with their lines)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			raw, err := o.call(cmd, "GET", pathf("/tenants/%s/invoices", args[0]), nil, nil)
+			raw, err := o.callAll(cmd, pathf("/tenants/%s/invoices", args[0]), nil, "invoices")
 			if err != nil {
 				return err
 			}

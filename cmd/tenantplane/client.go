@@ -251,6 +251,59 @@ func (o *adminOptions) call(cmd *cobra.Command, method, path string, query url.V
 	return raw, nil
 }
 
+// callAll GETs every page of a list (each list pages with limit, cursor and
+// next_cursor) and returns them as one answer: the first page's fields with
+// the items of every page under key, and no next_cursor.
+func (o *adminOptions) callAll(cmd *cobra.Command, path string, query url.Values, key string) (json.RawMessage, error) {
+	q := url.Values{}
+	for k, v := range query {
+		q[k] = v
+	}
+	var first map[string]json.RawMessage
+	var items []json.RawMessage
+	seen := map[string]bool{}
+	for {
+		raw, err := o.call(cmd, "GET", path, q, nil)
+		if err != nil {
+			return nil, err
+		}
+		var page map[string]json.RawMessage
+		if err := json.Unmarshal(raw, &page); err != nil {
+			return nil, fmt.Errorf("the admin API's answer is not the JSON expected: %w", err)
+		}
+		var these []json.RawMessage
+		if err := json.Unmarshal(page[key], &these); err != nil {
+			return nil, fmt.Errorf("the admin API's answer has no list %q: %w", key, err)
+		}
+		items = append(items, these...)
+		if first == nil {
+			first = page
+		}
+		var next string
+		if c, ok := page["next_cursor"]; ok {
+			_ = json.Unmarshal(c, &next)
+		}
+		if next == "" {
+			break
+		}
+		if seen[next] {
+			return nil, fmt.Errorf("the admin API returned cursor %q twice; stopping to avoid a loop", next)
+		}
+		seen[next] = true
+		q.Set("cursor", next)
+	}
+	if items == nil {
+		items = []json.RawMessage{}
+	}
+	all, err := json.Marshal(items)
+	if err != nil {
+		return nil, err
+	}
+	first[key] = all
+	delete(first, "next_cursor")
+	return json.Marshal(first)
+}
+
 // print shows an answer: as JSON with --json, else decoded into v and given
 // to human.
 func (o *adminOptions) print(cmd *cobra.Command, raw json.RawMessage, v any, human func() error) error {

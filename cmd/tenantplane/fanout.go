@@ -222,7 +222,7 @@ func newFanoutTenantsCmd(o *adminOptions) *cobra.Command {
 			if state != "" {
 				q["state"] = []string{state}
 			}
-			raw, err := o.call(cmd, "GET", pathf("/migrations/runs/%s/tenants", args[0]), q, nil)
+			raw, err := o.callAll(cmd, pathf("/migrations/runs/%s/tenants", args[0]), q, "tenants")
 			if err != nil {
 				return err
 			}

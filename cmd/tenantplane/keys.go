@@ -51,7 +51,7 @@ func newKeysListCmd(o *adminOptions) *cobra.Command {
 		Short: "List a tenant's API keys (prefixes only; keys are never shown again)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			raw, err := o.call(cmd, "GET", pathf("/tenants/%s/keys", args[0]), nil, nil)
+			raw, err := o.callAll(cmd, pathf("/tenants/%s/keys", args[0]), nil, "keys")
 			if err != nil {
 				return err
 			}

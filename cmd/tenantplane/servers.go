@@ -21,8 +21,8 @@ type Server struct {
 }
 
 func newServersCmd() *cobra.Command {
-	cmd, o := newAdminGroup("servers", "Register, list and drain the PostgreSQL servers that hold tenant databases")
-	cmd.AddCommand(newServersAddCmd(o), newServersListCmd(o), newServersDrainCmd(o))
+	cmd, o := newAdminGroup("servers", "Register, list, resize and drain the PostgreSQL servers that hold tenant databases")
+	cmd.AddCommand(newServersAddCmd(o), newServersListCmd(o), newServersSetCmd(o), newServersDrainCmd(o))
 	return cmd
 }
 
@@ -72,7 +72,7 @@ func newServersListCmd(o *adminOptions) *cobra.Command {
 		Short: "List the servers with their load",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			raw, err := o.call(cmd, "GET", "/servers", nil, nil)
+			raw, err := o.callAll(cmd, "/servers", nil, "servers")
 			if err != nil {
 				return err
 			}
@@ -103,4 +103,39 @@ func newServersDrainCmd(o *adminOptions) *cobra.Command {
 			})
 		},
 	}
+}
+
+func newServersSetCmd(o *adminOptions) *cobra.Command {
+	var capacity, connBudget int
+	cmd := &cobra.Command{
+		Use:   "set NAME [--capacity N] [--conn-budget N]",
+		Short: "Change a server's capacity or connection budget; running routers apply a new budget within a second",
+		Example: `  tenantplane servers set pg-1 --conn-budget 120
+  tenantplane servers set pg-1 --capacity 300 --conn-budget 150`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req := map[string]int{}
+			if cmd.Flags().Changed("capacity") {
+				req["capacity"] = capacity
+			}
+			if cmd.Flags().Changed("conn-budget") {
+				req["conn_budget"] = connBudget
+			}
+			if len(req) == 0 {
+				return fmt.Errorf("nothing to change: pass --capacity and/or --conn-budget")
+			}
+			raw, err := o.call(cmd, "PATCH", pathf("/servers/%s", args[0]), nil, req)
+			if err != nil {
+				return err
+			}
+			var s Server
+			return o.print(cmd, raw, &s, func() error {
+				return writeServers(cmd.OutOrStdout(), []Server{s})
+			})
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&capacity, "capacity", 0, "most tenant databases the server may hold")
+	f.IntVar(&connBudget, "conn-budget", 0, "most connections tenant pools may hold on the server, over every replica")
+	return cmd
 }

@@ -160,3 +160,28 @@ func requireAPIError(t *testing.T, err error, status int, code string) {
 	require.Equal(t, code, e.Code, err.Error())
 	require.NotEmpty(t, e.Message)
 }
+
+func TestServersSet(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	dsn, _ := serverDSN(t)
+	_, stderr, err := b.run(t, "servers", "add", "pg-1", "--dsn", dsn, "--capacity", "5", "--conn-budget", "7")
+	require.NoError(t, err, stderr)
+
+	stdout, stderr, err := b.run(t, "servers", "set", "pg-1", "--conn-budget", "12")
+	require.NoError(t, err, stderr)
+	require.Equal(t, []string{"pg-1", "active", "0/5", "12"}, strings.Fields(strings.Split(strings.TrimSpace(stdout), "\n")[1])[:4])
+	stdout, _, err = b.run(t, "servers", "set", "pg-1", "--capacity", "9", "--json")
+	require.NoError(t, err)
+	var srv map[string]any
+	require.NoError(t, json.Unmarshal([]byte(stdout), &srv))
+	require.EqualValues(t, 9, srv["capacity"])
+	require.EqualValues(t, 12, srv["conn_budget"], "a field left out stays")
+
+	_, _, err = b.run(t, "servers", "set", "pg-1")
+	require.ErrorContains(t, err, "nothing to change")
+	_, _, err = b.run(t, "servers", "set", "pg-1", "--conn-budget", "0")
+	requireAPIError(t, err, 400, "invalid")
+	_, _, err = b.run(t, "servers", "set", "pg-9", "--capacity", "3")
+	requireAPIError(t, err, 404, "not_found")
+}

@@ -1,0 +1,56 @@
+package catalog
+
+import (
+	"encoding/base64"
+	"strings"
+)
+
+// Every list of both APIs pages the same way: ?limit= from 1 to
+// MaxPageLimit (DefaultPageLimit when absent) and ?cursor=, the next_cursor
+// of the previous page, which is absent on the last page. Cursors are
+// opaque: each list encodes the sort key of the last row it returned.
+const (
+	DefaultPageLimit = 100
+	MaxPageLimit     = 1000
+)
+
+// LimitMessage is what a limit out of bounds answers, on every list.
+const LimitMessage = "limit must be a whole number from 1 to 1000"
+
+// CheckLimit applies the page bounds: 0 is the default, anything else
+// outside 1..MaxPageLimit a CodeInvalid error.
+func CheckLimit(limit int) (int, error) {
+	switch {
+	case limit == 0:
+		return DefaultPageLimit, nil
+	case limit < 1 || limit > MaxPageLimit:
+		return 0, Errorf(CodeInvalid, LimitMessage)
+	}
+	return limit, nil
+}
+
+// ErrBadCursor is a cursor no list of ours made.
+func ErrBadCursor() error {
+	return Errorf(CodeInvalid, "cursor is malformed: pass next_cursor from the previous page")
+}
+
+// EncodeCursor makes an opaque cursor of a row's sort key.
+func EncodeCursor(key ...string) string {
+	return base64.RawURLEncoding.EncodeToString([]byte(strings.Join(key, "|")))
+}
+
+// DecodeCursor reads a cursor of n key parts; "" is the first page (nil).
+func DecodeCursor(cursor string, n int) ([]string, error) {
+	if cursor == "" {
+		return nil, nil
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(cursor)
+	if err != nil {
+		return nil, ErrBadCursor()
+	}
+	parts := strings.Split(string(raw), "|")
+	if len(parts) != n {
+		return nil, ErrBadCursor()
+	}
+	return parts, nil
+}
