@@ -189,7 +189,7 @@ func TestRunRefusesAnExtensionTheRoleMayNotCreate(t *testing.T) {
 	require.ErrorContains(t, err, `migration 2 creates extension "pg_stat_statements", which only a superuser may create, and the role "tpadmin"`)
 	var ce *catalog.Error
 	require.True(t, errors.As(err, &ce) && ce.Code == catalog.CodeInvalid, "%v", err)
-	runs, err := b.store.ListMigrationRuns(ctx, 0)
+	runs, _, err := b.store.ListMigrationRuns(ctx, 0, "")
 	require.NoError(t, err)
 	require.Empty(t, runs, "nothing was started")
 
