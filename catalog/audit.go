@@ -25,10 +25,12 @@ type AuditEvent struct {
 
 // RecordAudit appends an event to the audit log.
 func (s *Store) RecordAudit(ctx context.Context, ev AuditEvent) error {
-	return insertAudit(ctx, s.pool, ev)
+	return InsertAudit(ctx, s.pool, ev)
 }
 
-func insertAudit(ctx context.Context, q querier, ev AuditEvent) error {
+// InsertAudit appends an event to the audit log through q: a capability
+// records its changes in the same transaction that makes them.
+func InsertAudit(ctx context.Context, q Querier, ev AuditEvent) error {
 	if ev.Actor == "" {
 		ev.Actor = "system"
 	}
@@ -43,7 +45,7 @@ func insertAudit(ctx context.Context, q querier, ev AuditEvent) error {
 		INSERT INTO audit_events (actor, action, tenant_id, subject, from_state, to_state, reason, details)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
 		ev.Actor, ev.Action, nullable(ev.TenantID), ev.Subject, nullable(ev.FromState), nullable(ev.ToState), ev.Reason, details)
-	return classify(err, "audit event")
+	return Classify(err, "audit event")
 }
 
 // AuditFilter selects audit events; zero fields match everything.
@@ -67,13 +69,13 @@ func (s *Store) ListAudit(ctx context.Context, f AuditFilter) ([]AuditEvent, err
 		WHERE ($1 = '' OR tenant_id::text = $1) AND ($2 = '' OR subject = $2) AND ($3 = '' OR action = $3)
 		ORDER BY CASE WHEN $5 THEN -id ELSE id END LIMIT $4`, f.TenantID, f.Subject, f.Action, f.Limit, f.Newest)
 	if err != nil {
-		return nil, classify(err, "audit events")
+		return nil, Classify(err, "audit events")
 	}
 	events, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (ev AuditEvent, err error) {
 		err = row.Scan(&ev.ID, &ev.At, &ev.Actor, &ev.Action, &ev.TenantID, &ev.Subject, &ev.FromState, &ev.ToState, &ev.Reason, &ev.Details)
 		return ev, err
 	})
-	return events, classify(err, "audit events")
+	return events, Classify(err, "audit events")
 }
 
 func nullable(s string) *string {

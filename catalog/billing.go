@@ -68,14 +68,14 @@ func (s *Store) ListPlanVersions(ctx context.Context, plan string) ([]PlanVersio
 }
 
 // planVersions loads every plan's versions, oldest first.
-func planVersions(ctx context.Context, q querier) (map[string][]PlanVersion, error) {
+func planVersions(ctx context.Context, q Querier) (map[string][]PlanVersion, error) {
 	rows, err := q.Query(ctx, `
 		SELECT v.plan, v.version, v.currency, v.base_fee, to_char(v.effective_from, 'YYYY-MM'), v.created_at,
 		       coalesce(p.meter, ''), coalesce(p.included, 0), coalesce(p.unit_price_micros, 0), coalesce(p.per_units, 1)
 		FROM plan_versions v LEFT JOIN plan_meter_prices p ON p.plan = v.plan AND p.version = v.version
 		ORDER BY v.plan, v.effective_from, p.meter`)
 	if err != nil {
-		return nil, classify(err, "plan prices")
+		return nil, Classify(err, "plan prices")
 	}
 	out := map[string][]PlanVersion{}
 	var v PlanVersion
@@ -93,7 +93,7 @@ func planVersions(ctx context.Context, q querier) (map[string][]PlanVersion, err
 		out[v.Plan] = vs
 		return nil
 	})
-	return out, classify(err, "plan prices")
+	return out, Classify(err, "plan prices")
 }
 
 // versionFor picks, from a plan's versions (oldest first), the one in effect
@@ -185,7 +185,7 @@ func (s *Store) CreatePlanVersion(ctx context.Context, nv NewPlanVersion, now ti
 			FROM plans p LEFT JOIN plan_versions v ON v.plan = p.name WHERE p.name = $1
 			GROUP BY p.name`, nv.Plan).Scan(&version, &latest)
 		if err != nil {
-			return classify(err, "plan "+quote(nv.Plan))
+			return Classify(err, "plan "+quote(nv.Plan))
 		}
 		if nv.EffectiveFrom <= latest {
 			return Errorf(CodeConflict, "plan %q already has a version from %s; a new one must start after it", nv.Plan, latest)
@@ -194,16 +194,16 @@ func (s *Store) CreatePlanVersion(ctx context.Context, nv NewPlanVersion, now ti
 		if _, err := tx.Exec(ctx, `
 			INSERT INTO plan_versions (plan, version, currency, base_fee, effective_from) VALUES ($1, $2, $3, $4, $5)`,
 			nv.Plan, version, nv.Currency, nv.BaseFee, from); err != nil {
-			return classify(err, "plan version")
+			return Classify(err, "plan version")
 		}
 		for _, m := range nv.Meters {
 			if _, err := tx.Exec(ctx, `
 				INSERT INTO plan_meter_prices (plan, version, meter, included, unit_price_micros, per_units)
 				VALUES ($1, $2, $3, $4, $5, $6)`, nv.Plan, version, m.Meter, m.Included, m.UnitPriceMicros, m.PerUnits); err != nil {
-				return classify(err, "plan price")
+				return Classify(err, "plan price")
 			}
 		}
-		return insertAudit(ctx, tx, AuditEvent{Actor: nv.Actor, Action: "plan.version_created", Subject: nv.Plan,
+		return InsertAudit(ctx, tx, AuditEvent{Actor: nv.Actor, Action: "plan.version_created", Subject: nv.Plan,
 			Details: map[string]any{"version": version, "effective_from": nv.EffectiveFrom, "currency": nv.Currency, "base_fee": nv.BaseFee}})
 	})
 	if err != nil {
@@ -311,11 +311,11 @@ func scanInvoice(row pgx.Row) (inv Invoice, err error) {
 func (s *Store) queryInvoices(ctx context.Context, sql string, args ...any) ([]Invoice, error) {
 	rows, err := s.pool.Query(ctx, `SELECT `+invoiceColumns+invoiceFrom+sql, args...)
 	if err != nil {
-		return nil, classify(err, "invoices")
+		return nil, Classify(err, "invoices")
 	}
 	invoices, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Invoice, error) { return scanInvoice(row) })
 	if err != nil {
-		return nil, classify(err, "invoices")
+		return nil, Classify(err, "invoices")
 	}
 	if len(invoices) == 0 {
 		return []Invoice{}, nil
@@ -331,7 +331,7 @@ func (s *Store) queryInvoices(ctx context.Context, sql string, args ...any) ([]I
 		       unit_price_micros, per_units, amount, description, coalesce(stripe_item_id, '')
 		FROM invoice_lines WHERE invoice_id = ANY($1) ORDER BY invoice_id, line_no`, ids)
 	if err != nil {
-		return nil, classify(err, "invoice lines")
+		return nil, Classify(err, "invoice lines")
 	}
 	var id string
 	var l InvoiceLine
@@ -340,7 +340,7 @@ func (s *Store) queryInvoices(ctx context.Context, sql string, args ...any) ([]I
 		byID[id].Lines = append(byID[id].Lines, l)
 		return nil
 	})
-	return invoices, classify(err, "invoice lines")
+	return invoices, Classify(err, "invoice lines")
 }
 
 // ListInvoices returns a page of a tenant's invoices with their lines,
@@ -423,10 +423,10 @@ func (s *Store) BillableTenants(ctx context.Context, period time.Time) ([]string
 			 (SELECT max(a.at) FROM audit_events a WHERE a.tenant_id = t.id AND a.action = 'tenant.deleted') >= $1))
 		ORDER BY t.id`, start, PeriodEnd(start))
 	if err != nil {
-		return nil, classify(err, "tenants")
+		return nil, Classify(err, "tenants")
 	}
 	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	return ids, classify(err, "tenants")
+	return ids, Classify(err, "tenants")
 }
 
 // InvoiceInputs is everything pricing a tenant's period needs.
@@ -470,20 +470,20 @@ func (s *Store) ComputeInvoices(ctx context.Context, runID int64, period time.Ti
 	created := 0
 	err := s.InTx(ctx, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '60s'`); err != nil {
-			return classify(err, "billing lock")
+			return Classify(err, "billing lock")
 		}
 		if _, err := tx.Exec(ctx, computeLock); err != nil {
-			return classify(err, "billing lock")
+			return Classify(err, "billing lock")
 		}
 		rows, err := tx.Query(ctx, `
 			SELECT t FROM unnest($1::uuid[]) t
 			WHERE NOT EXISTS (SELECT 1 FROM invoices i WHERE i.tenant_id = t AND i.period = $2)`, tenantIDs, PeriodOf(period))
 		if err != nil {
-			return classify(err, "invoices")
+			return Classify(err, "invoices")
 		}
 		todo, err := pgx.CollectRows(rows, pgx.RowTo[string])
 		if err != nil || len(todo) == 0 {
-			return classify(err, "invoices")
+			return Classify(err, "invoices")
 		}
 		inputs, err := gatherInputs(ctx, tx, PeriodOf(period), todo)
 		if err != nil {
@@ -519,7 +519,7 @@ func (s *Store) ComputeInvoices(ctx context.Context, runID int64, period time.Ti
 			FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::bigint[]) AS u(t, pl, v, c, tot)
 			RETURNING id, tenant_id`, tids, plans, versions, currencies, totals, PeriodOf(period), runID)
 		if err != nil {
-			return classify(err, "invoices")
+			return Classify(err, "invoices")
 		}
 		var (
 			invID, tenantID                     string
@@ -537,7 +537,7 @@ func (s *Store) ComputeInvoices(ctx context.Context, runID int64, period time.Ti
 			return nil
 		})
 		if err != nil {
-			return classify(err, "invoices")
+			return Classify(err, "invoices")
 		}
 		_, err = tx.Exec(ctx, `
 			INSERT INTO invoice_lines (invoice_id, line_no, kind, meter, usage_period, quantity, included, unit_price_micros, per_units, amount, description)
@@ -545,7 +545,7 @@ func (s *Store) ComputeInvoices(ctx context.Context, runID int64, period time.Ti
 			FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::text[])
 			     AS u(i, n, k, m, up, q, inc, mic, per, amt, d)`,
 			lInv, lNo, lKind, lMeter, lPeriod, lQty, lIncl, lMicros, lPer, lAmount, lDesc)
-		return classify(err, "invoice lines")
+		return Classify(err, "invoice lines")
 	})
 	if err != nil {
 		return 0, err
@@ -569,7 +569,7 @@ func (s *Store) PreviewInputs(ctx context.Context, tenantID string, period time.
 
 // gatherInputs reads, for each tenant, its plan version for the period, its
 // usage, and the late usage of its invoiced periods within UsageLookback.
-func gatherInputs(ctx context.Context, q querier, period time.Time, ids []string) (map[string]*InvoiceInputs, error) {
+func gatherInputs(ctx context.Context, q Querier, period time.Time, ids []string) (map[string]*InvoiceInputs, error) {
 	p := FormatPeriod(period)
 	versions, err := planVersions(ctx, q)
 	if err != nil {
@@ -577,7 +577,7 @@ func gatherInputs(ctx context.Context, q querier, period time.Time, ids []string
 	}
 	rows, err := q.Query(ctx, `SELECT id, slug, name, plan FROM tenants WHERE id = ANY($1)`, ids)
 	if err != nil {
-		return nil, classify(err, "tenants")
+		return nil, Classify(err, "tenants")
 	}
 	out := make(map[string]*InvoiceInputs, len(ids))
 	var id, slug, name, plan string
@@ -590,11 +590,11 @@ func gatherInputs(ctx context.Context, q querier, period time.Time, ids []string
 		return nil
 	})
 	if err != nil {
-		return nil, classify(err, "tenants")
+		return nil, Classify(err, "tenants")
 	}
 	rows, err = q.Query(ctx, `SELECT tenant_id, meter, quantity FROM usage_periods WHERE tenant_id = ANY($1) AND period = $2`, ids, period)
 	if err != nil {
-		return nil, classify(err, "usage")
+		return nil, Classify(err, "usage")
 	}
 	var meter string
 	var qty int64
@@ -605,7 +605,7 @@ func gatherInputs(ctx context.Context, q querier, period time.Time, ids []string
 		return nil
 	})
 	if err != nil {
-		return nil, classify(err, "usage")
+		return nil, Classify(err, "usage")
 	}
 	// Late usage: periods of ours that have an invoice and more usage now
 	// than their lines, and later adjustments, accounted for.
@@ -623,7 +623,7 @@ func gatherInputs(ctx context.Context, q querier, period time.Time, ids []string
 		WHERE up.tenant_id = ANY($1) AND up.period < $2 AND up.period >= $3 AND up.quantity > coalesce(b.quantity, 0)
 		ORDER BY up.tenant_id, up.period, up.meter`, ids, period, period.AddDate(0, -UsageLookback, 0))
 	if err != nil {
-		return nil, classify(err, "usage")
+		return nil, Classify(err, "usage")
 	}
 	var late LateUsage
 	var version int
@@ -641,7 +641,7 @@ func gatherInputs(ctx context.Context, q querier, period time.Time, ids []string
 		return nil
 	})
 	if err != nil {
-		return nil, classify(err, "usage")
+		return nil, Classify(err, "usage")
 	}
 	return out, nil
 }
@@ -667,7 +667,7 @@ func (s *Store) BillingCustomers(ctx context.Context, tenantIDs []string) (map[s
 		UNION ALL
 		SELECT tenant_id, coalesce(stripe_customer_id, ''), attempted_at FROM billing_customers WHERE tenant_id = ANY($1)`, tenantIDs)
 	if err != nil {
-		return nil, classify(err, "billing customers")
+		return nil, Classify(err, "billing customers")
 	}
 	out := map[string]BillingCustomer{}
 	var c BillingCustomer
@@ -675,7 +675,7 @@ func (s *Store) BillingCustomers(ctx context.Context, tenantIDs []string) (map[s
 		out[c.TenantID] = c
 		return nil
 	})
-	return out, classify(err, "billing customers")
+	return out, Classify(err, "billing customers")
 }
 
 // SetStripeCustomer stores a tenant's Stripe customer id, unless one is
@@ -686,7 +686,7 @@ func (s *Store) SetStripeCustomer(ctx context.Context, tenantID, customerID stri
 		INSERT INTO billing_customers (tenant_id, stripe_customer_id) VALUES ($1, $2)
 		ON CONFLICT (tenant_id) DO UPDATE SET stripe_customer_id = coalesce(billing_customers.stripe_customer_id, excluded.stripe_customer_id)
 		RETURNING stripe_customer_id`, tenantID, customerID).Scan(&stored)
-	return stored, classify(err, "billing customer")
+	return stored, Classify(err, "billing customer")
 }
 
 // MarkSendStarted records, before their first Stripe write, when sending
@@ -696,7 +696,7 @@ func (s *Store) MarkSendStarted(ctx context.Context, invoiceIDs []string) (map[s
 	rows, err := s.pool.Query(ctx, `UPDATE invoices SET send_started_at = coalesce(send_started_at, now())
 		WHERE id = ANY($1) RETURNING id, send_started_at`, invoiceIDs)
 	if err != nil {
-		return nil, classify(err, "invoices")
+		return nil, Classify(err, "invoices")
 	}
 	out := make(map[string]time.Time, len(invoiceIDs))
 	var id string
@@ -705,7 +705,7 @@ func (s *Store) MarkSendStarted(ctx context.Context, invoiceIDs []string) (map[s
 		out[id] = at
 		return nil
 	})
-	return out, classify(err, "invoices")
+	return out, Classify(err, "invoices")
 }
 
 // SetInvoiceCreated records the draft invoice made in Stripe.
@@ -713,7 +713,7 @@ func (s *Store) SetInvoiceCreated(ctx context.Context, invoiceID, customerID, st
 	_, err := s.pool.Exec(ctx, `
 		UPDATE invoices SET stripe_customer_id = $2, stripe_invoice_id = $3, state = 'invoice_created', last_error = ''
 		WHERE id = $1 AND state = 'computed'`, invoiceID, customerID, stripeInvoiceID)
-	return classify(err, "invoice")
+	return Classify(err, "invoice")
 }
 
 // SetLineItem records the Stripe invoice item made for a line; with last,
@@ -726,13 +726,13 @@ func (s *Store) SetLineItem(ctx context.Context, invoiceID string, lineNo int, i
 		)
 		UPDATE invoices SET state = 'items_added', last_error = '' WHERE $4 AND id = $1 AND state = 'invoice_created'`,
 		invoiceID, lineNo, itemID, last)
-	return classify(err, "invoice line")
+	return Classify(err, "invoice line")
 }
 
 // SetInvoiceItemsAdded records that every line is an item on the Stripe invoice.
 func (s *Store) SetInvoiceItemsAdded(ctx context.Context, invoiceID string) error {
 	_, err := s.pool.Exec(ctx, `UPDATE invoices SET state = 'items_added', last_error = '' WHERE id = $1 AND state = 'invoice_created'`, invoiceID)
-	return classify(err, "invoice")
+	return Classify(err, "invoice")
 }
 
 // SetInvoiceFinalized records that the invoice is finalized in Stripe, with
@@ -743,13 +743,13 @@ func (s *Store) SetInvoiceFinalized(ctx context.Context, invoiceID string, payme
 		       payment = CASE WHEN payment = 'none' THEN $2 ELSE payment END,
 		       paid_at = CASE WHEN $2 = 'paid' THEN coalesce(paid_at, now()) ELSE paid_at END
 		WHERE id = $1`, invoiceID, payment)
-	return classify(err, "invoice")
+	return Classify(err, "invoice")
 }
 
 // SetInvoiceError records why the last attempt at sending an invoice failed.
 func (s *Store) SetInvoiceError(ctx context.Context, invoiceID string, runID int64, msg string) error {
 	_, err := s.pool.Exec(ctx, `UPDATE invoices SET last_error = $3, run_id = coalesce(nullif($2::bigint, 0), run_id) WHERE id = $1`, invoiceID, runID, msg)
-	return classify(err, "invoice")
+	return Classify(err, "invoice")
 }
 
 // BillingRunState is where a billing run is.
@@ -838,18 +838,18 @@ func (s *Store) CreateBillingRun(ctx context.Context, nr NewBillingRun) (run Bil
 				return err
 			}
 			created = true
-			return insertAudit(ctx, tx, AuditEvent{Actor: nr.Actor, Action: "billing.run_created", Subject: FormatPeriod(period),
+			return InsertAudit(ctx, tx, AuditEvent{Actor: nr.Actor, Action: "billing.run_created", Subject: FormatPeriod(period),
 				Details: map[string]any{"run_id": run.ID, "send": nr.Send, "trigger": nr.Trigger}})
 		})
 		if !errors.Is(err, pgx.ErrNoRows) {
-			return run, created, classify(err, "billing run")
+			return run, created, Classify(err, "billing run")
 		}
 		// Taken: the open run, or the period's scheduled one.
 		run, err = scanBillingRun(s.pool.QueryRow(ctx, `SELECT `+billingRunColumns+` FROM billing_runs
 			WHERE period = $1 AND (state IN ('pending', 'running') OR (trigger = 'schedule' AND $2 = 'schedule'))
 			ORDER BY id DESC LIMIT 1`, period, nr.Trigger))
 		if !errors.Is(err, pgx.ErrNoRows) {
-			return run, false, classify(err, "billing run")
+			return run, false, Classify(err, "billing run")
 		}
 		// It finished in between: try again.
 	}
@@ -861,14 +861,14 @@ func (s *Store) CreateBillingRun(ctx context.Context, nr NewBillingRun) (run Bil
 func (s *Store) ScheduleFrom(ctx context.Context) (time.Time, error) {
 	var from time.Time
 	err := s.pool.QueryRow(ctx, `SELECT schedule_from FROM billing_settings`).Scan(&from)
-	return from.UTC(), classify(err, "billing settings")
+	return from.UTC(), Classify(err, "billing settings")
 }
 
 // HasBillingRun reports whether any run of the period was ever made.
 func (s *Store) HasBillingRun(ctx context.Context, period time.Time) (bool, error) {
 	var ok bool
 	err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM billing_runs WHERE period = $1)`, PeriodOf(period)).Scan(&ok)
-	return ok, classify(err, "billing runs")
+	return ok, Classify(err, "billing runs")
 }
 
 // GetBillingRun returns a run with the live progress of its period's
@@ -879,7 +879,7 @@ func (s *Store) GetBillingRun(ctx context.Context, id int64) (BillingRun, error)
 		if err == pgx.ErrNoRows {
 			return BillingRun{}, Errorf(CodeNotFound, "billing run %d not found", id)
 		}
-		return BillingRun{}, classify(err, "billing run")
+		return BillingRun{}, Classify(err, "billing run")
 	}
 	p := &BillingRunProgress{}
 	err = s.pool.QueryRow(ctx, `
@@ -889,7 +889,7 @@ func (s *Store) GetBillingRun(ctx context.Context, id int64) (BillingRun, error)
 		FROM invoices WHERE period = to_date($1, 'YYYY-MM')`, run.Period).
 		Scan(&p.Invoices, &p.Computed, &p.InvoiceCreated, &p.ItemsAdded, &p.Finalized, &p.Failed)
 	if err != nil {
-		return BillingRun{}, classify(err, "invoices")
+		return BillingRun{}, Classify(err, "invoices")
 	}
 	run.Progress = p
 	rows, err := s.pool.Query(ctx, `
@@ -897,10 +897,10 @@ func (s *Store) GetBillingRun(ctx context.Context, id int64) (BillingRun, error)
 		WHERE i.period = to_date($1, 'YYYY-MM') AND i.state <> 'finalized' AND i.last_error <> ''
 		ORDER BY t.slug LIMIT 50`, run.Period)
 	if err != nil {
-		return BillingRun{}, classify(err, "invoices")
+		return BillingRun{}, Classify(err, "invoices")
 	}
 	run.Failures, err = pgx.CollectRows(rows, pgx.RowToStructByPos[BillingRunFailure])
-	return run, classify(err, "invoices")
+	return run, Classify(err, "invoices")
 }
 
 // ListBillingRuns returns a page of runs, newest first, of one period
@@ -918,11 +918,11 @@ func (s *Store) ListBillingRuns(ctx context.Context, period string, limit int, c
 	rows, err := s.pool.Query(ctx, `SELECT `+billingRunColumns+` FROM billing_runs
 		WHERE ($1 = '' OR to_char(period, 'YYYY-MM') = $1) AND id < $3 ORDER BY id DESC LIMIT $2`, period, limit+1, before)
 	if err != nil {
-		return nil, "", classify(err, "billing runs")
+		return nil, "", Classify(err, "billing runs")
 	}
 	runs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (BillingRun, error) { return scanBillingRun(row) })
 	if err != nil {
-		return nil, "", classify(err, "billing runs")
+		return nil, "", Classify(err, "billing runs")
 	}
 	next := ""
 	if len(runs) > limit {
@@ -939,16 +939,16 @@ func (s *Store) ListBillingRuns(ctx context.Context, period string, limit int, c
 func (s *Store) OpenBillingRuns(ctx context.Context) ([]BillingRun, error) {
 	rows, err := s.pool.Query(ctx, `SELECT `+billingRunColumns+` FROM billing_runs WHERE state IN ('pending', 'running') ORDER BY id`)
 	if err != nil {
-		return nil, classify(err, "billing runs")
+		return nil, Classify(err, "billing runs")
 	}
 	runs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (BillingRun, error) { return scanBillingRun(row) })
-	return runs, classify(err, "billing runs")
+	return runs, Classify(err, "billing runs")
 }
 
 // StartBillingRun marks a run running.
 func (s *Store) StartBillingRun(ctx context.Context, id int64) error {
 	_, err := s.pool.Exec(ctx, `UPDATE billing_runs SET state = 'running', started_at = coalesce(started_at, now()) WHERE id = $1 AND state IN ('pending', 'running')`, id)
-	return classify(err, "billing run")
+	return Classify(err, "billing run")
 }
 
 // FinishBillingRun ends a run: done when every invoice of its period is
@@ -971,7 +971,7 @@ func (s *Store) FinishBillingRun(ctx context.Context, id int64, lastError string
 	if err == pgx.ErrNoRows {
 		return BillingRun{}, Errorf(CodeNotFound, "billing run %d not found", id)
 	}
-	return run, classify(err, "billing run")
+	return run, Classify(err, "billing run")
 }
 
 // HandleStripeEvent records a Stripe event id and runs fn in the same
@@ -981,7 +981,7 @@ func (s *Store) HandleStripeEvent(ctx context.Context, id, typ string, fn func(c
 	err = s.InTx(ctx, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `INSERT INTO stripe_events (id, type) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING`, id, typ)
 		if err != nil {
-			return classify(err, "stripe event")
+			return Classify(err, "stripe event")
 		}
 		if tag.RowsAffected() == 0 {
 			duplicate = true
@@ -1014,10 +1014,10 @@ func (s *Store) SetInvoicePaymentTx(ctx context.Context, tx pgx.Tx, stripeInvoic
 		return Invoice{}, Errorf(CodeNotFound, "no invoice has Stripe id %q", stripeInvoiceID)
 	}
 	if err != nil {
-		return Invoice{}, classify(err, "invoice")
+		return Invoice{}, Classify(err, "invoice")
 	}
 	inv, err := scanInvoice(tx.QueryRow(ctx, `SELECT `+invoiceColumns+invoiceFrom+`WHERE i.id = $1`, id))
-	return inv, classify(err, "invoice")
+	return inv, Classify(err, "invoice")
 }
 
 // OverdueInvoices returns up to limit sent invoices unpaid since before
@@ -1031,13 +1031,13 @@ func (s *Store) OverdueInvoices(ctx context.Context, cutoff time.Time, limit int
 // when another process claimed it first.
 func (s *Store) ClaimDunning(ctx context.Context, invoiceID string) (bool, error) {
 	tag, err := s.pool.Exec(ctx, `UPDATE invoices SET dunning_suspended_at = now() WHERE id = $1 AND dunning_suspended_at IS NULL`, invoiceID)
-	return tag.RowsAffected() == 1, classify(err, "invoice")
+	return tag.RowsAffected() == 1, Classify(err, "invoice")
 }
 
 // ReleaseDunning undoes ClaimDunning when the suspension could not be made.
 func (s *Store) ReleaseDunning(ctx context.Context, invoiceID string) error {
 	_, err := s.pool.Exec(ctx, `UPDATE invoices SET dunning_suspended_at = NULL WHERE id = $1`, invoiceID)
-	return classify(err, "invoice")
+	return Classify(err, "invoice")
 }
 
 // CountOverdue counts a tenant's sent invoices unpaid since before cutoff.
@@ -1045,7 +1045,7 @@ func (s *Store) CountOverdue(ctx context.Context, tenantID string, cutoff time.T
 	var n int
 	err := s.pool.QueryRow(ctx, `SELECT count(*) FROM invoices WHERE tenant_id = $1 AND state = 'finalized'
 		AND payment IN ('open', 'payment_failed') AND finalized_at < $2`, tenantID, cutoff).Scan(&n)
-	return n, classify(err, "invoices")
+	return n, Classify(err, "invoices")
 }
 
 // PaidDunningTenants returns the suspended tenants with an invoice that got
@@ -1056,8 +1056,8 @@ func (s *Store) PaidDunningTenants(ctx context.Context) ([]string, error) {
 		WHERE t.state = 'suspended' AND i.dunning_suspended_at IS NOT NULL AND i.payment = 'paid'
 		  AND i.paid_at > now() - interval '30 days'`)
 	if err != nil {
-		return nil, classify(err, "invoices")
+		return nil, Classify(err, "invoices")
 	}
 	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	return ids, classify(err, "invoices")
+	return ids, Classify(err, "invoices")
 }

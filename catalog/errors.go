@@ -99,9 +99,12 @@ func MessageOf(err error) string {
 	return ""
 }
 
-// classify turns a pgx error into a categorised one. what names the thing the
-// query was about, for the message ("server \"pg-1\"").
-func classify(err error, what string) error {
+// Classify turns a pgx error from a catalog query into a categorised one:
+// no rows is CodeNotFound, a unique violation CodeConflict, bad data
+// CodeInvalid, a timeout or a lost connection CodeUnavailable. what names
+// the thing the query was about, for the message ("server \"pg-1\"").
+// Every capability's store classifies its catalog errors with it.
+func Classify(err error, what string) error {
 	if err == nil {
 		return nil
 	}

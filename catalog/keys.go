@@ -47,9 +47,9 @@ func (s *Store) CreateAPIKey(ctx context.Context, tenantID, actor string) (APIKe
 		err := tx.QueryRow(ctx, `INSERT INTO api_keys (tenant_id, prefix, hash) VALUES ($1, $2, $3) RETURNING id, created_at`,
 			tenantID, k.Prefix, HashKey(key)).Scan(&k.ID, &k.CreatedAt)
 		if err != nil {
-			return classify(err, "api key")
+			return Classify(err, "api key")
 		}
-		return insertAudit(ctx, tx, AuditEvent{Actor: actor, Action: "key.created", TenantID: tenantID, Subject: k.ID})
+		return InsertAudit(ctx, tx, AuditEvent{Actor: actor, Action: "key.created", TenantID: tenantID, Subject: k.ID})
 	})
 	if err != nil {
 		return APIKey{}, "", err
@@ -75,11 +75,11 @@ func (s *Store) ListAPIKeys(ctx context.Context, tenantID string, limit int, cur
 		FROM api_keys WHERE tenant_id = $1 AND ($2 = '' OR (created_at, id) > ($3, $2::uuid))
 		ORDER BY created_at, id LIMIT $4`, tenantID, afterID, afterTime, limit+1)
 	if err != nil {
-		return nil, "", classify(err, "api keys")
+		return nil, "", Classify(err, "api keys")
 	}
 	keys, err := pgx.CollectRows(rows, pgx.RowToStructByPos[APIKey])
 	if err != nil {
-		return nil, "", classify(err, "api keys")
+		return nil, "", Classify(err, "api keys")
 	}
 	next := ""
 	if len(keys) > limit {
@@ -101,12 +101,12 @@ func (s *Store) RevokeAPIKey(ctx context.Context, tenantID, keyID, actor string)
 	return s.InTx(ctx, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 AND tenant_id = $2`, keyID, tenantID)
 		if err != nil {
-			return classify(err, "api key")
+			return Classify(err, "api key")
 		}
 		if tag.RowsAffected() == 0 {
 			return Errorf(CodeNotFound, "api key %q not found", keyID)
 		}
-		if err := insertAudit(ctx, tx, AuditEvent{Actor: actor, Action: "key.revoked", TenantID: tenantID, Subject: keyID}); err != nil {
+		if err := InsertAudit(ctx, tx, AuditEvent{Actor: actor, Action: "key.revoked", TenantID: tenantID, Subject: keyID}); err != nil {
 			return err
 		}
 		return notifyTenant(ctx, tx, tenantID)
@@ -126,11 +126,11 @@ func (s *Store) ResolveAPIKey(ctx context.Context, hash []byte) (KeyOwner, error
 	var o KeyOwner
 	err := s.pool.QueryRow(ctx, `SELECT id, tenant_id, revoked_at IS NOT NULL FROM api_keys WHERE hash = $1`, hash).
 		Scan(&o.KeyID, &o.TenantID, &o.Revoked)
-	return o, classify(err, "api key")
+	return o, Classify(err, "api key")
 }
 
 // TouchAPIKeys records that keys were used (batched by the router).
 func (s *Store) TouchAPIKeys(ctx context.Context, keyIDs []string, at time.Time) error {
 	_, err := s.pool.Exec(ctx, `UPDATE api_keys SET last_used_at = $2 WHERE id = ANY($1::uuid[]) AND (last_used_at IS NULL OR last_used_at < $2)`, keyIDs, at)
-	return classify(err, "api keys")
+	return Classify(err, "api keys")
 }

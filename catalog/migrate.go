@@ -60,7 +60,7 @@ func withMigrator(ctx context.Context, dsn string, fn func(*migrate.Migrate) err
 	db := stdlib.OpenDB(*cfg)
 	defer db.Close()
 	if err := db.PingContext(ctx); err != nil {
-		return classify(err, "catalog database")
+		return Classify(err, "catalog database")
 	}
 	driver, err := pgxmigrate.WithInstance(db, &pgxmigrate.Config{StatementTimeout: 5 * time.Minute})
 	if err != nil {

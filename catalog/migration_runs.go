@@ -161,7 +161,7 @@ func (s *Store) CreateMigrationRun(ctx context.Context, nr NewMigrationRun, enqu
 			if isUniqueViolation(err) {
 				return Errorf(CodeConflict, "another run was started meanwhile: resume it, or cancel it, before starting another")
 			}
-			return classify(err, "migration run")
+			return Classify(err, "migration run")
 		}
 		_, err = tx.Exec(ctx, `
 			INSERT INTO migration_run_tenants (run_id, tenant_id, server_id, position, canary, from_version, to_version)
@@ -177,15 +177,15 @@ func (s *Store) CreateMigrationRun(ctx context.Context, nr NewMigrationRun, enqu
 				) ranked
 			) ordered`, run.ID, slugs, nr.Canary, nr.TargetVersion)
 		if err != nil {
-			return classify(err, "migration run tenants")
+			return Classify(err, "migration run tenants")
 		}
 		if _, err := tx.Exec(ctx, `UPDATE migration_runs SET canary = (SELECT count(*) FROM migration_run_tenants WHERE run_id = $1 AND canary) WHERE id = $1`, run.ID); err != nil {
-			return classify(err, "migration run")
+			return Classify(err, "migration run")
 		}
 		if run, err = getRun(ctx, tx, run.ID); err != nil {
 			return err
 		}
-		if err := insertAudit(ctx, tx, AuditEvent{Actor: nr.Actor, Action: "migration_run.created", Subject: runSubject(run.ID),
+		if err := InsertAudit(ctx, tx, AuditEvent{Actor: nr.Actor, Action: "migration_run.created", Subject: runSubject(run.ID),
 			ToState: string(run.State), Details: map[string]any{
 				"target_version": run.TargetVersion, "tenants": run.Counts.Total, "concurrency": run.Concurrency,
 				"per_server": run.PerServer, "canary": run.Canary, "max_failures": run.MaxFailures,
@@ -195,7 +195,7 @@ func (s *Store) CreateMigrationRun(ctx context.Context, nr NewMigrationRun, enqu
 		if run.Counts.Total == 0 {
 			// Nothing to do: done at once, with nothing queued.
 			if _, err := tx.Exec(ctx, `UPDATE migration_runs SET state = 'done', finished_at = now(), updated_at = now() WHERE id = $1`, run.ID); err != nil {
-				return classify(err, "migration run")
+				return Classify(err, "migration run")
 			}
 			run, err = getRun(ctx, tx, run.ID)
 			return err
@@ -221,7 +221,7 @@ func checkRunTenants(ctx context.Context, tx pgx.Tx, slugs []string) ([]string, 
 	}
 	rows, err := tx.Query(ctx, `SELECT slug, state, server_id IS NOT NULL FROM tenants WHERE slug = ANY($1)`, distinct)
 	if err != nil {
-		return nil, classify(err, "tenants")
+		return nil, Classify(err, "tenants")
 	}
 	type found struct {
 		state  TenantState
@@ -233,12 +233,12 @@ func checkRunTenants(ctx context.Context, tx pgx.Tx, slugs []string) ([]string, 
 		var f found
 		if err := rows.Scan(&slug, &f.state, &f.placed); err != nil {
 			rows.Close()
-			return nil, classify(err, "tenants")
+			return nil, Classify(err, "tenants")
 		}
 		byslug[slug] = f
 	}
 	if err := rows.Err(); err != nil {
-		return nil, classify(err, "tenants")
+		return nil, Classify(err, "tenants")
 	}
 	var problems []string
 	for _, s := range distinct {
@@ -258,21 +258,21 @@ func checkRunTenants(ctx context.Context, tx pgx.Tx, slugs []string) ([]string, 
 	return distinct, nil
 }
 
-func openRun(ctx context.Context, q querier) (*MigrationRun, error) {
+func openRun(ctx context.Context, q Querier) (*MigrationRun, error) {
 	r, err := scanRun(q.QueryRow(ctx, `SELECT `+runColumns+` FROM migration_runs r WHERE r.state IN ('running', 'paused', 'halted')`))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, classify(err, "migration run")
+		return nil, Classify(err, "migration run")
 	}
 	return &r, nil
 }
 
-func getRun(ctx context.Context, q querier, id int64) (MigrationRun, error) {
+func getRun(ctx context.Context, q Querier, id int64) (MigrationRun, error) {
 	r, err := scanRun(q.QueryRow(ctx, `SELECT `+runColumns+` FROM migration_runs r WHERE r.id = $1`, id))
 	if err != nil {
-		return MigrationRun{}, classify(err, runSubject(id))
+		return MigrationRun{}, Classify(err, runSubject(id))
 	}
 	err = q.QueryRow(ctx, `
 		SELECT count(*),
@@ -281,7 +281,7 @@ func getRun(ctx context.Context, q querier, id int64) (MigrationRun, error) {
 		       count(*) FILTER (WHERE state = 'skipped')
 		FROM migration_run_tenants WHERE run_id = $1`, id).
 		Scan(&r.Counts.Total, &r.Counts.Pending, &r.Counts.Running, &r.Counts.Done, &r.Counts.Failed, &r.Counts.Skipped)
-	return r, classify(err, runSubject(id))
+	return r, Classify(err, runSubject(id))
 }
 
 // GetMigrationRun returns a run with its counts.
@@ -303,11 +303,11 @@ func (s *Store) ListMigrationRuns(ctx context.Context, limit int, cursor string)
 	}
 	rows, err := s.pool.Query(ctx, `SELECT r.id FROM migration_runs r WHERE r.id < $1 ORDER BY r.id DESC LIMIT $2`, before, limit+1)
 	if err != nil {
-		return nil, "", classify(err, "migration runs")
+		return nil, "", Classify(err, "migration runs")
 	}
 	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
 	if err != nil {
-		return nil, "", classify(err, "migration runs")
+		return nil, "", Classify(err, "migration runs")
 	}
 	next := ""
 	if len(ids) > limit {
@@ -404,7 +404,7 @@ func (s *Store) listRunTenants(ctx context.Context, runID int64, states []RunTen
 		  AND ((NOT rt.canary)::int, rt.position) > ($4::int, $5::bigint)
 		ORDER BY rt.canary DESC, rt.position LIMIT $3`, runID, filter, limit+1, afterWave, afterPos)
 	if err != nil {
-		return nil, "", classify(err, "migration run tenants")
+		return nil, "", Classify(err, "migration run tenants")
 	}
 	var positions []int64
 	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (RunTenant, error) {
@@ -413,7 +413,7 @@ func (s *Store) listRunTenants(ctx context.Context, runID int64, states []RunTen
 		return rt, err
 	})
 	if err != nil {
-		return nil, "", classify(err, "migration run tenants")
+		return nil, "", Classify(err, "migration run tenants")
 	}
 	next := ""
 	if len(out) > limit {
@@ -457,7 +457,7 @@ func (s *Store) ChangeMigrationRun(ctx context.Context, id int64, action RunActi
 	err := s.InTx(ctx, func(tx pgx.Tx) error {
 		var state RunState
 		if err := tx.QueryRow(ctx, `SELECT state FROM migration_runs WHERE id = $1 FOR UPDATE`, id).Scan(&state); err != nil {
-			return classify(err, runSubject(id))
+			return Classify(err, runSubject(id))
 		}
 		ok := false
 		for _, st := range from {
@@ -499,12 +499,12 @@ func (s *Store) ChangeMigrationRun(ctx context.Context, id int64, action RunActi
 			}
 		}
 		if err != nil {
-			return classify(err, runSubject(id))
+			return Classify(err, runSubject(id))
 		}
 		if run, err = getRun(ctx, tx, id); err != nil {
 			return err
 		}
-		if err := insertAudit(ctx, tx, AuditEvent{Actor: actor, Action: "migration_run." + pastTense(action), Subject: runSubject(id),
+		if err := InsertAudit(ctx, tx, AuditEvent{Actor: actor, Action: "migration_run." + pastTense(action), Subject: runSubject(id),
 			FromState: string(state), ToState: string(run.State)}); err != nil {
 			return err
 		}
@@ -585,7 +585,7 @@ func (s *Store) ClaimRunTenant(ctx context.Context, req ClaimRequest) (RunTenant
 		err = cerr
 	}
 	if err != nil {
-		return RunTenant{}, ClaimWait, classify(err, runSubject(req.RunID))
+		return RunTenant{}, ClaimWait, Classify(err, runSubject(req.RunID))
 	}
 	switch {
 	case !running:
@@ -593,7 +593,7 @@ func (s *Store) ClaimRunTenant(ctx context.Context, req ClaimRequest) (RunTenant
 	case claimed != nil:
 		rt, err := scanRunTenant(s.pool.QueryRow(ctx, `SELECT `+runTenantColumns+runTenantFrom+`WHERE rt.run_id = $1 AND rt.tenant_id = $2`, req.RunID, *claimed))
 		if err != nil {
-			return RunTenant{}, ClaimWait, classify(err, runSubject(req.RunID))
+			return RunTenant{}, ClaimWait, Classify(err, runSubject(req.RunID))
 		}
 		return rt, ClaimGot, nil
 	case unsettled:
@@ -611,7 +611,7 @@ func (s *Store) ClaimRunTenant(ctx context.Context, req ClaimRequest) (RunTenant
 				EXISTS (SELECT 1 FROM migration_run_tenants WHERE run_id = $1 AND state IN ('pending', 'running'))
 			FROM migration_runs WHERE id = $1 FOR UPDATE`, req.RunID).Scan(&state, &generation, &target, &allTenants, &createdAt, &unsettled)
 		if err != nil {
-			return classify(err, runSubject(req.RunID))
+			return Classify(err, runSubject(req.RunID))
 		}
 		switch {
 		case state != RunRunning || generation != req.Generation:
@@ -676,7 +676,7 @@ func (s *Store) finishRunTx(ctx context.Context, tx pgx.Tx, req ClaimRequest, ta
 			  AND (t.schema_version <> $2 OR t.schema_dirty)
 			  AND NOT EXISTS (SELECT 1 FROM migration_run_tenants x WHERE x.run_id = $1 AND x.tenant_id = t.id)`, req.RunID, target)
 		if err != nil {
-			return classify(err, runSubject(req.RunID))
+			return Classify(err, runSubject(req.RunID))
 		}
 		if tag.RowsAffected() > 0 {
 			return nil // ClaimWait: the next claim takes them
@@ -684,7 +684,7 @@ func (s *Store) finishRunTx(ctx context.Context, tx pgx.Tx, req ClaimRequest, ta
 		if req.WaitForProvisioning {
 			var provisioning bool
 			if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM tenants WHERE state = 'provisioning' AND created_at >= $1)`, createdAt).Scan(&provisioning); err != nil {
-				return classify(err, "tenants")
+				return Classify(err, "tenants")
 			}
 			if provisioning {
 				return nil
@@ -693,7 +693,7 @@ func (s *Store) finishRunTx(ctx context.Context, tx pgx.Tx, req ClaimRequest, ta
 	}
 	var failed int
 	if err := tx.QueryRow(ctx, `SELECT count(*) FROM migration_run_tenants WHERE run_id = $1 AND state = 'failed'`, req.RunID).Scan(&failed); err != nil {
-		return classify(err, runSubject(req.RunID))
+		return Classify(err, runSubject(req.RunID))
 	}
 	final, reason := RunDone, ""
 	if failed > 0 {
@@ -701,10 +701,10 @@ func (s *Store) finishRunTx(ctx context.Context, tx pgx.Tx, req ClaimRequest, ta
 	}
 	if _, err := tx.Exec(ctx, `UPDATE migration_runs SET state = $2, reason = $3, finished_at = now(), updated_at = now() WHERE id = $1`,
 		req.RunID, final, reason); err != nil {
-		return classify(err, runSubject(req.RunID))
+		return Classify(err, runSubject(req.RunID))
 	}
 	*outcome = ClaimFinished
-	return insertAudit(ctx, tx, AuditEvent{Actor: "provisioner", Action: "migration_run." + string(final), Subject: runSubject(req.RunID),
+	return InsertAudit(ctx, tx, AuditEvent{Actor: "provisioner", Action: "migration_run." + string(final), Subject: runSubject(req.RunID),
 		FromState: string(RunRunning), ToState: string(final), Reason: reason})
 }
 
@@ -716,7 +716,7 @@ func (s *Store) HeartbeatRunTenant(ctx context.Context, runID int64, tenantID, o
 		UPDATE migration_run_tenants SET lease_until = now() + make_interval(secs => $4)
 		WHERE run_id = $1 AND tenant_id = $2 AND lease_owner = $3::uuid AND state = 'running'`, runID, tenantID, owner, lease.Seconds())
 	if err != nil {
-		return false, classify(err, runSubject(runID))
+		return false, Classify(err, runSubject(runID))
 	}
 	return tag.RowsAffected() == 1, nil
 }
@@ -759,17 +759,17 @@ func (s *Store) FinishRunTenant(ctx context.Context, res RunTenantResult) (halte
 		// No decision rests on it: no need to queue behind the run's lock.
 		var n int
 		err := s.pool.QueryRow(ctx, finishSQL, args...).Scan(&n)
-		return false, n == 0, classify(err, runSubject(res.RunID))
+		return false, n == 0, Classify(err, runSubject(res.RunID))
 	}
 	err = s.InTx(ctx, func(tx pgx.Tx) error {
 		var state RunState
 		var maxFailures int
 		if err := tx.QueryRow(ctx, `SELECT state, max_failures FROM migration_runs WHERE id = $1 FOR UPDATE`, res.RunID).Scan(&state, &maxFailures); err != nil {
-			return classify(err, runSubject(res.RunID))
+			return Classify(err, runSubject(res.RunID))
 		}
 		var n int
 		if err := tx.QueryRow(ctx, finishSQL, args...).Scan(&n); err != nil {
-			return classify(err, runSubject(res.RunID))
+			return Classify(err, runSubject(res.RunID))
 		}
 		if n == 0 {
 			stale = true
@@ -782,7 +782,7 @@ func (s *Store) FinishRunTenant(ctx context.Context, res RunTenantResult) (halte
 		var slug string
 		if err := tx.QueryRow(ctx, `SELECT rt.canary, t.slug FROM migration_run_tenants rt JOIN tenants t ON t.id = rt.tenant_id
 			WHERE rt.run_id = $1 AND rt.tenant_id = $2`, res.RunID, res.TenantID).Scan(&canary, &slug); err != nil {
-			return classify(err, runSubject(res.RunID))
+			return Classify(err, runSubject(res.RunID))
 		}
 		reason := ""
 		if canary {
@@ -790,7 +790,7 @@ func (s *Store) FinishRunTenant(ctx context.Context, res RunTenantResult) (halte
 		} else {
 			var failed int
 			if err := tx.QueryRow(ctx, `SELECT count(*) FROM migration_run_tenants WHERE run_id = $1 AND state = 'failed'`, res.RunID).Scan(&failed); err != nil {
-				return classify(err, runSubject(res.RunID))
+				return Classify(err, runSubject(res.RunID))
 			}
 			if failed <= maxFailures {
 				return nil
@@ -798,10 +798,10 @@ func (s *Store) FinishRunTenant(ctx context.Context, res RunTenantResult) (halte
 			reason = fmt.Sprintf("%s failed, more than max_failures (%d)", tenantsN(failed), maxFailures)
 		}
 		if _, err := tx.Exec(ctx, `UPDATE migration_runs SET state = 'halted', reason = $2, updated_at = now() WHERE id = $1`, res.RunID, reason); err != nil {
-			return classify(err, runSubject(res.RunID))
+			return Classify(err, runSubject(res.RunID))
 		}
 		halted = true
-		return insertAudit(ctx, tx, AuditEvent{Actor: "provisioner", Action: "migration_run.halted", Subject: runSubject(res.RunID),
+		return InsertAudit(ctx, tx, AuditEvent{Actor: "provisioner", Action: "migration_run.halted", Subject: runSubject(res.RunID),
 			FromState: string(state), ToState: string(RunHalted), Reason: reason})
 	})
 	return halted, stale, err
@@ -830,10 +830,10 @@ func (s *Store) UnattendedRuns(ctx context.Context, schemaHash string, after tim
 	rows, err := s.pool.Query(ctx, `SELECT id FROM migration_runs
 		WHERE state = 'running' AND schema_hash = $1 AND heartbeat_at < now() - make_interval(secs => $2)`, schemaHash, after.Seconds())
 	if err != nil {
-		return nil, classify(err, "migration runs")
+		return nil, Classify(err, "migration runs")
 	}
 	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
-	return ids, classify(err, "migration runs")
+	return ids, Classify(err, "migration runs")
 }
 
 // ReviveMigrationRun gives an unattended run a new generation of workers
@@ -845,7 +845,7 @@ func (s *Store) ReviveMigrationRun(ctx context.Context, id int64, after time.Dur
 		tag, err := tx.Exec(ctx, `UPDATE migration_runs SET generation = generation + 1, heartbeat_at = now(), updated_at = now()
 			WHERE id = $1 AND state = 'running' AND heartbeat_at < now() - make_interval(secs => $2)`, id, after.Seconds())
 		if err != nil {
-			return classify(err, runSubject(id))
+			return Classify(err, runSubject(id))
 		}
 		if tag.RowsAffected() == 0 {
 			return nil
@@ -869,7 +869,7 @@ func (s *Store) TenantRunning(ctx context.Context, tenantID string) (int64, erro
 	if errors.Is(err, pgx.ErrNoRows) {
 		return 0, nil
 	}
-	return id, classify(err, "migration runs")
+	return id, Classify(err, "migration runs")
 }
 
 // ForceTenantSchema records an operator's forced schema version for a
@@ -879,13 +879,13 @@ func (s *Store) ForceTenantSchema(ctx context.Context, tenantID string, fromVers
 	var t Tenant
 	err := s.InTx(ctx, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `UPDATE tenants SET schema_version = $2, schema_dirty = false, updated_at = now() WHERE id = $1`, tenantID, version); err != nil {
-			return classify(err, "tenant")
+			return Classify(err, "tenant")
 		}
 		var err error
 		if t, err = scanTenant(tx.QueryRow(ctx, `SELECT `+tenantColumns+tenantFrom+`WHERE t.id = $1`, tenantID)); err != nil {
-			return classify(err, "tenant")
+			return Classify(err, "tenant")
 		}
-		return insertAudit(ctx, tx, AuditEvent{Actor: actor, Action: "tenant.schema_forced", TenantID: tenantID, Subject: t.Slug, Reason: reason,
+		return InsertAudit(ctx, tx, AuditEvent{Actor: actor, Action: "tenant.schema_forced", TenantID: tenantID, Subject: t.Slug, Reason: reason,
 			Details: map[string]any{"from_version": fromVersion, "from_dirty": fromDirty, "version": version}})
 	})
 	return t, err

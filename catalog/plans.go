@@ -20,10 +20,10 @@ type Plan struct {
 func (s *Store) ListPlans(ctx context.Context) ([]Plan, error) {
 	rows, err := s.pool.Query(ctx, `SELECT name, max_conns, rate_per_sec, rate_burst FROM plans ORDER BY name`)
 	if err != nil {
-		return nil, classify(err, "plans")
+		return nil, Classify(err, "plans")
 	}
 	plans, err := pgx.CollectRows(rows, pgx.RowToStructByPos[Plan])
-	return plans, classify(err, "plans")
+	return plans, Classify(err, "plans")
 }
 
 // GetPlan returns the named plan; an unknown one is a CodeInvalid error that

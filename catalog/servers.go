@@ -78,9 +78,9 @@ func (s *Store) CreateServer(ctx context.Context, ns NewServer) (Server, error) 
 			ns.Name, sealed, redacted, ns.Capacity, ns.ConnBudget,
 		).Scan(&srv.ID, &srv.Name, &srv.DSNRedacted, &srv.Capacity, &srv.ConnBudget, &srv.State, &srv.Tenants, &srv.CreatedAt)
 		if err != nil {
-			return classify(err, "server "+quote(ns.Name))
+			return Classify(err, "server "+quote(ns.Name))
 		}
-		return insertAudit(ctx, tx, AuditEvent{Actor: ns.Actor, Action: "server.registered", Subject: ns.Name})
+		return InsertAudit(ctx, tx, AuditEvent{Actor: ns.Actor, Action: "server.registered", Subject: ns.Name})
 	})
 	return srv, err
 }
@@ -97,10 +97,10 @@ func scanServer(row pgx.Row) (srv Server, err error) {
 func (s *Store) ListServers(ctx context.Context) ([]Server, error) {
 	rows, err := s.pool.Query(ctx, `SELECT `+serverColumns+` FROM servers s ORDER BY s.name`)
 	if err != nil {
-		return nil, classify(err, "servers")
+		return nil, Classify(err, "servers")
 	}
 	servers, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Server, error) { return scanServer(row) })
-	return servers, classify(err, "servers")
+	return servers, Classify(err, "servers")
 }
 
 // ListServersPage returns a page of servers by name: at most limit
@@ -118,11 +118,11 @@ func (s *Store) ListServersPage(ctx context.Context, limit int, cursor string) (
 	}
 	rows, err := s.pool.Query(ctx, `SELECT `+serverColumns+` FROM servers s WHERE s.name > $1 ORDER BY s.name LIMIT $2`, after, limit+1)
 	if err != nil {
-		return nil, "", classify(err, "servers")
+		return nil, "", Classify(err, "servers")
 	}
 	servers, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Server, error) { return scanServer(row) })
 	if err != nil {
-		return nil, "", classify(err, "servers")
+		return nil, "", Classify(err, "servers")
 	}
 	next := ""
 	if len(servers) > limit {
@@ -138,7 +138,7 @@ func (s *Store) ListServersPage(ctx context.Context, limit int, cursor string) (
 // GetServer returns the server of that name.
 func (s *Store) GetServer(ctx context.Context, name string) (Server, error) {
 	srv, err := scanServer(s.pool.QueryRow(ctx, `SELECT `+serverColumns+` FROM servers s WHERE s.name = $1`, name))
-	return srv, classify(err, "server "+quote(name))
+	return srv, Classify(err, "server "+quote(name))
 }
 
 // ServerDSN returns the plaintext admin DSN of a server. Never log or return it.
@@ -146,7 +146,7 @@ func (s *Store) ServerDSN(ctx context.Context, name string) (string, error) {
 	var sealed []byte
 	err := s.pool.QueryRow(ctx, `SELECT dsn_sealed FROM servers WHERE name = $1`, name).Scan(&sealed)
 	if err != nil {
-		return "", classify(err, "server "+quote(name))
+		return "", Classify(err, "server "+quote(name))
 	}
 	dsn, err := s.cipher.Open(sealed, serverAD(name))
 	return string(dsn), err
@@ -162,12 +162,12 @@ func (s *Store) UpdateServerDSN(ctx context.Context, name, dsn, actor string) er
 		tag, err := tx.Exec(ctx, `UPDATE servers SET dsn_sealed = $2, dsn_redacted = $3, updated_at = now() WHERE name = $1`,
 			name, s.cipher.Seal([]byte(dsn), serverAD(name)), redacted)
 		if err != nil {
-			return classify(err, "server "+quote(name))
+			return Classify(err, "server "+quote(name))
 		}
 		if tag.RowsAffected() == 0 {
 			return Errorf(CodeNotFound, "server %q not found", name)
 		}
-		return insertAudit(ctx, tx, AuditEvent{Actor: actor, Action: "server.dsn_updated", Subject: name})
+		return InsertAudit(ctx, tx, AuditEvent{Actor: actor, Action: "server.dsn_updated", Subject: name})
 	})
 }
 
@@ -179,12 +179,12 @@ func (s *Store) SetServerState(ctx context.Context, name string, state ServerSta
 	err := s.InTx(ctx, func(tx pgx.Tx) error {
 		var from ServerState
 		if err := tx.QueryRow(ctx, `SELECT state FROM servers WHERE name = $1 FOR UPDATE`, name).Scan(&from); err != nil {
-			return classify(err, "server "+quote(name))
+			return Classify(err, "server "+quote(name))
 		}
 		if _, err := tx.Exec(ctx, `UPDATE servers SET state = $2, updated_at = now() WHERE name = $1`, name, state); err != nil {
-			return classify(err, "server "+quote(name))
+			return Classify(err, "server "+quote(name))
 		}
-		return insertAudit(ctx, tx, AuditEvent{Actor: actor, Action: "server." + string(state), Subject: name,
+		return InsertAudit(ctx, tx, AuditEvent{Actor: actor, Action: "server." + string(state), Subject: name,
 			FromState: string(from), ToState: string(state)})
 	})
 	if err != nil {
@@ -233,14 +233,14 @@ func (s *Store) UpdateServer(ctx context.Context, name string, u ServerUpdate, a
 			UPDATE servers SET capacity = coalesce($2, capacity), conn_budget = coalesce($3, conn_budget), updated_at = now()
 			WHERE name = $1 RETURNING id, capacity, conn_budget`, name, u.Capacity, u.ConnBudget).Scan(&id, &capacity, &budget)
 		if err != nil {
-			return classify(err, "server "+quote(name))
+			return Classify(err, "server "+quote(name))
 		}
-		if err := insertAudit(ctx, tx, AuditEvent{Actor: actor, Action: "server.updated", Subject: name,
+		if err := InsertAudit(ctx, tx, AuditEvent{Actor: actor, Action: "server.updated", Subject: name,
 			Reason: fmt.Sprintf("capacity %d, conn_budget %d", capacity, budget)}); err != nil {
 			return err
 		}
 		_, err = tx.Exec(ctx, `SELECT pg_notify($1, $2)`, TenantChannel, ServerChangePrefix+strconv.FormatInt(id, 10))
-		return classify(err, "notify")
+		return Classify(err, "notify")
 	})
 	if err != nil {
 		return Server{}, err

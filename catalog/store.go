@@ -71,24 +71,26 @@ func (s *Store) Pool() *pgxpool.Pool { return s.pool }
 // Ping checks that the catalog answers a query.
 func (s *Store) Ping(ctx context.Context) error {
 	_, err := s.pool.Exec(ctx, "SELECT 1")
-	return classify(err, "catalog database")
+	return Classify(err, "catalog database")
 }
 
-// querier is what both the pool and a transaction offer.
-type querier interface {
+// Querier is what both the pool and a transaction offer: a capability's
+// store methods take one, so they run alone or inside the caller's InTx.
+type Querier interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
 // InTx runs fn in a catalog transaction, committed when fn returns nil. The
-// store's *Tx methods take that transaction, so a change and the job that
-// acts on it commit together.
+// store's *Tx methods take that transaction, as do the stores of the
+// capabilities (billing, fan-out), so a change, its audit event and the job
+// that acts on it commit together.
 func (s *Store) InTx(ctx context.Context, fn func(tx pgx.Tx) error) error {
 	err := pgx.BeginFunc(ctx, s.pool, fn)
 	var e *Error
 	if err != nil && !errors.As(err, &e) {
-		return classify(err, "catalog transaction")
+		return Classify(err, "catalog transaction")
 	}
 	return err
 }

@@ -105,10 +105,10 @@ func (s *Store) CreateTenant(ctx context.Context, nt NewTenant, enqueue func(ctx
 		// One placement at a time, so capacity is never oversubscribed. Each
 		// holds the lock for a few milliseconds; a burst of creations queues.
 		if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '60s'`); err != nil {
-			return classify(err, "placement lock")
+			return Classify(err, "placement lock")
 		}
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('tenantplane.placement'))`); err != nil {
-			return classify(err, "placement lock")
+			return Classify(err, "placement lock")
 		}
 		existing, err := scanTenant(tx.QueryRow(ctx, `SELECT `+tenantColumns+tenantFrom+`WHERE t.slug = $1`, nt.Slug))
 		if err == nil {
@@ -118,7 +118,7 @@ func (s *Store) CreateTenant(ctx context.Context, nt NewTenant, enqueue func(ctx
 			t = existing
 			return nil
 		} else if err != pgx.ErrNoRows {
-			return classify(err, "tenant")
+			return Classify(err, "tenant")
 		}
 		serverID, err := pickServer(ctx, tx, nt.Server)
 		if err != nil {
@@ -128,7 +128,7 @@ func (s *Store) CreateTenant(ctx context.Context, nt NewTenant, enqueue func(ctx
 			INSERT INTO tenants (slug, name, plan, state, server_id) VALUES ($1, $2, $3, 'provisioning', $4)
 			RETURNING id`, nt.Slug, nt.Name, nt.Plan, serverID))
 		if err != nil {
-			return classify(err, "tenant "+quote(nt.Slug))
+			return Classify(err, "tenant "+quote(nt.Slug))
 		}
 		// Names derive from the id: deterministic, so a retried step finds what
 		// an earlier attempt made, and never built from input.
@@ -136,12 +136,12 @@ func (s *Store) CreateTenant(ctx context.Context, nt NewTenant, enqueue func(ctx
 		// at provisioning uses the same one.
 		if _, err := tx.Exec(ctx, `UPDATE tenants SET db_name = $2, db_role = $2, credentials_sealed = $3 WHERE id = $1`,
 			id, DatabaseName(id), s.cipher.Seal([]byte(newPassword()), tenantAD(id))); err != nil {
-			return classify(err, "tenant")
+			return Classify(err, "tenant")
 		}
 		if t, err = scanTenant(tx.QueryRow(ctx, `SELECT `+tenantColumns+tenantFrom+`WHERE t.id = $1`, id)); err != nil {
-			return classify(err, "tenant")
+			return Classify(err, "tenant")
 		}
-		if err := insertAudit(ctx, tx, AuditEvent{Actor: nt.Actor, Action: "tenant.created", TenantID: id, Subject: nt.Slug,
+		if err := InsertAudit(ctx, tx, AuditEvent{Actor: nt.Actor, Action: "tenant.created", TenantID: id, Subject: nt.Slug,
 			ToState: string(TenantProvisioning), Details: map[string]any{"server": t.Server, "plan": t.Plan}}); err != nil {
 			return err
 		}
@@ -177,7 +177,7 @@ func pickServer(ctx context.Context, tx pgx.Tx, name string) (int64, error) {
 			return 0, Errorf(CodeInvalid, "unknown server %q (GET /admin/v1/servers lists them)", name)
 		}
 		if err != nil {
-			return 0, classify(err, "server "+quote(name))
+			return 0, Classify(err, "server "+quote(name))
 		}
 		switch {
 		case state != ServerActive:
@@ -195,19 +195,19 @@ func pickServer(ctx context.Context, tx pgx.Tx, name string) (int64, error) {
 	if err == pgx.ErrNoRows {
 		return 0, Errorf(CodeUnavailable, "no server has free capacity: register one (POST /admin/v1/servers) or raise a capacity")
 	}
-	return id, classify(err, "server")
+	return id, Classify(err, "server")
 }
 
 // GetTenant returns the tenant with that slug (deleted ones included).
 func (s *Store) GetTenant(ctx context.Context, slug string) (Tenant, error) {
 	t, err := scanTenant(s.pool.QueryRow(ctx, `SELECT `+tenantColumns+tenantFrom+`WHERE t.slug = $1`, slug))
-	return t, classify(err, "tenant "+quote(slug))
+	return t, Classify(err, "tenant "+quote(slug))
 }
 
 // GetTenantByID returns the tenant with that id.
 func (s *Store) GetTenantByID(ctx context.Context, id string) (Tenant, error) {
 	t, err := scanTenant(s.pool.QueryRow(ctx, `SELECT `+tenantColumns+tenantFrom+`WHERE t.id = $1`, id))
-	return t, classify(err, "tenant "+quote(id))
+	return t, Classify(err, "tenant "+quote(id))
 }
 
 // TenantFilter selects tenants; zero fields match everything.
@@ -246,11 +246,11 @@ func (s *Store) ListTenants(ctx context.Context, f TenantFilter) (TenantPage, er
 		ORDER BY t.created_at, t.id LIMIT $6`,
 		string(f.State), f.Plan, f.Server, afterID, afterTime, f.Limit+1)
 	if err != nil {
-		return TenantPage{}, classify(err, "tenants")
+		return TenantPage{}, Classify(err, "tenants")
 	}
 	tenants, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Tenant, error) { return scanTenant(row) })
 	if err != nil {
-		return TenantPage{}, classify(err, "tenants")
+		return TenantPage{}, Classify(err, "tenants")
 	}
 	page := TenantPage{Tenants: tenants}
 	if len(tenants) > f.Limit {
@@ -330,7 +330,7 @@ func (s *Store) TransitionTenantTx(ctx context.Context, tx pgx.Tx, tr Transition
 	var from TenantState
 	err := tx.QueryRow(ctx, `SELECT state FROM tenants WHERE id = $1 FOR UPDATE`, tr.TenantID).Scan(&from)
 	if err != nil {
-		return Tenant{}, classify(err, "tenant")
+		return Tenant{}, Classify(err, "tenant")
 	}
 	if !containsState(tr.From, from) {
 		return Tenant{}, Errorf(CodeConflict, "tenant is %s; %s needs it to be %s", from, strings.TrimPrefix(tr.Action, "tenant."), joinStates(tr.From))
@@ -339,28 +339,28 @@ func (s *Store) TransitionTenantTx(ctx context.Context, tx pgx.Tx, tr Transition
 		UPDATE tenants SET state = $2, last_error = $3, delete_after = $4, updated_at = now(), state_changed_at = now()
 		WHERE id = $1`, tr.TenantID, tr.To, tr.LastError, tr.DeleteAfter)
 	if err != nil {
-		return Tenant{}, classify(err, "tenant")
+		return Tenant{}, Classify(err, "tenant")
 	}
 	if tr.Schema != nil {
 		if _, err := tx.Exec(ctx, `UPDATE tenants SET schema_version = $2, schema_dirty = $3 WHERE id = $1`,
 			tr.TenantID, tr.Schema.Version, tr.Schema.Dirty); err != nil {
-			return Tenant{}, classify(err, "tenant")
+			return Tenant{}, Classify(err, "tenant")
 		}
 	}
 	t, err := scanTenant(tx.QueryRow(ctx, `SELECT `+tenantColumns+tenantFrom+`WHERE t.id = $1`, tr.TenantID))
 	if err != nil {
-		return Tenant{}, classify(err, "tenant")
+		return Tenant{}, Classify(err, "tenant")
 	}
-	if err := insertAudit(ctx, tx, AuditEvent{Actor: tr.Actor, Action: tr.Action, TenantID: tr.TenantID, Subject: t.Slug,
+	if err := InsertAudit(ctx, tx, AuditEvent{Actor: tr.Actor, Action: tr.Action, TenantID: tr.TenantID, Subject: t.Slug,
 		FromState: string(from), ToState: string(tr.To), Reason: tr.Reason}); err != nil {
 		return Tenant{}, err
 	}
 	return t, notifyTenant(ctx, tx, tr.TenantID)
 }
 
-func notifyTenant(ctx context.Context, q querier, tenantID string) error {
+func notifyTenant(ctx context.Context, q Querier, tenantID string) error {
 	_, err := q.Exec(ctx, `SELECT pg_notify($1, $2)`, TenantChannel, tenantID)
-	return classify(err, "notify")
+	return Classify(err, "notify")
 }
 
 func containsState(states []TenantState, s TenantState) bool {
@@ -389,7 +389,7 @@ func (s *Store) TenantCredentials(ctx context.Context, tenantID string) (role, p
 	var sealed []byte
 	err = s.pool.QueryRow(ctx, `SELECT coalesce(db_role, ''), credentials_sealed FROM tenants WHERE id = $1`, tenantID).Scan(&role, &sealed)
 	if err != nil {
-		return "", "", classify(err, "tenant")
+		return "", "", Classify(err, "tenant")
 	}
 	if sealed == nil {
 		return role, "", Errorf(CodeNotFound, "tenant has no credentials yet")
@@ -411,7 +411,7 @@ func (s *Store) RotateTenantCredentials(ctx context.Context, tenantID, actor, re
 		var role string
 		err := tx.QueryRow(ctx, `SELECT state, coalesce(db_role, '') FROM tenants WHERE id = $1 FOR UPDATE`, tenantID).Scan(&state, &role)
 		if err != nil {
-			return classify(err, "tenant")
+			return Classify(err, "tenant")
 		}
 		if state != TenantActive && state != TenantSuspended {
 			return Errorf(CodeConflict, "tenant is %s; rotating credentials needs it to be active or suspended", state)
@@ -422,12 +422,12 @@ func (s *Store) RotateTenantCredentials(ctx context.Context, tenantID, actor, re
 		}
 		if _, err := tx.Exec(ctx, `UPDATE tenants SET credentials_sealed = $2, updated_at = now() WHERE id = $1`,
 			tenantID, s.cipher.Seal([]byte(password), tenantAD(tenantID))); err != nil {
-			return classify(err, "tenant")
+			return Classify(err, "tenant")
 		}
 		if t, err = scanTenant(tx.QueryRow(ctx, `SELECT `+tenantColumns+tenantFrom+`WHERE t.id = $1`, tenantID)); err != nil {
-			return classify(err, "tenant")
+			return Classify(err, "tenant")
 		}
-		if err := insertAudit(ctx, tx, AuditEvent{Actor: actor, Action: "tenant.credentials_rotated", TenantID: tenantID,
+		if err := InsertAudit(ctx, tx, AuditEvent{Actor: actor, Action: "tenant.credentials_rotated", TenantID: tenantID,
 			Subject: t.Slug, FromState: string(state), ToState: string(state), Reason: reason}); err != nil {
 			return err
 		}
@@ -450,7 +450,7 @@ func tenantAD(id string) []byte { return []byte("tenant-credentials:" + id) }
 func (s *Store) SetTenantSchema(ctx context.Context, tenantID string, version int64, dirty bool) error {
 	_, err := s.pool.Exec(ctx, `UPDATE tenants SET schema_version = $2, schema_dirty = $3, updated_at = now() WHERE id = $1`,
 		tenantID, version, dirty)
-	return classify(err, "tenant")
+	return Classify(err, "tenant")
 }
 
 // KnownDatabases returns the names of the databases the catalog knows on a
@@ -458,11 +458,11 @@ func (s *Store) SetTenantSchema(ctx context.Context, tenantID string, version in
 func (s *Store) KnownDatabases(ctx context.Context, serverID int64) (map[string]bool, error) {
 	rows, err := s.pool.Query(ctx, `SELECT db_name FROM tenants WHERE server_id = $1 AND state <> 'deleted' AND db_name IS NOT NULL`, serverID)
 	if err != nil {
-		return nil, classify(err, "tenants")
+		return nil, Classify(err, "tenants")
 	}
 	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
-		return nil, classify(err, "tenants")
+		return nil, Classify(err, "tenants")
 	}
 	known := make(map[string]bool, len(names))
 	for _, n := range names {
@@ -479,10 +479,10 @@ func (s *Store) TenantsBelowAccessLayout(ctx context.Context, serverID int64, la
 		WHERE t.server_id = $1 AND t.access_layout < $2 AND t.state <> 'deleted' AND t.db_name IS NOT NULL
 		ORDER BY t.created_at, t.id`, serverID, layout)
 	if err != nil {
-		return nil, classify(err, "tenants")
+		return nil, Classify(err, "tenants")
 	}
 	ts, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Tenant, error) { return scanTenant(r) })
-	return ts, classify(err, "tenants")
+	return ts, Classify(err, "tenants")
 }
 
 // SetTenantAccessLayout records that a tenant's database has been brought
@@ -498,10 +498,10 @@ func (s *Store) SetTenantAccessLayout(ctx context.Context, tenantID string, layo
 			return nil
 		}
 		if err != nil {
-			return classify(err, "tenant")
+			return Classify(err, "tenant")
 		}
 		changed = true
-		return insertAudit(ctx, tx, AuditEvent{Actor: actor, Action: "tenant.access_converted", TenantID: tenantID,
+		return InsertAudit(ctx, tx, AuditEvent{Actor: actor, Action: "tenant.access_converted", TenantID: tenantID,
 			Details: map[string]any{"from_layout": from, "to_layout": layout}})
 	})
 	return changed, err

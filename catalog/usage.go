@@ -42,16 +42,16 @@ func (s *Store) ListMeters(ctx context.Context) ([]Meter, error) {
 	return listMeters(ctx, s.pool)
 }
 
-func listMeters(ctx context.Context, q querier) ([]Meter, error) {
+func listMeters(ctx context.Context, q Querier) ([]Meter, error) {
 	rows, err := q.Query(ctx, `SELECT name, aggregation, unit, description FROM meters ORDER BY name`)
 	if err != nil {
-		return nil, classify(err, "meters")
+		return nil, Classify(err, "meters")
 	}
 	meters, err := pgx.CollectRows(rows, pgx.RowToStructByPos[Meter])
-	return meters, classify(err, "meters")
+	return meters, Classify(err, "meters")
 }
 
-func meterMap(ctx context.Context, q querier) (map[string]Aggregation, error) {
+func meterMap(ctx context.Context, q Querier) (map[string]Aggregation, error) {
 	meters, err := listMeters(ctx, q)
 	if err != nil {
 		return nil, err
@@ -125,7 +125,7 @@ func (s *Store) RecordUsageBatch(ctx context.Context, batchID string, rows []Usa
 	return s.InTx(ctx, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `INSERT INTO usage_batches (id) VALUES ($1) ON CONFLICT (id) DO NOTHING`, batchID)
 		if err != nil {
-			return classify(err, "usage batch")
+			return Classify(err, "usage batch")
 		}
 		if tag.RowsAffected() == 0 {
 			return nil // recorded before
@@ -137,7 +137,7 @@ func (s *Store) RecordUsageBatch(ctx context.Context, batchID string, rows []Usa
 // PruneUsageBatches forgets the ids of batches recorded before cutoff.
 func (s *Store) PruneUsageBatches(ctx context.Context, cutoff time.Time) (int64, error) {
 	tag, err := s.pool.Exec(ctx, `DELETE FROM usage_batches WHERE recorded_at < $1`, cutoff)
-	return tag.RowsAffected(), classify(err, "usage batches")
+	return tag.RowsAffected(), Classify(err, "usage batches")
 }
 
 type usageKey struct {
@@ -225,7 +225,7 @@ func columns(m map[usageKey]int64, meters map[string]Aggregation, agg Aggregatio
 }
 
 func classifyUsage(err error) error {
-	err = classify(err, "usage")
+	err = Classify(err, "usage")
 	if CodeOf(err) == CodeInvalid {
 		return WrapError(CodeInvalid, err, "usage names a tenant that does not exist")
 	}
@@ -347,11 +347,11 @@ func (s *Store) RecordUsageEvents(ctx context.Context, events []UsageEvent, now 
 			ON CONFLICT (id) DO NOTHING
 			RETURNING id`, ids, tids, names, qty, at)
 		if err != nil {
-			return classify(err, "usage events")
+			return Classify(err, "usage events")
 		}
 		inserted, err := pgx.CollectRows(rows, pgx.RowTo[string])
 		if err != nil {
-			return classify(err, "usage events")
+			return Classify(err, "usage events")
 		}
 		isNew := make(map[string]bool, len(inserted))
 		for _, id := range inserted {
@@ -374,10 +374,10 @@ func (s *Store) RecordUsageEvents(ctx context.Context, events []UsageEvent, now 
 }
 
 // tenantIDsBySlug maps the slugs of tenants that exist and are not deleted to their ids.
-func tenantIDsBySlug(ctx context.Context, q querier, slugs []string) (map[string]string, error) {
+func tenantIDsBySlug(ctx context.Context, q Querier, slugs []string) (map[string]string, error) {
 	rows, err := q.Query(ctx, `SELECT slug, id FROM tenants WHERE slug = ANY($1) AND state <> 'deleted'`, slugs)
 	if err != nil {
-		return nil, classify(err, "tenants")
+		return nil, Classify(err, "tenants")
 	}
 	out := map[string]string{}
 	var slug, id string
@@ -385,7 +385,7 @@ func tenantIDsBySlug(ctx context.Context, q querier, slugs []string) (map[string
 		out[slug] = id
 		return nil
 	})
-	return out, classify(err, "tenants")
+	return out, Classify(err, "tenants")
 }
 
 // TenantUsage returns one tenant's usage per meter for the period (UTC
@@ -399,7 +399,7 @@ func (s *Store) TenantUsage(ctx context.Context, tenantID string, period time.Ti
 		FROM meters m LEFT JOIN usage_periods up ON up.meter = m.name AND up.tenant_id = $1 AND up.period = $2`,
 		tenantID, PeriodOf(period))
 	if err != nil {
-		return nil, classify(err, "usage")
+		return nil, Classify(err, "usage")
 	}
 	out := map[string]int64{}
 	var name string
@@ -408,7 +408,7 @@ func (s *Store) TenantUsage(ctx context.Context, tenantID string, period time.Ti
 		out[name] = q
 		return nil
 	})
-	return out, classify(err, "usage")
+	return out, Classify(err, "usage")
 }
 
 // TenantUsageSummary is one tenant's usage in a period.
@@ -455,7 +455,7 @@ func (s *Store) PeriodUsage(ctx context.Context, period time.Time, cursor string
 		FROM page JOIN usage_periods up ON up.tenant_id = page.id AND up.period = $1
 		ORDER BY page.slug, up.meter`, period, cursor, limit+1)
 	if err != nil {
-		return UsagePage{}, classify(err, "usage")
+		return UsagePage{}, Classify(err, "usage")
 	}
 	var id, slug, meter string
 	var q int64
@@ -467,7 +467,7 @@ func (s *Store) PeriodUsage(ctx context.Context, period time.Time, cursor string
 		return nil
 	})
 	if err != nil {
-		return UsagePage{}, classify(err, "usage")
+		return UsagePage{}, Classify(err, "usage")
 	}
 	if len(page.Tenants) > limit {
 		page.Tenants = page.Tenants[:limit]
@@ -476,13 +476,13 @@ func (s *Store) PeriodUsage(ctx context.Context, period time.Time, cursor string
 	rows, err = s.pool.Query(ctx, `
 		SELECT meter, sum(quantity)::bigint FROM usage_periods WHERE period = $1 GROUP BY meter`, period)
 	if err != nil {
-		return UsagePage{}, classify(err, "usage")
+		return UsagePage{}, Classify(err, "usage")
 	}
 	_, err = pgx.ForEachRow(rows, []any{&meter, &q}, func() error {
 		page.Totals[meter] = q
 		return nil
 	})
-	return page, classify(err, "usage")
+	return page, Classify(err, "usage")
 }
 
 // TenantDatabase is where a live tenant's data is, for per-database meters.
@@ -500,8 +500,8 @@ func (s *Store) TenantDatabases(ctx context.Context) ([]TenantDatabase, error) {
 		WHERE t.state IN ('active', 'suspended') AND t.db_name IS NOT NULL
 		ORDER BY s.name, t.db_name`)
 	if err != nil {
-		return nil, classify(err, "tenants")
+		return nil, Classify(err, "tenants")
 	}
 	dbs, err := pgx.CollectRows(rows, pgx.RowToStructByPos[TenantDatabase])
-	return dbs, classify(err, "tenants")
+	return dbs, Classify(err, "tenants")
 }
