@@ -74,6 +74,21 @@ func (r RunTenant) version() string {
 	return v
 }
 
+// progress is what a progress bar shows of the run.
+func (r Run) progress() progressSnapshot {
+	c := r.Counts
+	counts := []string{fmt.Sprintf("done %d", c.Done), fmt.Sprintf("failed %d", c.Failed),
+		fmt.Sprintf("running %d", c.Running), fmt.Sprintf("pending %d", c.Pending)}
+	if c.Skipped > 0 {
+		counts = append(counts, fmt.Sprintf("skipped %d", c.Skipped))
+	}
+	return progressSnapshot{
+		Label: fmt.Sprintf("run %s %s", r.ID, r.State), State: r.State,
+		Total: c.Total, Settled: c.settled(), Left: c.Pending + c.Running, Ongoing: r.State == "running",
+		Counts: counts,
+	}
+}
+
 // terminal reports whether a run in this state changes no more by itself.
 // Paused and halted runs wait for an operator.
 func terminalRun(state string) bool {
@@ -281,7 +296,7 @@ func (o *adminOptions) watch(cmd *cobra.Command, id string, w watchFlags) error 
 			}
 			if !terminalRun(run.State) {
 				if !o.json {
-					p.update(run)
+					p.update(run.progress())
 				}
 				return false, nil
 			}
@@ -290,7 +305,7 @@ func (o *adminOptions) watch(cmd *cobra.Command, id string, w watchFlags) error 
 					return true, err
 				}
 			} else {
-				p.update(run)
+				p.update(run.progress())
 				p.end()
 				if err := writeRunEnd(out, run, p.elapsed()); err != nil {
 					return true, err
