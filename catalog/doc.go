@@ -6,10 +6,10 @@
 // cipher that keeps credentials encrypted at rest. It imports none of the
 // project's other packages; everything else imports it.
 //
-//	if err := catalog.Migrate(ctx, dsn); err != nil { ... }
-//	key, _ := catalog.ParseKey(os.Getenv("TENANTPLANE_SECRET_KEY"))
-//	cipher, _ := catalog.NewCipher(key)
-//	store, err := catalog.Open(ctx, dsn, cipher)
-//	defer store.Close()
-//	srv, err := store.CreateServer(ctx, catalog.NewServer{Name: "pg-1", DSN: dsn, Capacity: 500})
+// A program migrates the catalog database (Migrate), builds a Cipher from
+// the secret key (ParseKey, NewCipher), opens a Store on the database with it
+// (Open) and goes through the Store from then on. The package example
+// (example_test.go, run by go test) does exactly that and registers a
+// server; the examples of Cipher and CodeOf show the cipher and the error
+// categories on their own.
 package catalog

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -73,6 +72,21 @@ func (r RunTenant) version() string {
 		v += " (dirty)"
 	}
 	return v
+}
+
+// progress is what a progress bar shows of the run.
+func (r Run) progress() progressSnapshot {
+	c := r.Counts
+	counts := []string{fmt.Sprintf("done %d", c.Done), fmt.Sprintf("failed %d", c.Failed),
+		fmt.Sprintf("running %d", c.Running), fmt.Sprintf("pending %d", c.Pending)}
+	if c.Skipped > 0 {
+		counts = append(counts, fmt.Sprintf("skipped %d", c.Skipped))
+	}
+	return progressSnapshot{
+		Label: fmt.Sprintf("run %s %s", r.ID, r.State), State: r.State,
+		Total: c.Total, Settled: c.settled(), Left: c.Pending + c.Running, Ongoing: r.State == "running",
+		Counts: counts,
+	}
 }
 
 // terminal reports whether a run in this state changes no more by itself.
@@ -282,7 +296,7 @@ func (o *adminOptions) watch(cmd *cobra.Command, id string, w watchFlags) error 
 			}
 			if !terminalRun(run.State) {
 				if !o.json {
-					p.update(run)
+					p.update(run.progress())
 				}
 				return false, nil
 			}
@@ -291,7 +305,7 @@ func (o *adminOptions) watch(cmd *cobra.Command, id string, w watchFlags) error 
 					return true, err
 				}
 			} else {
-				p.update(run)
+				p.update(run.progress())
 				p.end()
 				if err := writeRunEnd(out, run, p.elapsed()); err != nil {
 					return true, err
@@ -310,107 +324,6 @@ func runOutcome(run Run) error {
 		return fmt.Errorf("run %s was cancelled: %s", run.ID, run.Reason)
 	}
 	return fmt.Errorf("run %s %s: %s; fix the failed tenants listed above, then: tenantplane fanout resume %s", run.ID, run.State, run.Reason, run.ID)
-}
-
-// isTerminal reports whether w is a terminal, which gets a progress bar
-// redrawn in place rather than a line per change.
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	st, err := f.Stat()
-	return err == nil && st.Mode()&os.ModeCharDevice != 0
-}
-
-// progress draws a run's progress: one line redrawn in place on a
-// terminal, or a plain line whenever the counts change (at most one every
-// plainEvery) otherwise.
-type progress struct {
-	w        io.Writer
-	tty      bool
-	now      func() time.Time
-	began    time.Time
-	first    int // tenants settled when the watch began, for the rate
-	seen     bool
-	drawn    bool // a bar is on the terminal's current line
-	last     string
-	lastAt   time.Time
-	lastRun  Run
-	barWidth int
-}
-
-const plainEvery = 2 * time.Second
-
-func newProgress(w io.Writer, tty bool, now func() time.Time) *progress {
-	return &progress{w: w, tty: tty, now: now, barWidth: 30}
-}
-
-func (p *progress) update(run Run) {
-	now := p.now()
-	if !p.seen {
-		p.seen, p.began, p.first = true, now, run.Counts.settled()
-	}
-	rate := p.rate(run, now)
-	if p.tty {
-		fmt.Fprintf(p.w, "\r%s\x1b[K", progressLine(run, rate, p.barWidth))
-		p.drawn = true
-		return
-	}
-	line := progressText(run, rate)
-	changed := run.State != p.lastRun.State || run.Counts != p.lastRun.Counts
-	if changed && (now.Sub(p.lastAt) >= plainEvery || run.State != p.lastRun.State || p.last == "") {
-		fmt.Fprintf(p.w, "%s %s\n", now.UTC().Format("15:04:05"), line)
-		p.last, p.lastAt, p.lastRun = line, now, run
-	}
-}
-
-// rate is tenants settled per second since the watch began.
-func (p *progress) rate(run Run, now time.Time) float64 {
-	elapsed := now.Sub(p.began).Seconds()
-	if elapsed < 0.5 {
-		return 0
-	}
-	return float64(run.Counts.settled()-p.first) / elapsed
-}
-
-func (p *progress) elapsed() time.Duration { return p.now().Sub(p.began) }
-
-// end finishes the terminal's line.
-func (p *progress) end() {
-	if p.tty && p.drawn {
-		fmt.Fprintln(p.w)
-		p.drawn = false
-	}
-}
-
-// progressLine is the terminal's bar:
-// [#########...........]  512/1000  failed 3 · running 12 · pending 473 · 48.2/s · ETA 10s
-func progressLine(run Run, rate float64, width int) string {
-	c := run.Counts
-	filled := 0
-	if c.Total > 0 {
-		filled = c.settled() * width / c.Total
-	}
-	bar := strings.Repeat("#", filled) + strings.Repeat(".", width-filled)
-	return fmt.Sprintf("[%s] %d/%d  %s", bar, c.settled(), c.Total, progressText(run, rate))
-}
-
-// progressText is the counts, rate and ETA in words.
-func progressText(run Run, rate float64) string {
-	c := run.Counts
-	parts := []string{fmt.Sprintf("run %s %s", run.ID, run.State), fmt.Sprintf("done %d", c.Done), fmt.Sprintf("failed %d", c.Failed),
-		fmt.Sprintf("running %d", c.Running), fmt.Sprintf("pending %d", c.Pending)}
-	if c.Skipped > 0 {
-		parts = append(parts, fmt.Sprintf("skipped %d", c.Skipped))
-	}
-	if rate > 0 {
-		parts = append(parts, fmt.Sprintf("%.1f/s", rate))
-		if left := c.Pending + c.Running; left > 0 && run.State == "running" {
-			parts = append(parts, "ETA "+(time.Duration(float64(left)/rate*float64(time.Second))).Round(time.Second).String())
-		}
-	}
-	return strings.Join(parts, " · ")
 }
 
 func writeRunStarted(w io.Writer, run Run) error {
@@ -505,171 +418,4 @@ func writeRunTenants(w io.Writer, rows []RunTenant) error {
 		t.row(slug, r.Server, r.State, strconv.FormatInt(r.FromVersion, 10), r.version(), strconv.Itoa(r.Attempts), truncate(msg, 160))
 	}
 	return t.flush()
-}
-
-// SchemaStatus is GET /migrations/status.
-type SchemaStatus struct {
-	NewestVersion int64          `json:"newest_version"`
-	SchemaHash    string         `json:"schema_hash"`
-	CheckedAt     apiTime        `json:"checked_at"`
-	Tenants       int            `json:"tenants"`
-	Histogram     []VersionCount `json:"histogram"`
-	Behind        []TenantSchema `json:"behind"`
-	Dirty         []TenantSchema `json:"dirty"`
-	Disagrees     []TenantSchema `json:"catalog_disagrees"`
-	Unreachable   []TenantSchema `json:"unreachable"`
-}
-
-// VersionCount is a bar of the version histogram.
-type VersionCount struct {
-	Version int64 `json:"version"`
-	Tenants int   `json:"tenants"`
-}
-
-// TenantSchema is a tenant database's schema, and the catalog's copy.
-type TenantSchema struct {
-	Slug           string `json:"slug"`
-	Server         string `json:"server"`
-	Database       string `json:"database"`
-	Version        *int64 `json:"version"`
-	Dirty          bool   `json:"dirty"`
-	CatalogVersion int64  `json:"catalog_version"`
-	CatalogDirty   bool   `json:"catalog_dirty"`
-	Error          string `json:"error"`
-}
-
-func newMigrationsCmd() *cobra.Command {
-	cmd, o := newAdminGroup("migrations", "The tenant schema across the fleet: status (read from each database), force")
-	cmd.AddCommand(newMigrationsStatusCmd(o), newMigrationsForceCmd(o))
-	return cmd
-}
-
-func newMigrationsStatusCmd(o *adminOptions) *cobra.Command {
-	return &cobra.Command{
-		Use:   "status",
-		Short: "Read every tenant database's schema version: the histogram, the tenants behind, dirty, or that the catalog is wrong about",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := o.client(os.Getenv)
-			if err != nil {
-				return err
-			}
-			if !cmd.Flags().Changed("timeout") {
-				c.Timeout = time.Minute // it reads every tenant database
-			}
-			var raw json.RawMessage
-			if err := c.do(cmd.Context(), "GET", "/migrations/status", nil, nil, &raw); err != nil {
-				return err
-			}
-			var st SchemaStatus
-			return o.print(cmd, raw, &st, func() error { return writeSchemaStatus(cmd.OutOrStdout(), st) })
-		},
-	}
-}
-
-func writeSchemaStatus(w io.Writer, st SchemaStatus) error {
-	fmt.Fprintf(w, "Newest tenant schema version: %d (migrations %s). %d tenant databases read at %s.\n\n",
-		st.NewestVersion, st.SchemaHash, st.Tenants, st.CheckedAt)
-	if st.Tenants == 0 {
-		_, err := fmt.Fprintln(w, "No tenants.")
-		return err
-	}
-	t := newTable(w, "VERSION", "TENANTS")
-	for _, h := range st.Histogram {
-		t.row(strconv.FormatInt(h.Version, 10), strconv.Itoa(h.Tenants))
-	}
-	if err := t.flush(); err != nil {
-		return err
-	}
-	version := func(s TenantSchema) string {
-		if s.Version == nil {
-			return "-"
-		}
-		v := strconv.FormatInt(*s.Version, 10)
-		if s.Dirty {
-			v += " (dirty)"
-		}
-		return v
-	}
-	catalogVersion := func(s TenantSchema) string {
-		v := strconv.FormatInt(s.CatalogVersion, 10)
-		if s.CatalogDirty {
-			v += " (dirty)"
-		}
-		return v
-	}
-	sections := []struct {
-		title       string
-		rows        []TenantSchema
-		extraHeader string
-		extra       func(TenantSchema) string
-	}{
-		{"Behind the newest version", st.Behind, "", nil},
-		{"Dirty: a migration failed mid-way; repair, then tenantplane migrations force SLUG VERSION", st.Dirty, "", nil},
-		{"The catalog disagrees with the database", st.Disagrees, "CATALOG", catalogVersion},
-		{"Unreachable", st.Unreachable, "ERROR", func(s TenantSchema) string { return truncate(s.Error, 120) }},
-	}
-	for _, s := range sections {
-		if len(s.rows) == 0 {
-			continue
-		}
-		fmt.Fprintf(w, "\n%s (%d):\n", s.title, len(s.rows))
-		header := []string{"SLUG", "SERVER", "DATABASE", "VERSION"}
-		if s.extra != nil {
-			header = append(header, s.extraHeader)
-		}
-		t := newTable(w, header...)
-		for _, r := range s.rows {
-			cells := []string{r.Slug, r.Server, r.Database, version(r)}
-			if s.extra != nil {
-				cells = append(cells, s.extra(r))
-			}
-			t.row(cells...)
-		}
-		if err := t.flush(); err != nil {
-			return err
-		}
-	}
-	if len(st.Behind)+len(st.Dirty)+len(st.Disagrees)+len(st.Unreachable) == 0 {
-		_, err := fmt.Fprintln(w, "\nEvery tenant database is at the newest version, clean, as the catalog says.")
-		return err
-	}
-	return nil
-}
-
-func newMigrationsForceCmd(o *adminOptions) *cobra.Command {
-	var reason string
-	cmd := &cobra.Command{
-		Use:   "force SLUG VERSION",
-		Short: "Clear a dirty tenant database's flag at the version it really is at, after a repair by hand (audited)",
-		Long: `Clear a dirty tenant database's flag at the version it really is at.
-
-A migration that fails outside a transaction (a file marked
--- tenantplane:no-transaction) leaves the database dirty: part of it may have
-run. Look at the database, finish or undo that part by hand, then say which
-version it is at. Runs never do this by themselves.`,
-		Example: `  tenantplane migrations force acme 11 --reason "dropped the invalid index"`,
-		Args:    cobra.ExactArgs(2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			v, err := strconv.ParseInt(args[1], 10, 64)
-			if err != nil || v < 0 {
-				return fmt.Errorf("VERSION must be a migration version (a whole number, 0 for none), got %q", args[1])
-			}
-			body := map[string]any{"version": v}
-			if reason != "" {
-				body["reason"] = reason
-			}
-			raw, err := o.call(cmd, "POST", pathf("/tenants/%s/migrations/force", args[0]), nil, body)
-			if err != nil {
-				return err
-			}
-			var t Tenant
-			return o.print(cmd, raw, &t, func() error {
-				_, err := fmt.Fprintf(cmd.OutOrStdout(), "Forced tenant %s to schema version %s; it is clean.\n", t.Slug, t.schema())
-				return err
-			})
-		},
-	}
-	cmd.Flags().StringVar(&reason, "reason", "", "what was repaired, for the audit log")
-	return cmd
 }

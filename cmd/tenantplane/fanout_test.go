@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -24,40 +23,6 @@ import (
 	"github.com/tenantplane/tenantplane/internal/pgtest"
 	"github.com/tenantplane/tenantplane/migrations"
 )
-
-func TestProgressLineAndText(t *testing.T) {
-	t.Parallel()
-	run := Run{ID: "7", State: "running", Counts: RunCounts{Total: 1000, Done: 509, Failed: 3, Running: 12, Pending: 476}}
-	require.Equal(t, "[###############...............] 512/1000  run 7 running · done 509 · failed 3 · running 12 · pending 476 · 48.0/s · ETA 10s",
-		progressLine(run, 48, 30))
-	require.Equal(t, "run 7 running · done 509 · failed 3 · running 12 · pending 476", progressText(run, 0), "no rate yet: no ETA")
-	run.State, run.Counts = "done", RunCounts{Total: 10, Done: 8, Skipped: 2}
-	require.Equal(t, "[##########] 10/10  run 7 done · done 8 · failed 0 · running 0 · pending 0 · skipped 2 · 3.0/s", progressLine(run, 3, 10))
-}
-
-func TestPlainProgressPrintsChangesOnly(t *testing.T) {
-	t.Parallel()
-	var buf bytes.Buffer
-	clock := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	p := newProgress(&buf, false, func() time.Time { return clock })
-	run := Run{ID: "3", State: "running", Counts: RunCounts{Total: 4, Pending: 4}}
-	p.update(run)
-	clock = clock.Add(500 * time.Millisecond)
-	p.update(run) // unchanged: nothing
-	run.Counts = RunCounts{Total: 4, Done: 1, Running: 1, Pending: 2}
-	p.update(run) // changed, but within 2s of the last line: nothing
-	clock = clock.Add(2 * time.Second)
-	p.update(run)
-	run.State, run.Counts = "done", RunCounts{Total: 4, Done: 4}
-	clock = clock.Add(100 * time.Millisecond)
-	p.update(run) // a new state always prints
-	p.end()
-	require.Equal(t, ""+
-		"12:00:00 run 3 running · done 0 · failed 0 · running 0 · pending 4\n"+
-		"12:00:02 run 3 running · done 1 · failed 0 · running 1 · pending 2 · 0.4/s · ETA 8s\n"+
-		"12:00:02 run 3 done · done 4 · failed 0 · running 0 · pending 0 · 1.5/s\n",
-		buf.String())
-}
 
 // recordedRuns serves the given answers to GET /admin/v1/migrations/runs/7,
 // one per call, the last one forever after.

@@ -71,35 +71,71 @@ func NewDB(t testing.TB, opts ...Option) string {
 // unless the test failed: then it is kept, and its DSN logged, for inspection.
 func (s *Server) NewDB(t testing.TB, opts ...Option) string {
 	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), newDBTimeout)
+	defer cancel()
+	name, dsn, err := s.createDB(ctx, t.Name(), t.Logf, opts...)
+	if err != nil {
+		t.Fatalf("pgtest: %v", err)
+	}
+	t.Cleanup(func() { s.dropDB(t, name, dsn) })
+	return dsn
+}
+
+// CreateDB is NewDB for code that has no testing.TB, an Example function
+// above all: it creates a database on the shared server and returns its DSN,
+// and drop, which removes it. Like NewDB, it needs Main in TestMain (or
+// TENANTPLANE_TEST_DATABASE_URL); unlike NewDB, it returns its errors, logs
+// nothing, and keeps nothing for inspection: what drop does not remove goes
+// away with the shared cluster when the tests end.
+func CreateDB(ctx context.Context, opts ...Option) (dsn string, drop func() error, err error) {
+	s, err := sharedServerFor(func(string, ...any) {})
+	if err != nil {
+		return "", nil, fmt.Errorf("pgtest: shared server: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, newDBTimeout)
+	defer cancel()
+	name, dsn, err := s.createDB(ctx, "example", func(string, ...any) {}, opts...)
+	if err != nil {
+		return "", nil, fmt.Errorf("pgtest: %w", err)
+	}
+	drop = func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), dropTimeout)
+		defer cancel()
+		if err := s.exec(ctx, "DROP DATABASE IF EXISTS "+ident(name)+" WITH (FORCE)"); err != nil {
+			return fmt.Errorf("pgtest: drop database %s: %w", name, err)
+		}
+		return nil
+	}
+	return dsn, drop, nil
+}
+
+// createDB creates a database named after hint, a clone of the template
+// opts name if any; logf tells of a template's setup.
+func (s *Server) createDB(ctx context.Context, hint string, logf func(format string, args ...any), opts ...Option) (name, dsn string, err error) {
 	var o dbOptions
 	for _, opt := range opts {
 		opt(&o)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), newDBTimeout)
-	defer cancel()
-
-	name := uniqueName("t_", t.Name())
+	name = uniqueName("t_", hint)
 	create := "CREATE DATABASE " + ident(name)
 	if spec := o.template; spec != nil {
 		if spec.name == "" || len(spec.name) > maxIdentifier || spec.setup == nil {
-			t.Fatalf("pgtest: WithTemplate(%q): need a name of 1 to %d bytes and a setup function", spec.name, maxIdentifier)
+			return "", "", fmt.Errorf("WithTemplate(%q): need a name of 1 to %d bytes and a setup function", spec.name, maxIdentifier)
 		}
-		if err := s.ensureTemplate(ctx, t, spec); err != nil {
-			t.Fatalf("pgtest: template %s on %s: %v", spec.name, s.hostPort(), err)
+		if err := s.ensureTemplate(ctx, logf, spec); err != nil {
+			return "", "", fmt.Errorf("template %s on %s: %w", spec.name, s.hostPort(), err)
 		}
 		create += " TEMPLATE " + ident(spec.name)
 	}
 	strategy, err := s.createStrategy(ctx)
 	if err != nil {
-		t.Fatalf("pgtest: %s: %v", s.hostPort(), err)
+		return "", "", fmt.Errorf("%s: %w", s.hostPort(), err)
 	}
 	create += strategy
 	if err := s.exec(ctx, create); err != nil {
-		t.Fatalf("pgtest: %s on %s: %v", create, s.hostPort(), err)
+		return "", "", fmt.Errorf("%s on %s: %w", create, s.hostPort(), err)
 	}
-	dsn := s.DSN(name)
-	t.Cleanup(func() { s.dropDB(t, name, dsn) })
-	return dsn
+	return name, s.DSN(name), nil
 }
 
 func (s *Server) dropDB(t testing.TB, name, dsn string) {
@@ -123,7 +159,7 @@ func (s *Server) dropDB(t testing.TB, name, dsn string) {
 
 // ensureTemplate makes sure the template exists, building it at most once per
 // server and process at a time.
-func (s *Server) ensureTemplate(ctx context.Context, t testing.TB, spec *templateSpec) error {
+func (s *Server) ensureTemplate(ctx context.Context, logf func(format string, args ...any), spec *templateSpec) error {
 	s.mu.Lock()
 	st := s.templates[spec.name]
 	if st == nil {
@@ -141,7 +177,7 @@ func (s *Server) ensureTemplate(ctx context.Context, t testing.TB, spec *templat
 	if st.ready {
 		return nil
 	}
-	if err := s.buildTemplate(ctx, t, spec); err != nil {
+	if err := s.buildTemplate(ctx, logf, spec); err != nil {
 		return err
 	}
 	st.ready = true
@@ -151,7 +187,7 @@ func (s *Server) ensureTemplate(ctx context.Context, t testing.TB, spec *templat
 // buildTemplate runs setup against a scratch database and renames it to the
 // template's name when setup succeeded, so that a template never exists
 // half-made, even on an external server shared by several processes.
-func (s *Server) buildTemplate(ctx context.Context, t testing.TB, spec *templateSpec) error {
+func (s *Server) buildTemplate(ctx context.Context, logf func(format string, args ...any), spec *templateSpec) error {
 	var exists bool
 	err := s.withConn(ctx, func(conn *pgx.Conn) error {
 		return conn.QueryRow(ctx, "SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)", spec.name).Scan(&exists)
@@ -181,7 +217,7 @@ func (s *Server) buildTemplate(ctx context.Context, t testing.TB, spec *template
 			return err
 		}
 		if leftover > 0 {
-			t.Logf("pgtest: template %s: setup left %d connection(s) open; terminated them", spec.name, leftover)
+			logf("pgtest: template %s: setup left %d connection(s) open; terminated them", spec.name, leftover)
 		}
 		// RENAME waits (5 s) for terminated backends to exit.
 		_, err = conn.Exec(ctx, "ALTER DATABASE "+ident(scratch)+" RENAME TO "+ident(spec.name))
@@ -196,7 +232,7 @@ func (s *Server) buildTemplate(ctx context.Context, t testing.TB, spec *template
 		if _, err := conn.Exec(ctx, "ALTER DATABASE "+ident(spec.name)+" WITH ALLOW_CONNECTIONS false IS_TEMPLATE true"); err != nil {
 			return err
 		}
-		t.Logf("pgtest: template %s set up on %s in %s", spec.name, s.hostPort(), time.Since(began).Round(time.Millisecond))
+		logf("pgtest: template %s set up on %s in %s", spec.name, s.hostPort(), time.Since(began).Round(time.Millisecond))
 		return nil
 	})
 }
@@ -287,9 +323,8 @@ func uniqueName(prefix, hint string) string {
 }
 
 // HashFS returns a short hex hash of the names and contents of all files in
-// fsys, for template names that change when the migrations do:
-//
-//	pgtest.WithTemplate("tenant_"+pgtest.HashFS(migrations.FS), setup)
+// fsys, for template names that change when the migrations do (see the
+// examples of HashFS and WithTemplate).
 //
 // It panics if fsys cannot be read: that is a bug in the test.
 func HashFS(fsys fs.FS) string {

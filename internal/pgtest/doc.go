@@ -2,24 +2,20 @@
 // started with internal/pgcluster on free loopback ports, and a fresh
 // database per test, cloned from a migrated template when asked.
 //
-// A test package that uses the shared server stops it in TestMain:
+// A test package that uses the shared server calls Main from its TestMain,
+// which stops the server after the tests (see Main). Each test then takes a
+// database of its own with NewDB. NewDB creates it with a unique name on the
+// process-wide Shared server and drops it when the test ends, unless the test
+// failed: then it is kept and its DSN logged. WithTemplate runs the setup
+// (migrations, say) once per server and process into a template database;
+// every NewDB after that is a CREATE DATABASE ... TEMPLATE, which takes
+// milliseconds. Name templates with a hash of what the setup runs (HashFS).
+// The examples (example_test.go) show each of these running, and catalog's
+// main_test.go a test bundle built on them.
 //
-//	func TestMain(m *testing.M) { pgtest.Main(m) }
-//
-// Then each test takes its own database:
-//
-//	func TestCreateTenant(t *testing.T) {
-//		t.Parallel()
-//		dsn := pgtest.NewDB(t, pgtest.WithTemplate("catalog_"+pgtest.HashFS(catalog.Migrations), catalog.Migrate))
-//		pool, err := pgxpool.New(t.Context(), dsn)
-//		...
-//	}
-//
-// NewDB creates a database with a unique name on the process-wide Shared
-// server and drops it when the test ends, unless the test failed: then it is
-// kept and its DSN logged. WithTemplate runs the setup (migrations, say) once
-// per server and process into a template database; every NewDB after that is
-// a CREATE DATABASE ... TEMPLATE, which takes milliseconds.
+// Example functions have no *testing.T to give NewDB: they take their
+// database with CreateDB, which returns its errors and a function that drops
+// it.
 //
 // Tests that need several servers, or stop one to see what breaks, take
 // private ones with NewServer; Server.Stop and Server.Start stop and restart

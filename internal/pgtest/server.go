@@ -177,14 +177,21 @@ func keepOnFailure() bool { return os.Getenv(EnvKeep) != "" }
 // Tests share it, so they must not Stop it: take a NewServer for that.
 func Shared(t testing.TB) *Server {
 	t.Helper()
-	sharedOnce.Do(func() { sharedServer, sharedErr = startShared(t) })
-	if sharedErr != nil {
-		t.Fatalf("pgtest: shared server: %v", sharedErr)
+	s, err := sharedServerFor(t.Logf)
+	if err != nil {
+		t.Fatalf("pgtest: shared server: %v", err)
 	}
-	return sharedServer
+	return s
 }
 
-func startShared(t testing.TB) (*Server, error) {
+// sharedServerFor returns the shared server, starting it on first use; logf
+// tells how long that took.
+func sharedServerFor(logf func(format string, args ...any)) (*Server, error) {
+	sharedOnce.Do(func() { sharedServer, sharedErr = startShared(logf) })
+	return sharedServer, sharedErr
+}
+
+func startShared(logf func(format string, args ...any)) (*Server, error) {
 	if raw := os.Getenv(EnvDatabaseURL); raw != "" {
 		return externalServer(raw)
 	}
@@ -198,7 +205,7 @@ func startShared(t testing.TB) (*Server, error) {
 		return nil, err
 	}
 	s.shared = true
-	t.Logf("pgtest: shared PostgreSQL cluster on %s:%d started in %s (%s)",
+	logf("pgtest: shared PostgreSQL cluster on %s:%d started in %s (%s)",
 		s.Host(), s.Port(), time.Since(began).Round(time.Millisecond), s.cluster.Dir())
 	return s, nil
 }
