@@ -5,12 +5,9 @@ import (
 	"fmt"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
-
-	"github.com/tenantplane/tenantplane/catalog"
 )
 
 // Both ways a tenant gets its role, the template path and a warm claim,
@@ -20,27 +17,9 @@ func TestTenantRolesGetAVerifierNotThePassword(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := context.Background()
-	for _, path := range []string{"template", "warm"} {
-		cfg := b.cfg
-		cfg.WarmPoolSize = -1
-		if path == "warm" {
-			cfg.WarmPoolSize = 1
-		}
-		p := b.start(t, cfg)
-		if path == "warm" {
-			srv, err := b.store.GetServer(ctx, "pg-1")
-			require.NoError(t, err)
-			require.Eventually(t, func() bool { return countWarm(t, p, srv) >= 1 }, time.Minute, 20*time.Millisecond)
-		}
-		tenant, _, err := p.CreateTenant(ctx, TenantSpec{Slug: "by-" + path, Plan: "basic"}, "test")
-		require.NoError(t, err)
-		tenant, err = p.WaitSettled(ctx, tenant.Slug)
-		require.NoError(t, err)
-		require.Equal(t, catalog.TenantActive, tenant.State, tenant.LastError)
-		_ = p.Stop(ctx)
-
-		_, pw, err := b.store.TenantCredentials(ctx, tenant.ID)
-		require.NoError(t, err)
+	tenants, passwords := provisionBothWays(t, b)
+	for i, path := range []string{"template", "warm"} {
+		tenant, pw := tenants[i], passwords[i]
 		super, err := pgx.Connect(ctx, b.server.DSN("postgres")) // pg_authid needs a superuser
 		require.NoError(t, err)
 		var secret string
