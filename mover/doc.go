@@ -16,13 +16,17 @@
 //     caller has built the target with the tenant migrations at the tenant's
 //     version; Copy refuses one whose tables differ (*SchemaMismatchError).
 //     In the "copy" mode the source is fenced for the whole copy.
-//   - catching up (preflight.go): CheckOnline says whether the online mode,
+//   - catching up (preflight.go, stream.go): CheckOnline says whether the online mode,
 //     logical replication from source to target, can run between two servers
 //     (wal_level = logical, a replication privilege for the source role,
 //     replica identity on every table) and how the target would apply the
 //     changes (ApplySubscription or ApplyStream), or names what stands in the
-//     way. Copy takes CopyOptions.Snapshot, a replication slot's exported
-//     snapshot, so that streaming can start where the copy ends.
+//     way. For ApplyStream, OpenStream creates a publication of the tenant's
+//     tables and a pgoutput slot with an exported snapshot; Copy reads under
+//     that snapshot (CopyOptions.Snapshot); Stream.CatchUp applies the
+//     changes since on the target by primary key, one source transaction per
+//     target transaction, up to a given LSN (CurrentLSN once fenced),
+//     reporting the lag; DropStream removes the slot and publication.
 //   - fenced (fence.go): Fence makes the source refuse the tenant at the
 //     database (CONNECT revoked, the tenant role's sessions terminated and
 //     waited for), so that no write lands there from any replica of
@@ -47,10 +51,12 @@
 //	vr, err := mover.Verify(ctx, sourceDB, targetDB)             // on a mismatch: Unfence, drop the target
 //	// flip the catalog to the target; keep the fenced source for the grace period
 //
-// Not built yet: the online catch-up (publication, slot with an exported
-// snapshot, the pgoutput stream applied by primary key, lag), the move
-// ledger and its jobs, the catalog flip, revert, the cleanup of the source
-// and of leftover replication objects, evacuation and rebalancing. Copy
+// Not built yet: the native-subscription apply (ApplySubscription), a
+// stream that resumes from its slot after a restart (CatchUp starts at the
+// slot's consistent point, once per Stream), max_slot_wal_keep_size guards,
+// the reverse stream that keeps a source in step for a revert, the move
+// ledger and its jobs, the catalog flip, the cleanup of the source and of
+// leftover replication objects, evacuation and rebalancing. Copy
 // loads tables into their indexes as they are (pg_restore builds indexes
 // after the data, which is faster for large tables) and one table at a
 // time; partitioned tables' foreign keys do not order their partitions.
