@@ -1,0 +1,450 @@
+package mover
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// LSN is a position in a server's write-ahead log.
+type LSN = pglogrepl.LSN
+
+// Stream is the online mode's catch-up applied by tenantplane
+// (ApplyStream): a publication of the tenant's tables and a logical
+// replication slot on the source, whose pgoutput changes CatchUp applies on
+// the target by primary key.
+//
+// The slot is made with an exported snapshot (Snapshot): a Copy under it
+// (CopyOptions.Snapshot) holds exactly the rows committed before the slot's
+// ConsistentPoint, and the stream every change after it, so that nothing is
+// copied twice or missed. The snapshot lives until the stream's next
+// command: Copy must finish before the first CatchUp.
+type Stream struct {
+	name            string
+	conn            *pgconn.PgConn // replication connection to the source
+	snapshot        string
+	consistentPoint LSN
+	started         bool
+	applied         LSN // end of the last transaction applied on the target
+	serverEnd       LSN // how far the source has sent
+	relations       map[uint32]*relation
+}
+
+type relation struct {
+	name    string
+	columns []string
+	types   []string // format_type on the target, for $n::text::type
+	key     []bool   // part of the replica identity
+}
+
+// OpenStream creates, on the source tenant database, a publication of its
+// tables (Tables) and a logical replication slot (pgoutput), both called
+// name, and returns the stream. sourceDSN is a DSN of the source tenant
+// database as the admin role, which needs REPLICATION (CheckOnline says);
+// sourceAdmin a connection to it. DropStream removes both; the slot holds WAL
+// on the source until then.
+func OpenStream(ctx context.Context, sourceDSN string, sourceAdmin Querier, name string) (_ *Stream, err error) {
+	defer wrap(&err, fmt.Sprintf("OpenStream(%q)", name))
+	if !validSlotName(name) {
+		return nil, fmt.Errorf("%q is not a slot name: use 1 to 63 of a-z, 0-9 and _", name)
+	}
+	tables, err := Tables(ctx, sourceAdmin)
+	if err != nil {
+		return nil, err
+	}
+	var exists bool
+	if err := sourceAdmin.QueryRow(ctx, "SELECT EXISTS (SELECT FROM pg_publication WHERE pubname = $1)", name).Scan(&exists); err != nil {
+		return nil, err
+	}
+	if !exists {
+		names := make([]string, len(tables))
+		for i, t := range tables {
+			names[i] = qualified(t.Name)
+		}
+		stmt := "CREATE PUBLICATION " + ident(name)
+		if len(names) > 0 {
+			stmt += " FOR TABLE " + strings.Join(names, ", ")
+		}
+		if _, err := sourceAdmin.Exec(ctx, stmt); err != nil {
+			return nil, fmt.Errorf("source: %w", err)
+		}
+	}
+	cfg, err := pgconn.ParseConfig(sourceDSN)
+	if err != nil {
+		return nil, err
+	}
+	cfg.RuntimeParams["replication"] = "database"
+	conn, err := pgconn.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("source: replication connection: %w", err)
+	}
+	slot, err := pglogrepl.CreateReplicationSlot(ctx, conn, name, "pgoutput",
+		pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: "EXPORT_SNAPSHOT"})
+	if err != nil {
+		conn.Close(context.WithoutCancel(ctx))
+		return nil, fmt.Errorf("source: creating replication slot: %w", err)
+	}
+	point, err := pglogrepl.ParseLSN(slot.ConsistentPoint)
+	if err != nil {
+		conn.Close(context.WithoutCancel(ctx))
+		return nil, err
+	}
+	return &Stream{name: name, conn: conn, snapshot: slot.SnapshotName, consistentPoint: point, applied: point, relations: map[uint32]*relation{}}, nil
+}
+
+// validSlotName is what PostgreSQL allows a replication slot's name.
+func validSlotName(name string) bool {
+	if name == "" || len(name) > 63 {
+		return false
+	}
+	for _, r := range name {
+		if (r < 'a' || r > 'z') && (r < '0' || r > '9') && r != '_' {
+			return false
+		}
+	}
+	return true
+}
+
+// Snapshot is the slot's exported snapshot, for CopyOptions.Snapshot.
+func (s *Stream) Snapshot() string { return s.snapshot }
+
+// ConsistentPoint is where the stream starts: the copy holds what was
+// committed before it.
+func (s *Stream) ConsistentPoint() LSN { return s.consistentPoint }
+
+// Applied is the end of the last source transaction applied on the target.
+func (s *Stream) Applied() LSN { return s.applied }
+
+// Close closes the replication connection; the slot and publication stay
+// (DropStream removes them).
+func (s *Stream) Close(ctx context.Context) error { return s.conn.Close(ctx) }
+
+// CurrentLSN is the source's current WAL position: what CatchUp is given
+// once the source is fenced, so that every write the tenant made is applied.
+func CurrentLSN(ctx context.Context, source Querier) (LSN, error) {
+	var lsn LSN
+	err := source.QueryRow(ctx, "SELECT pg_current_wal_lsn()").Scan(&lsn)
+	return lsn, err
+}
+
+// Lag is how far the target is behind the source, in bytes of WAL.
+type Lag struct {
+	Applied, Sent LSN
+	Bytes         uint64
+}
+
+// statusPoll is how long CatchUp waits for a message before it asks the
+// source where it is (a standby status update with a reply requested).
+const statusPoll = 100 * time.Millisecond
+
+// CatchUp applies the source's changes on target, each source transaction in
+// one target transaction, until every transaction that committed before
+// until is applied, and reports the lag to progress (may be nil) as it goes.
+// It confirms what it applied to the slot, so that the source may recycle
+// that WAL. target is the target tenant database as the admin role. The
+// first call starts the stream: Copy under Snapshot must be done by then.
+func (s *Stream) CatchUp(ctx context.Context, target *pgx.Conn, until LSN, progress func(Lag)) (err error) {
+	defer wrap(&err, fmt.Sprintf("CatchUp(%s)", until))
+	if !s.started {
+		err := pglogrepl.StartReplication(ctx, s.conn, s.name, s.consistentPoint, pglogrepl.StartReplicationOptions{
+			Mode:       pglogrepl.LogicalReplication,
+			PluginArgs: []string{"proto_version '1'", "publication_names " + literal(s.name)},
+		})
+		if err != nil {
+			return fmt.Errorf("source: %w", err)
+		}
+		s.started = true
+	}
+	var tx pgx.Tx
+	defer func() {
+		if tx != nil {
+			_ = tx.Rollback(context.WithoutCancel(ctx))
+		}
+	}()
+	for {
+		if tx == nil && s.applied >= until {
+			return s.confirm(ctx, false)
+		}
+		recvCtx, cancel := context.WithTimeout(ctx, statusPoll)
+		raw, err := s.conn.ReceiveMessage(recvCtx)
+		cancel()
+		if err != nil {
+			if ctx.Err() == nil && pgconn.Timeout(err) {
+				if err := s.confirm(ctx, true); err != nil {
+					return err
+				}
+				continue
+			}
+			return fmt.Errorf("source: %w", err)
+		}
+		switch m := raw.(type) {
+		case *pgproto3.ErrorResponse:
+			return fmt.Errorf("source: %w", pgconn.ErrorResponseToPgError(m))
+		case *pgproto3.CopyData:
+			switch m.Data[0] {
+			case pglogrepl.PrimaryKeepaliveMessageByteID:
+				k, err := pglogrepl.ParsePrimaryKeepaliveMessage(m.Data[1:])
+				if err != nil {
+					return err
+				}
+				s.serverEnd = max(s.serverEnd, k.ServerWALEnd)
+				if tx == nil {
+					// Nothing in flight: all the source sent is applied.
+					s.applied = max(s.applied, s.serverEnd)
+				}
+				if progress != nil {
+					progress(s.lag())
+				}
+				if k.ReplyRequested {
+					if err := s.confirm(ctx, false); err != nil {
+						return err
+					}
+				}
+			case pglogrepl.XLogDataByteID:
+				x, err := pglogrepl.ParseXLogData(m.Data[1:])
+				if err != nil {
+					return err
+				}
+				// Only keepalives say how far the source has decoded: an
+				// XLogData's ServerWALEnd is not that.
+				if tx, err = s.apply(ctx, target, tx, x.WALData); err != nil {
+					return err
+				}
+			}
+		}
+	}
+}
+
+func (s *Stream) lag() Lag {
+	l := Lag{Applied: s.applied, Sent: s.serverEnd}
+	if s.serverEnd > s.applied {
+		l.Bytes = uint64(s.serverEnd - s.applied)
+	}
+	return l
+}
+
+// confirm tells the source how far the target has applied.
+func (s *Stream) confirm(ctx context.Context, replyRequested bool) error {
+	err := pglogrepl.SendStandbyStatusUpdate(ctx, s.conn, pglogrepl.StandbyStatusUpdate{WALWritePosition: s.applied, ReplyRequested: replyRequested})
+	if err != nil {
+		return fmt.Errorf("source: status update: %w", err)
+	}
+	return nil
+}
+
+// apply applies one pgoutput message; tx is the target transaction of the
+// source transaction in flight, if any.
+func (s *Stream) apply(ctx context.Context, target *pgx.Conn, tx pgx.Tx, data []byte) (pgx.Tx, error) {
+	msg, err := pglogrepl.Parse(data)
+	if err != nil {
+		return tx, err
+	}
+	switch m := msg.(type) {
+	case *pglogrepl.RelationMessage:
+		rel, err := describeRelation(ctx, target, m)
+		if err != nil {
+			return tx, err
+		}
+		s.relations[m.RelationID] = rel
+	case *pglogrepl.BeginMessage:
+		if tx, err = target.Begin(ctx); err != nil {
+			return nil, fmt.Errorf("target: %w", err)
+		}
+		if _, err := tx.Exec(ctx, stableFormat); err != nil {
+			return tx, fmt.Errorf("target: %w", err)
+		}
+	case *pglogrepl.CommitMessage:
+		if tx == nil {
+			return nil, errors.New("commit without begin in the stream")
+		}
+		if err := tx.Commit(ctx); err != nil {
+			return nil, fmt.Errorf("target: %w", err)
+		}
+		s.applied = max(s.applied, m.TransactionEndLSN)
+		return nil, nil
+	case *pglogrepl.InsertMessage:
+		rel, err := s.relation(m.RelationID)
+		if err != nil {
+			return tx, err
+		}
+		return tx, execChange(ctx, tx, rel.insert(m.Tuple))
+	case *pglogrepl.UpdateMessage:
+		rel, err := s.relation(m.RelationID)
+		if err != nil {
+			return tx, err
+		}
+		return tx, execChange(ctx, tx, rel.update(m.OldTuple, m.NewTuple))
+	case *pglogrepl.DeleteMessage:
+		rel, err := s.relation(m.RelationID)
+		if err != nil {
+			return tx, err
+		}
+		return tx, execChange(ctx, tx, rel.delete(m.OldTuple))
+	case *pglogrepl.TruncateMessage:
+		names := make([]string, 0, len(m.RelationIDs))
+		for _, id := range m.RelationIDs {
+			rel, err := s.relation(id)
+			if err != nil {
+				return tx, err
+			}
+			names = append(names, qualified(rel.name))
+		}
+		return tx, execChange(ctx, tx, change{sql: "TRUNCATE " + strings.Join(names, ", ")})
+	}
+	return tx, nil
+}
+
+func (s *Stream) relation(id uint32) (*relation, error) {
+	rel, ok := s.relations[id]
+	if !ok {
+		return nil, fmt.Errorf("change to relation %d before its description in the stream", id)
+	}
+	return rel, nil
+}
+
+// describeRelation looks up on the target the types of a source relation's
+// columns, so that each value's text is cast to its column's type.
+func describeRelation(ctx context.Context, target *pgx.Conn, m *pglogrepl.RelationMessage) (*relation, error) {
+	if m.Namespace != Schema {
+		return nil, fmt.Errorf("stream: relation %s.%s is outside schema %s", m.Namespace, m.RelationName, Schema)
+	}
+	rel := &relation{name: m.RelationName}
+	types := map[string]string{}
+	rows, err := target.Query(ctx, `SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute
+		WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped`, qualified(m.RelationName))
+	if err != nil {
+		return nil, fmt.Errorf("target: table %s: %w", m.RelationName, err)
+	}
+	for rows.Next() {
+		var n, t string
+		if err := rows.Scan(&n, &t); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		types[n] = t
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("target: table %s: %w", m.RelationName, err)
+	}
+	for _, c := range m.Columns {
+		t, ok := types[c.Name]
+		if !ok {
+			return nil, &SchemaMismatchError{Differences: []string{fmt.Sprintf("table %s: column %s not on the target", m.RelationName, c.Name)}}
+		}
+		rel.columns = append(rel.columns, c.Name)
+		rel.types = append(rel.types, t)
+		rel.key = append(rel.key, c.Flags&1 != 0)
+	}
+	return rel, nil
+}
+
+type change struct {
+	sql  string
+	args []any
+}
+
+func execChange(ctx context.Context, tx pgx.Tx, c change) error {
+	if tx == nil {
+		return errors.New("change outside a transaction in the stream")
+	}
+	tag, err := tx.Exec(ctx, c.sql, c.args...)
+	if err != nil {
+		return fmt.Errorf("target: %s: %w", c.sql, err)
+	}
+	if !strings.HasPrefix(c.sql, "TRUNCATE") && tag.RowsAffected() != 1 {
+		return fmt.Errorf("target: %s changed %d rows, not 1: the target has drifted from the source", c.sql, tag.RowsAffected())
+	}
+	return nil
+}
+
+// value is the expression and argument of column i's value in t.
+func (r *relation) value(t *pglogrepl.TupleData, i int, args *[]any) string {
+	col := t.Columns[i]
+	if col.DataType == pglogrepl.TupleDataTypeNull {
+		return "NULL"
+	}
+	*args = append(*args, string(col.Data))
+	return fmt.Sprintf("$%d::text::%s", len(*args), r.types[i])
+}
+
+func (r *relation) insert(t *pglogrepl.TupleData) change {
+	var args []any
+	cols := make([]string, 0, len(t.Columns))
+	vals := make([]string, 0, len(t.Columns))
+	for i := range t.Columns {
+		cols = append(cols, ident(r.columns[i]))
+		vals = append(vals, r.value(t, i, &args))
+	}
+	// COPY and the stream write identity columns the source generated.
+	return change{sql: "INSERT INTO " + qualified(r.name) + " (" + strings.Join(cols, ", ") + ") OVERRIDING SYSTEM VALUE VALUES (" + strings.Join(vals, ", ") + ")", args: args}
+}
+
+// update changes the row whose key is old's (sent when the key changed) or
+// else t's. A key column that kept its value is not set: an identity column
+// GENERATED ALWAYS may not be, even to its own value.
+func (r *relation) update(old, t *pglogrepl.TupleData) change {
+	key := t
+	if old != nil {
+		key = old
+	}
+	var args []any
+	var sets []string
+	for i, col := range t.Columns {
+		if col.DataType == pglogrepl.TupleDataTypeToast {
+			continue // unchanged, and not sent
+		}
+		if r.key[i] && (old == nil || bytes.Equal(old.Columns[i].Data, col.Data) && old.Columns[i].DataType == col.DataType) {
+			continue
+		}
+		sets = append(sets, ident(r.columns[i])+" = "+r.value(t, i, &args))
+	}
+	where := r.where(key, &args)
+	if len(sets) == 0 {
+		// Nothing changed but the row must be there all the same.
+		return change{sql: "SELECT FROM " + qualified(r.name) + " WHERE " + where, args: args}
+	}
+	return change{sql: "UPDATE " + qualified(r.name) + " SET " + strings.Join(sets, ", ") + " WHERE " + where, args: args}
+}
+
+func (r *relation) delete(key *pglogrepl.TupleData) change {
+	var args []any
+	return change{sql: "DELETE FROM " + qualified(r.name) + " WHERE " + r.where(key, &args), args: args}
+}
+
+// where matches the row by its replica identity's columns.
+func (r *relation) where(key *pglogrepl.TupleData, args *[]any) string {
+	var conds []string
+	for i := range key.Columns {
+		if !r.key[i] {
+			continue
+		}
+		if key.Columns[i].DataType == pglogrepl.TupleDataTypeNull {
+			conds = append(conds, ident(r.columns[i])+" IS NULL") // REPLICA IDENTITY FULL
+			continue
+		}
+		conds = append(conds, ident(r.columns[i])+" = "+r.value(key, i, args))
+	}
+	return strings.Join(conds, " AND ")
+}
+
+// DropStream removes the stream's slot and publication from the source; what
+// is already gone is no error. A slot in use (its stream not closed) cannot
+// be dropped.
+func DropStream(ctx context.Context, sourceAdmin Querier, name string) (err error) {
+	defer wrap(&err, fmt.Sprintf("DropStream(%q)", name))
+	if _, err := sourceAdmin.Exec(ctx, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1", name); err != nil {
+		return fmt.Errorf("source: dropping slot: %w", err)
+	}
+	if _, err := sourceAdmin.Exec(ctx, "DROP PUBLICATION IF EXISTS "+ident(name)); err != nil {
+		return fmt.Errorf("source: dropping publication: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,254 @@
+package mover
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"golang.org/x/sync/errgroup"
+)
+
+// ErrMismatch matches (errors.Is) the *MismatchError Verify returns when the
+// target differs from the source.
+var ErrMismatch = errors.New("the target differs from the source")
+
+// MismatchError names every difference Verify found, one sentence each:
+// "table users: 1000 rows on the source, 999 on the target".
+type MismatchError struct {
+	Differences []string
+}
+
+func (e *MismatchError) Error() string { return strings.Join(e.Differences, "; ") }
+
+// Is makes errors.Is(err, ErrMismatch) true.
+func (e *MismatchError) Is(target error) bool { return target == ErrMismatch }
+
+// TableCheck compares one table's rows on both sides.
+type TableCheck struct {
+	Table                  string
+	SourceRows, TargetRows int64
+	// SourceHash and TargetHash are the sums, as decimals, of a 64-bit hash
+	// (md5's first 16 hex digits) of each row's text: equal sums mean the
+	// same rows with overwhelming likelihood, in any order.
+	SourceHash, TargetHash string
+}
+
+// Equal says whether both sides have the same rows.
+func (c TableCheck) Equal() bool {
+	return c.SourceRows == c.TargetRows && c.SourceHash == c.TargetHash
+}
+
+// String says how the table differs, or that it does not.
+func (c TableCheck) String() string {
+	switch {
+	case c.SourceRows != c.TargetRows:
+		return fmt.Sprintf("table %s: %d rows on the source, %d on the target", c.Table, c.SourceRows, c.TargetRows)
+	case c.SourceHash != c.TargetHash:
+		return fmt.Sprintf("table %s: %d rows on both sides, but their contents differ (row hash %s on the source, %s on the target)",
+			c.Table, c.SourceRows, c.SourceHash, c.TargetHash)
+	}
+	return fmt.Sprintf("table %s: %d rows, equal", c.Table, c.SourceRows)
+}
+
+// SequenceCheck compares one sequence: the target's must be at or past the
+// source's, so that it hands out no value the source has.
+type SequenceCheck struct {
+	Sequence       string
+	Source, Target Sequence
+	Missing        bool // not on the target
+}
+
+// OK says whether the target's sequence is at or past the source's.
+func (c SequenceCheck) OK() bool { return !c.Missing && c.Target.atOrPast(c.Source) }
+
+func (c SequenceCheck) String() string {
+	switch {
+	case c.Missing:
+		return fmt.Sprintf("sequence %s: not on the target", c.Sequence)
+	case !c.OK():
+		return fmt.Sprintf("sequence %s: next value %d on the source, %d on the target (behind)", c.Sequence, c.Source.Next(), c.Target.Next())
+	}
+	return fmt.Sprintf("sequence %s: next value %d on the source, %d on the target", c.Sequence, c.Source.Next(), c.Target.Next())
+}
+
+// SchemaVersion is a database's golang-migrate state (schema_migrations).
+type SchemaVersion struct {
+	Version int64
+	Dirty   bool
+	Known   bool // the database has a schema_migrations row
+}
+
+func (v SchemaVersion) String() string {
+	switch {
+	case !v.Known:
+		return "none"
+	case v.Dirty:
+		return fmt.Sprintf("%d (dirty)", v.Version)
+	}
+	return fmt.Sprint(v.Version)
+}
+
+// VerifyResult is everything Verify compared.
+type VerifyResult struct {
+	SourceSchema, TargetSchema SchemaVersion
+	Tables                     []TableCheck // tables on both sides, in foreign-key order
+	Sequences                  []SequenceCheck
+	// Differences are the sentences of the *MismatchError, if any.
+	Differences []string
+	Duration    time.Duration
+}
+
+// Verify compares target with source: the schema version, the set of
+// tables and their columns, each table's row count and order-independent
+// row hash (the way pgcopydb's compare data does), and each sequence (the
+// target's at or past the source's). Each side is read in one REPEATABLE
+// READ READ ONLY transaction, both at once. Writes to the source while it
+// runs make it report differences: verify a fenced source.
+//
+// It returns the whole comparison and, when anything differs, a
+// *MismatchError (errors.Is ErrMismatch) naming each difference; other
+// errors mean it could not compare.
+func Verify(ctx context.Context, source, target DB) (_ VerifyResult, err error) {
+	defer wrap(&err, "Verify")
+	began := time.Now()
+	var src, dst sideState
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := src.read(gctx, source); err != nil {
+			return fmt.Errorf("source: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		if err := dst.read(gctx, target); err != nil {
+			return fmt.Errorf("target: %w", err)
+		}
+		return nil
+	})
+	if err := g.Wait(); err != nil {
+		return VerifyResult{}, err
+	}
+
+	res := VerifyResult{SourceSchema: src.schema, TargetSchema: dst.schema}
+	var diffs []string
+	if src.schema != dst.schema {
+		diffs = append(diffs, fmt.Sprintf("schema version %s on the source, %s on the target", src.schema, dst.schema))
+	}
+	var schemaErr *SchemaMismatchError
+	if err := compareTables(src.tables, dst.tables); errors.As(err, &schemaErr) {
+		diffs = append(diffs, schemaErr.Differences...)
+	}
+	for _, t := range src.tables {
+		d, ok := dst.checks[t.Name]
+		if !ok {
+			continue // named above
+		}
+		s := src.checks[t.Name]
+		c := TableCheck{Table: t.Name, SourceRows: s.rows, TargetRows: d.rows, SourceHash: s.hash, TargetHash: d.hash}
+		res.Tables = append(res.Tables, c)
+		if !c.Equal() {
+			diffs = append(diffs, c.String())
+		}
+	}
+	onTarget := map[string]Sequence{}
+	for _, s := range dst.sequences {
+		onTarget[s.Name] = s
+	}
+	for _, s := range src.sequences {
+		t, ok := onTarget[s.Name]
+		c := SequenceCheck{Sequence: s.Name, Source: s, Target: t, Missing: !ok}
+		res.Sequences = append(res.Sequences, c)
+		if !c.OK() {
+			diffs = append(diffs, c.String())
+		}
+	}
+	res.Differences = diffs
+	res.Duration = time.Since(began)
+	if len(diffs) > 0 {
+		return res, &MismatchError{Differences: diffs}
+	}
+	return res, nil
+}
+
+type rowSummary struct {
+	rows int64
+	hash string
+}
+
+// sideState is what Verify reads from one side.
+type sideState struct {
+	schema    SchemaVersion
+	tables    []Table
+	checks    map[string]rowSummary
+	sequences []Sequence
+}
+
+func (s *sideState) read(ctx context.Context, db DB) error {
+	tx, err := db.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	if _, err := tx.Exec(ctx, stableFormat); err != nil {
+		return err
+	}
+	if s.schema, err = readSchemaVersion(ctx, tx); err != nil {
+		return err
+	}
+	if s.tables, err = Tables(ctx, tx); err != nil {
+		return err
+	}
+	s.checks = map[string]rowSummary{}
+	for _, t := range s.tables {
+		var sum rowSummary
+		if err := tx.QueryRow(ctx, rowHashQuery(t)).Scan(&sum.rows, &sum.hash); err != nil {
+			return fmt.Errorf("table %s: %w", t.Name, err)
+		}
+		s.checks[t.Name] = sum
+	}
+	s.sequences, err = Sequences(ctx, tx)
+	return err
+}
+
+// rowHashQuery counts a table's rows and sums a 64-bit hash of each row's
+// text over its copied columns in name order, so that both sides hash the
+// same text whatever their columns' physical order. The sum of bigints is a
+// numeric: it does not overflow.
+func rowHashQuery(t Table) string {
+	cols := slices.Sorted(slices.Values(t.Columns))
+	fields := make([]string, len(cols))
+	for i, c := range cols {
+		fields[i] = "r." + ident(c)
+	}
+	row := "ROW(" + strings.Join(fields, ", ") + ")"
+	if len(cols) == 0 {
+		row = "ROW()"
+	}
+	return "SELECT count(*), coalesce(sum(('x' || substr(md5(" + row + "::text), 1, 16))::bit(64)::bigint), 0)::text FROM " +
+		qualified(t.Name) + " r"
+}
+
+// readSchemaVersion reads schema_migrations, if the database has one.
+func readSchemaVersion(ctx context.Context, q Querier) (SchemaVersion, error) {
+	var exists bool
+	if err := q.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", qualified(migrationsTable)).Scan(&exists); err != nil {
+		return SchemaVersion{}, fmt.Errorf("schema version: %w", err)
+	}
+	if !exists {
+		return SchemaVersion{}, nil
+	}
+	var v SchemaVersion
+	err := q.QueryRow(ctx, "SELECT version, dirty FROM "+qualified(migrationsTable)+" LIMIT 1").Scan(&v.Version, &v.Dirty)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return SchemaVersion{}, nil
+	}
+	if err != nil {
+		return SchemaVersion{}, fmt.Errorf("schema version: %w", err)
+	}
+	v.Known = true
+	return v, nil
+}
