@@ -266,9 +266,9 @@ func (p *Provisioner) admin(ctx context.Context, serverID int64, serverName stri
 		ap.pool.Close()
 		delete(p.adminPools, serverID)
 	}
-	cfg, err := pgxpool.ParseConfig(dsn)
+	cfg, err := catalog.ServerConfig(dsn)
 	if err != nil {
-		return nil, catalog.Errorf(catalog.CodeInvalid, "server %q has a malformed DSN", serverName)
+		return nil, fmt.Errorf("server %q: %w", serverName, err)
 	}
 	cfg.MaxConns = 4
 	cfg.MinConns = 0
@@ -291,10 +291,11 @@ func (p *Provisioner) dbConfig(ctx context.Context, serverName, database, app st
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := pgx.ParseConfig(dsn)
+	pcfg, err := catalog.ServerConfig(dsn)
 	if err != nil {
-		return nil, catalog.Errorf(catalog.CodeInvalid, "server %q has a malformed DSN", serverName)
+		return nil, fmt.Errorf("server %q: %w", serverName, err)
 	}
+	cfg := pcfg.ConnConfig
 	cfg.Database = database
 	cfg.ConnectTimeout = p.cfg.ConnectTimeout
 	cfg.RuntimeParams["application_name"] = app

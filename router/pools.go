@@ -282,9 +282,9 @@ func (p *pools) open(ctx context.Context, t *resolved) (*pgxpool.Pool, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := pgxpool.ParseConfig(serverDSN)
+	cfg, err := catalog.ServerConfig(serverDSN)
 	if err != nil {
-		return nil, fmt.Errorf("server %s: malformed DSN", t.tenant.Server)
+		return nil, fmt.Errorf("server %s: %w", t.tenant.Server, err)
 	}
 	cc := cfg.ConnConfig
 	cc.User, cc.Password, cc.Database = role, password, t.tenant.Database

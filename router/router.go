@@ -274,8 +274,10 @@ func unavailable(e *resolved, err error) error {
 	if errors.Is(err, errBudget) {
 		return catalog.WrapError(catalog.CodeUnavailable, err, "the database server of tenant %q is at its connection budget; retry shortly", e.tenant.Slug)
 	}
+	// A malformed server DSN (CodeInvalid) is the operator's to fix, not the
+	// tenant's: to the tenant its database is unavailable, the cause logged.
 	var ce *catalog.Error
-	if errors.As(err, &ce) {
+	if errors.As(err, &ce) && ce.Code != catalog.CodeInvalid {
 		return err
 	}
 	return catalog.WrapError(catalog.CodeUnavailable, err, "the database of tenant %q is unavailable", e.tenant.Slug)
