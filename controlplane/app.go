@@ -141,10 +141,10 @@ func (a *App) Start(ctx context.Context) error {
 		_ = a.adminLn.Close()
 		return err
 	}
-	a.watcher.Start(ctx)
-	a.router.Start(ctx)
-	if err := a.billing.Start(ctx); err != nil {
-		return errors.Join(err, a.Stop(ctx))
+	for _, start := range []func(context.Context) error{a.watcher.Start, a.router.Start, a.billing.Start} {
+		if err := start(ctx); err != nil {
+			return errors.Join(err, a.Stop(ctx))
+		}
 	}
 	for _, s := range []struct {
 		srv *http.Server
