@@ -14,6 +14,7 @@ import (
 	"github.com/stripe/stripe-go/v76/client"
 
 	"github.com/tenantplane/tenantplane/catalog"
+	"github.com/tenantplane/tenantplane/internal/startstop"
 )
 
 // Actor is who billing's changes are recorded as in the audit log.
@@ -110,10 +111,7 @@ type Service struct {
 
 	wake chan struct{} // a run was created: look now
 
-	mu      sync.Mutex
-	cancel  context.CancelFunc
-	loops   sync.WaitGroup
-	started bool
+	background startstop.Loop // runs the loops below, each every its interval
 }
 
 // New returns a billing Service over store. Start runs its background work.
@@ -218,34 +216,37 @@ func newStripeClient(cfg Config, logger *slog.Logger) *client.API {
 }
 
 // Start runs the background work until Stop: runs (new ones, and those a
-// dead process left), the schedule, dunning and the storage collector.
+// dead process left), the schedule, dunning and the storage collector. A
+// Service that runs refuses a second Start with startstop.ErrStarted.
 func (s *Service) Start(ctx context.Context) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.started {
-		return errors.New("billing: already started")
-	}
-	s.started = true
-	ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
-	s.loop(ctx, "runs", s.cfg.PollInterval, s.wake, s.doOpenRuns)
-	if !s.cfg.DisableSchedule {
-		s.loop(ctx, "schedule", s.cfg.ScheduleInterval, nil, s.schedule)
-	}
-	if s.cfg.Suspender != nil {
-		s.loop(ctx, "dunning", s.cfg.DunningInterval, nil, s.SweepDunning)
-	}
-	if !s.cfg.DisableCollector {
-		s.loop(ctx, "storage", s.cfg.StorageInterval, nil, func(ctx context.Context) error {
-			_, err := s.CollectStorage(ctx)
-			return err
-		})
+	if err := s.background.Start(ctx, s.runLoops); err != nil {
+		return fmt.Errorf("billing: %w", err)
 	}
 	return nil
 }
 
+// runLoops runs each background loop that is on until ctx ends, and waits for them.
+func (s *Service) runLoops(ctx context.Context) {
+	var loops sync.WaitGroup
+	s.loop(ctx, &loops, "runs", s.cfg.PollInterval, s.wake, s.doOpenRuns)
+	if !s.cfg.DisableSchedule {
+		s.loop(ctx, &loops, "schedule", s.cfg.ScheduleInterval, nil, s.schedule)
+	}
+	if s.cfg.Suspender != nil {
+		s.loop(ctx, &loops, "dunning", s.cfg.DunningInterval, nil, s.SweepDunning)
+	}
+	if !s.cfg.DisableCollector {
+		s.loop(ctx, &loops, "storage", s.cfg.StorageInterval, nil, func(ctx context.Context) error {
+			_, err := s.CollectStorage(ctx)
+			return err
+		})
+	}
+	loops.Wait()
+}
+
 // loop runs fn now, then every interval (or when wake fires) until ctx ends.
-func (s *Service) loop(ctx context.Context, name string, every time.Duration, wake <-chan struct{}, fn func(context.Context) error) {
-	s.loops.Go(func() {
+func (s *Service) loop(ctx context.Context, loops *sync.WaitGroup, name string, every time.Duration, wake <-chan struct{}, fn func(context.Context) error) {
+	loops.Go(func() {
 		tick := time.NewTicker(every)
 		defer tick.Stop()
 		for {
@@ -266,24 +267,10 @@ func (s *Service) loop(ctx context.Context, name string, every time.Duration, wa
 // invoices and stays running in the catalog: the next process resumes it.
 // It waits until ctx ends at most.
 func (s *Service) Stop(ctx context.Context) error {
-	s.mu.Lock()
-	cancel := s.cancel
-	s.mu.Unlock()
-	if cancel == nil {
-		return nil
+	if err := s.background.Stop(ctx); err != nil {
+		return fmt.Errorf("billing: stopping: %w", err)
 	}
-	cancel()
-	done := make(chan struct{})
-	go func() {
-		s.loops.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("billing: stopping: %w", ctx.Err())
-	}
+	return nil
 }
 
 func (s *Service) now() time.Time { return s.cfg.Now().UTC() }
