@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/tenantplane/tenantplane/catalog"
+	"github.com/tenantplane/tenantplane/internal/startstop"
 	"github.com/tenantplane/tenantplane/migrations"
 )
 
@@ -112,9 +113,8 @@ type Provisioner struct {
 	adminPools map[int64]*adminPool // by server id
 	templates  singleflight.Group
 
-	refill   chan struct{}
-	stopFill context.CancelFunc
-	fillDone chan struct{}
+	refill chan struct{}
+	fill   startstop.Loop // the warm-pool refiller (warmpool.go)
 
 	fanout fanoutState // migration runs (fanout.go)
 }
@@ -201,19 +201,22 @@ func New(store *catalog.Store, cfg Config) (*Provisioner, error) {
 }
 
 // Start runs the provisioning workers and the warm-pool refiller until Stop.
+// A Provisioner that runs refuses a second Start with startstop.ErrStarted.
 func (p *Provisioner) Start(ctx context.Context) error {
+	// The refiller goes first: its Loop refuses a second Start before
+	// anything else is started twice.
+	if err := p.fill.Start(ctx, p.refillLoop); err != nil {
+		return fmt.Errorf("provisioner: %w", err)
+	}
 	// The client beats before it fetches a job: a running job whose client
 	// has no row counts as a dead process's.
 	if err := p.beats.Start(ctx); err != nil {
-		return err
+		return errors.Join(err, p.fill.Stop(ctx))
 	}
 	if err := p.river.Start(ctx); err != nil {
 		_ = p.beats.Stop(ctx)
-		return fmt.Errorf("provisioner: starting job workers: %w", err)
+		return errors.Join(fmt.Errorf("provisioner: starting job workers: %w", err), p.fill.Stop(ctx))
 	}
-	fillCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	p.stopFill, p.fillDone = cancel, make(chan struct{})
-	go p.refillLoop(fillCtx)
 	p.startFanout(ctx)
 	return nil
 }
@@ -222,10 +225,11 @@ func (p *Provisioner) Start(ctx context.Context) error {
 // resume elsewhere), stops the refiller and closes the admin pools.
 func (p *Provisioner) Stop(ctx context.Context) error {
 	var err error
-	if p.stopFill != nil {
+	if p.fill.Running() {
 		p.stopFanout()
-		p.stopFill()
-		<-p.fillDone
+		// The refiller ends as soon as it is cancelled (its queries are):
+		// wait for it whatever ctx, so a second Stop finds nothing running.
+		_ = p.fill.Stop(context.WithoutCancel(ctx))
 		if err = p.river.Stop(ctx); errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 			err = p.river.StopAndCancel(context.Background())
 		}
