@@ -42,7 +42,7 @@ type App struct {
 // New migrates the catalog to the newest schema and wires the components. It
 // fails when the catalog cannot be reached: a process that cannot read its
 // source of truth should not start serving.
-func New(ctx context.Context, cfg Config, logger *slog.Logger) (*App, error) {
+func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *App, err error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
@@ -57,13 +57,17 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*App, error) {
 	if err != nil {
 		return nil, err
 	}
+	// From here on, a New that fails closes the catalog it opened.
+	defer func() {
+		if err != nil {
+			store.Close()
+		}
+	}()
 	schema, err := migrations.Load(cfg.TenantMigrations)
 	if err != nil {
-		store.Close()
 		return nil, fmt.Errorf("TENANTPLANE_TENANT_MIGRATIONS: %w", err)
 	}
-	if err := checkConnLimit(ctx, store, cfg.TenantConnLimit, cfg.Replicas); err != nil {
-		store.Close()
+	if err = checkConnLimit(ctx, store, cfg.TenantConnLimit, cfg.Replicas); err != nil {
 		return nil, err
 	}
 	warm := cfg.WarmPoolSize
@@ -77,14 +81,12 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*App, error) {
 		TenantConnLimit: cfg.TenantConnLimit, Customers: customers, CustomerTimeout: cfg.customerTimeout(),
 	})
 	if err != nil {
-		store.Close()
 		return nil, err
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	bill, err := newBilling(store, prov, reg, cfg, logger)
 	if err != nil {
-		store.Close()
 		return nil, err
 	}
 	if bill.SendsToStripe() {
@@ -106,7 +108,6 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*App, error) {
 		Pools: router.PoolConfig{CacheSize: cfg.PoolCacheSize, Replicas: cfg.Replicas}, FlushInterval: cfg.UsageFlushInterval,
 	})
 	if err != nil {
-		store.Close()
 		return nil, err
 	}
 	a.apiServer = newHTTPServer(a.router.Handler(), logger)
