@@ -28,7 +28,9 @@ type Suspender interface {
 	Resume(ctx context.Context, slug, actor, reason string) (catalog.Tenant, error)
 }
 
-// Config configures a Service. Zero fields take the documented defaults.
+// Config configures a Service. As in every tenantplane Config, a zero field
+// takes its documented default, and a setting that can be turned off is off
+// when negative.
 type Config struct {
 	// Logger receives structured logs. Default slog.Default().
 	Logger *slog.Logger
@@ -50,8 +52,8 @@ type Config struct {
 	StripeTimeout time.Duration
 	// StripeRetries is how often the Stripe client retries a request that
 	// failed in transit or with a 5xx, with the same idempotency key.
-	// Default 1; -1 for none. A request that never answers therefore takes
-	// at most StripeCallLimit.
+	// Default 2; negative: none. A request that never answers therefore
+	// takes at most StripeCallLimit. (controlplane passes 1.)
 	StripeRetries int
 	// WebhookSecret checks Stripe webhook signatures (STRIPE_WEBHOOK_SECRET).
 	// Without it, webhooks are refused.
@@ -70,11 +72,9 @@ type Config struct {
 	// ones a dead process left. Default 5s.
 	PollInterval time.Duration
 
-	// Schedule starts a run for each period once it has ended plus
-	// BillingGrace (TENANTPLANE_BILLING_GRACE). Default on; DisableSchedule turns it off.
-	DisableSchedule bool
-	// BillingGrace is how long after a period ends the scheduled run starts,
-	// for late usage to arrive. Default 24h.
+	// BillingGrace is how long after a period ends its run starts by itself,
+	// for late usage to arrive (TENANTPLANE_BILLING_GRACE). Default 24h;
+	// negative: no schedule, runs start only through StartRun.
 	BillingGrace time.Duration
 	// ScheduleInterval is how often the schedule looks. Default 1 minute.
 	ScheduleInterval time.Duration
@@ -83,16 +83,16 @@ type Config struct {
 	// once paid. Without it there is no dunning.
 	Suspender Suspender
 	// DunningGrace is how long a sent invoice may stay unpaid before its
-	// tenant is suspended (TENANTPLANE_DUNNING_GRACE). Default 14 days.
+	// tenant is suspended (TENANTPLANE_DUNNING_GRACE). Default 14 days;
+	// negative: no dunning, as without a Suspender.
 	DunningGrace time.Duration
 	// DunningInterval is how often unpaid invoices are looked at. Default 1 minute.
 	DunningInterval time.Duration
 
 	// StorageInterval is how often the collector samples each tenant
-	// database's size (TENANTPLANE_STORAGE_INTERVAL). Default 1h;
-	// DisableCollector turns it off.
-	StorageInterval  time.Duration
-	DisableCollector bool
+	// database's size (TENANTPLANE_STORAGE_INTERVAL). Default 1h; negative:
+	// no collector (CollectStorage still samples when called).
+	StorageInterval time.Duration
 	// ConnectTimeout bounds the collector's connection to each server. Default 10s.
 	ConnectTimeout time.Duration
 
@@ -161,17 +161,12 @@ func New(store *catalog.Store, cfg Config) (*Service, error) {
 	if cfg.StripeTimeout == 0 {
 		cfg.StripeTimeout = 10 * time.Second
 	}
-	if cfg.StripeRetries == 0 {
-		cfg.StripeRetries = 1
-	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
 	switch {
 	case cfg.Concurrency < 1 || cfg.ComputeBatch < 1:
 		return nil, errors.New("billing: Concurrency and ComputeBatch must be at least 1")
-	case cfg.BillingGrace < 0 || cfg.DunningGrace < 0:
-		return nil, errors.New("billing: BillingGrace and DunningGrace must not be negative")
 	case cfg.StripeAPIBase != "" && cfg.StripeKey == "":
 		return nil, errors.New("billing: StripeAPIBase is set without StripeKey; set both (STRIPE_API_KEY), or neither to bill without Stripe")
 	}
@@ -229,13 +224,13 @@ func (s *Service) Start(ctx context.Context) error {
 func (s *Service) runLoops(ctx context.Context) {
 	var loops sync.WaitGroup
 	s.loop(ctx, &loops, "runs", s.cfg.PollInterval, s.wake, s.doOpenRuns)
-	if !s.cfg.DisableSchedule {
+	if s.cfg.BillingGrace >= 0 {
 		s.loop(ctx, &loops, "schedule", s.cfg.ScheduleInterval, nil, s.schedule)
 	}
-	if s.cfg.Suspender != nil {
+	if s.dunning() {
 		s.loop(ctx, &loops, "dunning", s.cfg.DunningInterval, nil, s.SweepDunning)
 	}
-	if !s.cfg.DisableCollector {
+	if s.cfg.StorageInterval >= 0 {
 		s.loop(ctx, &loops, "storage", s.cfg.StorageInterval, nil, func(ctx context.Context) error {
 			_, err := s.CollectStorage(ctx)
 			return err

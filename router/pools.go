@@ -19,7 +19,8 @@ import (
 	"github.com/tenantplane/tenantplane/catalog"
 )
 
-// PoolConfig tunes the per-tenant pools.
+// PoolConfig tunes the per-tenant pools. A zero field takes its documented
+// default; none of these settings can be off.
 type PoolConfig struct {
 	// CacheSize bounds how many tenant pools are open at once
 	// (TENANTPLANE_POOL_CACHE_SIZE). Default 500.

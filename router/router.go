@@ -21,7 +21,8 @@ import (
 	"github.com/tenantplane/tenantplane/internal/startstop"
 )
 
-// Config configures the tenant API.
+// Config configures the tenant API. As in every tenantplane Config, a zero
+// field takes its documented default; none of these settings can be off.
 type Config struct {
 	// Store is the catalog. Required.
 	Store *catalog.Store
