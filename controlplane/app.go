@@ -70,14 +70,10 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *App, err erro
 	if err = checkConnLimit(ctx, store, cfg.TenantConnLimit, cfg.Replicas); err != nil {
 		return nil, err
 	}
-	warm := cfg.WarmPoolSize
-	if warm == 0 {
-		warm = -1 // the provisioner's "off"
-	}
 	watcher := catalog.NewWatcher(store, logger)
 	customers := &stripeCustomers{}
 	prov, err := provisioner.New(store, provisioner.Config{
-		Logger: logger, Watcher: watcher, Migrations: &schema, WarmPoolSize: warm, DeleteGrace: cfg.DeleteGrace, ArchiveDir: cfg.ArchiveDir,
+		Logger: logger, Watcher: watcher, Migrations: &schema, WarmPoolSize: cfg.WarmPoolSize, DeleteGrace: cfg.DeleteGrace, ArchiveDir: cfg.ArchiveDir,
 		TenantConnLimit: cfg.TenantConnLimit, Customers: customers, CustomerTimeout: cfg.customerTimeout(),
 	})
 	if err != nil {

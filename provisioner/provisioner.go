@@ -19,7 +19,9 @@ import (
 	"github.com/tenantplane/tenantplane/migrations"
 )
 
-// Config configures a Provisioner. Zero fields take the documented defaults.
+// Config configures a Provisioner. As in every tenantplane Config, a zero
+// field takes its documented default, and a setting that can be turned off
+// is off when negative.
 type Config struct {
 	// Logger receives structured logs. Default: slog.Default().
 	Logger *slog.Logger
@@ -32,11 +34,12 @@ type Config struct {
 	// DefaultConnBudget is a new server's connection budget when none is given. Default 80.
 	DefaultConnBudget int
 	// WarmPoolSize is how many ready databases each server keeps for instant
-	// tenant creation (TENANTPLANE_WARM_POOL_SIZE). Default 2; -1 disables the pool.
+	// tenant creation (TENANTPLANE_WARM_POOL_SIZE). Default 2; negative: no
+	// warm pool, every tenant is made from the template.
 	WarmPoolSize int
 	// DeleteGrace is how long a deleted tenant can be restored before its
-	// database is dropped (TENANTPLANE_DELETE_GRACE). Zero drops at once;
-	// controlplane passes its default of 7 days.
+	// database is dropped (TENANTPLANE_DELETE_GRACE). Default 7 days;
+	// negative: no grace, the database is dropped at once.
 	DeleteGrace time.Duration
 	// ArchiveDir, when set, keeps a pg_dump of each tenant database before it
 	// is dropped (TENANTPLANE_ARCHIVE_DIR).
@@ -137,6 +140,9 @@ func New(store *catalog.Store, cfg Config) (*Provisioner, error) {
 	if cfg.WarmPoolSize == 0 {
 		cfg.WarmPoolSize = 2
 	}
+	if cfg.DeleteGrace == 0 {
+		cfg.DeleteGrace = 7 * 24 * time.Hour
+	}
 	if cfg.TenantStatementTimeout == 0 {
 		cfg.TenantStatementTimeout = 30 * time.Second
 	}
@@ -157,9 +163,6 @@ func New(store *catalog.Store, cfg Config) (*Provisioner, error) {
 	}
 	if cfg.RescueAfter <= cfg.JobTimeout {
 		return nil, errors.New("provisioner: RescueAfter must exceed JobTimeout")
-	}
-	if cfg.DeleteGrace < 0 {
-		return nil, errors.New("provisioner: DeleteGrace must not be negative")
 	}
 	applyFanoutDefaults(&cfg)
 	p := &Provisioner{
