@@ -75,7 +75,7 @@ func BenchmarkBillingRun(b *testing.B) {
 		cnt.base.(*http.Transport).MaxIdleConnsPerHost = 64
 		concurrency, _ := strconv.Atoi(os.Getenv("BENCH_CONCURRENCY"))
 		svc, err := billing.New(store, billing.Config{Logger: testLogger(), StripeKey: stripetest.Key, StripeAPIBase: mock.URL, Concurrency: concurrency,
-			StripeHTTPClient: &http.Client{Transport: cnt, Timeout: 30 * time.Second}, DisableSchedule: true, DisableCollector: true})
+			StripeHTTPClient: &http.Client{Transport: cnt, Timeout: 30 * time.Second}, BillingGrace: -1, StorageInterval: -1})
 		require.NoError(b, err)
 
 		b.StartTimer()
@@ -130,7 +130,7 @@ func BenchmarkUsageEvents(b *testing.B) {
 		_, err := store.Pool().Exec(ctx, `
 			INSERT INTO tenants (slug, name, plan, state) SELECT 'bench-' || g, 'Bench', 'basic', 'active' FROM generate_series(1, $1) g`, tenants)
 		require.NoError(b, err)
-		svc, err := billing.New(store, billing.Config{Logger: testLogger(), DisableSchedule: true, DisableCollector: true})
+		svc, err := billing.New(store, billing.Config{Logger: testLogger(), BillingGrace: -1, StorageInterval: -1})
 		require.NoError(b, err)
 		now := time.Now()
 		batches := make([][]catalog.UsageEvent, 0, events/batch)

@@ -14,6 +14,7 @@ import (
 	"github.com/stripe/stripe-go/v76/client"
 
 	"github.com/tenantplane/tenantplane/catalog"
+	"github.com/tenantplane/tenantplane/internal/startstop"
 )
 
 // Actor is who billing's changes are recorded as in the audit log.
@@ -27,7 +28,9 @@ type Suspender interface {
 	Resume(ctx context.Context, slug, actor, reason string) (catalog.Tenant, error)
 }
 
-// Config configures a Service. Zero fields take the documented defaults.
+// Config configures a Service. As in every tenantplane Config, a zero field
+// takes its documented default, and a setting that can be turned off is off
+// when negative.
 type Config struct {
 	// Logger receives structured logs. Default slog.Default().
 	Logger *slog.Logger
@@ -49,8 +52,8 @@ type Config struct {
 	StripeTimeout time.Duration
 	// StripeRetries is how often the Stripe client retries a request that
 	// failed in transit or with a 5xx, with the same idempotency key.
-	// Default 1; -1 for none. A request that never answers therefore takes
-	// at most StripeCallLimit.
+	// Default 2; negative: none. A request that never answers therefore
+	// takes at most StripeCallLimit. (controlplane passes 1.)
 	StripeRetries int
 	// WebhookSecret checks Stripe webhook signatures (STRIPE_WEBHOOK_SECRET).
 	// Without it, webhooks are refused.
@@ -69,11 +72,9 @@ type Config struct {
 	// ones a dead process left. Default 5s.
 	PollInterval time.Duration
 
-	// Schedule starts a run for each period once it has ended plus
-	// BillingGrace (TENANTPLANE_BILLING_GRACE). Default on; DisableSchedule turns it off.
-	DisableSchedule bool
-	// BillingGrace is how long after a period ends the scheduled run starts,
-	// for late usage to arrive. Default 24h.
+	// BillingGrace is how long after a period ends its run starts by itself,
+	// for late usage to arrive (TENANTPLANE_BILLING_GRACE). Default 24h;
+	// negative: no schedule, runs start only through StartRun.
 	BillingGrace time.Duration
 	// ScheduleInterval is how often the schedule looks. Default 1 minute.
 	ScheduleInterval time.Duration
@@ -82,16 +83,16 @@ type Config struct {
 	// once paid. Without it there is no dunning.
 	Suspender Suspender
 	// DunningGrace is how long a sent invoice may stay unpaid before its
-	// tenant is suspended (TENANTPLANE_DUNNING_GRACE). Default 14 days.
+	// tenant is suspended (TENANTPLANE_DUNNING_GRACE). Default 14 days;
+	// negative: no dunning, as without a Suspender.
 	DunningGrace time.Duration
 	// DunningInterval is how often unpaid invoices are looked at. Default 1 minute.
 	DunningInterval time.Duration
 
 	// StorageInterval is how often the collector samples each tenant
-	// database's size (TENANTPLANE_STORAGE_INTERVAL). Default 1h;
-	// DisableCollector turns it off.
-	StorageInterval  time.Duration
-	DisableCollector bool
+	// database's size (TENANTPLANE_STORAGE_INTERVAL). Default 1h; negative:
+	// no collector (CollectStorage still samples when called).
+	StorageInterval time.Duration
 	// ConnectTimeout bounds the collector's connection to each server. Default 10s.
 	ConnectTimeout time.Duration
 
@@ -110,10 +111,7 @@ type Service struct {
 
 	wake chan struct{} // a run was created: look now
 
-	mu      sync.Mutex
-	cancel  context.CancelFunc
-	loops   sync.WaitGroup
-	started bool
+	background startstop.Loop // runs the loops below, each every its interval
 }
 
 // New returns a billing Service over store. Start runs its background work.
@@ -163,17 +161,12 @@ func New(store *catalog.Store, cfg Config) (*Service, error) {
 	if cfg.StripeTimeout == 0 {
 		cfg.StripeTimeout = 10 * time.Second
 	}
-	if cfg.StripeRetries == 0 {
-		cfg.StripeRetries = 1
-	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
 	switch {
 	case cfg.Concurrency < 1 || cfg.ComputeBatch < 1:
 		return nil, errors.New("billing: Concurrency and ComputeBatch must be at least 1")
-	case cfg.BillingGrace < 0 || cfg.DunningGrace < 0:
-		return nil, errors.New("billing: BillingGrace and DunningGrace must not be negative")
 	case cfg.StripeAPIBase != "" && cfg.StripeKey == "":
 		return nil, errors.New("billing: StripeAPIBase is set without StripeKey; set both (STRIPE_API_KEY), or neither to bill without Stripe")
 	}
@@ -218,34 +211,37 @@ func newStripeClient(cfg Config, logger *slog.Logger) *client.API {
 }
 
 // Start runs the background work until Stop: runs (new ones, and those a
-// dead process left), the schedule, dunning and the storage collector.
+// dead process left), the schedule, dunning and the storage collector. A
+// Service that runs refuses a second Start with startstop.ErrStarted.
 func (s *Service) Start(ctx context.Context) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.started {
-		return errors.New("billing: already started")
-	}
-	s.started = true
-	ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
-	s.loop(ctx, "runs", s.cfg.PollInterval, s.wake, s.doOpenRuns)
-	if !s.cfg.DisableSchedule {
-		s.loop(ctx, "schedule", s.cfg.ScheduleInterval, nil, s.schedule)
-	}
-	if s.cfg.Suspender != nil {
-		s.loop(ctx, "dunning", s.cfg.DunningInterval, nil, s.SweepDunning)
-	}
-	if !s.cfg.DisableCollector {
-		s.loop(ctx, "storage", s.cfg.StorageInterval, nil, func(ctx context.Context) error {
-			_, err := s.CollectStorage(ctx)
-			return err
-		})
+	if err := s.background.Start(ctx, s.runLoops); err != nil {
+		return fmt.Errorf("billing: %w", err)
 	}
 	return nil
 }
 
+// runLoops runs each background loop that is on until ctx ends, and waits for them.
+func (s *Service) runLoops(ctx context.Context) {
+	var loops sync.WaitGroup
+	s.loop(ctx, &loops, "runs", s.cfg.PollInterval, s.wake, s.doOpenRuns)
+	if s.cfg.BillingGrace >= 0 {
+		s.loop(ctx, &loops, "schedule", s.cfg.ScheduleInterval, nil, s.schedule)
+	}
+	if s.dunning() {
+		s.loop(ctx, &loops, "dunning", s.cfg.DunningInterval, nil, s.SweepDunning)
+	}
+	if s.cfg.StorageInterval >= 0 {
+		s.loop(ctx, &loops, "storage", s.cfg.StorageInterval, nil, func(ctx context.Context) error {
+			_, err := s.CollectStorage(ctx)
+			return err
+		})
+	}
+	loops.Wait()
+}
+
 // loop runs fn now, then every interval (or when wake fires) until ctx ends.
-func (s *Service) loop(ctx context.Context, name string, every time.Duration, wake <-chan struct{}, fn func(context.Context) error) {
-	s.loops.Go(func() {
+func (s *Service) loop(ctx context.Context, loops *sync.WaitGroup, name string, every time.Duration, wake <-chan struct{}, fn func(context.Context) error) {
+	loops.Go(func() {
 		tick := time.NewTicker(every)
 		defer tick.Stop()
 		for {
@@ -266,24 +262,10 @@ func (s *Service) loop(ctx context.Context, name string, every time.Duration, wa
 // invoices and stays running in the catalog: the next process resumes it.
 // It waits until ctx ends at most.
 func (s *Service) Stop(ctx context.Context) error {
-	s.mu.Lock()
-	cancel := s.cancel
-	s.mu.Unlock()
-	if cancel == nil {
-		return nil
+	if err := s.background.Stop(ctx); err != nil {
+		return fmt.Errorf("billing: stopping: %w", err)
 	}
-	cancel()
-	done := make(chan struct{})
-	go func() {
-		s.loops.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("billing: stopping: %w", ctx.Err())
-	}
+	return nil
 }
 
 func (s *Service) now() time.Time { return s.cfg.Now().UTC() }

@@ -64,10 +64,11 @@ func (s *Service) collectServer(ctx context.Context, server string, dbs []catalo
 	if err != nil {
 		return 0, err
 	}
-	cfg, err := pgx.ParseConfig(dsn)
+	pcfg, err := catalog.ServerConfig(dsn)
 	if err != nil {
-		return 0, catalog.Errorf(catalog.CodeInvalid, "server %q has a malformed DSN", server)
+		return 0, err // CollectStorage names the server
 	}
+	cfg := pcfg.ConnConfig
 	cfg.ConnectTimeout = s.cfg.ConnectTimeout
 	cfg.RuntimeParams["application_name"] = "tenantplane-billing"
 	cfg.RuntimeParams["statement_timeout"] = "30000"

@@ -15,7 +15,7 @@ import (
 // webhook's resume did not happen). Each suspension is the provisioner's,
 // with an audit event naming the invoice.
 func (s *Service) SweepDunning(ctx context.Context) error {
-	if s.cfg.Suspender == nil {
+	if !s.dunning() {
 		return nil
 	}
 	cutoff := s.now().Add(-s.cfg.DunningGrace)
@@ -64,6 +64,11 @@ func (s *Service) SweepDunning(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// dunning reports whether dunning is on: a Suspender, and DunningGrace not off.
+func (s *Service) dunning() bool {
+	return s.cfg.Suspender != nil && s.cfg.DunningGrace >= 0
 }
 
 // resumeIfPaidUp resumes a tenant that billing suspended (the latest

@@ -67,7 +67,7 @@ func (b *testBundle) service(t testing.TB, cfg billing.Config) *billing.Service 
 	if cfg.Logger == nil {
 		cfg.Logger = testLogger()
 	}
-	cfg.DisableSchedule, cfg.DisableCollector = true, true
+	cfg.BillingGrace, cfg.StorageInterval = -1, -1 // no schedule, no collector
 	svc, err := billing.New(b.store, cfg)
 	require.NoError(t, err)
 	return svc

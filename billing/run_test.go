@@ -372,7 +372,7 @@ func TestScheduleStartsOneRunAfterTheGrace(t *testing.T) {
 	from, err := b.store.ScheduleFrom(context.Background())
 	require.NoError(t, err)
 	require.Equal(t, catalog.PeriodEnd(time.Now()), from)
-	early, err := billing.New(b.store, billing.Config{Logger: testLogger(), DisableCollector: true, BillingGrace: time.Nanosecond,
+	early, err := billing.New(b.store, billing.Config{Logger: testLogger(), StorageInterval: -1, BillingGrace: time.Nanosecond,
 		ScheduleInterval: 20 * time.Millisecond, PollInterval: 20 * time.Millisecond})
 	require.NoError(t, err)
 	require.NoError(t, early.Start(context.Background()))
@@ -386,7 +386,7 @@ func TestScheduleStartsOneRunAfterTheGrace(t *testing.T) {
 	require.NoError(t, err)
 	var svcs []*billing.Service
 	for range 3 {
-		svc, err := billing.New(b.store, billing.Config{Logger: testLogger(), DisableCollector: true, BillingGrace: time.Nanosecond,
+		svc, err := billing.New(b.store, billing.Config{Logger: testLogger(), StorageInterval: -1, BillingGrace: time.Nanosecond,
 			ScheduleInterval: 20 * time.Millisecond, PollInterval: 20 * time.Millisecond})
 		require.NoError(t, err)
 		require.NoError(t, svc.Start(context.Background()))

@@ -98,7 +98,7 @@ func (s *Service) HandleWebhook(ctx context.Context, payload []byte, signature s
 	res.InvoiceID = inv.ID
 	s.logger.InfoContext(ctx, "invoice payment", "op", "webhook", "tenant", inv.Tenant, "invoice_id", inv.ID, "period", inv.Period,
 		"event", ev.Type, "event_id", ev.ID, "payment", inv.Payment)
-	if inv.Payment == catalog.PaymentPaid && s.cfg.Suspender != nil {
+	if inv.Payment == catalog.PaymentPaid && s.dunning() {
 		// Stripe gets its 2xx regardless: the dunning sweep retries the resume.
 		if err := s.resumeIfPaidUp(ctx, inv.TenantID); err != nil {
 			s.logger.WarnContext(ctx, "resume after payment failed; the dunning sweep retries it", "op", "dunning", "tenant", inv.Tenant, "error", err)

@@ -2,11 +2,14 @@ package catalog
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/tenantplane/tenantplane/internal/startstop"
 )
 
 // Watcher listens on TenantChannel over one catalog connection and fans each
@@ -22,8 +25,7 @@ type Watcher struct {
 	mu   sync.Mutex
 	subs map[chan string]struct{}
 
-	cancel context.CancelFunc
-	done   chan struct{}
+	loop startstop.Loop
 }
 
 // NewWatcher returns a Watcher on the store's catalog. Start it to listen.
@@ -70,23 +72,22 @@ func (w *Watcher) publish(id string) {
 	}
 }
 
-// Start listens in the background until Stop.
-func (w *Watcher) Start(ctx context.Context) {
-	ctx, w.cancel = context.WithCancel(context.WithoutCancel(ctx))
-	w.done = make(chan struct{})
-	go w.run(ctx)
+// Start listens in the background until Stop. A Watcher that is listening
+// refuses a second Start with startstop.ErrStarted.
+func (w *Watcher) Start(ctx context.Context) error {
+	if err := w.loop.Start(ctx, w.run); err != nil {
+		return fmt.Errorf("catalog watcher: %w", err)
+	}
+	return nil
 }
 
-// Stop stops listening and waits for the listener to end.
+// Stop stops listening and waits for the listener to end, which it does as
+// soon as its connection's wait is cancelled.
 func (w *Watcher) Stop() {
-	if w.cancel != nil {
-		w.cancel()
-		<-w.done
-	}
+	_ = w.loop.Stop(context.Background()) // without a deadline, Stop only returns nil
 }
 
 func (w *Watcher) run(ctx context.Context) {
-	defer close(w.done)
 	backoff := 100 * time.Millisecond
 	first := true
 	for ctx.Err() == nil {

@@ -23,11 +23,7 @@ func newBilling(store *catalog.Store, prov *provisioner.Provisioner, reg prometh
 		Logger: logger, Registerer: reg,
 		StripeKey: cfg.StripeAPIKey, StripeAPIBase: cfg.StripeAPIBase, WebhookSecret: cfg.StripeWebhookSecret,
 		StripeTimeout: cfg.StripeTimeout, StripeRetries: stripeRetries,
-		BillingGrace: max(cfg.BillingGrace, 0), DunningGrace: max(cfg.DunningGrace, 0), StorageInterval: max(cfg.StorageInterval, 0),
-		DisableSchedule: cfg.BillingGrace < 0, DisableCollector: cfg.StorageInterval < 0,
-	}
-	if cfg.DunningGrace >= 0 {
-		bc.Suspender = prov
+		BillingGrace: cfg.BillingGrace, DunningGrace: cfg.DunningGrace, StorageInterval: cfg.StorageInterval, Suspender: prov,
 	}
 	return billing.New(store, bc)
 }

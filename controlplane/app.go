@@ -42,7 +42,7 @@ type App struct {
 // New migrates the catalog to the newest schema and wires the components. It
 // fails when the catalog cannot be reached: a process that cannot read its
 // source of truth should not start serving.
-func New(ctx context.Context, cfg Config, logger *slog.Logger) (*App, error) {
+func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *App, err error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
@@ -57,34 +57,32 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*App, error) {
 	if err != nil {
 		return nil, err
 	}
+	// From here on, a New that fails closes the catalog it opened.
+	defer func() {
+		if err != nil {
+			store.Close()
+		}
+	}()
 	schema, err := migrations.Load(cfg.TenantMigrations)
 	if err != nil {
-		store.Close()
 		return nil, fmt.Errorf("TENANTPLANE_TENANT_MIGRATIONS: %w", err)
 	}
-	if err := checkConnLimit(ctx, store, cfg.TenantConnLimit, cfg.Replicas); err != nil {
-		store.Close()
+	if err = checkConnLimit(ctx, store, cfg.TenantConnLimit, cfg.Replicas); err != nil {
 		return nil, err
-	}
-	warm := cfg.WarmPoolSize
-	if warm == 0 {
-		warm = -1 // the provisioner's "off"
 	}
 	watcher := catalog.NewWatcher(store, logger)
 	customers := &stripeCustomers{}
 	prov, err := provisioner.New(store, provisioner.Config{
-		Logger: logger, Watcher: watcher, Migrations: &schema, WarmPoolSize: warm, DeleteGrace: cfg.DeleteGrace, ArchiveDir: cfg.ArchiveDir,
+		Logger: logger, Watcher: watcher, Migrations: &schema, WarmPoolSize: cfg.WarmPoolSize, DeleteGrace: cfg.DeleteGrace, ArchiveDir: cfg.ArchiveDir,
 		TenantConnLimit: cfg.TenantConnLimit, Customers: customers, CustomerTimeout: cfg.customerTimeout(),
 	})
 	if err != nil {
-		store.Close()
 		return nil, err
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	bill, err := newBilling(store, prov, reg, cfg, logger)
 	if err != nil {
-		store.Close()
 		return nil, err
 	}
 	if bill.SendsToStripe() {
@@ -106,7 +104,6 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (*App, error) {
 		Pools: router.PoolConfig{CacheSize: cfg.PoolCacheSize, Replicas: cfg.Replicas}, FlushInterval: cfg.UsageFlushInterval,
 	})
 	if err != nil {
-		store.Close()
 		return nil, err
 	}
 	a.apiServer = newHTTPServer(a.router.Handler(), logger)
@@ -141,10 +138,10 @@ func (a *App) Start(ctx context.Context) error {
 		_ = a.adminLn.Close()
 		return err
 	}
-	a.watcher.Start(ctx)
-	a.router.Start(ctx)
-	if err := a.billing.Start(ctx); err != nil {
-		return errors.Join(err, a.Stop(ctx))
+	for _, start := range []func(context.Context) error{a.watcher.Start, a.router.Start, a.billing.Start} {
+		if err := start(ctx); err != nil {
+			return errors.Join(err, a.Stop(ctx))
+		}
 	}
 	for _, s := range []struct {
 		srv *http.Server

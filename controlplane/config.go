@@ -13,7 +13,9 @@ import (
 )
 
 // Config is tenantplane's configuration. ConfigFromEnv reads it from the
-// environment; each field names its variable and default.
+// environment; each field names its variable and default. As in every
+// tenantplane Config, a setting that can be turned off is off when negative
+// (its variable says off); components take a zero field as their default.
 type Config struct {
 	// DatabaseURL is the catalog database (DATABASE_URL). Required.
 	DatabaseURL string
@@ -46,13 +48,15 @@ type Config struct {
 	// embedded set (TENANTPLANE_TENANT_MIGRATIONS). Optional.
 	TenantMigrations string
 	// DeleteGrace is how long a deleted tenant can be restored before its
-	// database is dropped (TENANTPLANE_DELETE_GRACE). Default 7 days (168h); 0 allowed.
+	// database is dropped (TENANTPLANE_DELETE_GRACE). Default 7 days (168h);
+	// negative (off, or 0s): no grace, dropped at once.
 	DeleteGrace time.Duration
 	// ArchiveDir keeps a pg_dump of each tenant database before it is dropped
 	// (TENANTPLANE_ARCHIVE_DIR). Optional.
 	ArchiveDir string
 	// WarmPoolSize is how many ready databases each server keeps for instant
-	// tenant creation (TENANTPLANE_WARM_POOL_SIZE). Default 2; 0 disables it.
+	// tenant creation (TENANTPLANE_WARM_POOL_SIZE). Default 2; negative
+	// (off, or 0): no warm pool.
 	WarmPoolSize int
 	// TenantConnLimit is each tenant role's CONNECTION LIMIT on its server
 	// (TENANTPLANE_TENANT_CONN_LIMIT). Every replica may hold up to the
@@ -87,6 +91,9 @@ type Config struct {
 }
 
 const minAdminTokenLen = 16
+
+// off is a setting turned off, in Config and in the components' Configs.
+const off = -1
 
 // maxCreateWait keeps ?wait=true under the admin server's write timeout.
 const maxCreateWait = 55 * time.Second
@@ -144,21 +151,36 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	if cfg.StripeAPIBase != "" && cfg.StripeAPIKey == "" {
 		bad("STRIPE_API_KEY", "not set, but STRIPE_API_BASE is; set both, or neither to bill without Stripe")
 	}
+	// Off is spelled off; 0s and 0, which meant off before it, still do.
 	cfg.DeleteGrace = 7 * 24 * time.Hour
-	if raw := getenv("TENANTPLANE_DELETE_GRACE"); raw != "" {
+	switch raw := strings.TrimSpace(getenv("TENANTPLANE_DELETE_GRACE")); raw {
+	case "":
+	case "off":
+		cfg.DeleteGrace = off
+	default:
 		d, err := time.ParseDuration(raw)
 		if err != nil || d < 0 {
-			bad("TENANTPLANE_DELETE_GRACE", "%q is not a duration such as 168h or 0s", raw)
+			bad("TENANTPLANE_DELETE_GRACE", "%q is not a duration such as 168h, nor off (0s is off too)", raw)
 		}
 		cfg.DeleteGrace = d
+		if d == 0 {
+			cfg.DeleteGrace = off
+		}
 	}
 	cfg.WarmPoolSize = 2
-	if raw := getenv("TENANTPLANE_WARM_POOL_SIZE"); raw != "" {
+	switch raw := strings.TrimSpace(getenv("TENANTPLANE_WARM_POOL_SIZE")); raw {
+	case "":
+	case "off":
+		cfg.WarmPoolSize = off
+	default:
 		n, err := strconv.Atoi(raw)
 		if err != nil || n < 0 || n > 100 {
-			bad("TENANTPLANE_WARM_POOL_SIZE", "%q is not a whole number from 0 to 100", raw)
+			bad("TENANTPLANE_WARM_POOL_SIZE", "%q is not a whole number from 0 to 100, nor off (0 is off too)", raw)
 		}
 		cfg.WarmPoolSize = n
+		if n == 0 {
+			cfg.WarmPoolSize = off
+		}
 	}
 	cfg.TenantConnLimit = 40
 	if raw := getenv("TENANTPLANE_TENANT_CONN_LIMIT"); raw != "" {
@@ -234,7 +256,7 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		switch raw := strings.TrimSpace(getenv(d.name)); raw {
 		case "":
 		case "off":
-			*d.v = -1
+			*d.v = off
 		default:
 			v, err := time.ParseDuration(raw)
 			if err != nil || v < d.min {

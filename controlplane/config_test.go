@@ -74,3 +74,48 @@ func TestConfigStripeTimeoutFitsTheCreateWait(t *testing.T) {
 	require.Equal(t, 25*time.Second, cfg.customerTimeout())
 	require.Equal(t, 50*time.Second, cfg.CreateWait)
 }
+
+// Off is spelled off in every variable that can be off, and is negative in
+// Config; the older spellings (0 for the warm pool, 0s for the delete
+// grace) still mean off.
+func TestConfigOffSpellings(t *testing.T) {
+	t.Parallel()
+	good := map[string]string{
+		"DATABASE_URL":            "postgres://u:p@localhost:5432/tenantplane",
+		"TENANTPLANE_ADMIN_TOKEN": "0123456789abcdef",
+		"TENANTPLANE_SECRET_KEY":  "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+	}
+	with := func(k, v string) func(string) string {
+		env := map[string]string{k: v}
+		for k, v := range good {
+			env[k] = v
+		}
+		return envOf(env)
+	}
+	cfg, err := ConfigFromEnv(envOf(good))
+	require.NoError(t, err)
+	require.Equal(t, 2, cfg.WarmPoolSize)
+	require.Equal(t, 7*24*time.Hour, cfg.DeleteGrace)
+
+	for _, v := range []string{"off", "0"} {
+		cfg, err := ConfigFromEnv(with("TENANTPLANE_WARM_POOL_SIZE", v))
+		require.NoError(t, err, v)
+		require.Negative(t, cfg.WarmPoolSize, v)
+	}
+	for _, v := range []string{"off", "0s", "0"} {
+		cfg, err := ConfigFromEnv(with("TENANTPLANE_DELETE_GRACE", v))
+		require.NoError(t, err, v)
+		require.Negative(t, cfg.DeleteGrace, v)
+	}
+	cfg, err = ConfigFromEnv(with("TENANTPLANE_WARM_POOL_SIZE", "5"))
+	require.NoError(t, err)
+	require.Equal(t, 5, cfg.WarmPoolSize)
+	cfg, err = ConfigFromEnv(with("TENANTPLANE_DELETE_GRACE", "2s"))
+	require.NoError(t, err)
+	require.Equal(t, 2*time.Second, cfg.DeleteGrace)
+	for name, bad := range map[string]string{"TENANTPLANE_WARM_POOL_SIZE": "-1", "TENANTPLANE_DELETE_GRACE": "-1h"} {
+		_, err := ConfigFromEnv(with(name, bad))
+		require.ErrorContains(t, err, name+":")
+		require.ErrorContains(t, err, "nor off")
+	}
+}

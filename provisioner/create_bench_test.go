@@ -55,7 +55,7 @@ func createTenants(b *testing.B, server, path string, n int) []time.Duration {
 	}
 	cfg := bundle.cfg
 	cfg.Watcher = catalog.NewWatcher(bundle.store, cfg.Logger)
-	cfg.Watcher.Start(ctx)
+	require.NoError(b, cfg.Watcher.Start(ctx))
 	b.Cleanup(cfg.Watcher.Stop)
 	cfg.WarmPoolSize = -1
 	if path == "warm" {

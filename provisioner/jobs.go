@@ -360,10 +360,11 @@ func (p *Provisioner) archive(ctx context.Context, serverName string, pool *pgxp
 	if err != nil {
 		return err
 	}
-	cfg, err := pgconn.ParseConfig(dsn)
+	pcfg, err := catalog.ServerConfig(dsn)
 	if err != nil {
-		return err
+		return fmt.Errorf("server %q: %w", serverName, err)
 	}
+	cfg := pcfg.ConnConfig
 	if err := os.MkdirAll(p.cfg.ArchiveDir, 0o700); err != nil {
 		return err
 	}

@@ -15,10 +15,13 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/tenantplane/tenantplane/catalog"
+	"github.com/tenantplane/tenantplane/internal/startstop"
 	"github.com/tenantplane/tenantplane/migrations"
 )
 
-// Config configures a Provisioner. Zero fields take the documented defaults.
+// Config configures a Provisioner. As in every tenantplane Config, a zero
+// field takes its documented default, and a setting that can be turned off
+// is off when negative.
 type Config struct {
 	// Logger receives structured logs. Default: slog.Default().
 	Logger *slog.Logger
@@ -31,11 +34,12 @@ type Config struct {
 	// DefaultConnBudget is a new server's connection budget when none is given. Default 80.
 	DefaultConnBudget int
 	// WarmPoolSize is how many ready databases each server keeps for instant
-	// tenant creation (TENANTPLANE_WARM_POOL_SIZE). Default 2; -1 disables the pool.
+	// tenant creation (TENANTPLANE_WARM_POOL_SIZE). Default 2; negative: no
+	// warm pool, every tenant is made from the template.
 	WarmPoolSize int
 	// DeleteGrace is how long a deleted tenant can be restored before its
-	// database is dropped (TENANTPLANE_DELETE_GRACE). Zero drops at once;
-	// controlplane passes its default of 7 days.
+	// database is dropped (TENANTPLANE_DELETE_GRACE). Default 7 days;
+	// negative: no grace, the database is dropped at once.
 	DeleteGrace time.Duration
 	// ArchiveDir, when set, keeps a pg_dump of each tenant database before it
 	// is dropped (TENANTPLANE_ARCHIVE_DIR).
@@ -112,9 +116,8 @@ type Provisioner struct {
 	adminPools map[int64]*adminPool // by server id
 	templates  singleflight.Group
 
-	refill   chan struct{}
-	stopFill context.CancelFunc
-	fillDone chan struct{}
+	refill chan struct{}
+	fill   startstop.Loop // the warm-pool refiller (warmpool.go)
 
 	fanout fanoutState // migration runs (fanout.go)
 }
@@ -137,6 +140,9 @@ func New(store *catalog.Store, cfg Config) (*Provisioner, error) {
 	if cfg.WarmPoolSize == 0 {
 		cfg.WarmPoolSize = 2
 	}
+	if cfg.DeleteGrace == 0 {
+		cfg.DeleteGrace = 7 * 24 * time.Hour
+	}
 	if cfg.TenantStatementTimeout == 0 {
 		cfg.TenantStatementTimeout = 30 * time.Second
 	}
@@ -157,9 +163,6 @@ func New(store *catalog.Store, cfg Config) (*Provisioner, error) {
 	}
 	if cfg.RescueAfter <= cfg.JobTimeout {
 		return nil, errors.New("provisioner: RescueAfter must exceed JobTimeout")
-	}
-	if cfg.DeleteGrace < 0 {
-		return nil, errors.New("provisioner: DeleteGrace must not be negative")
 	}
 	applyFanoutDefaults(&cfg)
 	p := &Provisioner{
@@ -201,19 +204,22 @@ func New(store *catalog.Store, cfg Config) (*Provisioner, error) {
 }
 
 // Start runs the provisioning workers and the warm-pool refiller until Stop.
+// A Provisioner that runs refuses a second Start with startstop.ErrStarted.
 func (p *Provisioner) Start(ctx context.Context) error {
+	// The refiller goes first: its Loop refuses a second Start before
+	// anything else is started twice.
+	if err := p.fill.Start(ctx, p.refillLoop); err != nil {
+		return fmt.Errorf("provisioner: %w", err)
+	}
 	// The client beats before it fetches a job: a running job whose client
 	// has no row counts as a dead process's.
 	if err := p.beats.Start(ctx); err != nil {
-		return err
+		return errors.Join(err, p.fill.Stop(ctx))
 	}
 	if err := p.river.Start(ctx); err != nil {
 		_ = p.beats.Stop(ctx)
-		return fmt.Errorf("provisioner: starting job workers: %w", err)
+		return errors.Join(fmt.Errorf("provisioner: starting job workers: %w", err), p.fill.Stop(ctx))
 	}
-	fillCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	p.stopFill, p.fillDone = cancel, make(chan struct{})
-	go p.refillLoop(fillCtx)
 	p.startFanout(ctx)
 	return nil
 }
@@ -222,10 +228,11 @@ func (p *Provisioner) Start(ctx context.Context) error {
 // resume elsewhere), stops the refiller and closes the admin pools.
 func (p *Provisioner) Stop(ctx context.Context) error {
 	var err error
-	if p.stopFill != nil {
+	if p.fill.Running() {
 		p.stopFanout()
-		p.stopFill()
-		<-p.fillDone
+		// The refiller ends as soon as it is cancelled (its queries are):
+		// wait for it whatever ctx, so a second Stop finds nothing running.
+		_ = p.fill.Stop(context.WithoutCancel(ctx))
 		if err = p.river.Stop(ctx); errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 			err = p.river.StopAndCancel(context.Background())
 		}
@@ -266,9 +273,9 @@ func (p *Provisioner) admin(ctx context.Context, serverID int64, serverName stri
 		ap.pool.Close()
 		delete(p.adminPools, serverID)
 	}
-	cfg, err := pgxpool.ParseConfig(dsn)
+	cfg, err := catalog.ServerConfig(dsn)
 	if err != nil {
-		return nil, catalog.Errorf(catalog.CodeInvalid, "server %q has a malformed DSN", serverName)
+		return nil, fmt.Errorf("server %q: %w", serverName, err)
 	}
 	cfg.MaxConns = 4
 	cfg.MinConns = 0
@@ -291,10 +298,11 @@ func (p *Provisioner) dbConfig(ctx context.Context, serverName, database, app st
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := pgx.ParseConfig(dsn)
+	pcfg, err := catalog.ServerConfig(dsn)
 	if err != nil {
-		return nil, catalog.Errorf(catalog.CodeInvalid, "server %q has a malformed DSN", serverName)
+		return nil, fmt.Errorf("server %q: %w", serverName, err)
 	}
+	cfg := pcfg.ConnConfig
 	cfg.Database = database
 	cfg.ConnectTimeout = p.cfg.ConnectTimeout
 	cfg.RuntimeParams["application_name"] = app

@@ -54,10 +54,11 @@ func (p *Provisioner) RegisterServer(ctx context.Context, spec ServerSpec, actor
 
 // checkServer connects with the admin DSN and checks the role's privileges.
 func (p *Provisioner) checkServer(ctx context.Context, dsn string) error {
-	cfg, err := pgx.ParseConfig(dsn)
+	pcfg, err := catalog.ServerConfig(dsn)
 	if err != nil {
-		return catalog.Errorf(catalog.CodeInvalid, "dsn is not a valid PostgreSQL connection string")
+		return err
 	}
+	cfg := pcfg.ConnConfig
 	cfg.ConnectTimeout = p.cfg.ConnectTimeout
 	ctx, cancel := context.WithTimeout(ctx, 2*p.cfg.ConnectTimeout)
 	defer cancel()

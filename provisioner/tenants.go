@@ -132,7 +132,7 @@ func (p *Provisioner) Delete(ctx context.Context, slug, actor, reason string) (c
 	if err != nil {
 		return catalog.Tenant{}, err
 	}
-	after := time.Now().Add(p.cfg.DeleteGrace)
+	after := time.Now().Add(max(p.cfg.DeleteGrace, 0)) // negative: no grace
 	var out catalog.Tenant
 	err = p.store.InTx(ctx, func(tx pgx.Tx) error {
 		var err error

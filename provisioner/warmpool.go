@@ -81,7 +81,6 @@ func (p *Provisioner) kickRefill() {
 // answers, it also brings the server's tenant roles to the configured
 // connection limit and their databases to the current access layout.
 func (p *Provisioner) refillLoop(ctx context.Context) {
-	defer close(p.fillDone)
 	synced := map[int64]bool{}
 	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()

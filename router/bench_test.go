@@ -173,7 +173,7 @@ func setupBench(b *testing.B) *benchEnv {
 	}
 	b.Logf("%d tenants provisioned in %v", benchTenants, time.Since(start).Round(time.Second))
 	env.watcher = catalog.NewWatcher(store, logger)
-	env.watcher.Start(ctx)
+	require.NoError(b, env.watcher.Start(ctx))
 	b.Cleanup(env.watcher.Stop)
 	return env
 }
@@ -238,7 +238,7 @@ func (env *benchEnv) routed(b *testing.B, name string, cacheSize int, direct htt
 	r, err := New(Config{Store: env.store, Watcher: env.watcher, Ready: func(context.Context) error { return nil }, Logger: env.logger,
 		Pools: PoolConfig{CacheSize: cacheSize, MaxConnIdleTime: 10 * time.Minute}, FlushInterval: time.Second})
 	require.NoError(b, err)
-	r.Start(context.Background())
+	require.NoError(b, r.Start(context.Background()))
 	defer func() { _ = r.Stop(context.Background()) }()
 
 	var before, after runtime.MemStats

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"log/slog"
 	"sync"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tenantplane/tenantplane/catalog"
+	"github.com/tenantplane/tenantplane/internal/startstop"
 )
 
 // meter counts each tenant's requests as api_calls in memory and flushes
@@ -28,8 +30,7 @@ type meter struct {
 	keysUsed map[string]time.Time // API key id -> last use, for the keys' last_used_at
 
 	flushMu sync.Mutex // one flush at a time
-	cancel  context.CancelFunc
-	done    chan struct{}
+	loop    startstop.Loop
 
 	flushed prometheus.Counter
 }
@@ -62,33 +63,30 @@ func (m *meter) count(tenantID, keyID string) {
 	m.mu.Unlock()
 }
 
-func (m *meter) start(ctx context.Context) {
-	ctx, m.cancel = context.WithCancel(ctx)
-	m.done = make(chan struct{})
-	go func() {
-		defer close(m.done)
-		tick := time.NewTicker(m.interval)
-		defer tick.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-				if err := m.flush(ctx); err != nil && ctx.Err() == nil {
-					m.logger.WarnContext(ctx, "usage flush failed; it will be retried", "error", err)
-				}
-			}
-		}
-	}()
+// start flushes every interval until stop.
+func (m *meter) start(ctx context.Context) error {
+	return m.loop.Start(ctx, m.run)
 }
 
-// stop ends the loop and flushes what is left, until ctx ends.
-func (m *meter) stop(ctx context.Context) error {
-	if m.cancel != nil {
-		m.cancel()
-		<-m.done
+func (m *meter) run(ctx context.Context) {
+	tick := time.NewTicker(m.interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			if err := m.flush(ctx); err != nil && ctx.Err() == nil {
+				m.logger.WarnContext(ctx, "usage flush failed; it will be retried", "error", err)
+			}
+		}
 	}
-	return m.flush(ctx)
+}
+
+// stop ends the loop and flushes what is left, until ctx ends. A flush the
+// loop was doing when ctx ended finishes first: one flush runs at a time.
+func (m *meter) stop(ctx context.Context) error {
+	return errors.Join(m.loop.Stop(ctx), m.flush(ctx))
 }
 
 // flush turns the counts into a batch and writes every pending batch, oldest

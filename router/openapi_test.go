@@ -28,7 +28,7 @@ func TestOpenAPIDocumentMatchesTenantAPI(t *testing.T) {
 	t.Cleanup(store.Close)
 	r, err := New(Config{Store: store, Watcher: catalog.NewWatcher(store, nil), Ready: store.Ping, Logger: slog.New(slog.DiscardHandler)})
 	require.NoError(t, err)
-	r.Start(ctx)
+	require.NoError(t, r.Start(ctx))
 	t.Cleanup(func() { require.NoError(t, r.Stop(ctx)) })
 	srv := httptest.NewServer(r.Handler())
 	t.Cleanup(srv.Close)

@@ -19,7 +19,8 @@ import (
 	"github.com/tenantplane/tenantplane/catalog"
 )
 
-// PoolConfig tunes the per-tenant pools.
+// PoolConfig tunes the per-tenant pools. A zero field takes its documented
+// default; none of these settings can be off.
 type PoolConfig struct {
 	// CacheSize bounds how many tenant pools are open at once
 	// (TENANTPLANE_POOL_CACHE_SIZE). Default 500.
@@ -282,9 +283,9 @@ func (p *pools) open(ctx context.Context, t *resolved) (*pgxpool.Pool, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := pgxpool.ParseConfig(serverDSN)
+	cfg, err := catalog.ServerConfig(serverDSN)
 	if err != nil {
-		return nil, fmt.Errorf("server %s: malformed DSN", t.tenant.Server)
+		return nil, fmt.Errorf("server %s: %w", t.tenant.Server, err)
 	}
 	cc := cfg.ConnConfig
 	cc.User, cc.Password, cc.Database = role, password, t.tenant.Database

@@ -176,8 +176,11 @@ func TestBudgetTakesIdleConnectionsThenWaitsThenRefuses(t *testing.T) {
 	require.Equal(t, catalog.CodeUnavailable, catalog.CodeOf(refusal))
 	require.ErrorContains(t, refusal, "is at its connection budget; retry shortly")
 
-	// One of a's connections goes idle: b takes its place at once.
+	// One of a's connections goes idle: b takes its place at once. pgxpool
+	// returns a connection to the idle set in the background when the pool
+	// has an AfterRelease hook, as ours do: wait for it to be idle.
 	release(1)
+	require.Eventually(t, func() bool { return a.pool.Stat().IdleConns() == 1 }, 5*time.Second, time.Millisecond)
 	start = time.Now()
 	conn, err := b.pool.Acquire(ctx)
 	require.NoError(t, err, "an idle connection of another pool was closed to make room")

@@ -18,9 +18,11 @@ import (
 
 	"github.com/tenantplane/tenantplane/catalog"
 	"github.com/tenantplane/tenantplane/internal/httpapi"
+	"github.com/tenantplane/tenantplane/internal/startstop"
 )
 
-// Config configures the tenant API.
+// Config configures the tenant API. As in every tenantplane Config, a zero
+// field takes its documented default; none of these settings can be off.
 type Config struct {
 	// Store is the catalog. Required.
 	Store *catalog.Store
@@ -63,8 +65,7 @@ type Router struct {
 	pools    *pools
 	meter    *meter
 
-	stopWatch context.CancelFunc
-	watchDone chan struct{}
+	follow startstop.Loop // the catalog's changes to the caches
 }
 
 // New returns the tenant API. Start runs its background work.
@@ -107,35 +108,46 @@ func New(cfg Config) (*Router, error) {
 // Handler is the tenant API's HTTP handler.
 func (r *Router) Handler() http.Handler { return r.engine }
 
-// Start follows the catalog's changes and flushes usage until Stop.
-func (r *Router) Start(ctx context.Context) {
+// Start follows the catalog's changes and flushes usage until Stop. A
+// Router that runs refuses a second Start with startstop.ErrStarted.
+func (r *Router) Start(ctx context.Context) error {
+	// Subscribed before Start returns: no change made after it is missed.
 	changes, unsubscribe := r.cfg.Watcher.Subscribe()
-	ctx, r.stopWatch = context.WithCancel(context.WithoutCancel(ctx))
-	r.watchDone = make(chan struct{})
-	go func() {
-		defer close(r.watchDone)
+	err := r.follow.Start(ctx, func(ctx context.Context) {
 		defer unsubscribe()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case id := <-changes:
-				if serverID, ok := catalog.ServerChanged(id); ok {
-					r.applyBudgets(ctx, serverID)
-					continue
-				}
-				r.resolver.forget(id)
-				if id == "" {
-					r.applyBudgets(ctx, 0) // changes may have been missed
-				} else {
-					// Credentials may have changed, or the tenant gone: new
-					// requests open a fresh pool; running ones finish on the old.
-					r.pools.drop(id)
-				}
+		r.followChanges(ctx, changes)
+	})
+	if err != nil {
+		unsubscribe()
+		return fmt.Errorf("router: %w", err)
+	}
+	if err := r.meter.start(ctx); err != nil {
+		return errors.Join(fmt.Errorf("router: %w", err), r.follow.Stop(ctx))
+	}
+	return nil
+}
+
+// followChanges brings each catalog change to the caches until ctx ends.
+func (r *Router) followChanges(ctx context.Context, changes <-chan string) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case id := <-changes:
+			if serverID, ok := catalog.ServerChanged(id); ok {
+				r.applyBudgets(ctx, serverID)
+				continue
+			}
+			r.resolver.forget(id)
+			if id == "" {
+				r.applyBudgets(ctx, 0) // changes may have been missed
+			} else {
+				// Credentials may have changed, or the tenant gone: new
+				// requests open a fresh pool; running ones finish on the old.
+				r.pools.drop(id)
 			}
 		}
-	}()
-	r.meter.start(ctx)
+	}
 }
 
 // applyBudgets reads the connection budget of a server (0: of every
@@ -164,11 +176,7 @@ func (r *Router) applyBudgets(ctx context.Context, serverID int64) {
 // Stop flushes the usage counters (bounded by ctx) and closes every pool.
 // Call it after the HTTP server has stopped taking requests.
 func (r *Router) Stop(ctx context.Context) error {
-	if r.stopWatch != nil {
-		r.stopWatch()
-		<-r.watchDone
-	}
-	err := r.meter.stop(ctx)
+	err := errors.Join(r.follow.Stop(ctx), r.meter.stop(ctx))
 	r.pools.purge()
 	return err
 }
@@ -274,8 +282,10 @@ func unavailable(e *resolved, err error) error {
 	if errors.Is(err, errBudget) {
 		return catalog.WrapError(catalog.CodeUnavailable, err, "the database server of tenant %q is at its connection budget; retry shortly", e.tenant.Slug)
 	}
+	// A malformed server DSN (CodeInvalid) is the operator's to fix, not the
+	// tenant's: to the tenant its database is unavailable, the cause logged.
 	var ce *catalog.Error
-	if errors.As(err, &ce) {
+	if errors.As(err, &ce) && ce.Code != catalog.CodeInvalid {
 		return err
 	}
 	return catalog.WrapError(catalog.CodeUnavailable, err, "the database of tenant %q is unavailable", e.tenant.Slug)
