@@ -53,8 +53,12 @@ type Tenant struct {
 	SchemaDirty   bool        `json:"schema_dirty"`
 	LastError     string      `json:"last_error"`
 	DeleteAfter   *time.Time  `json:"delete_after"`
-	CreatedAt     time.Time   `json:"created_at"`
-	UpdatedAt     time.Time   `json:"updated_at"`
+	// MoveID is the tenant's open move, if it is being moved to another server.
+	MoveID *int64 `json:"move_id,omitempty"`
+	// Held is set while a move's fence is up: routers hold its requests.
+	Held      bool      `json:"-"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
 }
 
 var slugRE = regexp.MustCompile(`^[a-z][a-z0-9-]{2,62}$`)
@@ -79,13 +83,13 @@ type NewTenant struct {
 
 const tenantColumns = `t.id, t.slug, t.name, t.plan, t.state, coalesce(t.server_id, 0), coalesce(s.name, ''),
 	coalesce(t.db_name, ''), coalesce(t.db_role, ''), t.schema_version, t.schema_dirty, t.last_error,
-	t.delete_after, t.created_at, t.updated_at`
+	t.delete_after, t.move_id, t.held, t.created_at, t.updated_at`
 
 const tenantFrom = ` FROM tenants t LEFT JOIN servers s ON s.id = t.server_id `
 
 func scanTenant(row pgx.Row) (t Tenant, err error) {
 	err = row.Scan(&t.ID, &t.Slug, &t.Name, &t.Plan, &t.State, &t.ServerID, &t.Server, &t.Database, &t.Role,
-		&t.SchemaVersion, &t.SchemaDirty, &t.LastError, &t.DeleteAfter, &t.CreatedAt, &t.UpdatedAt)
+		&t.SchemaVersion, &t.SchemaDirty, &t.LastError, &t.DeleteAfter, &t.MoveID, &t.Held, &t.CreatedAt, &t.UpdatedAt)
 	return t, err
 }
 

@@ -47,6 +47,7 @@ type resolver struct {
 	limiters map[string]*rate.Limiter // by tenant id; survive re-resolution
 	plans    map[string]catalog.Plan
 	budgets  map[int64]int // by server id
+	changed  map[string]chan struct{} // by tenant id: closed at its next change
 
 	flight singleflight.Group
 }
@@ -57,6 +58,7 @@ func newResolver(store *catalog.Store, logger *slog.Logger, negativeTTL time.Dur
 		byTenant: map[string]map[[32]byte]struct{}{},
 		limiters: map[string]*rate.Limiter{},
 		budgets:  map[int64]int{},
+		changed:  map[string]chan struct{}{},
 	}
 	r.byHash, _ = simplelru.NewLRU(100_000, r.unindex)
 	r.negative, _ = simplelru.NewLRU[[32]byte, time.Time](10_000, nil)
@@ -200,6 +202,12 @@ func (r *resolver) setBudget(serverID int64, connBudget int) {
 func (r *resolver) forget(tenantID string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	for id, ch := range r.changed {
+		if tenantID == "" || id == tenantID {
+			close(ch)
+			delete(r.changed, id)
+		}
+	}
 	if tenantID == "" {
 		r.byHash.Purge()
 		r.negative.Purge()
@@ -209,4 +217,17 @@ func (r *resolver) forget(tenantID string) {
 	for h := range r.byTenant[tenantID] {
 		r.byHash.Remove(h)
 	}
+}
+
+// next returns a channel closed at the tenant's next change in the catalog
+// (or when changes may have been missed): what a held request waits for.
+func (r *resolver) next(tenantID string) <-chan struct{} {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ch := r.changed[tenantID]
+	if ch == nil {
+		ch = make(chan struct{})
+		r.changed[tenantID] = ch
+	}
+	return ch
 }

@@ -49,6 +49,10 @@ type Config struct {
 	AcquireTimeout time.Duration
 	// NegativeTTL is how long an unknown key is remembered as unknown. Default 10s.
 	NegativeTTL time.Duration
+	// HoldTimeout bounds how long a request of a tenant whose move holds it
+	// (the fence is up) waits for the move to switch before it answers 503
+	// with Retry-After. Default 5s.
+	HoldTimeout time.Duration
 }
 
 // openAPI is the tenant API's OpenAPI document; openapi_test.go keeps it
@@ -87,6 +91,9 @@ func New(cfg Config) (*Router, error) {
 	}
 	if cfg.NegativeTTL == 0 {
 		cfg.NegativeTTL = 10 * time.Second
+	}
+	if cfg.HoldTimeout == 0 {
+		cfg.HoldTimeout = 5 * time.Second
 	}
 	r := &Router{
 		cfg:      cfg,
@@ -201,6 +208,12 @@ func (r *Router) authenticate(c *gin.Context) {
 		return
 	}
 	c.Set(httpapi.TenantLogKey, e.tenant.Slug)
+	if e.tenant.Held {
+		if e, err = r.awaitRelease(c, key, e); err != nil {
+			httpapi.WriteError(c, err)
+			return
+		}
+	}
 	switch e.tenant.State {
 	case catalog.TenantActive:
 	case catalog.TenantSuspended:
@@ -235,6 +248,35 @@ func (r *Router) authenticate(c *gin.Context) {
 }
 
 const poolRouterKey = "tenantplane.router.router"
+
+// awaitRelease holds a request of a tenant whose move has its fence up,
+// instead of failing it: it waits for the tenant's next change in the
+// catalog (the move switched, or gave up and lifted the fence), at most
+// HoldTimeout, then answers with the tenant as it is now. Still held then,
+// the request gets 503 with Retry-After.
+func (r *Router) awaitRelease(c *gin.Context, key string, e *resolved) (*resolved, error) {
+	deadline := time.NewTimer(r.cfg.HoldTimeout)
+	defer deadline.Stop()
+	for {
+		// Listen before looking again, so a change in between is not missed.
+		changed := r.resolver.next(e.tenant.ID)
+		fresh, err := r.resolver.resolve(c, key)
+		if err != nil {
+			return nil, err
+		}
+		if !fresh.tenant.Held {
+			return fresh, nil
+		}
+		select {
+		case <-changed:
+		case <-deadline.C:
+			c.Header("Retry-After", "1")
+			return nil, catalog.Errorf(catalog.CodeUnavailable, "tenant %q is being moved to another server; retry in a second", e.tenant.Slug)
+		case <-c.Request.Context().Done():
+			return nil, catalog.Errorf(catalog.CodeUnavailable, "tenant %q is being moved to another server; the request ended while it waited", e.tenant.Slug)
+		}
+	}
+}
 
 // Tenant returns the tenant of the request.
 func Tenant(c *gin.Context) catalog.Tenant {

@@ -1,0 +1,3 @@
+ALTER TABLE tenants DROP COLUMN held;
+ALTER TABLE tenants DROP COLUMN move_id;
+DROP TABLE moves;
