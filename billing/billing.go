@@ -302,6 +302,13 @@ func (s *Service) RecordUsageEvents(ctx context.Context, events []catalog.UsageE
 	return res, err
 }
 
+// ListInvoices returns a page of a tenant's invoices with their lines,
+// newest period first: at most limit after cursor, and the next page's
+// cursor ("" on the last).
+func (s *Service) ListInvoices(ctx context.Context, tenantID string, limit int, cursor string) ([]catalog.Invoice, string, error) {
+	return s.store.ListInvoices(ctx, tenantID, limit, cursor)
+}
+
 // Preview returns a tenant's invoice for a period as it would be computed
 // now, without storing it or calling Stripe: the open period by default. A
 // period already invoiced shows the invoice stored.

@@ -53,6 +53,19 @@ func (s *Service) StartRun(ctx context.Context, period time.Time, actor string) 
 	return run, created, nil
 }
 
+// GetRun returns a run with the live progress of its period's invoices and
+// up to 50 of their failures.
+func (s *Service) GetRun(ctx context.Context, id int64) (catalog.BillingRun, error) {
+	return s.store.GetBillingRun(ctx, id)
+}
+
+// ListRuns returns a page of runs, newest first, of one period (YYYY-MM) or
+// of all when period is "": at most limit after cursor, and the next page's
+// cursor ("" on the last).
+func (s *Service) ListRuns(ctx context.Context, period string, limit int, cursor string) ([]catalog.BillingRun, string, error) {
+	return s.store.ListBillingRuns(ctx, period, limit, cursor)
+}
+
 // kick wakes the run loop.
 func (s *Service) kick() {
 	select {
