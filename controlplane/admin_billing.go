@@ -140,7 +140,7 @@ func (a *App) listPlans(c *gin.Context) {
 }
 
 func (a *App) createPlanVersion(c *gin.Context) {
-	var nv catalog.NewPlanVersion
+	var nv billing.NewPlanVersion
 	if err := httpapi.BindJSON(c, &nv); err != nil {
 		httpapi.WriteError(c, err)
 		return
