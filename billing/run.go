@@ -194,7 +194,7 @@ func (s *Service) process(ctx context.Context, run BillingRun) (BillingRun, erro
 	}
 	computed := 0
 	for i := 0; i < len(tenants); i += s.cfg.ComputeBatch {
-		n, err := s.store.ComputeInvoices(ctx, run.ID, period, tenants[i:min(i+s.cfg.ComputeBatch, len(tenants))], Price)
+		n, err := s.computeInvoices(ctx, run.ID, period, tenants[i:min(i+s.cfg.ComputeBatch, len(tenants))])
 		if err != nil {
 			return s.interrupted(ctx, run, err, finish)
 		}

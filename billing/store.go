@@ -3,7 +3,6 @@ package billing
 import (
 	"context"
 	"errors"
-	"fmt"
 	"math"
 	"regexp"
 	"slices"
@@ -510,102 +509,92 @@ type LateUsage struct {
 	BilledAmount   int64       // what they charged for it
 }
 
-// PriceFunc turns a tenant's inputs into invoice lines (billing's pricing rules).
-type PriceFunc func(InvoiceInputs) ([]InvoiceLine, error)
-
 // computeLock serialises invoice computation across processes: a tenant's
 // adjustments depend on what its other invoices billed, so two invoices of
 // one tenant must not be computed at once. Computing is a short phase.
 const computeLock = `SELECT pg_advisory_xact_lock(hashtext('tenantplane.billing.compute'))`
 
-// ComputeInvoices computes and stores the invoice of a period for each of
-// tenantIDs that has none yet, with price, in one transaction. It returns how
-// many it made. An invoice, once computed, never changes: usage arriving
-// later goes on a later invoice as an adjustment.
-func (s *store) ComputeInvoices(ctx context.Context, runID int64, period time.Time, tenantIDs []string, price PriceFunc) (int, error) {
-	p := catalog.FormatPeriod(period)
-	created := 0
-	err := s.cat.InTx(ctx, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '60s'`); err != nil {
-			return catalog.Classify(err, "billing lock")
+// LockCompute takes the compute lock for the rest of tx, waiting up to a
+// minute for a computation elsewhere to commit.
+func (s *store) LockCompute(ctx context.Context, tx pgx.Tx) error {
+	if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '60s'`); err != nil {
+		return catalog.Classify(err, "billing lock")
+	}
+	if _, err := tx.Exec(ctx, computeLock); err != nil {
+		return catalog.Classify(err, "billing lock")
+	}
+	return nil
+}
+
+// Uninvoiced returns those of tenantIDs that have no invoice for the period.
+func (s *store) Uninvoiced(ctx context.Context, q catalog.Querier, period time.Time, tenantIDs []string) ([]string, error) {
+	rows, err := q.Query(ctx, `
+		SELECT t FROM unnest($1::uuid[]) t
+		WHERE NOT EXISTS (SELECT 1 FROM invoices i WHERE i.tenant_id = t AND i.period = $2)`, tenantIDs, catalog.PeriodOf(period))
+	if err != nil {
+		return nil, catalog.Classify(err, "invoices")
+	}
+	todo, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	return todo, catalog.Classify(err, "invoices")
+}
+
+// NewInvoice is a tenant's priced invoice for a period, to be stored.
+type NewInvoice struct {
+	TenantID string
+	Version  PlanVersion // the plan, version and currency it is priced in
+	Total    int64
+	Lines    []InvoiceLine // numbered from 1
+}
+
+// InsertInvoices stores invoices of a period with their lines, made by run
+// runID (0 for none), and returns how many it stored.
+func (s *store) InsertInvoices(ctx context.Context, q catalog.Querier, runID int64, period time.Time, invoices []NewInvoice) (int, error) {
+	var (
+		tids, plans, currencies []string
+		versions                []int
+		totals                  []int64
+		lines                   = make(map[string][]InvoiceLine, len(invoices))
+	)
+	for _, inv := range invoices {
+		tids, plans, currencies = append(tids, inv.TenantID), append(plans, inv.Version.Plan), append(currencies, inv.Version.Currency)
+		versions, totals = append(versions, inv.Version.Version), append(totals, inv.Total)
+		lines[inv.TenantID] = inv.Lines
+	}
+	rows, err := q.Query(ctx, `
+		INSERT INTO invoices (tenant_id, period, plan, plan_version, currency, total, run_id)
+		SELECT t, $6::date, pl, v, c, tot, nullif($7::bigint, 0)
+		FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::bigint[]) AS u(t, pl, v, c, tot)
+		RETURNING id, tenant_id`, tids, plans, versions, currencies, totals, catalog.PeriodOf(period), runID)
+	if err != nil {
+		return 0, catalog.Classify(err, "invoices")
+	}
+	var (
+		created                             int
+		invID, tenantID                     string
+		lInv, lKind, lMeter, lPeriod, lDesc []string
+		lNo                                 []int
+		lQty, lIncl, lMicros, lPer, lAmount []int64
+	)
+	_, err = pgx.ForEachRow(rows, []any{&invID, &tenantID}, func() error {
+		created++
+		for _, l := range lines[tenantID] {
+			lInv, lKind, lMeter, lPeriod, lDesc = append(lInv, invID), append(lKind, string(l.Kind)), append(lMeter, l.Meter), append(lPeriod, l.UsagePeriod), append(lDesc, l.Description)
+			lNo, lQty, lIncl = append(lNo, l.No), append(lQty, l.Quantity), append(lIncl, l.Included)
+			lMicros, lPer, lAmount = append(lMicros, l.UnitPriceMicros), append(lPer, max(l.PerUnits, 1)), append(lAmount, l.Amount)
 		}
-		if _, err := tx.Exec(ctx, computeLock); err != nil {
-			return catalog.Classify(err, "billing lock")
-		}
-		rows, err := tx.Query(ctx, `
-			SELECT t FROM unnest($1::uuid[]) t
-			WHERE NOT EXISTS (SELECT 1 FROM invoices i WHERE i.tenant_id = t AND i.period = $2)`, tenantIDs, catalog.PeriodOf(period))
-		if err != nil {
-			return catalog.Classify(err, "invoices")
-		}
-		todo, err := pgx.CollectRows(rows, pgx.RowTo[string])
-		if err != nil || len(todo) == 0 {
-			return catalog.Classify(err, "invoices")
-		}
-		inputs, err := gatherInputs(ctx, tx, catalog.PeriodOf(period), todo)
-		if err != nil {
-			return err
-		}
-		var (
-			tids, plans, currencies []string
-			versions                []int
-			totals                  []int64
-			lines                   = map[string][]InvoiceLine{}
-		)
-		for _, id := range todo {
-			in, ok := inputs[id]
-			if !ok {
-				continue // gone since it was listed
-			}
-			ls, err := price(*in)
-			if err != nil {
-				return fmt.Errorf("pricing tenant %s for %s: %w", in.Tenant, p, err)
-			}
-			var total int64
-			for i := range ls {
-				ls[i].No = i + 1
-				total += ls[i].Amount
-			}
-			tids, plans, currencies = append(tids, id), append(plans, in.Version.Plan), append(currencies, in.Version.Currency)
-			versions, totals = append(versions, in.Version.Version), append(totals, total)
-			lines[id] = ls
-		}
-		rows, err = tx.Query(ctx, `
-			INSERT INTO invoices (tenant_id, period, plan, plan_version, currency, total, run_id)
-			SELECT t, $6::date, pl, v, c, tot, nullif($7::bigint, 0)
-			FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::bigint[]) AS u(t, pl, v, c, tot)
-			RETURNING id, tenant_id`, tids, plans, versions, currencies, totals, catalog.PeriodOf(period), runID)
-		if err != nil {
-			return catalog.Classify(err, "invoices")
-		}
-		var (
-			invID, tenantID                     string
-			lInv, lKind, lMeter, lPeriod, lDesc []string
-			lNo                                 []int
-			lQty, lIncl, lMicros, lPer, lAmount []int64
-		)
-		_, err = pgx.ForEachRow(rows, []any{&invID, &tenantID}, func() error {
-			created++
-			for _, l := range lines[tenantID] {
-				lInv, lKind, lMeter, lPeriod, lDesc = append(lInv, invID), append(lKind, string(l.Kind)), append(lMeter, l.Meter), append(lPeriod, l.UsagePeriod), append(lDesc, l.Description)
-				lNo, lQty, lIncl = append(lNo, l.No), append(lQty, l.Quantity), append(lIncl, l.Included)
-				lMicros, lPer, lAmount = append(lMicros, l.UnitPriceMicros), append(lPer, max(l.PerUnits, 1)), append(lAmount, l.Amount)
-			}
-			return nil
-		})
-		if err != nil {
-			return catalog.Classify(err, "invoices")
-		}
-		_, err = tx.Exec(ctx, `
-			INSERT INTO invoice_lines (invoice_id, line_no, kind, meter, usage_period, quantity, included, unit_price_micros, per_units, amount, description)
-			SELECT i, n, k, nullif(m, ''), to_date(nullif(up, ''), 'YYYY-MM'), q, inc, mic, per, amt, d
-			FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::text[])
-			     AS u(i, n, k, m, up, q, inc, mic, per, amt, d)`,
-			lInv, lNo, lKind, lMeter, lPeriod, lQty, lIncl, lMicros, lPer, lAmount, lDesc)
-		return catalog.Classify(err, "invoice lines")
+		return nil
 	})
 	if err != nil {
-		return 0, err
+		return 0, catalog.Classify(err, "invoices")
+	}
+	_, err = q.Exec(ctx, `
+		INSERT INTO invoice_lines (invoice_id, line_no, kind, meter, usage_period, quantity, included, unit_price_micros, per_units, amount, description)
+		SELECT i, n, k, nullif(m, ''), to_date(nullif(up, ''), 'YYYY-MM'), q, inc, mic, per, amt, d
+		FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::text[])
+		     AS u(i, n, k, m, up, q, inc, mic, per, amt, d)`,
+		lInv, lNo, lKind, lMeter, lPeriod, lQty, lIncl, lMicros, lPer, lAmount, lDesc)
+	if err != nil {
+		return 0, catalog.Classify(err, "invoice lines")
 	}
 	return created, nil
 }
@@ -613,7 +602,7 @@ func (s *store) ComputeInvoices(ctx context.Context, runID int64, period time.Ti
 // PreviewInputs returns what pricing a tenant's period would take now,
 // without storing anything.
 func (s *store) PreviewInputs(ctx context.Context, tenantID string, period time.Time) (InvoiceInputs, error) {
-	inputs, err := gatherInputs(ctx, s.pool, catalog.PeriodOf(period), []string{tenantID})
+	inputs, err := s.InvoiceInputs(ctx, s.pool, period, []string{tenantID})
 	if err != nil {
 		return InvoiceInputs{}, err
 	}
@@ -624,9 +613,11 @@ func (s *store) PreviewInputs(ctx context.Context, tenantID string, period time.
 	return *in, nil
 }
 
-// gatherInputs reads, for each tenant, its plan version for the period, its
-// usage, and the late usage of its invoiced periods within catalog.UsageLookback.
-func gatherInputs(ctx context.Context, q catalog.Querier, period time.Time, ids []string) (map[string]*InvoiceInputs, error) {
+// InvoiceInputs reads, for each of the tenants, its plan version for the
+// period, its usage, and the late usage of its invoiced periods within
+// catalog.UsageLookback. A tenant that is gone has none.
+func (s *store) InvoiceInputs(ctx context.Context, q catalog.Querier, period time.Time, ids []string) (map[string]*InvoiceInputs, error) {
+	period = catalog.PeriodOf(period)
 	p := catalog.FormatPeriod(period)
 	versions, err := planVersions(ctx, q)
 	if err != nil {

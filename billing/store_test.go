@@ -137,18 +137,16 @@ func TestComputeInvoicesAndPayments(t *testing.T) {
 	ids, err := b.billing.BillableTenants(ctx, period)
 	require.NoError(t, err)
 	require.Equal(t, []string{acme.ID}, ids)
-	price := func(in billing.InvoiceInputs) ([]billing.InvoiceLine, error) {
-		require.Equal(t, int64(42), in.Usage[catalog.MeterAPICalls])
-		require.Equal(t, "pro", in.Version.Plan)
-		return []billing.InvoiceLine{
-			{Kind: billing.LineBaseFee, Amount: in.Version.BaseFee, Description: "base"},
-			{Kind: billing.LineUsage, Meter: catalog.MeterAPICalls, UsagePeriod: in.Period, Quantity: 42, Amount: 42, Description: "calls"},
-		}, nil
-	}
-	n, err := b.billing.ComputeInvoices(ctx, 0, period, ids, price)
+	// What pricing the period takes: pro's prices, 42 calls at a cent each.
+	in, err := b.billing.PreviewInputs(ctx, acme.ID, period)
+	require.NoError(t, err)
+	require.Equal(t, int64(42), in.Usage[catalog.MeterAPICalls])
+	require.Equal(t, "pro", in.Version.Plan)
+	svc := b.service(t, billing.Config{})
+	n, err := svc.ComputeInvoices(ctx, 0, period, ids)
 	require.NoError(t, err)
 	require.Equal(t, 1, n)
-	n, err = b.billing.ComputeInvoices(ctx, 0, period, ids, price)
+	n, err = svc.ComputeInvoices(ctx, 0, period, ids)
 	require.NoError(t, err)
 	require.Zero(t, n, "computed once")
 
@@ -158,6 +156,7 @@ func TestComputeInvoicesAndPayments(t *testing.T) {
 	require.Equal(t, billing.InvoiceComputed, inv.State)
 	require.False(t, inv.Sent)
 	require.Len(t, inv.Lines, 2)
+	require.Equal(t, []billing.LineKind{billing.LineBaseFee, billing.LineUsage}, []billing.LineKind{inv.Lines[0].Kind, inv.Lines[1].Kind})
 	require.Equal(t, catalog.FormatPeriod(period), inv.Lines[1].UsagePeriod)
 
 	// Into Stripe, step by step.
