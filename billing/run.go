@@ -39,7 +39,7 @@ func (s *Service) StartRun(ctx context.Context, period time.Time, actor string) 
 	period = catalog.PeriodOf(period)
 	if end := catalog.PeriodEnd(period); end.After(s.now()) {
 		return BillingRun{}, false, catalog.Errorf(catalog.CodeInvalid,
-			"period %s is still open (it ends %s); preview a tenant's invoice with GET /admin/v1/tenants/{slug}/invoice-preview",
+			"period %s is still open (it ends %s): only a period that has ended is billed; a tenant's invoice preview shows the open one as it stands",
 			catalog.FormatPeriod(period), end.Format(time.RFC3339))
 	}
 	run, created, err := s.store.CreateBillingRun(ctx, NewBillingRun{Period: period, Send: s.stripe != nil, Trigger: TriggerAPI, Actor: actor})

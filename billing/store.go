@@ -160,7 +160,7 @@ func versionFor(plan string, versions []PlanVersion, period string) (PlanVersion
 			return versions[i], nil
 		}
 	}
-	return PlanVersion{}, catalog.Errorf(catalog.CodeInvalid, "plan %q has no prices in effect for %s: add a version (POST /admin/v1/plans/%s/versions)", plan, period, plan)
+	return PlanVersion{}, catalog.Errorf(catalog.CodeInvalid, "plan %q has no prices in effect for %s: none of its versions takes effect by then", plan, period)
 }
 
 // PlanVersionFor returns the version of a plan's prices in effect for a period.

@@ -71,6 +71,12 @@ func TestPlanVersions(t *testing.T) {
 	versions, err := b.billing.ListPlanVersions(ctx, "pro")
 	require.NoError(t, err)
 	require.Len(t, versions, 2)
+
+	// Before the first version, a plan has no prices: the error says so,
+	// whichever API or CLI the caller came through.
+	_, err = b.billing.PlanVersionFor(ctx, "pro", time.Date(1999, 12, 1, 0, 0, 0, 0, time.UTC))
+	require.Equal(t, catalog.CodeInvalid, catalog.CodeOf(err))
+	require.Equal(t, `plan "pro" has no prices in effect for 1999-12: none of its versions takes effect by then`, catalog.MessageOf(err))
 }
 
 func TestBillingRunsOneOpenPerPeriod(t *testing.T) {
