@@ -31,6 +31,66 @@ import (
 // runLockClass is the first key of the run advisory locks; the second is the run id.
 const runLockClass = `hashtext('tenantplane.billing.run')`
 
+// BillingRunState is where a billing run is.
+type BillingRunState string
+
+const (
+	BillingRunPending BillingRunState = "pending" // waiting for a process to take it
+	BillingRunRunning BillingRunState = "running"
+	BillingRunDone    BillingRunState = "done"   // every invoice of the period computed (and sent, when sending)
+	BillingRunFailed  BillingRunState = "failed" // stopped with invoices left unfinished; a new run resumes them
+)
+
+// Run triggers.
+const (
+	TriggerAPI      = "api"
+	TriggerSchedule = "schedule"
+)
+
+// BillingRun is the billing of one period.
+type BillingRun struct {
+	ID         int64               `json:"id"`
+	Period     string              `json:"period"`
+	State      BillingRunState     `json:"state"`
+	Send       bool                `json:"send"` // sends to Stripe; false: invoices are computed and stored, not sent
+	Trigger    string              `json:"trigger"`
+	Actor      string              `json:"actor"`
+	Invoices   int                 `json:"invoices"` // the period's invoices when the run finished
+	Failed     int                 `json:"failed"`   // of them, left unfinished by an error
+	LastError  string              `json:"last_error,omitempty"`
+	CreatedAt  time.Time           `json:"created_at"`
+	StartedAt  *time.Time          `json:"started_at,omitempty"`
+	FinishedAt *time.Time          `json:"finished_at,omitempty"`
+	Progress   *BillingRunProgress `json:"progress,omitempty"`
+	Failures   []BillingRunFailure `json:"failures,omitempty"`
+}
+
+// BillingRunProgress counts the invoices of a run's period by state, now.
+type BillingRunProgress struct {
+	Invoices       int `json:"invoices"`
+	Computed       int `json:"computed"`
+	InvoiceCreated int `json:"invoice_created"`
+	ItemsAdded     int `json:"items_added"`
+	Finalized      int `json:"finalized"`
+	Failed         int `json:"failed"` // unfinished, with an error from the last attempt
+}
+
+// BillingRunFailure is an invoice the last attempt could not finish.
+type BillingRunFailure struct {
+	Tenant    string       `json:"tenant"`
+	InvoiceID string       `json:"invoice_id"`
+	State     InvoiceState `json:"state"`
+	Error     string       `json:"error"`
+}
+
+// NewBillingRun is what starting a run takes.
+type NewBillingRun struct {
+	Period  time.Time
+	Send    bool
+	Trigger string
+	Actor   string
+}
+
 // StartRun records a run of a period, to be done in the background (by this
 // process or another), and returns it. The period must have ended. While a
 // run of the period is pending or running, it is returned instead (created

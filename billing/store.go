@@ -69,38 +69,6 @@ func idCursor(cursor string) (int64, error) {
 	return id, nil
 }
 
-// MeterPrice is what a plan charges for one meter: Included units come with
-// the base fee; each unit over them costs UnitPriceMicros millionths of a
-// minor unit per PerUnits units, so sub-cent prices are exact integers.
-type MeterPrice struct {
-	Meter           string `json:"meter"`
-	Included        int64  `json:"included"`
-	UnitPriceMicros int64  `json:"unit_price_micros"`
-	PerUnits        int64  `json:"per_units"`
-}
-
-// PlanVersion is one version of a plan's prices. A period is billed on the
-// version in effect at its start: the newest whose EffectiveFrom is not after it.
-type PlanVersion struct {
-	Plan          string       `json:"plan"`
-	Version       int          `json:"version"`
-	Currency      string       `json:"currency"` // ISO 4217, lowercase
-	BaseFee       int64        `json:"base_fee"` // minor units per period
-	EffectiveFrom string       `json:"effective_from"`
-	Meters        []MeterPrice `json:"meters"`
-	CreatedAt     time.Time    `json:"created_at"`
-}
-
-// Price returns the version's price for a meter.
-func (v PlanVersion) Price(meter string) (MeterPrice, bool) {
-	for _, m := range v.Meters {
-		if m.Meter == meter {
-			return m, true
-		}
-	}
-	return MeterPrice{}, false
-}
-
 // ListPlanVersions returns the price versions of a plan ("" for every plan),
 // by plan and version.
 func (s *store) ListPlanVersions(ctx context.Context, plan string) ([]PlanVersion, error) {
@@ -170,18 +138,6 @@ func (s *store) PlanVersionFor(ctx context.Context, plan string, period time.Tim
 		return PlanVersion{}, err
 	}
 	return versionFor(plan, all[plan], catalog.FormatPeriod(period))
-}
-
-// NewPlanVersion is a change of a plan's prices.
-type NewPlanVersion struct {
-	Plan     string       `json:"-"`
-	Currency string       `json:"currency"`
-	BaseFee  int64        `json:"base_fee"`
-	Meters   []MeterPrice `json:"meters"`
-	// EffectiveFrom is the first period billed on it (YYYY-MM): the current
-	// period or a later one, after the plan's newest version. Default: the next period.
-	EffectiveFrom string `json:"effective_from"`
-	Actor         string `json:"-"`
 }
 
 var currencyRE = regexp.MustCompile(`^[a-z]{3}$`)
@@ -270,81 +226,6 @@ func (s *store) CreatePlanVersion(ctx context.Context, nv NewPlanVersion, now ti
 		return PlanVersion{}, err
 	}
 	return versions[len(versions)-1], nil
-}
-
-// InvoiceState is how far an invoice has gone through Stripe. Each step's
-// Stripe id is stored as soon as it is known, so a rerun resumes after it.
-type InvoiceState string
-
-const (
-	InvoiceComputed   InvoiceState = "computed"        // lines priced and frozen; nothing in Stripe yet (or billing runs without Stripe)
-	InvoiceCreated    InvoiceState = "invoice_created" // the draft invoice exists in Stripe
-	InvoiceItemsAdded InvoiceState = "items_added"     // every line is an invoice item on it
-	InvoiceFinalized  InvoiceState = "finalized"       // finalized in Stripe: sent
-)
-
-// PaymentStatus is what Stripe reports about an invoice's payment.
-type PaymentStatus string
-
-const (
-	PaymentNone          PaymentStatus = "none" // not sent
-	PaymentOpen          PaymentStatus = "open" // finalized, awaiting payment
-	PaymentPaid          PaymentStatus = "paid"
-	PaymentFailed        PaymentStatus = "payment_failed"
-	PaymentUncollectible PaymentStatus = "uncollectible"
-	PaymentVoid          PaymentStatus = "void"
-)
-
-// LineKind is what an invoice line charges for.
-type LineKind string
-
-const (
-	LineBaseFee    LineKind = "base_fee"
-	LineUsage      LineKind = "usage"      // a meter's usage in the invoice's period
-	LineAdjustment LineKind = "adjustment" // usage of an earlier, already invoiced period that arrived late
-)
-
-// InvoiceLine is one charge. Amount is in minor units, rounded once from the
-// exact product of quantity and price (billing documents the rule).
-type InvoiceLine struct {
-	No              int      `json:"line"`
-	Kind            LineKind `json:"kind"`
-	Meter           string   `json:"meter,omitempty"`
-	UsagePeriod     string   `json:"usage_period,omitempty"` // YYYY-MM whose usage it bills
-	Quantity        int64    `json:"quantity"`
-	Included        int64    `json:"included"`
-	UnitPriceMicros int64    `json:"unit_price_micros"`
-	PerUnits        int64    `json:"per_units"`
-	Amount          int64    `json:"amount"`
-	Description     string   `json:"description"`
-	StripeItemID    string   `json:"stripe_item_id,omitempty"`
-}
-
-// Invoice is a tenant's invoice for a period.
-type Invoice struct {
-	ID                 string        `json:"id"`
-	TenantID           string        `json:"tenant_id"`
-	Tenant             string        `json:"tenant"` // slug
-	TenantName         string        `json:"-"`
-	Period             string        `json:"period"` // YYYY-MM
-	Plan               string        `json:"plan"`
-	PlanVersion        int           `json:"plan_version"`
-	Currency           string        `json:"currency"`
-	Total              int64         `json:"total"` // minor units
-	State              InvoiceState  `json:"state"`
-	Sent               bool          `json:"sent"` // finalized in Stripe
-	Payment            PaymentStatus `json:"payment"`
-	StripeCustomerID   string        `json:"stripe_customer_id,omitempty"`
-	StripeInvoiceID    string        `json:"stripe_invoice_id,omitempty"`
-	RunID              int64         `json:"run_id,omitempty"`
-	LastError          string        `json:"last_error,omitempty"`
-	ComputedAt         time.Time     `json:"computed_at"`
-	SendStartedAt      *time.Time    `json:"send_started_at,omitempty"`
-	FinalizedAt        *time.Time    `json:"finalized_at,omitempty"`
-	PaidAt             *time.Time    `json:"paid_at,omitempty"`
-	PaymentFailedAt    *time.Time    `json:"payment_failed_at,omitempty"`
-	DunningSuspendedAt *time.Time    `json:"dunning_suspended_at,omitempty"`
-	Lines              []InvoiceLine `json:"lines"`
 }
 
 const invoiceColumns = `i.id, i.tenant_id, t.slug, t.name, to_char(i.period, 'YYYY-MM'), i.plan, i.plan_version, i.currency,
@@ -483,30 +364,6 @@ func (s *store) BillableTenants(ctx context.Context, period time.Time) ([]string
 	}
 	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	return ids, catalog.Classify(err, "tenants")
-}
-
-// InvoiceInputs is everything pricing a tenant's period needs.
-type InvoiceInputs struct {
-	TenantID   string
-	Tenant     string // slug
-	TenantName string
-	Period     string // YYYY-MM
-	Version    PlanVersion
-	// Usage is the period's usage per meter.
-	Usage map[string]int64
-	// Late is usage of earlier periods, already invoiced, that arrived after
-	// their invoice was computed and no invoice has billed yet.
-	Late []LateUsage
-}
-
-// LateUsage is a meter's usage of an invoiced period beyond what was billed for it.
-type LateUsage struct {
-	Meter          string
-	Period         string      // YYYY-MM the usage belongs to
-	Version        PlanVersion // the version that period was billed on
-	Total          int64       // the period's usage now
-	BilledQuantity int64       // what its lines (and earlier adjustments) accounted for
-	BilledAmount   int64       // what they charged for it
 }
 
 // computeLock serialises invoice computation across processes: a tenant's
@@ -798,66 +655,6 @@ func (s *store) SetInvoiceFinalized(ctx context.Context, invoiceID string, payme
 func (s *store) SetInvoiceError(ctx context.Context, invoiceID string, runID int64, msg string) error {
 	_, err := s.pool.Exec(ctx, `UPDATE invoices SET last_error = $3, run_id = coalesce(nullif($2::bigint, 0), run_id) WHERE id = $1`, invoiceID, runID, msg)
 	return catalog.Classify(err, "invoice")
-}
-
-// BillingRunState is where a billing run is.
-type BillingRunState string
-
-const (
-	BillingRunPending BillingRunState = "pending" // waiting for a process to take it
-	BillingRunRunning BillingRunState = "running"
-	BillingRunDone    BillingRunState = "done"   // every invoice of the period computed (and sent, when sending)
-	BillingRunFailed  BillingRunState = "failed" // stopped with invoices left unfinished; a new run resumes them
-)
-
-// Run triggers.
-const (
-	TriggerAPI      = "api"
-	TriggerSchedule = "schedule"
-)
-
-// BillingRun is the billing of one period.
-type BillingRun struct {
-	ID         int64               `json:"id"`
-	Period     string              `json:"period"`
-	State      BillingRunState     `json:"state"`
-	Send       bool                `json:"send"` // sends to Stripe; false: invoices are computed and stored, not sent
-	Trigger    string              `json:"trigger"`
-	Actor      string              `json:"actor"`
-	Invoices   int                 `json:"invoices"` // the period's invoices when the run finished
-	Failed     int                 `json:"failed"`   // of them, left unfinished by an error
-	LastError  string              `json:"last_error,omitempty"`
-	CreatedAt  time.Time           `json:"created_at"`
-	StartedAt  *time.Time          `json:"started_at,omitempty"`
-	FinishedAt *time.Time          `json:"finished_at,omitempty"`
-	Progress   *BillingRunProgress `json:"progress,omitempty"`
-	Failures   []BillingRunFailure `json:"failures,omitempty"`
-}
-
-// BillingRunProgress counts the invoices of a run's period by state, now.
-type BillingRunProgress struct {
-	Invoices       int `json:"invoices"`
-	Computed       int `json:"computed"`
-	InvoiceCreated int `json:"invoice_created"`
-	ItemsAdded     int `json:"items_added"`
-	Finalized      int `json:"finalized"`
-	Failed         int `json:"failed"` // unfinished, with an error from the last attempt
-}
-
-// BillingRunFailure is an invoice the last attempt could not finish.
-type BillingRunFailure struct {
-	Tenant    string       `json:"tenant"`
-	InvoiceID string       `json:"invoice_id"`
-	State     InvoiceState `json:"state"`
-	Error     string       `json:"error"`
-}
-
-// NewBillingRun is what starting a run takes.
-type NewBillingRun struct {
-	Period  time.Time
-	Send    bool
-	Trigger string
-	Actor   string
 }
 
 const billingRunColumns = `id, to_char(period, 'YYYY-MM'), state, send, trigger, actor, invoices, failed, last_error, created_at, started_at, finished_at`
