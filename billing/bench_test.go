@@ -86,7 +86,7 @@ func BenchmarkBillingRun(b *testing.B) {
 		require.NoError(b, err)
 		wall := time.Since(began)
 		b.StopTimer()
-		require.Equal(b, catalog.BillingRunDone, run.State, run.LastError)
+		require.Equal(b, billing.BillingRunDone, run.State, run.LastError)
 		require.Equal(b, tenants, run.Progress.Finalized)
 		calls := cnt.calls.Load()
 
@@ -98,7 +98,7 @@ func BenchmarkBillingRun(b *testing.B) {
 		rerun, err = svc.ProcessRun(ctx, rerun.ID)
 		require.NoError(b, err)
 		rewall := time.Since(began)
-		require.Equal(b, catalog.BillingRunDone, rerun.State)
+		require.Equal(b, billing.BillingRunDone, rerun.State)
 		require.Zero(b, cnt.writes.Load(), "a rerun writes nothing to Stripe")
 
 		b.ReportMetric(wall.Seconds(), "run_s")

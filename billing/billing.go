@@ -103,7 +103,8 @@ type Config struct {
 // Service is billing: usage events, runs, previews, webhooks, dunning and
 // the storage collector. Its methods are safe for concurrent use.
 type Service struct {
-	store   *catalog.Store
+	catalog *catalog.Store
+	store   *store // billing's own tables
 	cfg     Config
 	logger  *slog.Logger
 	stripe  *client.API // nil: runs do not send
@@ -114,9 +115,9 @@ type Service struct {
 	background startstop.Loop // runs the loops below, each every its interval
 }
 
-// New returns a billing Service over store. Start runs its background work.
-func New(store *catalog.Store, cfg Config) (*Service, error) {
-	if store == nil {
+// New returns a billing Service over the catalog. Start runs its background work.
+func New(cat *catalog.Store, cfg Config) (*Service, error) {
+	if cat == nil {
 		return nil, errors.New("billing: a catalog store is required")
 	}
 	if cfg.Logger == nil {
@@ -170,7 +171,7 @@ func New(store *catalog.Store, cfg Config) (*Service, error) {
 	case cfg.StripeAPIBase != "" && cfg.StripeKey == "":
 		return nil, errors.New("billing: StripeAPIBase is set without StripeKey; set both (STRIPE_API_KEY), or neither to bill without Stripe")
 	}
-	s := &Service{store: store, cfg: cfg, logger: cfg.Logger.With("component", "billing"), wake: make(chan struct{}, 1),
+	s := &Service{catalog: cat, store: newStore(cat), cfg: cfg, logger: cfg.Logger.With("component", "billing"), wake: make(chan struct{}, 1),
 		metrics: newMetrics(cfg.Registerer)}
 	if cfg.StripeKey != "" {
 		s.stripe = newStripeClient(cfg, s.logger)
@@ -274,7 +275,7 @@ func (s *Service) now() time.Time { return s.cfg.Now().UTC() }
 // catalog.Store.RecordUsageEvents): an invalid event fails the batch, an id
 // seen before counts once.
 func (s *Service) RecordUsageEvents(ctx context.Context, events []catalog.UsageEvent) (catalog.UsageEventsResult, error) {
-	res, err := s.store.RecordUsageEvents(ctx, events, s.now())
+	res, err := s.catalog.RecordUsageEvents(ctx, events, s.now())
 	if err == nil {
 		s.metrics.events.WithLabelValues("accepted").Add(float64(res.Accepted))
 		s.metrics.events.WithLabelValues("duplicate").Add(float64(res.Duplicates))
@@ -284,13 +285,20 @@ func (s *Service) RecordUsageEvents(ctx context.Context, events []catalog.UsageE
 	return res, err
 }
 
+// ListInvoices returns a page of a tenant's invoices with their lines,
+// newest period first: at most limit after cursor, and the next page's
+// cursor ("" on the last).
+func (s *Service) ListInvoices(ctx context.Context, tenantID string, limit int, cursor string) ([]Invoice, string, error) {
+	return s.store.ListInvoices(ctx, tenantID, limit, cursor)
+}
+
 // Preview returns a tenant's invoice for a period as it would be computed
 // now, without storing it or calling Stripe: the open period by default. A
 // period already invoiced shows the invoice stored.
-func (s *Service) Preview(ctx context.Context, slug string, period time.Time) (catalog.Invoice, error) {
-	t, err := s.store.GetTenant(ctx, slug)
+func (s *Service) Preview(ctx context.Context, slug string, period time.Time) (Invoice, error) {
+	t, err := s.catalog.GetTenant(ctx, slug)
 	if err != nil {
-		return catalog.Invoice{}, err
+		return Invoice{}, err
 	}
 	if period.IsZero() {
 		period = s.now()
@@ -299,18 +307,18 @@ func (s *Service) Preview(ctx context.Context, slug string, period time.Time) (c
 	if inv, err := s.store.TenantInvoice(ctx, t.ID, p); err == nil {
 		return inv, nil
 	} else if !errors.Is(err, catalog.ErrNotFound) {
-		return catalog.Invoice{}, err
+		return Invoice{}, err
 	}
 	in, err := s.store.PreviewInputs(ctx, t.ID, period)
 	if err != nil {
-		return catalog.Invoice{}, err
+		return Invoice{}, err
 	}
 	lines, err := Price(in)
 	if err != nil {
-		return catalog.Invoice{}, err
+		return Invoice{}, err
 	}
-	inv := catalog.Invoice{TenantID: t.ID, Tenant: t.Slug, Period: p, Plan: in.Version.Plan, PlanVersion: in.Version.Version,
-		Currency: in.Version.Currency, State: StatePreview, Payment: catalog.PaymentNone, ComputedAt: s.now(), Lines: lines}
+	inv := Invoice{TenantID: t.ID, Tenant: t.Slug, Period: p, Plan: in.Version.Plan, PlanVersion: in.Version.Version,
+		Currency: in.Version.Currency, State: StatePreview, Payment: PaymentNone, ComputedAt: s.now(), Lines: lines}
 	for i := range inv.Lines {
 		inv.Lines[i].No = i + 1
 		inv.Total += inv.Lines[i].Amount
@@ -319,7 +327,7 @@ func (s *Service) Preview(ctx context.Context, slug string, period time.Time) (c
 }
 
 // StatePreview marks an invoice Preview computed and did not store.
-const StatePreview catalog.InvoiceState = "preview"
+const StatePreview InvoiceState = "preview"
 
 type metrics struct {
 	stripe *prometheus.CounterVec

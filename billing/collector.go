@@ -23,7 +23,7 @@ const collectorServers = 4
 // its tenants are sampled next round. It returns how many databases were
 // sampled.
 func (s *Service) CollectStorage(ctx context.Context) (int, error) {
-	dbs, err := s.store.TenantDatabases(ctx)
+	dbs, err := s.catalog.TenantDatabases(ctx)
 	if err != nil {
 		return 0, err
 	}
@@ -60,7 +60,7 @@ func (s *Service) collectServer(ctx context.Context, server string, dbs []catalo
 	logger := s.logger.With("op", "storage", "server", server)
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.ConnectTimeout+time.Minute)
 	defer cancel()
-	dsn, err := s.store.ServerDSN(ctx, server)
+	dsn, err := s.catalog.ServerDSN(ctx, server)
 	if err != nil {
 		return 0, err
 	}
@@ -95,7 +95,7 @@ func (s *Service) collectServer(ctx context.Context, server string, dbs []catalo
 	// Samples are maxima: recording one twice changes nothing, so each
 	// round is a batch of its own.
 	batch := "storage:" + server + ":" + strconv.FormatInt(at.UnixNano(), 10)
-	if err := s.store.RecordUsageBatch(ctx, batch, rows); err != nil {
+	if err := s.catalog.RecordUsageBatch(ctx, batch, rows); err != nil {
 		return 0, err
 	}
 	logger.DebugContext(ctx, "storage sampled", "databases", len(rows))

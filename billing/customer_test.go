@@ -10,7 +10,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tenantplane/tenantplane/billing"
-	"github.com/tenantplane/tenantplane/catalog"
 	"github.com/tenantplane/tenantplane/internal/stripetest"
 )
 
@@ -50,7 +49,7 @@ func TestEnsureCustomerCreatesOneAndABillingRunUsesIt(t *testing.T) {
 
 	b.usage(t, tn.ID, b.last, 100)
 	run := b.run(t, svc, b.last)
-	require.Equal(t, catalog.BillingRunDone, run.State, run.LastError)
+	require.Equal(t, billing.BillingRunDone, run.State, run.LastError)
 	for _, r := range writes(rec.take()) {
 		require.NotEqual(t, "/v1/customers", r.Path, "the run uses the customer made before")
 	}

@@ -19,6 +19,14 @@
 // and period. Without a Stripe key, runs compute and store invoices marked
 // not sent.
 //
+// Billing owns its tables: plan versions (prices), invoices and their lines,
+// billing runs, billing customers and Stripe events. They live in the
+// catalog database and its migrations create them, but only this package
+// reads and writes them, through its store (store.go), in transactions from
+// catalog.Store.InTx so that a change and its audit event commit together.
+// The admin API reaches them through the Service (ListPlanVersions,
+// CreatePlanVersion, ListRuns, GetRun, ListInvoices).
+//
 // Stripe webhooks (HandleWebhook) mark invoices paid or failed; a tenant
 // whose sent invoice stays unpaid past the dunning grace is suspended through
 // the Suspender (the provisioner's lifecycle), and resumed once it has paid.

@@ -74,11 +74,11 @@ func (s *Service) dunning() bool {
 // resumeIfPaidUp resumes a tenant that billing suspended (the latest
 // suspension is billing's) when none of its sent invoices is overdue.
 func (s *Service) resumeIfPaidUp(ctx context.Context, tenantID string) error {
-	t, err := s.store.GetTenantByID(ctx, tenantID)
+	t, err := s.catalog.GetTenantByID(ctx, tenantID)
 	if err != nil || t.State != catalog.TenantSuspended {
 		return err
 	}
-	last, err := s.store.ListAudit(ctx, catalog.AuditFilter{TenantID: tenantID, Action: "tenant.suspended", Newest: true, Limit: 1})
+	last, err := s.catalog.ListAudit(ctx, catalog.AuditFilter{TenantID: tenantID, Action: "tenant.suspended", Newest: true, Limit: 1})
 	if err != nil {
 		return err
 	}

@@ -24,6 +24,8 @@ var catalogTemplate = pgtest.WithTemplate("catalog-"+pgtest.HashFS(catalog.Migra
 // testBundle is a migrated catalog of the test's own.
 type testBundle struct {
 	store *catalog.Store
+	// billing is billing's own store over the same catalog.
+	billing *billing.Store
 	// last is the period that ended last: the one tests bill.
 	last time.Time
 }
@@ -37,7 +39,7 @@ func setup(t testing.TB) *testBundle {
 	store, err := catalog.Open(context.Background(), pgtest.NewDB(t, catalogTemplate), cipher, catalog.StoreConfig{MaxConns: 40})
 	require.NoError(t, err)
 	t.Cleanup(store.Close)
-	return &testBundle{store: store, last: catalog.PeriodOf(time.Now()).AddDate(0, -1, 0)}
+	return &testBundle{store: store, billing: billing.NewStore(store), last: catalog.PeriodOf(time.Now()).AddDate(0, -1, 0)}
 }
 
 // addTenant inserts an active tenant created well before the periods billed;
@@ -81,7 +83,7 @@ func testLogger() *slog.Logger {
 }
 
 // run starts a run of the period and does it in this goroutine.
-func (b *testBundle) run(t testing.TB, svc *billing.Service, period time.Time) catalog.BillingRun {
+func (b *testBundle) run(t testing.TB, svc *billing.Service, period time.Time) billing.BillingRun {
 	t.Helper()
 	ctx := context.Background()
 	run, _, err := svc.StartRun(ctx, period, "test")
@@ -91,9 +93,9 @@ func (b *testBundle) run(t testing.TB, svc *billing.Service, period time.Time) c
 	return done
 }
 
-func (b *testBundle) invoice(t testing.TB, tenantID string, period time.Time) catalog.Invoice {
+func (b *testBundle) invoice(t testing.TB, tenantID string, period time.Time) billing.Invoice {
 	t.Helper()
-	inv, err := b.store.TenantInvoice(context.Background(), tenantID, catalog.FormatPeriod(period))
+	inv, err := b.billing.TenantInvoice(context.Background(), tenantID, catalog.FormatPeriod(period))
 	require.NoError(t, err)
 	return inv
 }

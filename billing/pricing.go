@@ -19,7 +19,7 @@ const microsPerMinor = 1_000_000
 // (UnitPriceMicros millionths of a minor unit per PerUnits units), computed
 // exactly and rounded once to the nearest minor unit, halves rounded up. It
 // is the one rounding rule of every line.
-func Charge(quantity int64, p catalog.MeterPrice) (int64, error) {
+func Charge(quantity int64, p MeterPrice) (int64, error) {
 	over := quantity - p.Included
 	if over <= 0 || p.UnitPriceMicros == 0 {
 		return 0, nil
@@ -43,15 +43,15 @@ func Charge(quantity int64, p catalog.MeterPrice) (int64, error) {
 // with usage that arrived after its invoice. An adjustment charges what the
 // period's usage costs now, on the version that period was billed on, less
 // what its lines already charged, so rounding never adds up across them.
-func Price(in catalog.InvoiceInputs) ([]catalog.InvoiceLine, error) {
+func Price(in InvoiceInputs) ([]InvoiceLine, error) {
 	v := in.Version
 	month := monthName(in.Period)
-	lines := []catalog.InvoiceLine{{
-		Kind: catalog.LineBaseFee, Amount: v.BaseFee, PerUnits: 1,
+	lines := []InvoiceLine{{
+		Kind: LineBaseFee, Amount: v.BaseFee, PerUnits: 1,
 		Description: fmt.Sprintf("%s plan, %s", titleCase(v.Plan), month),
 	}}
 	meters := slices.Clone(v.Meters)
-	slices.SortFunc(meters, func(a, b catalog.MeterPrice) int { return strings.Compare(a.Meter, b.Meter) })
+	slices.SortFunc(meters, func(a, b MeterPrice) int { return strings.Compare(a.Meter, b.Meter) })
 	for _, p := range meters {
 		q := in.Usage[p.Meter]
 		if q == 0 {
@@ -61,14 +61,14 @@ func Price(in catalog.InvoiceInputs) ([]catalog.InvoiceLine, error) {
 		if err != nil {
 			return nil, err
 		}
-		lines = append(lines, catalog.InvoiceLine{
-			Kind: catalog.LineUsage, Meter: p.Meter, UsagePeriod: in.Period, Quantity: q, Included: p.Included,
+		lines = append(lines, InvoiceLine{
+			Kind: LineUsage, Meter: p.Meter, UsagePeriod: in.Period, Quantity: q, Included: p.Included,
 			UnitPriceMicros: p.UnitPriceMicros, PerUnits: max(p.PerUnits, 1), Amount: amount,
 			Description: usageDescription(p, q, month, v.Currency),
 		})
 	}
 	late := slices.Clone(in.Late)
-	slices.SortFunc(late, func(a, b catalog.LateUsage) int {
+	slices.SortFunc(late, func(a, b LateUsage) int {
 		if c := strings.Compare(a.Period, b.Period); c != 0 {
 			return c
 		}
@@ -81,15 +81,15 @@ func Price(in catalog.InvoiceInputs) ([]catalog.InvoiceLine, error) {
 		}
 		p, ok := l.Version.Price(l.Meter)
 		if !ok {
-			p = catalog.MeterPrice{Meter: l.Meter, PerUnits: 1} // not priced then: on record, free
+			p = MeterPrice{Meter: l.Meter, PerUnits: 1} // not priced then: on record, free
 		}
 		now, err := Charge(l.Total, p)
 		if err != nil {
 			return nil, err
 		}
 		units := l.Total - l.BilledQuantity
-		lines = append(lines, catalog.InvoiceLine{
-			Kind: catalog.LineAdjustment, Meter: l.Meter, UsagePeriod: l.Period, Quantity: units, Included: p.Included,
+		lines = append(lines, InvoiceLine{
+			Kind: LineAdjustment, Meter: l.Meter, UsagePeriod: l.Period, Quantity: units, Included: p.Included,
 			UnitPriceMicros: p.UnitPriceMicros, PerUnits: max(p.PerUnits, 1), Amount: max(now-l.BilledAmount, 0),
 			Description: fmt.Sprintf("Adjustment: %s %s of %s recorded after it was invoiced (%s in all)",
 				group(units), l.Meter, monthName(l.Period), group(l.Total)),
@@ -98,7 +98,7 @@ func Price(in catalog.InvoiceInputs) ([]catalog.InvoiceLine, error) {
 	return lines, nil
 }
 
-func usageDescription(p catalog.MeterPrice, q int64, month, currency string) string {
+func usageDescription(p MeterPrice, q int64, month, currency string) string {
 	per := ""
 	if p.PerUnits > 1 {
 		per = " " + group(p.PerUnits)

@@ -11,31 +11,31 @@ import (
 
 func TestCharge(t *testing.T) {
 	t.Parallel()
-	cent := catalog.MeterPrice{Meter: "api_calls", UnitPriceMicros: 1_000_000, PerUnits: 1}
+	cent := billing.MeterPrice{Meter: "api_calls", UnitPriceMicros: 1_000_000, PerUnits: 1}
 	for _, tc := range []struct {
 		name  string
 		q     int64
-		price catalog.MeterPrice
+		price billing.MeterPrice
 		want  int64
 	}{
 		{"10,000 calls at a cent", 10_000, cent, 10_000},
 		{"500 calls at a cent", 500, cent, 500},
 		{"nothing", 0, cent, 0},
-		{"within the included", 900, catalog.MeterPrice{UnitPriceMicros: 1_000_000, PerUnits: 1, Included: 1000}, 0},
-		{"over the included", 1500, catalog.MeterPrice{UnitPriceMicros: 1_000_000, PerUnits: 1, Included: 1000}, 500},
+		{"within the included", 900, billing.MeterPrice{UnitPriceMicros: 1_000_000, PerUnits: 1, Included: 1000}, 0},
+		{"over the included", 1500, billing.MeterPrice{UnitPriceMicros: 1_000_000, PerUnits: 1, Included: 1000}, 500},
 		// $0.004 a call: 0.4 of a cent, exact until the line is rounded once.
-		{"sub-cent, rounds down", 3, catalog.MeterPrice{UnitPriceMicros: 400_000, PerUnits: 1}, 1},    // 1.2
-		{"sub-cent, half rounds up", 5, catalog.MeterPrice{UnitPriceMicros: 100_000, PerUnits: 1}, 1}, // 0.5
-		{"sub-cent, below half", 4, catalog.MeterPrice{UnitPriceMicros: 100_000, PerUnits: 1}, 0},     // 0.4
-		{"a million at $0.0001", 1_000_000, catalog.MeterPrice{UnitPriceMicros: 10_000, PerUnits: 1}, 10_000},
+		{"sub-cent, rounds down", 3, billing.MeterPrice{UnitPriceMicros: 400_000, PerUnits: 1}, 1},    // 1.2
+		{"sub-cent, half rounds up", 5, billing.MeterPrice{UnitPriceMicros: 100_000, PerUnits: 1}, 1}, // 0.5
+		{"sub-cent, below half", 4, billing.MeterPrice{UnitPriceMicros: 100_000, PerUnits: 1}, 0},     // 0.4
+		{"a million at $0.0001", 1_000_000, billing.MeterPrice{UnitPriceMicros: 10_000, PerUnits: 1}, 10_000},
 		// $0.25 per GiB over 1 GiB: 3.5 GiB is 2.5 GiB over, 62.5 cents.
-		{"GiB pricing", 3584 << 20, catalog.MeterPrice{UnitPriceMicros: 25_000_000, PerUnits: 1 << 30, Included: 1 << 30}, 63},
+		{"GiB pricing", 3584 << 20, billing.MeterPrice{UnitPriceMicros: 25_000_000, PerUnits: 1 << 30, Included: 1 << 30}, 63},
 	} {
 		got, err := billing.Charge(tc.q, tc.price)
 		require.NoError(t, err, tc.name)
 		require.Equal(t, tc.want, got, tc.name)
 	}
-	_, err := billing.Charge(1<<62, catalog.MeterPrice{UnitPriceMicros: 1 << 40, PerUnits: 1})
+	_, err := billing.Charge(1<<62, billing.MeterPrice{UnitPriceMicros: 1 << 40, PerUnits: 1})
 	require.ErrorIs(t, err, catalog.ErrInvalid, "too large an amount is an error, never a wrap-around")
 }
 
@@ -68,7 +68,7 @@ func TestGoldenPricing(t *testing.T) {
 	b.usage(t, big.ID, b.last, 10_000)
 	b.usage(t, small.ID, b.last, 500)
 	run := b.run(t, b.service(t, billing.Config{}), b.last) // no Stripe key: computed and stored
-	require.Equal(t, catalog.BillingRunDone, run.State)
+	require.Equal(t, billing.BillingRunDone, run.State)
 	require.False(t, run.Send)
 	require.Equal(t, 2, run.Invoices)
 
@@ -82,9 +82,9 @@ func TestGoldenPricing(t *testing.T) {
 	} {
 		inv := b.invoice(t, tc.tenant.ID, b.last)
 		require.False(t, inv.Sent, "without Stripe, marked not sent")
-		require.Equal(t, catalog.PaymentNone, inv.Payment)
+		require.Equal(t, billing.PaymentNone, inv.Payment)
 		require.Len(t, inv.Lines, 2)
-		require.Equal(t, catalog.LineBaseFee, inv.Lines[0].Kind)
+		require.Equal(t, billing.LineBaseFee, inv.Lines[0].Kind)
 		require.Equal(t, tc.base, inv.Lines[0].Amount)
 		calls := inv.Lines[1]
 		require.Equal(t, catalog.MeterAPICalls, calls.Meter)

@@ -31,26 +31,99 @@ import (
 // runLockClass is the first key of the run advisory locks; the second is the run id.
 const runLockClass = `hashtext('tenantplane.billing.run')`
 
+// BillingRunState is where a billing run is.
+type BillingRunState string
+
+const (
+	BillingRunPending BillingRunState = "pending" // waiting for a process to take it
+	BillingRunRunning BillingRunState = "running"
+	BillingRunDone    BillingRunState = "done"   // every invoice of the period computed (and sent, when sending)
+	BillingRunFailed  BillingRunState = "failed" // stopped with invoices left unfinished; a new run resumes them
+)
+
+// Run triggers.
+const (
+	TriggerAPI      = "api"
+	TriggerSchedule = "schedule"
+)
+
+// BillingRun is the billing of one period.
+type BillingRun struct {
+	ID         int64               `json:"id"`
+	Period     string              `json:"period"`
+	State      BillingRunState     `json:"state"`
+	Send       bool                `json:"send"` // sends to Stripe; false: invoices are computed and stored, not sent
+	Trigger    string              `json:"trigger"`
+	Actor      string              `json:"actor"`
+	Invoices   int                 `json:"invoices"` // the period's invoices when the run finished
+	Failed     int                 `json:"failed"`   // of them, left unfinished by an error
+	LastError  string              `json:"last_error,omitempty"`
+	CreatedAt  time.Time           `json:"created_at"`
+	StartedAt  *time.Time          `json:"started_at,omitempty"`
+	FinishedAt *time.Time          `json:"finished_at,omitempty"`
+	Progress   *BillingRunProgress `json:"progress,omitempty"`
+	Failures   []BillingRunFailure `json:"failures,omitempty"`
+}
+
+// BillingRunProgress counts the invoices of a run's period by state, now.
+type BillingRunProgress struct {
+	Invoices       int `json:"invoices"`
+	Computed       int `json:"computed"`
+	InvoiceCreated int `json:"invoice_created"`
+	ItemsAdded     int `json:"items_added"`
+	Finalized      int `json:"finalized"`
+	Failed         int `json:"failed"` // unfinished, with an error from the last attempt
+}
+
+// BillingRunFailure is an invoice the last attempt could not finish.
+type BillingRunFailure struct {
+	Tenant    string       `json:"tenant"`
+	InvoiceID string       `json:"invoice_id"`
+	State     InvoiceState `json:"state"`
+	Error     string       `json:"error"`
+}
+
+// NewBillingRun is what starting a run takes.
+type NewBillingRun struct {
+	Period  time.Time
+	Send    bool
+	Trigger string
+	Actor   string
+}
+
 // StartRun records a run of a period, to be done in the background (by this
 // process or another), and returns it. The period must have ended. While a
 // run of the period is pending or running, it is returned instead (created
 // false). Without Stripe, the run computes and stores invoices, not sent.
-func (s *Service) StartRun(ctx context.Context, period time.Time, actor string) (catalog.BillingRun, bool, error) {
+func (s *Service) StartRun(ctx context.Context, period time.Time, actor string) (BillingRun, bool, error) {
 	period = catalog.PeriodOf(period)
 	if end := catalog.PeriodEnd(period); end.After(s.now()) {
-		return catalog.BillingRun{}, false, catalog.Errorf(catalog.CodeInvalid,
-			"period %s is still open (it ends %s); preview a tenant's invoice with GET /admin/v1/tenants/{slug}/invoice-preview",
+		return BillingRun{}, false, catalog.Errorf(catalog.CodeInvalid,
+			"period %s is still open (it ends %s): only a period that has ended is billed; a tenant's invoice preview shows the open one as it stands",
 			catalog.FormatPeriod(period), end.Format(time.RFC3339))
 	}
-	run, created, err := s.store.CreateBillingRun(ctx, catalog.NewBillingRun{Period: period, Send: s.stripe != nil, Trigger: catalog.TriggerAPI, Actor: actor})
+	run, created, err := s.store.CreateBillingRun(ctx, NewBillingRun{Period: period, Send: s.stripe != nil, Trigger: TriggerAPI, Actor: actor})
 	if err != nil {
-		return catalog.BillingRun{}, false, err
+		return BillingRun{}, false, err
 	}
 	if created {
 		s.logger.InfoContext(ctx, "billing run created", "op", "run", "run_id", run.ID, "period", run.Period, "send", run.Send, "actor", actor)
 		s.kick()
 	}
 	return run, created, nil
+}
+
+// GetRun returns a run with the live progress of its period's invoices and
+// up to 50 of their failures.
+func (s *Service) GetRun(ctx context.Context, id int64) (BillingRun, error) {
+	return s.store.GetBillingRun(ctx, id)
+}
+
+// ListRuns returns a page of runs, newest first, of one period (YYYY-MM) or
+// of all when period is "": at most limit after cursor, and the next page's
+// cursor ("" on the last).
+func (s *Service) ListRuns(ctx context.Context, period string, limit int, cursor string) ([]BillingRun, string, error) {
+	return s.store.ListBillingRuns(ctx, period, limit, cursor)
 }
 
 // kick wakes the run loop.
@@ -85,19 +158,19 @@ var errHeld = catalog.Errorf(catalog.CodeConflict, "another process is working o
 // holds it (a CodeConflict error), and returns it as it finished. A run
 // already finished is returned as is. When ctx ends first, the run stays
 // running for a process to resume.
-func (s *Service) ProcessRun(ctx context.Context, id int64) (catalog.BillingRun, error) {
-	conn, err := s.store.Pool().Acquire(ctx)
+func (s *Service) ProcessRun(ctx context.Context, id int64) (BillingRun, error) {
+	conn, err := s.catalog.Pool().Acquire(ctx)
 	if err != nil {
-		return catalog.BillingRun{}, catalog.WrapError(catalog.CodeUnavailable, err, "catalog database is unavailable")
+		return BillingRun{}, catalog.WrapError(catalog.CodeUnavailable, err, "catalog database is unavailable")
 	}
 	var held bool
 	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(`+runLockClass+`, $1::int)`, id).Scan(&held); err != nil {
 		conn.Release()
-		return catalog.BillingRun{}, catalog.WrapError(catalog.CodeUnavailable, err, "catalog database is unavailable")
+		return BillingRun{}, catalog.WrapError(catalog.CodeUnavailable, err, "catalog database is unavailable")
 	}
 	if !held {
 		conn.Release()
-		return catalog.BillingRun{}, errHeld
+		return BillingRun{}, errHeld
 	}
 	// The lock lives with this connection: watch it, and stop working the
 	// moment it is gone (another process may take the run over).
@@ -120,7 +193,7 @@ func (s *Service) ProcessRun(ctx context.Context, id int64) (catalog.BillingRun,
 	}()
 
 	run, err := s.store.GetBillingRun(runCtx, id)
-	if err != nil || (run.State != catalog.BillingRunPending && run.State != catalog.BillingRunRunning) {
+	if err != nil || (run.State != BillingRunPending && run.State != BillingRunRunning) {
 		return run, err
 	}
 	return s.process(runCtx, run)
@@ -148,7 +221,7 @@ func watchLock(ctx context.Context, conn *pgxpool.Conn, cancel context.CancelCau
 }
 
 // process computes the period's invoices, then sends those not finalized.
-func (s *Service) process(ctx context.Context, run catalog.BillingRun) (catalog.BillingRun, error) {
+func (s *Service) process(ctx context.Context, run BillingRun) (BillingRun, error) {
 	logger := s.logger.With("op", "run", "run_id", run.ID, "period", run.Period)
 	start := time.Now()
 	if err := s.store.StartBillingRun(ctx, run.ID); err != nil {
@@ -158,7 +231,7 @@ func (s *Service) process(ctx context.Context, run catalog.BillingRun) (catalog.
 	if err != nil {
 		return run, err
 	}
-	finish := func(lastError string) (catalog.BillingRun, error) {
+	finish := func(lastError string) (BillingRun, error) {
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
 		done, err := s.store.FinishBillingRun(fctx, run.ID, lastError)
@@ -181,7 +254,7 @@ func (s *Service) process(ctx context.Context, run catalog.BillingRun) (catalog.
 	}
 	computed := 0
 	for i := 0; i < len(tenants); i += s.cfg.ComputeBatch {
-		n, err := s.store.ComputeInvoices(ctx, run.ID, period, tenants[i:min(i+s.cfg.ComputeBatch, len(tenants))], Price)
+		n, err := s.computeInvoices(ctx, run.ID, period, tenants[i:min(i+s.cfg.ComputeBatch, len(tenants))])
 		if err != nil {
 			return s.interrupted(ctx, run, err, finish)
 		}
@@ -200,7 +273,7 @@ func (s *Service) process(ctx context.Context, run catalog.BillingRun) (catalog.
 // interrupted ends a run that stopped on err: when the process is stopping
 // (or lost its lock), the run stays running for another to resume;
 // otherwise it fails with the reason.
-func (s *Service) interrupted(ctx context.Context, run catalog.BillingRun, err error, finish func(string) (catalog.BillingRun, error)) (catalog.BillingRun, error) {
+func (s *Service) interrupted(ctx context.Context, run BillingRun, err error, finish func(string) (BillingRun, error)) (BillingRun, error) {
 	if ctx.Err() != nil {
 		if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
 			err = cause
@@ -215,12 +288,12 @@ func (s *Service) interrupted(ctx context.Context, run catalog.BillingRun, err e
 // Concurrency at a time. A failed invoice records its error and the run goes
 // on; MaxConsecutiveFailures in a row stop it (Stripe is down, or the key is
 // wrong), as does the end of ctx.
-func (s *Service) sendAll(ctx context.Context, run catalog.BillingRun, logger *slog.Logger) error {
+func (s *Service) sendAll(ctx context.Context, run BillingRun, logger *slog.Logger) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	type job struct {
-		inv  catalog.Invoice
-		cust catalog.BillingCustomer
+		inv  Invoice
+		cust BillingCustomer
 	}
 	work := make(chan job)
 	var (
@@ -305,7 +378,7 @@ func (s *Service) sendAll(ctx context.Context, run catalog.BillingRun, logger *s
 	return ctx.Err()
 }
 
-func (s *Service) customersOf(ctx context.Context, invs []catalog.Invoice) (map[string]catalog.BillingCustomer, error) {
+func (s *Service) customersOf(ctx context.Context, invs []Invoice) (map[string]BillingCustomer, error) {
 	ids := make([]string, 0, len(invs))
 	for _, inv := range invs {
 		ids = append(ids, inv.TenantID)
@@ -340,7 +413,7 @@ func (s *Service) schedule(ctx context.Context) error {
 	if err != nil || exists {
 		return err
 	}
-	run, created, err := s.store.CreateBillingRun(ctx, catalog.NewBillingRun{Period: last, Send: s.stripe != nil, Trigger: catalog.TriggerSchedule, Actor: "schedule"})
+	run, created, err := s.store.CreateBillingRun(ctx, NewBillingRun{Period: last, Send: s.stripe != nil, Trigger: TriggerSchedule, Actor: "schedule"})
 	if err != nil {
 		return err
 	}

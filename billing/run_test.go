@@ -35,7 +35,7 @@ func TestRunAgainstStripeMock(t *testing.T) {
 		tenants = append(tenants, tn)
 	}
 	run := b.run(t, svc, b.last)
-	require.Equal(t, catalog.BillingRunDone, run.State, run.LastError)
+	require.Equal(t, billing.BillingRunDone, run.State, run.LastError)
 	require.True(t, run.Send)
 	require.Equal(t, 6, run.Invoices)
 	require.Equal(t, 6, run.Progress.Finalized)
@@ -45,9 +45,9 @@ func TestRunAgainstStripeMock(t *testing.T) {
 	want := map[string]bool{}
 	for _, tn := range tenants {
 		inv := b.invoice(t, tn.ID, b.last)
-		require.Equal(t, catalog.InvoiceFinalized, inv.State)
+		require.Equal(t, billing.InvoiceFinalized, inv.State)
 		require.True(t, inv.Sent)
-		require.Equal(t, catalog.PaymentOpen, inv.Payment)
+		require.Equal(t, billing.PaymentOpen, inv.Payment)
 		require.NotEmpty(t, inv.StripeInvoiceID)
 		require.NotEmpty(t, inv.StripeCustomerID)
 		want[billing.CustomerKey(tn.ID)] = true
@@ -80,7 +80,7 @@ func TestRunAgainstStripeMock(t *testing.T) {
 
 	// A second run of the period sends nothing: no write, no read.
 	again := b.run(t, svc, b.last)
-	require.Equal(t, catalog.BillingRunDone, again.State)
+	require.Equal(t, billing.BillingRunDone, again.State)
 	require.NotEqual(t, run.ID, again.ID)
 	require.Empty(t, rec.take())
 
@@ -119,16 +119,16 @@ func TestRunResumesAfterEveryFault(t *testing.T) {
 					return ""
 				})
 				first := b.run(t, svc, b.last)
-				require.Equal(t, catalog.BillingRunFailed, first.State)
+				require.Equal(t, billing.BillingRunFailed, first.State)
 				require.Equal(t, 1, first.Failed)
 				require.Len(t, first.Failures, 1)
 				require.Contains(t, first.Failures[0].Error, op)
 
 				second := b.run(t, svc, b.last)
-				require.Equal(t, catalog.BillingRunDone, second.State, second.LastError)
+				require.Equal(t, billing.BillingRunDone, second.State, second.LastError)
 				requireOneInvoiceEach(t, b, fake, tenants)
 				third := b.run(t, svc, b.last)
-				require.Equal(t, catalog.BillingRunDone, third.State)
+				require.Equal(t, billing.BillingRunDone, third.State)
 				requireOneInvoiceEach(t, b, fake, tenants)
 			})
 		}
@@ -140,7 +140,7 @@ func requireOneInvoiceEach(t *testing.T, b *testBundle, fake *fakeStripe, tenant
 	state := fake.state()
 	for _, tn := range tenants {
 		inv := b.invoice(t, tn.ID, b.last)
-		require.Equal(t, catalog.InvoiceFinalized, inv.State, tn.Slug)
+		require.Equal(t, billing.InvoiceFinalized, inv.State, tn.Slug)
 		st := state[tn.ID]
 		require.NotNil(t, st, tn.Slug)
 		require.Equal(t, 1, st.Customers, "%s: one customer", tn.Slug)
@@ -177,7 +177,7 @@ func TestRunRecoversAfterIdempotencyKeysExpire(t *testing.T) {
 				}
 				return ""
 			})
-			require.Equal(t, catalog.BillingRunFailed, b.run(t, svc, b.last).State)
+			require.Equal(t, billing.BillingRunFailed, b.run(t, svc, b.last).State)
 
 			// A day later, Stripe has forgotten the keys. The catalog's clock
 			// has not moved: age the first attempts instead.
@@ -190,7 +190,7 @@ func TestRunRecoversAfterIdempotencyKeysExpire(t *testing.T) {
 			require.NoError(t, err)
 
 			run := b.run(t, svc, b.last)
-			require.Equal(t, catalog.BillingRunDone, run.State, run.LastError)
+			require.Equal(t, billing.BillingRunDone, run.State, run.LastError)
 			requireOneInvoiceEach(t, b, fake, []catalog.Tenant{tn})
 		})
 	}
@@ -222,9 +222,9 @@ func TestRunResumesAfterCrash(t *testing.T) {
 	require.NoError(t, err)
 	_, err = first.ProcessRun(ctx, run.ID)
 	require.Error(t, err)
-	got, err := b.store.GetBillingRun(context.Background(), run.ID)
+	got, err := b.billing.GetBillingRun(context.Background(), run.ID)
 	require.NoError(t, err)
-	require.Equal(t, catalog.BillingRunRunning, got.State, "left for another process")
+	require.Equal(t, billing.BillingRunRunning, got.State, "left for another process")
 	require.Less(t, got.Progress.Finalized, 20)
 
 	// Another process, polling, takes it over.
@@ -232,8 +232,8 @@ func TestRunResumesAfterCrash(t *testing.T) {
 	require.NoError(t, second.Start(context.Background()))
 	t.Cleanup(func() { _ = second.Stop(context.Background()) })
 	require.Eventually(t, func() bool {
-		r, err := b.store.GetBillingRun(context.Background(), run.ID)
-		return err == nil && r.State == catalog.BillingRunDone
+		r, err := b.billing.GetBillingRun(context.Background(), run.ID)
+		return err == nil && r.State == billing.BillingRunDone
 	}, 30*time.Second, 50*time.Millisecond)
 	requireOneInvoiceEach(t, b, fake, tenants)
 }
@@ -259,7 +259,7 @@ func TestRunHeldByOneProcess(t *testing.T) {
 	other := b.service(t, billing.Config{StripeKey: stripetest.Key, StripeAPIBase: fake.srv.URL, StripeHTTPClient: fakeClient()})
 	run, _, err := svc.StartRun(context.Background(), b.last, "test")
 	require.NoError(t, err)
-	done := make(chan catalog.BillingRun)
+	done := make(chan billing.BillingRun)
 	go func() {
 		r, err := svc.ProcessRun(context.Background(), run.ID)
 		require.NoError(t, err)
@@ -274,7 +274,7 @@ func TestRunHeldByOneProcess(t *testing.T) {
 	require.False(t, created)
 	require.Equal(t, run.ID, again.ID)
 	close(hold)
-	require.Equal(t, catalog.BillingRunDone, (<-done).State)
+	require.Equal(t, billing.BillingRunDone, (<-done).State)
 }
 
 func TestStartRunRefusesAnOpenPeriod(t *testing.T) {
@@ -294,14 +294,14 @@ func TestLocalInvoicesAreSentLater(t *testing.T) {
 	tn := b.addTenant(t, "acme", "pro")
 	b.usage(t, tn.ID, b.last, 10)
 	local := b.run(t, b.service(t, billing.Config{}), b.last)
-	require.Equal(t, catalog.BillingRunDone, local.State)
+	require.Equal(t, billing.BillingRunDone, local.State)
 	require.Equal(t, 1, local.Progress.Computed)
 	inv := b.invoice(t, tn.ID, b.last)
 	require.False(t, inv.Sent)
 
 	fake := newFakeStripe(t)
 	sent := b.run(t, b.service(t, billing.Config{StripeKey: stripetest.Key, StripeAPIBase: fake.srv.URL, StripeHTTPClient: fakeClient()}), b.last)
-	require.Equal(t, catalog.BillingRunDone, sent.State)
+	require.Equal(t, billing.BillingRunDone, sent.State)
 	require.True(t, b.invoice(t, tn.ID, b.last).Sent)
 	requireOneInvoiceEach(t, b, fake, []catalog.Tenant{tn})
 }
@@ -331,7 +331,7 @@ func TestLateUsageIsAdjustedOnTheNextInvoice(t *testing.T) {
 	inv := b.invoice(t, tn.ID, b.last)
 	require.Len(t, inv.Lines, 3)
 	adj := inv.Lines[2]
-	require.Equal(t, catalog.LineAdjustment, adj.Kind)
+	require.Equal(t, billing.LineAdjustment, adj.Kind)
 	require.Equal(t, catalog.FormatPeriod(before), adj.UsagePeriod)
 	require.Equal(t, int64(250), adj.Quantity)
 	require.Equal(t, int64(250), adj.Amount)
@@ -369,7 +369,7 @@ func TestScheduleStartsOneRunAfterTheGrace(t *testing.T) {
 	b.usage(t, tn.ID, b.last, 3)
 	// A catalog migrated this month schedules from the next period on: an
 	// upgrade does not bill the last month by itself.
-	from, err := b.store.ScheduleFrom(context.Background())
+	from, err := b.billing.ScheduleFrom(context.Background())
 	require.NoError(t, err)
 	require.Equal(t, catalog.PeriodEnd(time.Now()), from)
 	early, err := billing.New(b.store, billing.Config{Logger: testLogger(), StorageInterval: -1, BillingGrace: time.Nanosecond,
@@ -378,7 +378,7 @@ func TestScheduleStartsOneRunAfterTheGrace(t *testing.T) {
 	require.NoError(t, early.Start(context.Background()))
 	time.Sleep(200 * time.Millisecond)
 	require.NoError(t, early.Stop(context.Background()))
-	runs, _, err := b.store.ListBillingRuns(context.Background(), "", 10, "")
+	runs, _, err := b.billing.ListBillingRuns(context.Background(), "", 10, "")
 	require.NoError(t, err)
 	require.Empty(t, runs)
 
@@ -394,14 +394,14 @@ func TestScheduleStartsOneRunAfterTheGrace(t *testing.T) {
 		svcs = append(svcs, svc)
 	}
 	require.Eventually(t, func() bool {
-		runs, _, err := b.store.ListBillingRuns(context.Background(), catalog.FormatPeriod(b.last), 10, "")
-		return err == nil && len(runs) == 1 && runs[0].State == catalog.BillingRunDone
+		runs, _, err := b.billing.ListBillingRuns(context.Background(), catalog.FormatPeriod(b.last), 10, "")
+		return err == nil && len(runs) == 1 && runs[0].State == billing.BillingRunDone
 	}, 20*time.Second, 20*time.Millisecond)
 	time.Sleep(100 * time.Millisecond)
-	runs, _, err = b.store.ListBillingRuns(context.Background(), "", 10, "")
+	runs, _, err = b.billing.ListBillingRuns(context.Background(), "", 10, "")
 	require.NoError(t, err)
 	require.Len(t, runs, 1)
-	require.Equal(t, catalog.TriggerSchedule, runs[0].Trigger)
+	require.Equal(t, billing.TriggerSchedule, runs[0].Trigger)
 	require.Equal(t, int64(503), b.invoice(t, tn.ID, b.last).Total)
 	_ = svcs
 }

@@ -114,7 +114,7 @@ func (s *Service) call(op string, fn func() error) error {
 // draft invoice, an item per line, finalize. Each step's id is stored before
 // the next step starts. inv.SendStartedAt is when sending it first began;
 // cust is the tenant's customer as the catalog knows it.
-func (s *Service) send(ctx context.Context, inv catalog.Invoice, cust catalog.BillingCustomer) error {
+func (s *Service) send(ctx context.Context, inv Invoice, cust BillingCustomer) error {
 	stale := inv.SendStartedAt != nil && s.now().Sub(*inv.SendStartedAt) > recoverAfter
 
 	customer := firstNonEmpty(inv.StripeCustomerID, cust.StripeCustomerID)
@@ -127,7 +127,7 @@ func (s *Service) send(ctx context.Context, inv catalog.Invoice, cust catalog.Bi
 	}
 
 	invoiceID := inv.StripeInvoiceID
-	if inv.State == catalog.InvoiceComputed {
+	if inv.State == InvoiceComputed {
 		if stale {
 			found, err := s.findInvoice(ctx, customer, inv.ID)
 			if err != nil {
@@ -160,10 +160,10 @@ func (s *Service) send(ctx context.Context, inv catalog.Invoice, cust catalog.Bi
 		if err := s.store.SetInvoiceCreated(ctx, inv.ID, customer, invoiceID); err != nil {
 			return err
 		}
-		inv.State = catalog.InvoiceCreated
+		inv.State = InvoiceCreated
 	}
 
-	if inv.State == catalog.InvoiceCreated {
+	if inv.State == InvoiceCreated {
 		var existing map[int]string
 		if stale {
 			var err error
@@ -171,7 +171,7 @@ func (s *Service) send(ctx context.Context, inv catalog.Invoice, cust catalog.Bi
 				return err
 			}
 		}
-		var todo []catalog.InvoiceLine
+		var todo []InvoiceLine
 		for _, l := range inv.Lines {
 			if l.StripeItemID == "" && l.Amount != 0 { // else: made before; or nothing to charge (on record in the catalog only)
 				todo = append(todo, l)
@@ -215,7 +215,7 @@ func (s *Service) send(ctx context.Context, inv catalog.Invoice, cust catalog.Bi
 				return err
 			}
 		}
-		inv.State = catalog.InvoiceItemsAdded
+		inv.State = InvoiceItemsAdded
 	}
 
 	// Finalize. Stripe then collects (auto_advance true): it charges the
@@ -244,16 +244,16 @@ func (s *Service) send(ctx context.Context, inv catalog.Invoice, cust catalog.Bi
 	return s.store.SetInvoiceFinalized(ctx, inv.ID, paymentOf(status))
 }
 
-func paymentOf(st stripe.InvoiceStatus) catalog.PaymentStatus {
+func paymentOf(st stripe.InvoiceStatus) PaymentStatus {
 	switch st {
 	case stripe.InvoiceStatusPaid:
-		return catalog.PaymentPaid
+		return PaymentPaid
 	case stripe.InvoiceStatusUncollectible:
-		return catalog.PaymentUncollectible
+		return PaymentUncollectible
 	case stripe.InvoiceStatusVoid:
-		return catalog.PaymentVoid
+		return PaymentVoid
 	}
-	return catalog.PaymentOpen
+	return PaymentOpen
 }
 
 // ErrNoStripe is returned by EnsureCustomer when no Stripe key is set.

@@ -23,12 +23,12 @@ type WebhookResult struct {
 }
 
 // paymentEvents are the event types that change an invoice's payment status.
-var paymentEvents = map[string]catalog.PaymentStatus{
-	"invoice.paid":                 catalog.PaymentPaid,
-	"invoice.payment_succeeded":    catalog.PaymentPaid,
-	"invoice.payment_failed":       catalog.PaymentFailed,
-	"invoice.marked_uncollectible": catalog.PaymentUncollectible,
-	"invoice.voided":               catalog.PaymentVoid,
+var paymentEvents = map[string]PaymentStatus{
+	"invoice.paid":                 PaymentPaid,
+	"invoice.payment_succeeded":    PaymentPaid,
+	"invoice.payment_failed":       PaymentFailed,
+	"invoice.marked_uncollectible": PaymentUncollectible,
+	"invoice.voided":               PaymentVoid,
 }
 
 // HandleWebhook checks a Stripe webhook's signature (the Stripe-Signature
@@ -70,7 +70,7 @@ func (s *Service) HandleWebhook(ctx context.Context, payload []byte, signature s
 			return WebhookResult{}, catalog.Errorf(catalog.CodeInvalid, "webhook refused: %s event %s carries no invoice", ev.Type, ev.ID)
 		}
 	}
-	var inv catalog.Invoice
+	var inv Invoice
 	dup, err := s.store.HandleStripeEvent(ctx, ev.ID, string(ev.Type), func(ctx context.Context, tx pgx.Tx) error {
 		if !isPayment {
 			return nil
@@ -98,7 +98,7 @@ func (s *Service) HandleWebhook(ctx context.Context, payload []byte, signature s
 	res.InvoiceID = inv.ID
 	s.logger.InfoContext(ctx, "invoice payment", "op", "webhook", "tenant", inv.Tenant, "invoice_id", inv.ID, "period", inv.Period,
 		"event", ev.Type, "event_id", ev.ID, "payment", inv.Payment)
-	if inv.Payment == catalog.PaymentPaid && s.dunning() {
+	if inv.Payment == PaymentPaid && s.dunning() {
 		// Stripe gets its 2xx regardless: the dunning sweep retries the resume.
 		if err := s.resumeIfPaidUp(ctx, inv.TenantID); err != nil {
 			s.logger.WarnContext(ctx, "resume after payment failed; the dunning sweep retries it", "op", "dunning", "tenant", inv.Tenant, "error", err)

@@ -32,13 +32,13 @@ func sign(payload []byte, secret string) string {
 }
 
 // sentInvoice bills a tenant through the fake Stripe and returns its invoice.
-func (b *testBundle) sentInvoice(t *testing.T, svc *billing.Service, tn catalog.Tenant, period time.Time) catalog.Invoice {
+func (b *testBundle) sentInvoice(t *testing.T, svc *billing.Service, tn catalog.Tenant, period time.Time) billing.Invoice {
 	t.Helper()
 	b.usage(t, tn.ID, period, 100)
 	run := b.run(t, svc, period)
-	require.Equal(t, catalog.BillingRunDone, run.State, run.LastError)
+	require.Equal(t, billing.BillingRunDone, run.State, run.LastError)
 	inv := b.invoice(t, tn.ID, period)
-	require.Equal(t, catalog.PaymentOpen, inv.Payment)
+	require.Equal(t, billing.PaymentOpen, inv.Payment)
 	return inv
 }
 
@@ -58,7 +58,7 @@ func TestWebhookMarksInvoicesPaid(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, billing.WebhookResult{EventID: "evt_paid_1", Type: "invoice.paid", Outcome: "handled", InvoiceID: inv.ID}, res)
 	got := b.invoice(t, acme.ID, b.last)
-	require.Equal(t, catalog.PaymentPaid, got.Payment)
+	require.Equal(t, billing.PaymentPaid, got.Payment)
 	require.NotNil(t, got.PaidAt)
 
 	// Redelivered: a duplicate, nothing done.
@@ -70,14 +70,14 @@ func TestWebhookMarksInvoicesPaid(t *testing.T) {
 	failed := event("evt_failed_1", "invoice.payment_failed", inv.StripeInvoiceID, nil)
 	_, err = svc.HandleWebhook(ctx, failed, sign(failed, webhookSecret))
 	require.NoError(t, err)
-	require.Equal(t, catalog.PaymentPaid, b.invoice(t, acme.ID, b.last).Payment)
+	require.Equal(t, billing.PaymentPaid, b.invoice(t, acme.ID, b.last).Payment)
 
 	// A failure of another invoice, found by the id in its metadata.
 	failed = event("evt_failed_2", "invoice.payment_failed", "in_unknown_to_us", map[string]string{"tenantplane_invoice_id": other.ID})
 	_, err = svc.HandleWebhook(ctx, failed, sign(failed, webhookSecret))
 	require.NoError(t, err)
 	got = b.invoice(t, globex.ID, b.last)
-	require.Equal(t, catalog.PaymentFailed, got.Payment)
+	require.Equal(t, billing.PaymentFailed, got.Payment)
 	require.NotNil(t, got.PaymentFailedAt)
 
 	// Events about invoices that are not ours, and of other types, are ignored.
@@ -101,7 +101,7 @@ func TestWebhookMarksInvoicesPaid(t *testing.T) {
 		_, err := svc.HandleWebhook(ctx, forged, sig)
 		require.ErrorIs(t, err, catalog.ErrInvalid, name)
 	}
-	require.Equal(t, catalog.PaymentFailed, b.invoice(t, globex.ID, b.last).Payment)
+	require.Equal(t, billing.PaymentFailed, b.invoice(t, globex.ID, b.last).Payment)
 
 	// Without a secret, webhooks are off.
 	off := b.service(t, billing.Config{})

@@ -38,6 +38,19 @@ func TestPeriods(t *testing.T) {
 	}
 }
 
+// TestSeededMeters checks the meters the catalog's migrations seed: those
+// the product records itself.
+func TestSeededMeters(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	meters, err := b.store.ListMeters(context.Background())
+	require.NoError(t, err)
+	require.Equal(t, []catalog.Meter{
+		{Name: "api_calls", Aggregation: catalog.AggregateSum, Unit: "call", Description: "requests to the tenant API"},
+		{Name: "storage_bytes", Aggregation: catalog.AggregateMax, Unit: "byte", Description: "size of the tenant database (pg_database_size), the period's largest sample"},
+	}, meters)
+}
+
 func TestRecordUsageBatchIsIdempotent(t *testing.T) {
 	t.Parallel()
 	b := setup(t)

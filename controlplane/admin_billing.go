@@ -127,7 +127,7 @@ func (a *App) listPlans(c *gin.Context) {
 		httpapi.WriteError(c, err)
 		return
 	}
-	versions, err := a.store.ListPlanVersions(c, "")
+	versions, err := a.billing.ListPlanVersions(c, "")
 	if err != nil {
 		httpapi.WriteError(c, err)
 		return
@@ -136,13 +136,13 @@ func (a *App) listPlans(c *gin.Context) {
 }
 
 func (a *App) createPlanVersion(c *gin.Context) {
-	var nv catalog.NewPlanVersion
+	var nv billing.NewPlanVersion
 	if err := httpapi.BindJSON(c, &nv); err != nil {
 		httpapi.WriteError(c, err)
 		return
 	}
 	nv.Plan, nv.Actor = c.Param("name"), adminActor
-	v, err := a.store.CreatePlanVersion(c, nv, time.Now())
+	v, err := a.billing.CreatePlanVersion(c, nv)
 	if err != nil {
 		httpapi.WriteError(c, err)
 		return
@@ -196,7 +196,7 @@ func (a *App) listBillingRuns(c *gin.Context) {
 		httpapi.WriteError(c, err)
 		return
 	}
-	runs, next, err := a.store.ListBillingRuns(c, period, limit, cursor)
+	runs, next, err := a.billing.ListRuns(c, period, limit, cursor)
 	if err != nil {
 		httpapi.WriteError(c, err)
 		return
@@ -209,7 +209,7 @@ func (a *App) getBillingRun(c *gin.Context) {
 	if !ok {
 		return
 	}
-	run, err := a.store.GetBillingRun(c, id)
+	run, err := a.billing.GetRun(c, id)
 	if err != nil {
 		httpapi.WriteError(c, err)
 		return
@@ -228,7 +228,7 @@ func (a *App) listInvoices(c *gin.Context) {
 		httpapi.WriteError(c, err)
 		return
 	}
-	invoices, next, err := a.store.ListInvoices(c, t.ID, limit, cursor)
+	invoices, next, err := a.billing.ListInvoices(c, t.ID, limit, cursor)
 	if err != nil {
 		httpapi.WriteError(c, err)
 		return

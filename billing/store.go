@@ -1,9 +1,9 @@
-package catalog
+package billing
 
 import (
 	"context"
 	"errors"
-	"fmt"
+	"math"
 	"regexp"
 	"slices"
 	"strconv"
@@ -11,43 +11,67 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/tenantplane/tenantplane/catalog"
 )
 
-// MeterPrice is what a plan charges for one meter: Included units come with
-// the base fee; each unit over them costs UnitPriceMicros millionths of a
-// minor unit per PerUnits units, so sub-cent prices are exact integers.
-type MeterPrice struct {
-	Meter           string `json:"meter"`
-	Included        int64  `json:"included"`
-	UnitPriceMicros int64  `json:"unit_price_micros"`
-	PerUnits        int64  `json:"per_units"`
+// store is billing's access to its tables in the catalog database (plan
+// versions, invoices and their lines, billing runs, billing customers,
+// Stripe events): flat methods, each classified with catalog.Classify, that
+// the Service composes; a change and its audit event commit in one
+// transaction (catalog's InTx). The schema is catalog's, with every other
+// migration.
+type store struct {
+	cat  *catalog.Store
+	pool *pgxpool.Pool
 }
 
-// PlanVersion is one version of a plan's prices. A period is billed on the
-// version in effect at its start: the newest whose EffectiveFrom is not after it.
-type PlanVersion struct {
-	Plan          string       `json:"plan"`
-	Version       int          `json:"version"`
-	Currency      string       `json:"currency"` // ISO 4217, lowercase
-	BaseFee       int64        `json:"base_fee"` // minor units per period
-	EffectiveFrom string       `json:"effective_from"`
-	Meters        []MeterPrice `json:"meters"`
-	CreatedAt     time.Time    `json:"created_at"`
-}
+func newStore(cat *catalog.Store) *store { return &store{cat: cat, pool: cat.Pool()} }
 
-// Price returns the version's price for a meter.
-func (v PlanVersion) Price(meter string) (MeterPrice, bool) {
-	for _, m := range v.Meters {
-		if m.Meter == meter {
-			return m, true
-		}
+// meters returns the catalog's meters by name, with their aggregation.
+func (s *store) meters(ctx context.Context) (map[string]catalog.Aggregation, error) {
+	meters, err := s.cat.ListMeters(ctx)
+	if err != nil {
+		return nil, err
 	}
-	return MeterPrice{}, false
+	m := make(map[string]catalog.Aggregation, len(meters))
+	for _, mt := range meters {
+		m[mt.Name] = mt.Aggregation
+	}
+	return m, nil
+}
+
+func meterNames(m map[string]catalog.Aggregation) string {
+	names := make([]string, 0, len(m))
+	for n := range m {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return strings.Join(names, ", ")
+}
+
+// uuidRE matches the catalog's ids (tenants, invoices): anything else cannot
+// name one, and would fail the query's cast.
+var uuidRE = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+
+// idCursor reads a cursor of a list ordered by a numeric id, newest first:
+// the ids to list are below it.
+func idCursor(cursor string) (int64, error) {
+	parts, err := catalog.DecodeCursor(cursor, 1)
+	if err != nil || parts == nil {
+		return math.MaxInt64, err
+	}
+	id, err := strconv.ParseInt(parts[0], 10, 64)
+	if err != nil {
+		return 0, catalog.ErrBadCursor()
+	}
+	return id, nil
 }
 
 // ListPlanVersions returns the price versions of a plan ("" for every plan),
 // by plan and version.
-func (s *Store) ListPlanVersions(ctx context.Context, plan string) ([]PlanVersion, error) {
+func (s *store) ListPlanVersions(ctx context.Context, plan string) ([]PlanVersion, error) {
 	all, err := planVersions(ctx, s.pool)
 	if err != nil {
 		return nil, err
@@ -68,14 +92,14 @@ func (s *Store) ListPlanVersions(ctx context.Context, plan string) ([]PlanVersio
 }
 
 // planVersions loads every plan's versions, oldest first.
-func planVersions(ctx context.Context, q Querier) (map[string][]PlanVersion, error) {
+func planVersions(ctx context.Context, q catalog.Querier) (map[string][]PlanVersion, error) {
 	rows, err := q.Query(ctx, `
 		SELECT v.plan, v.version, v.currency, v.base_fee, to_char(v.effective_from, 'YYYY-MM'), v.created_at,
 		       coalesce(p.meter, ''), coalesce(p.included, 0), coalesce(p.unit_price_micros, 0), coalesce(p.per_units, 1)
 		FROM plan_versions v LEFT JOIN plan_meter_prices p ON p.plan = v.plan AND p.version = v.version
 		ORDER BY v.plan, v.effective_from, p.meter`)
 	if err != nil {
-		return nil, Classify(err, "plan prices")
+		return nil, catalog.Classify(err, "plan prices")
 	}
 	out := map[string][]PlanVersion{}
 	var v PlanVersion
@@ -93,7 +117,7 @@ func planVersions(ctx context.Context, q Querier) (map[string][]PlanVersion, err
 		out[v.Plan] = vs
 		return nil
 	})
-	return out, Classify(err, "plan prices")
+	return out, catalog.Classify(err, "plan prices")
 }
 
 // versionFor picks, from a plan's versions (oldest first), the one in effect
@@ -104,28 +128,16 @@ func versionFor(plan string, versions []PlanVersion, period string) (PlanVersion
 			return versions[i], nil
 		}
 	}
-	return PlanVersion{}, Errorf(CodeInvalid, "plan %q has no prices in effect for %s: add a version (POST /admin/v1/plans/%s/versions)", plan, period, plan)
+	return PlanVersion{}, catalog.Errorf(catalog.CodeInvalid, "plan %q has no prices in effect for %s: none of its versions takes effect by then", plan, period)
 }
 
 // PlanVersionFor returns the version of a plan's prices in effect for a period.
-func (s *Store) PlanVersionFor(ctx context.Context, plan string, period time.Time) (PlanVersion, error) {
+func (s *store) PlanVersionFor(ctx context.Context, plan string, period time.Time) (PlanVersion, error) {
 	all, err := planVersions(ctx, s.pool)
 	if err != nil {
 		return PlanVersion{}, err
 	}
-	return versionFor(plan, all[plan], FormatPeriod(period))
-}
-
-// NewPlanVersion is a change of a plan's prices.
-type NewPlanVersion struct {
-	Plan     string       `json:"-"`
-	Currency string       `json:"currency"`
-	BaseFee  int64        `json:"base_fee"`
-	Meters   []MeterPrice `json:"meters"`
-	// EffectiveFrom is the first period billed on it (YYYY-MM): the current
-	// period or a later one, after the plan's newest version. Default: the next period.
-	EffectiveFrom string `json:"effective_from"`
-	Actor         string `json:"-"`
+	return versionFor(plan, all[plan], catalog.FormatPeriod(period))
 }
 
 var currencyRE = regexp.MustCompile(`^[a-z]{3}$`)
@@ -133,33 +145,33 @@ var currencyRE = regexp.MustCompile(`^[a-z]{3}$`)
 // CreatePlanVersion adds a version of a plan's prices, numbered after the
 // newest. It never changes a period already begun: a version takes effect
 // from the current period at the earliest.
-func (s *Store) CreatePlanVersion(ctx context.Context, nv NewPlanVersion, now time.Time) (PlanVersion, error) {
-	if _, err := s.GetPlan(ctx, nv.Plan); err != nil {
-		if CodeOf(err) == CodeInvalid {
+func (s *store) CreatePlanVersion(ctx context.Context, nv NewPlanVersion, now time.Time) (PlanVersion, error) {
+	if _, err := s.cat.GetPlan(ctx, nv.Plan); err != nil {
+		if catalog.CodeOf(err) == catalog.CodeInvalid {
 			// The plan is named by the path, not the body: no such resource.
-			return PlanVersion{}, Errorf(CodeNotFound, "%s", MessageOf(err))
+			return PlanVersion{}, catalog.Errorf(catalog.CodeNotFound, "%s", catalog.MessageOf(err))
 		}
 		return PlanVersion{}, err
 	}
 	nv.Currency = strings.ToLower(strings.TrimSpace(nv.Currency))
 	if !currencyRE.MatchString(nv.Currency) {
-		return PlanVersion{}, Errorf(CodeInvalid, "currency %q must be a three-letter ISO 4217 code, e.g. usd", nv.Currency)
+		return PlanVersion{}, catalog.Errorf(catalog.CodeInvalid, "currency %q must be a three-letter ISO 4217 code, e.g. usd", nv.Currency)
 	}
 	if nv.BaseFee < 0 {
-		return PlanVersion{}, Errorf(CodeInvalid, "base_fee must not be negative")
+		return PlanVersion{}, catalog.Errorf(catalog.CodeInvalid, "base_fee must not be negative")
 	}
-	current := FormatPeriod(now)
+	current := catalog.FormatPeriod(now)
 	if nv.EffectiveFrom == "" {
-		nv.EffectiveFrom = FormatPeriod(PeriodEnd(now))
+		nv.EffectiveFrom = catalog.FormatPeriod(catalog.PeriodEnd(now))
 	}
-	from, err := ParsePeriod(nv.EffectiveFrom)
+	from, err := catalog.ParsePeriod(nv.EffectiveFrom)
 	if err != nil {
 		return PlanVersion{}, err
 	}
-	if nv.EffectiveFrom = FormatPeriod(from); nv.EffectiveFrom < current {
-		return PlanVersion{}, Errorf(CodeInvalid, "effective_from %s is in the past: prices change from the current period (%s) at the earliest", nv.EffectiveFrom, current)
+	if nv.EffectiveFrom = catalog.FormatPeriod(from); nv.EffectiveFrom < current {
+		return PlanVersion{}, catalog.Errorf(catalog.CodeInvalid, "effective_from %s is in the past: prices change from the current period (%s) at the earliest", nv.EffectiveFrom, current)
 	}
-	meters, err := meterMap(ctx, s.pool)
+	meters, err := s.meters(ctx)
 	if err != nil {
 		return PlanVersion{}, err
 	}
@@ -167,43 +179,43 @@ func (s *Store) CreatePlanVersion(ctx context.Context, nv NewPlanVersion, now ti
 	for _, m := range nv.Meters {
 		switch _, ok := meters[m.Meter]; {
 		case !ok:
-			return PlanVersion{}, Errorf(CodeInvalid, "unknown meter %q (meters: %s)", m.Meter, meterNames(meters))
+			return PlanVersion{}, catalog.Errorf(catalog.CodeInvalid, "unknown meter %q (meters: %s)", m.Meter, meterNames(meters))
 		case seen[m.Meter]:
-			return PlanVersion{}, Errorf(CodeInvalid, "meter %q is priced twice", m.Meter)
+			return PlanVersion{}, catalog.Errorf(catalog.CodeInvalid, "meter %q is priced twice", m.Meter)
 		case m.Included < 0 || m.UnitPriceMicros < 0:
-			return PlanVersion{}, Errorf(CodeInvalid, "meter %q: included and unit_price_micros must not be negative", m.Meter)
+			return PlanVersion{}, catalog.Errorf(catalog.CodeInvalid, "meter %q: included and unit_price_micros must not be negative", m.Meter)
 		case m.PerUnits <= 0:
-			return PlanVersion{}, Errorf(CodeInvalid, "meter %q: per_units must be at least 1", m.Meter)
+			return PlanVersion{}, catalog.Errorf(catalog.CodeInvalid, "meter %q: per_units must be at least 1", m.Meter)
 		}
 		seen[m.Meter] = true
 	}
 	var version int
-	err = s.InTx(ctx, func(tx pgx.Tx) error {
+	err = s.cat.InTx(ctx, func(tx pgx.Tx) error {
 		var latest string
 		err := tx.QueryRow(ctx, `
 			SELECT coalesce(max(v.version), 0), coalesce(to_char(max(v.effective_from), 'YYYY-MM'), '')
 			FROM plans p LEFT JOIN plan_versions v ON v.plan = p.name WHERE p.name = $1
 			GROUP BY p.name`, nv.Plan).Scan(&version, &latest)
 		if err != nil {
-			return Classify(err, "plan "+quote(nv.Plan))
+			return catalog.Classify(err, "plan "+strconv.Quote(nv.Plan))
 		}
 		if nv.EffectiveFrom <= latest {
-			return Errorf(CodeConflict, "plan %q already has a version from %s; a new one must start after it", nv.Plan, latest)
+			return catalog.Errorf(catalog.CodeConflict, "plan %q already has a version from %s; a new one must start after it", nv.Plan, latest)
 		}
 		version++
 		if _, err := tx.Exec(ctx, `
 			INSERT INTO plan_versions (plan, version, currency, base_fee, effective_from) VALUES ($1, $2, $3, $4, $5)`,
 			nv.Plan, version, nv.Currency, nv.BaseFee, from); err != nil {
-			return Classify(err, "plan version")
+			return catalog.Classify(err, "plan version")
 		}
 		for _, m := range nv.Meters {
 			if _, err := tx.Exec(ctx, `
 				INSERT INTO plan_meter_prices (plan, version, meter, included, unit_price_micros, per_units)
 				VALUES ($1, $2, $3, $4, $5, $6)`, nv.Plan, version, m.Meter, m.Included, m.UnitPriceMicros, m.PerUnits); err != nil {
-				return Classify(err, "plan price")
+				return catalog.Classify(err, "plan price")
 			}
 		}
-		return InsertAudit(ctx, tx, AuditEvent{Actor: nv.Actor, Action: "plan.version_created", Subject: nv.Plan,
+		return catalog.InsertAudit(ctx, tx, catalog.AuditEvent{Actor: nv.Actor, Action: "plan.version_created", Subject: nv.Plan,
 			Details: map[string]any{"version": version, "effective_from": nv.EffectiveFrom, "currency": nv.Currency, "base_fee": nv.BaseFee}})
 	})
 	if err != nil {
@@ -214,81 +226,6 @@ func (s *Store) CreatePlanVersion(ctx context.Context, nv NewPlanVersion, now ti
 		return PlanVersion{}, err
 	}
 	return versions[len(versions)-1], nil
-}
-
-// InvoiceState is how far an invoice has gone through Stripe. Each step's
-// Stripe id is stored as soon as it is known, so a rerun resumes after it.
-type InvoiceState string
-
-const (
-	InvoiceComputed   InvoiceState = "computed"        // lines priced and frozen; nothing in Stripe yet (or billing runs without Stripe)
-	InvoiceCreated    InvoiceState = "invoice_created" // the draft invoice exists in Stripe
-	InvoiceItemsAdded InvoiceState = "items_added"     // every line is an invoice item on it
-	InvoiceFinalized  InvoiceState = "finalized"       // finalized in Stripe: sent
-)
-
-// PaymentStatus is what Stripe reports about an invoice's payment.
-type PaymentStatus string
-
-const (
-	PaymentNone          PaymentStatus = "none" // not sent
-	PaymentOpen          PaymentStatus = "open" // finalized, awaiting payment
-	PaymentPaid          PaymentStatus = "paid"
-	PaymentFailed        PaymentStatus = "payment_failed"
-	PaymentUncollectible PaymentStatus = "uncollectible"
-	PaymentVoid          PaymentStatus = "void"
-)
-
-// LineKind is what an invoice line charges for.
-type LineKind string
-
-const (
-	LineBaseFee    LineKind = "base_fee"
-	LineUsage      LineKind = "usage"      // a meter's usage in the invoice's period
-	LineAdjustment LineKind = "adjustment" // usage of an earlier, already invoiced period that arrived late
-)
-
-// InvoiceLine is one charge. Amount is in minor units, rounded once from the
-// exact product of quantity and price (billing documents the rule).
-type InvoiceLine struct {
-	No              int      `json:"line"`
-	Kind            LineKind `json:"kind"`
-	Meter           string   `json:"meter,omitempty"`
-	UsagePeriod     string   `json:"usage_period,omitempty"` // YYYY-MM whose usage it bills
-	Quantity        int64    `json:"quantity"`
-	Included        int64    `json:"included"`
-	UnitPriceMicros int64    `json:"unit_price_micros"`
-	PerUnits        int64    `json:"per_units"`
-	Amount          int64    `json:"amount"`
-	Description     string   `json:"description"`
-	StripeItemID    string   `json:"stripe_item_id,omitempty"`
-}
-
-// Invoice is a tenant's invoice for a period.
-type Invoice struct {
-	ID                 string        `json:"id"`
-	TenantID           string        `json:"tenant_id"`
-	Tenant             string        `json:"tenant"` // slug
-	TenantName         string        `json:"-"`
-	Period             string        `json:"period"` // YYYY-MM
-	Plan               string        `json:"plan"`
-	PlanVersion        int           `json:"plan_version"`
-	Currency           string        `json:"currency"`
-	Total              int64         `json:"total"` // minor units
-	State              InvoiceState  `json:"state"`
-	Sent               bool          `json:"sent"` // finalized in Stripe
-	Payment            PaymentStatus `json:"payment"`
-	StripeCustomerID   string        `json:"stripe_customer_id,omitempty"`
-	StripeInvoiceID    string        `json:"stripe_invoice_id,omitempty"`
-	RunID              int64         `json:"run_id,omitempty"`
-	LastError          string        `json:"last_error,omitempty"`
-	ComputedAt         time.Time     `json:"computed_at"`
-	SendStartedAt      *time.Time    `json:"send_started_at,omitempty"`
-	FinalizedAt        *time.Time    `json:"finalized_at,omitempty"`
-	PaidAt             *time.Time    `json:"paid_at,omitempty"`
-	PaymentFailedAt    *time.Time    `json:"payment_failed_at,omitempty"`
-	DunningSuspendedAt *time.Time    `json:"dunning_suspended_at,omitempty"`
-	Lines              []InvoiceLine `json:"lines"`
 }
 
 const invoiceColumns = `i.id, i.tenant_id, t.slug, t.name, to_char(i.period, 'YYYY-MM'), i.plan, i.plan_version, i.currency,
@@ -308,14 +245,14 @@ func scanInvoice(row pgx.Row) (inv Invoice, err error) {
 
 // queryInvoices runs a query selecting invoiceColumns and attaches each
 // invoice's lines.
-func (s *Store) queryInvoices(ctx context.Context, sql string, args ...any) ([]Invoice, error) {
+func (s *store) queryInvoices(ctx context.Context, sql string, args ...any) ([]Invoice, error) {
 	rows, err := s.pool.Query(ctx, `SELECT `+invoiceColumns+invoiceFrom+sql, args...)
 	if err != nil {
-		return nil, Classify(err, "invoices")
+		return nil, catalog.Classify(err, "invoices")
 	}
 	invoices, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Invoice, error) { return scanInvoice(row) })
 	if err != nil {
-		return nil, Classify(err, "invoices")
+		return nil, catalog.Classify(err, "invoices")
 	}
 	if len(invoices) == 0 {
 		return []Invoice{}, nil
@@ -331,7 +268,7 @@ func (s *Store) queryInvoices(ctx context.Context, sql string, args ...any) ([]I
 		       unit_price_micros, per_units, amount, description, coalesce(stripe_item_id, '')
 		FROM invoice_lines WHERE invoice_id = ANY($1) ORDER BY invoice_id, line_no`, ids)
 	if err != nil {
-		return nil, Classify(err, "invoice lines")
+		return nil, catalog.Classify(err, "invoice lines")
 	}
 	var id string
 	var l InvoiceLine
@@ -340,26 +277,26 @@ func (s *Store) queryInvoices(ctx context.Context, sql string, args ...any) ([]I
 		byID[id].Lines = append(byID[id].Lines, l)
 		return nil
 	})
-	return invoices, Classify(err, "invoice lines")
+	return invoices, catalog.Classify(err, "invoice lines")
 }
 
 // ListInvoices returns a page of a tenant's invoices with their lines,
-// newest period first: at most limit (CheckLimit's bounds) after cursor, and
+// newest period first: at most limit (catalog.CheckLimit's bounds) after cursor, and
 // the next page's cursor ("" on the last).
-func (s *Store) ListInvoices(ctx context.Context, tenantID string, limit int, cursor string) ([]Invoice, string, error) {
-	limit, err := CheckLimit(limit)
+func (s *store) ListInvoices(ctx context.Context, tenantID string, limit int, cursor string) ([]Invoice, string, error) {
+	limit, err := catalog.CheckLimit(limit)
 	if err != nil {
 		return nil, "", err
 	}
 	before := "9999-12"
-	if parts, err := DecodeCursor(cursor, 1); err != nil {
+	if parts, err := catalog.DecodeCursor(cursor, 1); err != nil {
 		return nil, "", err
 	} else if parts != nil {
-		p, perr := ParsePeriod(parts[0])
+		p, perr := catalog.ParsePeriod(parts[0])
 		if perr != nil {
-			return nil, "", ErrBadCursor()
+			return nil, "", catalog.ErrBadCursor()
 		}
-		before = FormatPeriod(p)
+		before = catalog.FormatPeriod(p)
 	}
 	invs, err := s.queryInvoices(ctx, `WHERE i.tenant_id = $1 AND to_char(i.period, 'YYYY-MM') < $2 ORDER BY i.period DESC LIMIT $3`,
 		tenantID, before, limit+1)
@@ -369,41 +306,41 @@ func (s *Store) ListInvoices(ctx context.Context, tenantID string, limit int, cu
 	next := ""
 	if len(invs) > limit {
 		invs = invs[:limit]
-		next = EncodeCursor(invs[limit-1].Period)
+		next = catalog.EncodeCursor(invs[limit-1].Period)
 	}
 	return invs, next, nil
 }
 
 // GetInvoice returns an invoice with its lines.
-func (s *Store) GetInvoice(ctx context.Context, id string) (Invoice, error) {
+func (s *store) GetInvoice(ctx context.Context, id string) (Invoice, error) {
 	if !uuidRE.MatchString(id) {
-		return Invoice{}, Errorf(CodeNotFound, "invoice %q not found", id)
+		return Invoice{}, catalog.Errorf(catalog.CodeNotFound, "invoice %q not found", id)
 	}
 	invs, err := s.queryInvoices(ctx, `WHERE i.id = $1`, id)
 	if err != nil {
 		return Invoice{}, err
 	}
 	if len(invs) == 0 {
-		return Invoice{}, Errorf(CodeNotFound, "invoice %q not found", id)
+		return Invoice{}, catalog.Errorf(catalog.CodeNotFound, "invoice %q not found", id)
 	}
 	return invs[0], nil
 }
 
 // TenantInvoice returns a tenant's invoice for a period (YYYY-MM).
-func (s *Store) TenantInvoice(ctx context.Context, tenantID, period string) (Invoice, error) {
+func (s *store) TenantInvoice(ctx context.Context, tenantID, period string) (Invoice, error) {
 	invs, err := s.queryInvoices(ctx, `WHERE i.tenant_id = $1 AND to_char(i.period, 'YYYY-MM') = $2`, tenantID, period)
 	if err != nil {
 		return Invoice{}, err
 	}
 	if len(invs) == 0 {
-		return Invoice{}, Errorf(CodeNotFound, "no invoice for %s", period)
+		return Invoice{}, catalog.Errorf(catalog.CodeNotFound, "no invoice for %s", period)
 	}
 	return invs[0], nil
 }
 
 // InvoicesToSend returns up to limit invoices of a period not yet finalized,
 // with their lines, ordered by id after the id cursor.
-func (s *Store) InvoicesToSend(ctx context.Context, period, after string, limit int) ([]Invoice, error) {
+func (s *store) InvoicesToSend(ctx context.Context, period, after string, limit int) ([]Invoice, error) {
 	if after == "" {
 		after = "00000000-0000-0000-0000-000000000000"
 	}
@@ -413,171 +350,139 @@ func (s *Store) InvoicesToSend(ctx context.Context, period, after string, limit 
 
 // BillableTenants returns the ids of the tenants billable for a period: made
 // before it ended, and now active or suspended, or deleted during or after it.
-func (s *Store) BillableTenants(ctx context.Context, period time.Time) ([]string, error) {
-	start := PeriodOf(period)
+func (s *store) BillableTenants(ctx context.Context, period time.Time) ([]string, error) {
+	start := catalog.PeriodOf(period)
 	rows, err := s.pool.Query(ctx, `
 		SELECT t.id FROM tenants t
 		WHERE t.created_at < $2 AND (
 			t.state IN ('active', 'suspended') OR
 			(t.state IN ('deleting', 'deleted') AND
 			 (SELECT max(a.at) FROM audit_events a WHERE a.tenant_id = t.id AND a.action = 'tenant.deleted') >= $1))
-		ORDER BY t.id`, start, PeriodEnd(start))
+		ORDER BY t.id`, start, catalog.PeriodEnd(start))
 	if err != nil {
-		return nil, Classify(err, "tenants")
+		return nil, catalog.Classify(err, "tenants")
 	}
 	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	return ids, Classify(err, "tenants")
+	return ids, catalog.Classify(err, "tenants")
 }
-
-// InvoiceInputs is everything pricing a tenant's period needs.
-type InvoiceInputs struct {
-	TenantID   string
-	Tenant     string // slug
-	TenantName string
-	Period     string // YYYY-MM
-	Version    PlanVersion
-	// Usage is the period's usage per meter.
-	Usage map[string]int64
-	// Late is usage of earlier periods, already invoiced, that arrived after
-	// their invoice was computed and no invoice has billed yet.
-	Late []LateUsage
-}
-
-// LateUsage is a meter's usage of an invoiced period beyond what was billed for it.
-type LateUsage struct {
-	Meter          string
-	Period         string      // YYYY-MM the usage belongs to
-	Version        PlanVersion // the version that period was billed on
-	Total          int64       // the period's usage now
-	BilledQuantity int64       // what its lines (and earlier adjustments) accounted for
-	BilledAmount   int64       // what they charged for it
-}
-
-// PriceFunc turns a tenant's inputs into invoice lines (billing's pricing rules).
-type PriceFunc func(InvoiceInputs) ([]InvoiceLine, error)
 
 // computeLock serialises invoice computation across processes: a tenant's
 // adjustments depend on what its other invoices billed, so two invoices of
 // one tenant must not be computed at once. Computing is a short phase.
 const computeLock = `SELECT pg_advisory_xact_lock(hashtext('tenantplane.billing.compute'))`
 
-// ComputeInvoices computes and stores the invoice of a period for each of
-// tenantIDs that has none yet, with price, in one transaction. It returns how
-// many it made. An invoice, once computed, never changes: usage arriving
-// later goes on a later invoice as an adjustment.
-func (s *Store) ComputeInvoices(ctx context.Context, runID int64, period time.Time, tenantIDs []string, price PriceFunc) (int, error) {
-	p := FormatPeriod(period)
-	created := 0
-	err := s.InTx(ctx, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '60s'`); err != nil {
-			return Classify(err, "billing lock")
+// LockCompute takes the compute lock for the rest of tx, waiting up to a
+// minute for a computation elsewhere to commit.
+func (s *store) LockCompute(ctx context.Context, tx pgx.Tx) error {
+	if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '60s'`); err != nil {
+		return catalog.Classify(err, "billing lock")
+	}
+	if _, err := tx.Exec(ctx, computeLock); err != nil {
+		return catalog.Classify(err, "billing lock")
+	}
+	return nil
+}
+
+// Uninvoiced returns those of tenantIDs that have no invoice for the period.
+func (s *store) Uninvoiced(ctx context.Context, q catalog.Querier, period time.Time, tenantIDs []string) ([]string, error) {
+	rows, err := q.Query(ctx, `
+		SELECT t FROM unnest($1::uuid[]) t
+		WHERE NOT EXISTS (SELECT 1 FROM invoices i WHERE i.tenant_id = t AND i.period = $2)`, tenantIDs, catalog.PeriodOf(period))
+	if err != nil {
+		return nil, catalog.Classify(err, "invoices")
+	}
+	todo, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	return todo, catalog.Classify(err, "invoices")
+}
+
+// NewInvoice is a tenant's priced invoice for a period, to be stored.
+type NewInvoice struct {
+	TenantID string
+	Version  PlanVersion // the plan, version and currency it is priced in
+	Total    int64
+	Lines    []InvoiceLine // numbered from 1
+}
+
+// InsertInvoices stores invoices of a period with their lines, made by run
+// runID (0 for none), and returns how many it stored.
+func (s *store) InsertInvoices(ctx context.Context, q catalog.Querier, runID int64, period time.Time, invoices []NewInvoice) (int, error) {
+	var (
+		tids, plans, currencies []string
+		versions                []int
+		totals                  []int64
+		lines                   = make(map[string][]InvoiceLine, len(invoices))
+	)
+	for _, inv := range invoices {
+		tids, plans, currencies = append(tids, inv.TenantID), append(plans, inv.Version.Plan), append(currencies, inv.Version.Currency)
+		versions, totals = append(versions, inv.Version.Version), append(totals, inv.Total)
+		lines[inv.TenantID] = inv.Lines
+	}
+	rows, err := q.Query(ctx, `
+		INSERT INTO invoices (tenant_id, period, plan, plan_version, currency, total, run_id)
+		SELECT t, $6::date, pl, v, c, tot, nullif($7::bigint, 0)
+		FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::bigint[]) AS u(t, pl, v, c, tot)
+		RETURNING id, tenant_id`, tids, plans, versions, currencies, totals, catalog.PeriodOf(period), runID)
+	if err != nil {
+		return 0, catalog.Classify(err, "invoices")
+	}
+	var (
+		created                             int
+		invID, tenantID                     string
+		lInv, lKind, lMeter, lPeriod, lDesc []string
+		lNo                                 []int
+		lQty, lIncl, lMicros, lPer, lAmount []int64
+	)
+	_, err = pgx.ForEachRow(rows, []any{&invID, &tenantID}, func() error {
+		created++
+		for _, l := range lines[tenantID] {
+			lInv, lKind, lMeter, lPeriod, lDesc = append(lInv, invID), append(lKind, string(l.Kind)), append(lMeter, l.Meter), append(lPeriod, l.UsagePeriod), append(lDesc, l.Description)
+			lNo, lQty, lIncl = append(lNo, l.No), append(lQty, l.Quantity), append(lIncl, l.Included)
+			lMicros, lPer, lAmount = append(lMicros, l.UnitPriceMicros), append(lPer, max(l.PerUnits, 1)), append(lAmount, l.Amount)
 		}
-		if _, err := tx.Exec(ctx, computeLock); err != nil {
-			return Classify(err, "billing lock")
-		}
-		rows, err := tx.Query(ctx, `
-			SELECT t FROM unnest($1::uuid[]) t
-			WHERE NOT EXISTS (SELECT 1 FROM invoices i WHERE i.tenant_id = t AND i.period = $2)`, tenantIDs, PeriodOf(period))
-		if err != nil {
-			return Classify(err, "invoices")
-		}
-		todo, err := pgx.CollectRows(rows, pgx.RowTo[string])
-		if err != nil || len(todo) == 0 {
-			return Classify(err, "invoices")
-		}
-		inputs, err := gatherInputs(ctx, tx, PeriodOf(period), todo)
-		if err != nil {
-			return err
-		}
-		var (
-			tids, plans, currencies []string
-			versions                []int
-			totals                  []int64
-			lines                   = map[string][]InvoiceLine{}
-		)
-		for _, id := range todo {
-			in, ok := inputs[id]
-			if !ok {
-				continue // gone since it was listed
-			}
-			ls, err := price(*in)
-			if err != nil {
-				return fmt.Errorf("pricing tenant %s for %s: %w", in.Tenant, p, err)
-			}
-			var total int64
-			for i := range ls {
-				ls[i].No = i + 1
-				total += ls[i].Amount
-			}
-			tids, plans, currencies = append(tids, id), append(plans, in.Version.Plan), append(currencies, in.Version.Currency)
-			versions, totals = append(versions, in.Version.Version), append(totals, total)
-			lines[id] = ls
-		}
-		rows, err = tx.Query(ctx, `
-			INSERT INTO invoices (tenant_id, period, plan, plan_version, currency, total, run_id)
-			SELECT t, $6::date, pl, v, c, tot, nullif($7::bigint, 0)
-			FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::bigint[]) AS u(t, pl, v, c, tot)
-			RETURNING id, tenant_id`, tids, plans, versions, currencies, totals, PeriodOf(period), runID)
-		if err != nil {
-			return Classify(err, "invoices")
-		}
-		var (
-			invID, tenantID                     string
-			lInv, lKind, lMeter, lPeriod, lDesc []string
-			lNo                                 []int
-			lQty, lIncl, lMicros, lPer, lAmount []int64
-		)
-		_, err = pgx.ForEachRow(rows, []any{&invID, &tenantID}, func() error {
-			created++
-			for _, l := range lines[tenantID] {
-				lInv, lKind, lMeter, lPeriod, lDesc = append(lInv, invID), append(lKind, string(l.Kind)), append(lMeter, l.Meter), append(lPeriod, l.UsagePeriod), append(lDesc, l.Description)
-				lNo, lQty, lIncl = append(lNo, l.No), append(lQty, l.Quantity), append(lIncl, l.Included)
-				lMicros, lPer, lAmount = append(lMicros, l.UnitPriceMicros), append(lPer, max(l.PerUnits, 1)), append(lAmount, l.Amount)
-			}
-			return nil
-		})
-		if err != nil {
-			return Classify(err, "invoices")
-		}
-		_, err = tx.Exec(ctx, `
-			INSERT INTO invoice_lines (invoice_id, line_no, kind, meter, usage_period, quantity, included, unit_price_micros, per_units, amount, description)
-			SELECT i, n, k, nullif(m, ''), to_date(nullif(up, ''), 'YYYY-MM'), q, inc, mic, per, amt, d
-			FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::text[])
-			     AS u(i, n, k, m, up, q, inc, mic, per, amt, d)`,
-			lInv, lNo, lKind, lMeter, lPeriod, lQty, lIncl, lMicros, lPer, lAmount, lDesc)
-		return Classify(err, "invoice lines")
+		return nil
 	})
 	if err != nil {
-		return 0, err
+		return 0, catalog.Classify(err, "invoices")
+	}
+	_, err = q.Exec(ctx, `
+		INSERT INTO invoice_lines (invoice_id, line_no, kind, meter, usage_period, quantity, included, unit_price_micros, per_units, amount, description)
+		SELECT i, n, k, nullif(m, ''), to_date(nullif(up, ''), 'YYYY-MM'), q, inc, mic, per, amt, d
+		FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::text[])
+		     AS u(i, n, k, m, up, q, inc, mic, per, amt, d)`,
+		lInv, lNo, lKind, lMeter, lPeriod, lQty, lIncl, lMicros, lPer, lAmount, lDesc)
+	if err != nil {
+		return 0, catalog.Classify(err, "invoice lines")
 	}
 	return created, nil
 }
 
 // PreviewInputs returns what pricing a tenant's period would take now,
 // without storing anything.
-func (s *Store) PreviewInputs(ctx context.Context, tenantID string, period time.Time) (InvoiceInputs, error) {
-	inputs, err := gatherInputs(ctx, s.pool, PeriodOf(period), []string{tenantID})
+func (s *store) PreviewInputs(ctx context.Context, tenantID string, period time.Time) (InvoiceInputs, error) {
+	inputs, err := s.InvoiceInputs(ctx, s.pool, period, []string{tenantID})
 	if err != nil {
 		return InvoiceInputs{}, err
 	}
 	in, ok := inputs[tenantID]
 	if !ok {
-		return InvoiceInputs{}, Errorf(CodeNotFound, "tenant %q not found", tenantID)
+		return InvoiceInputs{}, catalog.Errorf(catalog.CodeNotFound, "tenant %q not found", tenantID)
 	}
 	return *in, nil
 }
 
-// gatherInputs reads, for each tenant, its plan version for the period, its
-// usage, and the late usage of its invoiced periods within UsageLookback.
-func gatherInputs(ctx context.Context, q Querier, period time.Time, ids []string) (map[string]*InvoiceInputs, error) {
-	p := FormatPeriod(period)
+// InvoiceInputs reads, for each of the tenants, its plan version for the
+// period, its usage, and the late usage of its invoiced periods within
+// catalog.UsageLookback. A tenant that is gone has none.
+func (s *store) InvoiceInputs(ctx context.Context, q catalog.Querier, period time.Time, ids []string) (map[string]*InvoiceInputs, error) {
+	period = catalog.PeriodOf(period)
+	p := catalog.FormatPeriod(period)
 	versions, err := planVersions(ctx, q)
 	if err != nil {
 		return nil, err
 	}
 	rows, err := q.Query(ctx, `SELECT id, slug, name, plan FROM tenants WHERE id = ANY($1)`, ids)
 	if err != nil {
-		return nil, Classify(err, "tenants")
+		return nil, catalog.Classify(err, "tenants")
 	}
 	out := make(map[string]*InvoiceInputs, len(ids))
 	var id, slug, name, plan string
@@ -590,11 +495,11 @@ func gatherInputs(ctx context.Context, q Querier, period time.Time, ids []string
 		return nil
 	})
 	if err != nil {
-		return nil, Classify(err, "tenants")
+		return nil, catalog.Classify(err, "tenants")
 	}
 	rows, err = q.Query(ctx, `SELECT tenant_id, meter, quantity FROM usage_periods WHERE tenant_id = ANY($1) AND period = $2`, ids, period)
 	if err != nil {
-		return nil, Classify(err, "usage")
+		return nil, catalog.Classify(err, "usage")
 	}
 	var meter string
 	var qty int64
@@ -605,7 +510,7 @@ func gatherInputs(ctx context.Context, q Querier, period time.Time, ids []string
 		return nil
 	})
 	if err != nil {
-		return nil, Classify(err, "usage")
+		return nil, catalog.Classify(err, "usage")
 	}
 	// Late usage: periods of ours that have an invoice and more usage now
 	// than their lines, and later adjustments, accounted for.
@@ -621,9 +526,9 @@ func gatherInputs(ctx context.Context, q Querier, period time.Time, ids []string
 			  AND l.kind IN ('usage', 'adjustment')
 		) b ON true
 		WHERE up.tenant_id = ANY($1) AND up.period < $2 AND up.period >= $3 AND up.quantity > coalesce(b.quantity, 0)
-		ORDER BY up.tenant_id, up.period, up.meter`, ids, period, period.AddDate(0, -UsageLookback, 0))
+		ORDER BY up.tenant_id, up.period, up.meter`, ids, period, period.AddDate(0, -catalog.UsageLookback, 0))
 	if err != nil {
-		return nil, Classify(err, "usage")
+		return nil, catalog.Classify(err, "usage")
 	}
 	var late LateUsage
 	var version int
@@ -634,14 +539,14 @@ func gatherInputs(ctx context.Context, q Querier, period time.Time, ids []string
 		}
 		i := slices.IndexFunc(versions[plan], func(v PlanVersion) bool { return v.Version == version })
 		if i < 0 {
-			return Errorf(CodeInternal, "plan %q version %d of invoice %s is missing", plan, version, late.Period)
+			return catalog.Errorf(catalog.CodeInternal, "plan %q version %d of invoice %s is missing", plan, version, late.Period)
 		}
 		late.Version = versions[plan][i]
 		in.Late = append(in.Late, late)
 		return nil
 	})
 	if err != nil {
-		return nil, Classify(err, "usage")
+		return nil, catalog.Classify(err, "usage")
 	}
 	return out, nil
 }
@@ -656,7 +561,7 @@ type BillingCustomer struct {
 // BillingCustomers returns the Stripe customers of tenants, by tenant id,
 // recording for those that have none that an attempt to create one begins
 // now (once: a later attempt keeps the first time).
-func (s *Store) BillingCustomers(ctx context.Context, tenantIDs []string) (map[string]BillingCustomer, error) {
+func (s *store) BillingCustomers(ctx context.Context, tenantIDs []string) (map[string]BillingCustomer, error) {
 	rows, err := s.pool.Query(ctx, `
 		WITH made AS (
 			INSERT INTO billing_customers (tenant_id) SELECT unnest($1::uuid[])
@@ -667,7 +572,7 @@ func (s *Store) BillingCustomers(ctx context.Context, tenantIDs []string) (map[s
 		UNION ALL
 		SELECT tenant_id, coalesce(stripe_customer_id, ''), attempted_at FROM billing_customers WHERE tenant_id = ANY($1)`, tenantIDs)
 	if err != nil {
-		return nil, Classify(err, "billing customers")
+		return nil, catalog.Classify(err, "billing customers")
 	}
 	out := map[string]BillingCustomer{}
 	var c BillingCustomer
@@ -675,28 +580,28 @@ func (s *Store) BillingCustomers(ctx context.Context, tenantIDs []string) (map[s
 		out[c.TenantID] = c
 		return nil
 	})
-	return out, Classify(err, "billing customers")
+	return out, catalog.Classify(err, "billing customers")
 }
 
 // SetStripeCustomer stores a tenant's Stripe customer id, unless one is
 // stored already; it returns the one stored.
-func (s *Store) SetStripeCustomer(ctx context.Context, tenantID, customerID string) (string, error) {
+func (s *store) SetStripeCustomer(ctx context.Context, tenantID, customerID string) (string, error) {
 	var stored string
 	err := s.pool.QueryRow(ctx, `
 		INSERT INTO billing_customers (tenant_id, stripe_customer_id) VALUES ($1, $2)
 		ON CONFLICT (tenant_id) DO UPDATE SET stripe_customer_id = coalesce(billing_customers.stripe_customer_id, excluded.stripe_customer_id)
 		RETURNING stripe_customer_id`, tenantID, customerID).Scan(&stored)
-	return stored, Classify(err, "billing customer")
+	return stored, catalog.Classify(err, "billing customer")
 }
 
 // MarkSendStarted records, before their first Stripe write, when sending
 // each of the invoices began (once: a retry keeps the first time), and
 // returns those times by invoice id.
-func (s *Store) MarkSendStarted(ctx context.Context, invoiceIDs []string) (map[string]time.Time, error) {
+func (s *store) MarkSendStarted(ctx context.Context, invoiceIDs []string) (map[string]time.Time, error) {
 	rows, err := s.pool.Query(ctx, `UPDATE invoices SET send_started_at = coalesce(send_started_at, now())
 		WHERE id = ANY($1) RETURNING id, send_started_at`, invoiceIDs)
 	if err != nil {
-		return nil, Classify(err, "invoices")
+		return nil, catalog.Classify(err, "invoices")
 	}
 	out := make(map[string]time.Time, len(invoiceIDs))
 	var id string
@@ -705,111 +610,51 @@ func (s *Store) MarkSendStarted(ctx context.Context, invoiceIDs []string) (map[s
 		out[id] = at
 		return nil
 	})
-	return out, Classify(err, "invoices")
+	return out, catalog.Classify(err, "invoices")
 }
 
 // SetInvoiceCreated records the draft invoice made in Stripe.
-func (s *Store) SetInvoiceCreated(ctx context.Context, invoiceID, customerID, stripeInvoiceID string) error {
+func (s *store) SetInvoiceCreated(ctx context.Context, invoiceID, customerID, stripeInvoiceID string) error {
 	_, err := s.pool.Exec(ctx, `
 		UPDATE invoices SET stripe_customer_id = $2, stripe_invoice_id = $3, state = 'invoice_created', last_error = ''
 		WHERE id = $1 AND state = 'computed'`, invoiceID, customerID, stripeInvoiceID)
-	return Classify(err, "invoice")
+	return catalog.Classify(err, "invoice")
 }
 
 // SetLineItem records the Stripe invoice item made for a line; with last,
 // it also records that every line is an item on the Stripe invoice (state
 // items_added), in the same statement.
-func (s *Store) SetLineItem(ctx context.Context, invoiceID string, lineNo int, itemID string, last bool) error {
+func (s *store) SetLineItem(ctx context.Context, invoiceID string, lineNo int, itemID string, last bool) error {
 	_, err := s.pool.Exec(ctx, `
 		WITH line AS (
 			UPDATE invoice_lines SET stripe_item_id = $3 WHERE invoice_id = $1 AND line_no = $2 AND stripe_item_id IS NULL
 		)
 		UPDATE invoices SET state = 'items_added', last_error = '' WHERE $4 AND id = $1 AND state = 'invoice_created'`,
 		invoiceID, lineNo, itemID, last)
-	return Classify(err, "invoice line")
+	return catalog.Classify(err, "invoice line")
 }
 
 // SetInvoiceItemsAdded records that every line is an item on the Stripe invoice.
-func (s *Store) SetInvoiceItemsAdded(ctx context.Context, invoiceID string) error {
+func (s *store) SetInvoiceItemsAdded(ctx context.Context, invoiceID string) error {
 	_, err := s.pool.Exec(ctx, `UPDATE invoices SET state = 'items_added', last_error = '' WHERE id = $1 AND state = 'invoice_created'`, invoiceID)
-	return Classify(err, "invoice")
+	return catalog.Classify(err, "invoice")
 }
 
 // SetInvoiceFinalized records that the invoice is finalized in Stripe, with
 // the payment status Stripe gave (a status a webhook recorded first is kept).
-func (s *Store) SetInvoiceFinalized(ctx context.Context, invoiceID string, payment PaymentStatus) error {
+func (s *store) SetInvoiceFinalized(ctx context.Context, invoiceID string, payment PaymentStatus) error {
 	_, err := s.pool.Exec(ctx, `
 		UPDATE invoices SET state = 'finalized', last_error = '', finalized_at = coalesce(finalized_at, now()),
 		       payment = CASE WHEN payment = 'none' THEN $2 ELSE payment END,
 		       paid_at = CASE WHEN $2 = 'paid' THEN coalesce(paid_at, now()) ELSE paid_at END
 		WHERE id = $1`, invoiceID, payment)
-	return Classify(err, "invoice")
+	return catalog.Classify(err, "invoice")
 }
 
 // SetInvoiceError records why the last attempt at sending an invoice failed.
-func (s *Store) SetInvoiceError(ctx context.Context, invoiceID string, runID int64, msg string) error {
+func (s *store) SetInvoiceError(ctx context.Context, invoiceID string, runID int64, msg string) error {
 	_, err := s.pool.Exec(ctx, `UPDATE invoices SET last_error = $3, run_id = coalesce(nullif($2::bigint, 0), run_id) WHERE id = $1`, invoiceID, runID, msg)
-	return Classify(err, "invoice")
-}
-
-// BillingRunState is where a billing run is.
-type BillingRunState string
-
-const (
-	BillingRunPending BillingRunState = "pending" // waiting for a process to take it
-	BillingRunRunning BillingRunState = "running"
-	BillingRunDone    BillingRunState = "done"   // every invoice of the period computed (and sent, when sending)
-	BillingRunFailed  BillingRunState = "failed" // stopped with invoices left unfinished; a new run resumes them
-)
-
-// Run triggers.
-const (
-	TriggerAPI      = "api"
-	TriggerSchedule = "schedule"
-)
-
-// BillingRun is the billing of one period.
-type BillingRun struct {
-	ID         int64               `json:"id"`
-	Period     string              `json:"period"`
-	State      BillingRunState     `json:"state"`
-	Send       bool                `json:"send"` // sends to Stripe; false: invoices are computed and stored, not sent
-	Trigger    string              `json:"trigger"`
-	Actor      string              `json:"actor"`
-	Invoices   int                 `json:"invoices"` // the period's invoices when the run finished
-	Failed     int                 `json:"failed"`   // of them, left unfinished by an error
-	LastError  string              `json:"last_error,omitempty"`
-	CreatedAt  time.Time           `json:"created_at"`
-	StartedAt  *time.Time          `json:"started_at,omitempty"`
-	FinishedAt *time.Time          `json:"finished_at,omitempty"`
-	Progress   *BillingRunProgress `json:"progress,omitempty"`
-	Failures   []BillingRunFailure `json:"failures,omitempty"`
-}
-
-// BillingRunProgress counts the invoices of a run's period by state, now.
-type BillingRunProgress struct {
-	Invoices       int `json:"invoices"`
-	Computed       int `json:"computed"`
-	InvoiceCreated int `json:"invoice_created"`
-	ItemsAdded     int `json:"items_added"`
-	Finalized      int `json:"finalized"`
-	Failed         int `json:"failed"` // unfinished, with an error from the last attempt
-}
-
-// BillingRunFailure is an invoice the last attempt could not finish.
-type BillingRunFailure struct {
-	Tenant    string       `json:"tenant"`
-	InvoiceID string       `json:"invoice_id"`
-	State     InvoiceState `json:"state"`
-	Error     string       `json:"error"`
-}
-
-// NewBillingRun is what starting a run takes.
-type NewBillingRun struct {
-	Period  time.Time
-	Send    bool
-	Trigger string
-	Actor   string
+	return catalog.Classify(err, "invoice")
 }
 
 const billingRunColumns = `id, to_char(period, 'YYYY-MM'), state, send, trigger, actor, invoices, failed, last_error, created_at, started_at, finished_at`
@@ -824,13 +669,13 @@ func scanBillingRun(row pgx.Row) (r BillingRun, err error) {
 // unfinished run at a time: while one is pending or running, asking again
 // returns it (created false). The schedule starts one run per period: a
 // second scheduled run returns the first.
-func (s *Store) CreateBillingRun(ctx context.Context, nr NewBillingRun) (run BillingRun, created bool, err error) {
+func (s *store) CreateBillingRun(ctx context.Context, nr NewBillingRun) (run BillingRun, created bool, err error) {
 	if nr.Trigger != TriggerAPI && nr.Trigger != TriggerSchedule {
-		return BillingRun{}, false, Errorf(CodeInvalid, "unknown trigger %q", nr.Trigger)
+		return BillingRun{}, false, catalog.Errorf(catalog.CodeInvalid, "unknown trigger %q", nr.Trigger)
 	}
-	period := PeriodOf(nr.Period)
+	period := catalog.PeriodOf(nr.Period)
 	for range 3 {
-		err = s.InTx(ctx, func(tx pgx.Tx) error {
+		err = s.cat.InTx(ctx, func(tx pgx.Tx) error {
 			run, err = scanBillingRun(tx.QueryRow(ctx, `
 				INSERT INTO billing_runs (period, send, trigger, actor) VALUES ($1, $2, $3, $4)
 				ON CONFLICT DO NOTHING RETURNING `+billingRunColumns, period, nr.Send, nr.Trigger, nr.Actor))
@@ -838,48 +683,48 @@ func (s *Store) CreateBillingRun(ctx context.Context, nr NewBillingRun) (run Bil
 				return err
 			}
 			created = true
-			return InsertAudit(ctx, tx, AuditEvent{Actor: nr.Actor, Action: "billing.run_created", Subject: FormatPeriod(period),
+			return catalog.InsertAudit(ctx, tx, catalog.AuditEvent{Actor: nr.Actor, Action: "billing.run_created", Subject: catalog.FormatPeriod(period),
 				Details: map[string]any{"run_id": run.ID, "send": nr.Send, "trigger": nr.Trigger}})
 		})
 		if !errors.Is(err, pgx.ErrNoRows) {
-			return run, created, Classify(err, "billing run")
+			return run, created, catalog.Classify(err, "billing run")
 		}
 		// Taken: the open run, or the period's scheduled one.
 		run, err = scanBillingRun(s.pool.QueryRow(ctx, `SELECT `+billingRunColumns+` FROM billing_runs
 			WHERE period = $1 AND (state IN ('pending', 'running') OR (trigger = 'schedule' AND $2 = 'schedule'))
 			ORDER BY id DESC LIMIT 1`, period, nr.Trigger))
 		if !errors.Is(err, pgx.ErrNoRows) {
-			return run, false, Classify(err, "billing run")
+			return run, false, catalog.Classify(err, "billing run")
 		}
 		// It finished in between: try again.
 	}
-	return BillingRun{}, false, Errorf(CodeUnavailable, "billing run for %s: the catalog is busy, try again", FormatPeriod(period))
+	return BillingRun{}, false, catalog.Errorf(catalog.CodeUnavailable, "billing run for %s: the catalog is busy, try again", catalog.FormatPeriod(period))
 }
 
 // ScheduleFrom is the first period the schedule bills by itself: the first
 // that began after billing was installed.
-func (s *Store) ScheduleFrom(ctx context.Context) (time.Time, error) {
+func (s *store) ScheduleFrom(ctx context.Context) (time.Time, error) {
 	var from time.Time
 	err := s.pool.QueryRow(ctx, `SELECT schedule_from FROM billing_settings`).Scan(&from)
-	return from.UTC(), Classify(err, "billing settings")
+	return from.UTC(), catalog.Classify(err, "billing settings")
 }
 
 // HasBillingRun reports whether any run of the period was ever made.
-func (s *Store) HasBillingRun(ctx context.Context, period time.Time) (bool, error) {
+func (s *store) HasBillingRun(ctx context.Context, period time.Time) (bool, error) {
 	var ok bool
-	err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM billing_runs WHERE period = $1)`, PeriodOf(period)).Scan(&ok)
-	return ok, Classify(err, "billing runs")
+	err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM billing_runs WHERE period = $1)`, catalog.PeriodOf(period)).Scan(&ok)
+	return ok, catalog.Classify(err, "billing runs")
 }
 
 // GetBillingRun returns a run with the live progress of its period's
 // invoices and up to 50 of their failures.
-func (s *Store) GetBillingRun(ctx context.Context, id int64) (BillingRun, error) {
+func (s *store) GetBillingRun(ctx context.Context, id int64) (BillingRun, error) {
 	run, err := scanBillingRun(s.pool.QueryRow(ctx, `SELECT `+billingRunColumns+` FROM billing_runs WHERE id = $1`, id))
 	if err != nil {
 		if err == pgx.ErrNoRows {
-			return BillingRun{}, Errorf(CodeNotFound, "billing run %d not found", id)
+			return BillingRun{}, catalog.Errorf(catalog.CodeNotFound, "billing run %d not found", id)
 		}
-		return BillingRun{}, Classify(err, "billing run")
+		return BillingRun{}, catalog.Classify(err, "billing run")
 	}
 	p := &BillingRunProgress{}
 	err = s.pool.QueryRow(ctx, `
@@ -889,7 +734,7 @@ func (s *Store) GetBillingRun(ctx context.Context, id int64) (BillingRun, error)
 		FROM invoices WHERE period = to_date($1, 'YYYY-MM')`, run.Period).
 		Scan(&p.Invoices, &p.Computed, &p.InvoiceCreated, &p.ItemsAdded, &p.Finalized, &p.Failed)
 	if err != nil {
-		return BillingRun{}, Classify(err, "invoices")
+		return BillingRun{}, catalog.Classify(err, "invoices")
 	}
 	run.Progress = p
 	rows, err := s.pool.Query(ctx, `
@@ -897,17 +742,17 @@ func (s *Store) GetBillingRun(ctx context.Context, id int64) (BillingRun, error)
 		WHERE i.period = to_date($1, 'YYYY-MM') AND i.state <> 'finalized' AND i.last_error <> ''
 		ORDER BY t.slug LIMIT 50`, run.Period)
 	if err != nil {
-		return BillingRun{}, Classify(err, "invoices")
+		return BillingRun{}, catalog.Classify(err, "invoices")
 	}
 	run.Failures, err = pgx.CollectRows(rows, pgx.RowToStructByPos[BillingRunFailure])
-	return run, Classify(err, "invoices")
+	return run, catalog.Classify(err, "invoices")
 }
 
 // ListBillingRuns returns a page of runs, newest first, of one period
-// (YYYY-MM) or of all when period is "": at most limit (CheckLimit's bounds)
+// (YYYY-MM) or of all when period is "": at most limit (catalog.CheckLimit's bounds)
 // after cursor, and the next page's cursor ("" on the last).
-func (s *Store) ListBillingRuns(ctx context.Context, period string, limit int, cursor string) ([]BillingRun, string, error) {
-	limit, err := CheckLimit(limit)
+func (s *store) ListBillingRuns(ctx context.Context, period string, limit int, cursor string) ([]BillingRun, string, error) {
+	limit, err := catalog.CheckLimit(limit)
 	if err != nil {
 		return nil, "", err
 	}
@@ -918,16 +763,16 @@ func (s *Store) ListBillingRuns(ctx context.Context, period string, limit int, c
 	rows, err := s.pool.Query(ctx, `SELECT `+billingRunColumns+` FROM billing_runs
 		WHERE ($1 = '' OR to_char(period, 'YYYY-MM') = $1) AND id < $3 ORDER BY id DESC LIMIT $2`, period, limit+1, before)
 	if err != nil {
-		return nil, "", Classify(err, "billing runs")
+		return nil, "", catalog.Classify(err, "billing runs")
 	}
 	runs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (BillingRun, error) { return scanBillingRun(row) })
 	if err != nil {
-		return nil, "", Classify(err, "billing runs")
+		return nil, "", catalog.Classify(err, "billing runs")
 	}
 	next := ""
 	if len(runs) > limit {
 		runs = runs[:limit]
-		next = EncodeCursor(strconv.FormatInt(runs[limit-1].ID, 10))
+		next = catalog.EncodeCursor(strconv.FormatInt(runs[limit-1].ID, 10))
 	}
 	if runs == nil {
 		runs = []BillingRun{}
@@ -936,25 +781,25 @@ func (s *Store) ListBillingRuns(ctx context.Context, period string, limit int, c
 }
 
 // OpenBillingRuns returns the runs pending or running, oldest first.
-func (s *Store) OpenBillingRuns(ctx context.Context) ([]BillingRun, error) {
+func (s *store) OpenBillingRuns(ctx context.Context) ([]BillingRun, error) {
 	rows, err := s.pool.Query(ctx, `SELECT `+billingRunColumns+` FROM billing_runs WHERE state IN ('pending', 'running') ORDER BY id`)
 	if err != nil {
-		return nil, Classify(err, "billing runs")
+		return nil, catalog.Classify(err, "billing runs")
 	}
 	runs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (BillingRun, error) { return scanBillingRun(row) })
-	return runs, Classify(err, "billing runs")
+	return runs, catalog.Classify(err, "billing runs")
 }
 
 // StartBillingRun marks a run running.
-func (s *Store) StartBillingRun(ctx context.Context, id int64) error {
+func (s *store) StartBillingRun(ctx context.Context, id int64) error {
 	_, err := s.pool.Exec(ctx, `UPDATE billing_runs SET state = 'running', started_at = coalesce(started_at, now()) WHERE id = $1 AND state IN ('pending', 'running')`, id)
-	return Classify(err, "billing run")
+	return catalog.Classify(err, "billing run")
 }
 
 // FinishBillingRun ends a run: done when every invoice of its period is
 // finished (finalized, or computed when it does not send), failed otherwise
 // or when lastError says why it stopped.
-func (s *Store) FinishBillingRun(ctx context.Context, id int64, lastError string) (BillingRun, error) {
+func (s *store) FinishBillingRun(ctx context.Context, id int64, lastError string) (BillingRun, error) {
 	run, err := scanBillingRun(s.pool.QueryRow(ctx, `
 		WITH r AS (SELECT id, period, send FROM billing_runs WHERE id = $1),
 		c AS (
@@ -969,19 +814,19 @@ func (s *Store) FinishBillingRun(ctx context.Context, id int64, lastError string
 		RETURNING b.id, to_char(b.period, 'YYYY-MM'), b.state, b.send, b.trigger, b.actor, b.invoices, b.failed, b.last_error,
 		          b.created_at, b.started_at, b.finished_at`, id, lastError))
 	if err == pgx.ErrNoRows {
-		return BillingRun{}, Errorf(CodeNotFound, "billing run %d not found", id)
+		return BillingRun{}, catalog.Errorf(catalog.CodeNotFound, "billing run %d not found", id)
 	}
-	return run, Classify(err, "billing run")
+	return run, catalog.Classify(err, "billing run")
 }
 
 // HandleStripeEvent records a Stripe event id and runs fn in the same
 // transaction. An id recorded before is a duplicate: fn does not run. When fn
 // fails nothing is recorded, so Stripe's redelivery is handled afresh.
-func (s *Store) HandleStripeEvent(ctx context.Context, id, typ string, fn func(ctx context.Context, tx pgx.Tx) error) (duplicate bool, err error) {
-	err = s.InTx(ctx, func(tx pgx.Tx) error {
+func (s *store) HandleStripeEvent(ctx context.Context, id, typ string, fn func(ctx context.Context, tx pgx.Tx) error) (duplicate bool, err error) {
+	err = s.cat.InTx(ctx, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `INSERT INTO stripe_events (id, type) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING`, id, typ)
 		if err != nil {
-			return Classify(err, "stripe event")
+			return catalog.Classify(err, "stripe event")
 		}
 		if tag.RowsAffected() == 0 {
 			duplicate = true
@@ -996,7 +841,7 @@ func (s *Store) HandleStripeEvent(ctx context.Context, id, typ string, fn func(c
 // invoice with that Stripe id (or, when none has it, with our invoice id,
 // which its metadata carries). A paid invoice stays paid whatever arrives
 // after: Stripe does not promise the order of events.
-func (s *Store) SetInvoicePaymentTx(ctx context.Context, tx pgx.Tx, stripeInvoiceID, invoiceID string, status PaymentStatus) (Invoice, error) {
+func (s *store) SetInvoicePaymentTx(ctx context.Context, tx pgx.Tx, stripeInvoiceID, invoiceID string, status PaymentStatus) (Invoice, error) {
 	if !uuidRE.MatchString(invoiceID) {
 		invoiceID = ""
 	}
@@ -1011,53 +856,53 @@ func (s *Store) SetInvoicePaymentTx(ctx context.Context, tx pgx.Tx, stripeInvoic
 		            UNION ALL SELECT id FROM invoices WHERE $2 <> '' AND id = nullif($2, '')::uuid LIMIT 1)
 		RETURNING id`, stripeInvoiceID, invoiceID, status).Scan(&id)
 	if err == pgx.ErrNoRows {
-		return Invoice{}, Errorf(CodeNotFound, "no invoice has Stripe id %q", stripeInvoiceID)
+		return Invoice{}, catalog.Errorf(catalog.CodeNotFound, "no invoice has Stripe id %q", stripeInvoiceID)
 	}
 	if err != nil {
-		return Invoice{}, Classify(err, "invoice")
+		return Invoice{}, catalog.Classify(err, "invoice")
 	}
 	inv, err := scanInvoice(tx.QueryRow(ctx, `SELECT `+invoiceColumns+invoiceFrom+`WHERE i.id = $1`, id))
-	return inv, Classify(err, "invoice")
+	return inv, catalog.Classify(err, "invoice")
 }
 
 // OverdueInvoices returns up to limit sent invoices unpaid since before
 // cutoff for which no tenant was suspended yet, oldest first.
-func (s *Store) OverdueInvoices(ctx context.Context, cutoff time.Time, limit int) ([]Invoice, error) {
+func (s *store) OverdueInvoices(ctx context.Context, cutoff time.Time, limit int) ([]Invoice, error) {
 	return s.queryInvoices(ctx, `WHERE i.state = 'finalized' AND i.payment IN ('open', 'payment_failed')
 		AND i.dunning_suspended_at IS NULL AND i.finalized_at < $1 ORDER BY i.finalized_at LIMIT $2`, cutoff, limit)
 }
 
 // ClaimDunning marks an invoice as the reason its tenant is suspended; false
 // when another process claimed it first.
-func (s *Store) ClaimDunning(ctx context.Context, invoiceID string) (bool, error) {
+func (s *store) ClaimDunning(ctx context.Context, invoiceID string) (bool, error) {
 	tag, err := s.pool.Exec(ctx, `UPDATE invoices SET dunning_suspended_at = now() WHERE id = $1 AND dunning_suspended_at IS NULL`, invoiceID)
-	return tag.RowsAffected() == 1, Classify(err, "invoice")
+	return tag.RowsAffected() == 1, catalog.Classify(err, "invoice")
 }
 
 // ReleaseDunning undoes ClaimDunning when the suspension could not be made.
-func (s *Store) ReleaseDunning(ctx context.Context, invoiceID string) error {
+func (s *store) ReleaseDunning(ctx context.Context, invoiceID string) error {
 	_, err := s.pool.Exec(ctx, `UPDATE invoices SET dunning_suspended_at = NULL WHERE id = $1`, invoiceID)
-	return Classify(err, "invoice")
+	return catalog.Classify(err, "invoice")
 }
 
 // CountOverdue counts a tenant's sent invoices unpaid since before cutoff.
-func (s *Store) CountOverdue(ctx context.Context, tenantID string, cutoff time.Time) (int, error) {
+func (s *store) CountOverdue(ctx context.Context, tenantID string, cutoff time.Time) (int, error) {
 	var n int
 	err := s.pool.QueryRow(ctx, `SELECT count(*) FROM invoices WHERE tenant_id = $1 AND state = 'finalized'
 		AND payment IN ('open', 'payment_failed') AND finalized_at < $2`, tenantID, cutoff).Scan(&n)
-	return n, Classify(err, "invoices")
+	return n, catalog.Classify(err, "invoices")
 }
 
 // PaidDunningTenants returns the suspended tenants with an invoice that got
 // them suspended and was paid in the last 30 days: those dunning may resume.
-func (s *Store) PaidDunningTenants(ctx context.Context) ([]string, error) {
+func (s *store) PaidDunningTenants(ctx context.Context) ([]string, error) {
 	rows, err := s.pool.Query(ctx, `
 		SELECT DISTINCT i.tenant_id FROM invoices i JOIN tenants t ON t.id = i.tenant_id
 		WHERE t.state = 'suspended' AND i.dunning_suspended_at IS NOT NULL AND i.payment = 'paid'
 		  AND i.paid_at > now() - interval '30 days'`)
 	if err != nil {
-		return nil, Classify(err, "invoices")
+		return nil, catalog.Classify(err, "invoices")
 	}
 	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	return ids, Classify(err, "invoices")
+	return ids, catalog.Classify(err, "invoices")
 }
