@@ -69,6 +69,13 @@ type Config struct {
 	// it; and a start refuses a TenantConnLimit below Replicas x a plan's
 	// max_conns. Default 1.
 	Replicas int
+	// MoveHold bounds how long the tenant API holds a request of a tenant
+	// whose move has its fence up before answering 503 with Retry-After
+	// (TENANTPLANE_MOVE_HOLD). Default 5s.
+	MoveHold time.Duration
+	// MoveKeep is how long a moved tenant's source database is kept, fenced,
+	// so that the move can be reverted (TENANTPLANE_MOVE_KEEP). Default 24h.
+	MoveKeep time.Duration
 	// PoolCacheSize bounds the tenant pools open at once (TENANTPLANE_POOL_CACHE_SIZE). Default 500.
 	PoolCacheSize int
 	// UsageFlushInterval is how often the router writes its usage counters to
@@ -213,6 +220,22 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 			bad("TENANTPLANE_USAGE_FLUSH_INTERVAL", "%q is not a duration of at least 100ms, such as 5s", raw)
 		}
 		cfg.UsageFlushInterval = d
+	}
+	cfg.MoveHold = 5 * time.Second
+	if raw := getenv("TENANTPLANE_MOVE_HOLD"); raw != "" {
+		d, err := time.ParseDuration(raw)
+		if err != nil || d < 100*time.Millisecond || d > 30*time.Second {
+			bad("TENANTPLANE_MOVE_HOLD", "%q is not a duration from 100ms to 30s, such as 5s", raw)
+		}
+		cfg.MoveHold = d
+	}
+	cfg.MoveKeep = 24 * time.Hour
+	if raw := getenv("TENANTPLANE_MOVE_KEEP"); raw != "" {
+		d, err := time.ParseDuration(raw)
+		if err != nil || d < 0 {
+			bad("TENANTPLANE_MOVE_KEEP", "%q is not a duration such as 24h (0s: drop the source at once)", raw)
+		}
+		cfg.MoveKeep = d
 	}
 	cfg.ShutdownTimeout = 30 * time.Second
 	if raw := getenv("TENANTPLANE_SHUTDOWN_TIMEOUT"); raw != "" {
