@@ -18,6 +18,7 @@ import (
 	"github.com/riverqueue/river"
 
 	"github.com/tenantplane/tenantplane/catalog"
+	"github.com/tenantplane/tenantplane/migrations"
 )
 
 // Migration fan-out: a run takes every tenant database (or a named subset)
@@ -435,7 +436,11 @@ func (p *Provisioner) migrateRunTenant(ctx context.Context, rt catalog.RunTenant
 			}
 		}
 	})
-	out, err := p.migrateTenant(mctx, rt.Server, rt.Database, uint(rt.ToVersion), p.cfg.FanoutLimits)
+	var out migrations.Outcome
+	cfg, err := p.dbConfig(ctx, rt.Server, rt.Database, "tenantplane-fanout")
+	if err == nil {
+		out, err = migrations.Migrate(mctx, cfg, p.schema, uint(rt.ToVersion), p.cfg.FanoutLimits)
+	}
 	cancel()
 	hb.Wait()
 
@@ -443,8 +448,8 @@ func (p *Provisioner) migrateRunTenant(ctx context.Context, rt catalog.RunTenant
 		from, version := int64(out.From), int64(out.Version)
 		res.FromVersion, res.Version, res.Dirty = &from, &version, out.Dirty
 	}
-	var stepErr *StepError
-	var dirty ErrDirty
+	var stepErr *migrations.StepError
+	var dirty migrations.ErrDirty
 	switch {
 	case err == nil:
 		res.State = catalog.RunTenantDone
@@ -462,7 +467,7 @@ func (p *Provisioner) migrateRunTenant(ctx context.Context, rt catalog.RunTenant
 	case errors.As(err, &dirty):
 		res.State, res.Dirty = catalog.RunTenantFailed, true
 		res.Error = fmt.Sprintf("%s (POST /admin/v1/tenants/%s/migrations/force)", err, rt.Slug)
-	case errors.As(err, &stepErr) && stepErr.transient() && rt.Attempts < runRetries:
+	case errors.As(err, &stepErr) && stepErr.Transient() && rt.Attempts < runRetries:
 		res.State, res.RetryAfter = catalog.RunTenantPending, time.Duration(rt.Attempts)*2*time.Second
 		res.Note = fmt.Sprintf("attempt %d: %s; trying again", rt.Attempts, err)
 	default:

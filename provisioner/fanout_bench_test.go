@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tenantplane/tenantplane/catalog"
+	"github.com/tenantplane/tenantplane/migrations"
 )
 
 // BenchmarkFanout1000 fans a one-column-plus-index migration out to 1,000
@@ -45,10 +46,12 @@ func BenchmarkFanout1000(b *testing.B) {
 	for i := range samples {
 		tn := seeded[i]
 		start := time.Now()
-		_, err := p.migrateTenant(ctx, tn.Server, tn.Database, 2, SchemaLimits{})
+		cfg, err := p.dbConfig(ctx, tn.Server, tn.Database, "tenantplane-fanout")
+		require.NoError(b, err)
+		_, err = migrations.Migrate(ctx, cfg, p.schema, 2, migrations.Limits{})
 		require.NoError(b, err)
 		single += time.Since(start)
-		_, err = p.migrateTenant(ctx, tn.Server, tn.Database, 1, SchemaLimits{})
+		_, err = migrations.Migrate(ctx, cfg, p.schema, 1, migrations.Limits{})
 		require.NoError(b, err)
 	}
 	single /= samples

@@ -9,11 +9,11 @@ import (
 	"sync"
 	"time"
 
-	"github.com/golang-migrate/migrate/v4"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/tenantplane/tenantplane/catalog"
+	"github.com/tenantplane/tenantplane/migrations"
 )
 
 // StatusOptions bound reading the schema of every tenant database.
@@ -204,7 +204,7 @@ func readTenantSchema(ctx context.Context, admin *pgx.ConnConfig, database strin
 		return 0, false, err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	v, dirty, err := readSchemaVersion(ctx, conn)
+	v, dirty, err := migrations.ReadVersion(ctx, conn)
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "42P01" { // no schema_migrations: never migrated
 		return 0, false, nil
@@ -234,33 +234,19 @@ func (p *Provisioner) ForceSchema(ctx context.Context, slug string, version int6
 	} else if run != 0 {
 		return catalog.Tenant{}, catalog.Errorf(catalog.CodeConflict, "run %d is migrating tenant %q now: pause or cancel it first", run, slug)
 	}
-	var fromVersion int64
-	var fromDirty bool
-	err = p.withMigrator(ctx, t.Server, t.Database, func(m *migrate.Migrate) error {
-		v, dirty, err := m.Version()
-		if err != nil && !errors.Is(err, migrate.ErrNilVersion) {
-			return fmt.Errorf("reading the schema version: %s", describeStep(err))
-		}
-		fromVersion, fromDirty = int64(v), dirty
-		if !dirty {
-			return catalog.Errorf(catalog.CodeConflict, "tenant %q's schema is clean at version %d: force only clears the dirty flag of a failed migration", slug, v)
-		}
-		target := int(version)
-		if version == 0 {
-			target = -1 // golang-migrate's "no version"
-		}
-		if err := m.Force(target); err != nil {
-			return fmt.Errorf("forcing version %d: %s", version, describeStep(err))
-		}
-		return nil
-	})
+	cfg, err := p.dbConfig(ctx, t.Server, t.Database, "tenantplane-fanout")
 	if err != nil {
-		var ce *catalog.Error
-		if errors.As(err, &ce) {
-			return catalog.Tenant{}, err
-		}
+		return catalog.Tenant{}, err
+	}
+	from, fromDirty, err := migrations.Force(ctx, cfg, p.schema, uint(version))
+	var clean migrations.ErrClean
+	if errors.As(err, &clean) {
+		return catalog.Tenant{}, catalog.Errorf(catalog.CodeConflict, "tenant %q's schema is clean at version %d: force only clears the dirty flag of a failed migration", slug, clean.Version)
+	}
+	if err != nil {
 		return catalog.Tenant{}, catalog.WrapError(catalog.CodeUnavailable, err, "tenant %q on %s: %v", slug, t.Server, err)
 	}
+	fromVersion := int64(from)
 	out, err := p.store.ForceTenantSchema(ctx, t.ID, fromVersion, fromDirty, version, actor, reason)
 	if err != nil {
 		return catalog.Tenant{}, err
@@ -268,15 +254,4 @@ func (p *Provisioner) ForceSchema(ctx context.Context, slug string, version int6
 	p.logger.WarnContext(ctx, "tenant schema forced", "tenant", slug, "tenant_id", t.ID, "server", t.Server,
 		"from_version", fromVersion, "schema_version", version, "actor", actor, "reason", reason)
 	return out, nil
-}
-
-// withMigrator runs fn with golang-migrate (its own driver, no stepDriver)
-// on one tenant database.
-func (p *Provisioner) withMigrator(ctx context.Context, serverName, dbName string, fn func(*migrate.Migrate) error) error {
-	mg, err := p.openMigrator(ctx, serverName, dbName, SchemaLimits{StatementTimeout: 30 * time.Second}, false)
-	if err != nil {
-		return err
-	}
-	defer mg.close()
-	return fn(mg.m)
 }

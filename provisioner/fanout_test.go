@@ -199,7 +199,7 @@ func (b *fanoutBundle) schemaOf(t testing.TB, tenant catalog.Tenant) (int64, boo
 	conn, err := pgx.Connect(ctx, b.servers[tenant.Server].DSN(tenant.Database))
 	require.NoError(t, err)
 	defer conn.Close(ctx)
-	v, dirty, err := readSchemaVersion(ctx, conn)
+	v, dirty, err := migrations.ReadVersion(ctx, conn)
 	require.NoError(t, err)
 	return v, dirty
 }

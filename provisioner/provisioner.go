@@ -70,8 +70,8 @@ type Config struct {
 	// runs given new workers, this long after. Default 30s.
 	FanoutLease time.Duration
 	// FanoutLimits bound each statement of a run's tenant migrations.
-	// Default: SchemaLimits' defaults.
-	FanoutLimits SchemaLimits
+	// Default: migrations.Limits' defaults.
+	FanoutLimits migrations.Limits
 
 	// Customers, when set, gives each tenant its billing customer before it
 	// is activated, as the last provisioning step. controlplane passes
