@@ -1,4 +1,4 @@
-package provisioner
+package fanout
 
 import (
 	"context"
@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -52,112 +51,6 @@ const (
 	runPoll = 250 * time.Millisecond
 )
 
-// applyFanoutDefaults fills in the fan-out fields of Config.
-func applyFanoutDefaults(cfg *Config) {
-	if cfg.FanoutWorkers == 0 {
-		cfg.FanoutWorkers = 16
-	}
-	if cfg.FanoutLease == 0 {
-		cfg.FanoutLease = 30 * time.Second
-	}
-}
-
-// fanoutQueue is the River queue of the runs of one tenant schema.
-func fanoutQueue(schemaHash string) string { return "fanout_" + schemaHash }
-
-// fanoutState is the Provisioner's fan-out machinery in this process.
-type fanoutState struct {
-	workerOnce sync.Once
-	workerID   string
-
-	wakeMu sync.Mutex
-	wakeCh chan struct{}
-
-	stop     context.CancelFunc
-	done     chan struct{}
-	stopping chan struct{} // closed when the process stops: slots hand their run over
-}
-
-// worker names this process in the rows it claims: host, pid and a random
-// part (a restarted process is another worker).
-func (p *Provisioner) worker() string {
-	p.fanout.workerOnce.Do(func() {
-		host, _ := os.Hostname()
-		p.fanout.workerID = fmt.Sprintf("%s:%d:%s", host, os.Getpid(), randomHex(3))
-	})
-	return p.fanout.workerID
-}
-
-// woken returns a channel closed at the next wake.
-func (p *Provisioner) woken() <-chan struct{} {
-	p.fanout.wakeMu.Lock()
-	defer p.fanout.wakeMu.Unlock()
-	if p.fanout.wakeCh == nil {
-		p.fanout.wakeCh = make(chan struct{})
-	}
-	return p.fanout.wakeCh
-}
-
-// wake tells this process's idle slots that a tenant finished: one of them
-// may claim now. Slots of other processes find out at their next poll.
-func (p *Provisioner) wake() {
-	p.fanout.wakeMu.Lock()
-	defer p.fanout.wakeMu.Unlock()
-	if p.fanout.wakeCh != nil {
-		close(p.fanout.wakeCh)
-		p.fanout.wakeCh = nil
-	}
-}
-
-// startFanout runs the supervisor that revives unattended runs, until stopFanout.
-func (p *Provisioner) startFanout(ctx context.Context) {
-	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	p.fanout.stop, p.fanout.done, p.fanout.stopping = cancel, make(chan struct{}), make(chan struct{})
-	go p.superviseRuns(ctx)
-}
-
-// stopFanout stops the supervisor and tells the slots to hand their runs
-// over once their current tenant is done: River's graceful stop waits for
-// its jobs, and a slot would otherwise wait for its run to end.
-func (p *Provisioner) stopFanout() {
-	if p.fanout.stop != nil {
-		close(p.fanout.stopping)
-		p.fanout.stop()
-		<-p.fanout.done
-		p.fanout.stop = nil
-	}
-}
-
-// superviseRuns gives a new generation of slots to each running run of this
-// process's tenant schema that no worker has touched for a lease: the
-// process that worked on it died. River would rescue its slot jobs too, but
-// only after RescueAfter and once a leader is elected; this is quicker, and
-// the rescued slots of the old generation stop at their first claim.
-func (p *Provisioner) superviseRuns(ctx context.Context) {
-	defer close(p.fanout.done)
-	every := max(p.cfg.FanoutLease/2, 100*time.Millisecond)
-	for {
-		ids, err := p.store.UnattendedRuns(ctx, p.schema.Hash(), p.cfg.FanoutLease)
-		if err != nil && ctx.Err() == nil {
-			p.logger.WarnContext(ctx, "fan-out supervisor: listing runs failed", "error", err)
-		}
-		for _, id := range ids {
-			revived, err := p.store.ReviveMigrationRun(ctx, id, p.cfg.FanoutLease, p.enqueueSlots)
-			switch {
-			case err != nil && ctx.Err() == nil:
-				p.logger.WarnContext(ctx, "fan-out supervisor: reviving a run failed", "run", id, "error", err)
-			case revived:
-				p.logger.WarnContext(ctx, "run had no live worker; queued new ones", "run", id, "op", "fanout")
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(every):
-		}
-	}
-}
-
 // RunSpec is what starting a migration run takes. Zero fields take the defaults.
 type RunSpec struct {
 	// TargetVersion is the version to take the tenants to, up or down.
@@ -178,16 +71,16 @@ type RunSpec struct {
 
 // StartRun starts a migration run. Bad input is a CodeInvalid error and
 // leaves nothing behind; another open run is a CodeConflict error.
-func (p *Provisioner) StartRun(ctx context.Context, spec RunSpec, actor string) (catalog.MigrationRun, error) {
-	nr := catalog.NewMigrationRun{
-		TargetVersion: int64(p.schema.Latest()), SchemaHash: p.schema.Hash(), Concurrency: spec.Concurrency,
+func (s *Service) StartRun(ctx context.Context, spec RunSpec, actor string) (MigrationRun, error) {
+	nr := NewMigrationRun{
+		TargetVersion: int64(s.schema.Latest()), SchemaHash: s.schema.Hash(), Concurrency: spec.Concurrency,
 		PerServer: spec.PerServer, Canary: -1, MaxFailures: spec.MaxFailures, Tenants: spec.Tenants, Actor: actor,
 	}
 	if spec.TargetVersion != nil {
 		nr.TargetVersion = *spec.TargetVersion
-		if nr.TargetVersion < 0 || nr.TargetVersion > int64(^uint32(0)) || !p.schema.Has(uint(nr.TargetVersion)) {
-			return catalog.MigrationRun{}, catalog.Errorf(catalog.CodeInvalid, "target_version %d is not a version of the tenant migrations (%s: %s; 0 is no schema)",
-				nr.TargetVersion, p.schema.Origin(), versionList(p.schema.Versions()))
+		if nr.TargetVersion < 0 || nr.TargetVersion > int64(^uint32(0)) || !s.schema.Has(uint(nr.TargetVersion)) {
+			return MigrationRun{}, catalog.Errorf(catalog.CodeInvalid, "target_version %d is not a version of the tenant migrations (%s: %s; 0 is no schema)",
+				nr.TargetVersion, s.schema.Origin(), versionList(s.schema.Versions()))
 		}
 	}
 	if nr.Concurrency == 0 {
@@ -201,32 +94,34 @@ func (p *Provisioner) StartRun(ctx context.Context, spec RunSpec, actor string) 
 	}
 	switch {
 	case nr.Concurrency < 1 || nr.Concurrency > maxRunConcurrency:
-		return catalog.MigrationRun{}, catalog.Errorf(catalog.CodeInvalid, "concurrency must be from 1 to %d", maxRunConcurrency)
+		return MigrationRun{}, catalog.Errorf(catalog.CodeInvalid, "concurrency must be from 1 to %d", maxRunConcurrency)
 	case nr.PerServer < 1:
-		return catalog.MigrationRun{}, catalog.Errorf(catalog.CodeInvalid, "per_server must be at least 1")
+		return MigrationRun{}, catalog.Errorf(catalog.CodeInvalid, "per_server must be at least 1")
 	case spec.Canary != nil && nr.Canary < 0:
-		return catalog.MigrationRun{}, catalog.Errorf(catalog.CodeInvalid, "canary must not be negative (0: no canary wave)")
+		return MigrationRun{}, catalog.Errorf(catalog.CodeInvalid, "canary must not be negative (0: no canary wave)")
 	case nr.MaxFailures < 0:
-		return catalog.MigrationRun{}, catalog.Errorf(catalog.CodeInvalid, "max_failures must not be negative")
+		return MigrationRun{}, catalog.Errorf(catalog.CodeInvalid, "max_failures must not be negative")
 	}
 	for _, slug := range nr.Tenants {
 		if err := catalog.ValidateSlug(slug); err != nil {
-			return catalog.MigrationRun{}, err
+			return MigrationRun{}, err
 		}
 	}
-	if err := p.checkExtensions(ctx, uint(nr.TargetVersion)); err != nil {
-		return catalog.MigrationRun{}, err
+	if err := s.checkExtensions(ctx, uint(nr.TargetVersion)); err != nil {
+		return MigrationRun{}, err
 	}
-	run, err := p.store.CreateMigrationRun(ctx, nr, p.enqueueSlots)
+	run, err := s.store.CreateMigrationRun(ctx, nr, s.enqueueSlots)
 	if err != nil {
-		return catalog.MigrationRun{}, err
+		return MigrationRun{}, err
 	}
-	p.logger.InfoContext(ctx, "migration run started", "run", run.ID, "op", "fanout", "target_version", run.TargetVersion,
+	s.logger.InfoContext(ctx, "migration run started", "run", run.ID, "op", "fanout", "target_version", run.TargetVersion,
 		"tenants", run.Counts.Total, "concurrency", run.Concurrency, "per_server", run.PerServer, "canary", run.Canary,
 		"max_failures", run.MaxFailures, "actor", actor)
 	// New tenants come from the template of this schema: have it and the
 	// warm pool ready at the newest version before they are asked for.
-	p.kickRefill()
+	if s.cfg.Refiller != nil {
+		s.cfg.Refiller.Refill()
+	}
 	return run, nil
 }
 
@@ -240,39 +135,45 @@ func versionList(vs []uint) string {
 
 // RunReport is a run with the tenants an operator needs to see while it goes.
 type RunReport struct {
-	catalog.MigrationRun
+	MigrationRun
 	// NewestVersion is the newest version of this process's tenant migrations.
 	NewestVersion uint `json:"newest_version"`
 	// Failed lists every failed tenant with its error.
-	Failed []catalog.RunTenant `json:"failed"`
+	Failed []RunTenant `json:"failed"`
 	// Running lists the tenants being migrated now.
-	Running []catalog.RunTenant `json:"running"`
+	Running []RunTenant `json:"running"`
 	// Warning says why the run may not be moving, when there is a reason to think so.
 	Warning string `json:"warning,omitempty"`
 }
 
-// Run returns a run with its counts, failed and running tenants.
-func (p *Provisioner) Run(ctx context.Context, id int64) (RunReport, error) {
-	run, err := p.store.GetMigrationRun(ctx, id)
+// ListRuns returns a page of runs, newest first: at most limit
+// (catalog.CheckLimit's bounds) after cursor, and the next page's cursor.
+func (s *Service) ListRuns(ctx context.Context, limit int, cursor string) ([]MigrationRun, string, error) {
+	return s.store.ListMigrationRuns(ctx, limit, cursor)
+}
+
+// Report returns a run with its counts, failed and running tenants.
+func (s *Service) Report(ctx context.Context, id int64) (RunReport, error) {
+	run, err := s.store.GetMigrationRun(ctx, id)
 	if err != nil {
 		return RunReport{}, err
 	}
-	rep := RunReport{MigrationRun: run, NewestVersion: p.schema.Latest(), Failed: []catalog.RunTenant{}, Running: []catalog.RunTenant{}}
+	rep := RunReport{MigrationRun: run, NewestVersion: s.schema.Latest(), Failed: []RunTenant{}, Running: []RunTenant{}}
 	switch {
-	case run.SchemaHash != p.schema.Hash():
+	case run.SchemaHash != s.schema.Hash():
 		rep.Warning = fmt.Sprintf("the run was made with other tenant migrations (%s) than this process has (%s): only processes with the same migrations work on it",
-			run.SchemaHash, p.schema.Hash())
+			run.SchemaHash, s.schema.Hash())
 		rep.NewestVersion = 0 // not known for that set
-	case run.State == catalog.RunRunning && time.Since(run.HeartbeatAt) > 2*p.cfg.FanoutLease:
+	case run.State == RunRunning && time.Since(run.HeartbeatAt) > 2*s.cfg.Lease:
 		rep.Warning = fmt.Sprintf("no worker has touched the run for %s: are the processes with its tenant migrations running?", time.Since(run.HeartbeatAt).Round(time.Second))
 	}
 	if run.Counts.Failed+run.Counts.Running > 0 {
-		rows, err := p.store.ListRunTenants(ctx, id, []catalog.RunTenantState{catalog.RunTenantFailed, catalog.RunTenantRunning}, 0)
+		rows, err := s.store.ListRunTenants(ctx, id, []RunTenantState{RunTenantFailed, RunTenantRunning}, 0)
 		if err != nil {
 			return RunReport{}, err
 		}
 		for _, r := range rows {
-			if r.State == catalog.RunTenantFailed {
+			if r.State == RunTenantFailed {
 				rep.Failed = append(rep.Failed, r)
 			} else {
 				rep.Running = append(rep.Running, r)
@@ -283,48 +184,48 @@ func (p *Provisioner) Run(ctx context.Context, id int64) (RunReport, error) {
 }
 
 // ChangeRun pauses, resumes or cancels a run.
-func (p *Provisioner) ChangeRun(ctx context.Context, id int64, action catalog.RunAction, actor string) (catalog.MigrationRun, error) {
-	run, err := p.store.ChangeMigrationRun(ctx, id, action, actor, p.enqueueSlots)
+func (s *Service) ChangeRun(ctx context.Context, id int64, action RunAction, actor string) (MigrationRun, error) {
+	run, err := s.store.ChangeMigrationRun(ctx, id, action, actor, s.enqueueSlots)
 	if err == nil {
-		p.logger.InfoContext(ctx, "migration run "+string(action), "run", id, "op", "fanout", "state", run.State, "actor", actor)
+		s.logger.InfoContext(ctx, "migration run "+string(action), "run", id, "op", "fanout", "state", run.State, "actor", actor)
 	}
 	return run, err
 }
 
-// fanoutSlotArgs is one worker of a run's generation.
-type fanoutSlotArgs struct {
+// slotArgs is one worker of a run's generation.
+type slotArgs struct {
 	RunID      int64 `json:"run_id" river:"unique"`
 	Generation int   `json:"generation" river:"unique"`
 	Slot       int   `json:"slot" river:"unique"`
 }
 
-func (fanoutSlotArgs) Kind() string { return "tenantplane.fanout_slot" }
+func (slotArgs) Kind() string { return "tenantplane.fanout_slot" }
 
 // enqueueSlots queues slots workers of the run's current generation, in tx.
-func (p *Provisioner) enqueueSlots(ctx context.Context, tx pgx.Tx, run catalog.MigrationRun, slots int) error {
-	opts := &river.InsertOpts{Queue: fanoutQueue(run.SchemaHash), MaxAttempts: 25, UniqueOpts: river.UniqueOpts{ByArgs: true}}
+func (s *Service) enqueueSlots(ctx context.Context, tx pgx.Tx, run MigrationRun, slots int) error {
+	opts := &river.InsertOpts{Queue: queueName(run.SchemaHash), MaxAttempts: 25, UniqueOpts: river.UniqueOpts{ByArgs: true}}
 	params := make([]river.InsertManyParams, slots)
 	for i := range params {
-		params[i] = river.InsertManyParams{Args: fanoutSlotArgs{RunID: run.ID, Generation: run.Generation, Slot: i}, InsertOpts: opts}
+		params[i] = river.InsertManyParams{Args: slotArgs{RunID: run.ID, Generation: run.Generation, Slot: i}, InsertOpts: opts}
 	}
-	_, err := p.river.InsertManyTx(ctx, tx, params)
+	_, err := s.jobs.Client().InsertManyTx(ctx, tx, params)
 	if err != nil {
 		return fmt.Errorf("queueing the run's workers: %w", err)
 	}
 	return nil
 }
 
-type fanoutWorker struct {
-	river.WorkerDefaults[fanoutSlotArgs]
-	p *Provisioner
+type slotWorker struct {
+	river.WorkerDefaults[slotArgs]
+	s *Service
 }
 
 // Timeout is none: a slot bounds itself (it hands over after a while, and
 // each statement it runs has a statement_timeout).
-func (w *fanoutWorker) Timeout(*river.Job[fanoutSlotArgs]) time.Duration { return -1 }
+func (w *slotWorker) Timeout(*river.Job[slotArgs]) time.Duration { return -1 }
 
-func (w *fanoutWorker) Work(ctx context.Context, job *river.Job[fanoutSlotArgs]) error {
-	return w.p.runSlot(ctx, job.Args)
+func (w *slotWorker) Work(ctx context.Context, job *river.Job[slotArgs]) error {
+	return w.s.runSlot(ctx, job.Args)
 }
 
 // runSlot claims and migrates the run's tenants one after another until the
@@ -332,26 +233,26 @@ func (w *fanoutWorker) Work(ctx context.Context, job *river.Job[fanoutSlotArgs])
 // RescueAfter: then it hands over to a fresh attempt of itself (a snooze of
 // zero, which costs no attempt), so that River never takes a busy slot for a
 // stuck one.
-func (p *Provisioner) runSlot(ctx context.Context, a fanoutSlotArgs) error {
-	run, err := p.store.GetMigrationRun(ctx, a.RunID)
+func (s *Service) runSlot(ctx context.Context, a slotArgs) error {
+	run, err := s.store.GetMigrationRun(ctx, a.RunID)
 	if errors.Is(err, catalog.ErrNotFound) {
 		return nil
 	}
 	if err != nil {
 		return err
 	}
-	if run.SchemaHash != p.schema.Hash() {
+	if run.SchemaHash != s.schema.Hash() {
 		// Not ours to run (the queue should have kept it away).
-		p.logger.ErrorContext(ctx, "a run's worker landed in a process with other tenant migrations", "run", a.RunID,
-			"run_schema", run.SchemaHash, "schema", p.schema.Hash())
+		s.logger.ErrorContext(ctx, "a run's worker landed in a process with other tenant migrations", "run", a.RunID,
+			"run_schema", run.SchemaHash, "schema", s.schema.Hash())
 		return river.JobSnooze(10 * time.Second)
 	}
-	req := catalog.ClaimRequest{
-		RunID: a.RunID, Generation: a.Generation, Worker: p.worker(), Lease: p.cfg.FanoutLease,
-		WaitForProvisioning: uint(run.TargetVersion) != p.schema.Latest(),
+	req := ClaimRequest{
+		RunID: a.RunID, Generation: a.Generation, Worker: s.worker(), Lease: s.cfg.Lease,
+		WaitForProvisioning: uint(run.TargetVersion) != s.schema.Latest(),
 	}
-	handOver := time.Now().Add(p.cfg.RescueAfter / 3)
-	stopping := p.fanout.stopping // nil when not started: never closes
+	handOver := time.Now().Add(s.jobs.Config().RescueAfter / 3)
+	stopping := s.stoppingCh() // nil when not started: never closes
 	for {
 		select {
 		case <-stopping:
@@ -361,8 +262,8 @@ func (p *Provisioner) runSlot(ctx context.Context, a fanoutSlotArgs) error {
 		if time.Now().After(handOver) {
 			return river.JobSnooze(0)
 		}
-		woken := p.woken()
-		rt, outcome, err := p.store.ClaimRunTenant(ctx, req)
+		woken := s.woken()
+		rt, outcome, err := s.store.ClaimRunTenant(ctx, req)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -370,17 +271,17 @@ func (p *Provisioner) runSlot(ctx context.Context, a fanoutSlotArgs) error {
 			return fmt.Errorf("run %d: claiming a tenant: %w", a.RunID, err)
 		}
 		switch outcome {
-		case catalog.ClaimStop:
+		case ClaimStop:
 			return nil
-		case catalog.ClaimFinished:
-			p.wake()
-			final, err := p.store.GetMigrationRun(ctx, a.RunID)
+		case ClaimFinished:
+			s.wake()
+			final, err := s.store.GetMigrationRun(ctx, a.RunID)
 			if err == nil {
-				p.logger.InfoContext(ctx, "migration run finished", "run", a.RunID, "op", "fanout", "state", final.State,
+				s.logger.InfoContext(ctx, "migration run finished", "run", a.RunID, "op", "fanout", "state", final.State,
 					"done", final.Counts.Done, "failed", final.Counts.Failed, "skipped", final.Counts.Skipped)
 			}
 			return nil
-		case catalog.ClaimWait:
+		case ClaimWait:
 			jitter := time.Duration(rand.Int64N(int64(runPoll / 2)))
 			select {
 			case <-ctx.Done():
@@ -389,9 +290,9 @@ func (p *Provisioner) runSlot(ctx context.Context, a fanoutSlotArgs) error {
 			case <-woken:
 			case <-time.After(runPoll + jitter):
 			}
-		case catalog.ClaimGot:
-			err := p.migrateRunTenant(ctx, rt)
-			p.wake()
+		case ClaimGot:
+			err := s.migrateRunTenant(ctx, rt)
+			s.wake()
 			if err != nil {
 				return err
 			}
@@ -403,13 +304,13 @@ func (p *Provisioner) runSlot(ctx context.Context, a fanoutSlotArgs) error {
 // returns an error only when the slot should stop: the process is stopping
 // (the tenant is handed back at once), or the catalog cannot record the
 // result (the lease runs out and the tenant is taken again).
-func (p *Provisioner) migrateRunTenant(ctx context.Context, rt catalog.RunTenant) error {
-	logger := p.logger.With("run", rt.RunID, "tenant", rt.Slug, "tenant_id", rt.TenantID, "server", rt.Server, "op", "fanout")
-	res := catalog.RunTenantResult{RunID: rt.RunID, TenantID: rt.TenantID, Owner: rt.LeaseOwner}
+func (s *Service) migrateRunTenant(ctx context.Context, rt RunTenant) error {
+	logger := s.logger.With("run", rt.RunID, "tenant", rt.Slug, "tenant_id", rt.TenantID, "server", rt.Server, "op", "fanout")
+	res := RunTenantResult{RunID: rt.RunID, TenantID: rt.TenantID, Owner: rt.LeaseOwner}
 	start := time.Now()
 	if rt.TenantState != catalog.TenantActive && rt.TenantState != catalog.TenantSuspended {
-		res.State, res.Note = catalog.RunTenantSkipped, fmt.Sprintf("the tenant is %s", rt.TenantState)
-		return p.finishRunTenant(ctx, logger, res, start)
+		res.State, res.Note = RunTenantSkipped, fmt.Sprintf("the tenant is %s", rt.TenantState)
+		return s.finishRunTenant(ctx, logger, res, start)
 	}
 
 	// Keep the lease while the migration runs; losing it (this process was
@@ -419,7 +320,7 @@ func (p *Provisioner) migrateRunTenant(ctx context.Context, rt catalog.RunTenant
 	var leaseLost atomic.Bool
 	var hb sync.WaitGroup
 	hb.Go(func() {
-		t := time.NewTicker(max(p.cfg.FanoutLease/3, 50*time.Millisecond))
+		t := time.NewTicker(max(s.cfg.Lease/3, 50*time.Millisecond))
 		defer t.Stop()
 		for {
 			select {
@@ -427,7 +328,7 @@ func (p *Provisioner) migrateRunTenant(ctx context.Context, rt catalog.RunTenant
 				return
 			case <-t.C:
 			}
-			held, err := p.store.HeartbeatRunTenant(mctx, rt.RunID, rt.TenantID, rt.LeaseOwner, p.cfg.FanoutLease)
+			held, err := s.store.HeartbeatRunTenant(mctx, rt.RunID, rt.TenantID, rt.LeaseOwner, s.cfg.Lease)
 			if err == nil && !held {
 				logger.WarnContext(mctx, "lost the tenant's lease to another worker; stopping after the current step")
 				leaseLost.Store(true)
@@ -437,9 +338,9 @@ func (p *Provisioner) migrateRunTenant(ctx context.Context, rt catalog.RunTenant
 		}
 	})
 	var out migrations.Outcome
-	cfg, err := p.dbConfig(ctx, rt.Server, rt.Database, "tenantplane-fanout")
+	cfg, err := s.connConfig(ctx, rt.Server, rt.Database, "tenantplane-fanout")
 	if err == nil {
-		out, err = migrations.Migrate(mctx, cfg, p.schema, uint(rt.ToVersion), p.cfg.FanoutLimits)
+		out, err = migrations.Migrate(mctx, cfg, s.schema, uint(rt.ToVersion), s.cfg.Limits)
 	}
 	cancel()
 	hb.Wait()
@@ -452,35 +353,35 @@ func (p *Provisioner) migrateRunTenant(ctx context.Context, rt catalog.RunTenant
 	var dirty migrations.ErrDirty
 	switch {
 	case err == nil:
-		res.State = catalog.RunTenantDone
+		res.State = RunTenantDone
 		if !out.Changed {
 			res.Note = fmt.Sprintf("already at version %d", out.Version)
 		}
 	case ctx.Err() != nil:
 		// The process is stopping: hand the tenant back for anyone to take
 		// now. Each step is a transaction, so whatever ran is recorded.
-		res.State, res.Note = catalog.RunTenantPending, "handed back by a stopping process: "+err.Error()
-		p.finishRunTenant(ctx, logger, res, start) //nolint:errcheck // the lease runs out otherwise
+		res.State, res.Note = RunTenantPending, "handed back by a stopping process: "+err.Error()
+		s.finishRunTenant(ctx, logger, res, start) //nolint:errcheck // the lease runs out otherwise
 		return ctx.Err()
 	case leaseLost.Load():
 		return nil // the lease went to another worker, who records the outcome
 	case errors.As(err, &dirty):
-		res.State, res.Dirty = catalog.RunTenantFailed, true
+		res.State, res.Dirty = RunTenantFailed, true
 		res.Error = fmt.Sprintf("%s (POST /admin/v1/tenants/%s/migrations/force)", err, rt.Slug)
 	case errors.As(err, &stepErr) && stepErr.Transient() && rt.Attempts < runRetries:
-		res.State, res.RetryAfter = catalog.RunTenantPending, time.Duration(rt.Attempts)*2*time.Second
+		res.State, res.RetryAfter = RunTenantPending, time.Duration(rt.Attempts)*2*time.Second
 		res.Note = fmt.Sprintf("attempt %d: %s; trying again", rt.Attempts, err)
 	default:
-		res.State, res.Error = catalog.RunTenantFailed, err.Error()
+		res.State, res.Error = RunTenantFailed, err.Error()
 	}
-	return p.finishRunTenant(ctx, logger, res, start)
+	return s.finishRunTenant(ctx, logger, res, start)
 }
 
-func (p *Provisioner) finishRunTenant(ctx context.Context, logger *slog.Logger, res catalog.RunTenantResult, start time.Time) error {
+func (s *Service) finishRunTenant(ctx context.Context, logger *slog.Logger, res RunTenantResult, start time.Time) error {
 	// Record the outcome even when the process is stopping: it happened.
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	halted, stale, err := p.store.FinishRunTenant(rctx, res)
+	halted, stale, err := s.store.FinishRunTenant(rctx, res)
 	if err != nil {
 		logger.ErrorContext(ctx, "recording a tenant's migration failed; it will be taken again", "error", err)
 		return err
@@ -492,7 +393,7 @@ func (p *Provisioner) finishRunTenant(ctx context.Context, logger *slog.Logger, 
 	switch {
 	case stale:
 		logger.WarnContext(ctx, "tenant migrated, but its lease had gone to another worker, which records it", attrs...)
-	case res.State == catalog.RunTenantFailed:
+	case res.State == RunTenantFailed:
 		logger.ErrorContext(ctx, "tenant migration failed", append(attrs, "error", res.Error)...)
 	default:
 		logger.InfoContext(ctx, "tenant migration "+string(res.State), append(attrs, "note", res.Note)...)
@@ -505,18 +406,18 @@ func (p *Provisioner) finishRunTenant(ctx context.Context, logger *slog.Logger, 
 
 // RunTenants lists a page of a run's tenants in a state ("" for all), in
 // claim order, and the next page's cursor.
-func (p *Provisioner) RunTenants(ctx context.Context, id int64, state string, limit int, cursor string) ([]catalog.RunTenant, string, error) {
-	var states []catalog.RunTenantState
+func (s *Service) RunTenants(ctx context.Context, id int64, state string, limit int, cursor string) ([]RunTenant, string, error) {
+	var states []RunTenantState
 	if state != "" {
-		st := catalog.RunTenantState(state)
-		if !slices.Contains([]catalog.RunTenantState{catalog.RunTenantPending, catalog.RunTenantRunning, catalog.RunTenantDone,
-			catalog.RunTenantFailed, catalog.RunTenantSkipped}, st) {
+		st := RunTenantState(state)
+		if !slices.Contains([]RunTenantState{RunTenantPending, RunTenantRunning, RunTenantDone,
+			RunTenantFailed, RunTenantSkipped}, st) {
 			return nil, "", catalog.Errorf(catalog.CodeInvalid, "state must be pending, running, done, failed or skipped")
 		}
-		states = []catalog.RunTenantState{st}
+		states = []RunTenantState{st}
 	}
-	if _, err := p.store.GetMigrationRun(ctx, id); err != nil {
+	if _, err := s.store.GetMigrationRun(ctx, id); err != nil {
 		return nil, "", err
 	}
-	return p.store.ListRunTenantsPage(ctx, id, states, limit, cursor)
+	return s.store.ListRunTenantsPage(ctx, id, states, limit, cursor)
 }

@@ -1,4 +1,4 @@
-package catalog
+package fanout
 
 import (
 	"context"
@@ -11,7 +11,17 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/tenantplane/tenantplane/catalog"
 )
+
+// store is fan-out's tables in the catalog database: migration_runs and
+// migration_run_tenants.
+type store struct {
+	db *catalog.Store
+}
+
+func newStore(db *catalog.Store) *store { return &store{db: db} }
 
 // RunState is where a migration run is.
 //
@@ -77,25 +87,25 @@ type RunCounts struct {
 
 // RunTenant is one tenant of a run.
 type RunTenant struct {
-	RunID       int64          `json:"run_id"`
-	TenantID    string         `json:"tenant_id"`
-	Slug        string         `json:"slug"`
-	TenantState TenantState    `json:"tenant_state"`
-	ServerID    int64          `json:"-"`
-	Server      string         `json:"server"`
-	Database    string         `json:"database"`
-	Canary      bool           `json:"canary"`
-	State       RunTenantState `json:"state"`
-	FromVersion int64          `json:"from_version"`
-	ToVersion   int64          `json:"to_version"`
-	Version     *int64         `json:"version"`
-	Dirty       bool           `json:"dirty"`
-	Attempts    int            `json:"attempts"`
-	Error       string         `json:"error"`
-	Note        string         `json:"note"`
-	Worker      string         `json:"worker"`
-	StartedAt   *time.Time     `json:"started_at"`
-	FinishedAt  *time.Time     `json:"finished_at"`
+	RunID       int64               `json:"run_id"`
+	TenantID    string              `json:"tenant_id"`
+	Slug        string              `json:"slug"`
+	TenantState catalog.TenantState `json:"tenant_state"`
+	ServerID    int64               `json:"-"`
+	Server      string              `json:"server"`
+	Database    string              `json:"database"`
+	Canary      bool                `json:"canary"`
+	State       RunTenantState      `json:"state"`
+	FromVersion int64               `json:"from_version"`
+	ToVersion   int64               `json:"to_version"`
+	Version     *int64              `json:"version"`
+	Dirty       bool                `json:"dirty"`
+	Attempts    int                 `json:"attempts"`
+	Error       string              `json:"error"`
+	Note        string              `json:"note"`
+	Worker      string              `json:"worker"`
+	StartedAt   *time.Time          `json:"started_at"`
+	FinishedAt  *time.Time          `json:"finished_at"`
 	// LeaseOwner identifies a claim; only its holder may finish the row.
 	LeaseOwner string `json:"-"`
 }
@@ -136,11 +146,11 @@ func runSubject(id int64) string { return "run " + strconv.FormatInt(id, 10) }
 // when its workers are. Tenants are ordered with the servers interleaved, so
 // that a per-server limit never starves the total; the canary wave is the
 // first of that order (by default, the first tenant of each server). A run
-// while another is open is a CodeConflict error; named tenants that do not
-// exist or are not active or suspended are a CodeInvalid error.
-func (s *Store) CreateMigrationRun(ctx context.Context, nr NewMigrationRun, enqueue RunEnqueue) (MigrationRun, error) {
+// while another is open is a catalog.CodeConflict error; named tenants that do not
+// exist or are not active or suspended are a catalog.CodeInvalid error.
+func (s *store) CreateMigrationRun(ctx context.Context, nr NewMigrationRun, enqueue RunEnqueue) (MigrationRun, error) {
 	var run MigrationRun
-	err := s.InTx(ctx, func(tx pgx.Tx) error {
+	err := s.db.InTx(ctx, func(tx pgx.Tx) error {
 		var slugs []string // nil: all tenants
 		if len(nr.Tenants) > 0 {
 			var err error
@@ -151,7 +161,7 @@ func (s *Store) CreateMigrationRun(ctx context.Context, nr NewMigrationRun, enqu
 		if open, err := openRun(ctx, tx); err != nil {
 			return err
 		} else if open != nil {
-			return Errorf(CodeConflict, "run %d is %s: resume it, or cancel it, before starting another", open.ID, open.State)
+			return catalog.Errorf(catalog.CodeConflict, "run %d is %s: resume it, or cancel it, before starting another", open.ID, open.State)
 		}
 		err := tx.QueryRow(ctx, `
 			INSERT INTO migration_runs (target_version, schema_hash, concurrency, per_server, canary, max_failures, all_tenants, actor)
@@ -159,9 +169,9 @@ func (s *Store) CreateMigrationRun(ctx context.Context, nr NewMigrationRun, enqu
 			nr.TargetVersion, nr.SchemaHash, nr.Concurrency, nr.PerServer, nr.MaxFailures, slugs == nil, nr.Actor).Scan(&run.ID)
 		if err != nil {
 			if isUniqueViolation(err) {
-				return Errorf(CodeConflict, "another run was started meanwhile: resume it, or cancel it, before starting another")
+				return catalog.Errorf(catalog.CodeConflict, "another run was started meanwhile: resume it, or cancel it, before starting another")
 			}
-			return Classify(err, "migration run")
+			return catalog.Classify(err, "migration run")
 		}
 		_, err = tx.Exec(ctx, `
 			INSERT INTO migration_run_tenants (run_id, tenant_id, server_id, position, canary, from_version, to_version)
@@ -177,15 +187,15 @@ func (s *Store) CreateMigrationRun(ctx context.Context, nr NewMigrationRun, enqu
 				) ranked
 			) ordered`, run.ID, slugs, nr.Canary, nr.TargetVersion)
 		if err != nil {
-			return Classify(err, "migration run tenants")
+			return catalog.Classify(err, "migration run tenants")
 		}
 		if _, err := tx.Exec(ctx, `UPDATE migration_runs SET canary = (SELECT count(*) FROM migration_run_tenants WHERE run_id = $1 AND canary) WHERE id = $1`, run.ID); err != nil {
-			return Classify(err, "migration run")
+			return catalog.Classify(err, "migration run")
 		}
 		if run, err = getRun(ctx, tx, run.ID); err != nil {
 			return err
 		}
-		if err := InsertAudit(ctx, tx, AuditEvent{Actor: nr.Actor, Action: "migration_run.created", Subject: runSubject(run.ID),
+		if err := catalog.InsertAudit(ctx, tx, catalog.AuditEvent{Actor: nr.Actor, Action: "migration_run.created", Subject: runSubject(run.ID),
 			ToState: string(run.State), Details: map[string]any{
 				"target_version": run.TargetVersion, "tenants": run.Counts.Total, "concurrency": run.Concurrency,
 				"per_server": run.PerServer, "canary": run.Canary, "max_failures": run.MaxFailures,
@@ -195,7 +205,7 @@ func (s *Store) CreateMigrationRun(ctx context.Context, nr NewMigrationRun, enqu
 		if run.Counts.Total == 0 {
 			// Nothing to do: done at once, with nothing queued.
 			if _, err := tx.Exec(ctx, `UPDATE migration_runs SET state = 'done', finished_at = now(), updated_at = now() WHERE id = $1`, run.ID); err != nil {
-				return Classify(err, "migration run")
+				return catalog.Classify(err, "migration run")
 			}
 			run, err = getRun(ctx, tx, run.ID)
 			return err
@@ -209,7 +219,7 @@ func (s *Store) CreateMigrationRun(ctx context.Context, nr NewMigrationRun, enqu
 }
 
 // checkRunTenants returns the distinct slugs, all of tenants a run can take,
-// or a CodeInvalid error naming each that is not.
+// or a catalog.CodeInvalid error naming each that is not.
 func checkRunTenants(ctx context.Context, tx pgx.Tx, slugs []string) ([]string, error) {
 	seen := map[string]bool{}
 	var distinct []string
@@ -221,10 +231,10 @@ func checkRunTenants(ctx context.Context, tx pgx.Tx, slugs []string) ([]string, 
 	}
 	rows, err := tx.Query(ctx, `SELECT slug, state, server_id IS NOT NULL FROM tenants WHERE slug = ANY($1)`, distinct)
 	if err != nil {
-		return nil, Classify(err, "tenants")
+		return nil, catalog.Classify(err, "tenants")
 	}
 	type found struct {
-		state  TenantState
+		state  catalog.TenantState
 		placed bool
 	}
 	byslug := map[string]found{}
@@ -233,12 +243,12 @@ func checkRunTenants(ctx context.Context, tx pgx.Tx, slugs []string) ([]string, 
 		var f found
 		if err := rows.Scan(&slug, &f.state, &f.placed); err != nil {
 			rows.Close()
-			return nil, Classify(err, "tenants")
+			return nil, catalog.Classify(err, "tenants")
 		}
 		byslug[slug] = f
 	}
 	if err := rows.Err(); err != nil {
-		return nil, Classify(err, "tenants")
+		return nil, catalog.Classify(err, "tenants")
 	}
 	var problems []string
 	for _, s := range distinct {
@@ -246,33 +256,33 @@ func checkRunTenants(ctx context.Context, tx pgx.Tx, slugs []string) ([]string, 
 		switch {
 		case !ok:
 			problems = append(problems, fmt.Sprintf("%q does not exist", s))
-		case f.state != TenantActive && f.state != TenantSuspended:
+		case f.state != catalog.TenantActive && f.state != catalog.TenantSuspended:
 			problems = append(problems, fmt.Sprintf("%q is %s", s, f.state))
 		case !f.placed:
 			problems = append(problems, fmt.Sprintf("%q has no database", s))
 		}
 	}
 	if len(problems) > 0 {
-		return nil, Errorf(CodeInvalid, "a run takes active or suspended tenants: %s", strings.Join(problems, "; "))
+		return nil, catalog.Errorf(catalog.CodeInvalid, "a run takes active or suspended tenants: %s", strings.Join(problems, "; "))
 	}
 	return distinct, nil
 }
 
-func openRun(ctx context.Context, q Querier) (*MigrationRun, error) {
+func openRun(ctx context.Context, q catalog.Querier) (*MigrationRun, error) {
 	r, err := scanRun(q.QueryRow(ctx, `SELECT `+runColumns+` FROM migration_runs r WHERE r.state IN ('running', 'paused', 'halted')`))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, Classify(err, "migration run")
+		return nil, catalog.Classify(err, "migration run")
 	}
 	return &r, nil
 }
 
-func getRun(ctx context.Context, q Querier, id int64) (MigrationRun, error) {
+func getRun(ctx context.Context, q catalog.Querier, id int64) (MigrationRun, error) {
 	r, err := scanRun(q.QueryRow(ctx, `SELECT `+runColumns+` FROM migration_runs r WHERE r.id = $1`, id))
 	if err != nil {
-		return MigrationRun{}, Classify(err, runSubject(id))
+		return MigrationRun{}, catalog.Classify(err, runSubject(id))
 	}
 	err = q.QueryRow(ctx, `
 		SELECT count(*),
@@ -281,19 +291,19 @@ func getRun(ctx context.Context, q Querier, id int64) (MigrationRun, error) {
 		       count(*) FILTER (WHERE state = 'skipped')
 		FROM migration_run_tenants WHERE run_id = $1`, id).
 		Scan(&r.Counts.Total, &r.Counts.Pending, &r.Counts.Running, &r.Counts.Done, &r.Counts.Failed, &r.Counts.Skipped)
-	return r, Classify(err, runSubject(id))
+	return r, catalog.Classify(err, runSubject(id))
 }
 
 // GetMigrationRun returns a run with its counts.
-func (s *Store) GetMigrationRun(ctx context.Context, id int64) (MigrationRun, error) {
-	return getRun(ctx, s.pool, id)
+func (s *store) GetMigrationRun(ctx context.Context, id int64) (MigrationRun, error) {
+	return getRun(ctx, s.db.Pool(), id)
 }
 
 // ListMigrationRuns returns a page of runs, newest first: at most limit
-// (CheckLimit's bounds) after cursor, and the cursor of the next page ("" on
+// (catalog.CheckLimit's bounds) after cursor, and the cursor of the next page ("" on
 // the last).
-func (s *Store) ListMigrationRuns(ctx context.Context, limit int, cursor string) ([]MigrationRun, string, error) {
-	limit, err := CheckLimit(limit)
+func (s *store) ListMigrationRuns(ctx context.Context, limit int, cursor string) ([]MigrationRun, string, error) {
+	limit, err := catalog.CheckLimit(limit)
 	if err != nil {
 		return nil, "", err
 	}
@@ -301,22 +311,22 @@ func (s *Store) ListMigrationRuns(ctx context.Context, limit int, cursor string)
 	if err != nil {
 		return nil, "", err
 	}
-	rows, err := s.pool.Query(ctx, `SELECT r.id FROM migration_runs r WHERE r.id < $1 ORDER BY r.id DESC LIMIT $2`, before, limit+1)
+	rows, err := s.db.Pool().Query(ctx, `SELECT r.id FROM migration_runs r WHERE r.id < $1 ORDER BY r.id DESC LIMIT $2`, before, limit+1)
 	if err != nil {
-		return nil, "", Classify(err, "migration runs")
+		return nil, "", catalog.Classify(err, "migration runs")
 	}
 	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
 	if err != nil {
-		return nil, "", Classify(err, "migration runs")
+		return nil, "", catalog.Classify(err, "migration runs")
 	}
 	next := ""
 	if len(ids) > limit {
 		ids = ids[:limit]
-		next = EncodeCursor(strconv.FormatInt(ids[limit-1], 10))
+		next = catalog.EncodeCursor(strconv.FormatInt(ids[limit-1], 10))
 	}
 	runs := make([]MigrationRun, 0, len(ids))
 	for _, id := range ids {
-		r, err := getRun(ctx, s.pool, id)
+		r, err := getRun(ctx, s.db.Pool(), id)
 		if err != nil {
 			return nil, "", err
 		}
@@ -328,13 +338,13 @@ func (s *Store) ListMigrationRuns(ctx context.Context, limit int, cursor string)
 // idCursor reads a cursor of a list ordered by a numeric id, newest first:
 // the ids to list are below it.
 func idCursor(cursor string) (int64, error) {
-	parts, err := DecodeCursor(cursor, 1)
+	parts, err := catalog.DecodeCursor(cursor, 1)
 	if err != nil || parts == nil {
 		return math.MaxInt64, err
 	}
 	id, err := strconv.ParseInt(parts[0], 10, 64)
 	if err != nil {
-		return 0, ErrBadCursor()
+		return 0, catalog.ErrBadCursor()
 	}
 	return id, nil
 }
@@ -362,7 +372,7 @@ func scanRunTenantPos(row pgx.Row) (rt RunTenant, pos int64, err error) {
 
 // ListRunTenants returns a run's tenants in the given states (all when none),
 // in claim order, at most limit (default 1000).
-func (s *Store) ListRunTenants(ctx context.Context, runID int64, states []RunTenantState, limit int) ([]RunTenant, error) {
+func (s *store) ListRunTenants(ctx context.Context, runID int64, states []RunTenantState, limit int) ([]RunTenant, error) {
 	if limit <= 0 {
 		limit = 1000
 	}
@@ -371,23 +381,23 @@ func (s *Store) ListRunTenants(ctx context.Context, runID int64, states []RunTen
 }
 
 // ListRunTenantsPage is a page of ListRunTenants: at most limit
-// (CheckLimit's bounds) after cursor, and the next page's cursor.
-func (s *Store) ListRunTenantsPage(ctx context.Context, runID int64, states []RunTenantState, limit int, cursor string) ([]RunTenant, string, error) {
-	limit, err := CheckLimit(limit)
+// (catalog.CheckLimit's bounds) after cursor, and the next page's cursor.
+func (s *store) ListRunTenantsPage(ctx context.Context, runID int64, states []RunTenantState, limit int, cursor string) ([]RunTenant, string, error) {
+	limit, err := catalog.CheckLimit(limit)
 	if err != nil {
 		return nil, "", err
 	}
 	return s.listRunTenants(ctx, runID, states, limit, cursor)
 }
 
-func (s *Store) listRunTenants(ctx context.Context, runID int64, states []RunTenantState, limit int, cursor string) ([]RunTenant, string, error) {
+func (s *store) listRunTenants(ctx context.Context, runID int64, states []RunTenantState, limit int, cursor string) ([]RunTenant, string, error) {
 	var filter []string
 	for _, st := range states {
 		filter = append(filter, string(st))
 	}
 	// Canaries first, then claim order: (NOT canary, position) ascending.
 	afterWave, afterPos := -1, int64(-1)
-	parts, err := DecodeCursor(cursor, 2)
+	parts, err := catalog.DecodeCursor(cursor, 2)
 	if err != nil {
 		return nil, "", err
 	}
@@ -395,16 +405,16 @@ func (s *Store) listRunTenants(ctx context.Context, runID int64, states []RunTen
 		w, werr := strconv.Atoi(parts[0])
 		p, perr := strconv.ParseInt(parts[1], 10, 64)
 		if werr != nil || perr != nil {
-			return nil, "", ErrBadCursor()
+			return nil, "", catalog.ErrBadCursor()
 		}
 		afterWave, afterPos = w, p
 	}
-	rows, err := s.pool.Query(ctx, `SELECT `+runTenantColumns+`, rt.position`+runTenantFrom+`
+	rows, err := s.db.Pool().Query(ctx, `SELECT `+runTenantColumns+`, rt.position`+runTenantFrom+`
 		WHERE rt.run_id = $1 AND ($2::text[] IS NULL OR rt.state = ANY($2))
 		  AND ((NOT rt.canary)::int, rt.position) > ($4::int, $5::bigint)
 		ORDER BY rt.canary DESC, rt.position LIMIT $3`, runID, filter, limit+1, afterWave, afterPos)
 	if err != nil {
-		return nil, "", Classify(err, "migration run tenants")
+		return nil, "", catalog.Classify(err, "migration run tenants")
 	}
 	var positions []int64
 	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (RunTenant, error) {
@@ -413,7 +423,7 @@ func (s *Store) listRunTenants(ctx context.Context, runID int64, states []RunTen
 		return rt, err
 	})
 	if err != nil {
-		return nil, "", Classify(err, "migration run tenants")
+		return nil, "", catalog.Classify(err, "migration run tenants")
 	}
 	next := ""
 	if len(out) > limit {
@@ -422,7 +432,7 @@ func (s *Store) listRunTenants(ctx context.Context, runID int64, states []RunTen
 		if out[limit-1].Canary {
 			wave = 0
 		}
-		next = EncodeCursor(strconv.Itoa(wave), strconv.FormatInt(positions[limit-1], 10))
+		next = catalog.EncodeCursor(strconv.Itoa(wave), strconv.FormatInt(positions[limit-1], 10))
 	}
 	if out == nil {
 		out = []RunTenant{}
@@ -443,39 +453,39 @@ const (
 // the tenants being migrated finish and start no others; cancel marks the
 // pending ones skipped. Resume retries the failed tenants and queues a new
 // generation of workers through enqueue, in the same transaction. A run in a
-// state the action does not apply to is a CodeConflict error.
-func (s *Store) ChangeMigrationRun(ctx context.Context, id int64, action RunAction, actor string, enqueue RunEnqueue) (MigrationRun, error) {
+// state the action does not apply to is a catalog.CodeConflict error.
+func (s *store) ChangeMigrationRun(ctx context.Context, id int64, action RunAction, actor string, enqueue RunEnqueue) (MigrationRun, error) {
 	var from = map[RunAction][]RunState{
 		RunPause:  {RunRunning},
 		RunResume: {RunPaused, RunHalted, RunFailed},
 		RunCancel: {RunRunning, RunPaused, RunHalted},
 	}[action]
 	if from == nil {
-		return MigrationRun{}, Errorf(CodeInvalid, "unknown run action %q", action)
+		return MigrationRun{}, catalog.Errorf(catalog.CodeInvalid, "unknown run action %q", action)
 	}
 	var run MigrationRun
-	err := s.InTx(ctx, func(tx pgx.Tx) error {
+	err := s.db.InTx(ctx, func(tx pgx.Tx) error {
 		var state RunState
 		if err := tx.QueryRow(ctx, `SELECT state FROM migration_runs WHERE id = $1 FOR UPDATE`, id).Scan(&state); err != nil {
-			return Classify(err, runSubject(id))
+			return catalog.Classify(err, runSubject(id))
 		}
 		ok := false
 		for _, st := range from {
 			ok = ok || st == state
 		}
 		if !ok {
-			names := make([]TenantState, len(from))
+			names := make([]string, len(from))
 			for i, st := range from {
-				names[i] = TenantState(st) // joinStates words any list of states
+				names[i] = string(st)
 			}
-			return Errorf(CodeConflict, "run %d is %s; %s needs it to be %s", id, state, action, joinStates(names))
+			return catalog.Errorf(catalog.CodeConflict, "run %d is %s; %s needs it to be %s", id, state, action, joinStates(names))
 		}
 		if action == RunResume && state == RunFailed {
 			// A finished run becomes open again: only if no other is.
 			if open, err := openRun(ctx, tx); err != nil {
 				return err
 			} else if open != nil {
-				return Errorf(CodeConflict, "run %d is %s: cancel it before resuming run %d", open.ID, open.State, id)
+				return catalog.Errorf(catalog.CodeConflict, "run %d is %s: cancel it before resuming run %d", open.ID, open.State, id)
 			}
 		}
 		var err error
@@ -491,7 +501,7 @@ func (s *Store) ChangeMigrationRun(ctx context.Context, id int64, action RunActi
 			_, err = tx.Exec(ctx, `UPDATE migration_runs SET state = 'running', reason = '', finished_at = NULL, generation = generation + 1,
 				heartbeat_at = now(), updated_at = now() WHERE id = $1`, id)
 			if isUniqueViolation(err) {
-				return Errorf(CodeConflict, "another run was opened meanwhile: cancel it before resuming run %d", id)
+				return catalog.Errorf(catalog.CodeConflict, "another run was opened meanwhile: cancel it before resuming run %d", id)
 			}
 			if err == nil {
 				_, err = tx.Exec(ctx, `UPDATE migration_run_tenants SET state = 'pending', note = 'retried after: ' || error, error = '',
@@ -499,12 +509,12 @@ func (s *Store) ChangeMigrationRun(ctx context.Context, id int64, action RunActi
 			}
 		}
 		if err != nil {
-			return Classify(err, runSubject(id))
+			return catalog.Classify(err, runSubject(id))
 		}
 		if run, err = getRun(ctx, tx, id); err != nil {
 			return err
 		}
-		if err := InsertAudit(ctx, tx, AuditEvent{Actor: actor, Action: "migration_run." + pastTense(action), Subject: runSubject(id),
+		if err := catalog.InsertAudit(ctx, tx, catalog.AuditEvent{Actor: actor, Action: "migration_run." + pastTense(action), Subject: runSubject(id),
 			FromState: string(state), ToState: string(run.State)}); err != nil {
 			return err
 		}
@@ -563,7 +573,7 @@ type ClaimRequest struct {
 // across any number of processes. When nothing is left, the run is finished
 // (done, or failed when some tenants failed), after taking in the tenants
 // that appeared while it ran when it covers all tenants.
-func (s *Store) ClaimRunTenant(ctx context.Context, req ClaimRequest) (RunTenant, ClaimOutcome, error) {
+func (s *store) ClaimRunTenant(ctx context.Context, req ClaimRequest) (RunTenant, ClaimOutcome, error) {
 	// One round trip, one implicit transaction: the first statement locks
 	// the run's row (and marks it attended), the second, with a snapshot
 	// taken once the lock is held, picks and claims. The lock is held for
@@ -572,7 +582,7 @@ func (s *Store) ClaimRunTenant(ctx context.Context, req ClaimRequest) (RunTenant
 	batch := &pgx.Batch{}
 	batch.Queue(`UPDATE migration_runs SET heartbeat_at = now() WHERE id = $1 AND state = 'running' AND generation = $2`, req.RunID, req.Generation)
 	batch.Queue(claimSQL, req.RunID, req.Generation, req.Lease.Seconds(), req.Worker)
-	br := s.pool.SendBatch(ctx, batch)
+	br := s.db.Pool().SendBatch(ctx, batch)
 	var (
 		running, unsettled bool
 		claimed            *string
@@ -585,15 +595,15 @@ func (s *Store) ClaimRunTenant(ctx context.Context, req ClaimRequest) (RunTenant
 		err = cerr
 	}
 	if err != nil {
-		return RunTenant{}, ClaimWait, Classify(err, runSubject(req.RunID))
+		return RunTenant{}, ClaimWait, catalog.Classify(err, runSubject(req.RunID))
 	}
 	switch {
 	case !running:
 		return RunTenant{}, ClaimStop, nil
 	case claimed != nil:
-		rt, err := scanRunTenant(s.pool.QueryRow(ctx, `SELECT `+runTenantColumns+runTenantFrom+`WHERE rt.run_id = $1 AND rt.tenant_id = $2`, req.RunID, *claimed))
+		rt, err := scanRunTenant(s.db.Pool().QueryRow(ctx, `SELECT `+runTenantColumns+runTenantFrom+`WHERE rt.run_id = $1 AND rt.tenant_id = $2`, req.RunID, *claimed))
 		if err != nil {
-			return RunTenant{}, ClaimWait, Classify(err, runSubject(req.RunID))
+			return RunTenant{}, ClaimWait, catalog.Classify(err, runSubject(req.RunID))
 		}
 		return rt, ClaimGot, nil
 	case unsettled:
@@ -601,7 +611,7 @@ func (s *Store) ClaimRunTenant(ctx context.Context, req ClaimRequest) (RunTenant
 	}
 	// Every tenant settled: finish the run, or take in late ones.
 	outcome := ClaimWait
-	err = s.InTx(ctx, func(tx pgx.Tx) error {
+	err = s.db.InTx(ctx, func(tx pgx.Tx) error {
 		var state RunState
 		var generation int
 		var target int64
@@ -611,7 +621,7 @@ func (s *Store) ClaimRunTenant(ctx context.Context, req ClaimRequest) (RunTenant
 				EXISTS (SELECT 1 FROM migration_run_tenants WHERE run_id = $1 AND state IN ('pending', 'running'))
 			FROM migration_runs WHERE id = $1 FOR UPDATE`, req.RunID).Scan(&state, &generation, &target, &allTenants, &createdAt, &unsettled)
 		if err != nil {
-			return Classify(err, runSubject(req.RunID))
+			return catalog.Classify(err, runSubject(req.RunID))
 		}
 		switch {
 		case state != RunRunning || generation != req.Generation:
@@ -665,7 +675,7 @@ SELECT EXISTS (SELECT 1 FROM run),
 
 // finishRunTx is the end of a run whose rows are all settled: tenants that
 // appeared while it ran join it (when it covers all tenants), else it is done.
-func (s *Store) finishRunTx(ctx context.Context, tx pgx.Tx, req ClaimRequest, target int64, allTenants bool, createdAt time.Time, outcome *ClaimOutcome) error {
+func (s *store) finishRunTx(ctx context.Context, tx pgx.Tx, req ClaimRequest, target int64, allTenants bool, createdAt time.Time, outcome *ClaimOutcome) error {
 	if allTenants {
 		tag, err := tx.Exec(ctx, `
 			INSERT INTO migration_run_tenants (run_id, tenant_id, server_id, position, from_version, to_version, note)
@@ -676,7 +686,7 @@ func (s *Store) finishRunTx(ctx context.Context, tx pgx.Tx, req ClaimRequest, ta
 			  AND (t.schema_version <> $2 OR t.schema_dirty)
 			  AND NOT EXISTS (SELECT 1 FROM migration_run_tenants x WHERE x.run_id = $1 AND x.tenant_id = t.id)`, req.RunID, target)
 		if err != nil {
-			return Classify(err, runSubject(req.RunID))
+			return catalog.Classify(err, runSubject(req.RunID))
 		}
 		if tag.RowsAffected() > 0 {
 			return nil // ClaimWait: the next claim takes them
@@ -684,7 +694,7 @@ func (s *Store) finishRunTx(ctx context.Context, tx pgx.Tx, req ClaimRequest, ta
 		if req.WaitForProvisioning {
 			var provisioning bool
 			if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM tenants WHERE state = 'provisioning' AND created_at >= $1)`, createdAt).Scan(&provisioning); err != nil {
-				return Classify(err, "tenants")
+				return catalog.Classify(err, "tenants")
 			}
 			if provisioning {
 				return nil
@@ -693,7 +703,7 @@ func (s *Store) finishRunTx(ctx context.Context, tx pgx.Tx, req ClaimRequest, ta
 	}
 	var failed int
 	if err := tx.QueryRow(ctx, `SELECT count(*) FROM migration_run_tenants WHERE run_id = $1 AND state = 'failed'`, req.RunID).Scan(&failed); err != nil {
-		return Classify(err, runSubject(req.RunID))
+		return catalog.Classify(err, runSubject(req.RunID))
 	}
 	final, reason := RunDone, ""
 	if failed > 0 {
@@ -701,22 +711,22 @@ func (s *Store) finishRunTx(ctx context.Context, tx pgx.Tx, req ClaimRequest, ta
 	}
 	if _, err := tx.Exec(ctx, `UPDATE migration_runs SET state = $2, reason = $3, finished_at = now(), updated_at = now() WHERE id = $1`,
 		req.RunID, final, reason); err != nil {
-		return Classify(err, runSubject(req.RunID))
+		return catalog.Classify(err, runSubject(req.RunID))
 	}
 	*outcome = ClaimFinished
-	return InsertAudit(ctx, tx, AuditEvent{Actor: "provisioner", Action: "migration_run." + string(final), Subject: runSubject(req.RunID),
+	return catalog.InsertAudit(ctx, tx, catalog.AuditEvent{Actor: "provisioner", Action: "migration_run." + string(final), Subject: runSubject(req.RunID),
 		FromState: string(RunRunning), ToState: string(final), Reason: reason})
 }
 
 // HeartbeatRunTenant extends a claim and marks the run as attended. It
 // reports false when the claim is no longer the caller's.
-func (s *Store) HeartbeatRunTenant(ctx context.Context, runID int64, tenantID, owner string, lease time.Duration) (bool, error) {
-	tag, err := s.pool.Exec(ctx, `
+func (s *store) HeartbeatRunTenant(ctx context.Context, runID int64, tenantID, owner string, lease time.Duration) (bool, error) {
+	tag, err := s.db.Pool().Exec(ctx, `
 		WITH run AS (UPDATE migration_runs SET heartbeat_at = now() WHERE id = $1)
 		UPDATE migration_run_tenants SET lease_until = now() + make_interval(secs => $4)
 		WHERE run_id = $1 AND tenant_id = $2 AND lease_owner = $3::uuid AND state = 'running'`, runID, tenantID, owner, lease.Seconds())
 	if err != nil {
-		return false, Classify(err, runSubject(runID))
+		return false, catalog.Classify(err, runSubject(runID))
 	}
 	return tag.RowsAffected() == 1, nil
 }
@@ -745,7 +755,7 @@ type RunTenantResult struct {
 // canary's or when the failures are now more than max_failures. It reports
 // halted, and stale when the claim had passed to another worker (then
 // nothing is recorded).
-func (s *Store) FinishRunTenant(ctx context.Context, res RunTenantResult) (halted, stale bool, err error) {
+func (s *store) FinishRunTenant(ctx context.Context, res RunTenantResult) (halted, stale bool, err error) {
 	var notBefore, finishedAt *time.Time
 	if res.State == RunTenantPending {
 		nb := time.Now().Add(res.RetryAfter)
@@ -758,18 +768,18 @@ func (s *Store) FinishRunTenant(ctx context.Context, res RunTenantResult) (halte
 	if res.State != RunTenantFailed {
 		// No decision rests on it: no need to queue behind the run's lock.
 		var n int
-		err := s.pool.QueryRow(ctx, finishSQL, args...).Scan(&n)
-		return false, n == 0, Classify(err, runSubject(res.RunID))
+		err := s.db.Pool().QueryRow(ctx, finishSQL, args...).Scan(&n)
+		return false, n == 0, catalog.Classify(err, runSubject(res.RunID))
 	}
-	err = s.InTx(ctx, func(tx pgx.Tx) error {
+	err = s.db.InTx(ctx, func(tx pgx.Tx) error {
 		var state RunState
 		var maxFailures int
 		if err := tx.QueryRow(ctx, `SELECT state, max_failures FROM migration_runs WHERE id = $1 FOR UPDATE`, res.RunID).Scan(&state, &maxFailures); err != nil {
-			return Classify(err, runSubject(res.RunID))
+			return catalog.Classify(err, runSubject(res.RunID))
 		}
 		var n int
 		if err := tx.QueryRow(ctx, finishSQL, args...).Scan(&n); err != nil {
-			return Classify(err, runSubject(res.RunID))
+			return catalog.Classify(err, runSubject(res.RunID))
 		}
 		if n == 0 {
 			stale = true
@@ -782,7 +792,7 @@ func (s *Store) FinishRunTenant(ctx context.Context, res RunTenantResult) (halte
 		var slug string
 		if err := tx.QueryRow(ctx, `SELECT rt.canary, t.slug FROM migration_run_tenants rt JOIN tenants t ON t.id = rt.tenant_id
 			WHERE rt.run_id = $1 AND rt.tenant_id = $2`, res.RunID, res.TenantID).Scan(&canary, &slug); err != nil {
-			return Classify(err, runSubject(res.RunID))
+			return catalog.Classify(err, runSubject(res.RunID))
 		}
 		reason := ""
 		if canary {
@@ -790,7 +800,7 @@ func (s *Store) FinishRunTenant(ctx context.Context, res RunTenantResult) (halte
 		} else {
 			var failed int
 			if err := tx.QueryRow(ctx, `SELECT count(*) FROM migration_run_tenants WHERE run_id = $1 AND state = 'failed'`, res.RunID).Scan(&failed); err != nil {
-				return Classify(err, runSubject(res.RunID))
+				return catalog.Classify(err, runSubject(res.RunID))
 			}
 			if failed <= maxFailures {
 				return nil
@@ -798,10 +808,10 @@ func (s *Store) FinishRunTenant(ctx context.Context, res RunTenantResult) (halte
 			reason = fmt.Sprintf("%s failed, more than max_failures (%d)", tenantsN(failed), maxFailures)
 		}
 		if _, err := tx.Exec(ctx, `UPDATE migration_runs SET state = 'halted', reason = $2, updated_at = now() WHERE id = $1`, res.RunID, reason); err != nil {
-			return Classify(err, runSubject(res.RunID))
+			return catalog.Classify(err, runSubject(res.RunID))
 		}
 		halted = true
-		return InsertAudit(ctx, tx, AuditEvent{Actor: "provisioner", Action: "migration_run.halted", Subject: runSubject(res.RunID),
+		return catalog.InsertAudit(ctx, tx, catalog.AuditEvent{Actor: "provisioner", Action: "migration_run.halted", Subject: runSubject(res.RunID),
 			FromState: string(state), ToState: string(RunHalted), Reason: reason})
 	})
 	return halted, stale, err
@@ -826,26 +836,26 @@ SELECT count(*) FROM done`
 // UnattendedRuns returns the running runs of a tenant schema that no worker
 // has shown a sign of life in for longer than after: their workers' process
 // died, and ReviveMigrationRun should give them new ones.
-func (s *Store) UnattendedRuns(ctx context.Context, schemaHash string, after time.Duration) ([]int64, error) {
-	rows, err := s.pool.Query(ctx, `SELECT id FROM migration_runs
+func (s *store) UnattendedRuns(ctx context.Context, schemaHash string, after time.Duration) ([]int64, error) {
+	rows, err := s.db.Pool().Query(ctx, `SELECT id FROM migration_runs
 		WHERE state = 'running' AND schema_hash = $1 AND heartbeat_at < now() - make_interval(secs => $2)`, schemaHash, after.Seconds())
 	if err != nil {
-		return nil, Classify(err, "migration runs")
+		return nil, catalog.Classify(err, "migration runs")
 	}
 	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
-	return ids, Classify(err, "migration runs")
+	return ids, catalog.Classify(err, "migration runs")
 }
 
 // ReviveMigrationRun gives an unattended run a new generation of workers
 // (through enqueue, in the same transaction) if it is still unattended: of
 // several processes that notice, one revives it. It reports whether it did.
-func (s *Store) ReviveMigrationRun(ctx context.Context, id int64, after time.Duration, enqueue RunEnqueue) (bool, error) {
+func (s *store) ReviveMigrationRun(ctx context.Context, id int64, after time.Duration, enqueue RunEnqueue) (bool, error) {
 	revived := false
-	err := s.InTx(ctx, func(tx pgx.Tx) error {
+	err := s.db.InTx(ctx, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `UPDATE migration_runs SET generation = generation + 1, heartbeat_at = now(), updated_at = now()
 			WHERE id = $1 AND state = 'running' AND heartbeat_at < now() - make_interval(secs => $2)`, id, after.Seconds())
 		if err != nil {
-			return Classify(err, runSubject(id))
+			return catalog.Classify(err, runSubject(id))
 		}
 		if tag.RowsAffected() == 0 {
 			return nil
@@ -862,33 +872,14 @@ func (s *Store) ReviveMigrationRun(ctx context.Context, id int64, after time.Dur
 
 // TenantRunning returns the open run in which the tenant's database is being
 // migrated right now, or 0.
-func (s *Store) TenantRunning(ctx context.Context, tenantID string) (int64, error) {
+func (s *store) TenantRunning(ctx context.Context, tenantID string) (int64, error) {
 	var id int64
-	err := s.pool.QueryRow(ctx, `SELECT rt.run_id FROM migration_run_tenants rt
+	err := s.db.Pool().QueryRow(ctx, `SELECT rt.run_id FROM migration_run_tenants rt
 		WHERE rt.tenant_id = $1 AND rt.state = 'running' AND rt.lease_until >= now() LIMIT 1`, tenantID).Scan(&id)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return 0, nil
 	}
-	return id, Classify(err, "migration runs")
-}
-
-// ForceTenantSchema records an operator's forced schema version for a
-// tenant, with its audit event, after the provisioner set it in the
-// tenant's database.
-func (s *Store) ForceTenantSchema(ctx context.Context, tenantID string, fromVersion int64, fromDirty bool, version int64, actor, reason string) (Tenant, error) {
-	var t Tenant
-	err := s.InTx(ctx, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `UPDATE tenants SET schema_version = $2, schema_dirty = false, updated_at = now() WHERE id = $1`, tenantID, version); err != nil {
-			return Classify(err, "tenant")
-		}
-		var err error
-		if t, err = scanTenant(tx.QueryRow(ctx, `SELECT `+tenantColumns+tenantFrom+`WHERE t.id = $1`, tenantID)); err != nil {
-			return Classify(err, "tenant")
-		}
-		return InsertAudit(ctx, tx, AuditEvent{Actor: actor, Action: "tenant.schema_forced", TenantID: tenantID, Subject: t.Slug, Reason: reason,
-			Details: map[string]any{"from_version": fromVersion, "from_dirty": fromDirty, "version": version}})
-	})
-	return t, err
+	return id, catalog.Classify(err, "migration runs")
 }
 
 func isUniqueViolation(err error) bool {
@@ -901,4 +892,11 @@ func tenantsN(n int) string {
 		return "1 tenant"
 	}
 	return strconv.Itoa(n) + " tenants"
+}
+
+func joinStates(states []string) string {
+	if len(states) == 1 {
+		return states[0]
+	}
+	return strings.Join(states[:len(states)-1], ", ") + " or " + states[len(states)-1]
 }
