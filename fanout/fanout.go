@@ -210,7 +210,7 @@ func (s *Service) superviseRuns(ctx context.Context) {
 			s.logger.WarnContext(ctx, "fan-out supervisor: listing runs failed", "error", err)
 		}
 		for _, id := range ids {
-			revived, err := s.store.ReviveMigrationRun(ctx, id, s.cfg.Lease, s.enqueueSlots)
+			revived, err := reviveRun(ctx, s.store, id, s.cfg.Lease, s.enqueueSlots)
 			switch {
 			case err != nil && ctx.Err() == nil:
 				s.logger.WarnContext(ctx, "fan-out supervisor: reviving a run failed", "run", id, "error", err)

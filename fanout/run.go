@@ -23,11 +23,12 @@ import (
 // Migration fan-out: a run takes every tenant database (or a named subset)
 // to one version of the tenant schema.
 //
-// The run and one row per tenant live in the catalog (catalog.ClaimRunTenant
-// and friends). Its workers are River jobs, "slots", in the queue of the
-// run's tenant schema (fanoutQueue): only processes built with the same
-// migrations work on it. Each slot claims a tenant, migrates it (a step per
-// transaction, stepDriver), records the result, and claims the next. Claims
+// The run and one row per tenant live in the catalog (store.go); its state
+// machine, claims included, is machine.go. Its workers are River jobs,
+// "slots", in the queue of the run's tenant schema (queueName): only
+// processes built with the same migrations work on it. Each slot claims a
+// tenant, migrates it (migrations.Migrate: a step per transaction), records
+// the result, and claims the next. Claims
 // are serialized on the run's row and enforce the canary wave, the total and
 // per-server limits, so any number of slots in any number of processes keep
 // them. A claim is a lease kept alive while the tenant migrates; a process
@@ -110,7 +111,7 @@ func (s *Service) StartRun(ctx context.Context, spec RunSpec, actor string) (Mig
 	if err := s.checkExtensions(ctx, uint(nr.TargetVersion)); err != nil {
 		return MigrationRun{}, err
 	}
-	run, err := s.store.CreateMigrationRun(ctx, nr, s.enqueueSlots)
+	run, err := createRun(ctx, s.store, nr, s.enqueueSlots)
 	if err != nil {
 		return MigrationRun{}, err
 	}
@@ -185,7 +186,7 @@ func (s *Service) Report(ctx context.Context, id int64) (RunReport, error) {
 
 // ChangeRun pauses, resumes or cancels a run.
 func (s *Service) ChangeRun(ctx context.Context, id int64, action RunAction, actor string) (MigrationRun, error) {
-	run, err := s.store.ChangeMigrationRun(ctx, id, action, actor, s.enqueueSlots)
+	run, err := changeRun(ctx, s.store, id, action, actor, s.enqueueSlots)
 	if err == nil {
 		s.logger.InfoContext(ctx, "migration run "+string(action), "run", id, "op", "fanout", "state", run.State, "actor", actor)
 	}
@@ -263,7 +264,7 @@ func (s *Service) runSlot(ctx context.Context, a slotArgs) error {
 			return river.JobSnooze(0)
 		}
 		woken := s.woken()
-		rt, outcome, err := s.store.ClaimRunTenant(ctx, req)
+		rt, outcome, err := claimTenant(ctx, s.store, req)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -381,7 +382,7 @@ func (s *Service) finishRunTenant(ctx context.Context, logger *slog.Logger, res 
 	// Record the outcome even when the process is stopping: it happened.
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	halted, stale, err := s.store.FinishRunTenant(rctx, res)
+	halted, stale, err := finishTenant(rctx, s.store, res)
 	if err != nil {
 		logger.ErrorContext(ctx, "recording a tenant's migration failed; it will be taken again", "error", err)
 		return err

@@ -3,10 +3,8 @@ package fanout
 import (
 	"context"
 	"errors"
-	"fmt"
 	"math"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -15,21 +13,18 @@ import (
 	"github.com/tenantplane/tenantplane/catalog"
 )
 
-// store is fan-out's tables in the catalog database: migration_runs and
-// migration_run_tenants.
+// store is fan-out's tables in the catalog database, migration_runs and
+// migration_run_tenants: flat reads and writes, each on the querier it is
+// given (the pool, or a transaction of the workflow's, machine.go), which
+// decides nothing. The claim is one statement, since the limits it keeps
+// hold only if it is.
 type store struct {
 	db *catalog.Store
 }
 
 func newStore(db *catalog.Store) *store { return &store{db: db} }
 
-// RunState is where a migration run is.
-//
-//	running -> paused -> running      (pause, resume)
-//	running -> halted -> running      (too many failures, or a canary failed; resume retries them)
-//	running -> done | failed          (every tenant tried; failed: some failed, no more than max_failures)
-//	failed -> running                 (resume retries the failed tenants)
-//	running | paused | halted -> cancelled
+// RunState is where a migration run is (machine.go has the transitions).
 type RunState string
 
 const (
@@ -110,8 +105,8 @@ type RunTenant struct {
 	LeaseOwner string `json:"-"`
 }
 
-// NewMigrationRun is what starting a run takes. The provisioner fills in the
-// defaults; the store checks the tenants.
+// NewMigrationRun is what starting a run takes. StartRun fills in the
+// defaults and createRun checks the tenants.
 type NewMigrationRun struct {
 	TargetVersion int64
 	SchemaHash    string
@@ -141,134 +136,8 @@ func scanRun(row pgx.Row) (r MigrationRun, err error) {
 
 func runSubject(id int64) string { return "run " + strconv.FormatInt(id, 10) }
 
-// CreateMigrationRun records a run with one row per tenant, in state running,
-// and calls enqueue in the same transaction, so the run is durable exactly
-// when its workers are. Tenants are ordered with the servers interleaved, so
-// that a per-server limit never starves the total; the canary wave is the
-// first of that order (by default, the first tenant of each server). A run
-// while another is open is a catalog.CodeConflict error; named tenants that do not
-// exist or are not active or suspended are a catalog.CodeInvalid error.
-func (s *store) CreateMigrationRun(ctx context.Context, nr NewMigrationRun, enqueue RunEnqueue) (MigrationRun, error) {
-	var run MigrationRun
-	err := s.db.InTx(ctx, func(tx pgx.Tx) error {
-		var slugs []string // nil: all tenants
-		if len(nr.Tenants) > 0 {
-			var err error
-			if slugs, err = checkRunTenants(ctx, tx, nr.Tenants); err != nil {
-				return err
-			}
-		}
-		if open, err := openRun(ctx, tx); err != nil {
-			return err
-		} else if open != nil {
-			return catalog.Errorf(catalog.CodeConflict, "run %d is %s: resume it, or cancel it, before starting another", open.ID, open.State)
-		}
-		err := tx.QueryRow(ctx, `
-			INSERT INTO migration_runs (target_version, schema_hash, concurrency, per_server, canary, max_failures, all_tenants, actor)
-			VALUES ($1, $2, $3, $4, 0, $5, $6, $7) RETURNING id`,
-			nr.TargetVersion, nr.SchemaHash, nr.Concurrency, nr.PerServer, nr.MaxFailures, slugs == nil, nr.Actor).Scan(&run.ID)
-		if err != nil {
-			if isUniqueViolation(err) {
-				return catalog.Errorf(catalog.CodeConflict, "another run was started meanwhile: resume it, or cancel it, before starting another")
-			}
-			return catalog.Classify(err, "migration run")
-		}
-		_, err = tx.Exec(ctx, `
-			INSERT INTO migration_run_tenants (run_id, tenant_id, server_id, position, canary, from_version, to_version)
-			SELECT $1, id, server_id, pos, CASE WHEN $3 < 0 THEN rank = 1 ELSE pos <= $3 END, schema_version, $4
-			FROM (
-				SELECT id, server_id, schema_version, rank, row_number() OVER (ORDER BY rank, server_id) AS pos
-				FROM (
-					SELECT t.id, t.server_id, t.schema_version,
-					       row_number() OVER (PARTITION BY t.server_id ORDER BY t.created_at, t.id) AS rank
-					FROM tenants t
-					WHERE t.state IN ('active', 'suspended') AND t.server_id IS NOT NULL
-					  AND ($2::text[] IS NULL OR t.slug = ANY($2))
-				) ranked
-			) ordered`, run.ID, slugs, nr.Canary, nr.TargetVersion)
-		if err != nil {
-			return catalog.Classify(err, "migration run tenants")
-		}
-		if _, err := tx.Exec(ctx, `UPDATE migration_runs SET canary = (SELECT count(*) FROM migration_run_tenants WHERE run_id = $1 AND canary) WHERE id = $1`, run.ID); err != nil {
-			return catalog.Classify(err, "migration run")
-		}
-		if run, err = getRun(ctx, tx, run.ID); err != nil {
-			return err
-		}
-		if err := catalog.InsertAudit(ctx, tx, catalog.AuditEvent{Actor: nr.Actor, Action: "migration_run.created", Subject: runSubject(run.ID),
-			ToState: string(run.State), Details: map[string]any{
-				"target_version": run.TargetVersion, "tenants": run.Counts.Total, "concurrency": run.Concurrency,
-				"per_server": run.PerServer, "canary": run.Canary, "max_failures": run.MaxFailures,
-			}}); err != nil {
-			return err
-		}
-		if run.Counts.Total == 0 {
-			// Nothing to do: done at once, with nothing queued.
-			if _, err := tx.Exec(ctx, `UPDATE migration_runs SET state = 'done', finished_at = now(), updated_at = now() WHERE id = $1`, run.ID); err != nil {
-				return catalog.Classify(err, "migration run")
-			}
-			run, err = getRun(ctx, tx, run.ID)
-			return err
-		}
-		if enqueue != nil {
-			return enqueue(ctx, tx, run, min(run.Concurrency, run.Counts.Total))
-		}
-		return nil
-	})
-	return run, err
-}
-
-// checkRunTenants returns the distinct slugs, all of tenants a run can take,
-// or a catalog.CodeInvalid error naming each that is not.
-func checkRunTenants(ctx context.Context, tx pgx.Tx, slugs []string) ([]string, error) {
-	seen := map[string]bool{}
-	var distinct []string
-	for _, s := range slugs {
-		if !seen[s] {
-			seen[s] = true
-			distinct = append(distinct, s)
-		}
-	}
-	rows, err := tx.Query(ctx, `SELECT slug, state, server_id IS NOT NULL FROM tenants WHERE slug = ANY($1)`, distinct)
-	if err != nil {
-		return nil, catalog.Classify(err, "tenants")
-	}
-	type found struct {
-		state  catalog.TenantState
-		placed bool
-	}
-	byslug := map[string]found{}
-	for rows.Next() {
-		var slug string
-		var f found
-		if err := rows.Scan(&slug, &f.state, &f.placed); err != nil {
-			rows.Close()
-			return nil, catalog.Classify(err, "tenants")
-		}
-		byslug[slug] = f
-	}
-	if err := rows.Err(); err != nil {
-		return nil, catalog.Classify(err, "tenants")
-	}
-	var problems []string
-	for _, s := range distinct {
-		f, ok := byslug[s]
-		switch {
-		case !ok:
-			problems = append(problems, fmt.Sprintf("%q does not exist", s))
-		case f.state != catalog.TenantActive && f.state != catalog.TenantSuspended:
-			problems = append(problems, fmt.Sprintf("%q is %s", s, f.state))
-		case !f.placed:
-			problems = append(problems, fmt.Sprintf("%q has no database", s))
-		}
-	}
-	if len(problems) > 0 {
-		return nil, catalog.Errorf(catalog.CodeInvalid, "a run takes active or suspended tenants: %s", strings.Join(problems, "; "))
-	}
-	return distinct, nil
-}
-
-func openRun(ctx context.Context, q catalog.Querier) (*MigrationRun, error) {
+// openRun returns the open run (running, paused or halted), or nil.
+func (s *store) openRun(ctx context.Context, q catalog.Querier) (*MigrationRun, error) {
 	r, err := scanRun(q.QueryRow(ctx, `SELECT `+runColumns+` FROM migration_runs r WHERE r.state IN ('running', 'paused', 'halted')`))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, nil
@@ -279,7 +148,8 @@ func openRun(ctx context.Context, q catalog.Querier) (*MigrationRun, error) {
 	return &r, nil
 }
 
-func getRun(ctx context.Context, q catalog.Querier, id int64) (MigrationRun, error) {
+// getRun returns a run with its counts.
+func (s *store) getRun(ctx context.Context, q catalog.Querier, id int64) (MigrationRun, error) {
 	r, err := scanRun(q.QueryRow(ctx, `SELECT `+runColumns+` FROM migration_runs r WHERE r.id = $1`, id))
 	if err != nil {
 		return MigrationRun{}, catalog.Classify(err, runSubject(id))
@@ -296,7 +166,7 @@ func getRun(ctx context.Context, q catalog.Querier, id int64) (MigrationRun, err
 
 // GetMigrationRun returns a run with its counts.
 func (s *store) GetMigrationRun(ctx context.Context, id int64) (MigrationRun, error) {
-	return getRun(ctx, s.db.Pool(), id)
+	return s.getRun(ctx, s.db.Pool(), id)
 }
 
 // ListMigrationRuns returns a page of runs, newest first: at most limit
@@ -326,7 +196,7 @@ func (s *store) ListMigrationRuns(ctx context.Context, limit int, cursor string)
 	}
 	runs := make([]MigrationRun, 0, len(ids))
 	for _, id := range ids {
-		r, err := getRun(ctx, s.db.Pool(), id)
+		r, err := s.getRun(ctx, s.db.Pool(), id)
 		if err != nil {
 			return nil, "", err
 		}
@@ -449,190 +319,49 @@ const (
 	RunCancel RunAction = "cancel"
 )
 
-// ChangeMigrationRun pauses, resumes or cancels a run. Pause and cancel let
-// the tenants being migrated finish and start no others; cancel marks the
-// pending ones skipped. Resume retries the failed tenants and queues a new
-// generation of workers through enqueue, in the same transaction. A run in a
-// state the action does not apply to is a catalog.CodeConflict error.
-func (s *store) ChangeMigrationRun(ctx context.Context, id int64, action RunAction, actor string, enqueue RunEnqueue) (MigrationRun, error) {
-	var from = map[RunAction][]RunState{
-		RunPause:  {RunRunning},
-		RunResume: {RunPaused, RunHalted, RunFailed},
-		RunCancel: {RunRunning, RunPaused, RunHalted},
-	}[action]
-	if from == nil {
-		return MigrationRun{}, catalog.Errorf(catalog.CodeInvalid, "unknown run action %q", action)
-	}
-	var run MigrationRun
-	err := s.db.InTx(ctx, func(tx pgx.Tx) error {
-		var state RunState
-		if err := tx.QueryRow(ctx, `SELECT state FROM migration_runs WHERE id = $1 FOR UPDATE`, id).Scan(&state); err != nil {
-			return catalog.Classify(err, runSubject(id))
-		}
-		ok := false
-		for _, st := range from {
-			ok = ok || st == state
-		}
-		if !ok {
-			names := make([]string, len(from))
-			for i, st := range from {
-				names[i] = string(st)
-			}
-			return catalog.Errorf(catalog.CodeConflict, "run %d is %s; %s needs it to be %s", id, state, action, joinStates(names))
-		}
-		if action == RunResume && state == RunFailed {
-			// A finished run becomes open again: only if no other is.
-			if open, err := openRun(ctx, tx); err != nil {
-				return err
-			} else if open != nil {
-				return catalog.Errorf(catalog.CodeConflict, "run %d is %s: cancel it before resuming run %d", open.ID, open.State, id)
-			}
-		}
-		var err error
-		switch action {
-		case RunPause:
-			_, err = tx.Exec(ctx, `UPDATE migration_runs SET state = 'paused', reason = $2, updated_at = now() WHERE id = $1`, id, "paused by "+actor)
-		case RunCancel:
-			if _, err = tx.Exec(ctx, `UPDATE migration_runs SET state = 'cancelled', reason = $2, finished_at = now(), updated_at = now() WHERE id = $1`, id, "cancelled by "+actor); err == nil {
-				_, err = tx.Exec(ctx, `UPDATE migration_run_tenants SET state = 'skipped', note = 'the run was cancelled', lease_owner = NULL, lease_until = NULL
-					WHERE run_id = $1 AND state = 'pending'`, id)
-			}
-		case RunResume:
-			_, err = tx.Exec(ctx, `UPDATE migration_runs SET state = 'running', reason = '', finished_at = NULL, generation = generation + 1,
-				heartbeat_at = now(), updated_at = now() WHERE id = $1`, id)
-			if isUniqueViolation(err) {
-				return catalog.Errorf(catalog.CodeConflict, "another run was opened meanwhile: cancel it before resuming run %d", id)
-			}
-			if err == nil {
-				_, err = tx.Exec(ctx, `UPDATE migration_run_tenants SET state = 'pending', note = 'retried after: ' || error, error = '',
-					not_before = NULL, finished_at = NULL WHERE run_id = $1 AND state = 'failed'`, id)
-			}
-		}
-		if err != nil {
-			return catalog.Classify(err, runSubject(id))
-		}
-		if run, err = getRun(ctx, tx, id); err != nil {
-			return err
-		}
-		if err := catalog.InsertAudit(ctx, tx, catalog.AuditEvent{Actor: actor, Action: "migration_run." + pastTense(action), Subject: runSubject(id),
-			FromState: string(state), ToState: string(run.State)}); err != nil {
-			return err
-		}
-		if action == RunResume && enqueue != nil {
-			if slots := min(run.Concurrency, run.Counts.Pending+run.Counts.Running); slots > 0 {
-				return enqueue(ctx, tx, run, slots)
-			}
-		}
-		return nil
-	})
-	return run, err
+// claimed is what one claim statement answered.
+type claimed struct {
+	running   bool   // the run is running, for the worker's generation
+	unsettled bool   // some tenant is pending or running
+	claimed   string // the tenant claimed, if any
 }
 
-func pastTense(a RunAction) string {
-	switch a {
-	case RunPause:
-		return "paused"
-	case RunResume:
-		return "resumed"
-	}
-	return "cancelled"
-}
-
-// ClaimOutcome is what a worker's claim came to.
-type ClaimOutcome int
-
-const (
-	// ClaimGot: the worker holds a tenant; migrate it, then FinishRunTenant.
-	ClaimGot ClaimOutcome = iota
-	// ClaimWait: nothing to take now (limits, the canary wave, retries not
-	// due, tenants still provisioning); ask again shortly.
-	ClaimWait
-	// ClaimStop: the run is not running, or the worker's generation is old.
-	ClaimStop
-	// ClaimFinished: every tenant was tried; the run is now done or failed.
-	ClaimFinished
-)
-
-// ClaimRequest is a worker asking for a tenant of a run.
-type ClaimRequest struct {
-	RunID      int64
-	Generation int
-	Worker     string        // the process, for operators
-	Lease      time.Duration // how long the claim lives without a heartbeat
-	// WaitForProvisioning keeps the run from finishing while tenants are
-	// still provisioning, so that those created during it join it (needed
-	// when new tenants are not created at the run's target).
-	WaitForProvisioning bool
-}
-
-// ClaimRunTenant takes the next tenant of a run that the limits allow: the
-// run must be running and of the worker's generation; while any canary is
-// not done, only canaries are taken; at most concurrency tenants run at once,
-// and per_server on one server. A tenant whose worker's lease ran out is
-// taken again. Claims of a run are serialized on its row, so the limits hold
-// across any number of processes. When nothing is left, the run is finished
-// (done, or failed when some tenants failed), after taking in the tenants
-// that appeared while it ran when it covers all tenants.
-func (s *store) ClaimRunTenant(ctx context.Context, req ClaimRequest) (RunTenant, ClaimOutcome, error) {
-	// One round trip, one implicit transaction: the first statement locks
-	// the run's row (and marks it attended), the second, with a snapshot
-	// taken once the lock is held, picks and claims. The lock is held for
-	// the time the server takes to run them, not for network round trips:
-	// with dozens of workers this is what keeps claims from queueing.
+// claim picks the next tenant the run's limits allow and claims it for the
+// worker (claimSQL). One round trip, one implicit transaction: the first
+// statement locks the run's row (and marks it attended), the second, with a
+// snapshot taken once the lock is held, picks and claims. The lock is held
+// for the time the server takes to run them, not for network round trips:
+// with dozens of workers this is what keeps claims from queueing.
+func (s *store) claim(ctx context.Context, req ClaimRequest) (claimed, error) {
 	batch := &pgx.Batch{}
 	batch.Queue(`UPDATE migration_runs SET heartbeat_at = now() WHERE id = $1 AND state = 'running' AND generation = $2`, req.RunID, req.Generation)
 	batch.Queue(claimSQL, req.RunID, req.Generation, req.Lease.Seconds(), req.Worker)
 	br := s.db.Pool().SendBatch(ctx, batch)
-	var (
-		running, unsettled bool
-		claimed            *string
-	)
+	var c claimed
+	var tenant *string
 	_, err := br.Exec()
 	if err == nil {
-		err = br.QueryRow().Scan(&running, &unsettled, &claimed)
+		err = br.QueryRow().Scan(&c.running, &c.unsettled, &tenant)
 	}
 	if cerr := br.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
-		return RunTenant{}, ClaimWait, catalog.Classify(err, runSubject(req.RunID))
+		return claimed{}, catalog.Classify(err, runSubject(req.RunID))
 	}
-	switch {
-	case !running:
-		return RunTenant{}, ClaimStop, nil
-	case claimed != nil:
-		rt, err := scanRunTenant(s.db.Pool().QueryRow(ctx, `SELECT `+runTenantColumns+runTenantFrom+`WHERE rt.run_id = $1 AND rt.tenant_id = $2`, req.RunID, *claimed))
-		if err != nil {
-			return RunTenant{}, ClaimWait, catalog.Classify(err, runSubject(req.RunID))
-		}
-		return rt, ClaimGot, nil
-	case unsettled:
-		return RunTenant{}, ClaimWait, nil
+	if tenant != nil {
+		c.claimed = *tenant
 	}
-	// Every tenant settled: finish the run, or take in late ones.
-	outcome := ClaimWait
-	err = s.db.InTx(ctx, func(tx pgx.Tx) error {
-		var state RunState
-		var generation int
-		var target int64
-		var allTenants, unsettled bool
-		var createdAt time.Time
-		err := tx.QueryRow(ctx, `SELECT state, generation, target_version, all_tenants, created_at,
-				EXISTS (SELECT 1 FROM migration_run_tenants WHERE run_id = $1 AND state IN ('pending', 'running'))
-			FROM migration_runs WHERE id = $1 FOR UPDATE`, req.RunID).Scan(&state, &generation, &target, &allTenants, &createdAt, &unsettled)
-		if err != nil {
-			return catalog.Classify(err, runSubject(req.RunID))
-		}
-		switch {
-		case state != RunRunning || generation != req.Generation:
-			outcome = ClaimStop
-			return nil
-		case unsettled:
-			return nil
-		}
-		return s.finishRunTx(ctx, tx, req, target, allTenants, createdAt, &outcome)
-	})
-	return RunTenant{}, outcome, err
+	return c, nil
+}
+
+// getRunTenant returns one tenant of a run.
+func (s *store) getRunTenant(ctx context.Context, q catalog.Querier, runID int64, tenantID string) (RunTenant, error) {
+	rt, err := scanRunTenant(q.QueryRow(ctx, `SELECT `+runTenantColumns+runTenantFrom+`WHERE rt.run_id = $1 AND rt.tenant_id = $2`, runID, tenantID))
+	if err != nil {
+		return RunTenant{}, catalog.Classify(err, runSubject(runID))
+	}
+	return rt, nil
 }
 
 // claimSQL picks the next tenant the run's limits allow and claims it. It
@@ -673,49 +402,62 @@ SELECT EXISTS (SELECT 1 FROM run),
        EXISTS (SELECT 1 FROM migration_run_tenants WHERE run_id = $1 AND state IN ('pending', 'running')),
        (SELECT tenant_id::text FROM claimed)`
 
-// finishRunTx is the end of a run whose rows are all settled: tenants that
-// appeared while it ran join it (when it covers all tenants), else it is done.
-func (s *store) finishRunTx(ctx context.Context, tx pgx.Tx, req ClaimRequest, target int64, allTenants bool, createdAt time.Time, outcome *ClaimOutcome) error {
-	if allTenants {
-		tag, err := tx.Exec(ctx, `
-			INSERT INTO migration_run_tenants (run_id, tenant_id, server_id, position, from_version, to_version, note)
-			SELECT $1, t.id, t.server_id, (SELECT coalesce(max(position), 0) FROM migration_run_tenants WHERE run_id = $1)
-			       + row_number() OVER (ORDER BY t.created_at, t.id), t.schema_version, $2, 'joined while the run was going'
-			FROM tenants t
-			WHERE t.state IN ('active', 'suspended') AND t.server_id IS NOT NULL
-			  AND (t.schema_version <> $2 OR t.schema_dirty)
-			  AND NOT EXISTS (SELECT 1 FROM migration_run_tenants x WHERE x.run_id = $1 AND x.tenant_id = t.id)`, req.RunID, target)
-		if err != nil {
-			return catalog.Classify(err, runSubject(req.RunID))
-		}
-		if tag.RowsAffected() > 0 {
-			return nil // ClaimWait: the next claim takes them
-		}
-		if req.WaitForProvisioning {
-			var provisioning bool
-			if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM tenants WHERE state = 'provisioning' AND created_at >= $1)`, createdAt).Scan(&provisioning); err != nil {
-				return catalog.Classify(err, "tenants")
-			}
-			if provisioning {
-				return nil
-			}
-		}
+// settling is a run whose claim found every tenant settled, locked.
+type settling struct {
+	state      RunState
+	generation int
+	target     int64
+	allTenants bool
+	createdAt  time.Time
+	unsettled  bool // a tenant became pending or running meanwhile
+}
+
+// lockSettling locks a run's row (FOR UPDATE) and reads what finishing it needs.
+func (s *store) lockSettling(ctx context.Context, tx pgx.Tx, id int64) (settling, error) {
+	var r settling
+	err := tx.QueryRow(ctx, `SELECT state, generation, target_version, all_tenants, created_at,
+			EXISTS (SELECT 1 FROM migration_run_tenants WHERE run_id = $1 AND state IN ('pending', 'running'))
+		FROM migration_runs WHERE id = $1 FOR UPDATE`, id).Scan(&r.state, &r.generation, &r.target, &r.allTenants, &r.createdAt, &r.unsettled)
+	if err != nil {
+		return settling{}, catalog.Classify(err, runSubject(id))
 	}
+	return r, nil
+}
+
+// joinLateTenants adds to a run the active and suspended tenants it does not
+// hold whose schema is not at target (or is dirty), after its last
+// position, and returns how many joined.
+func (s *store) joinLateTenants(ctx context.Context, q catalog.Querier, id, target int64) (int64, error) {
+	tag, err := q.Exec(ctx, `
+		INSERT INTO migration_run_tenants (run_id, tenant_id, server_id, position, from_version, to_version, note)
+		SELECT $1, t.id, t.server_id, (SELECT coalesce(max(position), 0) FROM migration_run_tenants WHERE run_id = $1)
+		       + row_number() OVER (ORDER BY t.created_at, t.id), t.schema_version, $2, 'joined while the run was going'
+		FROM tenants t
+		WHERE t.state IN ('active', 'suspended') AND t.server_id IS NOT NULL
+		  AND (t.schema_version <> $2 OR t.schema_dirty)
+		  AND NOT EXISTS (SELECT 1 FROM migration_run_tenants x WHERE x.run_id = $1 AND x.tenant_id = t.id)`, id, target)
+	if err != nil {
+		return 0, catalog.Classify(err, runSubject(id))
+	}
+	return tag.RowsAffected(), nil
+}
+
+// provisioningSince reports whether a tenant created since then is still provisioning.
+func (s *store) provisioningSince(ctx context.Context, q catalog.Querier, since time.Time) (bool, error) {
+	var provisioning bool
+	if err := q.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM tenants WHERE state = 'provisioning' AND created_at >= $1)`, since).Scan(&provisioning); err != nil {
+		return false, catalog.Classify(err, "tenants")
+	}
+	return provisioning, nil
+}
+
+// countFailed counts a run's failed tenants.
+func (s *store) countFailed(ctx context.Context, q catalog.Querier, id int64) (int, error) {
 	var failed int
-	if err := tx.QueryRow(ctx, `SELECT count(*) FROM migration_run_tenants WHERE run_id = $1 AND state = 'failed'`, req.RunID).Scan(&failed); err != nil {
-		return catalog.Classify(err, runSubject(req.RunID))
+	if err := q.QueryRow(ctx, `SELECT count(*) FROM migration_run_tenants WHERE run_id = $1 AND state = 'failed'`, id).Scan(&failed); err != nil {
+		return 0, catalog.Classify(err, runSubject(id))
 	}
-	final, reason := RunDone, ""
-	if failed > 0 {
-		final, reason = RunFailed, fmt.Sprintf("%s failed (max_failures allowed it); resume retries them", tenantsN(failed))
-	}
-	if _, err := tx.Exec(ctx, `UPDATE migration_runs SET state = $2, reason = $3, finished_at = now(), updated_at = now() WHERE id = $1`,
-		req.RunID, final, reason); err != nil {
-		return catalog.Classify(err, runSubject(req.RunID))
-	}
-	*outcome = ClaimFinished
-	return catalog.InsertAudit(ctx, tx, catalog.AuditEvent{Actor: "provisioner", Action: "migration_run." + string(final), Subject: runSubject(req.RunID),
-		FromState: string(RunRunning), ToState: string(final), Reason: reason})
+	return failed, nil
 }
 
 // HeartbeatRunTenant extends a claim and marks the run as attended. It
@@ -750,12 +492,11 @@ type RunTenantResult struct {
 	RetryAfter time.Duration
 }
 
-// FinishRunTenant records an attempt's result and copies the database's
-// version to the tenant's record. A failure halts the run when it is a
-// canary's or when the failures are now more than max_failures. It reports
-// halted, and stale when the claim had passed to another worker (then
-// nothing is recorded).
-func (s *store) FinishRunTenant(ctx context.Context, res RunTenantResult) (halted, stale bool, err error) {
+// recordResult records an attempt's result, only for the claim's owner,
+// and copies the database's version to the tenant's record (finishSQL). It
+// reports false when the claim had passed to another worker: then nothing
+// is recorded.
+func (s *store) recordResult(ctx context.Context, q catalog.Querier, res RunTenantResult) (bool, error) {
 	var notBefore, finishedAt *time.Time
 	if res.State == RunTenantPending {
 		nb := time.Now().Add(res.RetryAfter)
@@ -764,57 +505,23 @@ func (s *store) FinishRunTenant(ctx context.Context, res RunTenantResult) (halte
 		now := time.Now()
 		finishedAt = &now
 	}
-	args := []any{res.RunID, res.TenantID, res.Owner, res.State, res.FromVersion, res.Version, res.Dirty, res.Error, res.Note, notBefore, finishedAt}
-	if res.State != RunTenantFailed {
-		// No decision rests on it: no need to queue behind the run's lock.
-		var n int
-		err := s.db.Pool().QueryRow(ctx, finishSQL, args...).Scan(&n)
-		return false, n == 0, catalog.Classify(err, runSubject(res.RunID))
+	var n int
+	err := q.QueryRow(ctx, finishSQL, res.RunID, res.TenantID, res.Owner, res.State, res.FromVersion, res.Version, res.Dirty,
+		res.Error, res.Note, notBefore, finishedAt).Scan(&n)
+	if err != nil {
+		return false, catalog.Classify(err, runSubject(res.RunID))
 	}
-	err = s.db.InTx(ctx, func(tx pgx.Tx) error {
-		var state RunState
-		var maxFailures int
-		if err := tx.QueryRow(ctx, `SELECT state, max_failures FROM migration_runs WHERE id = $1 FOR UPDATE`, res.RunID).Scan(&state, &maxFailures); err != nil {
-			return catalog.Classify(err, runSubject(res.RunID))
-		}
-		var n int
-		if err := tx.QueryRow(ctx, finishSQL, args...).Scan(&n); err != nil {
-			return catalog.Classify(err, runSubject(res.RunID))
-		}
-		if n == 0 {
-			stale = true
-			return nil
-		}
-		if state != RunRunning && state != RunPaused {
-			return nil
-		}
-		var canary bool
-		var slug string
-		if err := tx.QueryRow(ctx, `SELECT rt.canary, t.slug FROM migration_run_tenants rt JOIN tenants t ON t.id = rt.tenant_id
-			WHERE rt.run_id = $1 AND rt.tenant_id = $2`, res.RunID, res.TenantID).Scan(&canary, &slug); err != nil {
-			return catalog.Classify(err, runSubject(res.RunID))
-		}
-		reason := ""
-		if canary {
-			reason = fmt.Sprintf("canary tenant %s failed: %s", slug, res.Error)
-		} else {
-			var failed int
-			if err := tx.QueryRow(ctx, `SELECT count(*) FROM migration_run_tenants WHERE run_id = $1 AND state = 'failed'`, res.RunID).Scan(&failed); err != nil {
-				return catalog.Classify(err, runSubject(res.RunID))
-			}
-			if failed <= maxFailures {
-				return nil
-			}
-			reason = fmt.Sprintf("%s failed, more than max_failures (%d)", tenantsN(failed), maxFailures)
-		}
-		if _, err := tx.Exec(ctx, `UPDATE migration_runs SET state = 'halted', reason = $2, updated_at = now() WHERE id = $1`, res.RunID, reason); err != nil {
-			return catalog.Classify(err, runSubject(res.RunID))
-		}
-		halted = true
-		return catalog.InsertAudit(ctx, tx, catalog.AuditEvent{Actor: "provisioner", Action: "migration_run.halted", Subject: runSubject(res.RunID),
-			FromState: string(state), ToState: string(RunHalted), Reason: reason})
-	})
-	return halted, stale, err
+	return n > 0, nil
+}
+
+// lockRunLimits locks a run's row (FOR UPDATE) and returns its state and max_failures.
+func (s *store) lockRunLimits(ctx context.Context, tx pgx.Tx, id int64) (RunState, int, error) {
+	var state RunState
+	var maxFailures int
+	if err := tx.QueryRow(ctx, `SELECT state, max_failures FROM migration_runs WHERE id = $1 FOR UPDATE`, id).Scan(&state, &maxFailures); err != nil {
+		return "", 0, catalog.Classify(err, runSubject(id))
+	}
+	return state, maxFailures, nil
 }
 
 // finishSQL records a claimed tenant's result, only for the claim's owner,
@@ -835,7 +542,7 @@ SELECT count(*) FROM done`
 
 // UnattendedRuns returns the running runs of a tenant schema that no worker
 // has shown a sign of life in for longer than after: their workers' process
-// died, and ReviveMigrationRun should give them new ones.
+// died, and reviveRun should give them new ones.
 func (s *store) UnattendedRuns(ctx context.Context, schemaHash string, after time.Duration) ([]int64, error) {
 	rows, err := s.db.Pool().Query(ctx, `SELECT id FROM migration_runs
 		WHERE state = 'running' AND schema_hash = $1 AND heartbeat_at < now() - make_interval(secs => $2)`, schemaHash, after.Seconds())
@@ -846,28 +553,16 @@ func (s *store) UnattendedRuns(ctx context.Context, schemaHash string, after tim
 	return ids, catalog.Classify(err, "migration runs")
 }
 
-// ReviveMigrationRun gives an unattended run a new generation of workers
-// (through enqueue, in the same transaction) if it is still unattended: of
-// several processes that notice, one revives it. It reports whether it did.
-func (s *store) ReviveMigrationRun(ctx context.Context, id int64, after time.Duration, enqueue RunEnqueue) (bool, error) {
-	revived := false
-	err := s.db.InTx(ctx, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `UPDATE migration_runs SET generation = generation + 1, heartbeat_at = now(), updated_at = now()
-			WHERE id = $1 AND state = 'running' AND heartbeat_at < now() - make_interval(secs => $2)`, id, after.Seconds())
-		if err != nil {
-			return catalog.Classify(err, runSubject(id))
-		}
-		if tag.RowsAffected() == 0 {
-			return nil
-		}
-		run, err := getRun(ctx, tx, id)
-		if err != nil {
-			return err
-		}
-		revived = true
-		return enqueue(ctx, tx, run, max(1, min(run.Concurrency, run.Counts.Pending+run.Counts.Running)))
-	})
-	return revived, err
+// bumpUnattended moves a running run that no worker has touched for
+// longer than after to its next generation of workers, and reports whether
+// it did (false: attended meanwhile, or no longer running).
+func (s *store) bumpUnattended(ctx context.Context, q catalog.Querier, id int64, after time.Duration) (bool, error) {
+	tag, err := q.Exec(ctx, `UPDATE migration_runs SET generation = generation + 1, heartbeat_at = now(), updated_at = now()
+		WHERE id = $1 AND state = 'running' AND heartbeat_at < now() - make_interval(secs => $2)`, id, after.Seconds())
+	if err != nil {
+		return false, catalog.Classify(err, runSubject(id))
+	}
+	return tag.RowsAffected() == 1, nil
 }
 
 // TenantRunning returns the open run in which the tenant's database is being
@@ -887,16 +582,120 @@ func isUniqueViolation(err error) bool {
 	return errors.As(err, &pgErr) && pgErr.Code == "23505"
 }
 
-func tenantsN(n int) string {
-	if n == 1 {
-		return "1 tenant"
+// insertRun records a new run, in state running, and returns its id.
+// Another open run (the partial unique index) is a CodeConflict error.
+func (s *store) insertRun(ctx context.Context, q catalog.Querier, nr NewMigrationRun, allTenants bool) (int64, error) {
+	var id int64
+	err := q.QueryRow(ctx, `
+		INSERT INTO migration_runs (target_version, schema_hash, concurrency, per_server, canary, max_failures, all_tenants, actor)
+		VALUES ($1, $2, $3, $4, 0, $5, $6, $7) RETURNING id`,
+		nr.TargetVersion, nr.SchemaHash, nr.Concurrency, nr.PerServer, nr.MaxFailures, allTenants, nr.Actor).Scan(&id)
+	if isUniqueViolation(err) {
+		return 0, catalog.Errorf(catalog.CodeConflict, "another run was started meanwhile: resume it, or cancel it, before starting another")
 	}
-	return strconv.Itoa(n) + " tenants"
+	if err != nil {
+		return 0, catalog.Classify(err, "migration run")
+	}
+	return id, nil
 }
 
-func joinStates(states []string) string {
-	if len(states) == 1 {
-		return states[0]
+// insertRunTenants gives a run one row per active and suspended tenant with
+// a database (of slugs, or all when nil), ordered with the servers
+// interleaved; the first canary of that order (-1: the first of each
+// server) are the canary wave, whose size is recorded on the run.
+func (s *store) insertRunTenants(ctx context.Context, q catalog.Querier, id int64, slugs []string, canary int, target int64) error {
+	_, err := q.Exec(ctx, `
+		INSERT INTO migration_run_tenants (run_id, tenant_id, server_id, position, canary, from_version, to_version)
+		SELECT $1, id, server_id, pos, CASE WHEN $3 < 0 THEN rank = 1 ELSE pos <= $3 END, schema_version, $4
+		FROM (
+			SELECT id, server_id, schema_version, rank, row_number() OVER (ORDER BY rank, server_id) AS pos
+			FROM (
+				SELECT t.id, t.server_id, t.schema_version,
+				       row_number() OVER (PARTITION BY t.server_id ORDER BY t.created_at, t.id) AS rank
+				FROM tenants t
+				WHERE t.state IN ('active', 'suspended') AND t.server_id IS NOT NULL
+				  AND ($2::text[] IS NULL OR t.slug = ANY($2))
+			) ranked
+		) ordered`, id, slugs, canary, target)
+	if err != nil {
+		return catalog.Classify(err, "migration run tenants")
 	}
-	return strings.Join(states[:len(states)-1], ", ") + " or " + states[len(states)-1]
+	if _, err := q.Exec(ctx, `UPDATE migration_runs SET canary = (SELECT count(*) FROM migration_run_tenants WHERE run_id = $1 AND canary) WHERE id = $1`, id); err != nil {
+		return catalog.Classify(err, "migration run")
+	}
+	return nil
+}
+
+// placement is where a named tenant stands, for a run.
+type placement struct {
+	state  catalog.TenantState
+	placed bool // it has a server
+}
+
+// tenantPlacements returns the state and placement of the tenants named.
+func (s *store) tenantPlacements(ctx context.Context, q catalog.Querier, slugs []string) (map[string]placement, error) {
+	rows, err := q.Query(ctx, `SELECT slug, state, server_id IS NOT NULL FROM tenants WHERE slug = ANY($1)`, slugs)
+	if err != nil {
+		return nil, catalog.Classify(err, "tenants")
+	}
+	defer rows.Close()
+	found := map[string]placement{}
+	for rows.Next() {
+		var slug string
+		var p placement
+		if err := rows.Scan(&slug, &p.state, &p.placed); err != nil {
+			return nil, catalog.Classify(err, "tenants")
+		}
+		found[slug] = p
+	}
+	if err := rows.Err(); err != nil {
+		return nil, catalog.Classify(err, "tenants")
+	}
+	return found, nil
+}
+
+// lockRun locks a run's row (FOR UPDATE) and returns its state.
+func (s *store) lockRun(ctx context.Context, tx pgx.Tx, id int64) (RunState, error) {
+	var state RunState
+	if err := tx.QueryRow(ctx, `SELECT state FROM migration_runs WHERE id = $1 FOR UPDATE`, id).Scan(&state); err != nil {
+		return "", catalog.Classify(err, runSubject(id))
+	}
+	return state, nil
+}
+
+// setRunState moves an open run to state, with the reason.
+func (s *store) setRunState(ctx context.Context, q catalog.Querier, id int64, state RunState, reason string) error {
+	_, err := q.Exec(ctx, `UPDATE migration_runs SET state = $2, reason = $3, updated_at = now() WHERE id = $1`, id, state, reason)
+	return catalog.Classify(err, runSubject(id))
+}
+
+// endRun moves a run to a final state (done, failed, cancelled), with the reason.
+func (s *store) endRun(ctx context.Context, q catalog.Querier, id int64, state RunState, reason string) error {
+	_, err := q.Exec(ctx, `UPDATE migration_runs SET state = $2, reason = $3, finished_at = now(), updated_at = now() WHERE id = $1`, id, state, reason)
+	return catalog.Classify(err, runSubject(id))
+}
+
+// reopenRun makes a run running again, with a new generation of workers.
+// Another open run (the partial unique index) is a CodeConflict error.
+func (s *store) reopenRun(ctx context.Context, q catalog.Querier, id int64) error {
+	_, err := q.Exec(ctx, `UPDATE migration_runs SET state = 'running', reason = '', finished_at = NULL, generation = generation + 1,
+		heartbeat_at = now(), updated_at = now() WHERE id = $1`, id)
+	if isUniqueViolation(err) {
+		return catalog.Errorf(catalog.CodeConflict, "another run was opened meanwhile: cancel it before resuming run %d", id)
+	}
+	return catalog.Classify(err, runSubject(id))
+}
+
+// retryFailed puts a run's failed tenants back to pending, keeping their error as a note.
+func (s *store) retryFailed(ctx context.Context, q catalog.Querier, id int64) error {
+	_, err := q.Exec(ctx, `UPDATE migration_run_tenants SET state = 'pending', note = 'retried after: ' || error, error = '',
+		not_before = NULL, finished_at = NULL WHERE run_id = $1 AND state = 'failed'`, id)
+	return catalog.Classify(err, runSubject(id))
+}
+
+// skipPending marks a run's pending tenants skipped, with the note.
+func (s *store) skipPending(ctx context.Context, q catalog.Querier, id int64, note string) error {
+	_, err := q.Exec(ctx, `UPDATE migration_run_tenants SET state = 'skipped', note = $2, lease_owner = NULL, lease_until = NULL
+		WHERE run_id = $1 AND state = 'pending'`, id, note)
+	return catalog.Classify(err, runSubject(id))
 }

@@ -48,7 +48,7 @@ func activeTenants(t *testing.T, b *storeBundle, servers []string, n int) {
 
 func claim(t *testing.T, b *storeBundle, run MigrationRun, lease time.Duration) (RunTenant, ClaimOutcome) {
 	t.Helper()
-	rt, outcome, err := b.runs.ClaimRunTenant(context.Background(), ClaimRequest{RunID: run.ID, Generation: run.Generation, Worker: "test", Lease: lease})
+	rt, outcome, err := claimTenant(context.Background(), b.runs, ClaimRequest{RunID: run.ID, Generation: run.Generation, Worker: "test", Lease: lease})
 	require.NoError(t, err)
 	return rt, outcome
 }
@@ -56,7 +56,7 @@ func claim(t *testing.T, b *storeBundle, run MigrationRun, lease time.Duration) 
 func finish(t *testing.T, b *storeBundle, rt RunTenant, state RunTenantState) (halted, stale bool) {
 	t.Helper()
 	v := rt.ToVersion
-	halted, stale, err := b.runs.FinishRunTenant(context.Background(), RunTenantResult{RunID: rt.RunID, TenantID: rt.TenantID,
+	halted, stale, err := finishTenant(context.Background(), b.runs, RunTenantResult{RunID: rt.RunID, TenantID: rt.TenantID,
 		Owner: rt.LeaseOwner, State: state, Version: &v, Error: map[bool]string{true: "boom"}[state == RunTenantFailed]})
 	require.NoError(t, err)
 	return halted, stale
@@ -68,7 +68,7 @@ func TestRunClaimsKeepCanaryAndLimits(t *testing.T) {
 	ctx := context.Background()
 	activeTenants(t, b, []string{"pg-a", "pg-b"}, 3)
 	enqueued := 0
-	run, err := b.runs.CreateMigrationRun(ctx, NewMigrationRun{TargetVersion: 2, SchemaHash: "h", Concurrency: 3, PerServer: 1,
+	run, err := createRun(ctx, b.runs, NewMigrationRun{TargetVersion: 2, SchemaHash: "h", Concurrency: 3, PerServer: 1,
 		Canary: -1, MaxFailures: 1, Actor: "test"}, func(ctx context.Context, tx pgx.Tx, run MigrationRun, slots int) error {
 		enqueued = slots
 		return nil
@@ -135,7 +135,7 @@ func TestRunClaimsKeepCanaryAndLimits(t *testing.T) {
 	require.Equal(t, RunCounts{Total: 6, Done: 3, Failed: 2, Pending: 1}, got.Counts)
 
 	// Resume: a new generation; the failed are pending again; the old generation stops.
-	resumed, err := b.runs.ChangeMigrationRun(ctx, run.ID, RunResume, "test", func(ctx context.Context, tx pgx.Tx, r MigrationRun, slots int) error {
+	resumed, err := changeRun(ctx, b.runs, run.ID, RunResume, "test", func(ctx context.Context, tx pgx.Tx, r MigrationRun, slots int) error {
 		enqueued = slots
 		return nil
 	})
@@ -168,30 +168,30 @@ func TestOneOpenRunAtATime(t *testing.T) {
 	ctx := context.Background()
 	activeTenants(t, b, []string{"pg-a"}, 2)
 	nr := NewMigrationRun{TargetVersion: 2, SchemaHash: "h", Concurrency: 1, PerServer: 1, Canary: 0, Actor: "test"}
-	first, err := b.runs.CreateMigrationRun(ctx, nr, nil)
+	first, err := createRun(ctx, b.runs, nr, nil)
 	require.NoError(t, err)
 	require.Zero(t, first.Canary)
-	_, err = b.runs.CreateMigrationRun(ctx, nr, nil)
+	_, err = createRun(ctx, b.runs, nr, nil)
 	require.ErrorIs(t, err, catalog.ErrConflict)
 	require.Contains(t, err.Error(), fmt.Sprintf("run %d is running", first.ID))
 
-	paused, err := b.runs.ChangeMigrationRun(ctx, first.ID, RunPause, "test", nil)
+	paused, err := changeRun(ctx, b.runs, first.ID, RunPause, "test", nil)
 	require.NoError(t, err)
 	require.Equal(t, RunPaused, paused.State)
-	_, err = b.runs.ChangeMigrationRun(ctx, first.ID, RunPause, "test", nil)
+	_, err = changeRun(ctx, b.runs, first.ID, RunPause, "test", nil)
 	require.ErrorIs(t, err, catalog.ErrConflict)
-	cancelled, err := b.runs.ChangeMigrationRun(ctx, first.ID, RunCancel, "test", nil)
+	cancelled, err := changeRun(ctx, b.runs, first.ID, RunCancel, "test", nil)
 	require.NoError(t, err)
 	require.Equal(t, RunCounts{Total: 2, Skipped: 2}, cancelled.Counts)
 
 	nr.Tenants = []string{"tenant-01", "tenant-01"}
-	second, err := b.runs.CreateMigrationRun(ctx, nr, nil)
+	second, err := createRun(ctx, b.runs, nr, nil)
 	require.NoError(t, err, "a cancelled run is not open")
 	require.Equal(t, 1, second.Counts.Total)
 	require.False(t, second.AllTenants)
 
 	nr.Tenants = []string{"tenant-00", "ghost"}
-	_, err = b.runs.CreateMigrationRun(ctx, nr, nil)
+	_, err = createRun(ctx, b.runs, nr, nil)
 	require.ErrorIs(t, err, catalog.ErrInvalid)
 
 	runs, _, err := b.runs.ListMigrationRuns(ctx, 0, "")
