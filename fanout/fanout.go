@@ -196,32 +196,3 @@ func (s *Service) wake() {
 		s.wakeCh = nil
 	}
 }
-
-// superviseRuns gives a new generation of slots to each running run of this
-// process's tenant schema that no worker has touched for a lease: the
-// process that worked on it died. River would rescue its slot jobs too, but
-// only after RescueAfter and once a leader is elected; this is quicker, and
-// the rescued slots of the old generation stop at their first claim.
-func (s *Service) superviseRuns(ctx context.Context) {
-	every := max(s.cfg.Lease/2, 100*time.Millisecond)
-	for {
-		ids, err := s.store.UnattendedRuns(ctx, s.schema.Hash(), s.cfg.Lease)
-		if err != nil && ctx.Err() == nil {
-			s.logger.WarnContext(ctx, "fan-out supervisor: listing runs failed", "error", err)
-		}
-		for _, id := range ids {
-			revived, err := reviveRun(ctx, s.store, id, s.cfg.Lease, s.enqueueSlots)
-			switch {
-			case err != nil && ctx.Err() == nil:
-				s.logger.WarnContext(ctx, "fan-out supervisor: reviving a run failed", "run", id, "error", err)
-			case revived:
-				s.logger.WarnContext(ctx, "run had no live worker; queued new ones", "run", id, "op", "fanout")
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(every):
-		}
-	}
-}
