@@ -2,6 +2,8 @@ package catalog
 
 import (
 	"encoding/base64"
+	"math"
+	"strconv"
 	"strings"
 )
 
@@ -53,4 +55,18 @@ func DecodeCursor(cursor string, n int) ([]string, error) {
 		return nil, ErrBadCursor()
 	}
 	return parts, nil
+}
+
+// idCursor reads a cursor of a list ordered by a numeric id, newest first:
+// the ids to list are below it.
+func idCursor(cursor string) (int64, error) {
+	parts, err := DecodeCursor(cursor, 1)
+	if err != nil || parts == nil {
+		return math.MaxInt64, err
+	}
+	id, err := strconv.ParseInt(parts[0], 10, 64)
+	if err != nil {
+		return 0, ErrBadCursor()
+	}
+	return id, nil
 }

@@ -7,8 +7,8 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/tenantplane/tenantplane/catalog"
+	"github.com/tenantplane/tenantplane/fanout"
 	"github.com/tenantplane/tenantplane/internal/httpapi"
-	"github.com/tenantplane/tenantplane/provisioner"
 )
 
 // fanoutRoutes is the admin API of migration fan-out: runs, the fleet's
@@ -18,9 +18,9 @@ func (a *App) fanoutRoutes(v1 *gin.RouterGroup) {
 	v1.GET("/migrations/runs", a.listRuns)
 	v1.GET("/migrations/runs/:id", a.getRun)
 	v1.GET("/migrations/runs/:id/tenants", a.runTenants)
-	v1.POST("/migrations/runs/:id/pause", a.changeRun(catalog.RunPause))
-	v1.POST("/migrations/runs/:id/resume", a.changeRun(catalog.RunResume))
-	v1.POST("/migrations/runs/:id/cancel", a.changeRun(catalog.RunCancel))
+	v1.POST("/migrations/runs/:id/pause", a.changeRun(fanout.RunPause))
+	v1.POST("/migrations/runs/:id/resume", a.changeRun(fanout.RunResume))
+	v1.POST("/migrations/runs/:id/cancel", a.changeRun(fanout.RunCancel))
 	v1.GET("/migrations/status", a.migrationStatus)
 	v1.POST("/tenants/:slug/migrations/force", a.forceSchema)
 }
@@ -28,17 +28,17 @@ func (a *App) fanoutRoutes(v1 *gin.RouterGroup) {
 // startRun answers 201 with the run as GET /migrations/runs/{id} shows it.
 // The body is optional: every field has a default.
 func (a *App) startRun(c *gin.Context) {
-	var spec provisioner.RunSpec
+	var spec fanout.RunSpec
 	if err := httpapi.BindOptionalJSON(c, &spec); err != nil {
 		httpapi.WriteError(c, err)
 		return
 	}
-	run, err := a.prov.StartRun(c, spec, adminActor)
+	run, err := a.fanout.StartRun(c, spec, adminActor)
 	if err != nil {
 		httpapi.WriteError(c, err)
 		return
 	}
-	report, err := a.prov.Run(c, run.ID)
+	report, err := a.fanout.Report(c, run.ID)
 	if err != nil {
 		httpapi.WriteError(c, err)
 		return
@@ -52,7 +52,7 @@ func (a *App) listRuns(c *gin.Context) {
 		httpapi.WriteError(c, err)
 		return
 	}
-	runs, next, err := a.store.ListMigrationRuns(c, limit, cursor)
+	runs, next, err := a.fanout.ListRuns(c, limit, cursor)
 	if err != nil {
 		httpapi.WriteError(c, err)
 		return
@@ -67,7 +67,7 @@ func (a *App) getRun(c *gin.Context) {
 	if !ok {
 		return
 	}
-	report, err := a.prov.Run(c, id)
+	report, err := a.fanout.Report(c, id)
 	if err != nil {
 		httpapi.WriteError(c, err)
 		return
@@ -87,7 +87,7 @@ func (a *App) runTenants(c *gin.Context) {
 		httpapi.WriteError(c, err)
 		return
 	}
-	rows, next, err := a.prov.RunTenants(c, id, c.Query("state"), limit, cursor)
+	rows, next, err := a.fanout.RunTenants(c, id, c.Query("state"), limit, cursor)
 	if err != nil {
 		httpapi.WriteError(c, err)
 		return
@@ -95,17 +95,17 @@ func (a *App) runTenants(c *gin.Context) {
 	c.JSON(http.StatusOK, httpapi.Page("tenants", rows, next, nil))
 }
 
-func (a *App) changeRun(action catalog.RunAction) gin.HandlerFunc {
+func (a *App) changeRun(action fanout.RunAction) gin.HandlerFunc {
 	return func(c *gin.Context) {
 		id, ok := runID(c)
 		if !ok {
 			return
 		}
-		if _, err := a.prov.ChangeRun(c, id, action, adminActor); err != nil {
+		if _, err := a.fanout.ChangeRun(c, id, action, adminActor); err != nil {
 			httpapi.WriteError(c, err)
 			return
 		}
-		report, err := a.prov.Run(c, id)
+		report, err := a.fanout.Report(c, id)
 		if err != nil {
 			httpapi.WriteError(c, err)
 			return
@@ -119,7 +119,7 @@ func (a *App) changeRun(action catalog.RunAction) gin.HandlerFunc {
 func (a *App) migrationStatus(c *gin.Context) {
 	ctx, cancel := context.WithTimeout(c, statusLimit)
 	defer cancel()
-	st, err := a.prov.SchemaStatus(ctx, provisioner.StatusOptions{})
+	st, err := a.fanout.SchemaStatus(ctx, fanout.StatusOptions{})
 	if err != nil {
 		httpapi.WriteError(c, err)
 		return
@@ -144,7 +144,7 @@ func (a *App) forceSchema(c *gin.Context) {
 		httpapi.Fail(c, catalog.CodeInvalid, `version is required: the version the database really is at after the repair, e.g. {"version": 3}`)
 		return
 	}
-	t, err := a.prov.ForceSchema(c, c.Param("slug"), *body.Version, adminActor, body.Reason)
+	t, err := a.fanout.ForceSchema(c, c.Param("slug"), *body.Version, adminActor, body.Reason)
 	if err != nil {
 		httpapi.WriteError(c, err)
 		return

@@ -144,7 +144,7 @@ const concurrentIndex = NoTransactionMarker + `
 CREATE UNIQUE INDEX CONCURRENTLY users_email_lower_idx ON users (lower(email));
 `
 
-// NoTransactionMarker is provisioner.NoTransactionMarker, spelled out as an operator would.
+// NoTransactionMarker is migrations.NoTransactionMarker, spelled out as an operator would.
 const NoTransactionMarker = "-- tenantplane:no-transaction"
 
 // TestFanoutDirtyTenantIsReportedNeverForced: a migration that fails mid-way

@@ -14,7 +14,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/tenantplane/tenantplane/billing"
 	"github.com/tenantplane/tenantplane/catalog"
+	"github.com/tenantplane/tenantplane/fanout"
 	"github.com/tenantplane/tenantplane/internal/httpapi"
+	"github.com/tenantplane/tenantplane/internal/jobs"
 	"github.com/tenantplane/tenantplane/migrations"
 	"github.com/tenantplane/tenantplane/provisioner"
 	"github.com/tenantplane/tenantplane/router"
@@ -28,7 +30,9 @@ type App struct {
 	store    *catalog.Store
 	watcher  *catalog.Watcher
 	router   *router.Router
+	jobs     *jobs.Registry // the one River client: every part's workers
 	prov     *provisioner.Provisioner
+	fanout   *fanout.Service
 	billing  *billing.Service
 	registry *prometheus.Registry
 
@@ -72,11 +76,23 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *App, err erro
 	}
 	watcher := catalog.NewWatcher(store, logger)
 	customers := &stripeCustomers{}
+	// One River client for the process: each part registers its workers
+	// and queues, then it is opened over the catalog pool.
+	jobReg := jobs.NewRegistry()
 	prov, err := provisioner.New(store, provisioner.Config{
 		Logger: logger, Watcher: watcher, Migrations: &schema, WarmPoolSize: cfg.WarmPoolSize, DeleteGrace: cfg.DeleteGrace, ArchiveDir: cfg.ArchiveDir,
-		TenantConnLimit: cfg.TenantConnLimit, Customers: customers, CustomerTimeout: cfg.customerTimeout(),
+		TenantConnLimit: cfg.TenantConnLimit, Customers: customers, CustomerTimeout: cfg.customerTimeout(), Jobs: jobReg,
 	})
 	if err != nil {
+		return nil, err
+	}
+	fan, err := fanout.New(store, fanout.Config{Logger: logger, Jobs: jobReg, Migrations: &schema, Refiller: prov})
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	if err := jobReg.Open(store.Pool(), jobs.Config{Logger: logger}); err != nil {
+		store.Close()
 		return nil, err
 	}
 	reg := prometheus.NewRegistry()
@@ -93,7 +109,9 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *App, err erro
 		logger:   logger,
 		store:    store,
 		watcher:  watcher,
+		jobs:     jobReg,
 		prov:     prov,
+		fanout:   fan,
 		billing:  bill,
 		registry: reg,
 		serveErr: make(chan error, 2),
@@ -134,7 +152,7 @@ func (a *App) Start(ctx context.Context) error {
 		_ = a.apiLn.Close()
 		return err
 	}
-	if err := a.prov.Start(ctx); err != nil {
+	if err := a.startWork(ctx); err != nil {
 		_ = a.apiLn.Close()
 		_ = a.adminLn.Close()
 		return err
@@ -205,13 +223,37 @@ func (a *App) Stop(ctx context.Context) error {
 		}
 		wg.Wait()
 		// The servers take no more requests: flush the last usage counts.
-		errs = append(errs, a.router.Stop(ctx), a.billing.Stop(ctx), a.prov.Stop(ctx))
+		errs = append(errs, a.router.Stop(ctx), a.billing.Stop(ctx), a.stopWork(ctx))
 		a.watcher.Stop()
 		a.store.Close()
 		a.stopErr = errors.Join(errs...)
 		a.logger.Info("stopped")
 	})
 	return a.stopErr
+}
+
+// startWork runs the background work: the provisioner's and fan-out's
+// loops, then the one job client that works for both.
+func (a *App) startWork(ctx context.Context) error {
+	if err := a.prov.Start(ctx); err != nil {
+		return err
+	}
+	if err := a.fanout.Start(ctx); err != nil {
+		return errors.Join(err, a.prov.Stop(ctx))
+	}
+	if err := a.jobs.Start(ctx); err != nil {
+		return errors.Join(err, a.fanout.Stop(ctx), a.prov.Stop(ctx))
+	}
+	return nil
+}
+
+// stopWork stops the background work: fan-out first, which tells its slots
+// to hand their runs over (the job client's graceful stop waits for them),
+// then the job client, which lets running jobs finish until ctx ends and
+// then cancels them, and only then the provisioner, whose admin pools the
+// jobs use.
+func (a *App) stopWork(ctx context.Context) error {
+	return errors.Join(a.fanout.Stop(ctx), a.jobs.Stop(ctx), a.prov.Stop(ctx))
 }
 
 // stripeCustomers lets provisioning create each tenant's Stripe customer

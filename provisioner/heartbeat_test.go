@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tenantplane/tenantplane/catalog"
+	"github.com/tenantplane/tenantplane/internal/jobs"
 )
 
 // crowdHelperEnv names the environment of the crowd helper process.
@@ -113,9 +114,7 @@ func TestKilledProcessJobsResumeWithinSeconds(t *testing.T) {
 	require.Equal(t, crowdHeld, running, "jobs the killed process left running")
 
 	// The restart: River's defaults, RescueAfter 3 minutes among them.
-	restart := b.cfg
-	require.Zero(t, restart.RescueAfter)
-	restarted := b.start(t, restart)
+	restarted := b.start(t, b.cfg) // its own job registry, with jobs.Config's defaults
 	waitAllActive(t, b.store, tenants, 30*time.Second-time.Since(killedAt))
 	t.Logf("all %d tenants active %s after the kill (%d jobs taken back from the dead process)",
 		crowdTenants, time.Since(killedAt).Round(100*time.Millisecond), crowdHeld)
@@ -144,7 +143,7 @@ func TestKilledProcessJobsResumeWithinSeconds(t *testing.T) {
 	// The dead client is forgotten; the live one is recorded.
 	var clients []string
 	require.NoError(t, b.store.Pool().QueryRow(ctx, `SELECT array_agg(id ORDER BY id) FROM job_clients`).Scan(&clients))
-	require.Equal(t, []string{restarted.river.ID()}, clients)
+	require.Equal(t, []string{restarted.river().ID()}, clients)
 }
 
 // TestSlowClientKeepsItsJob: a job held, long past ClientDeadAfter, by a
@@ -158,7 +157,7 @@ func TestSlowClientKeepsItsJob(t *testing.T) {
 	ctx := context.Background()
 	cfg := b.cfg
 	cfg.WarmPoolSize = -1
-	cfg.HeartbeatInterval, cfg.ClientDeadAfter = 100*time.Millisecond, time.Second
+	jobsCfg := jobs.Config{HeartbeatInterval: 100 * time.Millisecond, ClientDeadAfter: time.Second}
 
 	// The slow process holds its tenant's job after the role step until let go.
 	reached, release := make(chan struct{}), make(chan struct{})
@@ -176,12 +175,18 @@ func TestSlowClientKeepsItsJob(t *testing.T) {
 		}
 	}
 	slowCfg.Workers = 1
+	slowCfg.Jobs = jobs.NewRegistry()
 	slow, err := New(b.store, slowCfg)
 	require.NoError(t, err)
+	require.NoError(t, slowCfg.Jobs.Open(b.store.Pool(), jobsCfg))
 	slowTenant, _, err := slow.CreateTenant(ctx, TenantSpec{Slug: "slow", Plan: "basic"}, "test")
 	require.NoError(t, err)
 	require.NoError(t, slow.Start(ctx))
-	t.Cleanup(func() { _ = slow.Stop(context.Background()) })
+	require.NoError(t, slowCfg.Jobs.Start(ctx))
+	t.Cleanup(func() {
+		_ = slowCfg.Jobs.Stop(context.Background())
+		_ = slow.Stop(context.Background())
+	})
 	var releaseOnce sync.Once
 	letGo := func() { releaseOnce.Do(func() { close(release) }) }
 	t.Cleanup(letGo) // before the Stop above, should the test fail holding the job
@@ -197,13 +202,13 @@ func TestSlowClientKeepsItsJob(t *testing.T) {
 	require.NoError(t, err)
 	_, err = b.store.Pool().Exec(ctx, `UPDATE river_job SET state = 'running', attempt = 1,
 		attempted_at = now(), attempted_by = ARRAY[$2::text] WHERE kind = $1 AND args->>'tenant_id' = $3`,
-		provisionArgs{}.Kind(), clientIDPrefix+"deadhost_1_000000", orphaned.ID)
+		provisionArgs{}.Kind(), jobs.ClientIDPrefix+"deadhost_1_000000", orphaned.ID)
 	require.NoError(t, err)
 
 	// Another process, rescuing every 100ms, for 5 times ClientDeadAfter.
-	b.start(t, cfg)
+	b.startWithJobs(t, cfg, jobsCfg)
 	waitAllActive(t, b.store, []catalog.Tenant{orphaned}, 10*time.Second)
-	time.Sleep(5 * cfg.ClientDeadAfter)
+	time.Sleep(5 * jobsCfg.ClientDeadAfter)
 
 	var state string
 	var attempt int
@@ -213,7 +218,7 @@ func TestSlowClientKeepsItsJob(t *testing.T) {
 		FROM river_job WHERE kind = $1 AND args->>'tenant_id' = $2`, provisionArgs{}.Kind(), slowTenant.ID).
 		Scan(&state, &attempt, &attemptedBy, &errs))
 	require.Equal(t, "running", state, "the slow process's job: still running")
-	require.Equal(t, []string{slow.river.ID()}, attemptedBy, "still held by the slow process alone")
+	require.Equal(t, []string{slow.river().ID()}, attemptedBy, "still held by the slow process alone")
 	require.Equal(t, 1, attempt)
 	require.Empty(t, errs, "never rescued")
 	got, err := b.store.GetTenant(ctx, "slow")
@@ -232,25 +237,4 @@ func TestSlowClientKeepsItsJob(t *testing.T) {
 		require.Len(t, events, 1, "%s: activated once", tn.Slug)
 	}
 	require.Equal(t, 2, provisionJob(t, b.store, orphaned.ID).Attempt, "the orphaned job: rescued, and run once more")
-}
-
-// TestHeartbeatStartsOnce: a heartbeat runs once; Stop removes its row.
-func TestHeartbeatStartsOnce(t *testing.T) {
-	t.Parallel()
-	b := setup(t)
-	ctx := context.Background()
-	h, err := newClientHeartbeat(b.store.Pool(), newClientID(), heartbeatConfig{})
-	require.NoError(t, err)
-	require.NoError(t, h.Start(ctx))
-	require.ErrorIs(t, h.Start(ctx), errHeartbeatStarted)
-	var n int
-	require.NoError(t, b.store.Pool().QueryRow(ctx, `SELECT count(*) FROM job_clients WHERE id = $1`, h.id).Scan(&n))
-	require.Equal(t, 1, n)
-	require.NoError(t, h.Stop(ctx))
-	require.NoError(t, b.store.Pool().QueryRow(ctx, `SELECT count(*) FROM job_clients WHERE id = $1`, h.id).Scan(&n))
-	require.Zero(t, n)
-	require.ErrorIs(t, h.Start(ctx), errHeartbeatStarted)
-
-	_, err = newClientHeartbeat(b.store.Pool(), newClientID(), heartbeatConfig{Interval: time.Second, DeadAfter: 2 * time.Second})
-	require.Error(t, err, "a client must miss several beats before it counts as dead")
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/tenantplane/tenantplane/catalog"
 	"github.com/tenantplane/tenantplane/internal/pgcluster"
+	"github.com/tenantplane/tenantplane/migrations"
 )
 
 // provisionArgs is the durable job that takes a tenant from provisioning to
@@ -302,7 +303,7 @@ func (p *Provisioner) grantTables(ctx context.Context, serverName, database, rol
 	if err := conn.SendBatch(ctx, batch).Close(); err != nil {
 		return 0, false, err
 	}
-	return readSchemaVersion(ctx, conn)
+	return migrations.ReadVersion(ctx, conn)
 }
 
 // drop removes a deleted tenant's database and role once its grace period

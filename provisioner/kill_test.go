@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tenantplane/tenantplane/catalog"
+	"github.com/tenantplane/tenantplane/internal/jobs"
 )
 
 // provisionHelperEnv names the environment of the provisioning helper process.
@@ -121,16 +122,14 @@ func TestProvisioningKilledProcessFinishes(t *testing.T) {
 	}
 
 	// A restarted process finishes them, once the dead process's job client
-	// has missed its beats (ClientDeadAfter, heartbeat.go); River would take
+	// has missed its beats (ClientDeadAfter, internal/jobs); River would take
 	// them over too once they look stuck (RescueAfter) and the process is its
 	// leader, which it becomes once the dead one's lease (15s) has run out.
-	// RescueAfter is short here, still above JobTimeout (New insists), and
+	// RescueAfter is short here, still above JobTimeout (Open insists), and
 	// JobTimeout long enough for one job on a busy machine: a job that
 	// timed out would be retried 16s later. Its warm pool is on: a half-made
 	// tenant must not be given a warm database.
-	restart := b.cfg
-	restart.JobTimeout, restart.RescueAfter = 3*time.Second, 4*time.Second
-	restarted := b.start(t, restart)
+	restarted := b.startWithJobs(t, b.cfg, jobs.Config{Logger: b.cfg.Logger, JobTimeout: 3 * time.Second, RescueAfter: 4 * time.Second})
 	waitAllActive(t, b.store, tenants, 60*time.Second)
 	t.Logf("the restarted process finished the tenants %s after the kill", time.Since(killedAt).Round(100*time.Millisecond))
 

@@ -13,6 +13,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"github.com/tenantplane/tenantplane/catalog"
+	"github.com/tenantplane/tenantplane/internal/jobs"
 	"github.com/tenantplane/tenantplane/internal/pgtest"
 )
 
@@ -20,8 +21,6 @@ func TestMain(m *testing.M) {
 	// A test that kills a process starts this binary again (startHelper) as
 	// that process: the variable it sets says which one, and no test runs.
 	switch {
-	case os.Getenv(helperEnv) != "":
-		runHelperProcess("fan-out", fanoutHelperProcess) // TestFanoutKilledProcessResumes
 	case os.Getenv(provisionHelperEnv) != "":
 		runHelperProcess("provisioning", provisionHelperProcess) // TestProvisioningKilledProcessFinishes
 	case os.Getenv(crowdHelperEnv) != "":
@@ -78,6 +77,25 @@ func (b *testBundle) start(t testing.TB, cfg Config) *Provisioner {
 	require.NoError(t, err)
 	require.NoError(t, p.Start(context.Background()))
 	t.Cleanup(func() { _ = p.Stop(context.Background()) })
+	return p
+}
+
+// startWithJobs runs a provisioner whose job registry is opened with
+// jobsCfg (as controlplane opens the process's one registry) until the test
+// ends.
+func (b *testBundle) startWithJobs(t testing.TB, cfg Config, jobsCfg jobs.Config) *Provisioner {
+	t.Helper()
+	ctx := context.Background()
+	cfg.Jobs = jobs.NewRegistry()
+	p, err := New(b.store, cfg)
+	require.NoError(t, err)
+	require.NoError(t, cfg.Jobs.Open(b.store.Pool(), jobsCfg))
+	require.NoError(t, p.Start(ctx))
+	require.NoError(t, cfg.Jobs.Start(ctx))
+	t.Cleanup(func() {
+		_ = cfg.Jobs.Stop(ctx) // the jobs first: they use the provisioner's pools
+		_ = p.Stop(ctx)
+	})
 	return p
 }
 

@@ -11,10 +11,10 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
-	"github.com/riverqueue/river/riverdriver/riverpgxv5"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/tenantplane/tenantplane/catalog"
+	"github.com/tenantplane/tenantplane/internal/jobs"
 	"github.com/tenantplane/tenantplane/internal/startstop"
 	"github.com/tenantplane/tenantplane/migrations"
 )
@@ -49,33 +49,15 @@ type Config struct {
 	// TenantConnLimit is the per-role CONNECTION LIMIT of tenant roles: at
 	// least replicas x the plan's pool size (TENANTPLANE_TENANT_CONN_LIMIT). Default 40.
 	TenantConnLimit int
+	// Jobs is the process's one River client, which the provisioner
+	// registers its workers and queue into (New); its owner opens it once
+	// every part has registered, and starts and stops it. controlplane
+	// passes its own. Default: nil, and the provisioner makes a registry of
+	// its own, opens it in New (jobs.Config's defaults, Logger) and runs it
+	// in Start and Stop: for standalone use, such as package tests.
+	Jobs *jobs.Registry
 	// Workers is how many provisioning jobs run at once in this process. Default 8.
 	Workers int
-	// JobTimeout bounds one provisioning job. Default 2 minutes.
-	JobTimeout time.Duration
-	// RescueAfter is how long a job may look running before River takes it
-	// over, whatever its process: the bound on a job that hangs in a live
-	// process. Must exceed JobTimeout. Default 3 minutes. A process that died
-	// has its jobs taken over sooner, ClientDeadAfter after its last beat.
-	RescueAfter time.Duration
-	// HeartbeatInterval is how often this process records in the catalog
-	// that its job client is alive (heartbeat.go). Default 2s.
-	HeartbeatInterval time.Duration
-	// ClientDeadAfter is how long a process may go without a heartbeat
-	// before any other process (or its restart) takes its running jobs
-	// back. A process that keeps beating never loses a job this way, however
-	// long the job runs. Default 10s; at least 3 HeartbeatIntervals.
-	ClientDeadAfter time.Duration
-	// FanoutWorkers is how many tenants this process migrates at once for
-	// migration runs, whatever a run's concurrency. Default 16.
-	FanoutWorkers int
-	// FanoutLease is how long a run's claim on a tenant lives without a
-	// heartbeat: a process that dies has its tenants taken over, and its
-	// runs given new workers, this long after. Default 30s.
-	FanoutLease time.Duration
-	// FanoutLimits bound each statement of a run's tenant migrations.
-	// Default: SchemaLimits' defaults.
-	FanoutLimits SchemaLimits
 
 	// Customers, when set, gives each tenant its billing customer before it
 	// is activated, as the last provisioning step. controlplane passes
@@ -109,8 +91,10 @@ type Provisioner struct {
 	cfg    Config
 	logger *slog.Logger
 	schema migrations.Source
-	river  *river.Client[pgx.Tx]
-	beats  *clientHeartbeat // the river client's liveness, and the rescue of dead clients' jobs
+	jobs   *jobs.Registry
+	// ownJobs: jobs is the provisioner's own (Config.Jobs was nil), opened
+	// in New and run by Start and Stop.
+	ownJobs bool
 
 	mu         sync.Mutex
 	adminPools map[int64]*adminPool // by server id
@@ -118,8 +102,6 @@ type Provisioner struct {
 
 	refill chan struct{}
 	fill   startstop.Loop // the warm-pool refiller (warmpool.go)
-
-	fanout fanoutState // migration runs (fanout.go)
 }
 
 // New returns a Provisioner working through store. Start runs its workers.
@@ -155,16 +137,6 @@ func New(store *catalog.Store, cfg Config) (*Provisioner, error) {
 	if cfg.CustomerTimeout == 0 {
 		cfg.CustomerTimeout = 25 * time.Second
 	}
-	if cfg.JobTimeout == 0 {
-		cfg.JobTimeout = 2 * time.Minute
-	}
-	if cfg.RescueAfter == 0 {
-		cfg.RescueAfter = 3 * time.Minute
-	}
-	if cfg.RescueAfter <= cfg.JobTimeout {
-		return nil, errors.New("provisioner: RescueAfter must exceed JobTimeout")
-	}
-	applyFanoutDefaults(&cfg)
 	p := &Provisioner{
 		store:      store,
 		cfg:        cfg,
@@ -173,71 +145,54 @@ func New(store *catalog.Store, cfg Config) (*Provisioner, error) {
 		adminPools: map[int64]*adminPool{},
 		refill:     make(chan struct{}, 1),
 	}
-	clientID := newClientID()
-	beats, err := newClientHeartbeat(store.Pool(), clientID, heartbeatConfig{
-		Interval: cfg.HeartbeatInterval, DeadAfter: cfg.ClientDeadAfter, Logger: cfg.Logger.With("component", "heartbeat"),
-	})
-	if err != nil {
-		return nil, err
+	p.jobs = cfg.Jobs
+	if p.jobs == nil {
+		p.jobs, p.ownJobs = jobs.NewRegistry(), true
 	}
-	p.beats = beats
-	workers := river.NewWorkers()
-	river.AddWorker(workers, &provisionWorker{p: p})
-	river.AddWorker(workers, &dropWorker{p: p})
-	river.AddWorker(workers, &fanoutWorker{p: p})
-	client, err := river.NewClient(riverpgxv5.New(store.Pool()), &river.Config{
-		ID:                   clientID, // its beats in job_clients say it is alive
-		Logger:               cfg.Logger.With("component", "river"),
-		Queues:               map[string]river.QueueConfig{river.QueueDefault: {MaxWorkers: cfg.Workers}, fanoutQueue(p.schema.Hash()): {MaxWorkers: cfg.FanoutWorkers}},
-		Workers:              workers,
-		JobTimeout:           cfg.JobTimeout,
-		RescueStuckJobsAfter: cfg.RescueAfter,
-		FetchCooldown:        time.Millisecond, // pick up a new tenant's job at once
-		FetchPollInterval:    500 * time.Millisecond,
-		MaxAttempts:          10,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("provisioner: job queue: %w", err)
+	river.AddWorker(p.jobs.Workers(), &provisionWorker{p: p})
+	river.AddWorker(p.jobs.Workers(), &dropWorker{p: p})
+	p.jobs.AddQueue(river.QueueDefault, cfg.Workers)
+	if p.ownJobs {
+		if err := p.jobs.Open(store.Pool(), jobs.Config{Logger: cfg.Logger}); err != nil {
+			return nil, fmt.Errorf("provisioner: %w", err)
+		}
 	}
-	p.river = client
 	return p, nil
 }
 
-// Start runs the provisioning workers and the warm-pool refiller until Stop.
-// A Provisioner that runs refuses a second Start with startstop.ErrStarted.
+// river is the client the provisioner inserts its jobs with.
+func (p *Provisioner) river() *river.Client[pgx.Tx] { return p.jobs.Client() }
+
+// Start runs the warm-pool refiller until Stop, and the provisioning
+// workers when the job registry is the provisioner's own (Config.Jobs). A
+// Provisioner that runs refuses a second Start with startstop.ErrStarted.
 func (p *Provisioner) Start(ctx context.Context) error {
 	// The refiller goes first: its Loop refuses a second Start before
 	// anything else is started twice.
 	if err := p.fill.Start(ctx, p.refillLoop); err != nil {
 		return fmt.Errorf("provisioner: %w", err)
 	}
-	// The client beats before it fetches a job: a running job whose client
-	// has no row counts as a dead process's.
-	if err := p.beats.Start(ctx); err != nil {
-		return errors.Join(err, p.fill.Stop(ctx))
+	if p.ownJobs {
+		if err := p.jobs.Start(ctx); err != nil {
+			return errors.Join(fmt.Errorf("provisioner: %w", err), p.fill.Stop(ctx))
+		}
 	}
-	if err := p.river.Start(ctx); err != nil {
-		_ = p.beats.Stop(ctx)
-		return errors.Join(fmt.Errorf("provisioner: starting job workers: %w", err), p.fill.Stop(ctx))
-	}
-	p.startFanout(ctx)
 	return nil
 }
 
-// Stop lets running jobs finish (until ctx ends, then cancels them: they
-// resume elsewhere), stops the refiller and closes the admin pools.
+// Stop stops the refiller and closes the admin pools. With its own job
+// registry (Config.Jobs), it first lets running jobs finish (until ctx ends,
+// then cancels them: they resume elsewhere); a shared registry must be
+// stopped by its owner before the provisioner, whose pools its jobs use.
 func (p *Provisioner) Stop(ctx context.Context) error {
 	var err error
 	if p.fill.Running() {
-		p.stopFanout()
 		// The refiller ends as soon as it is cancelled (its queries are):
 		// wait for it whatever ctx, so a second Stop finds nothing running.
 		_ = p.fill.Stop(context.WithoutCancel(ctx))
-		if err = p.river.Stop(ctx); errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-			err = p.river.StopAndCancel(context.Background())
+		if p.ownJobs {
+			err = p.jobs.Stop(ctx)
 		}
-		// Only now, with the jobs handed back, may the client look dead.
-		err = errors.Join(err, p.beats.Stop(ctx))
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -250,6 +205,12 @@ func (p *Provisioner) Stop(ctx context.Context) error {
 
 // Schema is the tenant schema the provisioner builds databases from.
 func (p *Provisioner) Schema() migrations.Source { return p.schema }
+
+// Refill asks the refiller to bring each server's template and warm pool to
+// the newest tenant schema now, rather than at its next pass: fan-out calls
+// it when a run starts (fanout.Refiller), so that new tenants are made at
+// the newest version.
+func (p *Provisioner) Refill() { p.kickRefill() }
 
 // adminPool is a small pool on a server's admin DSN.
 type adminPool struct {

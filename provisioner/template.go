@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/tenantplane/tenantplane/catalog"
+	"github.com/tenantplane/tenantplane/migrations"
 )
 
 // Names of what the provisioner keeps on each server besides tenant
@@ -62,7 +63,11 @@ func (p *Provisioner) ensureTemplate(ctx context.Context, srv catalog.Server) (s
 				return nil, fmt.Errorf("building template on %s: %w", srv.Name, err)
 			}
 		}
-		if _, err := p.migrateTenant(ctx, srv.Name, build, p.schema.Latest(), SchemaLimits{}); err != nil {
+		cfg, err := p.dbConfig(ctx, srv.Name, build, "tenantplane-fanout")
+		if err != nil {
+			return nil, fmt.Errorf("building template on %s: %w", srv.Name, err)
+		}
+		if _, err := migrations.Migrate(ctx, cfg, p.schema, p.schema.Latest(), migrations.Limits{}); err != nil {
 			return nil, fmt.Errorf("building template on %s: %w", srv.Name, err)
 		}
 		if _, err := conn.Exec(ctx, "ALTER DATABASE "+ident(build)+" RENAME TO "+ident(name)); err != nil {

@@ -37,7 +37,7 @@ func (p *Provisioner) CreateTenant(ctx context.Context, spec TenantSpec, actor s
 	t, created, err := p.store.CreateTenant(ctx, catalog.NewTenant{
 		Slug: spec.Slug, Name: spec.Name, Plan: spec.Plan, Server: spec.Server, Actor: actor,
 	}, func(ctx context.Context, tx pgx.Tx, t catalog.Tenant) error {
-		_, err := p.river.InsertTx(ctx, tx, provisionArgs{TenantID: t.ID}, nil)
+		_, err := p.river().InsertTx(ctx, tx, provisionArgs{TenantID: t.ID}, nil)
 		return err
 	})
 	if err != nil {
@@ -143,7 +143,7 @@ func (p *Provisioner) Delete(ctx context.Context, slug, actor, reason string) (c
 		if err != nil {
 			return err
 		}
-		_, err = p.river.InsertTx(ctx, tx, dropArgs{TenantID: t.ID}, &river.InsertOpts{ScheduledAt: after})
+		_, err = p.river().InsertTx(ctx, tx, dropArgs{TenantID: t.ID}, &river.InsertOpts{ScheduledAt: after})
 		return err
 	})
 	return out, err
@@ -191,7 +191,7 @@ func (p *Provisioner) Retry(ctx context.Context, slug, actor, reason string) (ca
 		if err != nil {
 			return err
 		}
-		_, err = p.river.InsertTx(ctx, tx, provisionArgs{TenantID: t.ID}, nil)
+		_, err = p.river().InsertTx(ctx, tx, provisionArgs{TenantID: t.ID}, nil)
 		return err
 	})
 	return out, err

@@ -1,4 +1,4 @@
-package provisioner
+package fanout
 
 import (
 	"context"
@@ -10,7 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
-	"github.com/tenantplane/tenantplane/catalog"
+	"github.com/tenantplane/tenantplane/migrations"
 )
 
 // BenchmarkFanout1000 fans a one-column-plus-index migration out to 1,000
@@ -27,17 +27,17 @@ func BenchmarkFanout1000(b *testing.B) {
 	)
 	fb := setupFanout(b)
 	ctx := context.Background()
-	v1 := fb.provisioner(b, loadSchema(b, schemaDir(b, nil)), false, nil)
+	v1 := fb.service(b, loadSchema(b, schemaDir(b, nil)), false, nil)
 	seedStart := time.Now()
 	seeded := seedTenants(b, v1, "bench", tenants)
 	b.Logf("seeded %d tenant databases in %s", tenants, time.Since(seedStart).Round(time.Millisecond))
-	require.NoError(b, v1.Stop(ctx)) // its admin pools would count in the connections below
+	require.NoError(b, v1.Stop(ctx))
 
 	schema := loadSchema(b, schemaDir(b, map[string]string{
 		"000002_users_locale.up.sql":   "ALTER TABLE users ADD COLUMN locale text;\nCREATE INDEX users_locale_idx ON users (locale);\n",
 		"000002_users_locale.down.sql": "DROP INDEX users_locale_idx;\nALTER TABLE users DROP COLUMN locale;\n",
 	}))
-	p := fb.provisioner(b, schema, true, func(c *Config) { c.FanoutWorkers = 2 * concurrency; c.FanoutLease = 30 * time.Second })
+	p := fb.service(b, schema, true, func(c *Config) { c.Workers = 2 * concurrency; c.Lease = 30 * time.Second })
 
 	// One tenant's migration alone, up then down, a few times: the unit of work.
 	var single time.Duration
@@ -45,10 +45,12 @@ func BenchmarkFanout1000(b *testing.B) {
 	for i := range samples {
 		tn := seeded[i]
 		start := time.Now()
-		_, err := p.migrateTenant(ctx, tn.Server, tn.Database, 2, SchemaLimits{})
+		cfg, err := p.connConfig(ctx, tn.Server, tn.Database, "tenantplane-fanout")
+		require.NoError(b, err)
+		_, err = migrations.Migrate(ctx, cfg, p.schema, 2, migrations.Limits{})
 		require.NoError(b, err)
 		single += time.Since(start)
-		_, err = p.migrateTenant(ctx, tn.Server, tn.Database, 1, SchemaLimits{})
+		_, err = migrations.Migrate(ctx, cfg, p.schema, 1, migrations.Limits{})
 		require.NoError(b, err)
 	}
 	single /= samples
@@ -62,10 +64,10 @@ func BenchmarkFanout1000(b *testing.B) {
 		start := time.Now()
 		run, err := p.StartRun(ctx, RunSpec{TargetVersion: &target, Concurrency: concurrency, PerServer: perServer}, "bench")
 		require.NoError(b, err)
-		run = waitRun(b, fb.store, run.ID, 10*time.Minute, catalog.RunDone, catalog.RunFailed, catalog.RunHalted)
+		run = waitRun(b, fb.runs, run.ID, 10*time.Minute, RunDone, RunFailed, RunHalted)
 		wall += time.Since(start)
 		peaks = stop()
-		require.Equal(b, catalog.RunDone, run.State, run.Reason)
+		require.Equal(b, RunDone, run.State, run.Reason)
 		require.Equal(b, tenants, run.Counts.Done)
 		target = 3 - target // up, then down, then up ...
 		runs++

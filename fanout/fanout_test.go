@@ -1,4 +1,4 @@
-package provisioner
+package fanout
 
 import (
 	"context"
@@ -26,6 +26,7 @@ type fanoutBundle struct {
 	dsn     string // the catalog
 	key     string // the catalog's secret key
 	store   *catalog.Store
+	runs    *store // fan-out's tables, as the tests look at them
 	servers map[string]*pgtest.Server
 	logger  *slog.Logger
 }
@@ -38,6 +39,7 @@ func setupFanout(t testing.TB) *fanoutBundle {
 		logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	}
 	b.store = b.openStore(t)
+	b.runs = newStore(b.store)
 	// Start both clusters at once: each takes a few hundred milliseconds.
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -50,10 +52,8 @@ func setupFanout(t testing.TB) *fanoutBundle {
 		})
 	}
 	wg.Wait()
-	p, err := New(b.store, Config{Logger: b.logger})
-	require.NoError(t, err)
 	for _, name := range []string{"pg-1", "pg-2"} {
-		_, err = p.RegisterServer(ctx, ServerSpec{Name: name, DSN: b.servers[name].ManagedDSN(t, "postgres"), Capacity: 2000}, "test")
+		_, err := b.store.CreateServer(ctx, catalog.NewServer{Name: name, DSN: b.servers[name].ManagedDSN(t, "postgres"), Capacity: 2000, ConnBudget: 80})
 		require.NoError(t, err)
 	}
 	return b
@@ -93,12 +93,12 @@ func loadSchema(t testing.TB, dir string) *migrations.Source {
 	return &src
 }
 
-// provisioner returns a provisioner (a process, as far as the catalog can
+// service returns a fan-out service (a process, as far as the catalog can
 // tell) on the bundle's catalog with the given tenant schema, started unless
 // told otherwise, and stopped when the test ends.
-func (b *fanoutBundle) provisioner(t testing.TB, schema *migrations.Source, start bool, adjust func(*Config)) *Provisioner {
+func (b *fanoutBundle) service(t testing.TB, schema *migrations.Source, start bool, adjust func(*Config)) *Service {
 	t.Helper()
-	cfg := Config{Logger: b.logger, Migrations: schema, WarmPoolSize: -1, FanoutLease: 2 * time.Second}
+	cfg := Config{Logger: b.logger, Migrations: schema, Lease: 2 * time.Second}
 	if adjust != nil {
 		adjust(&cfg)
 	}
@@ -110,63 +110,82 @@ func (b *fanoutBundle) provisioner(t testing.TB, schema *migrations.Source, star
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		_ = p.Stop(ctx) // closes its admin pools when it was not started
+		_ = p.Stop(ctx)
 	})
 	return p
 }
 
 // seedTenants makes n active tenants at p's newest schema the quick way:
-// catalog rows, then a database cloned from each server's template (no role;
-// migrations run as the server's admin). Names are prefix-000 ...
-func seedTenants(t testing.TB, p *Provisioner, prefix string, n int) []catalog.Tenant {
+// catalog rows, then a database cloned from a template on each server that
+// migrations.Migrate built (no role; migrations run as the server's admin),
+// as the provisioner does. Names are prefix-000 ...
+func seedTenants(t testing.TB, p *Service, prefix string, n int) []catalog.Tenant {
 	t.Helper()
 	ctx := context.Background()
-	servers, err := p.store.ListServers(ctx)
-	require.NoError(t, err)
-	templates := map[string]string{}
-	strategy := map[string]string{}
-	for _, srv := range servers {
-		tpl, err := p.ensureTemplate(ctx, srv)
-		require.NoError(t, err)
-		templates[srv.Name] = tpl
-		pool, err := p.admin(ctx, srv.ID, srv.Name)
-		require.NoError(t, err)
-		var version int
-		require.NoError(t, pool.QueryRow(ctx, "SELECT current_setting('server_version_num')::int").Scan(&version))
-		if version >= 150000 {
-			strategy[srv.Name] = " STRATEGY FILE_COPY" // a file copy beats WAL-logging a small template
-		}
-	}
 	tenants := make([]catalog.Tenant, n)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(8)
 	for i := range n {
 		g.Go(func() error {
-			t, _, err := p.store.CreateTenant(gctx, catalog.NewTenant{Slug: fmt.Sprintf("%s-%03d", prefix, i), Name: "seeded", Plan: "basic", Actor: "test"}, nil)
+			t, _, err := p.db.CreateTenant(gctx, catalog.NewTenant{Slug: fmt.Sprintf("%s-%03d", prefix, i), Name: "seeded", Plan: "basic", Actor: "test"}, nil)
 			if err != nil {
 				return err
 			}
-			srv, err := p.store.GetServer(gctx, t.Server)
-			if err != nil {
-				return err
-			}
-			pool, err := p.admin(gctx, srv.ID, srv.Name)
-			if err != nil {
-				return err
-			}
-			if _, err := pool.Exec(gctx, "CREATE DATABASE "+ident(t.Database)+" TEMPLATE "+ident(templates[t.Server])+strategy[t.Server]); err != nil {
-				return err
-			}
-			if err := p.store.SetTenantSchema(gctx, t.ID, int64(p.schema.Latest()), false); err != nil {
-				return err
-			}
-			tenants[i], err = p.store.TransitionTenant(gctx, catalog.Transition{TenantID: t.ID, From: []catalog.TenantState{catalog.TenantProvisioning},
-				To: catalog.TenantActive, Actor: "test", Action: "tenant.activated"})
+			tenants[i], err = makeTenantDatabase(gctx, p, t)
 			return err
 		})
 	}
 	require.NoError(t, g.Wait())
 	return tenants
+}
+
+// templates serializes building the seeding templates of a test process.
+var templates sync.Mutex
+
+// makeTenantDatabase gives a provisioning tenant its database, cloned from
+// its server's template at p's newest schema (built on first use), and
+// activates it.
+func makeTenantDatabase(ctx context.Context, p *Service, t catalog.Tenant) (catalog.Tenant, error) {
+	admin, err := p.connConfig(ctx, t.Server, "postgres", "tenantplane-test")
+	if err != nil {
+		return t, err
+	}
+	conn, err := pgx.ConnectConfig(ctx, admin)
+	if err != nil {
+		return t, err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	tpl := "tp_test_tpl_" + p.schema.Hash()
+	templates.Lock()
+	var exists bool
+	err = conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`, tpl).Scan(&exists)
+	if err == nil && !exists {
+		if _, err = conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{tpl}.Sanitize()); err == nil {
+			cfg := admin.Copy()
+			cfg.Database = tpl
+			_, err = migrations.Migrate(ctx, cfg, p.schema, p.schema.Latest(), migrations.Limits{})
+		}
+	}
+	templates.Unlock()
+	if err != nil {
+		return t, err
+	}
+	strategy := ""
+	var version int
+	if err := conn.QueryRow(ctx, "SELECT current_setting('server_version_num')::int").Scan(&version); err != nil {
+		return t, err
+	}
+	if version >= 150000 {
+		strategy = " STRATEGY FILE_COPY" // a file copy beats WAL-logging a small template
+	}
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{t.Database}.Sanitize()+" TEMPLATE "+pgx.Identifier{tpl}.Sanitize()+strategy); err != nil {
+		return t, err
+	}
+	if err := p.db.SetTenantSchema(ctx, t.ID, int64(p.schema.Latest()), false); err != nil {
+		return t, err
+	}
+	return p.db.TransitionTenant(ctx, catalog.Transition{TenantID: t.ID, From: []catalog.TenantState{catalog.TenantProvisioning},
+		To: catalog.TenantActive, Actor: "test", Action: "tenant.activated"})
 }
 
 // tenantExec runs sql in a tenant's database as the server's superuser.
@@ -199,15 +218,15 @@ func (b *fanoutBundle) schemaOf(t testing.TB, tenant catalog.Tenant) (int64, boo
 	conn, err := pgx.Connect(ctx, b.servers[tenant.Server].DSN(tenant.Database))
 	require.NoError(t, err)
 	defer conn.Close(ctx)
-	v, dirty, err := readSchemaVersion(ctx, conn)
+	v, dirty, err := migrations.ReadVersion(ctx, conn)
 	require.NoError(t, err)
 	return v, dirty
 }
 
 // waitRun waits until the run is in one of the states and returns it.
-func waitRun(t testing.TB, store *catalog.Store, id int64, timeout time.Duration, states ...catalog.RunState) catalog.MigrationRun {
+func waitRun(t testing.TB, store *store, id int64, timeout time.Duration, states ...RunState) MigrationRun {
 	t.Helper()
-	var run catalog.MigrationRun
+	var run MigrationRun
 	deadline := time.Now().Add(timeout)
 	for {
 		var err error
@@ -240,7 +259,7 @@ func TestFanoutHaltsOnFailuresThenResumes(t *testing.T) {
 	b := setupFanout(t)
 	ctx := context.Background()
 	dir := schemaDir(t, map[string]string{"000002_unique_email.up.sql": v2UniqueEmail, "000002_unique_email.down.sql": "DROP INDEX users_email_lower_idx;"})
-	v1 := b.provisioner(t, loadSchema(t, schemaDir(t, nil)), false, nil)
+	v1 := b.service(t, loadSchema(t, schemaDir(t, nil)), false, nil)
 	tenants := seedTenants(t, v1, "halt", 20)
 	// The last three (never canaries: those are the first of each server) hold a duplicate.
 	bad := tenants[17:]
@@ -248,22 +267,22 @@ func TestFanoutHaltsOnFailuresThenResumes(t *testing.T) {
 		b.tenantExec(t, tn, `INSERT INTO users (email) VALUES ('dup@example.com'), ('DUP@example.com')`)
 	}
 
-	p := b.provisioner(t, loadSchema(t, dir), true, nil)
+	p := b.service(t, loadSchema(t, dir), true, nil)
 	run, err := p.StartRun(ctx, RunSpec{Concurrency: 4, PerServer: 2, MaxFailures: 2}, "test")
 	require.NoError(t, err)
 	require.EqualValues(t, 2, run.TargetVersion, "the default target is the newest version")
 	require.Equal(t, 2, run.Canary, "one canary per server by default")
 	require.Equal(t, 20, run.Counts.Total)
 
-	run = waitRun(t, b.store, run.ID, 30*time.Second, catalog.RunHalted)
+	run = waitRun(t, b.runs, run.ID, 30*time.Second, RunHalted)
 	require.Contains(t, run.Reason, "3 tenants failed, more than max_failures (2)")
 	// Running tenants finish, no new ones start: nothing stays running.
-	run = waitRunSettled(t, b.store, run.ID)
-	require.Equal(t, catalog.RunHalted, run.State)
+	run = waitRunSettled(t, b.runs, run.ID)
+	require.Equal(t, RunHalted, run.State)
 	require.Equal(t, 3, run.Counts.Failed)
 	require.Equal(t, 17, run.Counts.Done+run.Counts.Pending)
 
-	report, err := p.Run(ctx, run.ID)
+	report, err := p.Report(ctx, run.ID)
 	require.NoError(t, err)
 	require.Len(t, report.Failed, 3)
 	for _, f := range report.Failed {
@@ -284,11 +303,11 @@ func TestFanoutHaltsOnFailuresThenResumes(t *testing.T) {
 	for _, tn := range bad {
 		b.tenantExec(t, tn, `DELETE FROM users WHERE email = 'DUP@example.com'`)
 	}
-	run, err = p.ChangeRun(ctx, run.ID, catalog.RunResume, "test")
+	run, err = p.ChangeRun(ctx, run.ID, RunResume, "test")
 	require.NoError(t, err)
-	require.Equal(t, catalog.RunRunning, run.State)
-	run = waitRun(t, b.store, run.ID, 30*time.Second, catalog.RunDone)
-	require.Equal(t, catalog.RunCounts{Total: 20, Done: 20}, run.Counts)
+	require.Equal(t, RunRunning, run.State)
+	run = waitRun(t, b.runs, run.ID, 30*time.Second, RunDone)
+	require.Equal(t, RunCounts{Total: 20, Done: 20}, run.Counts)
 	for _, tn := range tenants {
 		v, dirty := b.schemaOf(t, tn)
 		require.EqualValues(t, 2, v, tn.Slug)
@@ -308,9 +327,9 @@ func TestFanoutHaltsOnFailuresThenResumes(t *testing.T) {
 }
 
 // waitRunSettled waits until no tenant of the run is running.
-func waitRunSettled(t testing.TB, store *catalog.Store, id int64) catalog.MigrationRun {
+func waitRunSettled(t testing.TB, store *store, id int64) MigrationRun {
 	t.Helper()
-	var run catalog.MigrationRun
+	var run MigrationRun
 	require.Eventually(t, func() bool {
 		var err error
 		run, err = store.GetMigrationRun(context.Background(), id)
@@ -326,16 +345,16 @@ func TestFanoutCanaryFailureStopsTheRun(t *testing.T) {
 	t.Parallel()
 	b := setupFanout(t)
 	ctx := context.Background()
-	v1 := b.provisioner(t, loadSchema(t, schemaDir(t, nil)), false, nil)
+	v1 := b.service(t, loadSchema(t, schemaDir(t, nil)), false, nil)
 	tenants := seedTenants(t, v1, "canary", 12)
 	for _, tn := range tenants {
 		b.tenantExec(t, tn, `INSERT INTO users (email) VALUES ('dup@example.com'), ('DUP@example.com')`)
 	}
-	p := b.provisioner(t, loadSchema(t, schemaDir(t, map[string]string{"000002_unique_email.up.sql": v2UniqueEmail})), true, nil)
+	p := b.service(t, loadSchema(t, schemaDir(t, map[string]string{"000002_unique_email.up.sql": v2UniqueEmail})), true, nil)
 	run, err := p.StartRun(ctx, RunSpec{Concurrency: 12, MaxFailures: 5}, "test")
 	require.NoError(t, err)
-	run = waitRun(t, b.store, run.ID, 30*time.Second, catalog.RunHalted)
-	run = waitRunSettled(t, b.store, run.ID)
+	run = waitRun(t, b.runs, run.ID, 30*time.Second, RunHalted)
+	run = waitRunSettled(t, b.runs, run.ID)
 	require.Contains(t, run.Reason, "canary tenant")
 	require.Equal(t, 2, run.Canary)
 	require.Equal(t, 10, run.Counts.Pending, "no tenant but the canaries was tried")
@@ -348,7 +367,7 @@ func TestFanoutCanaryFailureStopsTheRun(t *testing.T) {
 		if r.Canary {
 			continue
 		}
-		require.Equal(t, catalog.RunTenantPending, r.State, r.Slug)
+		require.Equal(t, RunTenantPending, r.State, r.Slug)
 		require.Zero(t, r.Attempts, r.Slug)
 		touched += r.Attempts
 	}
@@ -360,11 +379,11 @@ func TestFanoutCanaryFailureStopsTheRun(t *testing.T) {
 	}
 
 	// Cancelling marks the rest skipped; a new run may start.
-	run, err = p.ChangeRun(ctx, run.ID, catalog.RunCancel, "test")
+	run, err = p.ChangeRun(ctx, run.ID, RunCancel, "test")
 	require.NoError(t, err)
-	require.Equal(t, catalog.RunCancelled, run.State)
+	require.Equal(t, RunCancelled, run.State)
 	require.Equal(t, 10, run.Counts.Skipped)
-	_, err = p.ChangeRun(ctx, run.ID, catalog.RunResume, "test")
+	_, err = p.ChangeRun(ctx, run.ID, RunResume, "test")
 	require.ErrorIs(t, err, catalog.ErrConflict)
 }
 
@@ -381,15 +400,16 @@ func TestFanoutTwoProcessesMigrateEachTenantOnce(t *testing.T) {
 	t.Parallel()
 	b := setupFanout(t)
 	ctx := context.Background()
-	v1 := b.provisioner(t, loadSchema(t, schemaDir(t, nil)), false, nil)
+	v1 := b.service(t, loadSchema(t, schemaDir(t, nil)), false, nil)
 	tenants := seedTenants(t, v1, "twice", 24)
 	dir := schemaDir(t, map[string]string{"000002_log.up.sql": logMigration})
 	// Three slots each, six in all: both processes must take part.
-	few := func(c *Config) { c.FanoutWorkers = 3 }
-	p1 := b.provisioner(t, loadSchema(t, dir), true, few)
+	few := func(c *Config) { c.Workers = 3 }
+	p1 := b.service(t, loadSchema(t, dir), true, few)
 	b2 := *b
 	b2.store = b.openStore(t) // the second process has a catalog pool of its own
-	p2 := b2.provisioner(t, loadSchema(t, dir), true, few)
+	b2.runs = newStore(b2.store)
+	p2 := b2.service(t, loadSchema(t, dir), true, few)
 
 	// Sample the running tenants per server while the run goes.
 	stopSampling := make(chan struct{})
@@ -402,7 +422,7 @@ func TestFanoutTwoProcessesMigrateEachTenantOnce(t *testing.T) {
 				return
 			case <-time.After(10 * time.Millisecond):
 			}
-			rows, err := b.store.ListRunTenants(ctx, 1, []catalog.RunTenantState{catalog.RunTenantRunning}, 0)
+			rows, err := b.runs.ListRunTenants(ctx, 1, []RunTenantState{RunTenantRunning}, 0)
 			if err != nil {
 				continue
 			}
@@ -421,7 +441,7 @@ func TestFanoutTwoProcessesMigrateEachTenantOnce(t *testing.T) {
 	// Midway, the first process stops gracefully: it finishes its tenants
 	// and hands its slots over at once, without waiting for the run.
 	require.Eventually(t, func() bool {
-		r, err := b.store.GetMigrationRun(ctx, run.ID)
+		r, err := b.runs.GetMigrationRun(ctx, run.ID)
 		return err == nil && r.Counts.Done >= 8
 	}, 60*time.Second, 10*time.Millisecond)
 	stopCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -430,7 +450,7 @@ func TestFanoutTwoProcessesMigrateEachTenantOnce(t *testing.T) {
 	require.NoError(t, p1.Stop(stopCtx))
 	require.Less(t, time.Since(began), 3*time.Second, "a stopping process does not wait for the run to end")
 
-	run = waitRun(t, b.store, run.ID, 60*time.Second, catalog.RunDone)
+	run = waitRun(t, b.runs, run.ID, 60*time.Second, RunDone)
 	close(stopSampling)
 	sampling.Wait()
 	require.Equal(t, 24, run.Counts.Done)
@@ -455,7 +475,7 @@ func TestFanoutTwoProcessesMigrateEachTenantOnce(t *testing.T) {
 
 // TestFanoutPauseResumeAndNewTenantsJoin: a run down to version 1 while the
 // newest is 2, paused; a tenant created meanwhile is made at 2 (the template
-// is the newest) and joins the run when it resumes, which takes it to 1.
+// is the newest) and joins the run once it is active, which takes it to 1.
 func TestFanoutPauseResumeAndNewTenantsJoin(t *testing.T) {
 	t.Parallel()
 	b := setupFanout(t)
@@ -464,7 +484,7 @@ func TestFanoutPauseResumeAndNewTenantsJoin(t *testing.T) {
 		"000002_nickname.up.sql":   "ALTER TABLE users ADD COLUMN nickname text; SELECT pg_sleep(0.05);",
 		"000002_nickname.down.sql": "ALTER TABLE users DROP COLUMN nickname; SELECT pg_sleep(0.05);",
 	}))
-	p := b.provisioner(t, schema, true, nil)
+	p := b.service(t, schema, true, nil)
 	tenants := seedTenants(t, p, "down", 8)
 
 	bad, err := p.StartRun(ctx, RunSpec{TargetVersion: ptr[int64](7)}, "test")
@@ -479,25 +499,38 @@ func TestFanoutPauseResumeAndNewTenantsJoin(t *testing.T) {
 	require.NoError(t, err)
 	_, err = p.StartRun(ctx, RunSpec{}, "test")
 	require.ErrorIs(t, err, catalog.ErrConflict, "one open run at a time")
-	run, err = p.ChangeRun(ctx, run.ID, catalog.RunPause, "test")
+	run, err = p.ChangeRun(ctx, run.ID, RunPause, "test")
 	require.NoError(t, err)
-	require.Equal(t, catalog.RunPaused, run.State)
-	run = waitRunSettled(t, b.store, run.ID)
+	require.Equal(t, RunPaused, run.State)
+	run = waitRunSettled(t, b.runs, run.ID)
 	require.Positive(t, run.Counts.Pending, "paused before the end")
 	pendingAtPause := run.Counts.Pending
 	time.Sleep(300 * time.Millisecond)
-	run, err = b.store.GetMigrationRun(ctx, run.ID)
+	run, err = b.runs.GetMigrationRun(ctx, run.ID)
 	require.NoError(t, err)
 	require.Equal(t, pendingAtPause, run.Counts.Pending, "nothing starts while paused")
 
-	late, _, err := p.CreateTenant(ctx, TenantSpec{Slug: "late-comer", Plan: "basic"}, "test")
+	// A tenant created meanwhile: still provisioning when the run resumes,
+	// the run waits for it (the target is not the newest version, which new
+	// tenants are made at), then takes it in once it is active.
+	late, _, err := b.store.CreateTenant(ctx, catalog.NewTenant{Slug: "late-comer", Name: "late", Plan: "basic", Actor: "test"}, nil)
 	require.NoError(t, err)
-	late = waitState(t, b.store, late.Slug, catalog.TenantActive)
+	_, err = p.ChangeRun(ctx, run.ID, RunResume, "test")
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		run, err = b.runs.GetMigrationRun(ctx, run.ID)
+		require.NoError(t, err)
+		return run.Counts.Pending == 0 && run.Counts.Running == 0
+	}, 30*time.Second, 20*time.Millisecond)
+	time.Sleep(300 * time.Millisecond)
+	run, err = b.runs.GetMigrationRun(ctx, run.ID)
+	require.NoError(t, err)
+	require.Equal(t, RunRunning, run.State, "the run waits for the tenant still provisioning")
+	late, err = makeTenantDatabase(ctx, p, late)
+	require.NoError(t, err)
 	require.EqualValues(t, 2, late.SchemaVersion, "new tenants are made at the newest version")
 
-	_, err = p.ChangeRun(ctx, run.ID, catalog.RunResume, "test")
-	require.NoError(t, err)
-	run = waitRun(t, b.store, run.ID, 30*time.Second, catalog.RunDone)
+	run = waitRun(t, b.runs, run.ID, 30*time.Second, RunDone)
 	require.Equal(t, 9, run.Counts.Done, "the tenant made during the run joined it")
 	for _, tn := range append(tenants, late) {
 		v, dirty := b.schemaOf(t, tn)
@@ -518,7 +551,7 @@ const helperEnv = "TENANTPLANE_FANOUT_HELPER"
 
 // fanoutHelperProcess is not a test: it is the process that
 // TestFanoutKilledProcessResumes starts and kills. TestMain runs it instead
-// of the tests when helperEnv is set. It runs a provisioner on the catalog
+// of the tests when helperEnv is set. It runs a fan-out service on the catalog
 // and tenant schema its environment names until it is killed.
 func fanoutHelperProcess() error {
 	ctx := context.Background()
@@ -532,7 +565,7 @@ func fanoutHelperProcess() error {
 	}
 	p, err := New(store, Config{
 		Logger:     helperLogger(),
-		Migrations: &schema, WarmPoolSize: -1, FanoutLease: 2 * time.Second, FanoutWorkers: 3,
+		Migrations: &schema, Lease: 2 * time.Second, Workers: 3,
 	})
 	if err != nil {
 		return err
@@ -556,16 +589,16 @@ func TestFanoutKilledProcessResumes(t *testing.T) {
 	t.Parallel()
 	b := setupFanout(t)
 	ctx := context.Background()
-	v1 := b.provisioner(t, loadSchema(t, schemaDir(t, nil)), false, nil)
+	v1 := b.service(t, loadSchema(t, schemaDir(t, nil)), false, nil)
 	tenants := seedTenants(t, v1, "killed", 24)
 	dir := schemaDir(t, map[string]string{"000002_log.up.sql": logMigration})
 
 	helper := startHelper(t, nil, helperEnv+"=1", "CATALOG_DSN="+b.dsn, "SECRET_KEY="+b.key, "SCHEMA_DIR="+dir)
 
 	// Kill it once some tenants are done and others are being migrated.
-	var run catalog.MigrationRun
+	var run MigrationRun
 	require.Eventually(t, func() bool {
-		runs, _, err := b.store.ListMigrationRuns(ctx, 1, "")
+		runs, _, err := b.runs.ListMigrationRuns(ctx, 1, "")
 		if err != nil || len(runs) == 0 {
 			return false
 		}
@@ -573,16 +606,16 @@ func TestFanoutKilledProcessResumes(t *testing.T) {
 		return run.Counts.Done >= 6 && run.Counts.Running > 0
 	}, 60*time.Second, 5*time.Millisecond)
 	helper.kill(t)
-	run, err := b.store.GetMigrationRun(ctx, run.ID)
+	run, err := b.runs.GetMigrationRun(ctx, run.ID)
 	require.NoError(t, err)
-	require.Equal(t, catalog.RunRunning, run.State)
+	require.Equal(t, RunRunning, run.State)
 	require.Positive(t, run.Counts.Running, "the killed process left tenants claimed")
 	require.Positive(t, run.Counts.Pending)
 	t.Logf("killed with %+v", run.Counts)
 
 	// A new process on the same catalog picks the run up by itself.
-	b.provisioner(t, loadSchema(t, dir), true, nil)
-	run = waitRun(t, b.store, run.ID, 60*time.Second, catalog.RunDone)
+	b.service(t, loadSchema(t, dir), true, nil)
+	run = waitRun(t, b.runs, run.ID, 60*time.Second, RunDone)
 	require.Equal(t, 24, run.Counts.Done)
 	for _, tn := range tenants {
 		require.Equal(t, 1, tenantQuery[int](t, b, tn, `SELECT count(*) FROM fanout_log`), "applied once: %s", tn.Slug)
@@ -590,7 +623,7 @@ func TestFanoutKilledProcessResumes(t *testing.T) {
 		require.EqualValues(t, 2, v)
 		require.False(t, dirty)
 	}
-	rows, err := b.store.ListRunTenants(ctx, run.ID, nil, 0)
+	rows, err := b.runs.ListRunTenants(ctx, run.ID, nil, 0)
 	require.NoError(t, err)
 	takenOver := 0
 	for _, r := range rows {

@@ -1,4 +1,4 @@
-package provisioner
+package migrations
 
 import (
 	"bufio"
@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"strings"
 	"time"
 
@@ -20,11 +21,56 @@ import (
 	"github.com/jackc/pgx/v5/stdlib"
 )
 
+// The tenant-schema migrator: golang-migrate on one tenant database, a step
+// per transaction. The provisioner builds its templates with it and fan-out
+// migrates tenant databases with it; both hand it a connection
+// configuration of the server's admin role pointed at the database.
+
 // NoTransactionMarker, as the first line of a tenant migration file, runs it
 // outside a transaction, the way golang-migrate runs every file: for
 // statements Postgres refuses in one (CREATE INDEX CONCURRENTLY). Such a file
 // should hold one statement; if it fails, the database is left dirty.
 const NoTransactionMarker = "-- tenantplane:no-transaction"
+
+// Limits bound each tenant migration so one locked or slow tenant database
+// cannot stall the rest.
+type Limits struct {
+	// LockTimeout is Postgres's lock_timeout for the migration. Default 5s.
+	LockTimeout time.Duration
+	// StatementTimeout is Postgres's statement_timeout for the migration. Default 5 minutes.
+	StatementTimeout time.Duration
+}
+
+// ErrDirty says a tenant database's schema is dirty: a migration failed
+// mid-way. It is never forced silently.
+type ErrDirty struct {
+	Version uint
+}
+
+func (e ErrDirty) Error() string {
+	return fmt.Sprintf("schema is dirty at version %d: a migration failed mid-way; fix the database, then force the version", e.Version)
+}
+
+// ErrClean refuses to force the version of a database whose schema is not
+// dirty: Force only clears the flag of a failed migration.
+type ErrClean struct {
+	Version uint
+}
+
+func (e ErrClean) Error() string {
+	return fmt.Sprintf("schema is clean at version %d: force only clears the dirty flag of a failed migration", e.Version)
+}
+
+// ReadVersion reads golang-migrate's version and dirty flag from a tenant
+// database (0, false when it has no row; an error when it has no
+// schema_migrations table).
+func ReadVersion(ctx context.Context, conn *pgx.Conn) (version int64, dirty bool, err error) {
+	err = conn.QueryRow(ctx, `SELECT version, dirty FROM schema_migrations LIMIT 1`).Scan(&version, &dirty)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, false, nil
+	}
+	return version, dirty, err
+}
 
 // stepDriver wraps golang-migrate's pgx/v5 driver so that each migration
 // commits as one Postgres transaction with the version it records: BEGIN,
@@ -109,8 +155,8 @@ func noTransaction(body []byte) bool {
 	return strings.EqualFold(strings.TrimSpace(string(line)), NoTransactionMarker)
 }
 
-// stepOutcome is where one tenant database's migration left it.
-type stepOutcome struct {
+// Outcome is where one tenant database's migration left it.
+type Outcome struct {
 	From      uint // version before
 	FromDirty bool
 	Version   uint // version after (or now, on failure)
@@ -119,12 +165,13 @@ type stepOutcome struct {
 	Read      bool // the versions above were read from the database
 }
 
-// migrateTenant takes one tenant database to target, up or down, a step per
-// transaction (stepDriver), as the server's admin role, under golang-migrate's
-// advisory lock. A dirty database is not touched: ErrDirty. Errors of a step
+// Migrate takes the tenant database that conn points at (as the server's
+// admin role) to target, up or down, with src's migrations: a step per
+// transaction, under golang-migrate's advisory lock, with limits on every
+// statement. A dirty database is not touched: ErrDirty. Errors of a step
 // are a *StepError naming the step and carrying Postgres's message.
-func (p *Provisioner) migrateTenant(ctx context.Context, serverName, dbName string, target uint, limits SchemaLimits) (out stepOutcome, err error) {
-	mg, err := p.openMigrator(ctx, serverName, dbName, limits, true)
+func Migrate(ctx context.Context, conn *pgx.ConnConfig, src Source, target uint, limits Limits) (out Outcome, err error) {
+	mg, err := open(ctx, conn, src, limits, true)
 	if err != nil {
 		return out, err
 	}
@@ -185,6 +232,33 @@ func (p *Provisioner) migrateTenant(ctx context.Context, serverName, dbName stri
 	return out, stepError(err, driver.step)
 }
 
+// Force sets a dirty tenant database's schema version to version (0: no
+// schema), clearing the dirty flag, with golang-migrate's own driver. It
+// returns the version and flag it found; a clean database is refused with
+// ErrClean and left as it is.
+func Force(ctx context.Context, conn *pgx.ConnConfig, src Source, version uint) (from uint, fromDirty bool, err error) {
+	mg, err := open(ctx, conn, src, Limits{StatementTimeout: 30 * time.Second}, false)
+	if err != nil {
+		return 0, false, err
+	}
+	defer mg.close()
+	from, fromDirty, err = mg.m.Version()
+	if err != nil && !errors.Is(err, migrate.ErrNilVersion) {
+		return 0, false, fmt.Errorf("reading the schema version: %s", describeStep(err))
+	}
+	if !fromDirty {
+		return from, false, ErrClean{Version: from}
+	}
+	target := int(version)
+	if version == 0 {
+		target = -1 // golang-migrate's "no version"
+	}
+	if err := mg.m.Force(target); err != nil {
+		return from, fromDirty, fmt.Errorf("forcing version %d: %s", version, describeStep(err))
+	}
+	return from, fromDirty, nil
+}
+
 // StepError is a tenant migration step that failed, with Postgres's words.
 type StepError struct {
 	Version int    // the step (migration version) that failed; 0 when none had started
@@ -208,9 +282,9 @@ func (e *StepError) Error() string {
 	return b.String()
 }
 
-// transient reports whether trying again later may succeed without anyone
+// Transient reports whether trying again later may succeed without anyone
 // changing anything: a lock was held elsewhere.
-func (e *StepError) transient() bool { return e.Code == "55P03" }
+func (e *StepError) Transient() bool { return e.Code == "55P03" }
 
 func stepError(err error, step int) *StepError {
 	se := &StepError{Version: step, Message: describeStep(err)}
@@ -256,6 +330,42 @@ func describeStep(err error) string {
 	return "migration failed"
 }
 
+// describe says what went wrong on a server in words for an operator.
+func describe(err error) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Message
+	}
+	var ce *pgconn.ConnectError
+	if errors.As(err, &ce) {
+		return "cannot connect: " + connectReason(err)
+	}
+	return err.Error()
+}
+
+// connectReason says in a few words why a connection to a server failed,
+// without the DSN.
+func connectReason(err error) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code {
+		case "28P01", "28000":
+			return "authentication failed"
+		case "3D000":
+			return "database does not exist"
+		}
+		return pgErr.Message
+	}
+	var netErr net.Error
+	switch {
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &netErr) && netErr.Timeout():
+		return "timed out"
+	case strings.Contains(err.Error(), "connection refused"):
+		return "connection refused"
+	}
+	return "unreachable"
+}
+
 // migrator is golang-migrate on one tenant database.
 type migrator struct {
 	m     *migrate.Migrate
@@ -268,20 +378,17 @@ func (mg *migrator) close() {
 	_ = mg.db.Close()
 }
 
-// openMigrator connects golang-migrate to one database of a server as its
-// admin role, with the limits on every statement; with steps, each
-// migration is a transaction (stepDriver).
-func (p *Provisioner) openMigrator(ctx context.Context, serverName, dbName string, limits SchemaLimits, steps bool) (*migrator, error) {
+// open connects golang-migrate to the database conn points at, with the
+// limits on every statement; with steps, each migration is a transaction
+// (stepDriver).
+func open(ctx context.Context, conn *pgx.ConnConfig, src Source, limits Limits, steps bool) (*migrator, error) {
 	if limits.LockTimeout == 0 {
 		limits.LockTimeout = 5 * time.Second
 	}
 	if limits.StatementTimeout == 0 {
 		limits.StatementTimeout = 5 * time.Minute
 	}
-	cfg, err := p.dbConfig(ctx, serverName, dbName, "tenantplane-fanout")
-	if err != nil {
-		return nil, err
-	}
+	cfg := conn.Copy()
 	cfg.RuntimeParams["lock_timeout"] = fmt.Sprint(limits.LockTimeout.Milliseconds())
 	cfg.RuntimeParams["statement_timeout"] = fmt.Sprint(limits.StatementTimeout.Milliseconds())
 	db := stdlib.OpenDB(*cfg, stdlib.OptionAfterConnect(func(ctx context.Context, conn *pgx.Conn) error {
@@ -297,11 +404,11 @@ func (p *Provisioner) openMigrator(ctx context.Context, serverName, dbName strin
 		return nil, err
 	}
 	if err := db.PingContext(ctx); err != nil {
-		return fail(fmt.Errorf("connecting to %s on %s: %s", dbName, serverName, connectReason(err)))
+		return fail(fmt.Errorf("connecting to %s on %s: %s", cfg.Database, net.JoinHostPort(cfg.Host, fmt.Sprint(cfg.Port)), connectReason(err)))
 	}
 	inner, err := pgxmigrate.WithInstance(db, &pgxmigrate.Config{})
 	if err != nil {
-		return fail(fmt.Errorf("migrate driver on %s: %s", dbName, describeStep(err)))
+		return fail(fmt.Errorf("migrate driver on %s: %s", cfg.Database, describeStep(err)))
 	}
 	mg := &migrator{db: db}
 	var driver database.Driver = inner
@@ -309,12 +416,12 @@ func (p *Provisioner) openMigrator(ctx context.Context, serverName, dbName strin
 		mg.steps = &stepDriver{Driver: inner}
 		driver = mg.steps
 	}
-	src, err := iofs.New(p.schema.FS(), ".")
+	fsrc, err := iofs.New(src.FS(), ".")
 	if err != nil {
 		_ = inner.Close()
 		return fail(fmt.Errorf("tenant migrations: %w", err))
 	}
-	if mg.m, err = migrate.NewWithInstance("iofs", src, "pgx5", driver); err != nil {
+	if mg.m, err = migrate.NewWithInstance("iofs", fsrc, "pgx5", driver); err != nil {
 		_ = inner.Close()
 		return fail(fmt.Errorf("migrate: %w", err))
 	}

@@ -1,4 +1,4 @@
-package catalog_test
+package fanout
 
 import (
 	"context"
@@ -10,11 +10,26 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tenantplane/tenantplane/catalog"
+	"github.com/tenantplane/tenantplane/internal/pgtest"
 )
+
+// storeBundle is a migrated catalog of the test's own and fan-out's store on it.
+type storeBundle struct {
+	store *catalog.Store
+	runs  *store
+}
+
+func setupStore(t *testing.T) *storeBundle {
+	t.Helper()
+	store, err := openCatalog(context.Background(), pgtest.NewDB(t, catalogTemplate), catalog.NewKey(), catalog.StoreConfig{})
+	require.NoError(t, err)
+	t.Cleanup(store.Close)
+	return &storeBundle{store: store, runs: newStore(store)}
+}
 
 // activeTenants records n active tenants on each of the named servers
 // (registered here; nothing connects to them).
-func activeTenants(t *testing.T, b *testBundle, servers []string, n int) {
+func activeTenants(t *testing.T, b *storeBundle, servers []string, n int) {
 	t.Helper()
 	ctx := context.Background()
 	for _, name := range servers {
@@ -31,115 +46,115 @@ func activeTenants(t *testing.T, b *testBundle, servers []string, n int) {
 	}
 }
 
-func claim(t *testing.T, b *testBundle, run catalog.MigrationRun, lease time.Duration) (catalog.RunTenant, catalog.ClaimOutcome) {
+func claim(t *testing.T, b *storeBundle, run MigrationRun, lease time.Duration) (RunTenant, ClaimOutcome) {
 	t.Helper()
-	rt, outcome, err := b.store.ClaimRunTenant(context.Background(), catalog.ClaimRequest{RunID: run.ID, Generation: run.Generation, Worker: "test", Lease: lease})
+	rt, outcome, err := claimTenant(context.Background(), b.runs, ClaimRequest{RunID: run.ID, Generation: run.Generation, Worker: "test", Lease: lease})
 	require.NoError(t, err)
 	return rt, outcome
 }
 
-func finish(t *testing.T, b *testBundle, rt catalog.RunTenant, state catalog.RunTenantState) (halted, stale bool) {
+func finish(t *testing.T, b *storeBundle, rt RunTenant, state RunTenantState) (halted, stale bool) {
 	t.Helper()
 	v := rt.ToVersion
-	halted, stale, err := b.store.FinishRunTenant(context.Background(), catalog.RunTenantResult{RunID: rt.RunID, TenantID: rt.TenantID,
-		Owner: rt.LeaseOwner, State: state, Version: &v, Error: map[bool]string{true: "boom"}[state == catalog.RunTenantFailed]})
+	halted, stale, err := finishTenant(context.Background(), b.runs, RunTenantResult{RunID: rt.RunID, TenantID: rt.TenantID,
+		Owner: rt.LeaseOwner, State: state, Version: &v, Error: map[bool]string{true: "boom"}[state == RunTenantFailed]})
 	require.NoError(t, err)
 	return halted, stale
 }
 
 func TestRunClaimsKeepCanaryAndLimits(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	b := setupStore(t)
 	ctx := context.Background()
 	activeTenants(t, b, []string{"pg-a", "pg-b"}, 3)
 	enqueued := 0
-	run, err := b.store.CreateMigrationRun(ctx, catalog.NewMigrationRun{TargetVersion: 2, SchemaHash: "h", Concurrency: 3, PerServer: 1,
-		Canary: -1, MaxFailures: 1, Actor: "test"}, func(ctx context.Context, tx pgx.Tx, run catalog.MigrationRun, slots int) error {
+	run, err := createRun(ctx, b.runs, NewMigrationRun{TargetVersion: 2, SchemaHash: "h", Concurrency: 3, PerServer: 1,
+		Canary: -1, MaxFailures: 1, Actor: "test"}, func(ctx context.Context, tx pgx.Tx, run MigrationRun, slots int) error {
 		enqueued = slots
 		return nil
 	})
 	require.NoError(t, err)
 	require.Equal(t, 3, enqueued)
 	require.Equal(t, 2, run.Canary, "one per server")
-	require.Equal(t, catalog.RunCounts{Total: 6, Pending: 6}, run.Counts)
+	require.Equal(t, RunCounts{Total: 6, Pending: 6}, run.Counts)
 
 	// The canary wave alone first, one per server.
 	c1, o1 := claim(t, b, run, time.Minute)
 	c2, o2 := claim(t, b, run, time.Minute)
-	require.Equal(t, catalog.ClaimGot, o1)
-	require.Equal(t, catalog.ClaimGot, o2)
+	require.Equal(t, ClaimGot, o1)
+	require.Equal(t, ClaimGot, o2)
 	require.True(t, c1.Canary && c2.Canary)
 	require.NotEqual(t, c1.Server, c2.Server)
 	_, o := claim(t, b, run, time.Minute)
-	require.Equal(t, catalog.ClaimWait, o, "the rest wait for the canaries")
-	finish(t, b, c1, catalog.RunTenantDone)
+	require.Equal(t, ClaimWait, o, "the rest wait for the canaries")
+	finish(t, b, c1, RunTenantDone)
 	_, o = claim(t, b, run, time.Minute)
-	require.Equal(t, catalog.ClaimWait, o, "all canaries must succeed first")
-	finish(t, b, c2, catalog.RunTenantDone)
+	require.Equal(t, ClaimWait, o, "all canaries must succeed first")
+	finish(t, b, c2, RunTenantDone)
 
 	// Then per_server 1: one a server, although concurrency is 3.
 	c3, o3 := claim(t, b, run, time.Minute)
 	c4, o4 := claim(t, b, run, time.Minute)
-	require.Equal(t, catalog.ClaimGot, o3)
-	require.Equal(t, catalog.ClaimGot, o4)
+	require.Equal(t, ClaimGot, o3)
+	require.Equal(t, ClaimGot, o4)
 	require.NotEqual(t, c3.Server, c4.Server)
 	_, o = claim(t, b, run, time.Minute)
-	require.Equal(t, catalog.ClaimWait, o)
+	require.Equal(t, ClaimWait, o)
 
 	// A failure within max_failures goes on; only the claim's owner records.
 	forged := c3
 	forged.LeaseOwner = "00000000-0000-0000-0000-000000000000"
-	_, stale := finish(t, b, forged, catalog.RunTenantDone)
+	_, stale := finish(t, b, forged, RunTenantDone)
 	require.True(t, stale)
-	halted, stale := finish(t, b, c3, catalog.RunTenantFailed)
+	halted, stale := finish(t, b, c3, RunTenantFailed)
 	require.False(t, halted)
 	require.False(t, stale)
 
 	// A claim whose lease runs out is taken over.
 	c5, o5 := claim(t, b, run, 100*time.Millisecond)
-	require.Equal(t, catalog.ClaimGot, o5)
+	require.Equal(t, ClaimGot, o5)
 	time.Sleep(150 * time.Millisecond)
 	c6, o6 := claim(t, b, run, time.Minute)
-	require.Equal(t, catalog.ClaimGot, o6)
+	require.Equal(t, ClaimGot, o6)
 	require.Equal(t, c5.TenantID, c6.TenantID)
 	require.Equal(t, 2, c6.Attempts)
 	require.Contains(t, c6.Note, "taken over from test")
-	_, stale = finish(t, b, c5, catalog.RunTenantDone)
+	_, stale = finish(t, b, c5, RunTenantDone)
 	require.True(t, stale, "the old claim no longer counts")
 
 	// A second failure is more than max_failures 1: halted, nothing more to take.
-	halted, _ = finish(t, b, c6, catalog.RunTenantFailed)
+	halted, _ = finish(t, b, c6, RunTenantFailed)
 	require.True(t, halted)
 	_, o = claim(t, b, run, time.Minute)
-	require.Equal(t, catalog.ClaimStop, o)
-	finish(t, b, c4, catalog.RunTenantDone)
-	got, err := b.store.GetMigrationRun(ctx, run.ID)
+	require.Equal(t, ClaimStop, o)
+	finish(t, b, c4, RunTenantDone)
+	got, err := b.runs.GetMigrationRun(ctx, run.ID)
 	require.NoError(t, err)
-	require.Equal(t, catalog.RunHalted, got.State)
+	require.Equal(t, RunHalted, got.State)
 	require.Equal(t, "2 tenants failed, more than max_failures (1)", got.Reason)
-	require.Equal(t, catalog.RunCounts{Total: 6, Done: 3, Failed: 2, Pending: 1}, got.Counts)
+	require.Equal(t, RunCounts{Total: 6, Done: 3, Failed: 2, Pending: 1}, got.Counts)
 
 	// Resume: a new generation; the failed are pending again; the old generation stops.
-	resumed, err := b.store.ChangeMigrationRun(ctx, run.ID, catalog.RunResume, "test", func(ctx context.Context, tx pgx.Tx, r catalog.MigrationRun, slots int) error {
+	resumed, err := changeRun(ctx, b.runs, run.ID, RunResume, "test", func(ctx context.Context, tx pgx.Tx, r MigrationRun, slots int) error {
 		enqueued = slots
 		return nil
 	})
 	require.NoError(t, err)
 	require.Equal(t, run.Generation+1, resumed.Generation)
-	require.Equal(t, catalog.RunCounts{Total: 6, Done: 3, Pending: 3}, resumed.Counts)
+	require.Equal(t, RunCounts{Total: 6, Done: 3, Pending: 3}, resumed.Counts)
 	require.Equal(t, 3, enqueued)
 	_, o = claim(t, b, run, time.Minute)
-	require.Equal(t, catalog.ClaimStop, o, "workers of the old generation stop")
+	require.Equal(t, ClaimStop, o, "workers of the old generation stop")
 	for range 3 {
 		rt, o := claim(t, b, resumed, time.Minute)
-		require.Equal(t, catalog.ClaimGot, o)
-		finish(t, b, rt, catalog.RunTenantDone)
+		require.Equal(t, ClaimGot, o)
+		finish(t, b, rt, RunTenantDone)
 	}
 	_, o = claim(t, b, resumed, time.Minute)
-	require.Equal(t, catalog.ClaimFinished, o)
-	got, err = b.store.GetMigrationRun(ctx, run.ID)
+	require.Equal(t, ClaimFinished, o)
+	got, err = b.runs.GetMigrationRun(ctx, run.ID)
 	require.NoError(t, err)
-	require.Equal(t, catalog.RunDone, got.State)
+	require.Equal(t, RunDone, got.State)
 	require.NotNil(t, got.FinishedAt)
 
 	tn, err := b.store.GetTenant(ctx, "tenant-00")
@@ -149,37 +164,37 @@ func TestRunClaimsKeepCanaryAndLimits(t *testing.T) {
 
 func TestOneOpenRunAtATime(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
+	b := setupStore(t)
 	ctx := context.Background()
 	activeTenants(t, b, []string{"pg-a"}, 2)
-	nr := catalog.NewMigrationRun{TargetVersion: 2, SchemaHash: "h", Concurrency: 1, PerServer: 1, Canary: 0, Actor: "test"}
-	first, err := b.store.CreateMigrationRun(ctx, nr, nil)
+	nr := NewMigrationRun{TargetVersion: 2, SchemaHash: "h", Concurrency: 1, PerServer: 1, Canary: 0, Actor: "test"}
+	first, err := createRun(ctx, b.runs, nr, nil)
 	require.NoError(t, err)
 	require.Zero(t, first.Canary)
-	_, err = b.store.CreateMigrationRun(ctx, nr, nil)
+	_, err = createRun(ctx, b.runs, nr, nil)
 	require.ErrorIs(t, err, catalog.ErrConflict)
 	require.Contains(t, err.Error(), fmt.Sprintf("run %d is running", first.ID))
 
-	paused, err := b.store.ChangeMigrationRun(ctx, first.ID, catalog.RunPause, "test", nil)
+	paused, err := changeRun(ctx, b.runs, first.ID, RunPause, "test", nil)
 	require.NoError(t, err)
-	require.Equal(t, catalog.RunPaused, paused.State)
-	_, err = b.store.ChangeMigrationRun(ctx, first.ID, catalog.RunPause, "test", nil)
+	require.Equal(t, RunPaused, paused.State)
+	_, err = changeRun(ctx, b.runs, first.ID, RunPause, "test", nil)
 	require.ErrorIs(t, err, catalog.ErrConflict)
-	cancelled, err := b.store.ChangeMigrationRun(ctx, first.ID, catalog.RunCancel, "test", nil)
+	cancelled, err := changeRun(ctx, b.runs, first.ID, RunCancel, "test", nil)
 	require.NoError(t, err)
-	require.Equal(t, catalog.RunCounts{Total: 2, Skipped: 2}, cancelled.Counts)
+	require.Equal(t, RunCounts{Total: 2, Skipped: 2}, cancelled.Counts)
 
 	nr.Tenants = []string{"tenant-01", "tenant-01"}
-	second, err := b.store.CreateMigrationRun(ctx, nr, nil)
+	second, err := createRun(ctx, b.runs, nr, nil)
 	require.NoError(t, err, "a cancelled run is not open")
 	require.Equal(t, 1, second.Counts.Total)
 	require.False(t, second.AllTenants)
 
 	nr.Tenants = []string{"tenant-00", "ghost"}
-	_, err = b.store.CreateMigrationRun(ctx, nr, nil)
+	_, err = createRun(ctx, b.runs, nr, nil)
 	require.ErrorIs(t, err, catalog.ErrInvalid)
 
-	runs, _, err := b.store.ListMigrationRuns(ctx, 0, "")
+	runs, _, err := b.runs.ListMigrationRuns(ctx, 0, "")
 	require.NoError(t, err)
 	require.Len(t, runs, 2)
 	require.Equal(t, second.ID, runs[0].ID, "newest first")

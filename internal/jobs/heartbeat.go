@@ -1,4 +1,4 @@
-package provisioner
+package jobs
 
 import (
 	"context"
@@ -34,14 +34,15 @@ import (
 // the jobs use, so a busy pool never delays one, and every time is the
 // catalog's now(), never a process's clock. A process that could not beat
 // for ClientDeadAfter (cut off from the catalog) may see a job it still
-// runs taken over; that is safe because every provisioning step is
-// idempotent and activation is a conditional transition, the same argument
-// that makes River's own rescue safe. Only clients whose ID carries
-// clientIDPrefix are judged: a client that does not beat (an older version
+// runs taken over; that is safe because every job registered here must be
+// (a provisioning step is idempotent and activation a conditional
+// transition; a fan-out slot holds leases with generations), the same
+// argument that makes River's own rescue safe. Only clients whose ID carries
+// ClientIDPrefix are judged: a client that does not beat (an older version
 // of tenantplane during a rolling upgrade) is left to River's rescuer.
 
-// clientIDPrefix starts the ID of every River client that beats.
-const clientIDPrefix = "tenantplane_"
+// ClientIDPrefix starts the ID of every River client that beats.
+const ClientIDPrefix = "tenantplane_"
 
 // newClientID is a River client ID unique to this process: host, pid and
 // random bits, so a restarted process (same host and perhaps the same pid
@@ -57,7 +58,7 @@ func newClientID() string {
 	}
 	random := make([]byte, 6)
 	_, _ = rand.Read(random) // never fails (crypto/rand)
-	return fmt.Sprintf("%s%s_%d_%s", clientIDPrefix, host, os.Getpid(), hex.EncodeToString(random))
+	return fmt.Sprintf("%s%s_%d_%s", ClientIDPrefix, host, os.Getpid(), hex.EncodeToString(random))
 }
 
 // heartbeatConfig configures a clientHeartbeat.
@@ -73,7 +74,7 @@ type heartbeatConfig struct {
 }
 
 // errHeartbeatStarted refuses a second Start.
-var errHeartbeatStarted = errors.New("provisioner: the client heartbeat was started already; a heartbeat runs once, make a new one")
+var errHeartbeatStarted = errors.New("jobs: the client heartbeat was started already; a heartbeat runs once, make a new one")
 
 // clientHeartbeat keeps one River client's row in job_clients fresh, and
 // rescues the running jobs of clients that stopped beating. It needs only
@@ -102,11 +103,11 @@ func newClientHeartbeat(pool *pgxpool.Pool, id string, cfg heartbeatConfig) (*cl
 		cfg.Logger = slog.Default()
 	}
 	if cfg.Interval < 0 || cfg.DeadAfter < 3*cfg.Interval {
-		return nil, fmt.Errorf("provisioner: ClientDeadAfter (%s) must be at least 3 HeartbeatIntervals (%s): a client must miss several beats before it counts as dead",
+		return nil, fmt.Errorf("jobs: ClientDeadAfter (%s) must be at least 3 HeartbeatIntervals (%s): a client must miss several beats before it counts as dead",
 			cfg.DeadAfter, cfg.Interval)
 	}
-	if !strings.HasPrefix(id, clientIDPrefix) {
-		return nil, fmt.Errorf("provisioner: client ID %q does not start with %q", id, clientIDPrefix)
+	if !strings.HasPrefix(id, ClientIDPrefix) {
+		return nil, fmt.Errorf("jobs: client ID %q does not start with %q", id, ClientIDPrefix)
 	}
 	return &clientHeartbeat{pool: pool, id: id, cfg: cfg, logger: cfg.Logger}, nil
 }
@@ -126,7 +127,7 @@ func (h *clientHeartbeat) Start(ctx context.Context) error {
 	// process does not start.
 	if err := h.beat(ctx, 10*time.Second); err != nil {
 		h.closeConn()
-		return fmt.Errorf("provisioner: recording the job client in the catalog: %w", err)
+		return fmt.Errorf("jobs: recording the job client in the catalog: %w", err)
 	}
 	h.rescue(ctx)
 	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -152,7 +153,7 @@ func (h *clientHeartbeat) Stop(ctx context.Context) error {
 	defer cancel()
 	if _, err := h.pool.Exec(ctx, `DELETE FROM job_clients WHERE id = $1`, h.id); err != nil {
 		// The row goes stale by itself; this client has no running job left.
-		return fmt.Errorf("provisioner: removing the job client from the catalog: %w", err)
+		return fmt.Errorf("jobs: removing the job client from the catalog: %w", err)
 	}
 	return nil
 }
@@ -253,7 +254,7 @@ func (h *clientHeartbeat) rescue(ctx context.Context) {
 		FROM stuck
 		WHERE j.id = stuck.id AND j.state = 'running' AND j.attempted_by[cardinality(j.attempted_by)] = stuck.holder
 		RETURNING j.id, j.kind, j.attempt, j.state::text, stuck.holder`,
-		clientIDPrefix, h.cfg.DeadAfter.Seconds())
+		ClientIDPrefix, h.cfg.DeadAfter.Seconds())
 	if err != nil {
 		h.logger.WarnContext(ctx, "looking for the jobs of dead job clients failed", "error", err)
 		return
@@ -280,4 +281,11 @@ func (h *clientHeartbeat) rescue(ctx context.Context) {
 		h.cfg.DeadAfter.Seconds()); err != nil {
 		h.logger.WarnContext(ctx, "removing dead job clients failed", "error", err)
 	}
+}
+
+// running reports whether the heartbeat was started and not stopped.
+func (h *clientHeartbeat) running() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.cancel != nil
 }

@@ -1,4 +1,4 @@
-package provisioner
+package fanout
 
 import (
 	"cmp"
@@ -9,11 +9,11 @@ import (
 	"sync"
 	"time"
 
-	"github.com/golang-migrate/migrate/v4"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/tenantplane/tenantplane/catalog"
+	"github.com/tenantplane/tenantplane/migrations"
 )
 
 // StatusOptions bound reading the schema of every tenant database.
@@ -69,7 +69,7 @@ type TenantSchema struct {
 // SchemaStatus reads the version and dirty flag of every active and
 // suspended tenant's database, a bounded number at a time and each within a
 // timeout, so one dead server costs a timeout, not the answer.
-func (p *Provisioner) SchemaStatus(ctx context.Context, opts StatusOptions) (SchemaStatus, error) {
+func (s *Service) SchemaStatus(ctx context.Context, opts StatusOptions) (SchemaStatus, error) {
 	if opts.Concurrency <= 0 {
 		opts.Concurrency = 16
 	}
@@ -83,7 +83,7 @@ func (p *Provisioner) SchemaStatus(ctx context.Context, opts StatusOptions) (Sch
 	for _, state := range []catalog.TenantState{catalog.TenantActive, catalog.TenantSuspended} {
 		cursor := ""
 		for {
-			page, err := p.store.ListTenants(ctx, catalog.TenantFilter{State: state, Limit: 1000, Cursor: cursor})
+			page, err := s.db.ListTenants(ctx, catalog.TenantFilter{State: state, Limit: 1000, Cursor: cursor})
 			if err != nil {
 				return SchemaStatus{}, err
 			}
@@ -105,7 +105,7 @@ func (p *Provisioner) SchemaStatus(ctx context.Context, opts StatusOptions) (Sch
 		if _, ok := configs[t.Server]; ok || configErrs[t.Server] != nil {
 			continue
 		}
-		dsn, err := p.store.ServerDSN(ctx, t.Server)
+		dsn, err := s.db.ServerDSN(ctx, t.Server)
 		if err != nil {
 			if catalog.CodeOf(err) == catalog.CodeUnavailable {
 				return SchemaStatus{}, err
@@ -113,12 +113,13 @@ func (p *Provisioner) SchemaStatus(ctx context.Context, opts StatusOptions) (Sch
 			configErrs[t.Server] = err
 			continue
 		}
-		cfg, err := pgx.ParseConfig(dsn)
+		pcfg, err := catalog.ServerConfig(dsn)
 		if err != nil {
 			configErrs[t.Server] = fmt.Errorf("server %q has a malformed DSN", t.Server)
 			continue
 		}
-		cfg.ConnectTimeout = min(p.cfg.ConnectTimeout, opts.Timeout)
+		cfg := pcfg.ConnConfig
+		cfg.ConnectTimeout = min(s.cfg.ConnectTimeout, opts.Timeout)
 		cfg.RuntimeParams["application_name"] = "tenantplane-status"
 		cfg.RuntimeParams["statement_timeout"] = fmt.Sprint(opts.Timeout.Milliseconds())
 		configs[t.Server] = cfg
@@ -163,7 +164,7 @@ func (p *Provisioner) SchemaStatus(ctx context.Context, opts StatusOptions) (Sch
 	}
 
 	st := SchemaStatus{
-		NewestVersion: p.schema.Latest(), SchemaHash: p.schema.Hash(), CheckedAt: time.Now().UTC(), Tenants: len(results),
+		NewestVersion: s.schema.Latest(), SchemaHash: s.schema.Hash(), CheckedAt: time.Now().UTC(), Tenants: len(results),
 		Histogram: []VersionCount{}, Behind: []TenantSchema{}, Dirty: []TenantSchema{}, CatalogDisagrees: []TenantSchema{},
 		Unreachable: []TenantSchema{},
 	}
@@ -204,7 +205,7 @@ func readTenantSchema(ctx context.Context, admin *pgx.ConnConfig, database strin
 		return 0, false, err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	v, dirty, err := readSchemaVersion(ctx, conn)
+	v, dirty, err := migrations.ReadVersion(ctx, conn)
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "42P01" { // no schema_migrations: never migrated
 		return 0, false, nil
@@ -217,66 +218,41 @@ func readTenantSchema(ctx context.Context, admin *pgx.ConnConfig, database strin
 // really is at version. It is refused (CodeConflict) for a clean database,
 // and while a run is migrating the tenant; version must be one of the
 // tenant migrations (0: none). The catalog's copy follows, with an audit event.
-func (p *Provisioner) ForceSchema(ctx context.Context, slug string, version int64, actor, reason string) (catalog.Tenant, error) {
-	t, err := p.store.GetTenant(ctx, slug)
+func (s *Service) ForceSchema(ctx context.Context, slug string, version int64, actor, reason string) (catalog.Tenant, error) {
+	t, err := s.db.GetTenant(ctx, slug)
 	if err != nil {
 		return catalog.Tenant{}, err
 	}
 	if t.Server == "" || t.Database == "" || t.State == catalog.TenantDeleted {
 		return catalog.Tenant{}, catalog.Errorf(catalog.CodeConflict, "tenant %q has no database", slug)
 	}
-	if version < 0 || version > int64(^uint32(0)) || !p.schema.Has(uint(version)) {
+	if version < 0 || version > int64(^uint32(0)) || !s.schema.Has(uint(version)) {
 		return catalog.Tenant{}, catalog.Errorf(catalog.CodeInvalid, "version %d is not a version of the tenant migrations (%s; 0 is no schema)",
-			version, versionList(p.schema.Versions()))
+			version, versionList(s.schema.Versions()))
 	}
-	if run, err := p.store.TenantRunning(ctx, t.ID); err != nil {
+	if run, err := s.store.TenantRunning(ctx, t.ID); err != nil {
 		return catalog.Tenant{}, err
 	} else if run != 0 {
 		return catalog.Tenant{}, catalog.Errorf(catalog.CodeConflict, "run %d is migrating tenant %q now: pause or cancel it first", run, slug)
 	}
-	var fromVersion int64
-	var fromDirty bool
-	err = p.withMigrator(ctx, t.Server, t.Database, func(m *migrate.Migrate) error {
-		v, dirty, err := m.Version()
-		if err != nil && !errors.Is(err, migrate.ErrNilVersion) {
-			return fmt.Errorf("reading the schema version: %s", describeStep(err))
-		}
-		fromVersion, fromDirty = int64(v), dirty
-		if !dirty {
-			return catalog.Errorf(catalog.CodeConflict, "tenant %q's schema is clean at version %d: force only clears the dirty flag of a failed migration", slug, v)
-		}
-		target := int(version)
-		if version == 0 {
-			target = -1 // golang-migrate's "no version"
-		}
-		if err := m.Force(target); err != nil {
-			return fmt.Errorf("forcing version %d: %s", version, describeStep(err))
-		}
-		return nil
-	})
-	if err != nil {
-		var ce *catalog.Error
-		if errors.As(err, &ce) {
-			return catalog.Tenant{}, err
-		}
-		return catalog.Tenant{}, catalog.WrapError(catalog.CodeUnavailable, err, "tenant %q on %s: %v", slug, t.Server, err)
-	}
-	out, err := p.store.ForceTenantSchema(ctx, t.ID, fromVersion, fromDirty, version, actor, reason)
+	cfg, err := s.connConfig(ctx, t.Server, t.Database, "tenantplane-fanout")
 	if err != nil {
 		return catalog.Tenant{}, err
 	}
-	p.logger.WarnContext(ctx, "tenant schema forced", "tenant", slug, "tenant_id", t.ID, "server", t.Server,
+	from, fromDirty, err := migrations.Force(ctx, cfg, s.schema, uint(version))
+	var clean migrations.ErrClean
+	if errors.As(err, &clean) {
+		return catalog.Tenant{}, catalog.Errorf(catalog.CodeConflict, "tenant %q's schema is clean at version %d: force only clears the dirty flag of a failed migration", slug, clean.Version)
+	}
+	if err != nil {
+		return catalog.Tenant{}, catalog.WrapError(catalog.CodeUnavailable, err, "tenant %q on %s: %v", slug, t.Server, err)
+	}
+	fromVersion := int64(from)
+	out, err := s.db.ForceTenantSchema(ctx, t.ID, fromVersion, fromDirty, version, actor, reason)
+	if err != nil {
+		return catalog.Tenant{}, err
+	}
+	s.logger.WarnContext(ctx, "tenant schema forced", "tenant", slug, "tenant_id", t.ID, "server", t.Server,
 		"from_version", fromVersion, "schema_version", version, "actor", actor, "reason", reason)
 	return out, nil
-}
-
-// withMigrator runs fn with golang-migrate (its own driver, no stepDriver)
-// on one tenant database.
-func (p *Provisioner) withMigrator(ctx context.Context, serverName, dbName string, fn func(*migrate.Migrate) error) error {
-	mg, err := p.openMigrator(ctx, serverName, dbName, SchemaLimits{StatementTimeout: 30 * time.Second}, false)
-	if err != nil {
-		return err
-	}
-	defer mg.close()
-	return fn(mg.m)
 }
