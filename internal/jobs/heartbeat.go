@@ -14,6 +14,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/tenantplane/tenantplane/internal/startstop"
 )
 
 // A process's River client beats: it records in the catalog (job_clients)
@@ -87,9 +89,8 @@ type clientHeartbeat struct {
 
 	mu      sync.Mutex
 	started bool
-	cancel  context.CancelFunc
-	done    chan struct{} // closed when the loop has ended
-	conn    *pgx.Conn     // the loop's own; nil until connected
+	loop    startstop.Loop
+	conn    *pgx.Conn // the loop's own; nil until connected
 }
 
 func newClientHeartbeat(pool *pgxpool.Pool, id string, cfg heartbeatConfig) (*clientHeartbeat, error) {
@@ -130,10 +131,7 @@ func (h *clientHeartbeat) Start(ctx context.Context) error {
 		return fmt.Errorf("jobs: recording the job client in the catalog: %w", err)
 	}
 	h.rescue(ctx)
-	loopCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	h.cancel, h.done = cancel, make(chan struct{})
-	go h.loop(loopCtx)
-	return nil
+	return h.loop.Start(ctx, h.run)
 }
 
 // Stop ends the beats and removes the client's row. Call it once the River
@@ -142,12 +140,11 @@ func (h *clientHeartbeat) Start(ctx context.Context) error {
 func (h *clientHeartbeat) Stop(ctx context.Context) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.cancel == nil {
+	if !h.loop.Running() {
 		return nil // never started, or stopped already
 	}
-	h.cancel()
-	<-h.done // a beat in flight ends within its own bound
-	h.cancel = nil
+	// A beat in flight ends within its own bound: wait for it whatever ctx.
+	_ = h.loop.Stop(context.WithoutCancel(ctx))
 	h.closeConn()
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
@@ -158,8 +155,7 @@ func (h *clientHeartbeat) Stop(ctx context.Context) error {
 	return nil
 }
 
-func (h *clientHeartbeat) loop(ctx context.Context) {
-	defer close(h.done)
+func (h *clientHeartbeat) run(ctx context.Context) {
 	ticker := time.NewTicker(h.cfg.Interval)
 	defer ticker.Stop()
 	for {
@@ -284,8 +280,4 @@ func (h *clientHeartbeat) rescue(ctx context.Context) {
 }
 
 // running reports whether the heartbeat was started and not stopped.
-func (h *clientHeartbeat) running() bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.cancel != nil
-}
+func (h *clientHeartbeat) running() bool { return h.loop.Running() }
