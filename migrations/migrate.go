@@ -196,26 +196,29 @@ func Migrate(ctx context.Context, conn *pgx.ConnConfig, src Source, target uint,
 		return out, nil
 	}
 
-	// golang-migrate takes no context; ask it to stop between steps.
-	done := make(chan struct{})
-	defer close(done)
-	go func() {
-		select {
-		case <-ctx.Done():
-			m.GracefulStop <- true
-		case <-done:
+	// golang-migrate takes no context. Its GracefulStop is read by two of
+	// its own goroutines without a lock (a data race under -race), so take
+	// one step per call instead and look at ctx between steps.
+	for cur := out.From; cur != target && err == nil; {
+		if ctx.Err() != nil {
+			break
 		}
-	}()
-	if target == 0 {
-		err = m.Down()
-	} else {
-		err = m.Migrate(target)
+		n := 1
+		if target < cur {
+			n = -1
+		}
+		if err = m.Steps(n); err == nil {
+			cur, _, err = version()
+		}
 	}
 	v, d, verr := version()
 	if verr == nil {
 		out.Version, out.Dirty = v, d
 	}
 	out.Changed = out.Version != out.From
+	if err == nil && verr == nil && out.Version != target && ctx.Err() != nil {
+		return out, fmt.Errorf("interrupted at version %d: %w", out.Version, ctx.Err())
+	}
 	switch {
 	case err == nil || errors.Is(err, migrate.ErrNoChange):
 		return out, verr
