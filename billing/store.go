@@ -3,7 +3,6 @@ package billing
 import (
 	"context"
 	"errors"
-	"math"
 	"regexp"
 	"slices"
 	"strconv"
@@ -54,20 +53,6 @@ func meterNames(m map[string]catalog.Aggregation) string {
 // uuidRE matches the catalog's ids (tenants, invoices): anything else cannot
 // name one, and would fail the query's cast.
 var uuidRE = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
-
-// idCursor reads a cursor of a list ordered by a numeric id, newest first:
-// the ids to list are below it.
-func idCursor(cursor string) (int64, error) {
-	parts, err := catalog.DecodeCursor(cursor, 1)
-	if err != nil || parts == nil {
-		return math.MaxInt64, err
-	}
-	id, err := strconv.ParseInt(parts[0], 10, 64)
-	if err != nil {
-		return 0, catalog.ErrBadCursor()
-	}
-	return id, nil
-}
 
 // ListPlanVersions returns the price versions of a plan ("" for every plan),
 // by plan and version.
@@ -756,7 +741,7 @@ func (s *store) ListBillingRuns(ctx context.Context, period string, limit int, c
 	if err != nil {
 		return nil, "", err
 	}
-	before, err := idCursor(cursor)
+	before, err := catalog.IDCursor(cursor)
 	if err != nil {
 		return nil, "", err
 	}

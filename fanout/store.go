@@ -3,7 +3,6 @@ package fanout
 import (
 	"context"
 	"errors"
-	"math"
 	"strconv"
 	"time"
 
@@ -177,7 +176,7 @@ func (s *store) ListMigrationRuns(ctx context.Context, limit int, cursor string)
 	if err != nil {
 		return nil, "", err
 	}
-	before, err := idCursor(cursor)
+	before, err := catalog.IDCursor(cursor)
 	if err != nil {
 		return nil, "", err
 	}
@@ -203,20 +202,6 @@ func (s *store) ListMigrationRuns(ctx context.Context, limit int, cursor string)
 		runs = append(runs, r)
 	}
 	return runs, next, nil
-}
-
-// idCursor reads a cursor of a list ordered by a numeric id, newest first:
-// the ids to list are below it.
-func idCursor(cursor string) (int64, error) {
-	parts, err := catalog.DecodeCursor(cursor, 1)
-	if err != nil || parts == nil {
-		return math.MaxInt64, err
-	}
-	id, err := strconv.ParseInt(parts[0], 10, 64)
-	if err != nil {
-		return 0, catalog.ErrBadCursor()
-	}
-	return id, nil
 }
 
 const runTenantColumns = `rt.run_id, rt.tenant_id, t.slug, t.state, rt.server_id, s.name, coalesce(t.db_name, ''), rt.canary,
