@@ -127,11 +127,21 @@ func (s *Stream) Applied() LSN { return s.applied }
 // (DropStream removes them).
 func (s *Stream) Close(ctx context.Context) error { return s.conn.Close(ctx) }
 
-// CurrentLSN is the source's current WAL position: what CatchUp is given
-// once the source is fenced, so that every write the tenant made is applied.
+// CurrentLSN is the source's current WAL insert position: what CatchUp is
+// given once the source is fenced, so that every write the tenant made is
+// applied. The insert position, not pg_current_wal_lsn (the write
+// position): with synchronous_commit off a committed transaction's commit
+// record may not be written yet, and a target taken up to the write
+// position would miss it. The insert position can lie past the last record,
+// where decoding only gets once more WAL comes, so CurrentLSN then commits
+// an empty transaction with an xid of its own: a record past it, which
+// takes the stream there within the WAL writer's delay.
 func CurrentLSN(ctx context.Context, source Querier) (LSN, error) {
 	var lsn LSN
-	err := source.QueryRow(ctx, "SELECT pg_current_wal_lsn()").Scan(&lsn)
+	if err := source.QueryRow(ctx, "SELECT pg_current_wal_insert_lsn()").Scan(&lsn); err != nil {
+		return 0, err
+	}
+	_, err := source.Exec(ctx, "SELECT pg_current_xact_id()")
 	return lsn, err
 }
 
@@ -440,8 +450,22 @@ func (r *relation) where(key *pglogrepl.TupleData, args *[]any) string {
 // be dropped.
 func DropStream(ctx context.Context, sourceAdmin Querier, name string) (err error) {
 	defer wrap(&err, fmt.Sprintf("DropStream(%q)", name))
-	if _, err := sourceAdmin.Exec(ctx, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1", name); err != nil {
-		return fmt.Errorf("source: dropping slot: %w", err)
+	// A closed stream's WAL sender exits a moment after its connection: the
+	// slot is still active until then (55006), so try again for a while.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		_, err := sourceAdmin.Exec(ctx, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1", name)
+		var pgErr *pgconn.PgError
+		if err == nil {
+			break
+		}
+		if !errors.As(err, &pgErr) || pgErr.Code != "55006" || time.Now().After(deadline) {
+			return fmt.Errorf("source: dropping slot: %w", err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
 	if _, err := sourceAdmin.Exec(ctx, "DROP PUBLICATION IF EXISTS "+ident(name)); err != nil {
 		return fmt.Errorf("source: dropping publication: %w", err)
