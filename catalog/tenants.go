@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
+	"errors"
 	"regexp"
 	"slices"
 	"strings"
@@ -316,10 +317,14 @@ type Transition struct {
 	RefuseMoving bool
 }
 
+// ErrMoving is in the chain of a MovingError: a caller that retries by
+// itself (billing's dunning) tells "not now" from "not in this state".
+var ErrMoving = errors.New("tenant has an open move")
+
 // MovingError is the CodeConflict refusal of a change an open move would be
 // at odds with (suspend, resume, delete, restore, rotate credentials).
 func MovingError(slug string, moveID int64) error {
-	return Errorf(CodeConflict, "tenant %q is being moved (move %d): wait for it to finish, or cancel it with tenantplane moves cancel %d",
+	return WrapError(CodeConflict, ErrMoving, "tenant %q is being moved (move %d): wait for it to finish, or cancel it with tenantplane moves cancel %d",
 		slug, moveID, moveID)
 }
 

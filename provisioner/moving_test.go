@@ -51,6 +51,7 @@ func TestLifecycleRefusedWhileMoving(t *testing.T) {
 		require.Error(t, err, name)
 		require.Equal(t, catalog.CodeConflict, catalog.CodeOf(err), "%s: %v", name, err)
 		require.Equal(t, want, catalog.MessageOf(err), name)
+		require.ErrorIs(t, err, catalog.ErrMoving, "%s: a caller that retries by itself can tell it", name)
 		after, err := b.store.GetTenant(ctx, "acme")
 		require.NoError(t, err)
 		require.Equal(t, before, after, "%s: a refused change changes nothing", name)
