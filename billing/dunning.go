@@ -41,6 +41,13 @@ func (s *Service) SweepDunning(ctx context.Context) error {
 			switch {
 			case err == nil:
 				s.logger.InfoContext(ctx, "tenant suspended for an unpaid invoice", "op", "dunning", "tenant", inv.Tenant, "invoice_id", inv.ID, "period", inv.Period)
+			case errors.Is(err, catalog.ErrMoving):
+				// Not now: the claim is let go, and a later sweep suspends it once the move is over.
+				claimed-- // not progress: this loop must not fetch it again and again
+				s.logger.InfoContext(ctx, "tenant to suspend is being moved; trying again later", "op", "dunning", "tenant", inv.Tenant, "invoice_id", inv.ID)
+				if err := s.store.ReleaseDunning(ctx, inv.ID); err != nil {
+					return errors.Join(append(errs, err)...)
+				}
 			case errors.Is(err, catalog.ErrConflict):
 				// Not active (suspended already, or deleting): nothing to do.
 			default:

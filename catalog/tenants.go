@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
+	"errors"
 	"regexp"
 	"slices"
 	"strings"
@@ -309,6 +310,22 @@ type Transition struct {
 	DeleteAfter *time.Time
 	// Schema, when set, records the tenant database's schema with the change.
 	Schema *SchemaState
+	// RefuseMoving refuses the change, with a MovingError, while the tenant
+	// has an open move. The check and the change are under one row lock, and
+	// a move is opened by setting move_id under the same lock, so neither
+	// can slip past the other.
+	RefuseMoving bool
+}
+
+// ErrMoving is in the chain of a MovingError: a caller that retries by
+// itself (billing's dunning) tells "not now" from "not in this state".
+var ErrMoving = errors.New("tenant has an open move")
+
+// MovingError is the CodeConflict refusal of a change an open move would be
+// at odds with (suspend, resume, delete, restore, rotate credentials).
+func MovingError(slug string, moveID int64) error {
+	return WrapError(CodeConflict, ErrMoving, "tenant %q is being moved (move %d): wait for it to finish, or cancel it with tenantplane moves cancel %d",
+		slug, moveID, moveID)
 }
 
 // SchemaState is a tenant database's golang-migrate version and dirty flag.
@@ -331,10 +348,17 @@ func (s *Store) TransitionTenant(ctx context.Context, tr Transition) (t Tenant, 
 // TransitionTenantTx is TransitionTenant inside the caller's transaction, so
 // the caller can queue the work the new state needs atomically with it.
 func (s *Store) TransitionTenantTx(ctx context.Context, tx pgx.Tx, tr Transition) (Tenant, error) {
-	var from TenantState
-	err := tx.QueryRow(ctx, `SELECT state FROM tenants WHERE id = $1 FOR UPDATE`, tr.TenantID).Scan(&from)
+	var (
+		from   TenantState
+		slug   string
+		moveID *int64
+	)
+	err := tx.QueryRow(ctx, `SELECT state, slug, move_id FROM tenants WHERE id = $1 FOR UPDATE`, tr.TenantID).Scan(&from, &slug, &moveID)
 	if err != nil {
 		return Tenant{}, Classify(err, "tenant")
+	}
+	if tr.RefuseMoving && moveID != nil {
+		return Tenant{}, MovingError(slug, *moveID)
 	}
 	if !containsState(tr.From, from) {
 		return Tenant{}, Errorf(CodeConflict, "tenant is %s; %s needs it to be %s", from, strings.TrimPrefix(tr.Action, "tenant."), joinStates(tr.From))
@@ -403,19 +427,27 @@ func (s *Store) TenantCredentials(ctx context.Context, tenantID string) (role, p
 }
 
 // RotateTenantCredentials gives an active or suspended tenant's role a new
-// password. apply sets it on the tenant's server while the tenant's row is
-// locked; the new sealed password, the audit event and the announcement on
+// password; a tenant with an open move is refused (MovingError): the move
+// gives the tenant a fresh role on its new server. apply sets it on the
+// tenant's server while the tenant's row is locked; the new sealed password, the audit event and the announcement on
 // TenantChannel (routers open new pools with it) commit only if apply
 // succeeded. Should the catalog fail after apply, the role has a password the
 // catalog does not know, and rotating again repairs it.
 func (s *Store) RotateTenantCredentials(ctx context.Context, tenantID, actor, reason string,
 	apply func(ctx context.Context, role, password string) error) (t Tenant, err error) {
 	err = s.InTx(ctx, func(tx pgx.Tx) error {
-		var state TenantState
-		var role string
-		err := tx.QueryRow(ctx, `SELECT state, coalesce(db_role, '') FROM tenants WHERE id = $1 FOR UPDATE`, tenantID).Scan(&state, &role)
+		var (
+			state      TenantState
+			role, slug string
+			moveID     *int64
+		)
+		err := tx.QueryRow(ctx, `SELECT state, coalesce(db_role, ''), slug, move_id FROM tenants WHERE id = $1 FOR UPDATE`, tenantID).
+			Scan(&state, &role, &slug, &moveID)
 		if err != nil {
 			return Classify(err, "tenant")
+		}
+		if moveID != nil {
+			return MovingError(slug, *moveID)
 		}
 		if state != TenantActive && state != TenantSuspended {
 			return Errorf(CodeConflict, "tenant is %s; rotating credentials needs it to be active or suspended", state)

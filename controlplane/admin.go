@@ -36,6 +36,7 @@ func (a *App) adminHandler(metrics *httpapi.Metrics) http.Handler {
 	v1.PATCH("/servers/:name", a.updateServer)
 	a.tenantRoutes(v1)
 	a.fanoutRoutes(v1)
+	a.moveRoutes(v1)
 	a.billingRoutes(e, v1)
 	return e
 }

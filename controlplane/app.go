@@ -18,6 +18,7 @@ import (
 	"github.com/tenantplane/tenantplane/internal/httpapi"
 	"github.com/tenantplane/tenantplane/internal/jobs"
 	"github.com/tenantplane/tenantplane/migrations"
+	"github.com/tenantplane/tenantplane/mover"
 	"github.com/tenantplane/tenantplane/provisioner"
 	"github.com/tenantplane/tenantplane/router"
 )
@@ -34,6 +35,7 @@ type App struct {
 	prov     *provisioner.Provisioner
 	fanout   *fanout.Service
 	billing  *billing.Service
+	moves    *mover.Service
 	registry *prometheus.Registry
 
 	apiServer, adminServer *http.Server
@@ -113,6 +115,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *App, err erro
 		prov:     prov,
 		fanout:   fan,
 		billing:  bill,
+		moves:    mover.New(store, mover.Config{}), // STUB(moveapi): movewf's wiring replaces this line
 		registry: reg,
 		serveErr: make(chan error, 2),
 	}

@@ -84,10 +84,16 @@ func (p *Provisioner) WaitSettled(ctx context.Context, slug string) (catalog.Ten
 }
 
 // Suspend stops an active tenant's access to the tenant API; its data stays.
+//
+// Suspend, Resume, Delete, Restore and RotateCredentials refuse a tenant
+// with an open move (a catalog.MovingError, 409 naming the move), checked
+// under the row lock of the change itself. Issuing and revoking API keys go
+// on during a move: keys live in the catalog only, and a leaked key must be
+// revocable at once.
 func (p *Provisioner) Suspend(ctx context.Context, slug, actor, reason string) (catalog.Tenant, error) {
 	return p.transition(ctx, slug, catalog.Transition{
 		From: []catalog.TenantState{catalog.TenantActive}, To: catalog.TenantSuspended,
-		Actor: actor, Action: "tenant.suspended", Reason: reason,
+		Actor: actor, Action: "tenant.suspended", Reason: reason, RefuseMoving: true,
 	})
 }
 
@@ -95,7 +101,7 @@ func (p *Provisioner) Suspend(ctx context.Context, slug, actor, reason string) (
 func (p *Provisioner) Resume(ctx context.Context, slug, actor, reason string) (catalog.Tenant, error) {
 	return p.transition(ctx, slug, catalog.Transition{
 		From: []catalog.TenantState{catalog.TenantSuspended}, To: catalog.TenantActive,
-		Actor: actor, Action: "tenant.resumed", Reason: reason,
+		Actor: actor, Action: "tenant.resumed", Reason: reason, RefuseMoving: true,
 	})
 }
 
@@ -137,7 +143,7 @@ func (p *Provisioner) Delete(ctx context.Context, slug, actor, reason string) (c
 	err = p.store.InTx(ctx, func(tx pgx.Tx) error {
 		var err error
 		out, err = p.store.TransitionTenantTx(ctx, tx, catalog.Transition{
-			TenantID: t.ID, To: catalog.TenantDeleting, DeleteAfter: &after, Actor: actor, Action: "tenant.deleted", Reason: reason,
+			TenantID: t.ID, To: catalog.TenantDeleting, DeleteAfter: &after, Actor: actor, Action: "tenant.deleted", Reason: reason, RefuseMoving: true,
 			From: []catalog.TenantState{catalog.TenantActive, catalog.TenantSuspended, catalog.TenantFailed, catalog.TenantProvisioning},
 		})
 		if err != nil {
@@ -170,7 +176,7 @@ func (p *Provisioner) Restore(ctx context.Context, slug, actor, reason string) (
 	}
 	return p.transition(ctx, slug, catalog.Transition{
 		From: []catalog.TenantState{catalog.TenantDeleting}, To: to, Actor: actor, Action: "tenant.restored", Reason: reason,
-		LastError: lastError,
+		LastError: lastError, RefuseMoving: true,
 	})
 }
 

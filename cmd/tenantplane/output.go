@@ -160,6 +160,9 @@ func writeTenant(w io.Writer, tn Tenant) error {
 	if !tn.DeleteAfter.IsZero() {
 		t.row("DELETE_AFTER:", tn.DeleteAfter.String())
 	}
+	if tn.MoveID != "" {
+		t.row("MOVING:", fmt.Sprintf("move %s; follow it with: tenantplane moves show %s --watch", tn.MoveID, tn.MoveID))
+	}
 	t.row("CREATED:", tn.CreatedAt.String())
 	t.row("UPDATED:", tn.UpdatedAt.String())
 	return t.flush()

@@ -32,12 +32,13 @@ type progressSnapshot struct {
 	Left    int      // items still to do, for the ETA
 	Ongoing bool     // the operation is at work, so an ETA means something
 	Counts  []string // the counts in words, after the label: "done 509", "failed 3"
+	NoRate  bool     // the items are steps of uneven length (a move's phases): no rate, no ETA
 }
 
 // sameCounts reports whether two snapshots show the same state and counts.
 func sameCounts(a, b progressSnapshot) bool {
 	return a.Label == b.Label && a.State == b.State && a.Total == b.Total && a.Settled == b.Settled &&
-		a.Left == b.Left && a.Ongoing == b.Ongoing && slices.Equal(a.Counts, b.Counts)
+		a.Left == b.Left && a.Ongoing == b.Ongoing && a.NoRate == b.NoRate && slices.Equal(a.Counts, b.Counts)
 }
 
 // progress draws an operation's progress: one line redrawn in place on a
@@ -84,7 +85,7 @@ func (p *progress) update(s progressSnapshot) {
 // rate is items settled per second since the watch began.
 func (p *progress) rate(s progressSnapshot, now time.Time) float64 {
 	elapsed := now.Sub(p.began).Seconds()
-	if elapsed < 0.5 {
+	if elapsed < 0.5 || s.NoRate {
 		return 0
 	}
 	return float64(s.Settled-p.first) / elapsed

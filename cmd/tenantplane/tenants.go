@@ -28,6 +28,7 @@ type Tenant struct {
 	SchemaDirty   bool    `json:"schema_dirty"`
 	LastError     string  `json:"last_error"`
 	DeleteAfter   apiTime `json:"delete_after"`
+	MoveID        apiID   `json:"move_id"`
 	CreatedAt     apiTime `json:"created_at"`
 	UpdatedAt     apiTime `json:"updated_at"`
 }
@@ -52,8 +53,8 @@ type tenantPage struct {
 }
 
 func newTenantsCmd() *cobra.Command {
-	cmd, o := newAdminGroup("tenants", "Create, list, show, suspend, resume, restore, retry, delete tenants and rotate their credentials")
-	cmd.AddCommand(newTenantsCreateCmd(o), newTenantsListCmd(o), newTenantsShowCmd(o), newTenantsDeleteCmd(o))
+	cmd, o := newAdminGroup("tenants", "Create, list, show, suspend, resume, restore, retry, delete, move tenants and rotate their credentials")
+	cmd.AddCommand(newTenantsCreateCmd(o), newTenantsListCmd(o), newTenantsShowCmd(o), newTenantsDeleteCmd(o), newTenantsMoveCmd(o))
 	for _, a := range []struct{ action, done, short string }{
 		{"suspend", "Suspended", "Suspend a tenant: its API calls get 403 within a second; its data stays"},
 		{"resume", "Resumed", "Resume a suspended tenant"},

@@ -1,0 +1,104 @@
+package controlplane
+
+import (
+	"net/http"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/tenantplane/tenantplane/internal/httpapi"
+	"github.com/tenantplane/tenantplane/mover"
+)
+
+// moveRoutes is the admin API of tenant moves: start one, follow it, cancel
+// it while it runs, take a finished one back within its grace period.
+func (a *App) moveRoutes(v1 *gin.RouterGroup) {
+	v1.POST("/tenants/:slug/move", a.startMove)
+	v1.GET("/moves", a.listMoves)
+	v1.GET("/moves/:id", a.getMove)
+	v1.POST("/moves/:id/cancel", a.cancelMove)
+	v1.POST("/moves/:id/revert", a.revertMove)
+}
+
+// startMove answers 202: the move goes on in the background, and GET
+// /moves/{id} follows it. A mode that cannot run between the two servers is
+// refused (409) before anything starts, with the reason.
+func (a *App) startMove(c *gin.Context) {
+	var spec mover.MoveSpec
+	if err := httpapi.BindJSON(c, &spec); err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	m, err := a.moves.StartMove(c, c.Param("slug"), spec, adminActor)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	a.logger.InfoContext(c, "move started", "tenant", m.Tenant, "move", m.ID, "from", m.From, "to", m.To, "mode", m.Mode)
+	c.JSON(http.StatusAccepted, m)
+}
+
+func (a *App) listMoves(c *gin.Context) {
+	limit, cursor, err := httpapi.PageQuery(c)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	moves, next, err := a.moves.List(c, limit, cursor)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	if moves == nil {
+		moves = []mover.Move{} // an empty list, not null
+	}
+	c.JSON(http.StatusOK, httpapi.Page("moves", moves, next, nil))
+}
+
+func moveID(c *gin.Context) (int64, bool) { return numericID(c, "move") }
+
+func (a *App) getMove(c *gin.Context) {
+	id, ok := moveID(c)
+	if !ok {
+		return
+	}
+	m, err := a.moves.Get(c, id)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, m)
+}
+
+// cancelMove asks an open move to stop: it rolls back from where it is (the
+// fence lifted, the target dropped) and ends aborted. The answer is the move
+// with cancel_requested set; a move past its flip cannot be cancelled (409),
+// only reverted.
+func (a *App) cancelMove(c *gin.Context) {
+	id, ok := moveID(c)
+	if !ok {
+		return
+	}
+	m, err := a.moves.Cancel(c, id, adminActor)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	a.logger.InfoContext(c, "move cancel requested", "tenant", m.Tenant, "move", m.ID, "phase", m.Phase)
+	c.JSON(http.StatusOK, m)
+}
+
+// revertMove starts a new move that takes a finished one back to its source,
+// kept for the grace period; it answers 202 with the new move.
+func (a *App) revertMove(c *gin.Context) {
+	id, ok := moveID(c)
+	if !ok {
+		return
+	}
+	m, err := a.moves.Revert(c, id, adminActor)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	a.logger.InfoContext(c, "move revert started", "tenant", m.Tenant, "move", m.ID, "reverts", id)
+	c.JSON(http.StatusAccepted, m)
+}
