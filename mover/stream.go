@@ -51,7 +51,17 @@ type relation struct {
 // database as the admin role, which needs REPLICATION (CheckOnline says);
 // sourceAdmin a connection to it. DropStream removes both; the slot holds WAL
 // on the source until then.
-func OpenStream(ctx context.Context, sourceDSN string, sourceAdmin Querier, name string) (_ *Stream, err error) {
+func OpenStream(ctx context.Context, sourceDSN string, sourceAdmin Querier, name string) (*Stream, error) {
+	cfg, err := pgconn.ParseConfig(sourceDSN)
+	if err != nil {
+		return nil, fmt.Errorf("mover: OpenStream(%q): %w", name, err)
+	}
+	return OpenStreamConfig(ctx, cfg, sourceAdmin, name)
+}
+
+// OpenStreamConfig is OpenStream with a parsed connection configuration of
+// the source tenant database (it is copied, not changed).
+func OpenStreamConfig(ctx context.Context, source *pgconn.Config, sourceAdmin Querier, name string) (_ *Stream, err error) {
 	defer wrap(&err, fmt.Sprintf("OpenStream(%q)", name))
 	if !validSlotName(name) {
 		return nil, fmt.Errorf("%q is not a slot name: use 1 to 63 of a-z, 0-9 and _", name)
@@ -77,10 +87,7 @@ func OpenStream(ctx context.Context, sourceDSN string, sourceAdmin Querier, name
 			return nil, fmt.Errorf("source: %w", err)
 		}
 	}
-	cfg, err := pgconn.ParseConfig(sourceDSN)
-	if err != nil {
-		return nil, err
-	}
+	cfg := source.Copy()
 	cfg.RuntimeParams["replication"] = "database"
 	conn, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
