@@ -138,7 +138,12 @@ func (s *Stream) Close(ctx context.Context) error { return s.conn.Close(ctx) }
 // once the source is fenced, so that every write the tenant made is applied.
 func CurrentLSN(ctx context.Context, source Querier) (LSN, error) {
 	var lsn LSN
-	err := source.QueryRow(ctx, "SELECT pg_current_wal_lsn()").Scan(&lsn)
+	// The insert position, not pg_current_wal_lsn (the write position):
+	// with synchronous_commit = off a commit returns before its WAL is
+	// written, and a write position taken after it may still be short of
+	// its commit record. The WAL sender sends what lies before the insert
+	// position once it is flushed (wal_writer_delay at the latest).
+	err := source.QueryRow(ctx, "SELECT pg_current_wal_insert_lsn()").Scan(&lsn)
 	return lsn, err
 }
 
@@ -442,11 +447,36 @@ func (r *relation) where(key *pglogrepl.TupleData, args *[]any) string {
 	return strings.Join(conds, " AND ")
 }
 
+// slotReleaseWait bounds how long DropStream waits for a closed stream's
+// slot to be released.
+const slotReleaseWait = 10 * time.Second
+
 // DropStream removes the stream's slot and publication from the source; what
 // is already gone is no error. A slot in use (its stream not closed) cannot
 // be dropped.
 func DropStream(ctx context.Context, sourceAdmin Querier, name string) (err error) {
 	defer wrap(&err, fmt.Sprintf("DropStream(%q)", name))
+	// A stream just closed leaves its slot active until its WAL sender has
+	// exited: wait for that, a bounded while.
+	deadline := time.Now().Add(slotReleaseWait)
+	for {
+		var active bool
+		err := sourceAdmin.QueryRow(ctx, "SELECT coalesce(bool_or(active), false) FROM pg_replication_slots WHERE slot_name = $1", name).Scan(&active)
+		if err != nil {
+			return fmt.Errorf("source: %w", err)
+		}
+		if !active {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("source: replication slot %s is still in use after %s", name, slotReleaseWait)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 	if _, err := sourceAdmin.Exec(ctx, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1", name); err != nil {
 		return fmt.Errorf("source: dropping slot: %w", err)
 	}
