@@ -231,6 +231,9 @@ func (s *Service) afterFence(ctx context.Context, w *work) error {
 		return s.setPhase(ctx, w.m, PhaseCopying)
 	}
 	if w.stream != nil {
+		if err := flushWAL(ctx, w.lock); err != nil {
+			return fmt.Errorf("source: %w", err)
+		}
 		until, err := CurrentLSN(ctx, w.lock)
 		if err != nil {
 			return fmt.Errorf("source: %w", err)
@@ -250,6 +253,18 @@ func (s *Service) afterFence(ctx context.Context, w *work) error {
 		return err
 	}
 	return s.setPhase(ctx, w.m, PhaseVerifying)
+}
+
+// flushWAL has the source flush its WAL now: a commit with
+// synchronous_commit on flushes all before it, so the WAL sender can send
+// the tenant's last commits at once rather than after the WAL writer's
+// next round (wal_writer_delay, 200ms by default), where a server commits
+// asynchronously. It shortens the write pause.
+func flushWAL(ctx context.Context, conn *pgx.Conn) error {
+	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, "SET LOCAL synchronous_commit = on; SELECT pg_current_xact_id()")
+		return err
+	})
 }
 
 // copying copies the source: fenced in the copy mode, under a new stream's
