@@ -18,6 +18,7 @@ import (
 	"github.com/tenantplane/tenantplane/internal/httpapi"
 	"github.com/tenantplane/tenantplane/internal/jobs"
 	"github.com/tenantplane/tenantplane/migrations"
+	"github.com/tenantplane/tenantplane/mover"
 	"github.com/tenantplane/tenantplane/provisioner"
 	"github.com/tenantplane/tenantplane/router"
 )
@@ -33,6 +34,7 @@ type App struct {
 	jobs     *jobs.Registry // the one River client: every part's workers
 	prov     *provisioner.Provisioner
 	fanout   *fanout.Service
+	moves    *mover.Service // tenant moves; the admin API's moves routes call it
 	billing  *billing.Service
 	registry *prometheus.Registry
 
@@ -91,6 +93,11 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *App, err erro
 		store.Close()
 		return nil, err
 	}
+	moves, err := mover.New(store, mover.Config{Logger: logger, Jobs: jobReg, Targets: prov, Keep: cfg.MoveKeep})
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
 	if err := jobReg.Open(store.Pool(), jobs.Config{Logger: logger}); err != nil {
 		store.Close()
 		return nil, err
@@ -112,6 +119,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *App, err erro
 		jobs:     jobReg,
 		prov:     prov,
 		fanout:   fan,
+		moves:    moves,
 		billing:  bill,
 		registry: reg,
 		serveErr: make(chan error, 2),
@@ -233,7 +241,7 @@ func (a *App) Stop(ctx context.Context) error {
 }
 
 // startWork runs the background work: the provisioner's and fan-out's
-// loops, then the one job client that works for both.
+// loops and the mover, then the one job client that works for all.
 func (a *App) startWork(ctx context.Context) error {
 	if err := a.prov.Start(ctx); err != nil {
 		return err
@@ -241,8 +249,11 @@ func (a *App) startWork(ctx context.Context) error {
 	if err := a.fanout.Start(ctx); err != nil {
 		return errors.Join(err, a.prov.Stop(ctx))
 	}
-	if err := a.jobs.Start(ctx); err != nil {
+	if err := a.moves.Start(ctx); err != nil {
 		return errors.Join(err, a.fanout.Stop(ctx), a.prov.Stop(ctx))
+	}
+	if err := a.jobs.Start(ctx); err != nil {
+		return errors.Join(err, a.moves.Stop(ctx), a.fanout.Stop(ctx), a.prov.Stop(ctx))
 	}
 	return nil
 }
@@ -253,7 +264,7 @@ func (a *App) startWork(ctx context.Context) error {
 // then cancels them, and only then the provisioner, whose admin pools the
 // jobs use.
 func (a *App) stopWork(ctx context.Context) error {
-	return errors.Join(a.fanout.Stop(ctx), a.jobs.Stop(ctx), a.prov.Stop(ctx))
+	return errors.Join(a.fanout.Stop(ctx), a.moves.Stop(ctx), a.jobs.Stop(ctx), a.prov.Stop(ctx))
 }
 
 // stripeCustomers lets provisioning create each tenant's Stripe customer
