@@ -93,7 +93,11 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *App, err erro
 		store.Close()
 		return nil, err
 	}
-	moves, err := mover.New(store, mover.Config{Logger: logger, Jobs: jobReg, Targets: prov, Keep: cfg.MoveKeep})
+	keep := cfg.MoveKeep
+	if keep == 0 {
+		keep = -1 // TENANTPLANE_MOVE_KEEP=0s: drop the source at once (mover's 0 is its default)
+	}
+	moves, err := mover.New(store, mover.Config{Logger: logger, Jobs: jobReg, Targets: prov, Keep: keep})
 	if err != nil {
 		store.Close()
 		return nil, err
