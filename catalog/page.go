@@ -57,9 +57,9 @@ func DecodeCursor(cursor string, n int) ([]string, error) {
 	return parts, nil
 }
 
-// idCursor reads a cursor of a list ordered by a numeric id, newest first:
-// the ids to list are below it.
-func idCursor(cursor string) (int64, error) {
+// IDCursor reads a cursor of a list ordered by a numeric id, newest first
+// (EncodeCursor of the last id listed): the ids to list are below it.
+func IDCursor(cursor string) (int64, error) {
 	parts, err := DecodeCursor(cursor, 1)
 	if err != nil || parts == nil {
 		return math.MaxInt64, err

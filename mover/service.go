@@ -408,15 +408,9 @@ func (s *Service) List(ctx context.Context, limit int, cursor string) ([]Move, s
 	if err != nil {
 		return nil, "", err
 	}
-	before := int64(1<<63 - 1)
-	parts, err := catalog.DecodeCursor(cursor, 1)
+	before, err := catalog.IDCursor(cursor)
 	if err != nil {
 		return nil, "", err
-	}
-	if parts != nil {
-		if before, err = strconv.ParseInt(parts[0], 10, 64); err != nil {
-			return nil, "", catalog.ErrBadCursor()
-		}
 	}
 	rows, err := s.store.Pool().Query(ctx, moveSelect+` WHERE m.id < $1 ORDER BY m.id DESC LIMIT $2`, before, limit+1)
 	if err != nil {

@@ -46,7 +46,7 @@ type resolver struct {
 	negative *simplelru.LRU[[32]byte, time.Time]
 	limiters map[string]*rate.Limiter // by tenant id; survive re-resolution
 	plans    map[string]catalog.Plan
-	budgets  map[int64]int // by server id
+	budgets  map[int64]int            // by server id
 	changed  map[string]chan struct{} // by tenant id: closed at its next change
 
 	flight singleflight.Group
