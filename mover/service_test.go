@@ -85,7 +85,12 @@ func setupMove(t *testing.T, source *pgtest.Server) *moveBundle {
 // or stop is called.
 func (b *moveBundle) service(t *testing.T, hook func(ctx context.Context, id int64, phase string) error) (*mover.Service, func()) {
 	t.Helper()
-	cfg := mover.Config{Logger: b.logger, Targets: b.prov, Keep: time.Hour}
+	return b.serviceKeeping(t, time.Hour, hook)
+}
+
+func (b *moveBundle) serviceKeeping(t *testing.T, keep time.Duration, hook func(ctx context.Context, id int64, phase string) error) (*mover.Service, func()) {
+	t.Helper()
+	cfg := mover.Config{Logger: b.logger, Targets: b.prov, Keep: keep}
 	if hook != nil {
 		mover.SetAfterPhase(&cfg, hook)
 	}
@@ -446,6 +451,11 @@ func TestMoveRevert(t *testing.T) {
 	require.Equal(t, mover.PhaseDone, m.Phase, m.LastError)
 	_, err = svc.StartMove(ctx, "acme", mover.MoveSpec{To: "pg-1", Mode: "copy"}, "test")
 	require.ErrorIs(t, err, catalog.ErrConflict, "pg-1 keeps the source: revert instead")
+	orphans, err := b.prov.Reconcile(ctx, false)
+	require.NoError(t, err)
+	for _, o := range orphans {
+		require.NotEqual(t, b.tenant.Database, o.Name, "the kept source is no orphan")
+	}
 
 	conn, err := b.tenantConn(ctx, t, "pg-2")
 	require.NoError(t, err)
@@ -551,4 +561,62 @@ func TestMoveOnlineUnderWrites(t *testing.T) {
 	var slots int
 	require.NoError(t, b.adminConn(t, "pg-1").QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots").Scan(&slots))
 	require.Zero(t, slots, "the stream's slot is dropped")
+}
+
+// With no keep, the source is dropped once the move is done, and the move
+// can no longer be reverted.
+func TestMoveWithoutKeepDropsSource(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	b := setupMove(t, pgtest.NewServer(t))
+	fillWrites(t, b, 10)
+	svc, _ := b.serviceKeeping(t, -1, nil)
+	m, err := svc.StartMove(ctx, "acme", mover.MoveSpec{To: "pg-2", Mode: "copy"}, "test")
+	require.NoError(t, err)
+	m = waitMove(t, svc, m.ID)
+	require.Equal(t, mover.PhaseDone, m.Phase, m.LastError)
+	require.Eventually(t, func() bool { return !b.databaseExists(t, "pg-1") }, 20*time.Second, 50*time.Millisecond)
+	_, err = svc.Revert(ctx, m.ID, "test")
+	require.ErrorIs(t, err, catalog.ErrConflict)
+	events, err := b.store.ListAudit(ctx, catalog.AuditFilter{TenantID: b.tenant.ID})
+	require.NoError(t, err)
+	var actions []string
+	for _, e := range events {
+		actions = append(actions, e.Action)
+	}
+	require.Subset(t, actions, []string{"tenant.move_started", "tenant.moved"})
+	require.Eventually(t, func() bool {
+		events, err := b.store.ListAudit(ctx, catalog.AuditFilter{TenantID: b.tenant.ID})
+		require.NoError(t, err)
+		for _, e := range events {
+			if e.Action == "tenant.move_source_dropped" {
+				return true
+			}
+		}
+		return false
+	}, 10*time.Second, 50*time.Millisecond)
+}
+
+// A tenant that a running fan-out has yet to migrate is not moved.
+func TestMoveRefusedDuringFanout(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	b := setupMove(t, pgtest.NewServer(t))
+	svc, _ := b.service(t, nil)
+	var run int64
+	require.NoError(t, b.store.Pool().QueryRow(ctx, `INSERT INTO migration_runs (target_version, schema_hash, concurrency, per_server, canary, max_failures, all_tenants, actor)
+		VALUES (1, 'x', 1, 1, 0, 0, true, 'test') RETURNING id`).Scan(&run))
+	_, err := b.store.Pool().Exec(ctx, `INSERT INTO migration_run_tenants (run_id, tenant_id, server_id, position, from_version, to_version)
+		VALUES ($1, $2, $3, 1, 1, 1)`, run, b.tenant.ID, b.tenant.ServerID)
+	require.NoError(t, err)
+	_, err = svc.StartMove(ctx, "acme", mover.MoveSpec{To: "pg-2", Mode: "copy"}, "test")
+	require.ErrorIs(t, err, catalog.ErrConflict)
+	require.Contains(t, err.Error(), fmt.Sprintf("migration run %d", run))
+
+	_, err = b.store.Pool().Exec(ctx, `UPDATE migration_run_tenants SET state = 'done' WHERE run_id = $1`, run)
+	require.NoError(t, err)
+	m, err := svc.StartMove(ctx, "acme", mover.MoveSpec{To: "pg-2", Mode: "copy"}, "test")
+	require.NoError(t, err, "moved once its migration is done")
+	m = waitMove(t, svc, m.ID)
+	require.Equal(t, mover.PhaseDone, m.Phase, m.LastError)
 }
