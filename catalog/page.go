@@ -57,8 +57,8 @@ func DecodeCursor(cursor string, n int) ([]string, error) {
 	return parts, nil
 }
 
-// IDCursor reads a cursor of a list ordered by a numeric id, newest first:
-// the ids to list are below it ("" lists from the newest).
+// IDCursor reads a cursor of a list ordered by a numeric id, newest first
+// (EncodeCursor of the last id listed): the ids to list are below it.
 func IDCursor(cursor string) (int64, error) {
 	parts, err := DecodeCursor(cursor, 1)
 	if err != nil || parts == nil {

@@ -490,9 +490,17 @@ func (s *Store) SetTenantSchema(ctx context.Context, tenantID string, version in
 }
 
 // KnownDatabases returns the names of the databases the catalog knows on a
-// server (every tenant not yet deleted), for the reconciler.
+// server (every tenant not yet deleted), for the reconciler: with the
+// targets of moves under way to it and the sources that done moves keep
+// there for a revert, which no tenant row places on it.
 func (s *Store) KnownDatabases(ctx context.Context, serverID int64) (map[string]bool, error) {
-	rows, err := s.pool.Query(ctx, `SELECT db_name FROM tenants WHERE server_id = $1 AND state <> 'deleted' AND db_name IS NOT NULL`, serverID)
+	rows, err := s.pool.Query(ctx, `
+		SELECT db_name FROM tenants WHERE server_id = $1 AND state <> 'deleted' AND db_name IS NOT NULL
+		UNION
+		SELECT t.db_name FROM moves m JOIN tenants t ON t.id = m.tenant_id
+		WHERE t.db_name IS NOT NULL AND (
+			(m.to_server_id = $1 AND m.phase NOT IN ('done', 'aborted', 'reverted'))
+			OR (m.from_server_id = $1 AND m.phase = 'done' AND NOT m.source_dropped))`, serverID)
 	if err != nil {
 		return nil, Classify(err, "tenants")
 	}

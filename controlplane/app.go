@@ -34,8 +34,8 @@ type App struct {
 	jobs     *jobs.Registry // the one River client: every part's workers
 	prov     *provisioner.Provisioner
 	fanout   *fanout.Service
+	moves    *mover.Service // tenant moves; the admin API's moves routes call it
 	billing  *billing.Service
-	moves    *mover.Service
 	registry *prometheus.Registry
 
 	apiServer, adminServer *http.Server
@@ -93,6 +93,15 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *App, err erro
 		store.Close()
 		return nil, err
 	}
+	keep := cfg.MoveKeep
+	if keep == 0 {
+		keep = -1 // TENANTPLANE_MOVE_KEEP=0s: drop the source at once (mover's 0 is its default)
+	}
+	moves, err := mover.New(store, mover.Config{Logger: logger, Jobs: jobReg, Targets: prov, Keep: keep})
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
 	if err := jobReg.Open(store.Pool(), jobs.Config{Logger: logger}); err != nil {
 		store.Close()
 		return nil, err
@@ -114,8 +123,8 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *App, err erro
 		jobs:     jobReg,
 		prov:     prov,
 		fanout:   fan,
+		moves:    moves,
 		billing:  bill,
-		moves:    mover.New(store, mover.Config{}), // STUB(moveapi): movewf's wiring replaces this line
 		registry: reg,
 		serveErr: make(chan error, 2),
 	}
@@ -236,7 +245,7 @@ func (a *App) Stop(ctx context.Context) error {
 }
 
 // startWork runs the background work: the provisioner's and fan-out's
-// loops, then the one job client that works for both.
+// loops and the mover, then the one job client that works for all.
 func (a *App) startWork(ctx context.Context) error {
 	if err := a.prov.Start(ctx); err != nil {
 		return err
@@ -244,8 +253,11 @@ func (a *App) startWork(ctx context.Context) error {
 	if err := a.fanout.Start(ctx); err != nil {
 		return errors.Join(err, a.prov.Stop(ctx))
 	}
-	if err := a.jobs.Start(ctx); err != nil {
+	if err := a.moves.Start(ctx); err != nil {
 		return errors.Join(err, a.fanout.Stop(ctx), a.prov.Stop(ctx))
+	}
+	if err := a.jobs.Start(ctx); err != nil {
+		return errors.Join(err, a.moves.Stop(ctx), a.fanout.Stop(ctx), a.prov.Stop(ctx))
 	}
 	return nil
 }
@@ -256,7 +268,7 @@ func (a *App) startWork(ctx context.Context) error {
 // then cancels them, and only then the provisioner, whose admin pools the
 // jobs use.
 func (a *App) stopWork(ctx context.Context) error {
-	return errors.Join(a.fanout.Stop(ctx), a.jobs.Stop(ctx), a.prov.Stop(ctx))
+	return errors.Join(a.fanout.Stop(ctx), a.moves.Stop(ctx), a.jobs.Stop(ctx), a.prov.Stop(ctx))
 }
 
 // stripeCustomers lets provisioning create each tenant's Stripe customer

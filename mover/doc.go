@@ -4,8 +4,37 @@
 // server's admin role (the role that owns the tenant's database and tables
 // and, on a managed server, has no more than CREATEDB and CREATEROLE).
 //
-// A move goes through phases; the move's ledger and durable jobs (not built
-// yet) drive them, calling what this package gives for each:
+// The Service (service.go, workflow.go, store.go) drives moves: StartMove
+// records a move in the catalog's moves ledger and sets tenants.move_id in
+// the transaction that queues its one River job (kind tenantplane.move,
+// unique by move id); Get, List, Cancel and Revert read and steer it. The
+// job holds the source database's golang-migrate advisory lock for its whole
+// run (no fan-out migration mid-move, and no second run of the move), and
+// takes the move through its phases, each recorded and idempotent, so a
+// process killed anywhere is resumed or rolled back by the next run:
+//
+//   - pending: Targets.PrepareTarget (the provisioner) makes the tenant's
+//     role and an empty database on the target at the version the source
+//     database reports;
+//   - online mode: copying (OpenStreamConfig, Copy under the slot's
+//     snapshot), catching_up (Stream.CatchUp until the lag is under
+//     Config.CatchUpLag), then the hold and the fence, the last catch-up to
+//     the fenced source's WAL and SyncSequences; copy mode: the hold and the
+//     fence first (fenced), then Copy (copying);
+//   - the hold: tenants.held and a NOTIFY, so every router replica holds the
+//     tenant's requests, at most Config.HoldWait for its transactions in
+//     flight, then Fence; its start is the move's fenced_at;
+//   - verifying: Verify under the fence; a difference aborts the move
+//     (Unfence, hold lifted, target dropped, last_error naming it);
+//   - switched: one catalog transaction moves the tenant to the target,
+//     lifts the hold, records write_pause_ms and keep_until, NOTIFYs the
+//     routers and schedules the job that drops the kept source at
+//     keep_until; then done.
+//
+// Cancel (before the switch) aborts the move at its next phase; Revert (a
+// done move, within its keep) starts a move back onto the kept source that
+// copies back every write since, after which the original is reverted. The
+// functions below are what the phases call; each works on its own too:
 //
 //   - copying (copy.go, tables.go, sequences.go): Copy streams every user
 //     table of schema public (Tables: all but schema_migrations, in
@@ -15,7 +44,6 @@
 //     moves the target's sequences up to the source's (SyncSequences). The
 //     caller has built the target with the tenant migrations at the tenant's
 //     version; Copy refuses one whose tables differ (*SchemaMismatchError).
-//     In the "copy" mode the source is fenced for the whole copy.
 //   - catching up (preflight.go, stream.go): CheckOnline says whether the online mode,
 //     logical replication from source to target, can run between two servers
 //     (wal_level = logical, a replication privilege for the source role,
@@ -38,26 +66,23 @@
 //     the schema version. A difference is a *MismatchError (errors.Is
 //     ErrMismatch) whose sentences an operator can read: "table users: 1000
 //     rows on the source, 999 on the target". A move aborts on it.
-//   - switched: the catalog flip and the routers' release of held requests
-//     belong to the wiring, not to this package; after it, the source is kept
-//     fenced for the grace period so that a revert (Unfence, and a copy or a
-//     stream the other way) loses nothing.
 //
-// A move in the copy mode, in the order the workflow calls it:
+// Use:
 //
-//	check, err := mover.CheckOnline(ctx, sourceDB, targetServer) // online or copy, with the reason
-//	err = mover.Fence(ctx, sourceServer, database, role)         // copy mode: writes held from here
-//	res, err := mover.Copy(ctx, sourceDB, targetDB, mover.CopyOptions{Progress: report})
-//	vr, err := mover.Verify(ctx, sourceDB, targetDB)             // on a mismatch: Unfence, drop the target
-//	// flip the catalog to the target; keep the fenced source for the grace period
+//	svc, err := mover.New(store, mover.Config{Jobs: reg, Targets: prov, Keep: 24 * time.Hour})
+//	m, err := svc.StartMove(ctx, "acme", mover.MoveSpec{To: "pg-2"}, "operator") // 202
+//	m, err = svc.Get(ctx, m.ID) // phase, rows and bytes copied, lag, write_pause_ms
+//	m, err = svc.Revert(ctx, m.ID, "operator") // within the keep
 //
-// Not built yet: the native-subscription apply (ApplySubscription), a
-// stream that resumes from its slot after a restart (CatchUp starts at the
-// slot's consistent point, once per Stream), max_slot_wal_keep_size guards,
-// the reverse stream that keeps a source in step for a revert, the move
-// ledger and its jobs, the catalog flip, the cleanup of the source and of
-// leftover replication objects, evacuation and rebalancing. Copy
-// loads tables into their indexes as they are (pg_restore builds indexes
-// after the data, which is faster for large tables) and one table at a
-// time; partitioned tables' foreign keys do not order their partitions.
+// Not built yet: the native-subscription apply (ApplySubscription: the
+// online mode always applies the stream itself), a stream that resumes from
+// its slot after a restart (a move killed while copying or catching up
+// starts its copy again; one killed while fenced copies the fenced source
+// in full), max_slot_wal_keep_size guards, the reverse stream that keeps a
+// source in step for a revert, the cleanup of leftover replication objects,
+// a verify outside the fence (its row hash under the fence makes the pause
+// grow with the database), evacuation and rebalancing. Copy loads tables
+// into their indexes as they are (pg_restore builds indexes after the data,
+// which is faster for large tables) and one table at a time; partitioned
+// tables' foreign keys do not order their partitions.
 package mover

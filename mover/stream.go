@@ -51,7 +51,17 @@ type relation struct {
 // database as the admin role, which needs REPLICATION (CheckOnline says);
 // sourceAdmin a connection to it. DropStream removes both; the slot holds WAL
 // on the source until then.
-func OpenStream(ctx context.Context, sourceDSN string, sourceAdmin Querier, name string) (_ *Stream, err error) {
+func OpenStream(ctx context.Context, sourceDSN string, sourceAdmin Querier, name string) (*Stream, error) {
+	cfg, err := pgconn.ParseConfig(sourceDSN)
+	if err != nil {
+		return nil, fmt.Errorf("mover: OpenStream(%q): %w", name, err)
+	}
+	return OpenStreamConfig(ctx, cfg, sourceAdmin, name)
+}
+
+// OpenStreamConfig is OpenStream with a parsed connection configuration of
+// the source tenant database (it is copied, not changed).
+func OpenStreamConfig(ctx context.Context, source *pgconn.Config, sourceAdmin Querier, name string) (_ *Stream, err error) {
 	defer wrap(&err, fmt.Sprintf("OpenStream(%q)", name))
 	if !validSlotName(name) {
 		return nil, fmt.Errorf("%q is not a slot name: use 1 to 63 of a-z, 0-9 and _", name)
@@ -77,10 +87,7 @@ func OpenStream(ctx context.Context, sourceDSN string, sourceAdmin Querier, name
 			return nil, fmt.Errorf("source: %w", err)
 		}
 	}
-	cfg, err := pgconn.ParseConfig(sourceDSN)
-	if err != nil {
-		return nil, err
-	}
+	cfg := source.Copy()
 	cfg.RuntimeParams["replication"] = "database"
 	conn, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
@@ -445,27 +452,38 @@ func (r *relation) where(key *pglogrepl.TupleData, args *[]any) string {
 	return strings.Join(conds, " AND ")
 }
 
+// slotReleaseWait bounds how long DropStream waits for a closed stream's
+// slot to be released.
+const slotReleaseWait = 10 * time.Second
+
 // DropStream removes the stream's slot and publication from the source; what
 // is already gone is no error. A slot in use (its stream not closed) cannot
 // be dropped.
 func DropStream(ctx context.Context, sourceAdmin Querier, name string) (err error) {
 	defer wrap(&err, fmt.Sprintf("DropStream(%q)", name))
-	// A closed stream's WAL sender exits a moment after its connection: the
-	// slot is still active until then (55006), so try again for a while.
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		_, err := sourceAdmin.Exec(ctx, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1", name)
-		var pgErr *pgconn.PgError
-		if err == nil {
+	// A stream just closed leaves its slot active until its WAL sender has
+	// exited: wait for that, a bounded while.
+	deadline := time.Now().Add(slotReleaseWait)
+	for {
+		var active bool
+		err := sourceAdmin.QueryRow(ctx, "SELECT coalesce(bool_or(active), false) FROM pg_replication_slots WHERE slot_name = $1", name).Scan(&active)
+		if err != nil {
+			return fmt.Errorf("source: %w", err)
+		}
+		if !active {
 			break
 		}
-		if !errors.As(err, &pgErr) || pgErr.Code != "55006" || time.Now().After(deadline) {
-			return fmt.Errorf("source: dropping slot: %w", err)
+		if time.Now().After(deadline) {
+			return fmt.Errorf("source: replication slot %s is still in use after %s", name, slotReleaseWait)
 		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
+		case <-time.After(20 * time.Millisecond):
 		}
+	}
+	if _, err := sourceAdmin.Exec(ctx, "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1", name); err != nil {
+		return fmt.Errorf("source: dropping slot: %w", err)
 	}
 	if _, err := sourceAdmin.Exec(ctx, "DROP PUBLICATION IF EXISTS "+ident(name)); err != nil {
 		return fmt.Errorf("source: dropping publication: %w", err)
