@@ -2,12 +2,8 @@ package fanout
 
 import (
 	"context"
-	"errors"
-	"net"
-	"strings"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/tenantplane/tenantplane/catalog"
 )
@@ -30,40 +26,4 @@ func (s *Service) connConfig(ctx context.Context, serverName, database, app stri
 	cfg.ConnectTimeout = s.cfg.ConnectTimeout
 	cfg.RuntimeParams["application_name"] = app
 	return cfg, nil
-}
-
-// describe says what went wrong on a server in words for an operator.
-func describe(err error) string {
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		return pgErr.Message
-	}
-	var ce *pgconn.ConnectError
-	if errors.As(err, &ce) {
-		return "cannot connect: " + connectReason(err)
-	}
-	return err.Error()
-}
-
-// connectReason says in a few words why a connection to a server failed,
-// without the DSN.
-func connectReason(err error) string {
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		switch pgErr.Code {
-		case "28P01", "28000":
-			return "authentication failed"
-		case "3D000":
-			return "database does not exist"
-		}
-		return pgErr.Message
-	}
-	var netErr net.Error
-	switch {
-	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &netErr) && netErr.Timeout():
-		return "timed out"
-	case strings.Contains(err.Error(), "connection refused"):
-		return "connection refused"
-	}
-	return "unreachable"
 }

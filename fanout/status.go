@@ -137,7 +137,7 @@ func (s *Service) SchemaStatus(ctx context.Context, opts StatusOptions) (SchemaS
 			CatalogVersion: t.SchemaVersion, CatalogDirty: t.SchemaDirty}
 		cfg := configs[t.Server]
 		if cfg == nil {
-			results[i].Error = describe(configErrs[t.Server])
+			results[i].Error = catalog.DescribeServerError(configErrs[t.Server])
 			continue
 		}
 		sem := perServer[t.Server]
@@ -149,7 +149,7 @@ func (s *Service) SchemaStatus(ctx context.Context, opts StatusOptions) (SchemaS
 			defer cancel()
 			v, dirty, err := readTenantSchema(rctx, cfg, t.Database)
 			if err != nil {
-				results[i].Error = "reading the schema version: " + describe(err)
+				results[i].Error = "reading the schema version: " + catalog.DescribeServerError(err)
 				if ctx.Err() == nil && rctx.Err() != nil {
 					results[i].Error = "reading the schema version: timed out"
 				}

@@ -19,6 +19,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/tenantplane/tenantplane/catalog"
 )
 
 // The tenant-schema migrator: golang-migrate on one tenant database, a step
@@ -311,7 +313,7 @@ func stepError(err error, step int) *StepError {
 func describeStep(err error) string {
 	var dbErr database.Error
 	if !errors.As(err, &dbErr) {
-		return describe(err)
+		return catalog.DescribeServerError(err)
 	}
 	var pgErr *pgconn.PgError
 	if errors.As(dbErr.OrigErr, &pgErr) {
@@ -323,50 +325,14 @@ func describeStep(err error) string {
 	}
 	if dbErr.Err != "" {
 		if dbErr.OrigErr != nil {
-			return dbErr.Err + ": " + describe(dbErr.OrigErr)
+			return dbErr.Err + ": " + catalog.DescribeServerError(dbErr.OrigErr)
 		}
 		return dbErr.Err
 	}
 	if dbErr.OrigErr != nil {
-		return describe(dbErr.OrigErr)
+		return catalog.DescribeServerError(dbErr.OrigErr)
 	}
 	return "migration failed"
-}
-
-// describe says what went wrong on a server in words for an operator.
-func describe(err error) string {
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		return pgErr.Message
-	}
-	var ce *pgconn.ConnectError
-	if errors.As(err, &ce) {
-		return "cannot connect: " + connectReason(err)
-	}
-	return err.Error()
-}
-
-// connectReason says in a few words why a connection to a server failed,
-// without the DSN.
-func connectReason(err error) string {
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		switch pgErr.Code {
-		case "28P01", "28000":
-			return "authentication failed"
-		case "3D000":
-			return "database does not exist"
-		}
-		return pgErr.Message
-	}
-	var netErr net.Error
-	switch {
-	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &netErr) && netErr.Timeout():
-		return "timed out"
-	case strings.Contains(err.Error(), "connection refused"):
-		return "connection refused"
-	}
-	return "unreachable"
 }
 
 // migrator is golang-migrate on one tenant database.
@@ -407,7 +373,7 @@ func open(ctx context.Context, conn *pgx.ConnConfig, src Source, limits Limits, 
 		return nil, err
 	}
 	if err := db.PingContext(ctx); err != nil {
-		return fail(fmt.Errorf("connecting to %s on %s: %s", cfg.Database, net.JoinHostPort(cfg.Host, fmt.Sprint(cfg.Port)), connectReason(err)))
+		return fail(fmt.Errorf("connecting to %s on %s: %s", cfg.Database, net.JoinHostPort(cfg.Host, fmt.Sprint(cfg.Port)), catalog.ConnectReason(err)))
 	}
 	inner, err := pgxmigrate.WithInstance(db, &pgxmigrate.Config{})
 	if err != nil {

@@ -40,7 +40,7 @@ func (p *Provisioner) convertAccess(ctx context.Context, srv catalog.Server) (in
 	n := 0
 	for _, t := range tenants {
 		if err := p.convertTenantAccess(ctx, srv, pool, t, super); err != nil {
-			return n, fmt.Errorf("tenant %s: %s", t.Slug, describe(err))
+			return n, fmt.Errorf("tenant %s: %s", t.Slug, catalog.DescribeServerError(err))
 		}
 		changed, err := p.store.SetTenantAccessLayout(ctx, t.ID, accessLayout, "provisioner")
 		if err != nil {

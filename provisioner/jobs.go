@@ -132,24 +132,24 @@ func (p *Provisioner) provision(ctx context.Context, t catalog.Tenant) error {
 	}
 	claimed, err := p.claimWarm(ctx, pool, t, password)
 	if err != nil {
-		return fmt.Errorf("server %s: claiming a warm database: %s", srv.Name, describe(err))
+		return fmt.Errorf("server %s: claiming a warm database: %s", srv.Name, catalog.DescribeServerError(err))
 	}
 	schema := catalog.SchemaState{Version: int64(p.schema.Latest())}
 	if !claimed {
 		if err := p.ensureRole(ctx, pool, t.Role, password); err != nil {
-			return fmt.Errorf("server %s: creating role: %s", srv.Name, describe(err))
+			return fmt.Errorf("server %s: creating role: %s", srv.Name, catalog.DescribeServerError(err))
 		}
 		if err := p.step(ctx, t, "role"); err != nil {
 			return err
 		}
 		if err := p.ensureDatabase(ctx, srv, pool, t); err != nil {
-			return fmt.Errorf("server %s: creating database: %s", srv.Name, describe(err))
+			return fmt.Errorf("server %s: creating database: %s", srv.Name, catalog.DescribeServerError(err))
 		}
 		if err := p.step(ctx, t, "database"); err != nil {
 			return err
 		}
 		if schema.Version, schema.Dirty, err = p.grantTables(ctx, srv.Name, t.Database, t.Role); err != nil {
-			return fmt.Errorf("server %s: granting the tenant role: %s", srv.Name, describe(err))
+			return fmt.Errorf("server %s: granting the tenant role: %s", srv.Name, catalog.DescribeServerError(err))
 		}
 		if err := p.step(ctx, t, "schema"); err != nil {
 			return err
@@ -334,7 +334,7 @@ func (p *Provisioner) drop(ctx context.Context, t catalog.Tenant) error {
 			"DROP ROLE IF EXISTS " + ident(t.Role),
 		} {
 			if _, err := pool.Exec(ctx, s); err != nil {
-				return fmt.Errorf("server %s: %s", srv.Name, describe(err))
+				return fmt.Errorf("server %s: %s", srv.Name, catalog.DescribeServerError(err))
 			}
 		}
 	}
@@ -386,17 +386,4 @@ func (p *Provisioner) archive(ctx context.Context, serverName string, pool *pgxp
 func isDuplicate(err error) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && pgErr.Code == "42710"
-}
-
-// describe says what went wrong on a server in words for an operator.
-func describe(err error) string {
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		return pgErr.Message
-	}
-	var ce *pgconn.ConnectError
-	if errors.As(err, &ce) {
-		return "cannot connect: " + connectReason(err)
-	}
-	return err.Error()
 }

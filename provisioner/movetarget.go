@@ -24,21 +24,21 @@ func (p *Provisioner) PrepareTarget(ctx context.Context, t catalog.Tenant, serve
 		return err
 	}
 	if err := p.ensureRole(ctx, pool, t.Role, password); err != nil {
-		return fmt.Errorf("server %s: creating role: %s", server.Name, describe(err))
+		return fmt.Errorf("server %s: creating role: %s", server.Name, catalog.DescribeServerError(err))
 	}
 	exists, err := databaseExists(ctx, pool, t.Database)
 	if err != nil {
-		return fmt.Errorf("server %s: %s", server.Name, describe(err))
+		return fmt.Errorf("server %s: %s", server.Name, catalog.DescribeServerError(err))
 	}
 	if !exists {
 		// Not the server's template: that is at the newest version, and the
 		// tenant may be behind it (mid fan-out).
 		if _, err := pool.Exec(ctx, "CREATE DATABASE "+ident(t.Database)+" TEMPLATE template0"); err != nil {
-			return fmt.Errorf("server %s: creating database: %s", server.Name, describe(err))
+			return fmt.Errorf("server %s: creating database: %s", server.Name, catalog.DescribeServerError(err))
 		}
 	}
 	if err := execAll(ctx, pool, databaseAccess(t.Database, t.Role)); err != nil {
-		return fmt.Errorf("server %s: database access: %s", server.Name, describe(err))
+		return fmt.Errorf("server %s: database access: %s", server.Name, catalog.DescribeServerError(err))
 	}
 	if version > 0 {
 		cfg, err := p.dbConfig(ctx, server.Name, t.Database, "tenantplane-mover")
@@ -50,7 +50,7 @@ func (p *Provisioner) PrepareTarget(ctx context.Context, t catalog.Tenant, serve
 		}
 	}
 	if _, _, err := p.grantTables(ctx, server.Name, t.Database, t.Role); err != nil {
-		return fmt.Errorf("server %s: granting the tenant role: %s", server.Name, describe(err))
+		return fmt.Errorf("server %s: granting the tenant role: %s", server.Name, catalog.DescribeServerError(err))
 	}
 	return nil
 }
@@ -67,7 +67,7 @@ func (p *Provisioner) DropDatabase(ctx context.Context, t catalog.Tenant, server
 		"DROP ROLE IF EXISTS " + ident(t.Role),
 	} {
 		if _, err := pool.Exec(ctx, s); err != nil {
-			return fmt.Errorf("server %s: %s", server.Name, describe(err))
+			return fmt.Errorf("server %s: %s", server.Name, catalog.DescribeServerError(err))
 		}
 	}
 	return nil

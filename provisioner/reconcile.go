@@ -65,7 +65,7 @@ func serverError(name string, err error, after string) error {
 	}
 	var connErr *pgconn.ConnectError
 	if errors.As(err, &connErr) {
-		return catalog.WrapError(catalog.CodeUnavailable, err, "server %q could not be reached: %s%s", name, connectReason(err), after)
+		return catalog.WrapError(catalog.CodeUnavailable, err, "server %q could not be reached: %s%s", name, catalog.ConnectReason(err), after)
 	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
@@ -78,7 +78,7 @@ func serverError(name string, err error, after string) error {
 		return catalog.WrapError(catalog.CodeInternal, err, "server %q: %s%s", name, pgErr.Message, after)
 	}
 	// Anything else is the transport: a connection lost, a read that timed out.
-	return catalog.WrapError(catalog.CodeUnavailable, err, "server %q could not be reached: %s%s", name, connectReason(err), after)
+	return catalog.WrapError(catalog.CodeUnavailable, err, "server %q could not be reached: %s%s", name, catalog.ConnectReason(err), after)
 }
 
 func (p *Provisioner) reconcileServer(ctx context.Context, srv catalog.Server, remove bool) ([]Orphan, error) {

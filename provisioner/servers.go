@@ -64,7 +64,7 @@ func (p *Provisioner) checkServer(ctx context.Context, dsn string) error {
 	defer cancel()
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
-		return catalog.WrapError(catalog.CodeInvalid, err, "cannot connect to the server at %s: %s", redacted(dsn), connectReason(err))
+		return catalog.WrapError(catalog.CodeInvalid, err, "cannot connect to the server at %s: %s", redacted(dsn), catalog.ConnectReason(err))
 	}
 	defer conn.Close(context.Background())
 	var super, createDB, createRole bool

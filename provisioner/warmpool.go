@@ -218,10 +218,10 @@ func (p *Provisioner) buildWarm(ctx context.Context, srv catalog.Server, admin *
 	stmts = append(stmts, "CREATE DATABASE "+ident(build)+" TEMPLATE "+ident(tpl))
 	stmts = append(stmts, databaseAccess(build, name)...)
 	if err := execAll(ctx, admin, stmts); err != nil {
-		return fmt.Errorf("building a warm database: %s", describe(err))
+		return fmt.Errorf("building a warm database: %s", catalog.DescribeServerError(err))
 	}
 	if _, _, err := p.grantTables(ctx, srv.Name, build, name); err != nil {
-		return fmt.Errorf("building a warm database: %s", describe(err))
+		return fmt.Errorf("building a warm database: %s", catalog.DescribeServerError(err))
 	}
 	_, err = admin.Exec(ctx, "ALTER DATABASE "+ident(build)+" RENAME TO "+ident(name))
 	return err

@@ -1,4 +1,4 @@
-package provisioner
+package catalog
 
 import (
 	"context"
@@ -9,10 +9,25 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// connectReason says in a few words why a connection to a server failed,
+// DescribeServerError says what went wrong on a tenant server in words for
+// an operator: PostgreSQL's message, or why the connection failed. It never
+// includes the DSN.
+func DescribeServerError(err error) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Message
+	}
+	var ce *pgconn.ConnectError
+	if errors.As(err, &ce) {
+		return "cannot connect: " + ConnectReason(err)
+	}
+	return err.Error()
+}
+
+// ConnectReason says in a few words why a connection to a server failed,
 // without the DSN (pgx's messages can include the host and user, never the
-// password, but we keep them short and uniform).
-func connectReason(err error) string {
+// password, but these are kept short and uniform).
+func ConnectReason(err error) string {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		switch pgErr.Code {
