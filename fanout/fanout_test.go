@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/tenantplane/tenantplane/catalog"
+	"github.com/tenantplane/tenantplane/internal/helperproc"
 	"github.com/tenantplane/tenantplane/internal/pgtest"
 	"github.com/tenantplane/tenantplane/migrations"
 )
@@ -593,7 +594,7 @@ func TestFanoutKilledProcessResumes(t *testing.T) {
 	tenants := seedTenants(t, v1, "killed", 24)
 	dir := schemaDir(t, map[string]string{"000002_log.up.sql": logMigration})
 
-	helper := startHelper(t, nil, helperEnv+"=1", "CATALOG_DSN="+b.dsn, "SECRET_KEY="+b.key, "SCHEMA_DIR="+dir)
+	helper := helperproc.Start(t, nil, helperEnv+"=1", "CATALOG_DSN="+b.dsn, "SECRET_KEY="+b.key, "SCHEMA_DIR="+dir)
 
 	// Kill it once some tenants are done and others are being migrated.
 	var run MigrationRun
@@ -605,7 +606,7 @@ func TestFanoutKilledProcessResumes(t *testing.T) {
 		run = runs[0]
 		return run.Counts.Done >= 6 && run.Counts.Running > 0
 	}, 60*time.Second, 5*time.Millisecond)
-	helper.kill(t)
+	helper.Kill(t)
 	run, err := b.runs.GetMigrationRun(ctx, run.ID)
 	require.NoError(t, err)
 	require.Equal(t, RunRunning, run.State)

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tenantplane/tenantplane/catalog"
+	"github.com/tenantplane/tenantplane/internal/helperproc"
 	"github.com/tenantplane/tenantplane/internal/jobs"
 )
 
@@ -83,7 +84,7 @@ func TestKilledProcessJobsResumeWithinSeconds(t *testing.T) {
 	}
 
 	stdout := &lineWriter{lines: make(chan string, 2*crowdTenants)}
-	helper := startHelper(t, stdout, crowdHelperEnv+"=1", "CATALOG_DSN="+b.dsn, "SECRET_KEY="+b.key)
+	helper := helperproc.Start(t, stdout, crowdHelperEnv+"=1", "CATALOG_DSN="+b.dsn, "SECRET_KEY="+b.key)
 	reached := map[string]bool{}
 	timeout := time.After(60 * time.Second)
 	for len(reached) < crowdHeld {
@@ -92,13 +93,13 @@ func TestKilledProcessJobsResumeWithinSeconds(t *testing.T) {
 			slug, ok := strings.CutPrefix(line, "reached ")
 			require.True(t, ok, "unexpected line from the helper process: %q", line)
 			reached[slug] = true
-		case <-helper.done:
-			t.Fatalf("the helper process exited (%v) with only %d jobs held: %v", helper.err, len(reached), slices.Sorted(maps.Keys(reached)))
+		case <-helper.Exited():
+			t.Fatalf("the helper process exited (%v) with only %d jobs held: %v", helper.Err(), len(reached), slices.Sorted(maps.Keys(reached)))
 		case <-timeout:
 			t.Fatalf("the helper process held only %d jobs within 60s: %v", len(reached), slices.Sorted(maps.Keys(reached)))
 		}
 	}
-	helper.kill(t)
+	helper.Kill(t)
 	killedAt := time.Now()
 
 	// Every tenant is provisioning; the dead process holds 20 jobs.

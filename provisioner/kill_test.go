@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tenantplane/tenantplane/catalog"
+	"github.com/tenantplane/tenantplane/internal/helperproc"
 	"github.com/tenantplane/tenantplane/internal/jobs"
 )
 
@@ -86,7 +87,7 @@ func TestProvisioningKilledProcessFinishes(t *testing.T) {
 
 	// The first process works until each tenant has reached its crash point.
 	stdout := &lineWriter{lines: make(chan string, 64)}
-	helper := startHelper(t, stdout, provisionHelperEnv+"=1", "CATALOG_DSN="+b.dsn, "SECRET_KEY="+b.key)
+	helper := helperproc.Start(t, stdout, provisionHelperEnv+"=1", "CATALOG_DSN="+b.dsn, "SECRET_KEY="+b.key)
 	waiting := map[string]bool{}
 	for _, step := range killSteps {
 		waiting[killedSlug(step)] = true
@@ -98,15 +99,15 @@ func TestProvisioningKilledProcessFinishes(t *testing.T) {
 			slug, ok := strings.CutPrefix(line, "reached ")
 			require.True(t, ok, "unexpected line from the helper process: %q", line)
 			delete(waiting, slug)
-		case <-helper.done:
+		case <-helper.Exited():
 			t.Fatalf("the helper process exited (%v) before every tenant reached its crash point; still waiting for %v",
-				helper.err, slices.Sorted(maps.Keys(waiting)))
+				helper.Err(), slices.Sorted(maps.Keys(waiting)))
 		case <-timeout:
 			t.Fatalf("the helper process did not bring every tenant to its crash point within 30s; still waiting for %v",
 				slices.Sorted(maps.Keys(waiting)))
 		}
 	}
-	helper.kill(t)
+	helper.Kill(t)
 	killedAt := time.Now()
 
 	// Nothing was finished, and the dead process still holds the jobs.
