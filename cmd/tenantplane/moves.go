@@ -129,19 +129,7 @@ rotate-credentials are refused; API keys can still be issued and revoked.`,
 			if err != nil {
 				return err
 			}
-			var m Move
-			if err := json.Unmarshal(raw, &m); err != nil {
-				return fmt.Errorf("the admin API's answer is not the JSON expected: %w", err)
-			}
-			if !watch.on {
-				return o.print(cmd, raw, &m, func() error { return writeMoveStarted(cmd.OutOrStdout(), m) })
-			}
-			if !o.json {
-				if err := writeMoveStarted(cmd.OutOrStdout(), m); err != nil {
-					return err
-				}
-			}
-			return o.watchMove(cmd, string(m.ID), watch)
+			return o.moveStarted(cmd, raw, watch)
 		},
 	}
 	cmd.Flags().StringVar(&to, "to", "", "the server to move the tenant to (required)")
@@ -218,6 +206,24 @@ func newMovesCancelCmd(o *adminOptions) *cobra.Command {
 	return cmd
 }
 
+// moveStarted prints a move the API has just started, then follows it when
+// asked to (--watch).
+func (o *adminOptions) moveStarted(cmd *cobra.Command, raw json.RawMessage, watch watchFlags) error {
+	var m Move
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return fmt.Errorf("the admin API's answer is not the JSON expected: %w", err)
+	}
+	if !watch.on {
+		return o.print(cmd, raw, &m, func() error { return writeMoveStarted(cmd.OutOrStdout(), m) })
+	}
+	if !o.json {
+		if err := writeMoveStarted(cmd.OutOrStdout(), m); err != nil {
+			return err
+		}
+	}
+	return o.watchMove(cmd, string(m.ID), watch)
+}
+
 func newMovesRevertCmd(o *adminOptions) *cobra.Command {
 	var watch watchFlags
 	cmd := &cobra.Command{
@@ -229,19 +235,7 @@ func newMovesRevertCmd(o *adminOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var m Move
-			if err := json.Unmarshal(raw, &m); err != nil {
-				return fmt.Errorf("the admin API's answer is not the JSON expected: %w", err)
-			}
-			if !watch.on {
-				return o.print(cmd, raw, &m, func() error { return writeMoveStarted(cmd.OutOrStdout(), m) })
-			}
-			if !o.json {
-				if err := writeMoveStarted(cmd.OutOrStdout(), m); err != nil {
-					return err
-				}
-			}
-			return o.watchMove(cmd, string(m.ID), watch)
+			return o.moveStarted(cmd, raw, watch)
 		},
 	}
 	watch.registerMove(cmd)
