@@ -53,7 +53,6 @@ func (p *Provisioner) claimWarm(ctx context.Context, pool *pgxpool.Pool, t catal
 			}
 			return false, err
 		}
-		p.kickRefill()
 		// The database is ours now. Should these fail, the retry finds the
 		// database made and takes the slow path, which repairs the role.
 		for _, s := range []string{
@@ -64,6 +63,7 @@ func (p *Provisioner) claimWarm(ctx context.Context, pool *pgxpool.Pool, t catal
 				return true, err
 			}
 		}
+		p.kickRefill()
 		return true, nil
 	}
 	return false, nil
@@ -182,9 +182,11 @@ func (p *Provisioner) refillServer(ctx context.Context, srv catalog.Server) erro
 			return err
 		}
 	}
-	// Warm roles without their database lost it to a crash or a schema change.
+	// Warm roles that no database grants anything to lost theirs to a crash
+	// or a schema change. (Not "no database of its name": a claim renames
+	// the database before the role, and the role still holds its grant.)
 	rows, err = conn.Query(ctx, `SELECT rolname FROM pg_roles r WHERE starts_with(rolname, $1)
-		AND NOT EXISTS (SELECT 1 FROM pg_database d WHERE d.datname = r.rolname)`, warmPrefix)
+		AND NOT EXISTS (SELECT 1 FROM pg_database d, aclexplode(d.datacl) a WHERE a.grantee = r.oid)`, warmPrefix)
 	if err != nil {
 		return err
 	}
