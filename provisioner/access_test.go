@@ -169,3 +169,41 @@ func TestOlderAccessLayoutIsConverted(t *testing.T) {
 		require.Len(t, events, 1, "and records nothing")
 	}
 }
+
+// TestRefillDropsOnlyStaleWarmRoles: a warm role that no database grants
+// anything to (left by a crash) is dropped by the refill; one whose database
+// a claim has just renamed, and which still holds its CONNECT there, is not.
+func TestRefillDropsOnlyStaleWarmRoles(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	cfg := b.cfg
+	cfg.WarmPoolSize = 1
+	p, err := New(b.store, cfg) // not started: the test runs the refill itself
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = p.Stop(ctx) })
+	srv, err := b.store.GetServer(ctx, "pg-1")
+	require.NoError(t, err)
+
+	admin, err := pgx.Connect(ctx, b.server.ManagedDSN(t, "postgres"))
+	require.NoError(t, err)
+	defer admin.Close(ctx)
+	stale, claiming := p.warmPattern()+"deadbeef", p.warmPattern()+"0badcafe"
+	for _, s := range []string{
+		"CREATE ROLE " + ident(stale) + " NOLOGIN",
+		"CREATE ROLE " + ident(claiming) + " NOLOGIN",
+		"CREATE DATABASE t_being_claimed",
+		"GRANT CONNECT ON DATABASE t_being_claimed TO " + ident(claiming),
+	} {
+		_, err := admin.Exec(ctx, s)
+		require.NoError(t, err, s)
+	}
+	require.NoError(t, p.refillServer(ctx, srv))
+	var staleLeft, claimingLeft bool
+	require.NoError(t, admin.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1), EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $2)`,
+		stale, claiming).Scan(&staleLeft, &claimingLeft))
+	require.False(t, staleLeft, "a warm role nothing grants to is dropped")
+	require.True(t, claimingLeft, "a warm role still granted CONNECT is left to its claimer")
+	_, err = admin.Exec(ctx, "DROP DATABASE t_being_claimed")
+	require.NoError(t, err)
+}
