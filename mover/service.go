@@ -378,7 +378,12 @@ func (s *Service) pickMode(ctx context.Context, t catalog.Tenant, from, to catal
 		return "", "", catalog.WrapError(catalog.CodeUnavailable, err, "checking the online mode")
 	}
 	if check.Possible {
-		return ModeOnline, "logical replication from " + from.Name + ": " + string(ApplyStream), nil
+		reason := "logical replication from " + from.Name + ": " + string(ApplyStream)
+		if check.UnboundedSlotWAL {
+			reason += "; max_slot_wal_keep_size is unbounded on " + from.Name + ": a stalled move's slot holds WAL without limit; " +
+				"set it (e.g. 10GB) on the server (the move cannot: it takes a superuser or the server's configuration)"
+		}
+		return ModeOnline, reason, nil
 	}
 	if revert && asked == "" {
 		// A revert goes back the way it can: its source is kept fenced,

@@ -548,6 +548,7 @@ func TestMoveOnlineUnderWrites(t *testing.T) {
 	m, err := svc.StartMove(ctx, "acme", mover.MoveSpec{To: "pg-2"}, "test")
 	require.NoError(t, err)
 	require.Equal(t, mover.ModeOnline, m.Mode, m.ModeReason)
+	require.Contains(t, m.ModeReason, "; max_slot_wal_keep_size is unbounded on pg-1: a stalled move's slot holds WAL without limit; set it (e.g. 10GB) on the server")
 	m = waitMove(t, svc, m.ID)
 	require.Equal(t, mover.PhaseDone, m.Phase, m.LastError)
 	time.Sleep(300 * time.Millisecond)
