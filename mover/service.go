@@ -87,8 +87,9 @@ type Config struct {
 	// Default 1 MiB.
 	CatchUpLag int64
 
-	// afterPhase, in tests, runs after each phase is recorded; an error
-	// stops the job there (it is retried, as after a crash).
+	// afterPhase, in tests, runs after each phase is recorded and at
+	// stepCopied; an error stops the job there (it is retried, as after a
+	// crash).
 	afterPhase func(ctx context.Context, moveID int64, phase string) error
 }
 

@@ -64,6 +64,10 @@ func (s *Service) setPhase(ctx context.Context, m *move, phase string) error {
 	return s.hook(ctx, m.ID, phase)
 }
 
+// stepCopied is the test hook's point within the online copying phase
+// where the copy is done and the stream's slot and publication exist.
+const stepCopied = PhaseCopying + ": copied, stream open"
+
 // hook runs the tests' afterPhase hook, if any, at a phase or step.
 func (s *Service) hook(ctx context.Context, id int64, phase string) error {
 	if s.cfg.afterPhase == nil {

@@ -304,6 +304,9 @@ func (s *Service) copying(ctx context.Context, w *work) error {
 	if err := s.copyAll(ctx, w, w.stream.Snapshot()); err != nil {
 		return err
 	}
+	if err := s.hook(ctx, w.m.ID, stepCopied); err != nil {
+		return err
+	}
 	if err := s.checkSlot(ctx, w); err != nil {
 		return err
 	}
