@@ -71,38 +71,48 @@ func moveHelperProcess() error {
 	select {}
 }
 
-// TestMoveKilledInEachPhase: the process moving a tenant online, under a
-// writer numbering its inserts, is killed (SIGKILL) in each phase: copying
-// (the copy done, its slot and publication made), catching_up, fenced (the
-// tenant held and the source fenced), verifying (held and fenced, the
-// stream dropped), switched (the catalog flipped, the job not done). A
-// service started afterwards takes the dead process's job over once its job
-// client has missed its beats, and every move ends done: each phase is
-// recorded and idempotent, and the resumed run goes on from it (a run
-// killed while copying or catching up starts its stream over; one killed
-// while fenced copies the fenced source again). None is rolled back: a
-// rollback is only for a move that cannot go on (a verification
-// difference, a lost slot, a cancel, or its last attempt). After each: the
-// tenant is neither held nor fenced, served by the target, with every
-// acknowledged write once; the source is kept, fenced, for the revert;
-// nothing else of the move is left on either server (databases, roles,
-// slots, publications, subscriptions); and the writer was never without
-// service for longer than the phase's bound.
+// TestMoveKilledInEachPhase: the process moving a tenant, under a writer
+// numbering its inserts, is killed (SIGKILL) in each phase of an online
+// move: copying (the copy done, its slot and publication made),
+// catching_up, fenced (the tenant held and the source fenced), verifying
+// (held and fenced, the stream dropped), switched (the catalog flipped, the
+// job not done); and in a copy-mode move's copying (held and fenced). A
+// service started afterwards takes the dead process's job over once its
+// job client has missed its beats, and every one of these moves ends done:
+// each phase is recorded and idempotent, and the resumed run goes on from
+// it (a run killed while copying or catching up starts its stream over;
+// one killed while fenced copies the fenced source again). None is rolled
+// back, because nothing stops it from going on: a rollback is for a move
+// that cannot (a verification difference, a lost slot, its last attempt)
+// or is cancelled, as the last case is, while its process is dead and the
+// source fenced: the restart rolls it back (aborted, the source unfenced,
+// the target dropped). After each: the tenant is neither held nor fenced
+// and served where the catalog says, with every acknowledged write once;
+// nothing of the move is left on either server (databases, roles, slots,
+// publications, subscriptions) but the kept source of a done move; and the
+// writer was never without service for longer than the phase's bound.
 func TestMoveKilledInEachPhase(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
+		name      string
 		phase, at string // the phase recorded, the hook point where the process is killed
+		mode      string
 		// held: the kill leaves the tenant held (its writes wait for the
-		// restart to finish the move).
+		// restart to end the move).
 		held bool
+		// cancel: the move is cancelled while its process is dead, so the
+		// restart rolls it back.
+		cancel bool
 	}{
-		{phase: mover.PhaseCopying, at: mover.StepCopied},
-		{phase: mover.PhaseCatchingUp, at: mover.PhaseCatchingUp},
-		{phase: mover.PhaseFenced, at: mover.PhaseFenced, held: true},
-		{phase: mover.PhaseVerifying, at: mover.PhaseVerifying, held: true},
-		{phase: mover.PhaseSwitched, at: mover.PhaseSwitched},
+		{name: "copying", phase: mover.PhaseCopying, at: mover.StepCopied, mode: mover.ModeOnline},
+		{name: "catching_up", phase: mover.PhaseCatchingUp, at: mover.PhaseCatchingUp, mode: mover.ModeOnline},
+		{name: "fenced", phase: mover.PhaseFenced, at: mover.PhaseFenced, mode: mover.ModeOnline, held: true},
+		{name: "verifying", phase: mover.PhaseVerifying, at: mover.PhaseVerifying, mode: mover.ModeOnline, held: true},
+		{name: "switched", phase: mover.PhaseSwitched, at: mover.PhaseSwitched, mode: mover.ModeOnline},
+		{name: "copy_mode_copying", phase: mover.PhaseCopying, at: mover.PhaseCopying, mode: mover.ModeCopy, held: true},
+		{name: "fenced_then_cancelled", phase: mover.PhaseFenced, at: mover.PhaseFenced, mode: mover.ModeOnline, held: true, cancel: true},
 	} {
-		t.Run(tc.phase, func(t *testing.T) {
+		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			ctx := testContext(t)
 			src := pgtest.NewServerWithSettings(t, map[string]string{"wal_level": "logical"})
@@ -122,9 +132,9 @@ func TestMoveKilledInEachPhase(t *testing.T) {
 			helper := startHelper(t, stdout, moveHelperEnv+"="+tc.at, "CATALOG_DSN="+b.dsn, "SECRET_KEY="+b.secret)
 			w := b.startWriter(t)
 			time.Sleep(200 * time.Millisecond)
-			m, err := svc.StartMove(ctx, "acme", mover.MoveSpec{To: "pg-2"}, "test")
+			m, err := svc.StartMove(ctx, "acme", mover.MoveSpec{To: "pg-2", Mode: tc.mode}, "test")
 			require.NoError(t, err)
-			require.Equal(t, mover.ModeOnline, m.Mode, m.ModeReason)
+			require.Equal(t, tc.mode, m.Mode, m.ModeReason)
 			select {
 			case line := <-stdout.lines:
 				require.Equal(t, "reached "+tc.at, line)
@@ -143,6 +153,10 @@ func TestMoveKilledInEachPhase(t *testing.T) {
 			killed, err := svc.Get(ctx, m.ID)
 			require.NoError(t, err)
 			require.Equal(t, tc.phase, killed.Phase, "the phase recorded when killed")
+			if tc.cancel {
+				_, err := svc.Cancel(ctx, m.ID, "test")
+				require.NoError(t, err)
+			}
 
 			require.NoError(t, reg.Start(context.Background()))
 			t.Cleanup(func() {
@@ -152,12 +166,18 @@ func TestMoveKilledInEachPhase(t *testing.T) {
 			})
 			m = waitMove(t, svc, m.ID)
 			finished := time.Since(killedAt)
-			require.Equal(t, mover.PhaseDone, m.Phase, m.LastError)
 			time.Sleep(200 * time.Millisecond)
 			acks, gap := w.result()
-			t.Logf("killed at %s: done %s after the kill; longest gap between writes %s (%d writes); write pause %d ms recorded",
-				tc.at, finished.Round(10*time.Millisecond), gap.Round(10*time.Millisecond), len(acks), *m.WritePauseMS)
-			checkMoved(t, b, m, acks)
+			t.Logf("killed at %s (%s mode): %s %s after the kill; longest gap between writes %s (%d writes)",
+				tc.at, tc.mode, m.Phase, finished.Round(10*time.Millisecond), gap.Round(10*time.Millisecond), len(acks))
+			if tc.cancel {
+				require.Equal(t, mover.PhaseAborted, m.Phase)
+				require.Equal(t, "cancelled", m.LastError)
+				checkRolledBack(t, b, acks)
+			} else {
+				require.Equal(t, mover.PhaseDone, m.Phase, m.LastError)
+				checkMoved(t, b, m, acks)
+			}
 			// The bound: a kill that leaves the tenant held holds its writes
 			// until the restart has judged the dead process (ClientDeadAfter
 			// and a beat) and finished the move; any other holds them for
@@ -172,15 +192,37 @@ func TestMoveKilledInEachPhase(t *testing.T) {
 			require.NoError(t, b.store.Pool().QueryRow(ctx, `SELECT attempt FROM river_job WHERE kind = 'tenantplane.move' AND (args->>'move_id')::bigint = $1`,
 				m.ID).Scan(&attempt))
 			require.GreaterOrEqual(t, attempt, 2, "finished by the restart, not by the killed process")
-			checkNoLeftovers(t, b, svc, true)
+			checkNoLeftovers(t, b, svc, !tc.cancel)
 		})
+	}
+}
+
+// checkRolledBack asserts what a move rolled back under the writer's load
+// must leave: the tenant on its source, neither held nor fenced, with every
+// acknowledged write, all of them made there.
+func checkRolledBack(t *testing.T, b *moveBundle, acks map[int64]string) {
+	t.Helper()
+	ctx := testContext(t)
+	tnt, err := b.store.GetTenantByID(ctx, b.tenant.ID)
+	require.NoError(t, err)
+	require.Equal(t, "pg-1", tnt.Server)
+	require.False(t, tnt.Held)
+	require.Nil(t, tnt.MoveID)
+	conn, err := b.tenantConn(ctx, t, "pg-1")
+	require.NoError(t, err, "the source serves the tenant again")
+	defer conn.Close(ctx)
+	source := rowsOf(t, conn)
+	for n, server := range acks {
+		require.Equal(t, "pg-1", server, "write %d", n)
+		require.Contains(t, source, n, "acknowledged write %d is on the source", n)
 	}
 }
 
 // checkNoLeftovers asserts that nothing of a move is left on either server:
 // no replication slot, publication or subscription at all, no orphan
-// database or role; on the source the tenant's database only if kept.
-func checkNoLeftovers(t *testing.T, b *moveBundle, svc *mover.Service, kept bool) {
+// database or role; the tenant's database on the target if it moved, and
+// on the source if it stayed or the source is kept.
+func checkNoLeftovers(t *testing.T, b *moveBundle, svc *mover.Service, moved bool) {
 	t.Helper()
 	ctx := testContext(t)
 	for _, name := range []string{"pg-1", "pg-2"} {
@@ -196,10 +238,10 @@ func checkNoLeftovers(t *testing.T, b *moveBundle, svc *mover.Service, kept bool
 		databases, err = pgx.CollectRows(rows, pgx.RowTo[string])
 		require.NoError(t, err)
 		want := []string{b.tenant.Database}
-		if name == "pg-1" && !kept {
+		if name == "pg-2" && !moved {
 			want = nil
 		}
-		require.Equal(t, want, databases, "%s: tenant databases", name)
+		require.ElementsMatch(t, want, databases, "%s: tenant databases", name)
 		require.NoError(t, conn.Close(ctx))
 		if len(databases) > 0 {
 			pub := b.adminConn(t, name)
