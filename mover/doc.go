@@ -31,6 +31,13 @@
 //     routers and schedules the job that drops the kept source at
 //     keep_until; then done.
 //
+// A process killed in any phase (SIGKILL included) leaves its job to the
+// next process whose job client sees it has stopped beating (internal/jobs):
+// that run goes on from the recorded phase, and TestMoveKilledInEachPhase
+// shows every phase of an online move, and a copy move's copying, ending
+// done with nothing left behind, and a move cancelled meanwhile rolled back.
+// A kill that leaves the tenant held holds its requests until then.
+//
 // Cancel (before the switch) aborts the move at its next phase; Revert (a
 // done move, within its keep) starts a move back onto the kept source that
 // copies back every write since, after which the original is reverted. The
@@ -55,6 +62,14 @@
 //     changes since on the target by primary key, one source transaction per
 //     target transaction, up to a given LSN (CurrentLSN once fenced),
 //     reporting the lag; DropStream removes the slot and publication.
+//     CheckOnline also reports an unbounded max_slot_wal_keep_size
+//     (UnboundedSlotWAL), which the move names in its mode_reason, as it
+//     cannot set it; a slot whose wal_status becomes lost or unreserved
+//     aborts the move (*SlotLostError).
+//   - leftovers (leftovers.go): Service.Leftovers finds, and with remove
+//     drops, the replication slots, publications and subscriptions named
+//     like a move's (tenantplane_move_<id>) that no open move owns, on every
+//     server; the admin API's orphans list them with the provisioner's.
 //   - fenced (fence.go): Fence makes the source refuse the tenant at the
 //     database (CONNECT revoked, the tenant role's sessions terminated and
 //     waited for), so that no write lands there from any replica of
@@ -78,8 +93,7 @@
 // online mode always applies the stream itself), a stream that resumes from
 // its slot after a restart (a move killed while copying or catching up
 // starts its copy again; one killed while fenced copies the fenced source
-// in full), max_slot_wal_keep_size guards, the reverse stream that keeps a
-// source in step for a revert, the cleanup of leftover replication objects,
+// in full), the reverse stream that keeps a source in step for a revert,
 // a verify outside the fence (its row hash under the fence makes the pause
 // grow with the database), evacuation and rebalancing. Copy loads tables
 // into their indexes as they are (pg_restore builds indexes after the data,

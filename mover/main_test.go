@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"net/url"
+	"os"
 	"testing"
 	"time"
 
@@ -14,7 +15,14 @@ import (
 	"github.com/tenantplane/tenantplane/internal/pgtest"
 )
 
-func TestMain(m *testing.M) { pgtest.Main(m) }
+func TestMain(m *testing.M) {
+	// TestMoveKilledInEachPhase starts this binary again (startHelper) as
+	// the process it kills: the variable says so, and no test runs.
+	if os.Getenv(moveHelperEnv) != "" {
+		runHelperProcess("move", moveHelperProcess)
+	}
+	pgtest.Main(m)
+}
 
 // testTimeout bounds each test's database work.
 const testTimeout = 2 * time.Minute

@@ -39,6 +39,12 @@ type OnlineCheck struct {
 	ApplyReason string
 	// SourceRole and TargetRole are the roles checked, for messages.
 	SourceRole, TargetRole string
+	// UnboundedSlotWAL is true when the source's max_slot_wal_keep_size is
+	// -1: a slot whose move stalls or is forgotten keeps WAL there until the
+	// disk is full. Not a refusal: the move cannot change it (it takes a
+	// superuser or the server's configuration), so it says so in its
+	// mode_reason, and aborts should the slot lose its WAL anyway.
+	UnboundedSlotWAL bool
 }
 
 // Err is nil when the online mode can run, or an error (errors.Is
@@ -67,15 +73,18 @@ func CheckOnline(ctx context.Context, source, target Querier) (_ OnlineCheck, er
 	var walLevel string
 	var super, replication, rdsReplication bool
 	var freeSlots, freeSenders int
-	err = source.QueryRow(ctx, `SELECT current_setting('wal_level'), current_user, r.rolsuper, r.rolreplication,
+	var keepSize string
+	err = source.QueryRow(ctx, `SELECT current_setting('wal_level'), coalesce(current_setting('max_slot_wal_keep_size', true), '-1'),
+			current_user, r.rolsuper, r.rolreplication,
 			coalesce(pg_has_role(current_user, (SELECT oid FROM pg_roles WHERE rolname = 'rds_replication'), 'USAGE'), false),
 			current_setting('max_replication_slots')::int - (SELECT count(*) FROM pg_replication_slots),
 			current_setting('max_wal_senders')::int - (SELECT count(*) FROM pg_stat_replication)
 		FROM pg_roles r WHERE r.rolname = current_user`).
-		Scan(&walLevel, &c.SourceRole, &super, &replication, &rdsReplication, &freeSlots, &freeSenders)
+		Scan(&walLevel, &keepSize, &c.SourceRole, &super, &replication, &rdsReplication, &freeSlots, &freeSenders)
 	if err != nil {
 		return OnlineCheck{}, fmt.Errorf("source: %w", err)
 	}
+	c.UnboundedSlotWAL = keepSize == "-1"
 	if walLevel != "logical" {
 		c.Refusals = append(c.Refusals, fmt.Sprintf("the source has wal_level = %s: logical replication needs wal_level = logical "+
 			"(a restart; on RDS or Aurora set rds.logical_replication = 1, on Cloud SQL cloudsql.logical_decoding = on)", walLevel))

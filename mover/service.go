@@ -87,8 +87,9 @@ type Config struct {
 	// Default 1 MiB.
 	CatchUpLag int64
 
-	// afterPhase, in tests, runs after each phase is recorded; an error
-	// stops the job there (it is retried, as after a crash).
+	// afterPhase, in tests, runs after each phase is recorded and at
+	// stepCopied; an error stops the job there (it is retried, as after a
+	// crash).
 	afterPhase func(ctx context.Context, moveID int64, phase string) error
 }
 
@@ -378,7 +379,12 @@ func (s *Service) pickMode(ctx context.Context, t catalog.Tenant, from, to catal
 		return "", "", catalog.WrapError(catalog.CodeUnavailable, err, "checking the online mode")
 	}
 	if check.Possible {
-		return ModeOnline, "logical replication from " + from.Name + ": " + string(ApplyStream), nil
+		reason := "logical replication from " + from.Name + ": " + string(ApplyStream)
+		if check.UnboundedSlotWAL {
+			reason += "; max_slot_wal_keep_size is unbounded on " + from.Name + ": a stalled move's slot holds WAL without limit; " +
+				"set it (e.g. 10GB) on the server (the move cannot: it takes a superuser or the server's configuration)"
+		}
+		return ModeOnline, reason, nil
 	}
 	if revert && asked == "" {
 		// A revert goes back the way it can: its source is kept fenced,

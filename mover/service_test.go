@@ -37,6 +37,8 @@ var moveSchema = map[string]string{
 // servers (pg-1, pg-2, registered with the managed role) and a tenant on pg-1.
 type moveBundle struct {
 	store    *catalog.Store
+	dsn      string // the catalog's
+	secret   string // its secret key (catalog.NewKey's form)
 	prov     *provisioner.Provisioner
 	servers  map[string]*pgtest.Server
 	tenant   catalog.Tenant
@@ -44,24 +46,41 @@ type moveBundle struct {
 	logger   *slog.Logger
 }
 
+// loadMoveSchema writes moveSchema into dir and loads it.
+func loadMoveSchema(dir string) (migrations.Source, error) {
+	for name, body := range moveSchema {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
+			return migrations.Source{}, err
+		}
+	}
+	return migrations.Load(dir)
+}
+
+// openCatalog opens the catalog at dsn with its secret key.
+func openCatalog(ctx context.Context, dsn, secret string) (*catalog.Store, error) {
+	key, err := catalog.ParseKey(secret)
+	if err != nil {
+		return nil, err
+	}
+	cipher, err := catalog.NewCipher(key)
+	if err != nil {
+		return nil, err
+	}
+	return catalog.Open(ctx, dsn, cipher, catalog.StoreConfig{})
+}
+
 func setupMove(t *testing.T, source *pgtest.Server) *moveBundle {
 	t.Helper()
 	ctx := testContext(t)
-	key, err := catalog.ParseKey(catalog.NewKey())
-	require.NoError(t, err)
-	cipher, err := catalog.NewCipher(key)
-	require.NoError(t, err)
-	store, err := catalog.Open(ctx, pgtest.NewDB(t, catalogTemplate), cipher, catalog.StoreConfig{})
+	secret := catalog.NewKey()
+	dsn := pgtest.NewDB(t, catalogTemplate)
+	store, err := openCatalog(ctx, dsn, secret)
 	require.NoError(t, err)
 	t.Cleanup(store.Close)
 
-	dir := t.TempDir()
-	for name, body := range moveSchema {
-		require.NoError(t, os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600))
-	}
-	schema, err := migrations.Load(dir)
+	schema, err := loadMoveSchema(t.TempDir())
 	require.NoError(t, err)
-	b := &moveBundle{store: store, servers: map[string]*pgtest.Server{"pg-1": source, "pg-2": pgtest.NewServer(t)},
+	b := &moveBundle{store: store, dsn: dsn, secret: secret, servers: map[string]*pgtest.Server{"pg-1": source, "pg-2": pgtest.NewServer(t)},
 		logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	b.prov, err = provisioner.New(store, provisioner.Config{Logger: b.logger, Migrations: &schema, WarmPoolSize: -1})
 	require.NoError(t, err)
@@ -548,6 +567,7 @@ func TestMoveOnlineUnderWrites(t *testing.T) {
 	m, err := svc.StartMove(ctx, "acme", mover.MoveSpec{To: "pg-2"}, "test")
 	require.NoError(t, err)
 	require.Equal(t, mover.ModeOnline, m.Mode, m.ModeReason)
+	require.Contains(t, m.ModeReason, "; max_slot_wal_keep_size is unbounded on pg-1: a stalled move's slot holds WAL without limit; set it (e.g. 10GB) on the server")
 	m = waitMove(t, svc, m.ID)
 	require.Equal(t, mover.PhaseDone, m.Phase, m.LastError)
 	time.Sleep(300 * time.Millisecond)

@@ -61,10 +61,20 @@ func (s *Service) setPhase(ctx context.Context, m *move, phase string) error {
 	}
 	m.Phase = phase
 	s.logger.InfoContext(ctx, "move phase", "move_id", m.ID, "tenant", m.Tenant, "phase", phase)
-	if s.cfg.afterPhase != nil {
-		if err := s.cfg.afterPhase(ctx, m.ID, phase); err != nil {
-			return fmt.Errorf("%w after phase %s: %v", errInterrupted, phase, err)
-		}
+	return s.hook(ctx, m.ID, phase)
+}
+
+// stepCopied is the test hook's point within the online copying phase
+// where the copy is done and the stream's slot and publication exist.
+const stepCopied = PhaseCopying + ": copied, stream open"
+
+// hook runs the tests' afterPhase hook, if any, at a phase or step.
+func (s *Service) hook(ctx context.Context, id int64, phase string) error {
+	if s.cfg.afterPhase == nil {
+		return nil
+	}
+	if err := s.cfg.afterPhase(ctx, id, phase); err != nil {
+		return fmt.Errorf("%w after phase %s: %v", errInterrupted, phase, err)
 	}
 	return nil
 }

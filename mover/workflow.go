@@ -188,6 +188,10 @@ func (s *Service) run(ctx context.Context, id int64) error {
 		if errors.As(err, &mismatch) {
 			return s.abort(ctx, w, "verification failed: "+mismatch.Error())
 		}
+		var lost *SlotLostError
+		if errors.As(err, &lost) {
+			return s.abort(ctx, w, lost.Error())
+		}
 		if err != nil {
 			return err
 		}
@@ -231,6 +235,9 @@ func (s *Service) afterFence(ctx context.Context, w *work) error {
 		return s.setPhase(ctx, w.m, PhaseCopying)
 	}
 	if w.stream != nil {
+		if err := s.checkSlot(ctx, w); err != nil {
+			return err
+		}
 		if err := flushWAL(ctx, w.lock); err != nil {
 			return fmt.Errorf("source: %w", err)
 		}
@@ -297,6 +304,12 @@ func (s *Service) copying(ctx context.Context, w *work) error {
 	if err := s.copyAll(ctx, w, w.stream.Snapshot()); err != nil {
 		return err
 	}
+	if err := s.hook(ctx, w.m.ID, stepCopied); err != nil {
+		return err
+	}
+	if err := s.checkSlot(ctx, w); err != nil {
+		return err
+	}
 	if w.streamTo, err = s.connect(ctx, w.to.Name, w.t.Database); err != nil {
 		return fmt.Errorf("target: %w", err)
 	}
@@ -310,11 +323,17 @@ func (s *Service) catchingUp(ctx context.Context, w *work) error {
 		return s.setPhase(ctx, w.m, PhaseCopying)
 	}
 	for round := 0; ; round++ {
+		if err := s.checkSlot(ctx, w); err != nil {
+			return err
+		}
 		until, err := CurrentLSN(ctx, w.lock)
 		if err != nil {
 			return fmt.Errorf("source: %w", err)
 		}
 		if err := w.stream.CatchUp(ctx, w.streamTo, until, nil); err != nil {
+			if lost := s.checkSlot(ctx, w); lost != nil {
+				return lost
+			}
 			return err
 		}
 		now, err := CurrentLSN(ctx, w.lock)
@@ -340,6 +359,34 @@ func (s *Service) catchingUp(ctx context.Context, w *work) error {
 		return err
 	}
 	return s.setPhase(ctx, w.m, PhaseFenced)
+}
+
+// SlotLostError is why an online move aborts when its slot on the source
+// lost the WAL its stream has yet to apply (wal_status lost), or is past
+// max_slot_wal_keep_size and may lose it at the next checkpoint
+// (unreserved): the catch-up could not be complete, so the move gives the
+// tenant back its source rather than go on.
+type SlotLostError struct {
+	Slot, Server, Status string
+}
+
+func (e *SlotLostError) Error() string {
+	return fmt.Sprintf("replication slot %s on %s is %s: the source has removed, or may remove at its next checkpoint, WAL the move has yet to apply "+
+		"(max_slot_wal_keep_size): start the move again when the source writes less, or raise max_slot_wal_keep_size there", e.Slot, e.Server, e.Status)
+}
+
+// checkSlot fails with a *SlotLostError when the move's slot is lost or
+// unreserved.
+func (s *Service) checkSlot(ctx context.Context, w *work) error {
+	var status string
+	err := w.lock.QueryRow(ctx, "SELECT coalesce(max(wal_status), '') FROM pg_replication_slots WHERE slot_name = $1", slotName(w.m.ID)).Scan(&status)
+	if err != nil {
+		return fmt.Errorf("source: %w", err)
+	}
+	if status == "lost" || status == "unreserved" {
+		return &SlotLostError{Slot: slotName(w.m.ID), Server: w.from.Name, Status: status}
+	}
+	return nil
 }
 
 // verify compares both sides under the fence; a difference aborts the move.
@@ -510,10 +557,8 @@ func (s *Service) switchOver(ctx context.Context, w *work) error {
 	}
 	w.m.Phase = PhaseSwitched
 	s.logger.InfoContext(ctx, "tenant moved", "move_id", w.m.ID, "tenant", w.t.Slug, "from", w.from.Name, "to", w.to.Name)
-	if s.cfg.afterPhase != nil {
-		if err := s.cfg.afterPhase(ctx, w.m.ID, PhaseSwitched); err != nil {
-			return fmt.Errorf("%w after phase %s: %v", errInterrupted, PhaseSwitched, err)
-		}
+	if err := s.hook(ctx, w.m.ID, PhaseSwitched); err != nil {
+		return err
 	}
 	return s.finish(ctx, w.m)
 }

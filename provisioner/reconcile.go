@@ -14,12 +14,16 @@ import (
 
 // Orphan is a database or role on a server that looks like the
 // provisioner's (by its name) but that the catalog does not account for.
+//
+// The admin API's orphans also hold the mover's leftover replication
+// objects (mover.Leftover), which controlplane adds with their Database.
 type Orphan struct {
-	Server string `json:"server"`
-	Kind   string `json:"kind"` // "database" or "role"
-	Name   string `json:"name"`
-	Why    string `json:"why"`
-	Gone   bool   `json:"removed"`
+	Server   string `json:"server"`
+	Kind     string `json:"kind"` // "database" or "role"; the mover's: "replication slot", "publication", "subscription"
+	Name     string `json:"name"`
+	Database string `json:"database,omitempty"` // where a replication object lives
+	Why      string `json:"why"`
+	Gone     bool   `json:"removed"`
 }
 
 // tenantNameRE matches catalog.DatabaseName: only names the provisioner

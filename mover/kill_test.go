@@ -1,0 +1,356 @@
+package mover_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tenantplane/tenantplane/internal/jobs"
+	"github.com/tenantplane/tenantplane/internal/pgtest"
+	"github.com/tenantplane/tenantplane/mover"
+	"github.com/tenantplane/tenantplane/provisioner"
+)
+
+// moveHelperEnv names the environment of the moving helper process; its
+// value is the hook point (a phase, or mover.StepCopied) where it stops.
+const moveHelperEnv = "TENANTPLANE_MOVE_HELPER"
+
+// moveHelperProcess is not a test: it is the process that
+// TestMoveKilledInEachPhase starts and kills. TestMain runs it instead of
+// the tests when moveHelperEnv is set. It runs a provisioner (for the
+// target) and a move service on the catalog its environment names; when
+// the move reaches the hook point it says "reached <point>" on stdout and
+// hangs until it is killed.
+func moveHelperProcess() error {
+	ctx := context.Background()
+	at := os.Getenv(moveHelperEnv)
+	store, err := openCatalog(ctx, os.Getenv("CATALOG_DSN"), os.Getenv("SECRET_KEY"))
+	if err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "move-helper")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	schema, err := loadMoveSchema(dir)
+	if err != nil {
+		return err
+	}
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	prov, err := provisioner.New(store, provisioner.Config{Logger: logger, Migrations: &schema, WarmPoolSize: -1})
+	if err != nil {
+		return err
+	}
+	cfg := mover.Config{Logger: logger, Targets: prov, Keep: time.Hour}
+	mover.SetAfterPhase(&cfg, func(ctx context.Context, id int64, phase string) error {
+		if phase != at {
+			return nil
+		}
+		fmt.Printf("reached %s\n", phase)
+		select {} // until killed: no deferred call, no rollback runs
+	})
+	svc, err := mover.New(store, cfg)
+	if err != nil {
+		return err
+	}
+	if err := svc.Start(ctx); err != nil {
+		return err
+	}
+	select {}
+}
+
+// TestMoveKilledInEachPhase: the process moving a tenant, under a writer
+// numbering its inserts, is killed (SIGKILL) in each phase of an online
+// move: copying (the copy done, its slot and publication made),
+// catching_up, fenced (the tenant held and the source fenced), verifying
+// (held and fenced, the stream dropped), switched (the catalog flipped, the
+// job not done); and in a copy-mode move's copying (held and fenced). A
+// service started afterwards takes the dead process's job over once its
+// job client has missed its beats, and every one of these moves ends done:
+// each phase is recorded and idempotent, and the resumed run goes on from
+// it (a run killed while copying or catching up starts its stream over;
+// one killed while fenced copies the fenced source again). None is rolled
+// back, because nothing stops it from going on: a rollback is for a move
+// that cannot (a verification difference, a lost slot, its last attempt)
+// or is cancelled, as the last case is, while its process is dead and the
+// source fenced: the restart rolls it back (aborted, the source unfenced,
+// the target dropped). After each: the tenant is neither held nor fenced
+// and served where the catalog says, with every acknowledged write once;
+// nothing of the move is left on either server (databases, roles, slots,
+// publications, subscriptions) but the kept source of a done move; and the
+// writer was never without service for longer than the phase's bound.
+func TestMoveKilledInEachPhase(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name      string
+		phase, at string // the phase recorded, the hook point where the process is killed
+		mode      string
+		// held: the kill leaves the tenant held (its writes wait for the
+		// restart to end the move).
+		held bool
+		// cancel: the move is cancelled while its process is dead, so the
+		// restart rolls it back.
+		cancel bool
+	}{
+		{name: "copying", phase: mover.PhaseCopying, at: mover.StepCopied, mode: mover.ModeOnline},
+		{name: "catching_up", phase: mover.PhaseCatchingUp, at: mover.PhaseCatchingUp, mode: mover.ModeOnline},
+		{name: "fenced", phase: mover.PhaseFenced, at: mover.PhaseFenced, mode: mover.ModeOnline, held: true},
+		{name: "verifying", phase: mover.PhaseVerifying, at: mover.PhaseVerifying, mode: mover.ModeOnline, held: true},
+		{name: "switched", phase: mover.PhaseSwitched, at: mover.PhaseSwitched, mode: mover.ModeOnline},
+		{name: "copy_mode_copying", phase: mover.PhaseCopying, at: mover.PhaseCopying, mode: mover.ModeCopy, held: true},
+		{name: "fenced_then_cancelled", phase: mover.PhaseFenced, at: mover.PhaseFenced, mode: mover.ModeOnline, held: true, cancel: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := testContext(t)
+			src := pgtest.NewServerWithSettings(t, map[string]string{"wal_level": "logical"})
+			b := setupMove(t, src)
+			superExec(t, ctx, src, "ALTER ROLE "+pgtest.ManagedRole+" REPLICATION")
+			fillWrites(t, b, 5000)
+
+			// The restarted process's service: it starts the move, but only
+			// works jobs once the first process is dead. It judges a job
+			// client dead after 2s without a beat (10s by default).
+			reg := jobs.NewRegistry()
+			svc, err := mover.New(b.store, mover.Config{Logger: b.logger, Jobs: reg, Targets: b.prov, Keep: time.Hour})
+			require.NoError(t, err)
+			require.NoError(t, reg.Open(b.store.Pool(), jobs.Config{Logger: b.logger, HeartbeatInterval: 500 * time.Millisecond, ClientDeadAfter: 2 * time.Second}))
+
+			stdout := &lineWriter{lines: make(chan string, 16)}
+			helper := startHelper(t, stdout, moveHelperEnv+"="+tc.at, "CATALOG_DSN="+b.dsn, "SECRET_KEY="+b.secret)
+			w := b.startWriter(t)
+			time.Sleep(200 * time.Millisecond)
+			m, err := svc.StartMove(ctx, "acme", mover.MoveSpec{To: "pg-2", Mode: tc.mode}, "test")
+			require.NoError(t, err)
+			require.Equal(t, tc.mode, m.Mode, m.ModeReason)
+			select {
+			case line := <-stdout.lines:
+				require.Equal(t, "reached "+tc.at, line)
+			case <-helper.done:
+				t.Fatalf("the helper process exited (%v) before the move reached %s", helper.err, tc.at)
+			case <-time.After(60 * time.Second):
+				m, _ := svc.Get(ctx, m.ID)
+				t.Fatalf("the move did not reach %s in the helper process within 60s: %s, %q", tc.at, m.Phase, m.LastError)
+			}
+			time.Sleep(200 * time.Millisecond) // writes go on, or wait, meanwhile
+			helper.kill(t)
+			killedAt := time.Now()
+			tnt, err := b.store.GetTenantByID(ctx, b.tenant.ID)
+			require.NoError(t, err)
+			require.Equal(t, tc.held, tnt.Held, "held when killed")
+			killed, err := svc.Get(ctx, m.ID)
+			require.NoError(t, err)
+			require.Equal(t, tc.phase, killed.Phase, "the phase recorded when killed")
+			if tc.cancel {
+				_, err := svc.Cancel(ctx, m.ID, "test")
+				require.NoError(t, err)
+			}
+
+			require.NoError(t, reg.Start(context.Background()))
+			t.Cleanup(func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				_ = reg.Stop(ctx)
+			})
+			m = waitMove(t, svc, m.ID)
+			finished := time.Since(killedAt)
+			time.Sleep(200 * time.Millisecond)
+			acks, gap := w.result()
+			t.Logf("killed at %s (%s mode): %s %s after the kill; longest gap between writes %s (%d writes)",
+				tc.at, tc.mode, m.Phase, finished.Round(10*time.Millisecond), gap.Round(10*time.Millisecond), len(acks))
+			if tc.cancel {
+				require.Equal(t, mover.PhaseAborted, m.Phase)
+				require.Equal(t, "cancelled", m.LastError)
+				checkRolledBack(t, b, acks)
+			} else {
+				require.Equal(t, mover.PhaseDone, m.Phase, m.LastError)
+				checkMoved(t, b, m, acks)
+			}
+			// The bound: a kill that leaves the tenant held holds its writes
+			// until the restart has judged the dead process (ClientDeadAfter
+			// and a beat) and finished the move; any other holds them for
+			// the last catch-up only, within the routers' 5s hold.
+			bound := 5 * time.Second
+			if tc.held {
+				bound = finished + time.Second
+			}
+			require.Less(t, gap, bound, "the longest time the tenant was not served")
+
+			var attempt int
+			require.NoError(t, b.store.Pool().QueryRow(ctx, `SELECT attempt FROM river_job WHERE kind = 'tenantplane.move' AND (args->>'move_id')::bigint = $1`,
+				m.ID).Scan(&attempt))
+			require.GreaterOrEqual(t, attempt, 2, "finished by the restart, not by the killed process")
+			checkNoLeftovers(t, b, svc, !tc.cancel)
+		})
+	}
+}
+
+// checkRolledBack asserts what a move rolled back under the writer's load
+// must leave: the tenant on its source, neither held nor fenced, with every
+// acknowledged write, all of them made there.
+func checkRolledBack(t *testing.T, b *moveBundle, acks map[int64]string) {
+	t.Helper()
+	ctx := testContext(t)
+	tnt, err := b.store.GetTenantByID(ctx, b.tenant.ID)
+	require.NoError(t, err)
+	require.Equal(t, "pg-1", tnt.Server)
+	require.False(t, tnt.Held)
+	require.Nil(t, tnt.MoveID)
+	conn, err := b.tenantConn(ctx, t, "pg-1")
+	require.NoError(t, err, "the source serves the tenant again")
+	defer conn.Close(ctx)
+	source := rowsOf(t, conn)
+	for n, server := range acks {
+		require.Equal(t, "pg-1", server, "write %d", n)
+		require.Contains(t, source, n, "acknowledged write %d is on the source", n)
+	}
+}
+
+// checkNoLeftovers asserts that nothing of a move is left on either server:
+// no replication slot, publication or subscription at all, no orphan
+// database or role; the tenant's database on the target if it moved, and
+// on the source if it stayed or the source is kept.
+func checkNoLeftovers(t *testing.T, b *moveBundle, svc *mover.Service, moved bool) {
+	t.Helper()
+	ctx := testContext(t)
+	for _, name := range []string{"pg-1", "pg-2"} {
+		conn, err := pgx.Connect(ctx, b.servers[name].DSN("postgres"))
+		require.NoError(t, err)
+		var slots, subs int
+		require.NoError(t, conn.QueryRow(ctx, "SELECT (SELECT count(*) FROM pg_replication_slots), (SELECT count(*) FROM pg_subscription)").Scan(&slots, &subs))
+		require.Zero(t, slots, "%s: replication slots", name)
+		require.Zero(t, subs, "%s: subscriptions", name)
+		var databases []string
+		rows, err := conn.Query(ctx, "SELECT datname FROM pg_database WHERE datname LIKE 't\\_%' ORDER BY 1")
+		require.NoError(t, err)
+		databases, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		require.NoError(t, err)
+		want := []string{b.tenant.Database}
+		if name == "pg-2" && !moved {
+			want = nil
+		}
+		require.ElementsMatch(t, want, databases, "%s: tenant databases", name)
+		require.NoError(t, conn.Close(ctx))
+		if len(databases) > 0 {
+			pub := b.adminConn(t, name)
+			var pubs int
+			require.NoError(t, pub.QueryRow(ctx, "SELECT count(*) FROM pg_publication").Scan(&pubs))
+			require.Zero(t, pubs, "%s: publications", name)
+		}
+	}
+	orphans, err := b.prov.Reconcile(ctx, false)
+	require.NoError(t, err)
+	require.Empty(t, orphans)
+	leftovers, err := svc.Leftovers(ctx, false)
+	require.NoError(t, err)
+	require.Empty(t, leftovers)
+}
+
+// Helper processes, as in package provisioner (main_test.go there): the
+// test starts its binary again with a variable TestMain knows; the helper
+// runs until killed, or until its stdin closes (the test is gone).
+
+// runHelperProcess runs a helper process in place of the tests, and exits.
+func runHelperProcess(name string, run func() error) {
+	go func() {
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		fmt.Fprintf(os.Stderr, "%s helper process: the test that started it is gone; exiting\n", name)
+		os.Exit(3)
+	}()
+	if err := run(); err != nil {
+		fmt.Fprintf(os.Stderr, "%s helper process: %v\n", name, err)
+		os.Exit(2)
+	}
+	os.Exit(0)
+}
+
+type helperProcess struct {
+	cmd  *exec.Cmd
+	done chan struct{} // closed once it has exited; err is then what Wait said
+	err  error
+}
+
+// startHelper starts the test binary again as a helper process with env
+// added, its stdout to stdout and its stderr passed through; it is killed
+// when the test ends, if the test did not.
+func startHelper(t testing.TB, stdout io.Writer, env ...string) *helperProcess {
+	t.Helper()
+	stdinR, stdinW, err := os.Pipe()
+	require.NoError(t, err)
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdinR, stdout, os.Stderr
+	err = cmd.Start()
+	_ = stdinR.Close()
+	if err != nil {
+		_ = stdinW.Close()
+		require.NoError(t, err, "starting the helper process")
+	}
+	h := &helperProcess{cmd: cmd, done: make(chan struct{})}
+	go func() {
+		h.err = cmd.Wait()
+		_ = stdinW.Close()
+		close(h.done)
+	}()
+	t.Cleanup(func() { _ = h.stop() })
+	return h
+}
+
+// stop kills the helper process (SIGKILL) and waits until it has exited.
+func (h *helperProcess) stop() error {
+	if err := h.cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return err
+	}
+	select {
+	case <-h.done:
+		return nil
+	case <-time.After(30 * time.Second):
+		return errors.New("the helper process did not exit 30s after SIGKILL")
+	}
+}
+
+// kill kills the helper process and checks that the signal ended it.
+func (h *helperProcess) kill(t testing.TB) {
+	t.Helper()
+	require.NoError(t, h.stop())
+	var exitErr *exec.ExitError
+	require.True(t, errors.As(h.err, &exitErr) && exitErr.ExitCode() == -1,
+		"the helper process should have been ended by SIGKILL, but it exited by itself: %v", h.err)
+}
+
+// lineWriter hands each line written to it to lines (a line nobody has
+// room for is dropped).
+type lineWriter struct {
+	mu    sync.Mutex
+	buf   []byte
+	lines chan string
+}
+
+func (w *lineWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf = append(w.buf, p...)
+	for {
+		i := bytes.IndexByte(w.buf, '\n')
+		if i < 0 {
+			return len(p), nil
+		}
+		select {
+		case w.lines <- string(w.buf[:i]):
+		default:
+		}
+		w.buf = w.buf[i+1:]
+	}
+}
