@@ -1,21 +1,17 @@
 package mover_test
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
-	"os/exec"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
+	"github.com/tenantplane/tenantplane/internal/helperproc"
 	"github.com/tenantplane/tenantplane/internal/jobs"
 	"github.com/tenantplane/tenantplane/internal/pgtest"
 	"github.com/tenantplane/tenantplane/mover"
@@ -128,24 +124,24 @@ func TestMoveKilledInEachPhase(t *testing.T) {
 			require.NoError(t, err)
 			require.NoError(t, reg.Open(b.store.Pool(), jobs.Config{Logger: b.logger, HeartbeatInterval: 500 * time.Millisecond, ClientDeadAfter: 2 * time.Second}))
 
-			stdout := &lineWriter{lines: make(chan string, 16)}
-			helper := startHelper(t, stdout, moveHelperEnv+"="+tc.at, "CATALOG_DSN="+b.dsn, "SECRET_KEY="+b.secret)
+			stdout := helperproc.NewLines(16)
+			helper := helperproc.Start(t, stdout, moveHelperEnv+"="+tc.at, "CATALOG_DSN="+b.dsn, "SECRET_KEY="+b.secret)
 			w := b.startWriter(t)
 			time.Sleep(200 * time.Millisecond)
 			m, err := svc.StartMove(ctx, "acme", mover.MoveSpec{To: "pg-2", Mode: tc.mode}, "test")
 			require.NoError(t, err)
 			require.Equal(t, tc.mode, m.Mode, m.ModeReason)
 			select {
-			case line := <-stdout.lines:
+			case line := <-stdout.C():
 				require.Equal(t, "reached "+tc.at, line)
-			case <-helper.done:
-				t.Fatalf("the helper process exited (%v) before the move reached %s", helper.err, tc.at)
+			case <-helper.Exited():
+				t.Fatalf("the helper process exited (%v) before the move reached %s", helper.Err(), tc.at)
 			case <-time.After(60 * time.Second):
 				m, _ := svc.Get(ctx, m.ID)
 				t.Fatalf("the move did not reach %s in the helper process within 60s: %s, %q", tc.at, m.Phase, m.LastError)
 			}
 			time.Sleep(200 * time.Millisecond) // writes go on, or wait, meanwhile
-			helper.kill(t)
+			helper.Kill(t)
 			killedAt := time.Now()
 			tnt, err := b.store.GetTenantByID(ctx, b.tenant.ID)
 			require.NoError(t, err)
@@ -256,101 +252,4 @@ func checkNoLeftovers(t *testing.T, b *moveBundle, svc *mover.Service, moved boo
 	leftovers, err := svc.Leftovers(ctx, false)
 	require.NoError(t, err)
 	require.Empty(t, leftovers)
-}
-
-// Helper processes, as in package provisioner (main_test.go there): the
-// test starts its binary again with a variable TestMain knows; the helper
-// runs until killed, or until its stdin closes (the test is gone).
-
-// runHelperProcess runs a helper process in place of the tests, and exits.
-func runHelperProcess(name string, run func() error) {
-	go func() {
-		_, _ = io.Copy(io.Discard, os.Stdin)
-		fmt.Fprintf(os.Stderr, "%s helper process: the test that started it is gone; exiting\n", name)
-		os.Exit(3)
-	}()
-	if err := run(); err != nil {
-		fmt.Fprintf(os.Stderr, "%s helper process: %v\n", name, err)
-		os.Exit(2)
-	}
-	os.Exit(0)
-}
-
-type helperProcess struct {
-	cmd  *exec.Cmd
-	done chan struct{} // closed once it has exited; err is then what Wait said
-	err  error
-}
-
-// startHelper starts the test binary again as a helper process with env
-// added, its stdout to stdout and its stderr passed through; it is killed
-// when the test ends, if the test did not.
-func startHelper(t testing.TB, stdout io.Writer, env ...string) *helperProcess {
-	t.Helper()
-	stdinR, stdinW, err := os.Pipe()
-	require.NoError(t, err)
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdinR, stdout, os.Stderr
-	err = cmd.Start()
-	_ = stdinR.Close()
-	if err != nil {
-		_ = stdinW.Close()
-		require.NoError(t, err, "starting the helper process")
-	}
-	h := &helperProcess{cmd: cmd, done: make(chan struct{})}
-	go func() {
-		h.err = cmd.Wait()
-		_ = stdinW.Close()
-		close(h.done)
-	}()
-	t.Cleanup(func() { _ = h.stop() })
-	return h
-}
-
-// stop kills the helper process (SIGKILL) and waits until it has exited.
-func (h *helperProcess) stop() error {
-	if err := h.cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		return err
-	}
-	select {
-	case <-h.done:
-		return nil
-	case <-time.After(30 * time.Second):
-		return errors.New("the helper process did not exit 30s after SIGKILL")
-	}
-}
-
-// kill kills the helper process and checks that the signal ended it.
-func (h *helperProcess) kill(t testing.TB) {
-	t.Helper()
-	require.NoError(t, h.stop())
-	var exitErr *exec.ExitError
-	require.True(t, errors.As(h.err, &exitErr) && exitErr.ExitCode() == -1,
-		"the helper process should have been ended by SIGKILL, but it exited by itself: %v", h.err)
-}
-
-// lineWriter hands each line written to it to lines (a line nobody has
-// room for is dropped).
-type lineWriter struct {
-	mu    sync.Mutex
-	buf   []byte
-	lines chan string
-}
-
-func (w *lineWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.buf = append(w.buf, p...)
-	for {
-		i := bytes.IndexByte(w.buf, '\n')
-		if i < 0 {
-			return len(p), nil
-		}
-		select {
-		case w.lines <- string(w.buf[:i]):
-		default:
-		}
-		w.buf = w.buf[i+1:]
-	}
 }

@@ -12,14 +12,15 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
+	"github.com/tenantplane/tenantplane/internal/helperproc"
 	"github.com/tenantplane/tenantplane/internal/pgtest"
 )
 
 func TestMain(m *testing.M) {
-	// TestMoveKilledInEachPhase starts this binary again (startHelper) as
+	// TestMoveKilledInEachPhase starts this binary again (helperproc.Start) as
 	// the process it kills: the variable says so, and no test runs.
 	if os.Getenv(moveHelperEnv) != "" {
-		runHelperProcess("move", moveHelperProcess)
+		helperproc.Run("move", moveHelperProcess)
 	}
 	pgtest.Main(m)
 }

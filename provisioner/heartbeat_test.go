@@ -83,13 +83,13 @@ func TestKilledProcessJobsResumeWithinSeconds(t *testing.T) {
 		require.NoError(t, err)
 	}
 
-	stdout := &lineWriter{lines: make(chan string, 2*crowdTenants)}
+	stdout := helperproc.NewLines(2 * crowdTenants)
 	helper := helperproc.Start(t, stdout, crowdHelperEnv+"=1", "CATALOG_DSN="+b.dsn, "SECRET_KEY="+b.key)
 	reached := map[string]bool{}
 	timeout := time.After(60 * time.Second)
 	for len(reached) < crowdHeld {
 		select {
-		case line := <-stdout.lines:
+		case line := <-stdout.C():
 			slug, ok := strings.CutPrefix(line, "reached ")
 			require.True(t, ok, "unexpected line from the helper process: %q", line)
 			reached[slug] = true

@@ -1,14 +1,12 @@
 package provisioner
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"maps"
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -86,7 +84,7 @@ func TestProvisioningKilledProcessFinishes(t *testing.T) {
 	}
 
 	// The first process works until each tenant has reached its crash point.
-	stdout := &lineWriter{lines: make(chan string, 64)}
+	stdout := helperproc.NewLines(64)
 	helper := helperproc.Start(t, stdout, provisionHelperEnv+"=1", "CATALOG_DSN="+b.dsn, "SECRET_KEY="+b.key)
 	waiting := map[string]bool{}
 	for _, step := range killSteps {
@@ -95,7 +93,7 @@ func TestProvisioningKilledProcessFinishes(t *testing.T) {
 	timeout := time.After(30 * time.Second)
 	for len(waiting) > 0 {
 		select {
-		case line := <-stdout.lines:
+		case line := <-stdout.C():
 			slug, ok := strings.CutPrefix(line, "reached ")
 			require.True(t, ok, "unexpected line from the helper process: %q", line)
 			delete(waiting, slug)
@@ -218,30 +216,4 @@ func provisionJob(t *testing.T, store *catalog.Store, tenantID string) riverJob 
 		provisionArgs{}.Kind(), tenantID).Scan(&job.State, &job.Attempt)
 	require.NoError(t, err)
 	return job
-}
-
-// lineWriter hands each line written to it to lines: a helper process's
-// stdout, read as it comes. A line nobody has room for is dropped: lines is
-// made far larger than what the helper says.
-type lineWriter struct {
-	mu    sync.Mutex
-	buf   []byte
-	lines chan string
-}
-
-func (w *lineWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.buf = append(w.buf, p...)
-	for {
-		i := bytes.IndexByte(w.buf, '\n')
-		if i < 0 {
-			return len(p), nil
-		}
-		select {
-		case w.lines <- string(w.buf[:i]):
-		default:
-		}
-		w.buf = w.buf[i+1:]
-	}
 }

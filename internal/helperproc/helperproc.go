@@ -18,11 +18,13 @@
 package helperproc
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
+	"sync"
 	"testing"
 	"time"
 
@@ -108,3 +110,35 @@ func (p *Process) Exited() <-chan struct{} { return p.done }
 
 // Err is what waiting for the process said, once Exited is closed.
 func (p *Process) Err() error { return p.err }
+
+// Lines is an io.Writer that hands each line written to it to a channel: a
+// helper process's stdout, read as it comes. A line nobody has room for is
+// dropped, so make the channel far larger than what the helper says.
+type Lines struct {
+	mu    sync.Mutex
+	buf   []byte
+	lines chan string
+}
+
+// NewLines returns a Lines whose channel holds size lines.
+func NewLines(size int) *Lines { return &Lines{lines: make(chan string, size)} }
+
+// C is the channel of lines.
+func (w *Lines) C() <-chan string { return w.lines }
+
+func (w *Lines) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf = append(w.buf, p...)
+	for {
+		i := bytes.IndexByte(w.buf, '\n')
+		if i < 0 {
+			return len(p), nil
+		}
+		select {
+		case w.lines <- string(w.buf[:i]):
+		default:
+		}
+		w.buf = w.buf[i+1:]
+	}
+}
