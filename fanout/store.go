@@ -515,7 +515,10 @@ func (s *store) lockRunLimits(ctx context.Context, tx pgx.Tx, id int64) (RunStat
 const finishSQL = `
 WITH done AS (
 	UPDATE migration_run_tenants SET state = $4, from_version = coalesce($5, from_version), version = coalesce($6, version),
-		dirty = $7, error = $8, note = coalesce(nullif($9, ''), note), not_before = $10, finished_at = $11,
+		dirty = $7, error = $8, not_before = $10, finished_at = $11,
+		-- A takeover's note stays, and the outcome is added to it: "taken over
+		-- from …, whose lease ran out; already at version 2".
+		note = CASE WHEN $9 = '' THEN note WHEN note LIKE 'taken over from %' THEN note || '; ' || $9 ELSE $9 END,
 		lease_owner = NULL, lease_until = NULL
 	WHERE run_id = $1 AND tenant_id = $2 AND lease_owner = $3::uuid AND state = 'running'
 	RETURNING tenant_id

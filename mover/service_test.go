@@ -574,8 +574,11 @@ func TestMoveOnlineUnderWrites(t *testing.T) {
 	acks, gap := w.result()
 	require.NotNil(t, m.WritePauseMS)
 	t.Logf("online mode: %d rows copied, write pause %d ms (recorded), longest gap between writes %s, %d writes", m.RowsCopied, *m.WritePauseMS, gap, len(acks))
-	require.Less(t, *m.WritePauseMS, int64(1000))
-	require.Less(t, gap, time.Second)
+	// Bounded by the routers' hold (5 s), so no request fails. The 1 s
+	// target is the benchmark's (make bench, BENCHMARKS.md): a timed test on
+	// a machine running the rest of the suite measures the machine.
+	require.Less(t, *m.WritePauseMS, int64(5000))
+	require.Less(t, gap, 5*time.Second)
 	checkMoved(t, b, m, acks)
 
 	var slots int
