@@ -177,6 +177,7 @@ func New(store *catalog.Store, cfg Config) (*Service, error) {
 	river.AddWorker(s.jobs.Workers(), &moveWorker{s: s})
 	river.AddWorker(s.jobs.Workers(), &dropSourceWorker{s: s})
 	s.jobs.AddQueue(queue, cfg.Workers)
+	s.registerEvacuations()
 	if s.ownJobs {
 		if err := s.jobs.Open(store.Pool(), jobs.Config{Logger: cfg.Logger}); err != nil {
 			return nil, fmt.Errorf("mover: %w", err)
