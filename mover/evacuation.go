@@ -149,6 +149,10 @@ func (w *evacuateWorker) Work(ctx context.Context, job *river.Job[evacuateArgs])
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-w.s.stopping:
+			// Handed over: this process or another takes it up again from
+			// the ledger in a second.
+			return river.JobSnooze(time.Second)
 		case <-time.After(evacPoll):
 		}
 	}

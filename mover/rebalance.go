@@ -85,9 +85,9 @@ type balServer struct {
 }
 
 // PlanRebalance proposes moves between active servers that lower the
-// spread of their load scores (RebalanceMeasure), greedily: the busiest
-// server's tenant whose move to a server with room lowers the spread most,
-// again, while a move lowers it by minGain or more. It never plans a server
+// spread of their load scores (RebalanceMeasure), greedily: the move of one
+// tenant to a server with room that lowers the spread most, again, while
+// one lowers it by minGain or more; each tenant moves at most once. It never plans a server
 // past its capacity (counting tenants placed and moves under way into it),
 // nor a tenant that cannot move now (not active or suspended, or moving).
 func (s *Service) PlanRebalance(ctx context.Context) (RebalancePlan, error) {
@@ -113,47 +113,43 @@ func (s *Service) PlanRebalance(ctx context.Context) (RebalancePlan, error) {
 	}
 	plan := RebalancePlan{Measure: RebalanceMeasure, Moves: []PlannedMove{}, SpreadBefore: round(spread())}
 	planned := map[string]bool{}
+	byID := map[int64]*balServer{}
+	for _, sv := range active {
+		byID[sv.id] = sv
+	}
 	for range tenants {
-		var hi *balServer
-		for _, sv := range active {
-			if hi == nil || sv.current > hi.current {
-				hi = sv
-			}
-		}
-		if hi == nil {
-			break
-		}
 		before := spread()
 		var bestT *balTenant
-		var bestTo *balServer
+		var bestFrom, bestTo *balServer
 		best := before - minGain
 		for _, t := range tenants {
-			if t.server != hi.id || !t.movable || planned[t.id] {
+			from := byID[t.server]
+			if from == nil || !t.movable || planned[t.id] {
 				continue
 			}
 			for _, to := range active {
-				if to == hi || to.used >= to.capacity {
+				if to == from || to.used >= to.capacity {
 					continue
 				}
-				hi.current, to.current = hi.current-t.score, to.current+t.score
+				from.current, to.current = from.current-t.score, to.current+t.score
 				if sp := spread(); sp < best {
-					best, bestT, bestTo = sp, t, to
+					best, bestT, bestFrom, bestTo = sp, t, from, to
 				}
-				hi.current, to.current = hi.current+t.score, to.current-t.score
+				from.current, to.current = from.current+t.score, to.current-t.score
 			}
 		}
 		if bestT == nil {
 			break
 		}
-		hi.current, bestTo.current = hi.current-bestT.score, bestTo.current+bestT.score
-		hi.tenantsNow--
+		why := fmt.Sprintf("%s's %.1f points (%d MB, %d calls) from %s (%.1f points) to %s (%.1f) lower the spread from %.1f to %.1f",
+			bestT.slug, bestT.score, (bestT.bytes+(1<<20)-1)>>20, bestT.calls, bestFrom.name, bestFrom.current, bestTo.name, bestTo.current, before, best)
+		bestFrom.current, bestTo.current = bestFrom.current-bestT.score, bestTo.current+bestT.score
+		bestFrom.tenantsNow--
 		bestTo.tenantsNow++
 		bestTo.used++
 		planned[bestT.id] = true
-		plan.Moves = append(plan.Moves, PlannedMove{Tenant: bestT.slug, From: hi.name, To: bestTo.name, Score: round(bestT.score),
-			Bytes: bestT.bytes, Calls: bestT.calls,
-			Why: fmt.Sprintf("%s is the busiest active server (%.1f points); %s's %.1f points (%d MB, %d calls) on %s lower the spread from %.1f to %.1f",
-				hi.name, hi.current+bestT.score, bestT.slug, bestT.score, (bestT.bytes+(1<<20)-1)>>20, bestT.calls, bestTo.name, before, best)})
+		plan.Moves = append(plan.Moves, PlannedMove{Tenant: bestT.slug, From: bestFrom.name, To: bestTo.name, Score: round(bestT.score),
+			Bytes: bestT.bytes, Calls: bestT.calls, Why: why})
 	}
 	plan.SpreadAfter = round(spread())
 	for _, sv := range servers {
@@ -187,7 +183,7 @@ func (s *Service) fleetLoad(ctx context.Context) ([]*balServer, []*balTenant, er
 	if err != nil {
 		return nil, nil, catalog.Classify(err, "servers")
 	}
-	rows, err = pool.Query(ctx, `SELECT t.id, t.slug, t.state, t.server_id, t.database, t.move_id IS NULL,
+	rows, err = pool.Query(ctx, `SELECT t.id, t.slug, t.state, t.server_id, coalesce(t.db_name, t.slug), t.move_id IS NULL,
 		coalesce((SELECT sum(u.quantity) FROM usage u WHERE u.tenant_id = t.id AND u.meter = 'api_calls'
 			AND u.bucket >= date_trunc('hour', now()) - interval '1 hour'), 0)::bigint
 		FROM tenants t WHERE t.server_id IS NOT NULL AND t.state <> 'deleted' ORDER BY t.slug`)

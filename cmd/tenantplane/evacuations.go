@@ -248,7 +248,7 @@ The measure is a load score: each tenant's share of the fleet's database bytes
 (pg_database_size) and of its api_calls in the current and previous hour, half
 each, in points of 100 for the fleet. A server's score is its tenants'; the
 spread is the highest active server's score less the lowest's. The plan moves
-the busiest server's tenant whose move lowers the spread most, again, while a
+the one tenant whose move lowers the spread most, again (each tenant once), while a
 move lowers it by half a point or more, never past a server's capacity.
 
 --dry-run prints the plan and its expected effect; without it the moves start,
