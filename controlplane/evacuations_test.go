@@ -93,7 +93,7 @@ func (f *fleet) waitEvacuation(t *testing.T, id any, limit time.Duration, until 
 func finished(e map[string]any) bool { return e["finished_at"] != nil }
 
 // TestEvacuateTwentyTenantsUnderTraffic evacuates pg-1's 20 tenants onto
-// pg-2 (capacity 12) and pg-3 (capacity 10) in copy mode while three of
+// pg-2 (capacity 12) and pg-3 (capacity 8) in copy mode while three of
 // them take numbered inserts through the tenant API: every tenant moves,
 // neither target goes past its capacity, the bounds hold throughout, a
 // pause starts no move until the resume, no request fails (the routers hold
@@ -103,7 +103,7 @@ func TestEvacuateTwentyTenantsUnderTraffic(t *testing.T) {
 	t.Parallel()
 	f := setupFleet(t, 3, nil)
 	f.setCapacity(t, "pg-2", 12)
-	f.setCapacity(t, "pg-3", 10)
+	f.setCapacity(t, "pg-3", 8) // 20 tenants: exactly full
 	keys := make([]string, 3)
 	for i := range keys {
 		_, keys[i] = f.tenantWithKey(t, fmt.Sprintf("busy-%d", i), "pro", "pg-1")
@@ -191,7 +191,7 @@ func TestEvacuateTwentyTenantsUnderTraffic(t *testing.T) {
 	require.Equal(t, "empty", states["pg-1"])
 	require.Zero(t, tenants["pg-1"])
 	require.LessOrEqual(t, tenants["pg-2"], 12, "pg-2's capacity")
-	require.LessOrEqual(t, tenants["pg-3"], 10, "pg-3's capacity")
+	require.LessOrEqual(t, tenants["pg-3"], 8, "pg-3's capacity")
 	require.Equal(t, 20, tenants["pg-2"]+tenants["pg-3"])
 	status, body := call(t, "POST", f.admin+"/admin/v1/tenants?wait=true", testToken, map[string]any{"slug": "late", "name": "Late", "plan": "pro", "server": "pg-1"})
 	require.NotEqual(t, http.StatusCreated, status, "an empty server takes no tenant: %v", body)
@@ -324,4 +324,42 @@ func TestRebalance(t *testing.T) {
 	require.Equal(t, http.StatusOK, status)
 	require.LessOrEqual(t, again["plan"].(map[string]any)["spread_before"].(float64), plan["spread_after"].(float64)+5,
 		"the fleet is about as even as planned: %v", again["plan"])
+}
+
+// TestEvacuationRoutesAnswerTheEdgeCases holds the fleet routes to the rules
+// every admin route keeps: the token, a malformed id is 404, bad input 400
+// with nothing started, an unknown server 404.
+func TestEvacuationRoutesAnswerTheEdgeCases(t *testing.T) {
+	t.Parallel()
+	b := setup(t, "")
+	v1 := b.admin + "/admin/v1"
+	for _, path := range []string{"/evacuations/x", "/evacuations/0", "/evacuations/99999999999999999999"} {
+		for _, tc := range []struct{ method, suffix string }{{"GET", ""}, {"POST", "/pause"}, {"POST", "/resume"}, {"POST", "/cancel"}} {
+			status, resp := call(t, tc.method, v1+path+tc.suffix, testToken, nil)
+			require.Equal(t, http.StatusNotFound, status, "%s %s%s: %v", tc.method, path, tc.suffix, resp)
+		}
+	}
+	status, resp := call(t, "GET", v1+"/evacuations/12", testToken, nil)
+	require.Equal(t, http.StatusNotFound, status, resp)
+	for _, tc := range []struct{ method, path string }{
+		{"POST", "/servers/pg-1/drain"}, {"POST", "/servers/rebalance"}, {"GET", "/evacuations/1"}, {"POST", "/evacuations/1/pause"},
+	} {
+		status, resp := call(t, tc.method, v1+tc.path, "", nil)
+		require.Equal(t, http.StatusUnauthorized, status, "%s %s: %v", tc.method, tc.path, resp)
+	}
+	for _, body := range []map[string]any{
+		{"evacuate": true, "concurrency": 65}, {"evacuate": true, "per_server": -1}, {"evacuate": true, "mode": "fast"},
+		{"concurrency": 2}, {"evacuate": true, "unknown": 1},
+	} {
+		status, resp := call(t, "POST", v1+"/servers/pg-1/drain", testToken, body)
+		require.Equal(t, http.StatusBadRequest, status, "%v: %v", body, resp)
+	}
+	status, resp = call(t, "POST", v1+"/servers/nowhere/drain", testToken, map[string]any{"evacuate": true})
+	require.Equal(t, http.StatusNotFound, status, resp)
+	status, resp = call(t, "POST", v1+"/servers/rebalance", testToken, map[string]any{"dry_run": true, "mode": "fast"})
+	require.Equal(t, http.StatusBadRequest, status, resp)
+	status, resp = call(t, "POST", v1+"/servers/rebalance", testToken, nil)
+	require.Equal(t, http.StatusOK, status, "an empty fleet: nothing to do: %v", resp)
+	require.Empty(t, resp["plan"].(map[string]any)["moves"])
+	require.Nil(t, resp["evacuation"])
 }
