@@ -167,7 +167,7 @@ func TestEvacuateTwentyTenantsUnderTraffic(t *testing.T) {
 	require.Equal(t, http.StatusOK, status, e)
 	require.Equal(t, "paused", e["state"])
 	started := count(e, "moved") + count(e, "failed") + count(e, "moving")
-	e = f.waitEvacuation(t, id, 30*time.Second, func(e map[string]any) bool { return count(e, "moving") == 0 })
+	f.waitEvacuation(t, id, 30*time.Second, func(e map[string]any) bool { return count(e, "moving") == 0 })
 	time.Sleep(time.Second)
 	e = f.evacuation(t, id)
 	require.Equal(t, started, count(e, "moved")+count(e, "failed"), "no move started while paused: %v", e)
@@ -224,7 +224,7 @@ func TestEvacuationFinishesAfterARestart(t *testing.T) {
 		map[string]any{"evacuate": true, "concurrency": 1, "mode": "copy"})
 	require.Equal(t, http.StatusAccepted, status, e)
 	id := e["id"]
-	e = f.waitEvacuation(t, id, 60*time.Second, func(e map[string]any) bool { return count(e, "moved") >= 2 })
+	f.waitEvacuation(t, id, 60*time.Second, func(e map[string]any) bool { return count(e, "moved") >= 2 })
 	f.redeploy(t, env)
 	atRestart := f.evacuation(t, id)
 	require.Less(t, count(atRestart, "moved"), 6, "the restart came mid-evacuation: %v", atRestart)
