@@ -32,11 +32,10 @@ func TestMoveUnderWritesThroughTwoReplicas(t *testing.T) {
 	// Two clients, one per instance, each numbering its inserts. A 409 on a
 	// retry means the insert before it landed after all: it counts once.
 	type writer struct {
-		api     string
-		acked   []string
-		maxGap  time.Duration
-		failed  []string
-		stopped chan struct{}
+		api    string
+		acked  []string
+		maxGap time.Duration
+		failed []string
 	}
 	writers := []*writer{{api: f.api}, {api: second.api}}
 	stop := make(chan struct{})
