@@ -515,9 +515,10 @@ func (s *Service) evacStart(ctx context.Context, tx pgx.Tx, id int64, kind strin
 			continue
 		}
 		// A move this evacuation started whose record did not commit (a
-		// crash between the two): take it over rather than start another.
+		// crash, or a failed step, between the two): take it over, open or
+		// ended, rather than start another; the next step settles it.
 		var adopted *int64
-		err := tx.QueryRow(ctx, `SELECT id FROM moves WHERE tenant_id = $1 AND actor = $2 AND phase NOT IN ('done', 'aborted', 'reverted')`,
+		err := tx.QueryRow(ctx, `SELECT id FROM moves WHERE tenant_id = $1 AND actor = $2 ORDER BY id DESC LIMIT 1`,
 			r.tenantID, evacActor(id)).Scan(&adopted)
 		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 			return started, catalog.Classify(err, "moves")
