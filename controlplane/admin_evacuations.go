@@ -17,6 +17,7 @@ import (
 func (a *App) evacuationRoutes(v1 *gin.RouterGroup) {
 	v1.POST("/servers/:name/drain", a.drainServer)
 	v1.POST("/servers/rebalance", a.rebalance)
+	v1.GET("/evacuations", a.listEvacuations)
 	v1.GET("/evacuations/:id", a.getEvacuation)
 	v1.POST("/evacuations/:id/pause", a.evacuationAction((*mover.Service).PauseEvacuation, "paused"))
 	v1.POST("/evacuations/:id/resume", a.evacuationAction((*mover.Service).ResumeEvacuation, "resumed"))
@@ -59,6 +60,20 @@ func (a *App) drainServer(c *gin.Context) {
 		return
 	}
 	c.JSON(http.StatusOK, srv)
+}
+
+func (a *App) listEvacuations(c *gin.Context) {
+	limit, cursor, err := httpapi.PageQuery(c)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	list, next, err := a.moves.ListEvacuations(c, limit, cursor)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, httpapi.Page("evacuations", list, next, nil))
 }
 
 func evacuationID(c *gin.Context) (int64, bool) { return numericID(c, "evacuation") }

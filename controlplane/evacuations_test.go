@@ -237,7 +237,8 @@ func TestEvacuationFinishesAfterARestart(t *testing.T) {
 	require.Equal(t, 6, tenants["pg-2"]+tenants["pg-3"])
 	// Every tenant moved once: one move each, by the evacuation.
 	moves := map[string]int{}
-	_, page := call(t, "GET", f.admin+"/admin/v1/moves", testToken, nil)
+	status, page := call(t, "GET", f.admin+"/admin/v1/moves", testToken, nil)
+	require.Equal(t, http.StatusOK, status)
 	for _, m := range page["moves"].([]any) {
 		m := m.(map[string]any)
 		if m["actor"] == fmt.Sprintf("evacuation:%v", id) && m["phase"] == "done" {
@@ -265,6 +266,17 @@ func TestEvacuationFinishesAfterARestart(t *testing.T) {
 	}
 	states, _ = f.serverStates(t)
 	require.Equal(t, "draining", states["pg-2"])
+
+	status, page = call(t, "GET", f.admin+"/admin/v1/evacuations?limit=1", testToken, nil)
+	require.Equal(t, http.StatusOK, status, page)
+	list := page["evacuations"].([]any)
+	require.Len(t, list, 1)
+	require.Equal(t, "pg-2", list[0].(map[string]any)["server"], "newest first")
+	require.Equal(t, tenants["pg-2"], count(list[0].(map[string]any), "failed"))
+	require.Nil(t, list[0].(map[string]any)["tenants"], "lists carry counts, not tenants")
+	_, page = call(t, "GET", f.admin+"/admin/v1/evacuations?cursor="+page["next_cursor"].(string), testToken, nil)
+	require.Equal(t, "pg-1", page["evacuations"].([]any)[0].(map[string]any)["server"])
+	require.Nil(t, page["next_cursor"])
 }
 
 // TestRebalance builds an uneven fleet (pg-1 six tenants, one of them

@@ -70,11 +70,42 @@ func (e Evacuation) progress() progressSnapshot {
 
 func newEvacuationsCmd() *cobra.Command {
 	cmd, o := newAdminGroup("evacuations", "Follow, pause, resume and cancel evacuations and rebalances (start one with: tenantplane servers drain NAME --evacuate)")
-	cmd.AddCommand(newEvacuationsShowCmd(o),
+	cmd.AddCommand(newEvacuationsListCmd(o), newEvacuationsShowCmd(o),
 		newEvacuationActionCmd(o, "pause", "Start no new move; the moves under way go on"),
 		newEvacuationActionCmd(o, "resume", "Start moves again"),
 		newEvacuationActionCmd(o, "cancel", "Start no new move, ever: the tenants not started stay; the moves under way finish"))
 	return cmd
+}
+
+func newEvacuationsListCmd(o *adminOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:   "list",
+		Short: "List the evacuations and rebalances, newest first",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			raw, err := o.callAll(cmd, "/evacuations", nil, "evacuations")
+			if err != nil {
+				return err
+			}
+			var page struct {
+				Evacuations []Evacuation `json:"evacuations"`
+			}
+			return o.print(cmd, raw, &page, func() error { return writeEvacuations(cmd.OutOrStdout(), page.Evacuations) })
+		},
+	}
+}
+
+func writeEvacuations(w io.Writer, list []Evacuation) error {
+	if len(list) == 0 {
+		_, err := fmt.Fprintln(w, "No evacuations; start one with: tenantplane servers drain NAME --evacuate --watch")
+		return err
+	}
+	t := newTable(w, "ID", "KIND", "SERVER", "STATE", "MOVED", "FAILED", "MOVING", "PENDING", "TOTAL", "CREATED", "FINISHED")
+	for _, e := range list {
+		t.row(string(e.ID), e.Kind, dash(e.Server), e.State, strconv.Itoa(e.Moved), strconv.Itoa(e.Failed), strconv.Itoa(e.Moving),
+			strconv.Itoa(e.Pending), strconv.Itoa(e.Total), e.CreatedAt.String(), e.FinishedAt.String())
+	}
+	return t.flush()
 }
 
 func newEvacuationsShowCmd(o *adminOptions) *cobra.Command {

@@ -81,8 +81,10 @@ func TestEvacuationsPauseAndRebalanceDryRun(t *testing.T) {
 		"servers": [{"server": "pg-1", "state": "active", "capacity": 100, "tenants_before": 6, "tenants_after": 5, "score_before": 91.96, "score_after": 43.75},
 		            {"server": "pg-3", "state": "active", "capacity": 2, "tenants_before": 0, "tenants_after": 1, "score_before": 0, "score_after": 48.2}]}}`
 	admin, url := newCannedAdmin(t, map[string][]cannedAnswer{
-		"POST /servers/rebalance":   {ok(plan)},
-		"POST /evacuations/3/pause": {ok(evacuationJSON(t, map[string]any{"state": "paused", "pending": 2, "moved": 1}))},
+		"POST /servers/rebalance":    {ok(plan)},
+		"GET /evacuations":           {ok(`{"evacuations": [` + evacuationJSON(t, map[string]any{"tenants": nil}) + `], "next_cursor": "c2"}`)},
+		"GET /evacuations?cursor=c2": {ok(`{"evacuations": [` + evacuationJSON(t, map[string]any{"id": 2, "kind": "rebalance", "server": nil, "state": "done", "tenants": nil}) + `]}`)},
+		"POST /evacuations/3/pause":  {ok(evacuationJSON(t, map[string]any{"state": "paused", "pending": 2, "moved": 1}))},
 	})
 	stdout, _, err := runCLI(t, "", "servers", "rebalance", "--dry-run", "--admin-url", url, "--token", testToken)
 	require.NoError(t, err)
@@ -90,6 +92,11 @@ func TestEvacuationsPauseAndRebalanceDryRun(t *testing.T) {
 	require.Regexp(t, `heavy-00\s+pg-1\s+pg-3\s+48.2\s+heavy-00's 48.2 points`, stdout)
 	require.Regexp(t, `pg-3\s+active\s+0 -> 1\s+2\s+0.0\s+48.2`, stdout)
 	require.Contains(t, stdout, "Spread: 92.0 -> 27.7 points. A dry run: nothing moved")
+
+	stdout, _, err = runCLI(t, "", "evacuations", "list", "--admin-url", url, "--token", testToken)
+	require.NoError(t, err)
+	require.Regexp(t, `(?m)^3\s+evacuate\s+pg-1\s+running\s+0\s+0\s+0\s+3\s+3\s`, stdout)
+	require.Regexp(t, `(?m)^2\s+rebalance\s+-\s+done\s`, stdout)
 
 	stdout, _, err = runCLI(t, "", "evacuations", "pause", "3", "--admin-url", url, "--token", testToken)
 	require.NoError(t, err)
