@@ -101,7 +101,7 @@ func finished(e map[string]any) bool { return e["finished_at"] != nil }
 // tenant's new server once; pg-1 ends empty.
 func TestEvacuateTwentyTenantsUnderTraffic(t *testing.T) {
 	t.Parallel()
-	f := setupFleet(t, 3, nil)
+	f := setupFleet(t, 3, map[string]string{"TENANTPLANE_MOVE_WORKERS": "4"}) // the evacuation's concurrency
 	f.setCapacity(t, "pg-2", 12)
 	f.setCapacity(t, "pg-3", 8) // 20 tenants: exactly full
 	keys := make([]string, 3)
