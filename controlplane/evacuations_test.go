@@ -375,3 +375,32 @@ func TestEvacuationRoutesAnswerTheEdgeCases(t *testing.T) {
 	require.Empty(t, resp["plan"].(map[string]any)["moves"])
 	require.Nil(t, resp["evacuation"])
 }
+
+// TestCancelEvacuationLetsMovesUnderWayFinish cancels an evacuation with a
+// move under way: no move starts after the answer, the one under way
+// finishes, the tenants not started are skipped and stay, and the server
+// ends draining.
+func TestCancelEvacuationLetsMovesUnderWayFinish(t *testing.T) {
+	t.Parallel()
+	f := setupFleet(t, 2, nil)
+	f.tenantsOn(t, "stay", "pg-1", 4)
+	status, e := call(t, "POST", f.admin+"/admin/v1/servers/pg-1/drain", testToken, map[string]any{"evacuate": true, "concurrency": 1, "mode": "copy"})
+	require.Equal(t, http.StatusAccepted, status, e)
+	id := e["id"]
+	f.waitEvacuation(t, id, 30*time.Second, func(e map[string]any) bool { return count(e, "moving") == 1 })
+	status, e = call(t, "POST", fmt.Sprintf("%s/admin/v1/evacuations/%v/cancel", f.admin, id), testToken, nil)
+	require.Equal(t, http.StatusOK, status, e)
+	require.Equal(t, "cancelled", e["state"])
+	started := count(e, "moved") + count(e, "moving") + count(e, "failed")
+	e = f.waitEvacuation(t, id, 30*time.Second, finished)
+	require.Equal(t, "cancelled", e["state"], e)
+	require.Equal(t, started, count(e, "moved")+count(e, "failed"), "the moves under way finished, none started: %v", e)
+	require.Equal(t, 4-started, count(e, "skipped"), e)
+	require.Positive(t, count(e, "skipped"))
+	status, e = call(t, "POST", fmt.Sprintf("%s/admin/v1/evacuations/%v/resume", f.admin, id), testToken, nil)
+	require.Equal(t, http.StatusConflict, status, e)
+	states, tenants := f.serverStates(t)
+	require.Equal(t, "draining", states["pg-1"])
+	require.Equal(t, 4-started, tenants["pg-1"])
+	require.Equal(t, started, tenants["pg-2"])
+}
