@@ -17,6 +17,12 @@ type ServerState string
 const (
 	ServerActive   ServerState = "active"   // accepts new tenant databases
 	ServerDraining ServerState = "draining" // keeps its tenants, takes no new ones
+	// ServerEvacuating: an evacuation is moving its tenants off (mover);
+	// it takes no new ones.
+	ServerEvacuating ServerState = "evacuating"
+	// ServerEmpty: an evacuation finished and left no tenant on it; it
+	// takes no new ones.
+	ServerEmpty ServerState = "empty"
 )
 
 // Server is a PostgreSQL server that holds tenant databases. Its admin DSN is
@@ -180,6 +186,9 @@ func (s *Store) SetServerState(ctx context.Context, name string, state ServerSta
 		var from ServerState
 		if err := tx.QueryRow(ctx, `SELECT state FROM servers WHERE name = $1 FOR UPDATE`, name).Scan(&from); err != nil {
 			return Classify(err, "server "+quote(name))
+		}
+		if from == ServerEvacuating {
+			return Errorf(CodeConflict, "server %q is being evacuated: pause or cancel its evacuation first", name)
 		}
 		if _, err := tx.Exec(ctx, `UPDATE servers SET state = $2, updated_at = now() WHERE name = $1`, name, state); err != nil {
 			return Classify(err, "server "+quote(name))

@@ -37,6 +37,7 @@ func (a *App) adminHandler(metrics *httpapi.Metrics) http.Handler {
 	a.tenantRoutes(v1)
 	a.fanoutRoutes(v1)
 	a.moveRoutes(v1)
+	a.evacuationRoutes(v1)
 	a.billingRoutes(e, v1)
 	return e
 }

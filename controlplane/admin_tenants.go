@@ -19,7 +19,6 @@ import (
 const statusLimit = 50 * time.Second
 
 func (a *App) tenantRoutes(v1 *gin.RouterGroup) {
-	v1.POST("/servers/:name/drain", a.drainServer)
 	v1.GET("/orphans", a.orphans(false))
 	v1.DELETE("/orphans", a.orphans(true))
 	v1.POST("/tenants", a.createTenant)
@@ -34,15 +33,6 @@ func (a *App) tenantRoutes(v1 *gin.RouterGroup) {
 	v1.POST("/tenants/:slug/keys", a.createKey)
 	v1.GET("/tenants/:slug/keys", a.listKeys)
 	v1.DELETE("/tenants/:slug/keys/:id", a.revokeKey)
-}
-
-func (a *App) drainServer(c *gin.Context) {
-	srv, err := a.store.SetServerState(c, c.Param("name"), catalog.ServerDraining, adminActor)
-	if err != nil {
-		httpapi.WriteError(c, err)
-		return
-	}
-	c.JSON(http.StatusOK, srv)
 }
 
 // orphans reports (remove false) or drops (remove true) the databases and

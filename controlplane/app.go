@@ -97,7 +97,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *App, err erro
 	if keep == 0 {
 		keep = -1 // TENANTPLANE_MOVE_KEEP=0s: drop the source at once (mover's 0 is its default)
 	}
-	moves, err := mover.New(store, mover.Config{Logger: logger, Jobs: jobReg, Targets: prov, Keep: keep})
+	moves, err := mover.New(store, mover.Config{Logger: logger, Jobs: jobReg, Targets: prov, Keep: keep, Workers: cfg.MoveWorkers})
 	if err != nil {
 		store.Close()
 		return nil, err

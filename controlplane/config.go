@@ -76,6 +76,10 @@ type Config struct {
 	// MoveKeep is how long a moved tenant's source database is kept, fenced,
 	// so that the move can be reverted (TENANTPLANE_MOVE_KEEP). Default 24h.
 	MoveKeep time.Duration
+	// MoveWorkers is how many moves this process runs at once
+	// (TENANTPLANE_MOVE_WORKERS), whatever an evacuation's concurrency.
+	// Default 2.
+	MoveWorkers int
 	// PoolCacheSize bounds the tenant pools open at once (TENANTPLANE_POOL_CACHE_SIZE). Default 500.
 	PoolCacheSize int
 	// UsageFlushInterval is how often the router writes its usage counters to
@@ -236,6 +240,14 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 			bad("TENANTPLANE_MOVE_KEEP", "%q is not a duration such as 24h (0s: drop the source at once)", raw)
 		}
 		cfg.MoveKeep = d
+	}
+	cfg.MoveWorkers = 2
+	if raw := getenv("TENANTPLANE_MOVE_WORKERS"); raw != "" {
+		n, err := strconv.Atoi(raw)
+		if err != nil || n < 1 || n > 64 {
+			bad("TENANTPLANE_MOVE_WORKERS", "%q is not a whole number from 1 to 64", raw)
+		}
+		cfg.MoveWorkers = n
 	}
 	cfg.ShutdownTimeout = 30 * time.Second
 	if raw := getenv("TENANTPLANE_SHUTDOWN_TIMEOUT"); raw != "" {

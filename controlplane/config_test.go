@@ -21,6 +21,7 @@ func TestConfigFromEnv(t *testing.T) {
 	require.Len(t, cfg.SecretKey, 32)
 	require.Equal(t, 30*time.Second, cfg.ShutdownTimeout)
 	require.Equal(t, 40, cfg.TenantConnLimit)
+	require.Equal(t, 2, cfg.MoveWorkers)
 
 	// Every problem is reported at once, each naming its variable.
 	_, err = ConfigFromEnv(envOf(map[string]string{}))
@@ -40,6 +41,7 @@ func TestConfigFromEnv(t *testing.T) {
 		"STRIPE_API_BASE":               "http://127.0.0.1:12111",
 		"TENANTPLANE_STRIPE_TIMEOUT":    "0s",
 		"TENANTPLANE_CREATE_WAIT":       "2m",
+		"TENANTPLANE_MOVE_WORKERS":      "0",
 	}
 	for name, value := range cases {
 		env := map[string]string{}

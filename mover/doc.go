@@ -89,13 +89,25 @@
 //	m, err = svc.Get(ctx, m.ID) // phase, rows and bytes copied, lag, write_pause_ms
 //	m, err = svc.Revert(ctx, m.ID, "operator") // within the keep
 //
+// Fleet operations (evacuation.go, rebalance.go) compose StartMove:
+// Evacuate moves every tenant off a server, and StartRebalance carries out
+// PlanRebalance's moves, each as an evacuations ledger row with a row per
+// tenant, driven by one durable job that settles the moves that ended and
+// starts new ones within its bounds (concurrency, per target server, never
+// past a target's capacity), under the row's lock, so PauseEvacuation and
+// CancelEvacuation take effect as they answer.
+//
+//	e, err := svc.Evacuate(ctx, "pg-1", mover.EvacuationSpec{Concurrency: 4, PerServer: 2, Mode: mover.ModeCopy}, "operator")
+//	e, err = svc.GetEvacuation(ctx, e.ID) // counts, each tenant with its move and error
+//	plan, err := svc.PlanRebalance(ctx) // moves, per-server scores and the spread before and after
+//
 // Not built yet: the native-subscription apply (ApplySubscription: the
 // online mode always applies the stream itself), a stream that resumes from
 // its slot after a restart (a move killed while copying or catching up
 // starts its copy again; one killed while fenced copies the fenced source
 // in full), the reverse stream that keeps a source in step for a revert,
 // a verify outside the fence (its row hash under the fence makes the pause
-// grow with the database), evacuation and rebalancing. Copy loads tables
+// grow with the database). Copy loads tables
 // into their indexes as they are (pg_restore builds indexes after the data,
 // which is faster for large tables) and one table at a time; partitioned
 // tables' foreign keys do not order their partitions.

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -139,6 +140,12 @@ type Service struct {
 	logger  *slog.Logger
 	jobs    *jobs.Registry
 	ownJobs bool
+
+	// stopping is closed by Stop: evacuation jobs hand their evacuation
+	// over (snooze) at once rather than keep starting moves in a process
+	// that is going away.
+	stopping chan struct{}
+	stopOnce sync.Once
 }
 
 // queue is the River queue of move jobs.
@@ -171,13 +178,14 @@ func New(store *catalog.Store, cfg Config) (*Service, error) {
 	if cfg.CatchUpLag <= 0 {
 		cfg.CatchUpLag = 1 << 20
 	}
-	s := &Service{store: store, cfg: cfg, logger: cfg.Logger.With("component", "mover"), jobs: cfg.Jobs}
+	s := &Service{store: store, cfg: cfg, logger: cfg.Logger.With("component", "mover"), jobs: cfg.Jobs, stopping: make(chan struct{})}
 	if s.jobs == nil {
 		s.jobs, s.ownJobs = jobs.NewRegistry(), true
 	}
 	river.AddWorker(s.jobs.Workers(), &moveWorker{s: s})
 	river.AddWorker(s.jobs.Workers(), &dropSourceWorker{s: s})
 	s.jobs.AddQueue(queue, cfg.Workers)
+	s.registerEvacuations()
 	if s.ownJobs {
 		if err := s.jobs.Open(store.Pool(), jobs.Config{Logger: cfg.Logger}); err != nil {
 			return nil, fmt.Errorf("mover: %w", err)
@@ -201,6 +209,7 @@ func (s *Service) Start(ctx context.Context) error {
 // cancels them: they resume from the ledger at the next start, here or on
 // another replica. A shared registry is stopped by its owner.
 func (s *Service) Stop(ctx context.Context) error {
+	s.stopOnce.Do(func() { close(s.stopping) })
 	if s.ownJobs {
 		return s.jobs.Stop(ctx)
 	}

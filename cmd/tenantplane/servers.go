@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"strings"
 
@@ -22,7 +23,7 @@ type Server struct {
 
 func newServersCmd() *cobra.Command {
 	cmd, o := newAdminGroup("servers", "Register, list, resize and drain the PostgreSQL servers that hold tenant databases")
-	cmd.AddCommand(newServersAddCmd(o), newServersListCmd(o), newServersSetCmd(o), newServersDrainCmd(o))
+	cmd.AddCommand(newServersAddCmd(o), newServersListCmd(o), newServersSetCmd(o), newServersDrainCmd(o), newServersRebalanceCmd(o))
 	return cmd
 }
 
@@ -87,22 +88,77 @@ func newServersListCmd(o *adminOptions) *cobra.Command {
 }
 
 func newServersDrainCmd(o *adminOptions) *cobra.Command {
-	return &cobra.Command{
-		Use:   "drain NAME",
-		Short: "Stop placing new tenants on a server; the tenants it has stay",
-		Args:  cobra.ExactArgs(1),
+	var (
+		req struct {
+			Evacuate    bool   `json:"evacuate"`
+			Concurrency int    `json:"concurrency,omitempty"`
+			PerServer   int    `json:"per_server,omitempty"`
+			Mode        string `json:"mode,omitempty"`
+		}
+		watch watchFlags
+	)
+	cmd := &cobra.Command{
+		Use:   "drain NAME [--evacuate [--concurrency N] [--per-server N] [--watch]]",
+		Short: "Stop placing new tenants on a server; with --evacuate, move every tenant off it too",
+		Long: `Stop placing new tenants on a server; the tenants it has stay.
+
+With --evacuate the server becomes evacuating and every tenant is moved off it,
+at most --concurrency moves at once and --per-server into one target, each to
+the active server with the most free capacity that has room. A tenant whose
+move fails is reported with its error; the others go on. The server ends empty
+when no tenant is left on it, draining otherwise. Pause, resume or cancel it
+with: tenantplane evacuations pause|resume|cancel ID`,
+		Example: `  tenantplane servers drain pg-1
+  tenantplane servers drain pg-1 --evacuate --concurrency 4 --per-server 2 --watch`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			raw, err := o.call(cmd, "POST", pathf("/servers/%s/drain", args[0]), nil, nil)
+			if !req.Evacuate {
+				for _, f := range []string{"concurrency", "per-server", "mode", "watch"} {
+					if cmd.Flags().Changed(f) {
+						return fmt.Errorf("--%s goes with --evacuate", f)
+					}
+				}
+				raw, err := o.call(cmd, "POST", pathf("/servers/%s/drain", args[0]), nil, nil)
+				if err != nil {
+					return err
+				}
+				var s Server
+				return o.print(cmd, raw, &s, func() error {
+					_, err := fmt.Fprintf(cmd.OutOrStdout(), "Server %s is %s: it keeps its %d tenants and takes no new ones.\n", s.Name, s.State, s.Tenants)
+					return err
+				})
+			}
+			raw, err := o.call(cmd, "POST", pathf("/servers/%s/drain", args[0]), nil, req)
 			if err != nil {
 				return err
 			}
-			var s Server
-			return o.print(cmd, raw, &s, func() error {
-				_, err := fmt.Fprintf(cmd.OutOrStdout(), "Server %s is %s: it keeps its %d tenants and takes no new ones.\n", s.Name, s.State, s.Tenants)
+			var e Evacuation
+			if err := json.Unmarshal(raw, &e); err != nil {
+				return fmt.Errorf("the admin API's answer is not the JSON expected: %w", err)
+			}
+			started := func() error {
+				_, err := fmt.Fprintf(cmd.OutOrStdout(), "Evacuating server %s: %d tenants to move, %d at once, %d per target (evacuation %s).\nFollow it with: tenantplane evacuations show %s --watch\n",
+					e.Server, e.Total, e.Concurrency, e.PerServer, e.ID, e.ID)
 				return err
-			})
+			}
+			if !watch.on {
+				return o.print(cmd, raw, &e, started)
+			}
+			if !o.json {
+				if err := started(); err != nil {
+					return err
+				}
+			}
+			return o.watchEvacuation(cmd, string(e.ID), watch)
 		},
 	}
+	f := cmd.Flags()
+	f.BoolVar(&req.Evacuate, "evacuate", false, "move every tenant off the server")
+	f.IntVar(&req.Concurrency, "concurrency", 0, "with --evacuate: most moves under way at once (default: the API's, 4)")
+	f.IntVar(&req.PerServer, "per-server", 0, "with --evacuate: most moves under way at once into one server (default: the API's, 2)")
+	f.StringVar(&req.Mode, "mode", "", "with --evacuate: online or copy (default: online when possible, else the tenant is reported)")
+	watch.registerEvacuation(cmd)
+	return cmd
 }
 
 func newServersSetCmd(o *adminOptions) *cobra.Command {
