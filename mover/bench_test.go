@@ -380,6 +380,8 @@ func BenchmarkMoveOnline(b *testing.B) {
 	// Inside the fence: from the hold (phase fenced is recorded right after
 	// it) through the last catch-up (verifying recorded) to the switch.
 	fenced, verifying, switched := clock.get(mover.PhaseFenced), clock.get(mover.PhaseVerifying), clock.get(mover.PhaseSwitched)
+	verify := bb.timeVerify(b, t)
+	b.ReportMetric(verify.Seconds(), "verify-alone-s")
 	b.ReportMetric(ms(percentile(longest, 0.5)), "pause-p50-ms")
 	b.ReportMetric(ms(longest[len(longest)-1]), "pause-max-ms")
 	b.ReportMetric(float64(*m.WritePauseMS), "write_pause_ms")
@@ -387,10 +389,11 @@ func BenchmarkMoveOnline(b *testing.B) {
 	b.ReportMetric(float64(m.BytesCopied)/(1<<20), "copied-MB")
 	b.Logf("online move of %d MB (%d rows, %d MB of COPY text) under %d clients (%d writes): total %s; "+
 		"write pause per client p50 %s, max %s (steady gap p50 %s); recorded write_pause_ms %d; "+
-		"copy+catch-up %s, fenced→catch-up done %s, verify+switch %s",
+		"copy+catch-up %s, fenced→catch-up done %s, verify+switch %s (Verify alone, after the move: %s)",
 		size>>20, m.RowsCopied, m.BytesCopied>>20, benchClientCount, len(acks), total.Round(time.Millisecond),
 		percentile(longest, 0.5).Round(time.Millisecond), longest[len(longest)-1].Round(time.Millisecond), cadence.Round(100*time.Microsecond),
-		*m.WritePauseMS, fenced.Sub(began).Round(time.Millisecond), verifying.Sub(fenced).Round(time.Millisecond), switched.Sub(verifying).Round(time.Millisecond))
+		*m.WritePauseMS, fenced.Sub(began).Round(time.Millisecond), verifying.Sub(fenced).Round(time.Millisecond), switched.Sub(verifying).Round(time.Millisecond),
+		verify.Round(time.Millisecond))
 }
 
 // BenchmarkMoveCopy moves a tenant of about 200 MB in the copy mode and,
@@ -419,18 +422,20 @@ func BenchmarkMoveCopy(b *testing.B) {
 	// Copy mode phases: fenced is recorded once the target is made,
 	// copying once the source is fenced, verifying once the copy is done.
 	fenced, copying, verifying, switched := clock.get(mover.PhaseFenced), clock.get(mover.PhaseCopying), clock.get(mover.PhaseVerifying), clock.get(mover.PhaseSwitched)
+	verify := bb.timeVerify(b, t)
 	dump := (dump1 + dump2) / 2
 	b.ReportMetric(total.Seconds(), "move-s")
 	b.ReportMetric(dump.Seconds(), "pg_dump+restore-s")
 	b.ReportMetric(total.Seconds()/dump.Seconds(), "ours/pg_dump")
 	b.ReportMetric(verifying.Sub(copying).Seconds()/dump.Seconds(), "copy/pg_dump")
 	b.ReportMetric(float64(*m.WritePauseMS), "write_pause_ms")
+	b.ReportMetric(verify.Seconds(), "verify-alone-s")
 	b.Logf("copy move of %d MB (%d rows, %d MB of COPY text): total %s (ratio %.2f to pg_dump -Fc | pg_restore, %s and %s, mean %s); "+
-		"target made %s, fence %s, copy %s (ratio %.2f), verify+switch %s; write_pause_ms %d",
+		"target made %s, fence %s, copy %s (ratio %.2f), verify+switch %s (Verify alone, after the move: %s); write_pause_ms %d",
 		size>>20, m.RowsCopied, m.BytesCopied>>20, total.Round(time.Millisecond), total.Seconds()/dump.Seconds(),
 		dump1.Round(time.Millisecond), dump2.Round(time.Millisecond), dump.Round(time.Millisecond),
 		fenced.Sub(began).Round(time.Millisecond), copying.Sub(fenced).Round(time.Millisecond), verifying.Sub(copying).Round(time.Millisecond),
-		verifying.Sub(copying).Seconds()/dump.Seconds(), switched.Sub(verifying).Round(time.Millisecond), *m.WritePauseMS)
+		verifying.Sub(copying).Seconds()/dump.Seconds(), switched.Sub(verifying).Round(time.Millisecond), verify.Round(time.Millisecond), *m.WritePauseMS)
 }
 
 // dumpRestore times pg_dump -Fc of database on pg-1 piped into pg_restore
@@ -505,6 +510,20 @@ func BenchmarkEvacuate50(b *testing.B) {
 	b.ReportMetric(float64(pauses[len(pauses)/2]), "write_pause_p50_ms")
 	b.Logf("evacuated %d small tenants online, 4 at a time: wall %s; write_pause_ms p50 %d, max %d",
 		tenants, wall.Round(time.Millisecond), pauses[len(pauses)/2], pauses[len(pauses)-1])
+}
+
+// timeVerify runs Verify on the tenant's databases after its move (the
+// source fenced, nothing writing): what a full verification of this
+// database costs, measured apart from the move.
+func (bb *benchBundle) timeVerify(b *testing.B, t catalog.Tenant) time.Duration {
+	b.Helper()
+	ctx := benchContext(b)
+	vr, err := mover.Verify(ctx, bb.adminConn(b, "pg-1", t.Database), bb.adminConn(b, "pg-2", t.Database))
+	var mismatch *mover.MismatchError
+	if !errors.As(err, &mismatch) { // the clients wrote on the target since
+		require.NoError(b, err)
+	}
+	return vr.Duration
 }
 
 func superExecB(b *testing.B, ctx context.Context, srv *pgtest.Server, sql string) {
