@@ -218,7 +218,6 @@ type benchClients struct {
 	acks   []int64
 	gaps   [][]gap // per client
 	errs   []error
-	window [2]time.Time // gaps that end inside it count as the move's
 }
 
 type gap struct {
