@@ -214,10 +214,10 @@ type benchClients struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu     sync.Mutex
-	acks   []int64
-	gaps   [][]gap // per client
-	errs   []error
+	mu   sync.Mutex
+	acks []int64
+	gaps [][]gap // per client
+	errs []error
 }
 
 type gap struct {
