@@ -1,11 +1,13 @@
 package mover
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -54,6 +56,7 @@ type CopyOptions struct {
 type CopyResult struct {
 	Tables           []TableProgress // each table's final report, in the order copied
 	SequencesMoved   int             // sequences of the target moved up to the source's
+	IndexesRebuilt   int             // indexes and constraints of the target dropped before the copy and made again after it
 	Rows, Bytes      int64           // over all tables
 	Duration         time.Duration
 	SourceSnapshotAt time.Time // the source's clock when the snapshot was taken
@@ -67,6 +70,13 @@ type CopyResult struct {
 // a failed copy leaves no row behind. Each table streams from the source's
 // COPY TO into the target's COPY FROM through a pipe, never held in memory,
 // in foreign-key order (deferrable constraints are deferred to the commit).
+//
+// Like pg_restore, the target's indexes, primary key, unique, exclusion and
+// foreign-key constraints are dropped before the rows are loaded and made
+// again after (in the same transaction, under the same names and
+// definitions): one sort per index instead of an insert per row into each,
+// and one check per foreign key instead of one per row. Foreign keys are
+// checked when they are made again, so a copy that breaks one fails.
 //
 // The target must have the same tables and columns (the caller builds it
 // with the tenant's migrations at the tenant's version); if not, Copy writes
@@ -126,6 +136,10 @@ func Copy(ctx context.Context, source, target DB, opts CopyOptions) (_ CopyResul
 	if err := prepareTarget(ctx, dst, tables, opts.Truncate); err != nil {
 		return CopyResult{}, err
 	}
+	rebuild, err := dropIndexes(ctx, dst, tables)
+	if err != nil {
+		return CopyResult{}, err
+	}
 
 	for _, t := range tables {
 		p, err := copyTable(ctx, src.Conn(), dst.Conn(), t, opts)
@@ -136,6 +150,12 @@ func Copy(ctx context.Context, source, target DB, opts CopyOptions) (_ CopyResul
 		res.Rows += p.Rows
 		res.Bytes += p.Bytes
 	}
+	for _, stmt := range rebuild {
+		if _, err := dst.Exec(ctx, stmt); err != nil {
+			return CopyResult{}, fmt.Errorf("target: rebuilding after the copy: %s: %w", stmt, err)
+		}
+	}
+	res.IndexesRebuilt = len(rebuild)
 
 	seqs, err := Sequences(ctx, src)
 	if err != nil {
@@ -151,8 +171,83 @@ func Copy(ctx context.Context, source, target DB, opts CopyOptions) (_ CopyResul
 	return res, nil
 }
 
+// dropIndexes drops the target's indexes and constraints that a COPY would
+// have to maintain row by row, and returns the statements that make them
+// again, in an order that works: primary keys, unique and exclusion
+// constraints, plain indexes, foreign keys, then comments on any of them.
+// It leaves alone a table the role does not own, an index that is a
+// replica identity, and a key that a foreign key from another table than
+// the copied ones depends on.
+func dropIndexes(ctx context.Context, dst pgx.Tx, tables []Table) ([]string, error) {
+	names := make([]string, len(tables))
+	for i, t := range tables {
+		names[i] = t.Name
+	}
+	// Tables: the copied tables of schema public that the role may alter.
+	rows, err := dst.Query(ctx, `
+		WITH tables AS (
+			SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+			WHERE n.nspname = $1 AND c.relname = ANY($2) AND pg_has_role(c.relowner, 'USAGE')
+		)
+		SELECT 1 AS step, 'ALTER TABLE ' || k.conrelid::regclass::text || ' DROP CONSTRAINT ' || quote_ident(k.conname),
+			'ALTER TABLE ' || k.conrelid::regclass::text || ' ADD CONSTRAINT ' || quote_ident(k.conname) || ' ' || pg_get_constraintdef(k.oid),
+			CASE WHEN k.contype = 'f' THEN 4 ELSE 1 END,
+			(SELECT 'COMMENT ON CONSTRAINT ' || quote_ident(k.conname) || ' ON ' || k.conrelid::regclass::text || ' IS ' || quote_literal(d.description)
+				FROM pg_description d WHERE d.classoid = 'pg_constraint'::regclass AND d.objoid = k.oid),
+			-- A key's index is made again under the constraint's name.
+			(SELECT 'COMMENT ON INDEX ' || k.conindid::regclass::text || ' IS ' || quote_literal(d.description)
+				FROM pg_description d WHERE k.contype <> 'f' AND d.classoid = 'pg_class'::regclass AND d.objoid = k.conindid)
+		FROM pg_constraint k JOIN tables t ON t.oid = k.conrelid
+		WHERE k.contype IN ('p', 'u', 'x', 'f')
+			AND (k.contype = 'f' OR NOT EXISTS (SELECT FROM pg_constraint f
+				WHERE f.contype = 'f' AND f.conindid = k.conindid AND f.conrelid NOT IN (SELECT oid FROM tables)))
+			AND (k.contype = 'f' OR NOT EXISTS (SELECT FROM pg_index i WHERE i.indexrelid = k.conindid AND i.indisreplident))
+			AND (k.contype <> 'f' OR k.confrelid IN (SELECT oid FROM tables))
+		UNION ALL
+		SELECT 2, 'DROP INDEX ' || i.indexrelid::regclass::text, pg_get_indexdef(i.indexrelid), 2,
+			(SELECT 'COMMENT ON INDEX ' || i.indexrelid::regclass::text || ' IS ' || quote_literal(d.description)
+				FROM pg_description d WHERE d.classoid = 'pg_class'::regclass AND d.objoid = i.indexrelid), NULL
+		FROM pg_index i JOIN tables t ON t.oid = i.indrelid
+		WHERE NOT i.indisreplident
+			AND NOT EXISTS (SELECT FROM pg_constraint k WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid)
+		ORDER BY 1, 4 DESC, 2`, Schema, names)
+	if err != nil {
+		return nil, fmt.Errorf("target: listing indexes: %w", err)
+	}
+	var drops []string
+	creates := map[int][]string{}
+	var comments []string
+	for rows.Next() {
+		var step, order int
+		var drop, create string
+		var comment, indexComment *string
+		if err := rows.Scan(&step, &drop, &create, &order, &comment, &indexComment); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("target: listing indexes: %w", err)
+		}
+		drops = append(drops, drop)
+		creates[order] = append(creates[order], create)
+		for _, c := range []*string{comment, indexComment} {
+			if c != nil {
+				comments = append(comments, *c)
+			}
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("target: listing indexes: %w", err)
+	}
+	// Foreign keys first (order 4 sorts first), then the keys they need.
+	for _, stmt := range drops {
+		if _, err := dst.Exec(ctx, stmt); err != nil {
+			return nil, fmt.Errorf("target: before the copy: %s: %w", stmt, err)
+		}
+	}
+	rebuild := slices.Concat(creates[1], creates[2], creates[4], comments)
+	return rebuild, nil
+}
+
 // prepareTarget empties the target's tables (truncate) or makes sure they
-// are empty.
+// are empty, and truncates them either way.
 func prepareTarget(ctx context.Context, dst pgx.Tx, tables []Table, truncate bool) error {
 	if len(tables) == 0 {
 		return nil
@@ -161,24 +256,29 @@ func prepareTarget(ctx context.Context, dst pgx.Tx, tables []Table, truncate boo
 	for i, t := range tables {
 		names[i] = qualified(t.Name)
 	}
-	if truncate {
-		// One statement for all: foreign keys among them need no CASCADE.
-		if _, err := dst.Exec(ctx, "TRUNCATE "+strings.Join(names, ", ")); err != nil {
-			return fmt.Errorf("target: truncate: %w", err)
+	if !truncate {
+		for i, t := range tables {
+			var has bool
+			if err := dst.QueryRow(ctx, "SELECT EXISTS (SELECT FROM "+names[i]+")").Scan(&has); err != nil {
+				return fmt.Errorf("target: table %s: %w", t.Name, err)
+			}
+			if has {
+				return fmt.Errorf("%w: table %s (set CopyOptions.Truncate to empty a target of one's own)", ErrTargetNotEmpty, t.Name)
+			}
 		}
-		return nil
 	}
-	for i, t := range tables {
-		var has bool
-		if err := dst.QueryRow(ctx, "SELECT EXISTS (SELECT FROM "+names[i]+")").Scan(&has); err != nil {
-			return fmt.Errorf("target: table %s: %w", t.Name, err)
-		}
-		if has {
-			return fmt.Errorf("%w: table %s (set CopyOptions.Truncate to empty a target of one's own)", ErrTargetNotEmpty, t.Name)
-		}
+	// Empty tables are truncated too: a table truncated in the transaction
+	// takes COPY FREEZE, whose rows need no hint bits or freezing later
+	// (the first read of a plain COPY's rows, Verify's, writes every page
+	// again). One statement for all: foreign keys among them need no CASCADE.
+	if _, err := dst.Exec(ctx, "TRUNCATE "+strings.Join(names, ", ")); err != nil {
+		return fmt.Errorf("target: truncate: %w", err)
 	}
 	return nil
 }
+
+// copyChunk is how many bytes of rows the copy sends the target at a time.
+const copyChunk = 64 << 10
 
 // errTargetStopped ends the source's COPY when the target's has failed.
 var errTargetStopped = errors.New("the target stopped reading")
@@ -190,12 +290,19 @@ func copyTable(ctx context.Context, src, dst *pgx.Conn, t Table, opts CopyOption
 	pr, pw := io.Pipe()
 	srcErr := make(chan error, 1)
 	go func() {
-		_, err := src.PgConn().CopyTo(ctx, pw, "COPY "+qualified(t.Name)+" ("+cols+") TO STDOUT")
+		// The source sends a message per row, and the target's COPY gets a
+		// message per Read of the pipe: buffered, a message carries many
+		// rows, not one (BenchmarkMoveCopy: 4.9 s for 224 MB before, 3.1 s after).
+		buf := bufio.NewWriterSize(pw, copyChunk)
+		_, err := src.PgConn().CopyTo(ctx, buf, "COPY "+qualified(t.Name)+" ("+cols+") TO STDOUT")
+		if err == nil {
+			err = buf.Flush()
+		}
 		pw.CloseWithError(err) // nil: the reader sees io.EOF
 		srcErr <- err
 	}()
 	counter := &progressReader{r: pr, every: opts.ProgressEvery, report: opts.Progress, p: TableProgress{Table: t.Name}}
-	tag, err := dst.PgConn().CopyFrom(ctx, counter, "COPY "+qualified(t.Name)+" ("+cols+") FROM STDIN")
+	tag, err := dst.PgConn().CopyFrom(ctx, counter, "COPY "+qualified(t.Name)+" ("+cols+") FROM STDIN (FREEZE)")
 	pr.CloseWithError(errTargetStopped)
 	if sErr := <-srcErr; sErr != nil && !errors.Is(sErr, errTargetStopped) {
 		return TableProgress{}, fmt.Errorf("source: reading table %s: %w", t.Name, sErr)
