@@ -155,7 +155,18 @@ func (a *App) lifecycle(op func(ctx context.Context, slug, actor, reason string)
 	}
 }
 
+// createKey issues a key. Its body is optional: {"scopes": [...],
+// "expires_at": "RFC3339"}; without it the key may do everything, forever.
 func (a *App) createKey(c *gin.Context) {
+	var spec catalog.KeySpec
+	if err := httpapi.BindOptionalJSON(c, &spec); err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	if err := spec.Validate(time.Now()); err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
 	t, err := a.store.GetTenant(c, c.Param("slug"))
 	if err != nil {
 		httpapi.WriteError(c, err)
@@ -165,12 +176,13 @@ func (a *App) createKey(c *gin.Context) {
 		httpapi.Fail(c, catalog.CodeConflict, "tenant %q is %s: it takes no new keys", t.Slug, t.State)
 		return
 	}
-	k, key, err := a.store.CreateAPIKey(c, t.ID, adminActor)
+	k, key, err := a.store.IssueAPIKey(c, t.ID, adminActor, spec)
 	if err != nil {
 		httpapi.WriteError(c, err)
 		return
 	}
-	c.JSON(http.StatusCreated, gin.H{"id": k.ID, "key": key, "prefix": k.Prefix, "created_at": k.CreatedAt})
+	c.JSON(http.StatusCreated, gin.H{"id": k.ID, "key": key, "prefix": k.Prefix, "created_at": k.CreatedAt,
+		"scopes": k.Scopes, "expires_at": k.ExpiresAt})
 }
 
 func (a *App) listKeys(c *gin.Context) {

@@ -26,6 +26,23 @@ type resolved struct {
 	serverBudget int
 	limiter      *rate.Limiter
 	fetched      time.Time
+	scopes       scopeSet
+	scopeNames   []string
+	// expiresAt is when the key stops working (zero: never). Checked on
+	// every request, so an expiry takes effect on the second on every
+	// replica, with no notification and no catalog round trip.
+	expiresAt time.Time
+}
+
+func (e *resolved) expired(now time.Time) bool {
+	return !e.expiresAt.IsZero() && !now.Before(e.expiresAt)
+}
+
+func (e *resolved) expiresAtJSON() *time.Time {
+	if e.expiresAt.IsZero() {
+		return nil
+	}
+	return &e.expiresAt
 }
 
 // resolver maps API keys to tenants through a cache that the catalog's
@@ -86,6 +103,9 @@ func (r *resolver) resolve(ctx context.Context, key string) (*resolved, error) {
 	e, ok := r.byHash.Get(h)
 	if ok && subtle.ConstantTimeCompare(e.hash[:], h[:]) == 1 && now.Sub(e.fetched) < r.maxAge {
 		r.mu.Unlock()
+		if e.expired(now) {
+			return nil, errBadKey
+		}
 		return e, nil
 	}
 	if until, bad := r.negative.Get(h); bad && now.Before(until) {
@@ -100,7 +120,7 @@ func (r *resolver) resolve(ctx context.Context, key string) (*resolved, error) {
 		return r.load(ctx, h)
 	})
 	if err != nil {
-		if ok && errors.Is(err, catalog.ErrUnavailable) {
+		if ok && errors.Is(err, catalog.ErrUnavailable) && !e.expired(time.Now()) {
 			return e, nil // the catalog is down: serve what we knew
 		}
 		return nil, err
@@ -112,7 +132,7 @@ var errBadKey = catalog.Errorf(catalog.CodeUnauthorized, "missing, unknown or re
 
 func (r *resolver) load(ctx context.Context, h [32]byte) (*resolved, error) {
 	owner, err := r.store.ResolveAPIKey(ctx, h[:])
-	if errors.Is(err, catalog.ErrNotFound) || (err == nil && owner.Revoked) {
+	if errors.Is(err, catalog.ErrNotFound) || (err == nil && (owner.Revoked || owner.Expired(time.Now()))) {
 		r.mu.Lock()
 		r.negative.Add(h, time.Now().Add(r.negativeTTL))
 		r.mu.Unlock()
@@ -133,7 +153,8 @@ func (r *resolver) load(ctx context.Context, h [32]byte) (*resolved, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &resolved{hash: h, keyID: owner.KeyID, tenant: t, plan: plan, serverBudget: budget, fetched: time.Now()}
+	e := &resolved{hash: h, keyID: owner.KeyID, tenant: t, plan: plan, serverBudget: budget, fetched: time.Now(),
+		scopes: scopesOf(owner.Scopes), scopeNames: owner.Scopes, expiresAt: owner.ExpiresAt}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	lim := r.limiters[t.ID]

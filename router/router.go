@@ -68,6 +68,7 @@ type Router struct {
 	resolver *resolver
 	pools    *pools
 	meter    *meter
+	scopes   map[routeKey]routeScope // written by New only
 
 	follow startstop.Loop // the catalog's changes to the caches
 }
@@ -100,14 +101,15 @@ func New(cfg Config) (*Router, error) {
 		resolver: newResolver(cfg.Store, cfg.Logger, cfg.NegativeTTL),
 		pools:    newPools(cfg.Pools, cfg.Store, cfg.Logger, cfg.Registerer),
 		meter:    newMeter(cfg.Store, cfg.Logger, cfg.FlushInterval, cfg.Registerer),
+		scopes:   map[routeKey]routeScope{},
 	}
 	e := httpapi.NewEngine(httpapi.Config{API: "tenant", Logger: cfg.Logger, Metrics: cfg.Metrics, MaxBodyBytes: 1 << 20})
 	httpapi.HealthRoutes(e, cfg.Ready)
 	httpapi.OpenAPIRoute(e, openAPI)
 	v1 := e.Group("/v1", r.authenticate)
-	v1.GET("/me", r.me)
-	v1.GET("/usage", r.usage)
-	userRoutes(v1)
+	r.route(v1, http.MethodGet, "/me", scopeNone, r.me)
+	r.route(v1, http.MethodGet, "/usage", catalog.ScopeUsageRead, r.usage)
+	r.userRoutes(v1)
 	r.engine = e
 	return r, nil
 }
@@ -226,6 +228,10 @@ func (r *Router) authenticate(c *gin.Context) {
 		httpapi.Fail(c, catalog.CodeUnavailable, "tenant %q is %s", e.tenant.Slug, e.tenant.State)
 		return
 	}
+	if err := r.checkScope(c, e); err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
 	if res := e.limiter.Reserve(); !res.OK() || res.Delay() > 0 {
 		wait := res.Delay()
 		res.Cancel()
@@ -337,7 +343,7 @@ func (r *Router) me(c *gin.Context) {
 	e := c.MustGet(tenantKey).(*resolved)
 	c.JSON(http.StatusOK, gin.H{
 		"id": e.tenant.ID, "slug": e.tenant.Slug, "name": e.tenant.Name, "plan": e.tenant.Plan,
-		"state": e.tenant.State, "key_id": e.keyID,
+		"state": e.tenant.State, "key_id": e.keyID, "scopes": e.scopeNames, "expires_at": e.expiresAtJSON(),
 		"limits": gin.H{"requests_per_second": e.plan.RatePerSec, "burst": e.plan.RateBurst, "connections": e.plan.MaxConns},
 	})
 }

@@ -1,0 +1,142 @@
+package controlplane
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/tenantplane/tenantplane/catalog"
+)
+
+// issueKey issues a key of slug with the given body and returns the key.
+func (f *fleet) issueKey(t testing.TB, slug string, body any) string {
+	t.Helper()
+	status, key := call(t, "POST", f.admin+"/admin/v1/tenants/"+slug+"/keys", testToken, body)
+	require.Equal(t, http.StatusCreated, status, key)
+	return key["key"].(string)
+}
+
+func TestScopedKeys(t *testing.T) {
+	t.Parallel()
+	f := setupFleet(t, 1, nil)
+	_, all := f.tenantWithKey(t, "scoped", "enterprise", "")
+
+	// Bad specs are refused, naming what is valid; nothing is issued.
+	for _, bad := range []map[string]any{
+		{"scopes": []string{"users:delete"}},
+		{"scopes": []string{"users:read", ""}},
+		{"expires_at": time.Now().Add(-time.Minute).Format(time.RFC3339)},
+		{"expires_at": "tomorrow"},
+		{"scope": []string{"users:read"}},
+	} {
+		status, body := call(t, "POST", f.admin+"/admin/v1/tenants/scoped/keys", testToken, bad)
+		require.Equal(t, http.StatusBadRequest, status, "%v: %v", bad, body)
+		require.Equal(t, "invalid", errorCode(t, body))
+	}
+	_, body := call(t, "POST", f.admin+"/admin/v1/tenants/scoped/keys", testToken, map[string]any{"scopes": []string{"users:delete"}})
+	require.Equal(t, `scope "users:delete" is not a key scope: use users:read, users:write, usage:read, audit:read, *`, body["error"].(map[string]any)["message"])
+	_, body = call(t, "GET", f.admin+"/admin/v1/tenants/scoped/keys", testToken, nil)
+	require.Len(t, body["keys"].([]any), 1)
+	require.Equal(t, []any{"*"}, body["keys"].([]any)[0].(map[string]any)["scopes"], "a key issued without scopes has every one")
+
+	read := f.issueKey(t, "scoped", map[string]any{"scopes": []string{"users:read"}})
+	write := f.issueKey(t, "scoped", map[string]any{"scopes": []string{"users:write", "users:write"}})
+	usage := f.issueKey(t, "scoped", map[string]any{"scopes": []string{"usage:read"}})
+	_, body = call(t, "GET", f.admin+"/admin/v1/tenants/scoped/keys", testToken, nil)
+	require.Equal(t, []any{"users:write"}, body["keys"].([]any)[2].(map[string]any)["scopes"], "duplicates are dropped")
+
+	status, user := call(t, "POST", f.api+"/v1/users", all, map[string]any{"email": "ada@example.com"})
+	require.Equal(t, http.StatusCreated, status, user)
+	users := f.api + "/v1/users"
+	one := users + "/" + user["id"].(string)
+
+	// Every route: a key without its scope is refused naming the scope; a
+	// key with it, and the * key, are served.
+	for _, tc := range []struct {
+		method, url, scope string
+		body               any
+		with               string
+		without            []string
+	}{
+		{"GET", f.api + "/v1/usage", "usage:read", nil, usage, []string{read, write}},
+		{"GET", users, "users:read", nil, read, []string{write, usage}},
+		{"GET", one, "users:read", nil, read, []string{write, usage}},
+		{"POST", users, "users:write", map[string]any{"email": "bob@example.com"}, write, []string{read, usage}},
+		{"PATCH", one, "users:write", map[string]any{"name": "Ada"}, write, []string{read, usage}},
+		{"DELETE", one, "users:write", nil, write, []string{read, usage}},
+	} {
+		for _, key := range tc.without {
+			status, body := call(t, tc.method, tc.url, key, tc.body)
+			require.Equal(t, http.StatusForbidden, status, "%s %s: %v", tc.method, tc.url, body)
+			require.Equal(t, "insufficient_scope", errorCode(t, body))
+			require.Contains(t, body["error"].(map[string]any)["message"], "lacks scope "+tc.scope)
+		}
+		status, body := call(t, tc.method, tc.url, tc.with, tc.body)
+		require.Less(t, status, 300, "%s %s with %s: %v", tc.method, tc.url, tc.scope, body)
+	}
+	status, body = call(t, "GET", users, all, nil)
+	require.Equal(t, http.StatusOK, status, body)
+
+	// /v1/me answers any key of the tenant, and says what it may do.
+	status, body = call(t, "GET", f.api+"/v1/me", usage, nil)
+	require.Equal(t, http.StatusOK, status, body)
+	require.Equal(t, []any{"usage:read"}, body["scopes"])
+	require.Nil(t, body["expires_at"])
+}
+
+// TestExpiringKeyStopsOnEveryInstance: a key answers until its expires_at
+// and 401 from then on, on a second instance too, with no notification; a
+// key issued to replace it works alongside it until then.
+func TestExpiringKeyStopsOnEveryInstance(t *testing.T) {
+	t.Parallel()
+	secret := catalog.NewKey()
+	f := setupFleet(t, 1, map[string]string{"TENANTPLANE_SECRET_KEY": secret})
+	_, _ = f.tenantWithKey(t, "expiring", "enterprise", "")
+	second := setupEnv(t, f.app.cfg.DatabaseURL, map[string]string{"TENANTPLANE_SECRET_KEY": secret})
+
+	expires := time.Now().Add(3 * time.Second).Truncate(time.Second) // 2 to 3 s away, on a whole second
+	old := f.issueKey(t, "expiring", map[string]any{"expires_at": expires.Format(time.RFC3339)})
+	replacement := f.issueKey(t, "expiring", map[string]any{"scopes": []string{"users:read"}})
+	_, body := call(t, "GET", f.admin+"/admin/v1/tenants/expiring/keys", testToken, nil)
+	listed := body["keys"].([]any)[1].(map[string]any)
+	require.Equal(t, expires.UTC().Format(time.RFC3339), listed["expires_at"])
+
+	_, unknown := call(t, "GET", f.api+"/v1/me", "tp_no-such-key", nil)
+	for _, api := range []string{f.api, second.api} {
+		status, body := call(t, "GET", api+"/v1/me", old, nil)
+		require.Equal(t, http.StatusOK, status, body)
+		require.Equal(t, expires.UTC().Format(time.RFC3339), body["expires_at"])
+	}
+
+	// Until the expiry both keys work on both instances (each has the old
+	// one cached by now); from it, the old one answers as an unknown key.
+	stopped := map[string]time.Duration{}
+	for len(stopped) < 2 {
+		for _, api := range []string{f.api, second.api} {
+			if _, done := stopped[api]; done {
+				continue
+			}
+			status, body := call(t, "GET", api+"/v1/users", old, nil)
+			now := time.Now()
+			if now.Before(expires.Add(-50 * time.Millisecond)) {
+				require.Equal(t, http.StatusOK, status, "before its expiry the key works: %v", body)
+			}
+			if status == http.StatusUnauthorized {
+				require.False(t, now.Before(expires), "401 before the expiry")
+				require.Equal(t, unknown, body, "an expired key answers as an unknown one")
+				stopped[api] = now.Sub(expires)
+			}
+			require.Less(t, now.Sub(expires), time.Second, "%s: the key still works a second after its expiry", api)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("expired key refused after %v (first instance) and %v (second)", stopped[f.api], stopped[second.api])
+	for _, api := range []string{f.api, second.api} {
+		status, body := call(t, "GET", api+"/v1/users", replacement, nil)
+		require.Equal(t, http.StatusOK, status, "the replacement outlives the old key: %v", body)
+	}
+	require.True(t, strings.HasPrefix(replacement, catalog.KeyPrefix))
+}
