@@ -171,6 +171,8 @@ type KeyOwner struct {
 	// ExpiresAt is when the key stops working; zero is never. The key's
 	// holder checks it on every use: an expiry announces itself to no one.
 	ExpiresAt time.Time
+	// Allow is the tenant's IP allowlist (CIDRs; empty: any network).
+	Allow []string
 }
 
 // Expired reports whether the key no longer works at now.
@@ -183,8 +185,9 @@ func (o KeyOwner) Expired(now time.Time) bool {
 func (s *Store) ResolveAPIKey(ctx context.Context, hash []byte) (KeyOwner, error) {
 	var o KeyOwner
 	var expires *time.Time
-	err := s.pool.QueryRow(ctx, `SELECT id, tenant_id, revoked_at IS NOT NULL, scopes, expires_at FROM api_keys WHERE hash = $1`, hash).
-		Scan(&o.KeyID, &o.TenantID, &o.Revoked, &o.Scopes, &expires)
+	err := s.pool.QueryRow(ctx, `SELECT k.id, k.tenant_id, k.revoked_at IS NOT NULL, k.scopes, k.expires_at, t.network_allow::text[]
+		FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE k.hash = $1`, hash).
+		Scan(&o.KeyID, &o.TenantID, &o.Revoked, &o.Scopes, &expires, &o.Allow)
 	if expires != nil {
 		o.ExpiresAt = *expires
 	}

@@ -34,6 +34,59 @@ func (a *App) tenantRoutes(v1 *gin.RouterGroup) {
 	v1.POST("/tenants/:slug/keys", a.createKey)
 	v1.GET("/tenants/:slug/keys", a.listKeys)
 	v1.DELETE("/tenants/:slug/keys/:id", a.revokeKey)
+	v1.GET("/tenants/:slug/network", a.getNetwork)
+	v1.PUT("/tenants/:slug/network", a.setNetwork)
+}
+
+// networkBody is a tenant's IP allowlist: CIDRs; empty, any network.
+type networkBody struct {
+	Allow []string `json:"allow"`
+}
+
+func (a *App) getNetwork(c *gin.Context) {
+	t, err := a.store.GetTenant(c, c.Param("slug"))
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	allow, err := a.store.TenantNetwork(c, t.ID)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, networkBody{Allow: allow})
+}
+
+// setNetwork replaces a tenant's IP allowlist; every replica applies it
+// within a second (the change is announced in its transaction).
+func (a *App) setNetwork(c *gin.Context) {
+	var body struct {
+		Allow *[]string `json:"allow"`
+	}
+	if err := httpapi.BindJSON(c, &body); err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	if body.Allow == nil {
+		httpapi.Fail(c, catalog.CodeInvalid, `allow is required: a list of CIDRs, or [] for any network`)
+		return
+	}
+	if _, err := catalog.ParsePrefixes("allow", *body.Allow); err != nil {
+		httpapi.WriteError(c, err) // bad input is 400 before the tenant is looked up
+		return
+	}
+	t, err := a.store.GetTenant(c, c.Param("slug"))
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	allow, err := a.store.SetTenantNetwork(c, t.ID, *body.Allow, adminActor)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	a.logger.InfoContext(c, "tenant network allowlist set", "tenant", t.Slug, "allow", allow)
+	c.JSON(http.StatusOK, networkBody{Allow: allow})
 }
 
 func (a *App) drainServer(c *gin.Context) {

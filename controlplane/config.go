@@ -3,6 +3,7 @@ package controlplane
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -95,6 +96,11 @@ type Config struct {
 	// StorageInterval is how often each tenant database's size is sampled
 	// for billing (TENANTPLANE_STORAGE_INTERVAL). Default 1h; negative ("off"): never.
 	StorageInterval time.Duration
+	// TrustedProxies are the proxies in front of the tenant API whose
+	// X-Forwarded-For is believed for tenants' IP allowlists
+	// (TENANTPLANE_TRUSTED_PROXIES, CIDRs or addresses separated by commas).
+	// Default none: the client is the socket's peer.
+	TrustedProxies []netip.Prefix
 }
 
 const minAdminTokenLen = 16
@@ -287,6 +293,13 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 			}
 			*d.v = v
 		}
+	}
+	if raw := strings.TrimSpace(getenv("TENANTPLANE_TRUSTED_PROXIES")); raw != "" {
+		proxies, err := catalog.ParsePrefixes("TENANTPLANE_TRUSTED_PROXIES", strings.Split(raw, ","))
+		if err != nil {
+			bad("TENANTPLANE_TRUSTED_PROXIES", "%s (a comma-separated list such as 10.0.0.0/8,192.0.2.7)", catalog.MessageOf(err))
+		}
+		cfg.TrustedProxies = proxies
 	}
 	if len(errs) > 0 {
 		return Config{}, fmt.Errorf("configuration: %w", errors.Join(errs...))

@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"encoding/json"
 	"net/http"
 	"strings"
 	"testing"
@@ -139,4 +140,105 @@ func TestExpiringKeyStopsOnEveryInstance(t *testing.T) {
 		require.Equal(t, http.StatusOK, status, "the replacement outlives the old key: %v", body)
 	}
 	require.True(t, strings.HasPrefix(replacement, catalog.KeyPrefix))
+}
+
+// callFrom is call with an X-Forwarded-For header ("" for none).
+func callFrom(t testing.TB, url, key, forwardedFor string) (int, map[string]any) {
+	t.Helper()
+	req, err := http.NewRequest("GET", url, nil)
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "Bearer "+key)
+	if forwardedFor != "" {
+		req.Header.Set("X-Forwarded-For", forwardedFor)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	var body map[string]any
+	_ = json.NewDecoder(resp.Body).Decode(&body)
+	return resp.StatusCode, body
+}
+
+// TestNetworkAllowlist: a tenant with an allowlist is served only from its
+// networks, as the socket says unless a trusted proxy forwarded the
+// request; a change reaches another instance within a second.
+func TestNetworkAllowlist(t *testing.T) {
+	t.Parallel()
+	secret := catalog.NewKey()
+	f := setupFleet(t, 1, map[string]string{"TENANTPLANE_SECRET_KEY": secret})
+	_, key := f.tenantWithKey(t, "walled", "enterprise", "")
+	_, other := f.tenantWithKey(t, "open", "enterprise", "")
+	// The second instance sits behind a proxy on loopback.
+	proxied := setupEnv(t, f.app.cfg.DatabaseURL, map[string]string{"TENANTPLANE_SECRET_KEY": secret, "TENANTPLANE_TRUSTED_PROXIES": "127.0.0.1/32, ::1"})
+	network := f.admin + "/admin/v1/tenants/walled/network"
+
+	status, body := call(t, "GET", network, testToken, nil)
+	require.Equal(t, http.StatusOK, status, body)
+	require.Equal(t, []any{}, body["allow"])
+	for _, bad := range []any{
+		map[string]any{"allow": []string{"10.0.0.0/33"}},
+		map[string]any{"allow": []string{"10.1.2.3/8"}},
+		map[string]any{"allow": []string{"example.com"}},
+		map[string]any{},
+	} {
+		status, body := call(t, "PUT", network, testToken, bad)
+		require.Equal(t, http.StatusBadRequest, status, "%v: %v", bad, body)
+	}
+	status, _ = call(t, "PUT", f.admin+"/admin/v1/tenants/nobody/network", testToken, map[string]any{"allow": []string{}})
+	require.Equal(t, http.StatusNotFound, status)
+
+	// Both instances serve (and cache) the tenant before it has a list.
+	for _, api := range []string{f.api, proxied.api} {
+		status, body := callFrom(t, api+"/v1/me", key, "")
+		require.Equal(t, http.StatusOK, status, body)
+	}
+
+	status, body = call(t, "PUT", network, testToken, map[string]any{"allow": []string{"10.0.0.0/8", "2001:db8::/32", "10.0.0.0/8"}})
+	require.Equal(t, http.StatusOK, status, body)
+	require.Equal(t, []any{"10.0.0.0/8", "2001:db8::/32"}, body["allow"])
+	start := time.Now()
+	require.Eventually(t, func() bool {
+		status, _ := callFrom(t, proxied.api+"/v1/me", key, "")
+		return status == http.StatusForbidden
+	}, time.Second, 10*time.Millisecond, "the allowlist reaches the second instance within a second")
+	t.Logf("allowlist applied on the second instance after %v", time.Since(start))
+
+	// Directly from 127.0.0.1: refused, a forged header changes nothing.
+	for _, xff := range []string{"", "10.1.2.3"} {
+		status, body := callFrom(t, f.api+"/v1/me", key, xff)
+		require.Equal(t, http.StatusForbidden, status, "X-Forwarded-For %q: %v", xff, body)
+		require.Equal(t, "network_not_allowed", errorCode(t, body))
+		require.Contains(t, body["error"].(map[string]any)["message"], "127.0.0.1")
+	}
+	// Another tenant is not affected.
+	status, _ = callFrom(t, f.api+"/v1/me", other, "")
+	require.Equal(t, http.StatusOK, status)
+
+	// Through the trusted proxy, the forwarded address decides, read from the right.
+	for _, tc := range []struct {
+		xff  string
+		want int
+	}{
+		{"10.1.2.3", http.StatusOK},
+		{"2001:db8::7", http.StatusOK},
+		{"192.0.2.1", http.StatusForbidden},
+		{"10.1.2.3, 192.0.2.1", http.StatusForbidden}, // the client forged the left part
+		{"192.0.2.1, 10.1.2.3", http.StatusOK},        // the proxy saw 10.1.2.3
+		{"10.1.2.3, 127.0.0.1", http.StatusOK},        // through two trusted proxies
+		{"", http.StatusForbidden},                    // the proxy itself
+		{"garbage", http.StatusForbidden},
+	} {
+		status, body := callFrom(t, proxied.api+"/v1/users", key, tc.xff)
+		require.Equal(t, tc.want, status, "X-Forwarded-For %q: %v", tc.xff, body)
+	}
+
+	// Cleared: every network again, on both instances within a second.
+	status, body = call(t, "PUT", network, testToken, map[string]any{"allow": []string{}})
+	require.Equal(t, http.StatusOK, status, body)
+	for _, api := range []string{f.api, proxied.api} {
+		require.Eventually(t, func() bool {
+			status, _ := callFrom(t, api+"/v1/me", key, "")
+			return status == http.StatusOK
+		}, time.Second, 10*time.Millisecond)
+	}
 }

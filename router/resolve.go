@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"errors"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -32,6 +33,9 @@ type resolved struct {
 	// every request, so an expiry takes effect on the second on every
 	// replica, with no notification and no catalog round trip.
 	expiresAt time.Time
+	// allow is the tenant's IP allowlist (empty: any network); a change
+	// comes with a notification, which drops this entry.
+	allow []netip.Prefix
 }
 
 func (e *resolved) expired(now time.Time) bool {
@@ -153,7 +157,11 @@ func (r *resolver) load(ctx context.Context, h [32]byte) (*resolved, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &resolved{hash: h, keyID: owner.KeyID, tenant: t, plan: plan, serverBudget: budget, fetched: time.Now(),
+	allow, err := catalog.ParsePrefixes("network_allow", owner.Allow)
+	if err != nil {
+		return nil, err
+	}
+	e := &resolved{allow: allow, hash: h, keyID: owner.KeyID, tenant: t, plan: plan, serverBudget: budget, fetched: time.Now(),
 		scopes: scopesOf(owner.Scopes), scopeNames: owner.Scopes, expiresAt: owner.ExpiresAt}
 	r.mu.Lock()
 	defer r.mu.Unlock()

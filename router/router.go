@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -49,6 +50,10 @@ type Config struct {
 	AcquireTimeout time.Duration
 	// NegativeTTL is how long an unknown key is remembered as unknown. Default 10s.
 	NegativeTTL time.Duration
+	// TrustedProxies are the networks of the proxies in front of the tenant
+	// API whose X-Forwarded-For is believed, for tenants' IP allowlists.
+	// Default none: the client is the socket's peer, whatever the headers say.
+	TrustedProxies []netip.Prefix
 	// HoldTimeout bounds how long a request of a tenant whose move holds it
 	// (the fence is up) waits for the move to switch before it answers 503
 	// with Retry-After. Default 5s.
@@ -104,6 +109,11 @@ func New(cfg Config) (*Router, error) {
 		scopes:   map[routeKey]routeScope{},
 	}
 	e := httpapi.NewEngine(httpapi.Config{API: "tenant", Logger: cfg.Logger, Metrics: cfg.Metrics, MaxBodyBytes: 1 << 20})
+	// The client address is clientAddr's, from TrustedProxies; gin's own
+	// (c.ClientIP) would trust every proxy's headers by default.
+	if err := e.SetTrustedProxies(nil); err != nil {
+		return nil, fmt.Errorf("router: %w", err)
+	}
 	httpapi.HealthRoutes(e, cfg.Ready)
 	httpapi.OpenAPIRoute(e, openAPI)
 	v1 := e.Group("/v1", r.authenticate)
@@ -210,6 +220,12 @@ func (r *Router) authenticate(c *gin.Context) {
 		return
 	}
 	c.Set(httpapi.TenantLogKey, e.tenant.Slug)
+	// Before anything else is said about the tenant: a request from outside
+	// its networks learns nothing of its state.
+	if err := r.checkNetwork(c, e); err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
 	if e.tenant.Held {
 		if e, err = r.awaitRelease(c, key, e); err != nil {
 			httpapi.WriteError(c, err)

@@ -1,0 +1,47 @@
+package router
+
+import (
+	"net/http/httptest"
+	"net/netip"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestClientAddr(t *testing.T) {
+	t.Parallel()
+	proxies := []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32"), netip.MustParsePrefix("10.9.0.0/16")}
+	for _, tc := range []struct {
+		name, peer string
+		xff        []string
+		trusted    []netip.Prefix
+		want       string // "" : unknown
+	}{
+		{"no proxies trusted: the socket", "127.0.0.1:5000", []string{"10.1.2.3"}, nil, "127.0.0.1"},
+		{"an untrusted peer's header is ignored", "192.0.2.9:5000", []string{"10.1.2.3"}, proxies, "192.0.2.9"},
+		{"a trusted peer: the forwarded address", "127.0.0.1:5000", []string{"10.1.2.3"}, proxies, "10.1.2.3"},
+		{"right to left past trusted hops", "127.0.0.1:5000", []string{"198.51.100.7, 203.0.113.5, 10.9.1.1"}, proxies, "203.0.113.5"},
+		{"a forged left part is never reached", "127.0.0.1:5000", []string{"10.1.2.3, 203.0.113.5"}, proxies, "203.0.113.5"},
+		{"several headers are one list", "127.0.0.1:5000", []string{"198.51.100.7", "203.0.113.5, 10.9.1.1"}, proxies, "203.0.113.5"},
+		{"every hop trusted: the leftmost", "127.0.0.1:5000", []string{"10.9.3.3, 10.9.1.1"}, proxies, "10.9.3.3"},
+		{"a trusted peer without a header: the peer", "127.0.0.1:5000", nil, proxies, "127.0.0.1"},
+		{"a malformed hop: unknown", "127.0.0.1:5000", []string{"10.1.2.3, not-an-ip"}, proxies, ""},
+		{"IPv6 peer", "[2001:db8::1]:443", nil, proxies, "2001:db8::1"},
+		{"IPv4-mapped IPv6 is IPv4", "[::ffff:127.0.0.1]:443", []string{"::ffff:10.1.2.3"}, proxies, "10.1.2.3"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req := httptest.NewRequest("GET", "/v1/me", nil)
+			req.RemoteAddr = tc.peer
+			for _, v := range tc.xff {
+				req.Header.Add("X-Forwarded-For", v)
+			}
+			got, ok := clientAddr(req, tc.trusted)
+			if tc.want == "" {
+				require.False(t, ok, got.String())
+				return
+			}
+			require.True(t, ok)
+			require.Equal(t, tc.want, got.String())
+		})
+	}
+}
