@@ -242,3 +242,95 @@ func TestNetworkAllowlist(t *testing.T) {
 		}, time.Second, 10*time.Millisecond)
 	}
 }
+
+// TestTenantAuditTrail: GET /v1/audit lists exactly the tenant's own events,
+// oldest first, in cursor pages, with no secret and nothing of another
+// tenant's.
+func TestTenantAuditTrail(t *testing.T) {
+	t.Parallel()
+	f := setupFleet(t, 1, nil)
+	mine, _ := f.tenantWithKey(t, "audited", "enterprise", "")
+	theirs, theirKey := f.tenantWithKey(t, "neighbour", "enterprise", "")
+	auditor := f.issueKey(t, "audited", map[string]any{"scopes": []string{"audit:read"}, "expires_at": time.Now().Add(time.Hour).Format(time.RFC3339)})
+	users := f.issueKey(t, "audited", map[string]any{"scopes": []string{"users:read"}})
+
+	// Things happen to both tenants, interleaved.
+	status, created := call(t, "POST", f.admin+"/admin/v1/tenants/audited/keys", testToken, nil)
+	require.Equal(t, http.StatusCreated, status)
+	status, _ = call(t, "DELETE", f.admin+"/admin/v1/tenants/audited/keys/"+created["id"].(string), testToken, nil)
+	require.Equal(t, http.StatusNoContent, status)
+	status, _ = call(t, "PUT", f.admin+"/admin/v1/tenants/neighbour/network", testToken, map[string]any{"allow": []string{"198.51.100.0/24"}})
+	require.Equal(t, http.StatusOK, status)
+	status, _ = call(t, "PUT", f.admin+"/admin/v1/tenants/audited/network", testToken, map[string]any{"allow": []string{"127.0.0.0/8"}})
+	require.Equal(t, http.StatusOK, status)
+	status, _ = call(t, "POST", f.admin+"/admin/v1/tenants/audited/suspend", testToken, map[string]any{"reason": "operator note: unpaid, see ticket 4711"})
+	require.Equal(t, http.StatusOK, status)
+	status, _ = call(t, "POST", f.admin+"/admin/v1/tenants/neighbour/suspend", testToken, nil)
+	require.Equal(t, http.StatusOK, status)
+	status, _ = call(t, "POST", f.admin+"/admin/v1/tenants/audited/resume", testToken, nil)
+	require.Equal(t, http.StatusOK, status)
+
+	// The catalog's own record of the tenant, as the admin sees it.
+	want, err := f.app.store.ListAudit(t.Context(), catalog.AuditFilter{TenantID: mine["id"].(string), Limit: 1000})
+	require.NoError(t, err)
+	var wantIDs []any
+	var wantActions []string
+	for _, ev := range want {
+		wantIDs = append(wantIDs, float64(ev.ID))
+		wantActions = append(wantActions, ev.Action)
+	}
+	require.Equal(t, []string{"key.created", "key.created", "key.created", "key.created", "key.revoked", "tenant.network_changed", "tenant.suspended", "tenant.resumed"},
+		wantActions[len(wantActions)-8:])
+
+	// Page by page (limit 3), it is exactly that, in order.
+	var got []map[string]any
+	cursor := ""
+	for range 20 {
+		status, body := call(t, "GET", f.api+"/v1/audit?limit=3&cursor="+cursor, auditor, nil)
+		require.Equal(t, http.StatusOK, status, body)
+		for _, ev := range body["events"].([]any) {
+			got = append(got, ev.(map[string]any))
+		}
+		next, _ := body["next_cursor"].(string)
+		if next == "" {
+			break
+		}
+		cursor = next
+	}
+	var gotIDs []any
+	for _, ev := range got {
+		gotIDs = append(gotIDs, ev["id"])
+		require.NotContains(t, ev, "tenant_id")
+		require.NotContains(t, ev, "reason", "an operator's reason is not the tenant's")
+		require.NotEmpty(t, ev["actor"])
+		require.NotEmpty(t, ev["at"])
+		if d, ok := ev["details"].(map[string]any); ok {
+			for k := range d {
+				require.Contains(t, []string{"scopes", "expires_at", "allow", "plan"}, k, "%v", ev)
+			}
+		}
+	}
+	require.Equal(t, wantIDs, gotIDs)
+	last := got[len(got)-3]
+	require.Equal(t, "tenant.network_changed", last["action"])
+	require.Equal(t, map[string]any{"allow": []any{"127.0.0.0/8"}}, last["details"])
+	require.Equal(t, "tenant.suspended", got[len(got)-2]["action"])
+	require.Equal(t, "admin", got[len(got)-2]["actor"])
+	require.Equal(t, "active", got[len(got)-2]["from_state"])
+	require.Equal(t, "suspended", got[len(got)-2]["to_state"])
+
+	// No key, no other tenant's subject, no reason anywhere in the answer.
+	_, raw, err := try("GET", f.api+"/v1/audit?limit=1000", auditor, "")
+	require.NoError(t, err)
+	for _, secret := range []string{auditor, users, theirKey, created["key"].(string), theirs["id"].(string), "neighbour", "198.51.100.0/24", "ticket 4711"} {
+		require.NotContains(t, raw, secret)
+	}
+
+	// Scope: audit:read only.
+	status, body := call(t, "GET", f.api+"/v1/audit", users, nil)
+	require.Equal(t, http.StatusForbidden, status, body)
+	require.Equal(t, "insufficient_scope", errorCode(t, body))
+	require.Contains(t, body["error"].(map[string]any)["message"], "audit:read")
+	status, body = call(t, "GET", f.api+"/v1/audit?cursor=garbage", auditor, nil)
+	require.Equal(t, http.StatusBadRequest, status, body)
+}

@@ -119,6 +119,7 @@ func New(cfg Config) (*Router, error) {
 	v1 := e.Group("/v1", r.authenticate)
 	r.route(v1, http.MethodGet, "/me", scopeNone, r.me)
 	r.route(v1, http.MethodGet, "/usage", catalog.ScopeUsageRead, r.usage)
+	r.route(v1, http.MethodGet, "/audit", catalog.ScopeAuditRead, r.audit)
 	r.userRoutes(v1)
 	r.engine = e
 	return r, nil
@@ -374,4 +375,20 @@ func (r *Router) usage(c *gin.Context) {
 	}
 	c.JSON(http.StatusOK, gin.H{"period": fmt.Sprintf("%04d-%02d", now.Year(), now.Month()), "usage": usage,
 		"note": "counted requests reach this view within one flush interval"})
+}
+
+// audit answers a page of the tenant's own audit events, oldest first.
+func (r *Router) audit(c *gin.Context) {
+	e := c.MustGet(tenantKey).(*resolved)
+	limit, cursor, err := httpapi.PageQuery(c)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	events, next, err := r.cfg.Store.ListTenantAudit(c, e.tenant.ID, limit, cursor)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, httpapi.Page("events", events, next, nil))
 }

@@ -6,3 +6,6 @@ ALTER TABLE api_keys ADD COLUMN expires_at timestamptz;
 -- A tenant's IP allowlist: when not empty, its API answers only clients in
 -- these networks.
 ALTER TABLE tenants ADD COLUMN network_allow cidr[] NOT NULL DEFAULT '{}';
+
+-- GET /v1/audit pages a tenant's events by id.
+CREATE INDEX audit_events_tenant_id_idx ON audit_events (tenant_id, id);
