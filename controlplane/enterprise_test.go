@@ -202,6 +202,10 @@ func TestNetworkAllowlist(t *testing.T) {
 		return status == http.StatusForbidden
 	}, time.Second, 10*time.Millisecond, "the allowlist reaches the second instance within a second")
 	t.Logf("allowlist applied on the second instance after %v", time.Since(start))
+	require.Eventually(t, func() bool {
+		status, _ := callFrom(t, f.api+"/v1/me", key, "")
+		return status == http.StatusForbidden
+	}, time.Second, 10*time.Millisecond, "and the first")
 
 	// Directly from 127.0.0.1: refused, a forged header changes nothing.
 	for _, xff := range []string{"", "10.1.2.3"} {

@@ -5,8 +5,6 @@ import (
 	"net/netip"
 	"strings"
 
-	"github.com/gin-gonic/gin"
-
 	"github.com/tenantplane/tenantplane/catalog"
 )
 
@@ -28,10 +26,14 @@ func clientAddr(req *http.Request, trusted []netip.Prefix) (addr netip.Addr, ok 
 	}
 	values := req.Header.Values("X-Forwarded-For")
 	for i := len(values) - 1; i >= 0; i-- {
-		hops := strings.Split(values[i], ",")
-		for j := len(hops) - 1; j >= 0; j-- {
-			hop := strings.TrimSpace(hops[j])
-			if hop == "" {
+		for rest := values[i]; rest != ""; {
+			var hop string
+			if j := strings.LastIndexByte(rest, ','); j >= 0 {
+				rest, hop = rest[:j], rest[j+1:]
+			} else {
+				rest, hop = "", rest
+			}
+			if hop = strings.TrimSpace(hop); hop == "" {
 				continue
 			}
 			a, err := netip.ParseAddr(hop)
@@ -58,11 +60,11 @@ func contains(prefixes []netip.Prefix, a netip.Addr) bool {
 
 // checkNetwork refuses a request of a tenant with an allowlist from
 // anywhere else.
-func (r *Router) checkNetwork(c *gin.Context, e *resolved) error {
+func (r *Router) checkNetwork(req *http.Request, e *resolved) error {
 	if len(e.allow) == 0 {
 		return nil
 	}
-	addr, ok := clientAddr(c.Request, r.cfg.TrustedProxies)
+	addr, ok := clientAddr(req, r.cfg.TrustedProxies)
 	if ok && contains(e.allow, addr) {
 		return nil
 	}

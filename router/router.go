@@ -223,7 +223,7 @@ func (r *Router) authenticate(c *gin.Context) {
 	c.Set(httpapi.TenantLogKey, e.tenant.Slug)
 	// Before anything else is said about the tenant: a request from outside
 	// its networks learns nothing of its state.
-	if err := r.checkNetwork(c, e); err != nil {
+	if err := r.checkNetwork(c.Request, e); err != nil {
 		httpapi.WriteError(c, err)
 		return
 	}
@@ -245,7 +245,7 @@ func (r *Router) authenticate(c *gin.Context) {
 		httpapi.Fail(c, catalog.CodeUnavailable, "tenant %q is %s", e.tenant.Slug, e.tenant.State)
 		return
 	}
-	if err := r.checkScope(c, e); err != nil {
+	if err := r.checkScope(c.Request.Method, c.FullPath(), e); err != nil {
 		httpapi.WriteError(c, err)
 		return
 	}

@@ -48,18 +48,19 @@ func (r *Router) route(g *gin.RouterGroup, method, path, scope string, h gin.Han
 	r.scopes[routeKey{method, g.BasePath() + path}] = routeScope{name: scope, bit: scopeBits[scope]}
 }
 
-// checkScope refuses a key that lacks the scope of the request's route.
-func (r *Router) checkScope(c *gin.Context, e *resolved) error {
-	need, ok := r.scopes[routeKey{c.Request.Method, c.FullPath()}]
+// checkScope refuses a key that lacks the scope of the route (method and
+// path pattern, gin's FullPath).
+func (r *Router) checkScope(method, path string, e *resolved) error {
+	need, ok := r.scopes[routeKey{method, path}]
 	switch {
 	case !ok:
 		return catalog.SubErrorf(catalog.CodeForbidden, catalog.SubcodeInsufficientScope,
-			"%s %s declares no scope, so no key may call it", c.Request.Method, c.FullPath())
+			"%s %s declares no scope, so no key may call it", method, path)
 	case need.name == scopeNone, e.scopes&need.bit == need.bit:
 		return nil
 	}
 	return catalog.SubErrorf(catalog.CodeForbidden, catalog.SubcodeInsufficientScope,
-		"this key lacks scope %s, which %s %s needs: issue a key with it", need.name, c.Request.Method, c.FullPath())
+		"this key lacks scope %s, which %s %s needs: issue a key with it", need.name, method, path)
 }
 
 // Scopes returns the scope each /v1 route needs, by "METHOD /path" ("" for
