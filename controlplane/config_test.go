@@ -143,3 +143,24 @@ func TestConfigTrustedProxies(t *testing.T) {
 		require.ErrorContains(t, err, "TENANTPLANE_TRUSTED_PROXIES:", bad)
 	}
 }
+
+func TestConfigTenantDomain(t *testing.T) {
+	t.Parallel()
+	env := map[string]string{
+		"DATABASE_URL":            "postgres://u:p@localhost:5432/tenantplane",
+		"TENANTPLANE_ADMIN_TOKEN": "0123456789abcdef",
+		"TENANTPLANE_SECRET_KEY":  "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+	}
+	cfg, err := ConfigFromEnv(envOf(env))
+	require.NoError(t, err)
+	require.Empty(t, cfg.TenantDomain)
+	env["TENANTPLANE_TENANT_DOMAIN"] = "API.example.com."
+	cfg, err = ConfigFromEnv(envOf(env))
+	require.NoError(t, err)
+	require.Equal(t, "api.example.com", cfg.TenantDomain)
+	for _, bad := range []string{"https://api.example.com", "api.example.com:8080", "localhost", "api..example.com", "*.example.com"} {
+		env["TENANTPLANE_TENANT_DOMAIN"] = bad
+		_, err = ConfigFromEnv(envOf(env))
+		require.ErrorContains(t, err, "TENANTPLANE_TENANT_DOMAIN:", bad)
+	}
+}

@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"encoding/json"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -337,4 +338,65 @@ func TestTenantAuditTrail(t *testing.T) {
 	require.Contains(t, body["error"].(map[string]any)["message"], "audit:read")
 	status, body = call(t, "GET", f.api+"/v1/audit?cursor=garbage", auditor, nil)
 	require.Equal(t, http.StatusBadRequest, status, body)
+}
+
+// callHost is a tenant API GET with a Host header; it returns the status,
+// the WWW-Authenticate header and the raw body.
+func callHost(t testing.TB, url, host, key string) (int, string, string) {
+	t.Helper()
+	req, err := http.NewRequest("GET", url, nil)
+	require.NoError(t, err)
+	req.Host = host
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return resp.StatusCode, resp.Header.Get("WWW-Authenticate"), string(raw)
+}
+
+// TestHostPerTenant: under TENANTPLANE_TENANT_DOMAIN a tenant's host takes
+// only its own keys; another tenant's key there looks unknown; a host that
+// names no tenant is 404; other hosts route by key alone.
+func TestHostPerTenant(t *testing.T) {
+	t.Parallel()
+	f := setupFleet(t, 1, map[string]string{"TENANTPLANE_TENANT_DOMAIN": "API.Example.test."})
+	_, keyA := f.tenantWithKey(t, "host-a", "enterprise", "")
+	_, keyB := f.tenantWithKey(t, "host-b", "enterprise", "")
+	me := f.api + "/v1/me"
+
+	status, _, body := callHost(t, me, "host-a.api.example.test", keyA)
+	require.Equal(t, http.StatusOK, status, body)
+	require.Contains(t, body, `"slug":"host-a"`)
+	status, _, body = callHost(t, me, "HOST-A.api.example.test:443", keyA)
+	require.Equal(t, http.StatusOK, status, body)
+
+	unknownStatus, unknownAuth, unknownBody := callHost(t, me, "host-a.api.example.test", "tp_no-such-key")
+	require.Equal(t, http.StatusUnauthorized, unknownStatus)
+	status, auth, body := callHost(t, me, "host-a.api.example.test", keyB)
+	require.Equal(t, http.StatusUnauthorized, status, body)
+	require.Equal(t, unknownBody, body, "another tenant's key answers as an unknown one")
+	require.Equal(t, unknownAuth, auth)
+
+	for _, host := range []string{"nobody-here.api.example.test", "a.b.api.example.test"} {
+		status, _, body = callHost(t, me, host, keyA)
+		require.Equal(t, http.StatusNotFound, status, "%s: %s", host, body)
+		require.Contains(t, body, `"code":"not_found"`)
+	}
+	// A deleted tenant's host is gone too.
+	_, keyC := f.tenantWithKey(t, "host-c", "enterprise", "")
+	status, _ = call(t, "DELETE", f.admin+"/admin/v1/tenants/host-c", testToken, nil)
+	require.Equal(t, http.StatusAccepted, status)
+	status, _, body = callHost(t, me, "host-c.api.example.test", keyA)
+	require.Equal(t, http.StatusNotFound, status, body)
+	_ = keyC
+
+	// Other hosts (the domain itself, an address, another name) route by key alone.
+	for _, host := range []string{"api.example.test", "127.0.0.1", "tenantplane.internal"} {
+		for _, key := range []string{keyA, keyB} {
+			status, _, body := callHost(t, me, host, key)
+			require.Equal(t, http.StatusOK, status, "%s: %s", host, body)
+		}
+	}
 }

@@ -460,8 +460,9 @@ func (env *benchEnv) hitOverhead(b *testing.B, r *Router) (plain, checked time.D
 	req.RemoteAddr = "127.0.0.1:40000"
 	req.Header.Set("X-Forwarded-For", "198.51.100.7, 192.0.2.10")
 	// No request is in flight here: the load runs before and after.
-	defer func(old []netip.Prefix) { r.cfg.TrustedProxies = old }(r.cfg.TrustedProxies)
+	defer func(old Config) { r.cfg = old }(r.cfg)
 	r.cfg.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+	r.cfg.TenantDomain = "api.example.com"
 	checks := &resolved{scopes: scopesOf([]string{catalog.ScopeUsersRead}), expiresAt: time.Now().Add(time.Hour),
 		allow: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("2001:db8::/32"), netip.MustParsePrefix("192.0.2.0/24")}}
 	var d, dc []time.Duration
@@ -472,6 +473,7 @@ func (env *benchEnv) hitOverhead(b *testing.B, r *Router) (plain, checked time.D
 		e, err := r.resolver.resolve(ctx, k)
 		require.NoError(b, err)
 		if on {
+			require.NoError(b, r.checkHost(ctx, e.tenant.Slug+".api.example.com", e))
 			require.False(b, checks.expired(start))
 			require.NoError(b, r.checkNetwork(req, checks))
 			require.NoError(b, r.checkScope("GET", "/v1/users", checks))

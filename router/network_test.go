@@ -1,6 +1,7 @@
 package router
 
 import (
+	"context"
 	"net/http/httptest"
 	"net/netip"
 	"testing"
@@ -49,25 +50,49 @@ func TestClientAddr(t *testing.T) {
 	}
 }
 
-// BenchmarkEnterpriseChecks is what a cache hit pays for a key's expiry,
-// scope and a tenant's allowlist behind a trusted proxy (the rest of a hit
+// BenchmarkEnterpriseChecks is what a cache hit pays for its tenant's host,
+// a key's expiry and scope, and a tenant's allowlist behind a trusted proxy (the rest of a hit
 // is BenchmarkRouter's hit-overhead figure). Quick, no database:
 //
 //	go test -run '^$' -bench EnterpriseChecks ./router
 func BenchmarkEnterpriseChecks(b *testing.B) {
 	r := &Router{
-		cfg:    Config{TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}},
+		cfg:    Config{TrustedProxies: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, TenantDomain: "api.example.com"},
 		scopes: map[routeKey]routeScope{{"GET", "/v1/users"}: {catalog.ScopeUsersRead, scopeBits[catalog.ScopeUsersRead]}},
 	}
-	e := &resolved{scopes: scopesOf([]string{catalog.ScopeUsersRead, catalog.ScopeUsageRead}), expiresAt: time.Now().Add(time.Hour),
+	e := &resolved{tenant: catalog.Tenant{Slug: "acme"}, scopes: scopesOf([]string{catalog.ScopeUsersRead, catalog.ScopeUsageRead}), expiresAt: time.Now().Add(time.Hour),
 		allow: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("2001:db8::/32"), netip.MustParsePrefix("192.0.2.0/24")}}
 	req := httptest.NewRequest("GET", "/v1/users", nil)
 	req.RemoteAddr = "127.0.0.1:40000"
+	req.Host = "acme.api.example.com"
 	req.Header.Set("X-Forwarded-For", "198.51.100.7, 192.0.2.10")
+	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {
-		if e.expired(time.Now()) || r.checkNetwork(req, e) != nil || r.checkScope("GET", "/v1/users", e) != nil {
+		if r.checkHost(ctx, req.Host, e) != nil || e.expired(time.Now()) || r.checkNetwork(req, e) != nil || r.checkScope("GET", "/v1/users", e) != nil {
 			b.Fatal("refused")
 		}
+	}
+}
+
+func TestHostSlug(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		host, domain, slug string
+		named              bool
+	}{
+		{"acme.api.example.com", "api.example.com", "acme", true},
+		{"ACME.Api.Example.com.:8443", "api.example.com", "acme", true},
+		{"api.example.com", "api.example.com", "", false},
+		{"a.b.api.example.com", "api.example.com", "", true},
+		{"-x.api.example.com", "api.example.com", "", true},
+		{"acme.example.com", "api.example.com", "", false},
+		{"127.0.0.1:8080", "api.example.com", "", false},
+		{"acme.api.example.com", "", "", false},
+		{"evilapi.example.com", "api.example.com", "", false},
+	} {
+		slug, named := hostSlug(tc.host, tc.domain)
+		require.Equal(t, tc.slug, slug, tc.host)
+		require.Equal(t, tc.named, named, tc.host)
 	}
 }

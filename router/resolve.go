@@ -65,7 +65,8 @@ type resolver struct {
 	byHash   *simplelru.LRU[[32]byte, *resolved]
 	byTenant map[string]map[[32]byte]struct{}
 	negative *simplelru.LRU[[32]byte, time.Time]
-	limiters map[string]*rate.Limiter // by tenant id; survive re-resolution
+	slugs    *simplelru.LRU[string, slugEntry] // whether a host's slug names a tenant
+	limiters map[string]*rate.Limiter          // by tenant id; survive re-resolution
 	plans    map[string]catalog.Plan
 	budgets  map[int64]int            // by server id
 	changed  map[string]chan struct{} // by tenant id: closed at its next change
@@ -83,6 +84,7 @@ func newResolver(store *catalog.Store, logger *slog.Logger, negativeTTL time.Dur
 	}
 	r.byHash, _ = simplelru.NewLRU(100_000, r.unindex)
 	r.negative, _ = simplelru.NewLRU[[32]byte, time.Time](10_000, nil)
+	r.slugs, _ = simplelru.NewLRU[string, slugEntry](10_000, nil)
 	return r
 }
 
@@ -240,6 +242,7 @@ func (r *resolver) forget(tenantID string) {
 	if tenantID == "" {
 		r.byHash.Purge()
 		r.negative.Purge()
+		r.slugs.Purge()
 		r.plans = nil
 		return
 	}

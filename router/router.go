@@ -54,6 +54,12 @@ type Config struct {
 	// API whose X-Forwarded-For is believed, for tenants' IP allowlists.
 	// Default none: the client is the socket's peer, whatever the headers say.
 	TrustedProxies []netip.Prefix
+	// TenantDomain, when set, serves each tenant at a host of its own:
+	// tenant acme at acme.<TenantDomain>. A request there must carry a key
+	// of that tenant; another tenant's key answers as an unknown key does,
+	// and a host that names no tenant 404. Other hosts route by key alone.
+	// Default "": every host routes by key alone.
+	TenantDomain string
 	// HoldTimeout bounds how long a request of a tenant whose move holds it
 	// (the fence is up) waits for the move to switch before it answers 503
 	// with Retry-After. Default 5s.
@@ -221,6 +227,15 @@ func (r *Router) authenticate(c *gin.Context) {
 		return
 	}
 	c.Set(httpapi.TenantLogKey, e.tenant.Slug)
+	// A key at another tenant's host is as good as unknown: checked first,
+	// so that nothing later says the key exists.
+	if err := r.checkHost(c, c.Request.Host, e); err != nil {
+		if catalog.CodeOf(err) == catalog.CodeUnauthorized {
+			c.Header("WWW-Authenticate", `Bearer realm="tenantplane"`)
+		}
+		httpapi.WriteError(c, err)
+		return
+	}
 	// Before anything else is said about the tenant: a request from outside
 	// its networks learns nothing of its state.
 	if err := r.checkNetwork(c.Request, e); err != nil {
