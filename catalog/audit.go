@@ -105,7 +105,7 @@ type TenantAuditEvent struct {
 // tenantAuditDetails are the details a tenant is shown: its own settings.
 // A detail is hidden unless it is named here, so a new one written
 // elsewhere never reaches a tenant by default.
-var tenantAuditDetails = []string{"scopes", "expires_at", "allow", "plan"}
+var tenantAuditDetails = []string{"scopes", "expires_at", "allow", "plan", "hostname"}
 
 // ListTenantAudit returns a page of one tenant's own audit events, oldest
 // first: at most limit (CheckLimit's bounds) after cursor, and the next

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -36,6 +37,68 @@ func (a *App) tenantRoutes(v1 *gin.RouterGroup) {
 	v1.DELETE("/tenants/:slug/keys/:id", a.revokeKey)
 	v1.GET("/tenants/:slug/network", a.getNetwork)
 	v1.PUT("/tenants/:slug/network", a.setNetwork)
+	v1.GET("/tenants/:slug/hostnames", a.listHostnames)
+	v1.POST("/tenants/:slug/hostnames", a.addHostname)
+	v1.DELETE("/tenants/:slug/hostnames/:hostname", a.removeHostname)
+}
+
+func (a *App) listHostnames(c *gin.Context) {
+	t, err := a.store.GetTenant(c, c.Param("slug"))
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	hs, err := a.store.ListTenantHostnames(c, t.ID)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, gin.H{"hostnames": hs})
+}
+
+// addHostname gives a tenant a custom hostname; requests there must carry
+// one of its keys, on every replica within a second.
+func (a *App) addHostname(c *gin.Context) {
+	var body struct {
+		Hostname string `json:"hostname"`
+	}
+	if err := httpapi.BindJSON(c, &body); err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	h, err := catalog.NormalizeHostname(body.Hostname)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	if d := a.cfg.TenantDomain; d != "" && (h == d || strings.HasSuffix(h, "."+d)) {
+		httpapi.Fail(c, catalog.CodeInvalid, "hostname %q is under TENANTPLANE_TENANT_DOMAIN (%s), whose hosts are the tenants' slugs: choose a name outside it", h, d)
+		return
+	}
+	t, err := a.store.GetTenant(c, c.Param("slug"))
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	added, err := a.store.AddTenantHostname(c, t.ID, h, adminActor)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusCreated, added)
+}
+
+func (a *App) removeHostname(c *gin.Context) {
+	t, err := a.store.GetTenant(c, c.Param("slug"))
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	if err := a.store.RemoveTenantHostname(c, t.ID, c.Param("hostname"), adminActor); err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.Status(http.StatusNoContent)
 }
 
 // networkBody is a tenant's IP allowlist: CIDRs; empty, any network.

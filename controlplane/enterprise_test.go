@@ -400,3 +400,50 @@ func TestHostPerTenant(t *testing.T) {
 		}
 	}
 }
+
+// TestCustomHostnames: a custom hostname takes only its tenant's keys, is
+// unique across tenants, and a change applies at once.
+func TestCustomHostnames(t *testing.T) {
+	t.Parallel()
+	f := setupFleet(t, 1, map[string]string{"TENANTPLANE_TENANT_DOMAIN": "api.example.test"})
+	_, keyA := f.tenantWithKey(t, "custom-a", "enterprise", "")
+	_, keyB := f.tenantWithKey(t, "custom-b", "enterprise", "")
+	hostnames := f.admin + "/admin/v1/tenants/custom-a/hostnames"
+	me := f.api + "/v1/me"
+
+	// Before: the name routes by key alone.
+	status, _, body := callHost(t, me, "api.acme.test", keyB)
+	require.Equal(t, http.StatusOK, status, body)
+
+	status, added := call(t, "POST", hostnames, testToken, map[string]any{"hostname": "API.Acme.test."})
+	require.Equal(t, http.StatusCreated, status, added)
+	require.Equal(t, "api.acme.test", added["hostname"])
+	status, body2 := call(t, "POST", f.admin+"/admin/v1/tenants/custom-b/hostnames", testToken, map[string]any{"hostname": "api.acme.test"})
+	require.Equal(t, http.StatusConflict, status, body2)
+	for _, bad := range []string{"https://api.acme.test", "api.acme.test:443", "*.acme.test", "localhost", "10.0.0.1", "custom-b.api.example.test"} {
+		status, body := call(t, "POST", hostnames, testToken, map[string]any{"hostname": bad})
+		require.Equal(t, http.StatusBadRequest, status, "%s: %v", bad, body)
+	}
+	_, list := call(t, "GET", hostnames, testToken, nil)
+	require.Len(t, list["hostnames"], 1)
+
+	require.Eventually(t, func() bool {
+		status, _, _ := callHost(t, me, "api.acme.test", keyB)
+		return status == http.StatusUnauthorized
+	}, time.Second, 10*time.Millisecond, "the hostname takes only its tenant's keys within a second")
+	_, _, unknown := callHost(t, me, "api.acme.test", "tp_no-such-key")
+	status, _, body = callHost(t, me, "api.acme.test:8443", keyB)
+	require.Equal(t, http.StatusUnauthorized, status)
+	require.Equal(t, unknown, body, "another tenant's key answers as an unknown one")
+	status, _, body = callHost(t, me, "api.acme.test", keyA)
+	require.Equal(t, http.StatusOK, status, body)
+
+	status, _ = call(t, "DELETE", hostnames+"/api.acme.test", testToken, nil)
+	require.Equal(t, http.StatusNoContent, status)
+	status, _ = call(t, "DELETE", hostnames+"/api.acme.test", testToken, nil)
+	require.Equal(t, http.StatusNotFound, status)
+	require.Eventually(t, func() bool {
+		status, _, _ := callHost(t, me, "api.acme.test", keyB)
+		return status == http.StatusOK
+	}, time.Second, 10*time.Millisecond, "a removed hostname routes by key alone again")
+}

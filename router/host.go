@@ -4,27 +4,33 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/netip"
 	"strings"
 	"time"
 
 	"github.com/tenantplane/tenantplane/catalog"
 )
 
-// hostSlug reads the tenant a request's Host names under the tenant
-// domain: "acme" of acme.api.example.com. named is false for any other
-// host (the domain itself, an address, another name): those route by key
-// alone. A host under the domain that cannot be a slug (a.b.api.example.com)
-// is named with an empty slug, which no tenant has.
-func hostSlug(host, domain string) (slug string, named bool) {
-	if domain == "" {
-		return "", false
-	}
+// normalHost is a Host header without its port, lowercased, without a
+// trailing dot.
+func normalHost(host string) string {
 	if strings.LastIndexByte(host, ':') > strings.LastIndexByte(host, ']') { // a port (SplitHostPort's error would allocate on every request)
 		if h, _, err := net.SplitHostPort(host); err == nil {
 			host = h
 		}
 	}
-	host = strings.TrimSuffix(strings.ToLower(host), ".")
+	return strings.TrimSuffix(strings.ToLower(host), ".")
+}
+
+// hostSlug reads the tenant a request's Host (normalHost's) names under the
+// tenant domain: "acme" of acme.api.example.com. named is false for any
+// other host (the domain itself, an address, another name). A host under the
+// domain that cannot be a slug (a.b.api.example.com) is named with an empty
+// slug, which no tenant has.
+func hostSlug(host, domain string) (slug string, named bool) {
+	if domain == "" {
+		return "", false
+	}
 	label, ok := strings.CutSuffix(host, "."+domain)
 	if !ok {
 		return "", false
@@ -38,9 +44,19 @@ func hostSlug(host, domain string) (slug string, named bool) {
 // checkHost refuses a key of another tenant than the one its Host names,
 // with the body of an unknown key: nothing says the key exists. A Host that
 // names no tenant is 404.
-func (r *Router) checkHost(ctx context.Context, host string, e *resolved) error {
+func (r *Router) checkHost(ctx context.Context, rawHost string, e *resolved) error {
+	host := normalHost(rawHost)
 	slug, named := hostSlug(host, r.cfg.TenantDomain)
-	if !named || slug == e.tenant.Slug {
+	if !named {
+		// A custom hostname of a tenant takes only its keys; any other host
+		// routes by key alone.
+		owner, err := r.resolver.hostTenant(ctx, host)
+		if err != nil || owner == "" || owner == e.tenant.ID {
+			return err
+		}
+		return errBadKey
+	}
+	if slug == e.tenant.Slug {
 		return nil
 	}
 	exists, err := r.resolver.slugExists(ctx, slug)
@@ -48,9 +64,52 @@ func (r *Router) checkHost(ctx context.Context, host string, e *resolved) error 
 		return err
 	}
 	if !exists {
-		return catalog.Errorf(catalog.CodeNotFound, "no tenant is served at %s", strings.ToLower(host))
+		return catalog.Errorf(catalog.CodeNotFound, "no tenant is served at %s", host)
 	}
 	return errBadKey
+}
+
+// hostEntry is the tenant of a custom hostname ("": none), as the catalog
+// last said.
+type hostEntry struct {
+	tenantID string
+	until    time.Time
+}
+
+// hostTenant returns the tenant whose custom hostname host is ("" for none),
+// from a cache that every tenant change empties (a hostname added or removed
+// comes with one), so a change holds on every replica within a second;
+// an entry lives at most negativeTTL besides.
+func (r *resolver) hostTenant(ctx context.Context, host string) (string, error) {
+	if _, err := netip.ParseAddr(host); err == nil || host == "" {
+		return "", nil // an address is nobody's hostname
+	}
+	now := time.Now()
+	r.mu.Lock()
+	he, ok := r.hosts.Get(host)
+	r.mu.Unlock()
+	if ok && now.Before(he.until) {
+		return he.tenantID, nil
+	}
+	v, err, _ := r.flight.Do("host:"+host, func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Second)
+		defer cancel()
+		id, err := r.store.HostnameTenant(ctx, host)
+		if err != nil {
+			return nil, err
+		}
+		r.mu.Lock()
+		r.hosts.Add(host, hostEntry{tenantID: id, until: time.Now().Add(r.negativeTTL)})
+		r.mu.Unlock()
+		return id, nil
+	})
+	if err != nil {
+		if ok && errors.Is(err, catalog.ErrUnavailable) {
+			return he.tenantID, nil // the catalog is down: what we knew
+		}
+		return "", err
+	}
+	return v.(string), nil
 }
 
 // slugEntry is whether a slug names a tenant, as the catalog last said.

@@ -91,7 +91,7 @@ func TestHostSlug(t *testing.T) {
 		{"acme.api.example.com", "", "", false},
 		{"evilapi.example.com", "api.example.com", "", false},
 	} {
-		slug, named := hostSlug(tc.host, tc.domain)
+		slug, named := hostSlug(normalHost(tc.host), tc.domain)
 		require.Equal(t, tc.slug, slug, tc.host)
 		require.Equal(t, tc.named, named, tc.host)
 	}

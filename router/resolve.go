@@ -66,6 +66,7 @@ type resolver struct {
 	byTenant map[string]map[[32]byte]struct{}
 	negative *simplelru.LRU[[32]byte, time.Time]
 	slugs    *simplelru.LRU[string, slugEntry] // whether a host's slug names a tenant
+	hosts    *simplelru.LRU[string, hostEntry] // custom hostnames' tenants
 	limiters map[string]*rate.Limiter          // by tenant id; survive re-resolution
 	plans    map[string]catalog.Plan
 	budgets  map[int64]int            // by server id
@@ -85,6 +86,7 @@ func newResolver(store *catalog.Store, logger *slog.Logger, negativeTTL time.Dur
 	r.byHash, _ = simplelru.NewLRU(100_000, r.unindex)
 	r.negative, _ = simplelru.NewLRU[[32]byte, time.Time](10_000, nil)
 	r.slugs, _ = simplelru.NewLRU[string, slugEntry](10_000, nil)
+	r.hosts, _ = simplelru.NewLRU[string, hostEntry](10_000, nil)
 	return r
 }
 
@@ -233,6 +235,9 @@ func (r *resolver) setBudget(serverID int64, connBudget int) {
 func (r *resolver) forget(tenantID string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	// Any tenant's change may be a hostname added or removed: the hostnames
+	// are looked up again (a few queries, one per host in use).
+	r.hosts.Purge()
 	for id, ch := range r.changed {
 		if tenantID == "" || id == tenantID {
 			close(ch)

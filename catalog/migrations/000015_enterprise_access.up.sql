@@ -9,3 +9,11 @@ ALTER TABLE tenants ADD COLUMN network_allow cidr[] NOT NULL DEFAULT '{}';
 
 -- GET /v1/audit pages a tenant's events by id.
 CREATE INDEX audit_events_tenant_id_idx ON audit_events (tenant_id, id);
+
+-- Custom hostnames: a request to one must carry a key of its tenant.
+CREATE TABLE tenant_hostnames (
+    hostname   text PRIMARY KEY,
+    tenant_id  uuid NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX tenant_hostnames_tenant_idx ON tenant_hostnames (tenant_id);

@@ -39,3 +39,30 @@ func TestTenantsNetworkAgainstAdminAPI(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "Tenant acme accepts calls from any network.\n", stdout)
 }
+
+func TestTenantsHostnamesAgainstAdminAPI(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	dsn, _ := serverDSN(t)
+	_, _, err := b.run(t, "servers", "add", "pg-1", "--dsn", dsn)
+	require.NoError(t, err)
+	_, _, err = b.run(t, "tenants", "create", "acme", "--name", "Acme Inc", "--plan", "pro", "--wait")
+	require.NoError(t, err)
+
+	stdout, _, err := b.run(t, "tenants", "hostnames", "acme")
+	require.NoError(t, err)
+	require.Equal(t, "Tenant acme has no custom hostnames.\n", stdout)
+	stdout, _, err = b.run(t, "tenants", "hostnames", "acme", "--add", "API.acme.example")
+	require.NoError(t, err)
+	require.Equal(t, "Tenant acme is served at api.acme.example.\n", stdout)
+	stdout, _, err = b.run(t, "tenants", "hostnames", "acme")
+	require.NoError(t, err)
+	require.Contains(t, stdout, "api.acme.example")
+	_, _, err = b.run(t, "tenants", "hostnames", "acme", "--add", "api.acme.example:443")
+	requireAPIError(t, err, 400, "invalid")
+	stdout, _, err = b.run(t, "tenants", "hostnames", "acme", "--remove", "api.acme.example")
+	require.NoError(t, err)
+	require.Equal(t, "Removed hostname api.acme.example of tenant acme.\n", stdout)
+	_, _, err = b.run(t, "tenants", "hostnames", "acme", "--remove", "api.acme.example")
+	requireAPIError(t, err, 404, "not_found")
+}
