@@ -48,6 +48,9 @@ func (r *Router) checkHost(ctx context.Context, rawHost string, e *resolved) err
 	host := normalHost(rawHost)
 	slug, named := hostSlug(host, r.cfg.TenantDomain)
 	if !named {
+		if host == r.cfg.TenantDomain {
+			return nil // the shared host
+		}
 		// A custom hostname of a tenant takes only its keys; any other host
 		// routes by key alone.
 		owner, err := r.resolver.hostTenant(ctx, host)
@@ -77,9 +80,11 @@ type hostEntry struct {
 }
 
 // hostTenant returns the tenant whose custom hostname host is ("" for none),
-// from a cache that every tenant change empties (a hostname added or removed
-// comes with one), so a change holds on every replica within a second;
-// an entry lives at most negativeTTL besides.
+// from a cache that every tenant change makes stale (a hostname added or
+// removed comes with one), so a change holds on every replica within a
+// second; an entry lives at most negativeTTL besides. While the catalog
+// does not answer, a known host keeps its tenant and an unknown one routes
+// by key alone: a key reaches only its own tenant either way.
 func (r *resolver) hostTenant(ctx context.Context, host string) (string, error) {
 	if _, err := netip.ParseAddr(host); err == nil || host == "" {
 		return "", nil // an address is nobody's hostname
@@ -104,8 +109,13 @@ func (r *resolver) hostTenant(ctx context.Context, host string) (string, error) 
 		return id, nil
 	})
 	if err != nil {
-		if ok && errors.Is(err, catalog.ErrUnavailable) {
-			return he.tenantID, nil // the catalog is down: what we knew
+		if errors.Is(err, catalog.ErrUnavailable) {
+			// The catalog is down: what we knew, if anything, asked again
+			// in a second rather than on every request.
+			r.mu.Lock()
+			r.hosts.Add(host, hostEntry{tenantID: he.tenantID, until: time.Now().Add(time.Second)})
+			r.mu.Unlock()
+			return he.tenantID, nil
 		}
 		return "", err
 	}

@@ -236,8 +236,15 @@ func (r *resolver) forget(tenantID string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	// Any tenant's change may be a hostname added or removed: the hostnames
-	// are looked up again (a few queries, one per host in use).
-	r.hosts.Purge()
+	// are looked up again (a few queries, one per host in use). They are
+	// marked stale, not dropped, so that a catalog that does not answer
+	// leaves them as they were.
+	for _, h := range r.hosts.Keys() {
+		if he, ok := r.hosts.Peek(h); ok {
+			he.until = time.Time{}
+			r.hosts.Add(h, he)
+		}
+	}
 	for id, ch := range r.changed {
 		if tenantID == "" || id == tenantID {
 			close(ch)
