@@ -27,12 +27,22 @@ const (
 	CodeInternal     ErrorCode = "internal"     // a bug or an unexpected failure (500)
 )
 
+// Finer codes a caller sees in place of the category's, where telling the
+// cases apart helps it; the status still follows the category.
+const (
+	SubcodeInsufficientScope = "insufficient_scope"  // CodeForbidden: the key lacks the route's scope
+	SubcodeNetworkNotAllowed = "network_not_allowed" // CodeForbidden: the client is outside the tenant's allowlist
+)
+
 // Error is an error with a category and a message that is safe to show to the
-// caller. Err, when set, holds the underlying cause for logs.
+// caller. Err, when set, holds the underlying cause for logs. Subcode, when
+// set, is the code the caller sees instead of Code's (one of the Subcode
+// constants); the HTTP status is still Code's.
 type Error struct {
 	Code    ErrorCode
 	Message string
 	Err     error
+	Subcode string
 }
 
 func (e *Error) Error() string {
@@ -71,6 +81,11 @@ func Errorf(code ErrorCode, format string, args ...any) error {
 	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
 }
 
+// SubErrorf is Errorf with a finer code for the caller (a Subcode constant).
+func SubErrorf(code ErrorCode, subcode, format string, args ...any) error {
+	return &Error{Code: code, Subcode: subcode, Message: fmt.Sprintf(format, args...)}
+}
+
 // WrapError returns an *Error of the given code whose message is shown to the
 // caller and whose cause is kept for logs only.
 func WrapError(code ErrorCode, err error, format string, args ...any) error {
@@ -88,6 +103,16 @@ func CodeOf(err error) ErrorCode {
 		return CodeUnavailable
 	}
 	return CodeInternal
+}
+
+// CallerCodeOf returns the code a caller is shown for err: the outermost
+// *Error's Subcode when it has one, else its category.
+func CallerCodeOf(err error) string {
+	var e *Error
+	if errors.As(err, &e) && e.Subcode != "" {
+		return e.Subcode
+	}
+	return string(CodeOf(err))
 }
 
 // MessageOf returns the caller-safe message of err, or "" when err carries none.

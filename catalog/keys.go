@@ -22,6 +22,40 @@ type APIKey struct {
 	CreatedAt  time.Time  `json:"created_at"`
 	LastUsedAt *time.Time `json:"last_used_at"`
 	RevokedAt  *time.Time `json:"revoked_at"`
+	// Scopes are what the key may do (see Scopes); ["*"] is everything.
+	Scopes []string `json:"scopes"`
+	// ExpiresAt is when the key stops working; nil is never.
+	ExpiresAt *time.Time `json:"expires_at"`
+}
+
+// KeySpec is what an issued key may do, and for how long.
+type KeySpec struct {
+	// Scopes of the key; none is [ScopeAll].
+	Scopes []string `json:"scopes"`
+	// ExpiresAt is when the key stops working, in the future and within
+	// MaxKeyLifetime; nil is never.
+	ExpiresAt *time.Time `json:"expires_at"`
+}
+
+// Validate normalizes the scopes (NormalizeScopes) and checks the expiry
+// against now.
+func (ks *KeySpec) Validate(now time.Time) error {
+	scopes, err := NormalizeScopes(ks.Scopes)
+	if err != nil {
+		return err
+	}
+	ks.Scopes = scopes
+	if ks.ExpiresAt != nil {
+		switch at := *ks.ExpiresAt; {
+		case !at.After(now):
+			return Errorf(CodeInvalid, "expires_at %s is not in the future", at.UTC().Format(time.RFC3339))
+		case at.Sub(now) > MaxKeyLifetime:
+			return Errorf(CodeInvalid, "expires_at %s is more than 10 years away: leave it out for a key that does not expire", at.UTC().Format(time.RFC3339))
+		}
+		utc := ks.ExpiresAt.UTC()
+		ks.ExpiresAt = &utc
+	}
+	return nil
 }
 
 // HashKey is how a key is stored and looked up. Keys carry 256 bits of
@@ -38,18 +72,33 @@ func newKey() string {
 	return KeyPrefix + base64.RawURLEncoding.EncodeToString(b)
 }
 
-// CreateAPIKey issues a key for a tenant. The returned plaintext key is shown
-// once and never stored.
+// CreateAPIKey issues a key with every scope that never expires. The
+// returned plaintext key is shown once and never stored.
 func (s *Store) CreateAPIKey(ctx context.Context, tenantID, actor string) (APIKey, string, error) {
+	return s.IssueAPIKey(ctx, tenantID, actor, KeySpec{})
+}
+
+// IssueAPIKey issues a key for a tenant, limited to spec's scopes and
+// expiry (validated here: a bad spec is CodeInvalid). The returned
+// plaintext key is shown once and never stored. Rotation is issuing a new
+// key while the old one lives until its own expiry or revocation.
+func (s *Store) IssueAPIKey(ctx context.Context, tenantID, actor string, spec KeySpec) (APIKey, string, error) {
+	if err := spec.Validate(time.Now()); err != nil {
+		return APIKey{}, "", err
+	}
 	key := newKey()
-	k := APIKey{TenantID: tenantID, Prefix: key[:len(KeyPrefix)+8]}
+	k := APIKey{TenantID: tenantID, Prefix: key[:len(KeyPrefix)+8], Scopes: spec.Scopes, ExpiresAt: spec.ExpiresAt}
 	err := s.InTx(ctx, func(tx pgx.Tx) error {
-		err := tx.QueryRow(ctx, `INSERT INTO api_keys (tenant_id, prefix, hash) VALUES ($1, $2, $3) RETURNING id, created_at`,
-			tenantID, k.Prefix, HashKey(key)).Scan(&k.ID, &k.CreatedAt)
+		err := tx.QueryRow(ctx, `INSERT INTO api_keys (tenant_id, prefix, hash, scopes, expires_at) VALUES ($1, $2, $3, $4, $5) RETURNING id, created_at`,
+			tenantID, k.Prefix, HashKey(key), k.Scopes, k.ExpiresAt).Scan(&k.ID, &k.CreatedAt)
 		if err != nil {
 			return Classify(err, "api key")
 		}
-		return InsertAudit(ctx, tx, AuditEvent{Actor: actor, Action: "key.created", TenantID: tenantID, Subject: k.ID})
+		details := map[string]any{"scopes": k.Scopes}
+		if k.ExpiresAt != nil {
+			details["expires_at"] = k.ExpiresAt.Format(time.RFC3339)
+		}
+		return InsertAudit(ctx, tx, AuditEvent{Actor: actor, Action: "key.created", TenantID: tenantID, Subject: k.ID, Details: details})
 	})
 	if err != nil {
 		return APIKey{}, "", err
@@ -71,7 +120,7 @@ func (s *Store) ListAPIKeys(ctx context.Context, tenantID string, limit int, cur
 			return nil, "", err
 		}
 	}
-	rows, err := s.pool.Query(ctx, `SELECT id, tenant_id, prefix, created_at, last_used_at, revoked_at
+	rows, err := s.pool.Query(ctx, `SELECT id, tenant_id, prefix, created_at, last_used_at, revoked_at, scopes, expires_at
 		FROM api_keys WHERE tenant_id = $1 AND ($2 = '' OR (created_at, id) > ($3, $2::uuid))
 		ORDER BY created_at, id LIMIT $4`, tenantID, afterID, afterTime, limit+1)
 	if err != nil {
@@ -118,14 +167,30 @@ type KeyOwner struct {
 	KeyID    string
 	TenantID string
 	Revoked  bool
+	Scopes   []string
+	// ExpiresAt is when the key stops working; zero is never. The key's
+	// holder checks it on every use: an expiry announces itself to no one.
+	ExpiresAt time.Time
+	// Allow is the tenant's IP allowlist (CIDRs; empty: any network).
+	Allow []string
+}
+
+// Expired reports whether the key no longer works at now.
+func (o KeyOwner) Expired(now time.Time) bool {
+	return !o.ExpiresAt.IsZero() && !now.Before(o.ExpiresAt)
 }
 
 // ResolveAPIKey finds the key with that hash. An unknown hash is a
 // CodeNotFound error.
 func (s *Store) ResolveAPIKey(ctx context.Context, hash []byte) (KeyOwner, error) {
 	var o KeyOwner
-	err := s.pool.QueryRow(ctx, `SELECT id, tenant_id, revoked_at IS NOT NULL FROM api_keys WHERE hash = $1`, hash).
-		Scan(&o.KeyID, &o.TenantID, &o.Revoked)
+	var expires *time.Time
+	err := s.pool.QueryRow(ctx, `SELECT k.id, k.tenant_id, k.revoked_at IS NOT NULL, k.scopes, k.expires_at, t.network_allow::text[]
+		FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE k.hash = $1`, hash).
+		Scan(&o.KeyID, &o.TenantID, &o.Revoked, &o.Scopes, &expires, &o.Allow)
+	if expires != nil {
+		o.ExpiresAt = *expires
+	}
 	return o, Classify(err, "api key")
 }
 

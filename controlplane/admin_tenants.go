@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -33,6 +34,121 @@ func (a *App) tenantRoutes(v1 *gin.RouterGroup) {
 	v1.POST("/tenants/:slug/keys", a.createKey)
 	v1.GET("/tenants/:slug/keys", a.listKeys)
 	v1.DELETE("/tenants/:slug/keys/:id", a.revokeKey)
+	v1.GET("/tenants/:slug/network", a.getNetwork)
+	v1.PUT("/tenants/:slug/network", a.setNetwork)
+	v1.GET("/tenants/:slug/hostnames", a.listHostnames)
+	v1.POST("/tenants/:slug/hostnames", a.addHostname)
+	v1.DELETE("/tenants/:slug/hostnames/:hostname", a.removeHostname)
+}
+
+func (a *App) listHostnames(c *gin.Context) {
+	t, err := a.store.GetTenant(c, c.Param("slug"))
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	hs, err := a.store.ListTenantHostnames(c, t.ID)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, gin.H{"hostnames": hs})
+}
+
+// addHostname gives a tenant a custom hostname; requests there must carry
+// one of its keys, on every replica within a second.
+func (a *App) addHostname(c *gin.Context) {
+	var body struct {
+		Hostname string `json:"hostname"`
+	}
+	if err := httpapi.BindJSON(c, &body); err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	h, err := catalog.NormalizeHostname(body.Hostname)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	if d := a.cfg.TenantDomain; d != "" && (h == d || strings.HasSuffix(h, "."+d)) {
+		httpapi.Fail(c, catalog.CodeInvalid, "hostname %q is under TENANTPLANE_TENANT_DOMAIN (%s), whose hosts are the tenants' slugs: choose a name outside it", h, d)
+		return
+	}
+	t, err := a.store.GetTenant(c, c.Param("slug"))
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	added, err := a.store.AddTenantHostname(c, t.ID, h, adminActor)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusCreated, added)
+}
+
+func (a *App) removeHostname(c *gin.Context) {
+	t, err := a.store.GetTenant(c, c.Param("slug"))
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	if err := a.store.RemoveTenantHostname(c, t.ID, c.Param("hostname"), adminActor); err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.Status(http.StatusNoContent)
+}
+
+// networkBody is a tenant's IP allowlist: CIDRs; empty, any network.
+type networkBody struct {
+	Allow []string `json:"allow"`
+}
+
+func (a *App) getNetwork(c *gin.Context) {
+	t, err := a.store.GetTenant(c, c.Param("slug"))
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	allow, err := a.store.TenantNetwork(c, t.ID)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, networkBody{Allow: allow})
+}
+
+// setNetwork replaces a tenant's IP allowlist; every replica applies it
+// within a second (the change is announced in its transaction).
+func (a *App) setNetwork(c *gin.Context) {
+	var body struct {
+		Allow *[]string `json:"allow"`
+	}
+	if err := httpapi.BindJSON(c, &body); err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	if body.Allow == nil {
+		httpapi.Fail(c, catalog.CodeInvalid, `allow is required: a list of CIDRs, or [] for any network`)
+		return
+	}
+	if _, err := catalog.ParsePrefixes("allow", *body.Allow); err != nil {
+		httpapi.WriteError(c, err) // bad input is 400 before the tenant is looked up
+		return
+	}
+	t, err := a.store.GetTenant(c, c.Param("slug"))
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	allow, err := a.store.SetTenantNetwork(c, t.ID, *body.Allow, adminActor)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	a.logger.InfoContext(c, "tenant network allowlist set", "tenant", t.Slug, "allow", allow)
+	c.JSON(http.StatusOK, networkBody{Allow: allow})
 }
 
 // orphans reports (remove false) or drops (remove true) the databases and
@@ -155,7 +271,18 @@ func (a *App) lifecycle(op func(ctx context.Context, slug, actor, reason string)
 	}
 }
 
+// createKey issues a key. Its body is optional: {"scopes": [...],
+// "expires_at": "RFC3339"}; without it the key may do everything, forever.
 func (a *App) createKey(c *gin.Context) {
+	var spec catalog.KeySpec
+	if err := httpapi.BindOptionalJSON(c, &spec); err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	if err := spec.Validate(time.Now()); err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
 	t, err := a.store.GetTenant(c, c.Param("slug"))
 	if err != nil {
 		httpapi.WriteError(c, err)
@@ -165,12 +292,13 @@ func (a *App) createKey(c *gin.Context) {
 		httpapi.Fail(c, catalog.CodeConflict, "tenant %q is %s: it takes no new keys", t.Slug, t.State)
 		return
 	}
-	k, key, err := a.store.CreateAPIKey(c, t.ID, adminActor)
+	k, key, err := a.store.IssueAPIKey(c, t.ID, adminActor, spec)
 	if err != nil {
 		httpapi.WriteError(c, err)
 		return
 	}
-	c.JSON(http.StatusCreated, gin.H{"id": k.ID, "key": key, "prefix": k.Prefix, "created_at": k.CreatedAt})
+	c.JSON(http.StatusCreated, gin.H{"id": k.ID, "key": key, "prefix": k.Prefix, "created_at": k.CreatedAt,
+		"scopes": k.Scopes, "expires_at": k.ExpiresAt})
 }
 
 func (a *App) listKeys(c *gin.Context) {

@@ -132,7 +132,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *App, err erro
 	a.router, err = router.New(router.Config{
 		Store: store, Watcher: watcher, Ready: a.ready, Logger: logger, Metrics: metrics, Registerer: reg,
 		Pools: router.PoolConfig{CacheSize: cfg.PoolCacheSize, Replicas: cfg.Replicas}, FlushInterval: cfg.UsageFlushInterval,
-		HoldTimeout: cfg.MoveHold,
+		HoldTimeout: cfg.MoveHold, TrustedProxies: cfg.TrustedProxies, TenantDomain: cfg.TenantDomain,
 	})
 	if err != nil {
 		return nil, err

@@ -3,7 +3,9 @@ package controlplane
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -99,9 +101,21 @@ type Config struct {
 	// StorageInterval is how often each tenant database's size is sampled
 	// for billing (TENANTPLANE_STORAGE_INTERVAL). Default 1h; negative ("off"): never.
 	StorageInterval time.Duration
+	// TrustedProxies are the proxies in front of the tenant API whose
+	// X-Forwarded-For is believed for tenants' IP allowlists
+	// (TENANTPLANE_TRUSTED_PROXIES, CIDRs or addresses separated by commas).
+	// Default none: the client is the socket's peer.
+	TrustedProxies []netip.Prefix
+	// TenantDomain serves each tenant at <slug>.<TenantDomain>
+	// (TENANTPLANE_TENANT_DOMAIN, e.g. api.example.com), where only its own
+	// keys are accepted. Default none: tenants are told apart by key alone.
+	TenantDomain string
 }
 
 const minAdminTokenLen = 16
+
+// domainRE is a DNS name of at least two labels.
+var domainRE = regexp.MustCompile(`^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 
 // off is a setting turned off, in Config and in the components' Configs.
 const off = -1
@@ -299,6 +313,20 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 			}
 			*d.v = v
 		}
+	}
+	if raw := strings.TrimSpace(getenv("TENANTPLANE_TRUSTED_PROXIES")); raw != "" {
+		proxies, err := catalog.ParsePrefixes("TENANTPLANE_TRUSTED_PROXIES", strings.Split(raw, ","))
+		if err != nil {
+			bad("TENANTPLANE_TRUSTED_PROXIES", "%s (a comma-separated list such as 10.0.0.0/8,192.0.2.7)", catalog.MessageOf(err))
+		}
+		cfg.TrustedProxies = proxies
+	}
+	if raw := strings.TrimSpace(getenv("TENANTPLANE_TENANT_DOMAIN")); raw != "" {
+		domain := strings.TrimSuffix(strings.ToLower(raw), ".")
+		if !domainRE.MatchString(domain) {
+			bad("TENANTPLANE_TENANT_DOMAIN", "%q is not a domain name such as api.example.com (no scheme, port or path)", raw)
+		}
+		cfg.TenantDomain = domain
 	}
 	if len(errs) > 0 {
 		return Config{}, fmt.Errorf("configuration: %w", errors.Join(errs...))

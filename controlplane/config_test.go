@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"net/netip"
 	"testing"
 	"time"
 
@@ -119,5 +120,49 @@ func TestConfigOffSpellings(t *testing.T) {
 		_, err := ConfigFromEnv(with(name, bad))
 		require.ErrorContains(t, err, name+":")
 		require.ErrorContains(t, err, "nor off")
+	}
+}
+
+func TestConfigTrustedProxies(t *testing.T) {
+	t.Parallel()
+	env := map[string]string{
+		"DATABASE_URL":            "postgres://u:p@localhost:5432/tenantplane",
+		"TENANTPLANE_ADMIN_TOKEN": "0123456789abcdef",
+		"TENANTPLANE_SECRET_KEY":  "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+	}
+	cfg, err := ConfigFromEnv(envOf(env))
+	require.NoError(t, err)
+	require.Empty(t, cfg.TrustedProxies, "no proxy is trusted by default")
+
+	env["TENANTPLANE_TRUSTED_PROXIES"] = "10.0.0.0/8, 192.0.2.7,2001:db8::/32"
+	cfg, err = ConfigFromEnv(envOf(env))
+	require.NoError(t, err)
+	require.Equal(t, []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("192.0.2.7/32"), netip.MustParsePrefix("2001:db8::/32")}, cfg.TrustedProxies)
+
+	for _, bad := range []string{"10.0.0.1/8", "proxy.internal", "10.0.0.0/8,,"} {
+		env["TENANTPLANE_TRUSTED_PROXIES"] = bad
+		_, err = ConfigFromEnv(envOf(env))
+		require.ErrorContains(t, err, "TENANTPLANE_TRUSTED_PROXIES:", bad)
+	}
+}
+
+func TestConfigTenantDomain(t *testing.T) {
+	t.Parallel()
+	env := map[string]string{
+		"DATABASE_URL":            "postgres://u:p@localhost:5432/tenantplane",
+		"TENANTPLANE_ADMIN_TOKEN": "0123456789abcdef",
+		"TENANTPLANE_SECRET_KEY":  "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+	}
+	cfg, err := ConfigFromEnv(envOf(env))
+	require.NoError(t, err)
+	require.Empty(t, cfg.TenantDomain)
+	env["TENANTPLANE_TENANT_DOMAIN"] = "API.example.com."
+	cfg, err = ConfigFromEnv(envOf(env))
+	require.NoError(t, err)
+	require.Equal(t, "api.example.com", cfg.TenantDomain)
+	for _, bad := range []string{"https://api.example.com", "api.example.com:8080", "localhost", "api..example.com", "*.example.com"} {
+		env["TENANTPLANE_TENANT_DOMAIN"] = bad
+		_, err = ConfigFromEnv(envOf(env))
+		require.ErrorContains(t, err, "TENANTPLANE_TENANT_DOMAIN:", bad)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"errors"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -26,6 +27,26 @@ type resolved struct {
 	serverBudget int
 	limiter      *rate.Limiter
 	fetched      time.Time
+	scopes       scopeSet
+	scopeNames   []string
+	// expiresAt is when the key stops working (zero: never). Checked on
+	// every request, so an expiry takes effect on the second on every
+	// replica, with no notification and no catalog round trip.
+	expiresAt time.Time
+	// allow is the tenant's IP allowlist (empty: any network); a change
+	// comes with a notification, which drops this entry.
+	allow []netip.Prefix
+}
+
+func (e *resolved) expired(now time.Time) bool {
+	return !e.expiresAt.IsZero() && !now.Before(e.expiresAt)
+}
+
+func (e *resolved) expiresAtJSON() *time.Time {
+	if e.expiresAt.IsZero() {
+		return nil
+	}
+	return &e.expiresAt
 }
 
 // resolver maps API keys to tenants through a cache that the catalog's
@@ -44,7 +65,9 @@ type resolver struct {
 	byHash   *simplelru.LRU[[32]byte, *resolved]
 	byTenant map[string]map[[32]byte]struct{}
 	negative *simplelru.LRU[[32]byte, time.Time]
-	limiters map[string]*rate.Limiter // by tenant id; survive re-resolution
+	slugs    *simplelru.LRU[string, slugEntry] // whether a host's slug names a tenant
+	hosts    *simplelru.LRU[string, hostEntry] // custom hostnames' tenants
+	limiters map[string]*rate.Limiter          // by tenant id; survive re-resolution
 	plans    map[string]catalog.Plan
 	budgets  map[int64]int            // by server id
 	changed  map[string]chan struct{} // by tenant id: closed at its next change
@@ -62,6 +85,8 @@ func newResolver(store *catalog.Store, logger *slog.Logger, negativeTTL time.Dur
 	}
 	r.byHash, _ = simplelru.NewLRU(100_000, r.unindex)
 	r.negative, _ = simplelru.NewLRU[[32]byte, time.Time](10_000, nil)
+	r.slugs, _ = simplelru.NewLRU[string, slugEntry](10_000, nil)
+	r.hosts, _ = simplelru.NewLRU[string, hostEntry](10_000, nil)
 	return r
 }
 
@@ -86,6 +111,9 @@ func (r *resolver) resolve(ctx context.Context, key string) (*resolved, error) {
 	e, ok := r.byHash.Get(h)
 	if ok && subtle.ConstantTimeCompare(e.hash[:], h[:]) == 1 && now.Sub(e.fetched) < r.maxAge {
 		r.mu.Unlock()
+		if e.expired(now) {
+			return nil, errBadKey
+		}
 		return e, nil
 	}
 	if until, bad := r.negative.Get(h); bad && now.Before(until) {
@@ -100,7 +128,7 @@ func (r *resolver) resolve(ctx context.Context, key string) (*resolved, error) {
 		return r.load(ctx, h)
 	})
 	if err != nil {
-		if ok && errors.Is(err, catalog.ErrUnavailable) {
+		if ok && errors.Is(err, catalog.ErrUnavailable) && !e.expired(time.Now()) {
 			return e, nil // the catalog is down: serve what we knew
 		}
 		return nil, err
@@ -112,7 +140,7 @@ var errBadKey = catalog.Errorf(catalog.CodeUnauthorized, "missing, unknown or re
 
 func (r *resolver) load(ctx context.Context, h [32]byte) (*resolved, error) {
 	owner, err := r.store.ResolveAPIKey(ctx, h[:])
-	if errors.Is(err, catalog.ErrNotFound) || (err == nil && owner.Revoked) {
+	if errors.Is(err, catalog.ErrNotFound) || (err == nil && (owner.Revoked || owner.Expired(time.Now()))) {
 		r.mu.Lock()
 		r.negative.Add(h, time.Now().Add(r.negativeTTL))
 		r.mu.Unlock()
@@ -133,7 +161,12 @@ func (r *resolver) load(ctx context.Context, h [32]byte) (*resolved, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &resolved{hash: h, keyID: owner.KeyID, tenant: t, plan: plan, serverBudget: budget, fetched: time.Now()}
+	allow, err := catalog.ParsePrefixes("network_allow", owner.Allow)
+	if err != nil {
+		return nil, err
+	}
+	e := &resolved{allow: allow, hash: h, keyID: owner.KeyID, tenant: t, plan: plan, serverBudget: budget, fetched: time.Now(),
+		scopes: scopesOf(owner.Scopes), scopeNames: owner.Scopes, expiresAt: owner.ExpiresAt}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	lim := r.limiters[t.ID]
@@ -202,6 +235,16 @@ func (r *resolver) setBudget(serverID int64, connBudget int) {
 func (r *resolver) forget(tenantID string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	// Any tenant's change may be a hostname added or removed: the hostnames
+	// are looked up again (a few queries, one per host in use). They are
+	// marked stale, not dropped, so that a catalog that does not answer
+	// leaves them as they were.
+	for _, h := range r.hosts.Keys() {
+		if he, ok := r.hosts.Peek(h); ok {
+			he.until = time.Time{}
+			r.hosts.Add(h, he)
+		}
+	}
 	for id, ch := range r.changed {
 		if tenantID == "" || id == tenantID {
 			close(ch)
@@ -211,6 +254,7 @@ func (r *resolver) forget(tenantID string) {
 	if tenantID == "" {
 		r.byHash.Purge()
 		r.negative.Purge()
+		r.slugs.Purge()
 		r.plans = nil
 		return
 	}

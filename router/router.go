@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -49,6 +50,16 @@ type Config struct {
 	AcquireTimeout time.Duration
 	// NegativeTTL is how long an unknown key is remembered as unknown. Default 10s.
 	NegativeTTL time.Duration
+	// TrustedProxies are the networks of the proxies in front of the tenant
+	// API whose X-Forwarded-For is believed, for tenants' IP allowlists.
+	// Default none: the client is the socket's peer, whatever the headers say.
+	TrustedProxies []netip.Prefix
+	// TenantDomain, when set, serves each tenant at a host of its own:
+	// tenant acme at acme.<TenantDomain>. A request there must carry a key
+	// of that tenant; another tenant's key answers as an unknown key does,
+	// and a host that names no tenant 404. Other hosts route by key alone.
+	// Default "": every host routes by key alone.
+	TenantDomain string
 	// HoldTimeout bounds how long a request of a tenant whose move holds it
 	// (the fence is up) waits for the move to switch before it answers 503
 	// with Retry-After. Default 5s.
@@ -68,6 +79,7 @@ type Router struct {
 	resolver *resolver
 	pools    *pools
 	meter    *meter
+	scopes   map[routeKey]routeScope // written by New only
 
 	follow startstop.Loop // the catalog's changes to the caches
 }
@@ -100,14 +112,21 @@ func New(cfg Config) (*Router, error) {
 		resolver: newResolver(cfg.Store, cfg.Logger, cfg.NegativeTTL),
 		pools:    newPools(cfg.Pools, cfg.Store, cfg.Logger, cfg.Registerer),
 		meter:    newMeter(cfg.Store, cfg.Logger, cfg.FlushInterval, cfg.Registerer),
+		scopes:   map[routeKey]routeScope{},
 	}
 	e := httpapi.NewEngine(httpapi.Config{API: "tenant", Logger: cfg.Logger, Metrics: cfg.Metrics, MaxBodyBytes: 1 << 20})
+	// The client address is clientAddr's, from TrustedProxies; gin's own
+	// (c.ClientIP) would trust every proxy's headers by default.
+	if err := e.SetTrustedProxies(nil); err != nil {
+		return nil, fmt.Errorf("router: %w", err)
+	}
 	httpapi.HealthRoutes(e, cfg.Ready)
 	httpapi.OpenAPIRoute(e, openAPI)
 	v1 := e.Group("/v1", r.authenticate)
-	v1.GET("/me", r.me)
-	v1.GET("/usage", r.usage)
-	userRoutes(v1)
+	r.route(v1, http.MethodGet, "/me", scopeNone, r.me)
+	r.route(v1, http.MethodGet, "/usage", catalog.ScopeUsageRead, r.usage)
+	r.route(v1, http.MethodGet, "/audit", catalog.ScopeAuditRead, r.audit)
+	r.userRoutes(v1)
 	r.engine = e
 	return r, nil
 }
@@ -208,6 +227,21 @@ func (r *Router) authenticate(c *gin.Context) {
 		return
 	}
 	c.Set(httpapi.TenantLogKey, e.tenant.Slug)
+	// A key at another tenant's host is as good as unknown: checked first,
+	// so that nothing later says the key exists.
+	if err := r.checkHost(c, c.Request.Host, e); err != nil {
+		if catalog.CodeOf(err) == catalog.CodeUnauthorized {
+			c.Header("WWW-Authenticate", `Bearer realm="tenantplane"`)
+		}
+		httpapi.WriteError(c, err)
+		return
+	}
+	// Before anything else is said about the tenant: a request from outside
+	// its networks learns nothing of its state.
+	if err := r.checkNetwork(c.Request, e); err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
 	if e.tenant.Held {
 		if e, err = r.awaitRelease(c, key, e); err != nil {
 			httpapi.WriteError(c, err)
@@ -224,6 +258,10 @@ func (r *Router) authenticate(c *gin.Context) {
 		return
 	default:
 		httpapi.Fail(c, catalog.CodeUnavailable, "tenant %q is %s", e.tenant.Slug, e.tenant.State)
+		return
+	}
+	if err := r.checkScope(c.Request.Method, c.FullPath(), e); err != nil {
+		httpapi.WriteError(c, err)
 		return
 	}
 	if res := e.limiter.Reserve(); !res.OK() || res.Delay() > 0 {
@@ -337,7 +375,7 @@ func (r *Router) me(c *gin.Context) {
 	e := c.MustGet(tenantKey).(*resolved)
 	c.JSON(http.StatusOK, gin.H{
 		"id": e.tenant.ID, "slug": e.tenant.Slug, "name": e.tenant.Name, "plan": e.tenant.Plan,
-		"state": e.tenant.State, "key_id": e.keyID,
+		"state": e.tenant.State, "key_id": e.keyID, "scopes": e.scopeNames, "expires_at": e.expiresAtJSON(),
 		"limits": gin.H{"requests_per_second": e.plan.RatePerSec, "burst": e.plan.RateBurst, "connections": e.plan.MaxConns},
 	})
 }
@@ -352,4 +390,20 @@ func (r *Router) usage(c *gin.Context) {
 	}
 	c.JSON(http.StatusOK, gin.H{"period": fmt.Sprintf("%04d-%02d", now.Year(), now.Month()), "usage": usage,
 		"note": "counted requests reach this view within one flush interval"})
+}
+
+// audit answers a page of the tenant's own audit events, oldest first.
+func (r *Router) audit(c *gin.Context) {
+	e := c.MustGet(tenantKey).(*resolved)
+	limit, cursor, err := httpapi.PageQuery(c)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	events, next, err := r.cfg.Store.ListTenantAudit(c, e.tenant.ID, limit, cursor)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, httpapi.Page("events", events, next, nil))
 }

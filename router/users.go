@@ -23,12 +23,12 @@ import (
 // connection, as its role: another tenant's rows are not reachable, whatever
 // id is asked for.
 
-func userRoutes(v1 *gin.RouterGroup) {
-	v1.GET("/users", listUsers)
-	v1.POST("/users", createUser)
-	v1.GET("/users/:id", getUser)
-	v1.PATCH("/users/:id", updateUser)
-	v1.DELETE("/users/:id", deleteUser)
+func (r *Router) userRoutes(v1 *gin.RouterGroup) {
+	r.route(v1, http.MethodGet, "/users", catalog.ScopeUsersRead, listUsers)
+	r.route(v1, http.MethodPost, "/users", catalog.ScopeUsersWrite, createUser)
+	r.route(v1, http.MethodGet, "/users/:id", catalog.ScopeUsersRead, getUser)
+	r.route(v1, http.MethodPatch, "/users/:id", catalog.ScopeUsersWrite, updateUser)
+	r.route(v1, http.MethodDelete, "/users/:id", catalog.ScopeUsersWrite, deleteUser)
 }
 
 // User is a row of the tenant's users table.

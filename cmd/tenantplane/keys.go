@@ -2,25 +2,31 @@ package main
 
 import (
 	"fmt"
+	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 )
 
 // APIKey is a tenant's API key as listed: never the key itself.
 type APIKey struct {
-	ID         apiID   `json:"id"`
-	Prefix     string  `json:"prefix"`
-	CreatedAt  apiTime `json:"created_at"`
-	LastUsedAt apiTime `json:"last_used_at"`
-	RevokedAt  apiTime `json:"revoked_at"`
+	ID         apiID    `json:"id"`
+	Prefix     string   `json:"prefix"`
+	CreatedAt  apiTime  `json:"created_at"`
+	LastUsedAt apiTime  `json:"last_used_at"`
+	RevokedAt  apiTime  `json:"revoked_at"`
+	Scopes     []string `json:"scopes"`
+	ExpiresAt  apiTime  `json:"expires_at"`
 }
 
 // CreatedKey is the answer to creating a key, the only one that holds the key.
 type CreatedKey struct {
-	ID        apiID   `json:"id"`
-	Key       string  `json:"key"`
-	Prefix    string  `json:"prefix"`
-	CreatedAt apiTime `json:"created_at"`
+	ID        apiID    `json:"id"`
+	Key       string   `json:"key"`
+	Prefix    string   `json:"prefix"`
+	CreatedAt apiTime  `json:"created_at"`
+	Scopes    []string `json:"scopes"`
+	ExpiresAt apiTime  `json:"expires_at"`
 }
 
 func newKeysCmd() *cobra.Command {
@@ -30,12 +36,37 @@ func newKeysCmd() *cobra.Command {
 }
 
 func newKeysCreateCmd(o *adminOptions) *cobra.Command {
-	return &cobra.Command{
+	var (
+		scopes  []string
+		expires time.Duration
+	)
+	cmd := &cobra.Command{
 		Use:   "create SLUG",
 		Short: "Issue an API key for a tenant; the key is shown this once only",
-		Args:  cobra.ExactArgs(1),
+		Long: `Issue an API key for a tenant; the key is shown this once only.
+
+Without --scope the key may call everything (scope *); with it, only the
+routes of the scopes given: users:read, users:write, usage:read, audit:read.
+Without --expires it never expires; with it, it answers 401 from then on.
+Rotate a key by issuing a new one: the old one works until its own expiry.`,
+		Example: "  tenantplane keys create acme --scope users:read --scope usage:read --expires 720h",
+		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			raw, err := o.call(cmd, "POST", pathf("/tenants/%s/keys", args[0]), nil, nil)
+			if expires < 0 {
+				return fmt.Errorf("--expires %s is not a positive duration such as 720h", expires)
+			}
+			body := map[string]any{}
+			if len(scopes) > 0 {
+				body["scopes"] = scopes
+			}
+			if expires > 0 {
+				body["expires_at"] = time.Now().Add(expires).UTC().Format(time.RFC3339)
+			}
+			var send any // no body: every scope, no expiry
+			if len(body) > 0 {
+				send = body
+			}
+			raw, err := o.call(cmd, "POST", pathf("/tenants/%s/keys", args[0]), nil, send)
 			if err != nil {
 				return err
 			}
@@ -43,6 +74,18 @@ func newKeysCreateCmd(o *adminOptions) *cobra.Command {
 			return o.print(cmd, raw, &k, func() error { return writeCreatedKey(cmd.OutOrStdout(), args[0], k) })
 		},
 	}
+	f := cmd.Flags()
+	f.StringArrayVar(&scopes, "scope", nil, "a scope of the key (repeat for more): users:read, users:write, usage:read, audit:read or * (default *)")
+	f.DurationVar(&expires, "expires", 0, "the key expires this long from now, e.g. 720h (default: never)")
+	return cmd
+}
+
+// scopesText is a key's scopes for a table cell.
+func scopesText(scopes []string) string {
+	if len(scopes) == 0 {
+		return "*"
+	}
+	return strings.Join(scopes, ",")
 }
 
 func newKeysListCmd(o *adminOptions) *cobra.Command {

@@ -173,17 +173,21 @@ func writeKeys(w io.Writer, keys []APIKey) error {
 		_, err := fmt.Fprintln(w, "No API keys.")
 		return err
 	}
-	t := newTable(w, "ID", "PREFIX", "CREATED", "LAST_USED", "REVOKED")
+	t := newTable(w, "ID", "PREFIX", "SCOPES", "CREATED", "EXPIRES", "LAST_USED", "REVOKED")
 	for _, k := range keys {
-		t.row(string(k.ID), k.Prefix, k.CreatedAt.String(), k.LastUsedAt.String(), k.RevokedAt.String())
+		t.row(string(k.ID), k.Prefix, scopesText(k.Scopes), k.CreatedAt.String(), k.ExpiresAt.String(), k.LastUsedAt.String(), k.RevokedAt.String())
 	}
 	return t.flush()
 }
 
 // writeCreatedKey prints a new key, which is the only time anyone sees it.
 func writeCreatedKey(w io.Writer, slug string, k CreatedKey) error {
-	_, err := fmt.Fprintf(w, "Created API key %s (prefix %s) for tenant %s.\nThe key is shown only this once; store it now:\n\n%s\n",
-		oneLine(string(k.ID)), oneLine(k.Prefix), slug, k.Key)
+	expires := "never expires"
+	if !k.ExpiresAt.IsZero() {
+		expires = "expires " + k.ExpiresAt.String()
+	}
+	_, err := fmt.Fprintf(w, "Created API key %s (prefix %s) for tenant %s, scopes %s, %s.\nThe key is shown only this once; store it now:\n\n%s\n",
+		oneLine(string(k.ID)), oneLine(k.Prefix), slug, oneLine(scopesText(k.Scopes)), expires, k.Key)
 	return err
 }
 

@@ -47,7 +47,7 @@ type ErrorDetail struct {
 // The message is err's caller-safe message; an error without one (a bug, an
 // unexpected failure) is logged with its cause and answered with a generic text.
 func WriteError(c *gin.Context, err error) {
-	code := catalog.CodeOf(err)
+	code := catalog.CallerCodeOf(err)
 	status := Status(err)
 	msg := catalog.MessageOf(err)
 	if msg == "" {
@@ -56,7 +56,7 @@ func WriteError(c *gin.Context, err error) {
 	if status >= 500 {
 		_ = c.Error(err) // the access log prints it
 	}
-	c.AbortWithStatusJSON(status, ErrorBody{Error: ErrorDetail{Code: string(code), Message: msg}})
+	c.AbortWithStatusJSON(status, ErrorBody{Error: ErrorDetail{Code: code, Message: msg}})
 }
 
 // Fail answers with a new error of the given code and message.

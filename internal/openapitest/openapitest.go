@@ -162,11 +162,15 @@ var paramRE = regexp.MustCompile(`[:*]([A-Za-z0-9_]+)`)
 func routeOperations(routes gin.RoutesInfo) []string {
 	out := make([]string, 0, len(routes))
 	for _, r := range routes {
-		out = append(out, r.Method+" "+paramRE.ReplaceAllString(r.Path, "{$1}"))
+		out = append(out, r.Method+" "+PathOf(r.Path))
 	}
 	slices.Sort(out)
 	return out
 }
+
+// PathOf returns a gin path pattern as OpenAPI writes it: /users/{id}
+// for /users/:id.
+func PathOf(ginPath string) string { return paramRE.ReplaceAllString(ginPath, "{$1}") }
 
 // lacking returns the elements of want that got lacks.
 func lacking(want, got []string) []string {
