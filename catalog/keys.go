@@ -199,3 +199,22 @@ func (s *Store) TouchAPIKeys(ctx context.Context, keyIDs []string, at time.Time)
 	_, err := s.pool.Exec(ctx, `UPDATE api_keys SET last_used_at = $2 WHERE id = ANY($1::uuid[]) AND (last_used_at IS NULL OR last_used_at < $2)`, keyIDs, at)
 	return Classify(err, "api keys")
 }
+
+// RecordExpiredKeys writes a key.expired audit event, once, for each key
+// whose expiry has passed (a key stops working at expires_at by itself; this
+// puts it in the tenant's audit trail). Every replica may call it: a key is
+// marked in the statement that records it. It returns how many it recorded.
+func (s *Store) RecordExpiredKeys(ctx context.Context) (int64, error) {
+	tag, err := s.pool.Exec(ctx, `
+		WITH expired AS (
+			UPDATE api_keys SET expiry_recorded = true
+			WHERE expires_at <= now() AND NOT expiry_recorded AND revoked_at IS NULL
+			RETURNING id, tenant_id, expires_at)
+		INSERT INTO audit_events (actor, action, tenant_id, subject, details)
+		SELECT 'system', 'key.expired', tenant_id, id::text, jsonb_build_object('expires_at', to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'))
+		FROM expired`)
+	if err != nil {
+		return 0, Classify(err, "expired API keys")
+	}
+	return tag.RowsAffected(), nil
+}

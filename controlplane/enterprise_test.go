@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -95,9 +96,10 @@ func TestScopedKeys(t *testing.T) {
 func TestExpiringKeyStopsOnEveryInstance(t *testing.T) {
 	t.Parallel()
 	secret := catalog.NewKey()
-	f := setupFleet(t, 1, map[string]string{"TENANTPLANE_SECRET_KEY": secret})
+	env := map[string]string{"TENANTPLANE_SECRET_KEY": secret, "TENANTPLANE_USAGE_FLUSH_INTERVAL": "200ms"}
+	f := setupFleet(t, 1, env)
 	_, _ = f.tenantWithKey(t, "expiring", "enterprise", "")
-	second := setupEnv(t, f.app.cfg.DatabaseURL, map[string]string{"TENANTPLANE_SECRET_KEY": secret})
+	second := setupEnv(t, f.app.cfg.DatabaseURL, env)
 
 	expires := time.Now().Add(3 * time.Second).Truncate(time.Second) // 2 to 3 s away, on a whole second
 	old := f.issueKey(t, "expiring", map[string]any{"expires_at": expires.Format(time.RFC3339)})
@@ -141,6 +143,22 @@ func TestExpiringKeyStopsOnEveryInstance(t *testing.T) {
 		require.Equal(t, http.StatusOK, status, "the replacement outlives the old key: %v", body)
 	}
 	require.True(t, strings.HasPrefix(replacement, catalog.KeyPrefix))
+
+	// The expiry reaches the tenant's audit trail once, whichever instance's
+	// meter records it first.
+	expired := func() []catalog.AuditEvent {
+		filter := auditFilterFor(t, f, "expiring")
+		filter.Action = "key.expired"
+		events, err := f.app.store.ListAudit(context.Background(), filter)
+		require.NoError(t, err)
+		return events
+	}
+	require.Eventually(t, func() bool { return len(expired()) > 0 }, 10*time.Second, 50*time.Millisecond, "the expiry is recorded")
+	time.Sleep(time.Second) // both meters flush a few more times
+	events := expired()
+	require.Len(t, events, 1, "recorded once")
+	require.Equal(t, listed["id"], events[0].Subject)
+	require.Equal(t, expires.UTC().Format(time.RFC3339), events[0].Details["expires_at"])
 }
 
 // callFrom is call with an X-Forwarded-For header ("" for none).

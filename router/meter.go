@@ -110,6 +110,11 @@ func (m *meter) flush(ctx context.Context) error {
 	if err := m.touchKeys(ctx, used); err != nil {
 		m.logger.WarnContext(ctx, "recording API key use failed", "error", err)
 	}
+	if n, err := m.store.RecordExpiredKeys(ctx); err != nil {
+		m.logger.WarnContext(ctx, "recording expired API keys failed; the next flush tries again", "error", err)
+	} else if n > 0 {
+		m.logger.InfoContext(ctx, "expired API keys recorded in the audit log", "keys", n)
+	}
 	for i, b := range pending {
 		err := m.store.RecordUsageBatch(ctx, b.id, b.rows)
 		if catalog.CodeOf(err) == catalog.CodeInvalid {

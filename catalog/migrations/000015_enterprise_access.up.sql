@@ -2,6 +2,9 @@
 -- never expire: nothing that works today stops working.
 ALTER TABLE api_keys ADD COLUMN scopes text[] NOT NULL DEFAULT '{*}';
 ALTER TABLE api_keys ADD COLUMN expires_at timestamptz;
+-- Set once the key's expiry is in the audit log (key.expired): expiry is
+-- passive, so the routers' meters record it after the fact, once.
+ALTER TABLE api_keys ADD COLUMN expiry_recorded boolean NOT NULL DEFAULT false;
 
 -- A tenant's IP allowlist: when not empty, its API answers only clients in
 -- these networks.
