@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"sync"
@@ -415,7 +416,24 @@ type budgetConn struct {
 	once sync.Once
 }
 
+// closeWait bounds how long closing a connection waits for the server to
+// close its end before its place in the budget is given back anyway.
+const closeWait = 250 * time.Millisecond
+
+// Close gives the connection's place back once the server has closed its
+// end. pgconn has sent Terminate by now; the backend closes its socket as it
+// exits, after it has left pg_stat_activity, so the server never counts more
+// of our connections than the budget, not even while a backend exits (it
+// could, for a few milliseconds on a busy machine, when the place was given
+// back as the client let go).
 func (c *budgetConn) Close() error {
-	c.once.Do(c.b.give)
-	return c.Conn.Close()
+	var err error
+	c.once.Do(func() {
+		defer c.b.give()
+		if c.Conn.SetReadDeadline(time.Now().Add(closeWait)) == nil {
+			_, _ = io.Copy(io.Discard, c.Conn) // until EOF, an error, or the deadline
+		}
+		err = c.Conn.Close()
+	})
+	return err
 }
