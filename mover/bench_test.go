@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/tenantplane/tenantplane/catalog"
 	"github.com/tenantplane/tenantplane/internal/pgtest"
@@ -380,7 +381,12 @@ func BenchmarkMoveOnline(b *testing.B) {
 	// it) through the last catch-up (verifying recorded) to the switch.
 	fenced, verifying, switched := clock.get(mover.PhaseFenced), clock.get(mover.PhaseVerifying), clock.get(mover.PhaseSwitched)
 	verify := bb.timeVerify(b, t)
+	full, changed := mover.FenceVerifies(svc)
+	require.Equal(b, [2]int64{0, 1}, [2]int64{full, changed}, "the fence verified only the rows written during the move")
+	fenceVerify, counts := mover.LastFenceVerify(svc), bb.timeCounts(b, t)
 	b.ReportMetric(verify.Seconds(), "verify-alone-s")
+	b.ReportMetric(ms(fenceVerify), "fence-verify-ms")
+	b.ReportMetric(ms(counts), "counts-alone-ms")
 	b.ReportMetric(ms(percentile(longest, 0.5)), "pause-p50-ms")
 	b.ReportMetric(ms(longest[len(longest)-1]), "pause-max-ms")
 	b.ReportMetric(float64(*m.WritePauseMS), "write_pause_ms")
@@ -388,11 +394,12 @@ func BenchmarkMoveOnline(b *testing.B) {
 	b.ReportMetric(float64(m.BytesCopied)/(1<<20), "copied-MB")
 	b.Logf("online move of %d MB (%d rows, %d MB of COPY text) under %d clients (%d writes): total %s; "+
 		"write pause per client p50 %s, max %s (steady gap p50 %s); recorded write_pause_ms %d; "+
-		"copy+catch-up %s, fenced→catch-up done %s, verify+switch %s (Verify alone, after the move: %s)",
+		"copy+catch-up %s, fenced→catch-up done %s, verify+switch %s (Verify alone, after the move: %s); "+
+		"the fence's check of the rows written %s, of which every table's count (alone, after the move) %s",
 		size>>20, m.RowsCopied, m.BytesCopied>>20, benchClientCount, len(acks), total.Round(time.Millisecond),
 		percentile(longest, 0.5).Round(time.Millisecond), longest[len(longest)-1].Round(time.Millisecond), cadence.Round(100*time.Microsecond),
 		*m.WritePauseMS, fenced.Sub(began).Round(time.Millisecond), verifying.Sub(fenced).Round(time.Millisecond), switched.Sub(verifying).Round(time.Millisecond),
-		verify.Round(time.Millisecond))
+		verify.Round(time.Millisecond), fenceVerify.Round(time.Millisecond), counts.Round(time.Millisecond))
 }
 
 // BenchmarkMoveCopy moves a tenant of about 200 MB in the copy mode and,
@@ -592,6 +599,33 @@ func (bb *benchBundle) timeVerify(b *testing.B, t catalog.Tenant) time.Duration 
 		require.NoError(b, err)
 	}
 	return vr.Duration
+}
+
+// timeCounts times counting every table's rows on both sides at once: the
+// part of an online move's fence check that grows with the database.
+func (bb *benchBundle) timeCounts(b *testing.B, t catalog.Tenant) time.Duration {
+	b.Helper()
+	ctx := benchContext(b)
+	began := time.Now()
+	g, gctx := errgroup.WithContext(ctx)
+	for _, server := range []string{"pg-1", "pg-2"} {
+		conn := bb.adminConn(b, server, t.Database)
+		g.Go(func() error {
+			tables, err := mover.Tables(gctx, conn)
+			if err != nil {
+				return err
+			}
+			for _, tb := range tables {
+				var n int64
+				if err := conn.QueryRow(gctx, "SELECT count(*) FROM "+pgx.Identifier{mover.Schema, tb.Name}.Sanitize()).Scan(&n); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	require.NoError(b, g.Wait())
+	return time.Since(began)
 }
 
 func superExecB(b *testing.B, ctx context.Context, srv *pgtest.Server, sql string) {

@@ -1,6 +1,9 @@
 package mover
 
-import "context"
+import (
+	"context"
+	"time"
+)
 
 // SetAfterPhase sets the hook that runs after each phase a move records,
 // and at StepCopied (an error stops the job there, as a crash would), for
@@ -12,3 +15,12 @@ func SetAfterPhase(cfg *Config, fn func(ctx context.Context, moveID int64, phase
 // StepCopied is the hook's point in an online move's copying phase where the
 // copy is done and the stream's slot and publication exist.
 const StepCopied = stepCopied
+
+// FenceVerifies is how many of s's fences verified every row (full) and how
+// many only the rows written during an online move (changed).
+func FenceVerifies(s *Service) (full, changed int64) {
+	return s.verifies.full.Load(), s.verifies.changed.Load()
+}
+
+// LastFenceVerify is how long s's last fence verification took.
+func LastFenceVerify(s *Service) time.Duration { return time.Duration(s.verifies.last.Load()) }

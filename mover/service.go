@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -146,6 +147,13 @@ type Service struct {
 	// that is going away.
 	stopping chan struct{}
 	stopOnce sync.Once
+
+	// verifies counts the fences' verifications: of every row, or of the
+	// rows written during an online move (for the tests).
+	verifies struct {
+		full, changed atomic.Int64
+		last          atomic.Int64 // the last one's duration, in ns
+	}
 }
 
 // queue is the River queue of move jobs.

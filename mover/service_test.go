@@ -580,10 +580,57 @@ func TestMoveOnlineUnderWrites(t *testing.T) {
 	require.Less(t, *m.WritePauseMS, int64(5000))
 	require.Less(t, gap, 5*time.Second)
 	checkMoved(t, b, m, acks)
+	full, changed := mover.FenceVerifies(svc)
+	require.Equal(t, [2]int64{0, 1}, [2]int64{full, changed}, "the fence verified only the rows written during the move")
 
 	var slots int
 	require.NoError(t, b.adminConn(t, "pg-1").QueryRow(ctx, "SELECT count(*) FROM pg_replication_slots").Scan(&slots))
 	require.Zero(t, slots, "the stream's slot is dropped")
+}
+
+// An online move's fence verifies only the rows the tenant wrote during
+// the move (its copy was verified against the stream's snapshot before):
+// one of them changed on the target inside the fence aborts the move,
+// naming the table.
+func TestMoveOnlineFenceVerifiesWrittenRows(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	src := pgtest.NewServerWithSettings(t, map[string]string{"wal_level": "logical"})
+	b := setupMove(t, src)
+	superExec(t, ctx, src, "ALTER ROLE "+pgtest.ManagedRole+" REPLICATION")
+	fillWrites(t, b, 5000)
+	var changedRow int64
+	svc, _ := b.service(t, func(ctx context.Context, id int64, phase string) error {
+		if phase != mover.PhaseVerifying {
+			return nil
+		}
+		conn, err := pgx.Connect(ctx, b.servers["pg-2"].ManagedDSN(t, b.tenant.Database))
+		if err != nil {
+			return err
+		}
+		defer conn.Close(ctx)
+		// The tenant's last write, made during the move and streamed.
+		return conn.QueryRow(ctx, "UPDATE writes SET at = at + interval '1 second' WHERE n = (SELECT max(n) FROM writes) RETURNING n").Scan(&changedRow)
+	})
+
+	w := b.startWriter(t)
+	time.Sleep(300 * time.Millisecond)
+	m, err := svc.StartMove(ctx, "acme", mover.MoveSpec{To: "pg-2"}, "test")
+	require.NoError(t, err)
+	require.Equal(t, mover.ModeOnline, m.Mode, m.ModeReason)
+	m = waitMove(t, svc, m.ID)
+	w.stop()
+	require.Equal(t, mover.PhaseAborted, m.Phase)
+	require.Positive(t, changedRow)
+	require.Contains(t, m.LastError, "of the rows written during the move, table writes:")
+	full, changed := mover.FenceVerifies(svc)
+	require.Equal(t, [2]int64{0, 1}, [2]int64{full, changed}, "the fence verified only the rows written during the move")
+
+	tnt, err := b.store.GetTenantByID(ctx, b.tenant.ID)
+	require.NoError(t, err)
+	require.Equal(t, "pg-1", tnt.Server)
+	require.False(t, tnt.Held)
+	require.False(t, b.databaseExists(t, "pg-2"), "the target is dropped")
 }
 
 // With no keep, the source is dropped once the move is done, and the move

@@ -36,6 +36,7 @@ type Stream struct {
 	applied         LSN // end of the last transaction applied on the target
 	serverEnd       LSN // how far the source has sent
 	relations       map[uint32]*relation
+	changes         *ChangeSet // the rows applied since the snapshot
 }
 
 type relation struct {
@@ -104,7 +105,7 @@ func OpenStreamConfig(ctx context.Context, source *pgconn.Config, sourceAdmin Qu
 		conn.Close(context.WithoutCancel(ctx))
 		return nil, err
 	}
-	return &Stream{name: name, conn: conn, snapshot: slot.SnapshotName, consistentPoint: point, applied: point, relations: map[uint32]*relation{}}, nil
+	return &Stream{name: name, conn: conn, snapshot: slot.SnapshotName, consistentPoint: point, applied: point, relations: map[uint32]*relation{}, changes: newChangeSet()}, nil
 }
 
 // validSlotName is what PostgreSQL allows a replication slot's name.
@@ -126,6 +127,10 @@ func (s *Stream) Snapshot() string { return s.snapshot }
 // ConsistentPoint is where the stream starts: the copy holds what was
 // committed before it.
 func (s *Stream) ConsistentPoint() LSN { return s.consistentPoint }
+
+// Changes is what the stream has applied on the target so far: the keys of
+// the rows it wrote, per table (ChangeSet).
+func (s *Stream) Changes() *ChangeSet { return s.changes }
 
 // Applied is the end of the last source transaction applied on the target.
 func (s *Stream) Applied() LSN { return s.applied }
@@ -292,18 +297,22 @@ func (s *Stream) apply(ctx context.Context, target *pgx.Conn, tx pgx.Tx, data []
 		if err != nil {
 			return tx, err
 		}
+		s.changes.record(rel, m.Tuple)
 		return tx, execChange(ctx, tx, rel.insert(m.Tuple))
 	case *pglogrepl.UpdateMessage:
 		rel, err := s.relation(m.RelationID)
 		if err != nil {
 			return tx, err
 		}
+		s.changes.record(rel, m.OldTuple)
+		s.changes.record(rel, m.NewTuple)
 		return tx, execChange(ctx, tx, rel.update(m.OldTuple, m.NewTuple))
 	case *pglogrepl.DeleteMessage:
 		rel, err := s.relation(m.RelationID)
 		if err != nil {
 			return tx, err
 		}
+		s.changes.record(rel, m.OldTuple)
 		return tx, execChange(ctx, tx, rel.delete(m.OldTuple))
 	case *pglogrepl.TruncateMessage:
 		names := make([]string, 0, len(m.RelationIDs))
@@ -313,6 +322,7 @@ func (s *Stream) apply(ctx context.Context, target *pgx.Conn, tx pgx.Tx, data []
 				return tx, err
 			}
 			names = append(names, qualified(rel.name))
+			s.changes.truncated(rel)
 		}
 		return tx, execChange(ctx, tx, change{sql: "TRUNCATE " + strings.Join(names, ", ")})
 	}

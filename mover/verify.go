@@ -97,6 +97,10 @@ type VerifyResult struct {
 	SourceSchema, TargetSchema SchemaVersion
 	Tables                     []TableCheck // tables on both sides, in foreign-key order
 	Sequences                  []SequenceCheck
+	// Changed compares, with VerifyOptions.Changed, the rows written
+	// during the move of each table that has some (Tables then has only
+	// full counts, with empty hashes, but for the tables checked whole).
+	Changed []TableCheck
 	// Differences are the sentences of the *MismatchError, if any.
 	Differences []string
 	Duration    time.Duration
@@ -112,25 +116,51 @@ type VerifyResult struct {
 // It returns the whole comparison and, when anything differs, a
 // *MismatchError (errors.Is ErrMismatch) naming each difference; other
 // errors mean it could not compare.
-func Verify(ctx context.Context, source, target DB) (_ VerifyResult, err error) {
+func Verify(ctx context.Context, source, target DB) (VerifyResult, error) {
+	return VerifyWith(ctx, source, target, VerifyOptions{})
+}
+
+// VerifyOptions change what Verify compares.
+type VerifyOptions struct {
+	// SourceSnapshot, when set, reads the source under that exported
+	// snapshot (SET TRANSACTION SNAPSHOT): an online move's copy is
+	// verified against the slot's snapshot while the tenant writes on. The
+	// sequences, which no snapshot holds still, are then not compared.
+	SourceSnapshot string
+	// Changed, when set, restricts the row hashes to the rows it names
+	// (per table, a count and a hash of the rows whose key it holds, on
+	// both sides), and to every row of a table it marks as a whole; every
+	// table's rows are still counted in full. What an online move checks
+	// in its fence after a Verify under its snapshot.
+	Changed *ChangeSet
+}
+
+// VerifyWith is Verify with options.
+func VerifyWith(ctx context.Context, source, target DB, opts VerifyOptions) (_ VerifyResult, err error) {
 	defer wrap(&err, "Verify")
 	began := time.Now()
+	if opts.Changed != nil && opts.Changed.Overflowed() {
+		opts.Changed = nil // it no longer names every row written: all of them
+	}
 	var src, dst sideState
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		if err := src.read(gctx, source); err != nil {
+		if err := src.read(gctx, source, opts.SourceSnapshot, opts.Changed); err != nil {
 			return fmt.Errorf("source: %w", err)
 		}
 		return nil
 	})
 	g.Go(func() error {
-		if err := dst.read(gctx, target); err != nil {
+		if err := dst.read(gctx, target, "", opts.Changed); err != nil {
 			return fmt.Errorf("target: %w", err)
 		}
 		return nil
 	})
 	if err := g.Wait(); err != nil {
 		return VerifyResult{}, err
+	}
+	if opts.SourceSnapshot != "" {
+		src.sequences, dst.sequences = nil, nil
 	}
 
 	res := VerifyResult{SourceSchema: src.schema, TargetSchema: dst.schema}
@@ -152,6 +182,14 @@ func Verify(ctx context.Context, source, target DB) (_ VerifyResult, err error) 
 		res.Tables = append(res.Tables, c)
 		if !c.Equal() {
 			diffs = append(diffs, c.String())
+		}
+		if sc, ok := src.changed[t.Name]; ok {
+			dc := dst.changed[t.Name]
+			c := TableCheck{Table: t.Name, SourceRows: sc.rows, TargetRows: dc.rows, SourceHash: sc.hash, TargetHash: dc.hash}
+			res.Changed = append(res.Changed, c)
+			if !c.Equal() {
+				diffs = append(diffs, "of the rows written during the move, "+c.String())
+			}
 		}
 	}
 	onTarget := map[string]Sequence{}
@@ -184,15 +222,21 @@ type sideState struct {
 	schema    SchemaVersion
 	tables    []Table
 	checks    map[string]rowSummary
+	changed   map[string]rowSummary // the rows a ChangeSet names
 	sequences []Sequence
 }
 
-func (s *sideState) read(ctx context.Context, db DB) error {
+func (s *sideState) read(ctx context.Context, db DB, snapshot string, changed *ChangeSet) error {
 	tx, err := db.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 	if err != nil {
 		return err
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	if snapshot != "" {
+		if _, err := tx.Exec(ctx, "SET TRANSACTION SNAPSHOT "+literal(snapshot)); err != nil {
+			return fmt.Errorf("snapshot %s: %w", snapshot, err)
+		}
+	}
 	if _, err := tx.Exec(ctx, stableFormat); err != nil {
 		return err
 	}
@@ -203,15 +247,58 @@ func (s *sideState) read(ctx context.Context, db DB) error {
 		return err
 	}
 	s.checks = map[string]rowSummary{}
+	s.changed = map[string]rowSummary{}
 	for _, t := range s.tables {
 		var sum rowSummary
-		if err := tx.QueryRow(ctx, rowHashQuery(t)).Scan(&sum.rows, &sum.hash); err != nil {
+		ct := changed.tableOf(t.Name)
+		if changed == nil || ct != nil && ct.full {
+			if err := tx.QueryRow(ctx, rowHashQuery(t)).Scan(&sum.rows, &sum.hash); err != nil {
+				return fmt.Errorf("table %s: %w", t.Name, err)
+			}
+			s.checks[t.Name] = sum
+			continue
+		}
+		if err := tx.QueryRow(ctx, "SELECT count(*) FROM "+qualified(t.Name)).Scan(&sum.rows); err != nil {
 			return fmt.Errorf("table %s: %w", t.Name, err)
 		}
 		s.checks[t.Name] = sum
+		if ct == nil || len(ct.keys) == 0 {
+			continue
+		}
+		var c rowSummary
+		sql, args := ct.rowHashQuery(t)
+		if err := tx.QueryRow(ctx, sql, args...).Scan(&c.rows, &c.hash); err != nil {
+			return fmt.Errorf("table %s: the rows written during the move: %w", t.Name, err)
+		}
+		s.changed[t.Name] = c
 	}
 	s.sequences, err = Sequences(ctx, tx)
 	return err
+}
+
+// rowHashQuery restricted to the rows whose key ct holds: the keys go as
+// one text array per key column, cast to the column's type.
+func (ct *changedTable) rowHashQuery(t Table) (string, []any) {
+	arrays := make([][]string, len(ct.cols))
+	for _, vals := range ct.keys {
+		for i, v := range vals {
+			arrays[i] = append(arrays[i], v)
+		}
+	}
+	args := make([]any, len(ct.cols))
+	params := make([]string, len(ct.cols))
+	names := make([]string, len(ct.cols))
+	cols := make([]string, len(ct.cols))
+	casts := make([]string, len(ct.cols))
+	for i, c := range ct.cols {
+		args[i] = arrays[i]
+		params[i] = fmt.Sprintf("$%d::text[]", i+1)
+		names[i] = fmt.Sprintf("k%d", i)
+		cols[i] = "r." + ident(c)
+		casts[i] = fmt.Sprintf("k.k%d::%s", i, ct.types[i])
+	}
+	return rowHashQuery(t) + " WHERE (" + strings.Join(cols, ", ") + ") IN (SELECT " + strings.Join(casts, ", ") +
+		" FROM unnest(" + strings.Join(params, ", ") + ") AS k(" + strings.Join(names, ", ") + "))", args
 }
 
 // rowHashQuery counts a table's rows and sums a 64-bit hash of each row's

@@ -79,6 +79,11 @@ type work struct {
 	lock     *pgx.Conn // to the source tenant database, holding its migration lock
 	stream   *Stream
 	streamTo *pgx.Conn // the target tenant database, where the stream applies
+	// snapshotVerified: this run verified the copy against the stream's
+	// snapshot, so that its fence need only verify what the stream
+	// applied since (changes, kept from the stream once it is closed).
+	snapshotVerified bool
+	changes          *ChangeSet
 }
 
 func (w *work) close(ctx context.Context) {
@@ -251,6 +256,7 @@ func (s *Service) afterFence(ctx context.Context, w *work) error {
 		if _, err := SyncSequences(ctx, w.lock, w.streamTo); err != nil {
 			return err
 		}
+		w.changes = w.stream.Changes()
 		_ = w.stream.Close(ctx)
 		w.stream = nil
 	} else if err := s.copyAll(ctx, w, ""); err != nil {
@@ -310,6 +316,12 @@ func (s *Service) copying(ctx context.Context, w *work) error {
 	if err := s.checkSlot(ctx, w); err != nil {
 		return err
 	}
+	// The whole copy verified out of the fence, against the snapshot it was
+	// copied under: still valid, the stream has not started.
+	if err := s.verifyCopy(ctx, w, VerifyOptions{SourceSnapshot: w.stream.Snapshot()}); err != nil {
+		return err
+	}
+	w.snapshotVerified = true
 	if w.streamTo, err = s.connect(ctx, w.to.Name, w.t.Database); err != nil {
 		return fmt.Errorf("target: %w", err)
 	}
@@ -407,10 +419,54 @@ func (s *Service) verify(ctx context.Context, w *work) error {
 	if _, err := SyncSequences(ctx, src, dst); err != nil {
 		return err
 	}
-	if _, err := Verify(ctx, src, dst); err != nil {
+	var opts VerifyOptions
+	switch {
+	case w.m.Mode != ModeOnline || w.m.Reverts != nil || !w.snapshotVerified || w.changes == nil:
+		// The copy mode, a revert, or a run that did not verify the copy
+		// under the stream's snapshot (resumed): every row.
+	case w.changes.Overflowed():
+		reason := fmt.Sprintf("; more than %d rows written during the move: every row verified in the fence", maxChangedKeys)
+		s.logger.WarnContext(ctx, "move verifies every row in its fence", "move_id", w.m.ID, "tenant", w.t.Slug, "reason", reason[2:])
+		if _, err := s.store.Pool().Exec(ctx, `UPDATE moves SET mode_reason = mode_reason || $2, updated_at = now() WHERE id = $1`, w.m.ID, reason); err != nil {
+			return catalog.Classify(err, "move")
+		}
+		w.m.ModeReason += reason
+	default:
+		opts.Changed = w.changes
+	}
+	res, err := VerifyWith(ctx, src, dst, opts)
+	if opts.Changed != nil {
+		s.verifies.changed.Add(1)
+	} else {
+		s.verifies.full.Add(1)
+	}
+	if err != nil {
 		return err
 	}
+	s.verifies.last.Store(int64(res.Duration))
+	s.logger.InfoContext(ctx, "move verified", "move_id", w.m.ID, "tenant", w.t.Slug, "rows_written_only", opts.Changed != nil,
+		"keys", w.changes.Keys(), "duration", res.Duration)
 	return s.switchOver(ctx, w)
+}
+
+// verifyCopy verifies the target against the source with opts.
+func (s *Service) verifyCopy(ctx context.Context, w *work, opts VerifyOptions) error {
+	src, err := s.connect(ctx, w.from.Name, w.t.Database)
+	if err != nil {
+		return fmt.Errorf("source: %w", err)
+	}
+	defer src.Close(context.WithoutCancel(ctx))
+	dst, err := s.connect(ctx, w.to.Name, w.t.Database)
+	if err != nil {
+		return fmt.Errorf("target: %w", err)
+	}
+	defer dst.Close(context.WithoutCancel(ctx))
+	res, err := VerifyWith(ctx, src, dst, opts)
+	if err != nil {
+		return err
+	}
+	s.logger.InfoContext(ctx, "move's copy verified against its snapshot", "move_id", w.m.ID, "tenant", w.t.Slug, "duration", res.Duration)
+	return nil
 }
 
 // holdAndFence makes every router hold the tenant's requests (tenants.held
