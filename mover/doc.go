@@ -25,7 +25,12 @@
 //     tenant's requests, at most Config.HoldWait for its transactions in
 //     flight, then Fence; its start is the move's fenced_at;
 //   - verifying: Verify under the fence; a difference aborts the move
-//     (Unfence, hold lifted, target dropped, last_error naming it);
+//     (Unfence, hold lifted, target dropped, last_error naming it). An
+//     online move verified every row before, right after its copy, against
+//     the slot's snapshot (VerifyOptions.SourceSnapshot), so its fence
+//     hashes only the rows its stream wrote (VerifyOptions.Changed, the
+//     stream's ChangeSet), with every table's count: unless the set
+//     overflowed or the run resumed, then every row;
 //   - switched: one catalog transaction moves the tenant to the target,
 //     lifts the hold, records write_pause_ms and keep_until, NOTIFYs the
 //     routers and schedules the job that drops the kept source at
