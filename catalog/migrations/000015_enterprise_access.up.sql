@@ -5,6 +5,8 @@ ALTER TABLE api_keys ADD COLUMN expires_at timestamptz;
 -- Set once the key's expiry is in the audit log (key.expired): expiry is
 -- passive, so the routers' meters record it after the fact, once.
 ALTER TABLE api_keys ADD COLUMN expiry_recorded boolean NOT NULL DEFAULT false;
+-- What every flush asks for (RecordExpiredKeys), without a scan of every key.
+CREATE INDEX api_keys_expiry_pending_idx ON api_keys (expires_at) WHERE NOT expiry_recorded AND revoked_at IS NULL;
 
 -- A tenant's IP allowlist: when not empty, its API answers only clients in
 -- these networks.
