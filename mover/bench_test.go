@@ -162,23 +162,6 @@ func (bb *benchBundle) fillTenant(b *testing.B, t catalog.Tenant) int64 {
 	return size
 }
 
-func waitMoveB(b *testing.B, svc *mover.Service, id int64) mover.Move {
-	b.Helper()
-	ctx := benchContext(b)
-	for {
-		m, err := svc.Get(ctx, id)
-		require.NoError(b, err)
-		if !m.Open() {
-			return m
-		}
-		select {
-		case <-ctx.Done():
-			b.Fatalf("move %d still %s (last error %q)", id, m.Phase, m.LastError)
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-}
-
 // phaseClock records when each phase of a move was recorded.
 type phaseClock struct {
 	mu sync.Mutex
@@ -368,7 +351,7 @@ func BenchmarkMoveOnline(b *testing.B) {
 	m, err := svc.StartMove(ctx, t.Slug, mover.MoveSpec{To: "pg-2"}, "bench")
 	require.NoError(b, err)
 	require.Equal(b, mover.ModeOnline, m.Mode, m.ModeReason)
-	m = waitMoveB(b, svc, m.ID)
+	m = waitMove(b, svc, m.ID)
 	total := time.Since(began)
 	b.StopTimer()
 	require.Equal(b, mover.PhaseDone, m.Phase, m.LastError)
@@ -425,7 +408,7 @@ func BenchmarkMoveCopy(b *testing.B) {
 	began := time.Now()
 	m, err := svc.StartMove(ctx, t.Slug, mover.MoveSpec{To: "pg-2", Mode: mover.ModeCopy}, "bench")
 	require.NoError(b, err)
-	m = waitMoveB(b, svc, m.ID)
+	m = waitMove(b, svc, m.ID)
 	total := time.Since(began)
 	require.Equal(b, mover.PhaseDone, m.Phase, m.LastError)
 	dumps = append(dumps, bb.dumpRestore(b, t.Database, "restore_last"))
@@ -573,7 +556,7 @@ func BenchmarkEvacuate50(b *testing.B) {
 	}
 	var pauses []int64
 	for _, id := range ids {
-		m := waitMoveB(b, svc, id)
+		m := waitMove(b, svc, id)
 		require.Equal(b, mover.PhaseDone, m.Phase, m.LastError)
 		pauses = append(pauses, *m.WritePauseMS)
 	}

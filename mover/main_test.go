@@ -28,7 +28,7 @@ func TestMain(m *testing.M) {
 // testTimeout bounds each test's database work.
 const testTimeout = 2 * time.Minute
 
-func testContext(t *testing.T) context.Context {
+func testContext(t testing.TB) context.Context {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	t.Cleanup(cancel)

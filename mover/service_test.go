@@ -159,7 +159,7 @@ func (b *moveBundle) databaseExists(t *testing.T, server string) bool {
 	return ok
 }
 
-func waitMove(t *testing.T, svc *mover.Service, id int64) mover.Move {
+func waitMove(t testing.TB, svc *mover.Service, id int64) mover.Move {
 	t.Helper()
 	ctx := testContext(t)
 	for {
