@@ -54,13 +54,13 @@ type CopyOptions struct {
 
 // CopyResult is what Copy did.
 type CopyResult struct {
-	Tables           []TableProgress // each table's final report, in the order copied
-	SequencesMoved   int             // sequences of the target moved up to the source's
-	IndexesRebuilt   int             // indexes and constraints of the target dropped before the copy and made again after it
-	Rows, Bytes      int64           // over all tables
+	Tables         []TableProgress // each table's final report, in the order copied
+	SequencesMoved int             // sequences of the target moved up to the source's
+	IndexesRebuilt int             // indexes and constraints of the target dropped before the copy and made again after it
+	Rows, Bytes    int64           // over all tables
 	// Copied is each table's rows as they went from the source to the
 	// target, counted and hashed on the way (VerifyOptions.Copied).
-	Copied []CopiedTable
+	Copied           []CopiedTable
 	Duration         time.Duration
 	SourceSnapshotAt time.Time // the source's clock when the snapshot was taken
 }
