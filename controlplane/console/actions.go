@@ -111,19 +111,29 @@ func optionalInt(v url.Values, name string) (*int, error) {
 
 var actions = map[string]*action{
 	"suspend": lifecycleAction("Suspend this tenant? Its API calls will be refused (403) until it is resumed; its data stays.", "Suspend", "Suspended.", true,
-		func(p *provisioner.Provisioner) func(context.Context, string, string, string) (catalog.Tenant, error) { return p.Suspend }),
+		func(p *provisioner.Provisioner) func(context.Context, string, string, string) (catalog.Tenant, error) {
+			return p.Suspend
+		}),
 	"resume": lifecycleAction("Resume this tenant? Its API calls will be served again.", "Resume", "Resumed.", false,
-		func(p *provisioner.Provisioner) func(context.Context, string, string, string) (catalog.Tenant, error) { return p.Resume }),
+		func(p *provisioner.Provisioner) func(context.Context, string, string, string) (catalog.Tenant, error) {
+			return p.Resume
+		}),
 	"rotate": lifecycleAction("Rotate this tenant's database credentials? Its pools reconnect with the new password.", "Rotate credentials", "Credentials rotated.", false,
 		func(p *provisioner.Provisioner) func(context.Context, string, string, string) (catalog.Tenant, error) {
 			return p.RotateCredentials
 		}),
 	"delete": lifecycleAction("Delete this tenant? It stops being served at once; its database is dropped after the grace period, until then it can be restored.", "Delete", "Deleted: it can be restored during the grace period.", true,
-		func(p *provisioner.Provisioner) func(context.Context, string, string, string) (catalog.Tenant, error) { return p.Delete }),
+		func(p *provisioner.Provisioner) func(context.Context, string, string, string) (catalog.Tenant, error) {
+			return p.Delete
+		}),
 	"restore": lifecycleAction("Restore this deleted tenant?", "Restore", "Restored.", false,
-		func(p *provisioner.Provisioner) func(context.Context, string, string, string) (catalog.Tenant, error) { return p.Restore }),
+		func(p *provisioner.Provisioner) func(context.Context, string, string, string) (catalog.Tenant, error) {
+			return p.Restore
+		}),
 	"retry": lifecycleAction("Retry this tenant's failed step?", "Retry", "Retrying.", false,
-		func(p *provisioner.Provisioner) func(context.Context, string, string, string) (catalog.Tenant, error) { return p.Retry }),
+		func(p *provisioner.Provisioner) func(context.Context, string, string, string) (catalog.Tenant, error) {
+			return p.Retry
+		}),
 	"move": {Title: "Move this tenant to another server? It stays online; its writes pause briefly at the switch.", Button: "Move", Done: "Move started.",
 		Danger: true, Fields: []string{"slug", "to"},
 		Do: func(ctx context.Context, c *Console, v url.Values) (string, error) {
@@ -199,11 +209,17 @@ var actions = map[string]*action{
 	"revert-move": moveAction("Revert this move? The tenant moves back to its source, kept for the grace period.", "Revert", "Revert started.",
 		func(m *mover.Service) func(context.Context, int64, string) (mover.Move, error) { return m.Revert }),
 	"pause-evacuation": evacAction("Pause this evacuation? Moves under way finish; no others start.", "Pause", "Paused.",
-		func(m *mover.Service) func(context.Context, int64, string) (mover.Evacuation, error) { return m.PauseEvacuation }),
+		func(m *mover.Service) func(context.Context, int64, string) (mover.Evacuation, error) {
+			return m.PauseEvacuation
+		}),
 	"resume-evacuation": evacAction("Resume this evacuation?", "Resume", "Resumed.",
-		func(m *mover.Service) func(context.Context, int64, string) (mover.Evacuation, error) { return m.ResumeEvacuation }),
+		func(m *mover.Service) func(context.Context, int64, string) (mover.Evacuation, error) {
+			return m.ResumeEvacuation
+		}),
 	"cancel-evacuation": evacAction("Cancel this evacuation? Moves under way finish; the rest are skipped.", "Cancel the evacuation", "Cancelled.",
-		func(m *mover.Service) func(context.Context, int64, string) (mover.Evacuation, error) { return m.CancelEvacuation }),
+		func(m *mover.Service) func(context.Context, int64, string) (mover.Evacuation, error) {
+			return m.CancelEvacuation
+		}),
 	"remove-orphans": {Title: "Remove every orphan listed? The databases, roles and replication objects are dropped for good.", Button: "Remove them", Done: "Orphans removed.",
 		Danger: true,
 		Do: func(ctx context.Context, c *Console, _ url.Values) (string, error) {

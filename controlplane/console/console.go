@@ -51,7 +51,7 @@ type Config struct {
 	// Orphans finds (remove false) or drops (remove true) what the
 	// reconciler finds on the servers. Required.
 	Orphans func(ctx context.Context, remove bool) ([]provisioner.Orphan, error)
-	Logger      *slog.Logger             // default slog.Default()
+	Logger  *slog.Logger // default slog.Default()
 	// SessionTTL is how long a sign-in lasts. Default 8h.
 	SessionTTL time.Duration
 	// ServerTimeout bounds each live reading of a server on the Fleet page. Default 2s.
