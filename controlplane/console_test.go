@@ -1,0 +1,256 @@
+package controlplane
+
+import (
+	"crypto/tls"
+	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"net/http/httptest"
+	"net/url"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// consoleClient is an operator's browser without the browser: a cookie jar
+// that does not follow redirects, so each answer can be looked at.
+type consoleClient struct {
+	t    *testing.T
+	base string // http://host:port
+	http *http.Client
+}
+
+func newConsoleClient(t *testing.T, base string, transport http.RoundTripper) *consoleClient {
+	t.Helper()
+	jar, err := cookiejar.New(nil)
+	require.NoError(t, err)
+	return &consoleClient{t: t, base: base, http: &http.Client{
+		Jar: jar, Transport: transport, Timeout: 30 * time.Second,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}}
+}
+
+func (c *consoleClient) do(method, path string, form url.Values, header map[string]string) (*http.Response, string) {
+	c.t.Helper()
+	var body io.Reader
+	if form != nil {
+		body = strings.NewReader(form.Encode())
+	}
+	req, err := http.NewRequest(method, c.base+path, body)
+	require.NoError(c.t, err)
+	if form != nil {
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	}
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	resp, err := c.http.Do(req)
+	require.NoError(c.t, err)
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	require.NoError(c.t, err)
+	return resp, string(raw)
+}
+
+// urlAttrRE finds every attribute that makes a browser fetch or go to a URL.
+var urlAttrRE = regexp.MustCompile(`(?i)\s(href|src|action|formaction|hx-get|hx-post|hx-put|hx-delete|data|poster|srcset)='?"?([^"' >]*)`)
+
+var csrfRE = regexp.MustCompile(`name="csrf" value="([^"]+)"`)
+
+// csrfOf returns the CSRF token of the page's forms.
+func csrfOf(t *testing.T, page string) string {
+	t.Helper()
+	m := csrfRE.FindStringSubmatch(page)
+	require.NotNil(t, m, "the page has a form with a CSRF token: %s", page)
+	return m[1]
+}
+
+// signIn signs in with token and returns the answer to the form.
+func (c *consoleClient) signIn(token string) (*http.Response, string) {
+	c.t.Helper()
+	_, page := c.do("GET", "/console/signin", nil, nil)
+	return c.do("POST", "/console/signin", url.Values{"csrf": {csrfOf(c.t, page)}, "token": {token}}, nil)
+}
+
+func cookieNamed(resp *http.Response, name string) *http.Cookie {
+	for _, c := range resp.Cookies() {
+		if c.Name == name {
+			return c
+		}
+	}
+	return nil
+}
+
+// TestConsoleSecurity checks what a browser enforces on the console's
+// behalf: cookie flags, the CSP on every page, CSRF tokens on every change,
+// the limit on wrong tokens, sign-out everywhere, and the JSON API that
+// still takes the bearer token alone.
+func TestConsoleSecurity(t *testing.T) {
+	t.Parallel()
+	f := setupFleet(t, 1, nil)
+	status, body := f.createTenant(t, "acme", true)
+	require.Equal(t, http.StatusCreated, status, body)
+	c := newConsoleClient(t, f.admin, nil)
+
+	t.Run("signed out, every page asks to sign in", func(t *testing.T) {
+		for _, p := range []string{"/console/", "/console/tenants", "/console/tenants/acme", "/console/operations"} {
+			resp, _ := c.do("GET", p, nil, nil)
+			require.Equal(t, http.StatusSeeOther, resp.StatusCode, p)
+			require.Equal(t, "/console/signin?next="+url.QueryEscape(p), resp.Header.Get("Location"))
+		}
+		resp, _ := c.do("POST", "/console/act/suspend", url.Values{"slug": {"acme"}}, nil)
+		require.Equal(t, http.StatusUnauthorized, resp.StatusCode)
+	})
+
+	t.Run("the sign-in form needs its CSRF token", func(t *testing.T) {
+		resp, page := c.do("POST", "/console/signin", url.Values{"token": {testToken}}, nil)
+		require.Equal(t, http.StatusForbidden, resp.StatusCode)
+		require.Contains(t, page, "came from another site")
+		require.Nil(t, cookieNamed(resp, "tp_console"))
+	})
+
+	var session *http.Cookie
+	t.Run("sign in gives a session cookie with its flags", func(t *testing.T) {
+		resp, _ := c.signIn(testToken)
+		require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+		require.Equal(t, "/console/", resp.Header.Get("Location"))
+		session = cookieNamed(resp, "tp_console")
+		require.NotNil(t, session)
+		require.True(t, session.HttpOnly)
+		require.Equal(t, http.SameSiteStrictMode, session.SameSite)
+		require.False(t, session.Secure, "plain HTTP: a Secure cookie would never come back")
+		require.Equal(t, "/console/", session.Path)
+		require.Greater(t, session.MaxAge, 0)
+		require.WithinDuration(t, time.Now().Add(8*time.Hour), session.Expires, time.Minute)
+	})
+
+	t.Run("every page has the CSP and no external URL", func(t *testing.T) {
+		for _, p := range []string{"/console/", "/console/tenants", "/console/tenants?q=acm&state=active", "/console/tenants/acme",
+			"/console/operations", "/console/billing", "/console/orphans", "/console/act/suspend?slug=acme", "/console/signin", "/console/nope"} {
+			resp, page := c.do("GET", p, nil, nil)
+			require.Less(t, resp.StatusCode, 500, p)
+			csp := resp.Header.Get("Content-Security-Policy")
+			require.Contains(t, csp, "default-src 'none'", p)
+			require.Contains(t, csp, "script-src 'self'", p)
+			require.NotContains(t, csp, "unsafe-inline", p)
+			require.Equal(t, "DENY", resp.Header.Get("X-Frame-Options"), p)
+			for _, m := range urlAttrRE.FindAllStringSubmatch(page, -1) {
+				require.Regexp(t, `^(/console/|\?|#)`, m[2], "%s: %s points outside the console", p, m[0])
+			}
+			require.NotRegexp(t, `(?i)<script>|<style|style="|\son[a-z]+="`, page, "%s has inline script or style, which the CSP refuses", p)
+		}
+		resp, _ := c.do("GET", "/console/static/htmx-2.0.11.min.js", nil, nil)
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		require.NotEmpty(t, resp.Header.Get("Content-Security-Policy"))
+	})
+
+	t.Run("a form without the CSRF token is refused", func(t *testing.T) {
+		resp, page := c.do("POST", "/console/act/suspend", url.Values{"slug": {"acme"}}, nil)
+		require.Equal(t, http.StatusForbidden, resp.StatusCode)
+		require.Contains(t, page, "CSRF token")
+		_, tenant := call(t, "GET", f.admin+"/admin/v1/tenants/acme", testToken, nil)
+		require.Equal(t, "active", tenant["state"])
+
+		// A cross-site post carrying a token (say, one leaked) is refused by its origin.
+		_, page = c.do("GET", "/console/act/suspend?slug=acme", nil, nil)
+		token := csrfOf(t, page)
+		resp, _ = c.do("POST", "/console/act/suspend", url.Values{"slug": {"acme"}, "csrf": {token}},
+			map[string]string{"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"})
+		require.Equal(t, http.StatusForbidden, resp.StatusCode)
+		_, tenant = call(t, "GET", f.admin+"/admin/v1/tenants/acme", testToken, nil)
+		require.Equal(t, "active", tenant["state"])
+
+		// The same form from the console does it, as the console.
+		resp, _ = c.do("POST", "/console/act/suspend", url.Values{"slug": {"acme"}, "csrf": {token}, "reason": {"test"}},
+			map[string]string{"Origin": c.base, "Sec-Fetch-Site": "same-origin"})
+		require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+		require.Equal(t, "/console/tenants/acme?done=suspend", resp.Header.Get("Location"))
+		_, tenant = call(t, "GET", f.admin+"/admin/v1/tenants/acme", testToken, nil)
+		require.Equal(t, "suspended", tenant["state"])
+	})
+
+	t.Run("errors show the API's message", func(t *testing.T) {
+		_, page := c.do("GET", "/console/", nil, nil)
+		token := csrfOf(t, page)
+		resp, page := c.do("POST", "/console/act/suspend", url.Values{"slug": {"acme"}, "csrf": {token}}, nil)
+		require.Equal(t, http.StatusConflict, resp.StatusCode)
+		require.Contains(t, page, "suspended")
+		resp, page = c.do("GET", "/console/tenants/nobody", nil, nil)
+		require.Equal(t, http.StatusNotFound, resp.StatusCode)
+		require.Contains(t, page, `tenant &#34;nobody&#34; not found`)
+	})
+
+	t.Run("the JSON API keeps its bearer token", func(t *testing.T) {
+		req, err := http.NewRequest("GET", f.admin+"/admin/v1/servers", nil)
+		require.NoError(t, err)
+		req.AddCookie(session)
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.Equal(t, http.StatusUnauthorized, resp.StatusCode, "a console session is no admin token")
+	})
+
+	t.Run("sign-out ends the session on every replica", func(t *testing.T) {
+		// A second process on the same catalog knows the session...
+		other := setupEnv(t, f.app.cfg.DatabaseURL, nil)
+		req, err := http.NewRequest("GET", other.admin+"/console/", nil)
+		require.NoError(t, err)
+		req.AddCookie(session)
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+
+		_, page := c.do("GET", "/console/", nil, nil)
+		resp, _ = c.do("POST", "/console/signout", url.Values{"csrf": {csrfOf(t, page)}}, nil)
+		require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+		gone := cookieNamed(resp, "tp_console")
+		require.NotNil(t, gone)
+		require.Less(t, gone.MaxAge, 0, "sign-out deletes the cookie")
+
+		// ...and forgets it once signed out, even with the old cookie.
+		for _, base := range []string{f.admin, other.admin} {
+			req, err := http.NewRequest("GET", base+"/console/", nil)
+			require.NoError(t, err)
+			req.AddCookie(session)
+			resp, err := (&http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}).Do(req)
+			require.NoError(t, err)
+			resp.Body.Close()
+			require.Equal(t, http.StatusSeeOther, resp.StatusCode, base)
+		}
+		var n int
+		require.NoError(t, f.app.store.Pool().QueryRow(t.Context(), `SELECT count(*) FROM console_sessions`).Scan(&n))
+		require.Zero(t, n)
+	})
+
+	t.Run("on TLS the cookie is Secure", func(t *testing.T) {
+		srv := httptest.NewUnstartedServer(f.app.adminServer.Handler)
+		srv.StartTLS()
+		defer srv.Close()
+		tc := newConsoleClient(t, srv.URL, &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}) //nolint:gosec // the test's own certificate
+		resp, _ := tc.signIn(testToken)
+		require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+		ck := cookieNamed(resp, "tp_console")
+		require.NotNil(t, ck)
+		require.True(t, ck.Secure)
+		require.True(t, ck.HttpOnly)
+		require.Equal(t, http.SameSiteStrictMode, ck.SameSite)
+	})
+	t.Run("wrong tokens are rate limited", func(t *testing.T) {
+		w := newConsoleClient(t, f.admin, nil)
+		for i := range 5 {
+			resp, page := w.signIn("wrong-token-" + strings.Repeat("x", i))
+			require.Equal(t, http.StatusUnauthorized, resp.StatusCode, "try %d", i)
+			require.Contains(t, page, "Wrong admin token")
+		}
+		resp, page := w.signIn(testToken)
+		require.Equal(t, http.StatusTooManyRequests, resp.StatusCode, "after a burst of wrong tokens even the right one waits")
+		require.NotEmpty(t, resp.Header.Get("Retry-After"))
+		require.Contains(t, page, "Too many wrong tokens")
+		require.Nil(t, cookieNamed(resp, "tp_console"))
+	})
+
+}
