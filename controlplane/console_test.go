@@ -18,12 +18,12 @@ import (
 // consoleClient is an operator's browser without the browser: a cookie jar
 // that does not follow redirects, so each answer can be looked at.
 type consoleClient struct {
-	t    *testing.T
+	t    testing.TB
 	base string // http://host:port
 	http *http.Client
 }
 
-func newConsoleClient(t *testing.T, base string, transport http.RoundTripper) *consoleClient {
+func newConsoleClient(t testing.TB, base string, transport http.RoundTripper) *consoleClient {
 	t.Helper()
 	jar, err := cookiejar.New(nil)
 	require.NoError(t, err)
@@ -61,7 +61,7 @@ var urlAttrRE = regexp.MustCompile(`(?i)\s(href|src|action|formaction|hx-get|hx-
 var csrfRE = regexp.MustCompile(`name="csrf" value="([^"]+)"`)
 
 // csrfOf returns the CSRF token of the page's forms.
-func csrfOf(t *testing.T, page string) string {
+func csrfOf(t testing.TB, page string) string {
 	t.Helper()
 	m := csrfRE.FindStringSubmatch(page)
 	require.NotNil(t, m, "the page has a form with a CSRF token: %s", page)
