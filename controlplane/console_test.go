@@ -254,3 +254,63 @@ func TestConsoleSecurity(t *testing.T) {
 	})
 
 }
+
+// TestConsoleOperations follows a tenant's move and a billing run started
+// from the console to their pages, and reads the Fleet page with one server
+// down.
+func TestConsoleOperations(t *testing.T) {
+	t.Parallel()
+	f := setupFleet(t, 2, nil)
+	status, body := f.createTenant(t, "acme", true)
+	require.Equal(t, http.StatusCreated, status, body)
+	from := body["server"].(string)
+	to := map[string]string{"pg-1": "pg-2", "pg-2": "pg-1"}[from]
+	c := newConsoleClient(t, f.admin, nil)
+	resp, _ := c.signIn(testToken)
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+
+	_, page := c.do("GET", "/console/tenants/acme", nil, nil)
+	require.Contains(t, page, `<option>`+to+`</option>`, "the tenant page offers the other server as a move target")
+	token := csrfOf(t, page)
+
+	resp, page = c.do("POST", "/console/act/move", url.Values{"slug": {"acme"}, "to": {to}, "mode": {"copy"}, "csrf": {token}}, nil)
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode, page)
+	movePage := strings.TrimSuffix(resp.Header.Get("Location"), "?done=move")
+	require.Regexp(t, `^/console/operations/moves/[0-9]+$`, movePage)
+	resp, page = c.do("GET", movePage, nil, nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Contains(t, page, "by console")
+	require.Eventually(t, func() bool {
+		_, page = c.do("GET", movePage, nil, nil)
+		return strings.Contains(page, `state-done">done`)
+	}, 60*time.Second, 200*time.Millisecond, "the move's page never showed it done")
+	require.NotContains(t, page, `hx-trigger`, "a finished move's page stops polling")
+	require.Contains(t, page, "/console/act/revert-move?id=")
+	_, tenant := call(t, "GET", f.admin+"/admin/v1/tenants/acme", testToken, nil)
+	require.Equal(t, to, tenant["server"])
+
+	period := time.Now().UTC().AddDate(0, -1, 0).Format("2006-01")
+	resp, page = c.do("POST", "/console/act/start-billing", url.Values{"period": {period}, "csrf": {token}}, nil)
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode, page)
+	resp, page = c.do("GET", resp.Header.Get("Location"), nil, nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Contains(t, page, "Billing run started.")
+	require.Contains(t, page, period)
+
+	resp, page = c.do("POST", "/console/act/start-billing", url.Values{"period": {"2026-13"}, "csrf": {token}}, nil)
+	require.Equal(t, http.StatusBadRequest, resp.StatusCode, "a bad period answers as the API does")
+	require.Contains(t, page, "2026-13")
+
+	_, page = c.do("GET", "/console/operations", nil, nil)
+	require.Contains(t, page, movePage)
+	require.Contains(t, page, `<td>`+period+`</td>`)
+
+	// A server that does not answer shows why, and the page still comes at once.
+	f.servers[from].Stop(t)
+	start := time.Now()
+	resp, page = c.do("GET", "/console/", nil, nil)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Less(t, time.Since(start), 10*time.Second)
+	require.Contains(t, page, "0 of budget 80", "the live server is read")
+	require.Regexp(t, `srv-`+from+`"(?s:.)*Connections</dt><dd><span class="error-inline">server &#34;`+from+`&#34;: `, page, "the stopped server shows why it was not read")
+}

@@ -135,12 +135,12 @@ var actions = map[string]*action{
 			return p.Retry
 		}),
 	"move": {Title: "Move this tenant to another server? It stays online; its writes pause briefly at the switch.", Button: "Move", Done: "Move started.",
-		Danger: true, Fields: []string{"slug", "to"},
+		Danger: true, Fields: []string{"slug", "to", "mode"},
 		Do: func(ctx context.Context, c *Console, v url.Values) (string, error) {
 			if v.Get("to") == "" {
 				return "", catalog.Errorf(catalog.CodeInvalid, "to is required: the server to move the tenant to")
 			}
-			m, err := c.cfg.Moves.StartMove(ctx, v.Get("slug"), mover.MoveSpec{To: v.Get("to")}, Actor)
+			m, err := c.cfg.Moves.StartMove(ctx, v.Get("slug"), mover.MoveSpec{To: v.Get("to"), Mode: v.Get("mode")}, Actor)
 			if err != nil {
 				return "", err
 			}
