@@ -175,6 +175,18 @@ func TestConsoleInBrowser(t *testing.T) {
 	f.createTenants(t, "initech", 2)
 	status, body := f.createTenant(t, "globex", true)
 	require.Equal(t, http.StatusCreated, status, body)
+	// A month of API calls for one tenant, for its usage chart: day d has d*10 calls.
+	now := time.Now().UTC()
+	var events []map[string]any
+	for d := 1; d <= now.Day(); d++ {
+		at := time.Date(now.Year(), now.Month(), d, 12, 0, 0, 0, time.UTC)
+		if at.After(now) {
+			at = now
+		}
+		events = append(events, map[string]any{"id": fmt.Sprintf("ev-%d", d), "tenant": "initech-00", "meter": "api_calls", "quantity": d * 10, "timestamp": at.Format(time.RFC3339)})
+	}
+	status, body = call(t, "POST", f.admin+"/admin/v1/usage/events", testToken, events)
+	require.Equal(t, http.StatusOK, status, body)
 	base := f.admin + "/console/"
 	parent := t // the redeployed App lives as long as the whole test
 
@@ -201,6 +213,11 @@ func TestConsoleInBrowser(t *testing.T) {
 		require.Contains(t, b.text(t, ".server"), "3 of 100")
 		b.shot(t, "03-fleet")
 		b.narrowShot(t, "03-fleet")
+		// From the keyboard: the first Tab reaches the skip link, Enter jumps to the content.
+		b.do(t, chromedp.KeyEvent("\t"))
+		require.Equal(t, "skip", eval[string](t, b, `document.activeElement.className`))
+		b.do(t, chromedp.KeyEvent("\r"))
+		b.waitFor(t, `location.hash === "#main"`)
 		cookies, err := chromedp.Call(b.ctx, network.GetCookies, network.GetCookiesParams{URLs: []string{base}})
 		require.NoError(t, err)
 		var session *network.Cookie
@@ -226,10 +243,12 @@ func TestConsoleInBrowser(t *testing.T) {
 
 		b.do(t, chromedp.Click(chromedp.CSS(`#tenants a[href="/console/tenants/globex"]`)), chromedp.WaitVisible(chromedp.CSS("#tenant-state")))
 		require.Equal(t, "active", b.text(t, "#tenant-state"))
-		b.do(t, chromedp.Click(chromedp.CSS("#action-suspend")), chromedp.WaitVisible(chromedp.CSS("#confirm-button")))
+		// By keyboard: Enter on the action, a reason typed, Enter on the confirmation.
+		b.do(t, chromedp.Focus(chromedp.CSS("#action-suspend")), chromedp.KeyEvent("\r"), chromedp.WaitVisible(chromedp.CSS("#confirm-button")))
 		require.Contains(t, b.text(t, ".question"), "Suspend this tenant?")
+		require.Equal(t, "confirm-button", eval[string](t, b, `document.activeElement.id`), "the confirmation's button has the focus")
 		b.shot(t, "05-confirm-suspend")
-		b.do(t, chromedp.SendKeys(chromedp.CSS("#reason"), "browser test"), chromedp.Click(chromedp.CSS("#confirm-button")),
+		b.do(t, chromedp.SendKeys(chromedp.CSS("#reason"), "browser test"), chromedp.Focus(chromedp.CSS("#confirm-button")), chromedp.KeyEvent("\r"),
 			chromedp.WaitVisible(chromedp.CSS("#notice")))
 		require.Equal(t, "suspended", b.text(t, "#tenant-state"))
 		require.Equal(t, "Suspended.", b.text(t, "#notice"))
@@ -284,6 +303,11 @@ func TestConsoleInBrowser(t *testing.T) {
 			{"tenants/initech-00", "12-tenant", "#usage-chart"},
 		} {
 			b.do(t, chromedp.Navigate(base+p.path), chromedp.WaitVisible(chromedp.CSS(p.sel)))
+			if p.name == "12-tenant" {
+				require.Equal(t, now.Day(), eval[int](t, b, `[...document.querySelectorAll("#usage-chart rect.bar")].filter(r => r.getAttribute("height") > 0).length`),
+					"one bar for each day with API calls")
+				require.Contains(t, eval[string](t, b, `document.querySelector("#chart-title").textContent`), fmt.Sprintf("at most %d a day", now.Day()*10))
+			}
 			b.shot(t, p.name)
 			b.narrowShot(t, p.name)
 		}
