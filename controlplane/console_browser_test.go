@@ -116,12 +116,7 @@ func eval[T any](t *testing.T, b *browser, js string) T {
 // checks the page does not scroll sideways.
 func (b *browser) shot(t *testing.T, name string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(b.ctx, 30*time.Second)
-	defer cancel()
-	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
-	require.NoError(t, err)
-	require.NoError(t, os.WriteFile(filepath.Join(b.dir, name+".png"), png, 0o644))
-	require.True(t, eval[bool](t, b, `document.documentElement.scrollWidth <= window.innerWidth`), "%s scrolls sideways at 1280 px", name)
+	b.save(t, name+".png", 1280)
 }
 
 // narrowShot saves the page at a phone's width too, and checks that it does
@@ -130,12 +125,17 @@ func (b *browser) narrowShot(t *testing.T, name string) {
 	t.Helper()
 	b.do(t, chromedp.EmulateViewport(390, 800))
 	defer b.do(t, chromedp.EmulateViewport(1280, 800))
+	b.save(t, name+"-narrow.png", 390)
+}
+
+func (b *browser) save(t *testing.T, file string, width int) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(b.ctx, 30*time.Second)
 	defer cancel()
 	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
 	require.NoError(t, err)
-	require.NoError(t, os.WriteFile(filepath.Join(b.dir, name+"-narrow.png"), png, 0o644))
-	require.True(t, eval[bool](t, b, `document.documentElement.scrollWidth <= window.innerWidth`), "%s scrolls sideways at 390 px", name)
+	require.NoError(t, os.WriteFile(filepath.Join(b.dir, file), png, 0o644))
+	require.True(t, eval[bool](t, b, `document.documentElement.scrollWidth <= window.innerWidth`), "%s scrolls sideways at %d px", file, width)
 }
 
 // waitFor waits until the JavaScript condition holds on the page, such as
@@ -303,6 +303,10 @@ func TestConsoleInBrowser(t *testing.T) {
 			{"tenants/initech-00", "12-tenant", "#usage-chart"},
 		} {
 			b.do(t, chromedp.Navigate(base+p.path), chromedp.WaitVisible(chromedp.CSS(p.sel)))
+			if p.name == "10-billing" {
+				require.Regexp(t, `^pro\s+3\s+\$`, b.text(t, "#outlook tbody tr"), "three pro tenants are expected to be invoiced")
+				require.Contains(t, b.text(t, "#top"), "initech-00")
+			}
 			if p.name == "12-tenant" {
 				require.Equal(t, now.Day(), eval[int](t, b, `[...document.querySelectorAll("#usage-chart rect.bar")].filter(r => r.getAttribute("height") > 0).length`),
 					"one bar for each day with API calls")

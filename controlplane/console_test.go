@@ -305,6 +305,11 @@ func TestConsoleOperations(t *testing.T) {
 	require.Contains(t, page, movePage)
 	require.Contains(t, page, `<td>`+period+`</td>`)
 
+	// The Fleet page counts the tenant where it is now, by state and schema version.
+	_, page = c.do("GET", "/console/", nil, nil)
+	require.Contains(t, page, `href="/console/tenants?server=`+to+`&amp;state=active">active 1</a>`)
+	require.Regexp(t, `srv-`+to+`"(?s:.)*v1: 1(?s:.)*srv-|srv-`+to+`"(?s:.)*v1: 1`, page)
+
 	// A server that does not answer shows why, and the page still comes at once.
 	f.servers[from].Stop(t)
 	start := time.Now()

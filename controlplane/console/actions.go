@@ -43,49 +43,41 @@ func lifecycleAction(title, button, done string, danger bool, op func(*provision
 
 func tenantURL(slug string) string { return Prefix + "tenants/" + url.PathEscape(slug) }
 
-// runAction changes a migration run.
-func runAction(title, button, done string, danger bool, a fanout.RunAction) *action {
+// idAction changes a numbered operation through op, then shows its page,
+// Prefix+"operations/"+kind+"/{id}".
+func idAction[T any](title, button, done string, danger bool, kind string, op func(ctx context.Context, c *Console, id int64) (T, error)) *action {
 	return &action{Title: title, Button: button, Done: done, Danger: danger, Fields: []string{"id"},
 		Do: func(ctx context.Context, c *Console, v url.Values) (string, error) {
 			id, err := formID(v)
 			if err != nil {
 				return "", err
 			}
-			if _, err := c.cfg.Fanout.ChangeRun(ctx, id, a, Actor); err != nil {
+			if _, err := op(ctx, c, id); err != nil {
 				return "", err
 			}
-			return fmt.Sprintf("%soperations/runs/%d", Prefix, id), nil
+			return fmt.Sprintf("%soperations/%s/%d", Prefix, kind, id), nil
 		}}
+}
+
+// runAction changes a migration run.
+func runAction(title, button, done string, danger bool, a fanout.RunAction) *action {
+	return idAction(title, button, done, danger, "runs", func(ctx context.Context, c *Console, id int64) (fanout.MigrationRun, error) {
+		return c.cfg.Fanout.ChangeRun(ctx, id, a, Actor)
+	})
 }
 
 // evacAction changes an evacuation.
 func evacAction(title, button, done string, op func(*mover.Service) func(context.Context, int64, string) (mover.Evacuation, error)) *action {
-	return &action{Title: title, Button: button, Done: done, Danger: true, Fields: []string{"id"},
-		Do: func(ctx context.Context, c *Console, v url.Values) (string, error) {
-			id, err := formID(v)
-			if err != nil {
-				return "", err
-			}
-			if _, err := op(c.cfg.Moves)(ctx, id, Actor); err != nil {
-				return "", err
-			}
-			return fmt.Sprintf("%soperations/evacuations/%d", Prefix, id), nil
-		}}
+	return idAction(title, button, done, true, "evacuations", func(ctx context.Context, c *Console, id int64) (mover.Evacuation, error) {
+		return op(c.cfg.Moves)(ctx, id, Actor)
+	})
 }
 
 // moveAction changes a move.
 func moveAction(title, button, done string, op func(*mover.Service) func(context.Context, int64, string) (mover.Move, error)) *action {
-	return &action{Title: title, Button: button, Done: done, Danger: true, Fields: []string{"id"},
-		Do: func(ctx context.Context, c *Console, v url.Values) (string, error) {
-			id, err := formID(v)
-			if err != nil {
-				return "", err
-			}
-			if _, err := op(c.cfg.Moves)(ctx, id, Actor); err != nil {
-				return "", err
-			}
-			return fmt.Sprintf("%soperations/moves/%d", Prefix, id), nil
-		}}
+	return idAction(title, button, done, true, "moves", func(ctx context.Context, c *Console, id int64) (mover.Move, error) {
+		return op(c.cfg.Moves)(ctx, id, Actor)
+	})
 }
 
 func formID(v url.Values) (int64, error) {

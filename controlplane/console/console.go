@@ -127,11 +127,13 @@ func (c *Console) routes() {
 	m.Handle("GET /console/tenants", c.get(c.tenantsPage))
 	m.Handle("GET /console/tenants/{slug}", c.get(c.tenantPage))
 	m.Handle("GET /console/operations", c.get(c.operationsPage))
-	m.Handle("GET /console/operations/runs/{id}", c.get(c.runPage))
-	m.Handle("GET /console/operations/runs/{id}/progress", c.get(c.runProgress))
-	m.Handle("GET /console/operations/billing/{id}", c.get(c.billingRunPage))
-	m.Handle("GET /console/operations/moves/{id}", c.get(c.movePage))
-	m.Handle("GET /console/operations/evacuations/{id}", c.get(c.evacuationPage))
+	m.Handle("GET /console/operations/runs/{id}", c.get(objectPage(c, "run", "run.html", "Migration run", c.runReport)))
+	// The run page's progress section alone: the page asks for it every
+	// second while the run is live, and stops once the answer says it is over.
+	m.Handle("GET /console/operations/runs/{id}/progress", c.get(objectPage(c, "run", "run_progress.html", "", c.runReport)))
+	m.Handle("GET /console/operations/billing/{id}", c.get(objectPage(c, "billing run", "billing_run.html", "Billing run", c.cfg.Billing.GetRun)))
+	m.Handle("GET /console/operations/moves/{id}", c.get(objectPage(c, "move", "move.html", "Move", c.cfg.Moves.Get)))
+	m.Handle("GET /console/operations/evacuations/{id}", c.get(objectPage(c, "evacuation", "evacuation.html", "Evacuation", c.cfg.Moves.GetEvacuation)))
 	m.Handle("GET /console/billing", c.get(c.billingPage))
 	m.Handle("GET /console/orphans", c.get(c.orphansPage))
 	m.Handle("GET /console/act/{action}", c.get(c.confirmPage))

@@ -56,11 +56,8 @@ type runData struct {
 	Live bool // still going: the page polls its progress
 }
 
-func (c *Console) runData(ctx context.Context, r *http.Request) (runData, error) {
-	id, err := pathID(r, "run")
-	if err != nil {
-		return runData{}, err
-	}
+// runReport is a run's report, and whether it is live.
+func (c *Console) runReport(ctx context.Context, id int64) (runData, error) {
 	rep, err := c.cfg.Fanout.Report(ctx, id)
 	if err != nil {
 		return runData{}, err
@@ -69,77 +66,23 @@ func (c *Console) runData(ctx context.Context, r *http.Request) (runData, error)
 	return runData{RunReport: rep, Live: live}, nil
 }
 
-func (c *Console) runPage(w http.ResponseWriter, r *http.Request, s session) {
-	ctx, cancel := bounded(r)
-	defer cancel()
-	d, err := c.runData(ctx, r)
-	if err != nil {
-		c.fail(w, r, s, err)
-		return
+// objectPage serves the page of a numbered operation that get reads.
+func objectPage[T any](c *Console, what, name, title string, get func(context.Context, int64) (T, error)) func(http.ResponseWriter, *http.Request, session) {
+	return func(w http.ResponseWriter, r *http.Request, s session) {
+		ctx, cancel := bounded(r)
+		defer cancel()
+		id, err := pathID(r, what)
+		if err != nil {
+			c.fail(w, r, s, err)
+			return
+		}
+		v, err := get(ctx, id)
+		if err != nil {
+			c.fail(w, r, s, err)
+			return
+		}
+		c.render(w, http.StatusOK, name, page{Title: title, Nav: "operations", CSRF: s.CSRF, Data: v, Notice: notice(r)})
 	}
-	c.render(w, http.StatusOK, "run.html", page{Title: "Migration run", Nav: "operations", CSRF: s.CSRF, Data: d, Notice: notice(r)})
-}
-
-// runProgress is the run page's progress section alone: the page asks for
-// it every second while the run is live, and it stops asking once the
-// answer says the run is over.
-func (c *Console) runProgress(w http.ResponseWriter, r *http.Request, s session) {
-	ctx, cancel := bounded(r)
-	defer cancel()
-	d, err := c.runData(ctx, r)
-	if err != nil {
-		c.fail(w, r, s, err)
-		return
-	}
-	c.render(w, http.StatusOK, "run_progress.html", page{CSRF: s.CSRF, Data: d})
-}
-
-func (c *Console) billingRunPage(w http.ResponseWriter, r *http.Request, s session) {
-	ctx, cancel := bounded(r)
-	defer cancel()
-	id, err := pathID(r, "billing run")
-	if err != nil {
-		c.fail(w, r, s, err)
-		return
-	}
-	run, err := c.cfg.Billing.GetRun(ctx, id)
-	if err != nil {
-		c.fail(w, r, s, err)
-		return
-	}
-	c.render(w, http.StatusOK, "billing_run.html", page{Title: "Billing run", Nav: "operations", CSRF: s.CSRF, Data: run, Notice: notice(r)})
-}
-
-func (c *Console) movePage(w http.ResponseWriter, r *http.Request, s session) {
-	ctx, cancel := bounded(r)
-	defer cancel()
-	id, err := pathID(r, "move")
-	if err != nil {
-		c.fail(w, r, s, err)
-		return
-	}
-	m, err := c.cfg.Moves.Get(ctx, id)
-	if err != nil {
-		c.fail(w, r, s, err)
-		return
-	}
-	c.render(w, http.StatusOK, "move.html", page{Title: "Move", Nav: "operations", CSRF: s.CSRF, Data: m, Notice: notice(r)})
-}
-
-func (c *Console) evacuationPage(w http.ResponseWriter, r *http.Request, s session) {
-	ctx, cancel := bounded(r)
-	defer cancel()
-	id, err := pathID(r, "evacuation")
-	if err != nil {
-		c.fail(w, r, s, err)
-		return
-	}
-	e, err := c.cfg.Moves.GetEvacuation(ctx, id)
-	if err != nil {
-		c.fail(w, r, s, err)
-		return
-	}
-	c.render(w, http.StatusOK, "evacuation.html", page{Title: "Evacuation", Nav: "operations", CSRF: s.CSRF, Data: e, Notice: notice(r)})
 }
 
 // billingData is the Billing page's.

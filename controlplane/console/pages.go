@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/dustin/go-humanize"
+
 	"github.com/tenantplane/tenantplane/billing"
 	"github.com/tenantplane/tenantplane/catalog"
 	"github.com/tenantplane/tenantplane/provisioner"
@@ -21,18 +23,7 @@ import (
 const tenantsPerPage = 50
 
 var funcs = template.FuncMap{
-	"bytes": func(n int64) string {
-		const unit = 1024
-		if n < unit {
-			return fmt.Sprintf("%d B", n)
-		}
-		div, exp := int64(unit), 0
-		for m := n / unit; m >= unit; m /= unit {
-			div *= unit
-			exp++
-		}
-		return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-	},
+	"bytes": func(n int64) string { return humanize.IBytes(uint64(max(n, 0))) },
 	"when": func(t any) string {
 		switch v := t.(type) {
 		case time.Time:
