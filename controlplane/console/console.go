@@ -180,7 +180,11 @@ func (c *Console) fail(w http.ResponseWriter, r *http.Request, s session, err er
 	if status >= 500 {
 		c.cfg.Logger.ErrorContext(r.Context(), "console: request failed", "path", r.URL.Path, "error", err)
 	}
-	c.render(w, status, "error.html", page{Title: http.StatusText(status), CSRF: s.CSRF, Error: catalog.MessageOf(err), Status: status})
+	msg := catalog.MessageOf(err)
+	if msg == "" {
+		msg = http.StatusText(status) // an error with no message for callers: its cause is logged above
+	}
+	c.render(w, status, "error.html", page{Title: http.StatusText(status), CSRF: s.CSRF, Error: msg, Status: status})
 }
 
 // bounded is r's context with a deadline: every read a page makes is

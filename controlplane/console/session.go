@@ -263,6 +263,9 @@ func (c *Console) signedIn(w http.ResponseWriter, r *http.Request) (session, boo
 		if r.Method == http.MethodGet && r.Header.Get("HX-Request") == "" {
 			http.Redirect(w, r, Prefix+"signin?next="+url.QueryEscape(r.URL.RequestURI()), http.StatusSeeOther)
 		} else {
+			if r.Header.Get("HX-Request") != "" {
+				w.Header().Set("HX-Redirect", Prefix+"signin") // a polling page goes to sign in
+			}
 			c.render(w, http.StatusUnauthorized, "error.html", page{Title: "Signed out", Status: http.StatusUnauthorized,
 				Error: "Your console session has ended: sign in again."})
 		}
