@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"crypto/tls"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
@@ -310,12 +311,43 @@ func TestConsoleOperations(t *testing.T) {
 	require.Contains(t, page, `href="/console/tenants?server=`+to+`&amp;state=active">active 1</a>`)
 	require.Regexp(t, `srv-`+to+`"(?s:.)*v1: 1(?s:.)*srv-|srv-`+to+`"(?s:.)*v1: 1`, page)
 
+	// An evacuation started by the API, followed on its console page until
+	// it ends: here it fails, since the move's source is still kept on the
+	// other server, and the page says so for the tenant.
+	status, evac := call(t, "POST", f.admin+"/admin/v1/servers/"+to+"/drain", testToken, map[string]any{"evacuate": true, "mode": "copy"})
+	require.Equal(t, http.StatusAccepted, status, evac)
+	evacPage := fmt.Sprintf("/console/operations/evacuations/%v", evac["id"])
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		resp, page = c.do("GET", evacPage, nil, nil)
+		require.Equal(t, http.StatusOK, resp.StatusCode, page)
+		if !strings.Contains(page, "hx-trigger") { // no longer live: the page stops polling
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "the evacuation's page never showed it ended: %s", evacText(page))
+	}
+	require.Contains(t, page, `state-failed">failed`, evacText(page))
+	require.Contains(t, page, "keeps tenant acme&#39;s source of move", "the tenant's own error is on the page")
+	_, servers := call(t, "GET", f.admin+"/admin/v1/servers", testToken, nil)
+	for _, srv := range servers["servers"].([]any) {
+		srv := srv.(map[string]any)
+		_, page = c.do("GET", "/console/", nil, nil)
+		require.Regexp(t, `srv-`+srv["name"].(string)+`"><a [^>]+>[^<]+</a> <span class="state state-`+srv["state"].(string)+`">`, page, "the Fleet page shows each server's placement state")
+	}
+
 	// A server that does not answer shows why, and the page still comes at once.
-	f.servers[from].Stop(t)
+	f.servers[to].Stop(t)
 	start := time.Now()
 	resp, page = c.do("GET", "/console/", nil, nil)
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	require.Less(t, time.Since(start), 10*time.Second)
 	require.Contains(t, page, "0 of budget 80", "the live server is read")
-	require.Regexp(t, `srv-`+from+`"(?s:.)*Connections</dt><dd><span class="error-inline">server &#34;`+from+`&#34;: `, page, "the stopped server shows why it was not read")
+	require.Regexp(t, `srv-`+to+`"(?s:.)*Connections</dt><dd><span class="error-inline">server &#34;`+to+`&#34;: `, page, "the stopped server shows why it was not read")
+}
+
+// evacText is the live section of an evacuation's page, for a failure message.
+func evacText(page string) string {
+	if i := strings.Index(page, `id="live"`); i >= 0 {
+		return page[i:]
+	}
+	return page
 }
