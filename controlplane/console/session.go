@@ -169,6 +169,7 @@ func safeNext(next string) string {
 }
 
 func (c *Console) signIn(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
 	now := c.cfg.Now()
 	ck, err := r.Cookie(signInCookie)
 	if err != nil || !sameOrigin(r) || !equal(ck.Value, r.PostFormValue(csrfField)) {
