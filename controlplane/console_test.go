@@ -334,6 +334,17 @@ func TestConsoleOperations(t *testing.T) {
 		require.Regexp(t, `srv-`+srv["name"].(string)+`"><a [^>]+>[^<]+</a> <span class="state state-`+srv["state"].(string)+`">`, page, "the Fleet page shows each server's placement state")
 	}
 
+	// The move is reverted from the console, as the evacuation's error says.
+	resp, page = c.do("POST", "/console/act/revert-move", url.Values{"id": {strings.TrimPrefix(movePage, "/console/operations/moves/")}, "csrf": {token}}, nil)
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode, page)
+	require.Equal(t, movePage+"?done=revert-move", resp.Header.Get("Location"))
+	require.Eventually(t, func() bool {
+		_, tenant := call(t, "GET", f.admin+"/admin/v1/tenants/acme", testToken, nil)
+		return tenant["server"] == from && tenant["move_id"] == nil
+	}, 60*time.Second, 200*time.Millisecond, "the revert never took acme back to %s", from)
+	_, page = c.do("GET", "/console/operations", nil, nil)
+	require.Regexp(t, `<td>`+to+` → `+from+`</td><td><span class="state state-done">done</span>`, page, "the revert is a move of its own, listed")
+
 	// A server that does not answer shows why, and the page still comes at once.
 	f.servers[to].Stop(t)
 	start := time.Now()
