@@ -293,6 +293,14 @@ func TestConsoleInBrowser(t *testing.T) {
 		require.True(t, eval[bool](t, b, `window.sameDocument === true`), "the page showed the run done without being reloaded")
 		require.Equal(t, "3 of 3 done", b.text(t, "#run-counts"), "the suspended tenant is migrated too")
 		b.shot(t, "08-run-done")
+
+		// Cancelling a finished run is refused, with the API's message and status.
+		runPath := eval[string](t, b, `location.pathname`)
+		b.do(t, chromedp.Navigate(base+"act/cancel-run?id="+strings.TrimPrefix(runPath, "/console/operations/runs/")),
+			chromedp.WaitVisible(chromedp.CSS("#confirm-button")), chromedp.Click(chromedp.CSS("#confirm-button")), chromedp.WaitVisible(chromedp.CSS("#error")))
+		require.Contains(t, b.text(t, "h1"), "409")
+		require.Contains(t, b.text(t, "#error"), "done")
+		b.shot(t, "08b-refused")
 	})
 
 	t.Run("every page", func(t *testing.T) {

@@ -194,6 +194,20 @@ func TestConsoleSecurity(t *testing.T) {
 		require.Equal(t, http.StatusUnauthorized, resp.StatusCode, "a console session is no admin token")
 	})
 
+	t.Run("an expired session is refused", func(t *testing.T) {
+		e := newConsoleClient(t, f.admin, nil)
+		resp, _ := e.signIn(testToken)
+		require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+		resp, _ = e.do("GET", "/console/", nil, nil)
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		_, err := f.app.store.Pool().Exec(t.Context(), `UPDATE console_sessions SET expires_at = now() - interval '1 second'
+			WHERE token_hash <> sha256(convert_to($1, 'UTF8'))`, session.Value)
+		require.NoError(t, err)
+		resp, _ = e.do("GET", "/console/", nil, nil)
+		require.Equal(t, http.StatusSeeOther, resp.StatusCode, "past its expiry a session signs in again")
+		require.Equal(t, "/console/signin?next=%2Fconsole%2F", resp.Header.Get("Location"))
+	})
+
 	t.Run("sign-out ends the session on every replica", func(t *testing.T) {
 		// A second process on the same catalog knows the session...
 		other := setupEnv(t, f.app.cfg.DatabaseURL, nil)
@@ -223,8 +237,8 @@ func TestConsoleSecurity(t *testing.T) {
 			require.Equal(t, http.StatusSeeOther, resp.StatusCode, base)
 		}
 		var n int
-		require.NoError(t, f.app.store.Pool().QueryRow(t.Context(), `SELECT count(*) FROM console_sessions`).Scan(&n))
-		require.Zero(t, n)
+		require.NoError(t, f.app.store.Pool().QueryRow(t.Context(), `SELECT count(*) FROM console_sessions WHERE expires_at > now()`).Scan(&n))
+		require.Zero(t, n, "no live session is left")
 	})
 
 	t.Run("on TLS the cookie is Secure", func(t *testing.T) {
@@ -344,6 +358,24 @@ func TestConsoleOperations(t *testing.T) {
 	}, 60*time.Second, 200*time.Millisecond, "the revert never took acme back to %s", from)
 	_, page = c.do("GET", "/console/operations", nil, nil)
 	require.Regexp(t, `<td>`+to+` → `+from+`</td><td><span class="state state-done">done</span>`, page, "the revert is a move of its own, listed")
+
+	// An orphan database: listed on the Orphans page, removed from there.
+	orphan := "t_" + strings.Repeat("0", 32)
+	conn, err := connect(t, f.servers[to].ManagedDSN(t, "postgres")) // as the server's admin role, which made it
+	require.NoError(t, err)
+	_, err = conn.Exec(t.Context(), "CREATE DATABASE "+orphan)
+	require.NoError(t, err)
+	require.NoError(t, conn.Close(t.Context()))
+	_, page = c.do("GET", "/console/orphans", nil, nil)
+	require.Contains(t, page, "<code>"+orphan+"</code>")
+	_, page = c.do("GET", "/console/act/remove-orphans", nil, nil)
+	require.Contains(t, page, "dropped for good", "removal asks first")
+	resp, page = c.do("POST", "/console/act/remove-orphans", url.Values{"csrf": {token}}, nil)
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode, page)
+	_, page = c.do("GET", resp.Header.Get("Location"), nil, nil)
+	require.Contains(t, page, "Orphans removed.")
+	require.NotContains(t, page, orphan)
+	require.False(t, query[bool](t, f.servers[to].DSN("postgres"), `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`, orphan))
 
 	// A server that does not answer shows why, and the page still comes at once.
 	f.servers[to].Stop(t)
