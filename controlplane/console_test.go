@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/tenantplane/tenantplane/catalog"
 )
 
 // consoleClient is an operator's browser without the browser: a cookie jar
@@ -376,6 +378,11 @@ func TestConsoleOperations(t *testing.T) {
 	require.Contains(t, page, "Orphans removed.")
 	require.NotContains(t, page, orphan)
 	require.False(t, query[bool](t, f.servers[to].DSN("postgres"), `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`, orphan))
+	events, err := f.app.store.ListAudit(t.Context(), catalog.AuditFilter{Action: "orphans.removed"})
+	require.NoError(t, err)
+	require.Len(t, events, 1)
+	require.Equal(t, "console", events[0].Actor)
+	require.Equal(t, []any{to + ": database " + orphan}, events[0].Details["removed"])
 
 	// A server that does not answer shows why, and the page still comes at once.
 	f.servers[to].Stop(t)

@@ -215,9 +215,18 @@ var actions = map[string]*action{
 	"remove-orphans": {Title: "Remove every orphan listed? The databases, roles and replication objects are dropped for good.", Button: "Remove them", Done: "Orphans removed.",
 		Danger: true,
 		Do: func(ctx context.Context, c *Console, _ url.Values) (string, error) {
-			if _, err := c.orphans(ctx, true); err != nil {
+			found, err := c.orphans(ctx, true)
+			if err != nil {
 				return "", err
 			}
+			// The reconciler records nothing itself: the removal is recorded here.
+			var gone []string
+			for _, o := range found {
+				if o.Gone {
+					gone = append(gone, o.Server+": "+o.Kind+" "+o.Name)
+				}
+			}
+			c.audit(ctx, catalog.AuditEvent{Action: "orphans.removed", Details: map[string]any{"removed": gone}})
 			return Prefix + "orphans", nil
 		}},
 }
