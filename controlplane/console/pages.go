@@ -37,6 +37,7 @@ var funcs = template.FuncMap{
 		return ""
 	},
 	"money": billing.FormatAmount,
+	"ms":    func(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) },
 	"pct": func(n, of int) int {
 		if of <= 0 {
 			return 0
@@ -147,7 +148,6 @@ func (c *Console) fleet(ctx context.Context) (fleetData, error) {
 
 // tenantsData is the Tenants page's.
 type tenantsData struct {
-	Query   url.Values
 	Q       string
 	State   string
 	Plan    string
