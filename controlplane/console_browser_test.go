@@ -59,6 +59,7 @@ type browser struct {
 	dir      string // screenshots
 	mu       sync.Mutex
 	requests []string
+	console  []string // what the pages wrote to the browser's console: errors, CSP refusals
 }
 
 func newBrowser(t *testing.T) *browser {
@@ -82,6 +83,17 @@ func newBrowser(t *testing.T) *browser {
 			b.mu.Unlock()
 		}
 	}), "starting %s", chromiumPath(t))
+	messages := chromedp.Console(ctx)
+	go func() {
+		for m, err := range messages {
+			if err != nil {
+				return
+			}
+			b.mu.Lock()
+			b.console = append(b.console, m.String())
+			b.mu.Unlock()
+		}
+	}()
 	t.Logf("console screenshots go to %s", b.dir)
 	return b
 }
@@ -335,6 +347,14 @@ func TestConsoleInBrowser(t *testing.T) {
 				continue // the browser's own (the console's CSP allows no data: URL)
 			}
 			require.Equal(t, "127.0.0.1", parsed.Hostname(), "the console asked the browser for %s", u)
+		}
+	})
+
+	t.Run("no page broke its CSP or threw", func(t *testing.T) {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		for _, m := range b.console {
+			require.NotRegexp(t, `(?i)content security policy|refused to|exception|uncaught`, m)
 		}
 	})
 
