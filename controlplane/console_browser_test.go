@@ -283,7 +283,7 @@ func TestConsoleInBrowser(t *testing.T) {
 		// A new tenant migration, slow enough to be seen running, and a
 		// redeploy that brings it. The session lives in the catalog: the new
 		// process knows it.
-		require.NoError(t, os.WriteFile(filepath.Join(dir, "000002_slow.up.sql"), []byte("SELECT pg_sleep(1.5); CREATE TABLE notes (id bigserial PRIMARY KEY);"), 0o644))
+		require.NoError(t, os.WriteFile(filepath.Join(dir, "000002_slow.up.sql"), []byte("SELECT pg_sleep(2); CREATE TABLE notes (id bigserial PRIMARY KEY);"), 0o644))
 		require.NoError(t, os.WriteFile(filepath.Join(dir, "000002_slow.down.sql"), []byte("DROP TABLE notes;"), 0o644))
 		f.redeploy(parent, env)
 		base = f.admin + "/console/"
@@ -294,16 +294,23 @@ func TestConsoleInBrowser(t *testing.T) {
 		b.do(t, chromedp.Click(chromedp.CSS("#confirm-button")), chromedp.WaitVisible(chromedp.CSS("#run-state")))
 		require.Contains(t, eval[string](t, b, `location.pathname`), "/console/operations/runs/")
 		b.do(t, chromedp.Evaluate[chromedp.Void](`window.sameDocument = true`))
-		require.Equal(t, "running", b.text(t, "#run-state"))
+		// The progress section is swapped every second: read it in one step
+		// in the page, never by a node id that a swap may have replaced.
+		live := func(sel string) string {
+			return eval[string](t, b, `(document.querySelector("`+sel+`")?.textContent ?? "").trim()`)
+		}
+		require.Equal(t, "running", live("#run-state"))
 		b.shot(t, "07-run-running")
 
 		deadline := time.Now().Add(60 * time.Second)
-		for b.text(t, "#run-state") != "done" {
-			require.True(t, time.Now().Before(deadline), "the run's page never showed it done: %s", b.text(t, "#progress"))
+		for live("#run-state") != "done" {
+			if time.Now().After(deadline) {
+				t.Fatalf("the run's page never showed it done: %s", live("#progress"))
+			}
 			time.Sleep(200 * time.Millisecond)
 		}
 		require.True(t, eval[bool](t, b, `window.sameDocument === true`), "the page showed the run done without being reloaded")
-		require.Equal(t, "3 of 3 done", b.text(t, "#run-counts"), "the suspended tenant is migrated too")
+		require.Equal(t, "3 of 3 done", live("#run-counts"), "the suspended tenant is migrated too")
 		b.shot(t, "08-run-done")
 
 		// Cancelling a finished run is refused, with the API's message and status.
