@@ -1,0 +1,220 @@
+package datarights
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/riverqueue/river"
+
+	"github.com/tenantplane/tenantplane/catalog"
+	"github.com/tenantplane/tenantplane/internal/jobs"
+	"github.com/tenantplane/tenantplane/internal/startstop"
+)
+
+// Tenants makes, drops, suspends and resumes tenant databases: the
+// provisioner implements it, controlplane wires it.
+type Tenants interface {
+	// PrepareTarget makes tenant t's role and an empty database on server,
+	// migrated to version (none at 0), with the role's grants on its rows.
+	// Idempotent: run again after a restore, it grants the restored tables.
+	PrepareTarget(ctx context.Context, t catalog.Tenant, server catalog.Server, version int64) error
+	// DropDatabase drops tenant t's database and role on server, if there.
+	DropDatabase(ctx context.Context, t catalog.Tenant, server catalog.Server) error
+	Suspend(ctx context.Context, slug, actor, reason string) (catalog.Tenant, error)
+	Resume(ctx context.Context, slug, actor, reason string) (catalog.Tenant, error)
+}
+
+// Customers erases what billing holds of a tenant that the law does not
+// require it to keep: billing implements it, controlplane wires it.
+type Customers interface {
+	// EraseCustomer deletes the tenant's Stripe customer (when there is
+	// one) and its billing details; invoices and usage totals stay. It says
+	// what it removed and what it kept, and is a no-op the second time.
+	EraseCustomer(ctx context.Context, tenantID string) (removed, kept []Artefact, err error)
+}
+
+// Config configures a Service. A zero field takes its documented default.
+type Config struct {
+	// Logger receives structured logs. Default: slog.Default().
+	Logger *slog.Logger
+	// Jobs is the process's one River client. Default: nil, and the service
+	// makes a registry of its own, opened in New and run by Start and Stop.
+	Jobs *jobs.Registry
+	// Tenants makes and drops databases (the provisioner). Required.
+	Tenants Tenants
+	// Customers erases billing's customer (billing). Default: nil, nothing
+	// to erase there.
+	Customers Customers
+	// BackupDir holds the backups (TENANTPLANE_BACKUP_DIR). Default: none,
+	// and no backup is taken, scheduled or asked for.
+	BackupDir string
+	// ExportDir holds the exports (TENANTPLANE_EXPORT_DIR). Default:
+	// BackupDir/exports; with neither, exports are refused.
+	ExportDir string
+	// ArchiveDir is the provisioner's archive of deleted tenants
+	// (TENANTPLANE_ARCHIVE_DIR), which an erasure empties of the tenant.
+	ArchiveDir string
+	// ExportTTL is how long an export can be downloaded
+	// (TENANTPLANE_EXPORT_TTL). Default 7 days.
+	ExportTTL time.Duration
+	// Workers is how many backups, restores and exports this process runs
+	// at once. Default 2.
+	Workers int
+	// PerServer is how many backups run on one tenant server at once,
+	// across every process. Default 1.
+	PerServer int
+	// ScheduleEvery is how often the schedule looks for tenants whose backup
+	// is due, and for expired backups and exports. Default 30s; negative:
+	// never (backups only on request, nothing expires by itself).
+	ScheduleEvery time.Duration
+	// MaxAttempts is how often a backup or an export is tried before it is
+	// reported failed. Default 5.
+	MaxAttempts int
+	// Now is the clock. Default time.Now.
+	Now func() time.Time
+}
+
+// Service runs backups, restores, exports and erasures.
+type Service struct {
+	store   *catalog.Store
+	cfg     Config
+	logger  *slog.Logger
+	jobs    *jobs.Registry
+	ownJobs bool
+	loop    startstop.Loop
+}
+
+// queue is the River queue of backups, restores and exports.
+const queue = "tenantplane_data"
+
+// actor is this package in the audit log.
+const actor = "datarights"
+
+// New returns a Service working through store.
+func New(store *catalog.Store, cfg Config) (*Service, error) {
+	if cfg.Tenants == nil {
+		return nil, errors.New("datarights: Config.Tenants is required (the provisioner)")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.ExportDir == "" && cfg.BackupDir != "" {
+		cfg.ExportDir = cfg.BackupDir + "/exports"
+	}
+	if cfg.ExportTTL <= 0 {
+		cfg.ExportTTL = 7 * 24 * time.Hour
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = 2
+	}
+	if cfg.PerServer <= 0 {
+		cfg.PerServer = 1
+	}
+	if cfg.ScheduleEvery == 0 {
+		cfg.ScheduleEvery = 30 * time.Second
+	}
+	if cfg.MaxAttempts <= 0 {
+		cfg.MaxAttempts = 5
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	s := &Service{store: store, cfg: cfg, logger: cfg.Logger.With("component", "datarights"), jobs: cfg.Jobs}
+	if s.jobs == nil {
+		s.jobs, s.ownJobs = jobs.NewRegistry(), true
+	}
+	river.AddWorker(s.jobs.Workers(), &backupWorker{s: s})
+	river.AddWorker(s.jobs.Workers(), &restoreWorker{s: s})
+	river.AddWorker(s.jobs.Workers(), &exportWorker{s: s})
+	s.jobs.AddQueue(queue, cfg.Workers)
+	if s.ownJobs {
+		if err := s.jobs.Open(store.Pool(), jobs.Config{Logger: cfg.Logger}); err != nil {
+			return nil, fmt.Errorf("datarights: %w", err)
+		}
+	}
+	return s, nil
+}
+
+// Start runs the schedule (and the job workers when the registry is the
+// service's own).
+func (s *Service) Start(ctx context.Context) error {
+	if s.cfg.ScheduleEvery > 0 {
+		if err := s.loop.Start(ctx, s.scheduleLoop); err != nil {
+			return err
+		}
+	}
+	if s.ownJobs {
+		if err := s.jobs.Start(ctx); err != nil {
+			return errors.Join(fmt.Errorf("datarights: %w", err), s.loop.Stop(ctx))
+		}
+	}
+	return nil
+}
+
+// Stop stops the schedule; running jobs are the registry's to stop.
+func (s *Service) Stop(ctx context.Context) error {
+	err := s.loop.Stop(ctx)
+	if s.ownJobs {
+		err = errors.Join(err, s.jobs.Stop(ctx))
+	}
+	return err
+}
+
+// scheduleLoop queues the backups that are due and deletes the backups and
+// exports that expired, every ScheduleEvery.
+func (s *Service) scheduleLoop(ctx context.Context) {
+	t := time.NewTicker(s.cfg.ScheduleEvery)
+	defer t.Stop()
+	for {
+		if n, err := s.ScheduleBackups(ctx); err != nil && ctx.Err() == nil {
+			s.logger.WarnContext(ctx, "scheduling backups", "error", err)
+		} else if n > 0 {
+			s.logger.InfoContext(ctx, "backups scheduled", "count", n)
+		}
+		if _, err := s.Expire(ctx); err != nil && ctx.Err() == nil {
+			s.logger.WarnContext(ctx, "deleting expired backups and exports", "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (s *Service) now() time.Time { return s.cfg.Now().UTC() }
+
+// tenantConfig is a connection to tenant t's database as its server's admin
+// role, which owns the tables.
+func (s *Service) tenantConfig(ctx context.Context, t catalog.Tenant) (*pgx.ConnConfig, error) {
+	dsn, err := s.store.ServerDSN(ctx, t.Server)
+	if err != nil {
+		return nil, err
+	}
+	pcfg, err := catalog.ServerConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("server %q: %w", t.Server, err)
+	}
+	cfg := pcfg.ConnConfig.Copy()
+	cfg.Database = t.Database
+	cfg.ConnectTimeout = 10 * time.Second
+	if cfg.RuntimeParams == nil {
+		cfg.RuntimeParams = map[string]string{}
+	}
+	cfg.RuntimeParams["application_name"] = "tenantplane-datarights"
+	return cfg, nil
+}
+
+// insertJob queues args in tx, the transaction that records its row.
+func (s *Service) insertJob(ctx context.Context, tx pgx.Tx, args river.JobArgs) error {
+	client := s.jobs.Client()
+	if client == nil {
+		return jobs.ErrNotOpen
+	}
+	_, err := client.InsertTx(ctx, tx, args, &river.InsertOpts{Queue: queue, MaxAttempts: s.cfg.MaxAttempts})
+	return err
+}
