@@ -451,7 +451,7 @@ func (s *Service) Expire(ctx context.Context) (int, error) {
 			return n, catalog.Classify(err, kind.table)
 		}
 		type expired struct {
-			id                     int64
+			id                        int64
 			tenantID, slug, file, sum string
 		}
 		var list []expired

@@ -111,7 +111,9 @@ func (s *Service) StartRestore(ctx context.Context, slug string, backupID int64,
 			name = fmt.Sprintf("%s restored from backup %d", src.Slug, b.ID)
 		}
 		_, created, err := s.store.CreateTenant(ctx, catalog.NewTenant{Slug: spec.As, Name: name, Plan: src.Plan, Server: src.Server, Actor: who},
-			func(ctx context.Context, tx pgx.Tx, t catalog.Tenant) error { return record(ctx, tx, t, RestoreNewTenant) })
+			func(ctx context.Context, tx pgx.Tx, t catalog.Tenant) error {
+				return record(ctx, tx, t, RestoreNewTenant)
+			})
 		if err != nil {
 			return Restore{}, err
 		}
