@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -160,4 +161,76 @@ func TestBackupAndRestore(t *testing.T) {
 	actions := auditActions(t, f.app.store, tenant["id"].(string))
 	require.Contains(t, actions, "tenant.suspended")
 	require.Contains(t, actions, "tenant.resumed")
+}
+
+// TestBackupScheduleAndExpiry: with the plan's interval a second, the
+// schedule queues one backup of each tenant per interval (not two while one
+// is open), taken by the job; expiry deletes exactly the backups whose
+// retention is over, records each deletion, and leaves the others.
+func TestBackupScheduleAndExpiry(t *testing.T) {
+	t.Parallel()
+	dir := dataDir(t, "backups")
+	f := setupFleet(t, 1, map[string]string{"TENANTPLANE_BACKUP_DIR": dir, "TENANTPLANE_BACKUP_CHECK": "off"})
+	tenant, _ := f.tenantWithKey(t, "scheduled", "basic", "")
+	ctx := context.Background()
+	pool := f.app.store.Pool()
+	_, err := pool.Exec(ctx, `UPDATE plans SET backup_interval = '1 second' WHERE name = 'basic'`)
+	require.NoError(t, err)
+
+	var scheduled []string
+	for len(scheduled) < 3 {
+		time.Sleep(1100 * time.Millisecond) // the next slot
+		n, err := f.app.data.ScheduleBackups(ctx)
+		require.NoError(t, err)
+		require.LessOrEqual(t, n, 1, "one tenant, one backup per slot")
+		if n == 1 {
+			again, err := f.app.data.ScheduleBackups(ctx)
+			require.NoError(t, err)
+			require.Zero(t, again, "a slot is taken once")
+			var id int64
+			require.NoError(t, pool.QueryRow(ctx, `SELECT max(id) FROM backups`).Scan(&id))
+			b := f.waitFor(t, fmt.Sprintf("/admin/v1/tenants/scheduled/backups/%d", id), stateIn("done", "failed"))
+			require.Equal(t, "done", b["state"], b)
+			require.Equal(t, "schedule", b["trigger"])
+			scheduled = append(scheduled, fmt.Sprint(b["id"]))
+		}
+	}
+	files, err := filepath.Glob(filepath.Join(dir, tenant["id"].(string), "*.dump"))
+	require.NoError(t, err)
+	require.Len(t, files, 3)
+
+	// Two of the three are past their retention.
+	_, err = pool.Exec(ctx, `UPDATE backups SET expires_at = now() - interval '1 minute' WHERE id = ANY($1::bigint[])`, scheduled[:2])
+	require.NoError(t, err)
+	n, err := f.app.data.Expire(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 2, n)
+	status, list := call(t, "GET", f.admin+"/admin/v1/tenants/scheduled/backups", testToken, nil)
+	require.Equal(t, http.StatusOK, status, list)
+	states := map[string]string{}
+	for _, b := range list["backups"].([]any) {
+		b := b.(map[string]any)
+		states[fmt.Sprint(b["id"])] = b["state"].(string)
+		if b["state"] == "expired" {
+			require.NotNil(t, b["deleted_at"])
+		}
+	}
+	require.Equal(t, map[string]string{scheduled[0]: "expired", scheduled[1]: "expired", scheduled[2]: "done"}, states)
+	files, err = filepath.Glob(filepath.Join(dir, tenant["id"].(string), "*.dump"))
+	require.NoError(t, err)
+	require.Equal(t, []string{filepath.Join(dir, tenant["id"].(string), scheduled[2]+".dump")}, files)
+	require.Equal(t, 2, countOf(auditActions(t, f.app.store, tenant["id"].(string)), "tenant.backup_expired"))
+	n, err = f.app.data.Expire(ctx)
+	require.NoError(t, err)
+	require.Zero(t, n, "nothing expires twice")
+}
+
+func countOf(list []string, v string) int {
+	n := 0
+	for _, x := range list {
+		if x == v {
+			n++
+		}
+	}
+	return n
 }
