@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"regexp"
 	"sync"
 	"testing"
 	"time"
@@ -28,6 +29,7 @@ type stripeCall struct {
 	Method, Path, IdempotencyKey string
 	TenantID                     string // the tenantplane_tenant_id metadata of a customer create
 	TenantState                  string // that tenant's state in the catalog as the request arrived
+	Form                         url.Values
 }
 
 // stripeTap passes the App's Stripe requests on to stripe-mock unchanged
@@ -59,6 +61,7 @@ func newStripeTap(t *testing.T, mockURL, catalogDSN string) *stripeTap {
 		}
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		call := stripeCall{Method: r.Method, Path: r.URL.Path, IdempotencyKey: r.Header.Get("Idempotency-Key")}
+		call.Form, _ = url.ParseQuery(string(body))
 		if form, err := url.ParseQuery(string(body)); err == nil && r.Method == http.MethodPost && r.URL.Path == "/v1/customers" {
 			call.TenantID = form.Get("metadata[tenantplane_tenant_id]")
 			ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
@@ -76,6 +79,19 @@ func newStripeTap(t *testing.T, mockURL, catalogDSN string) *stripeTap {
 	t.Cleanup(srv.Close)
 	tap.URL = srv.URL
 	return tap
+}
+
+// callsTo are the requests of a method to a path that reached stripe-mock.
+func (s *stripeTap) callsTo(method string, path *regexp.Regexp) []stripeCall {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []stripeCall
+	for _, c := range s.calls {
+		if c.Method == method && path.MatchString(c.Path) {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // customerCreates are the customer creations that reached stripe-mock.
