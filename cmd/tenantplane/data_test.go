@@ -1,0 +1,53 @@
+package main
+
+import (
+	"net/http"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// TestTenantsRestoreBackupWaitsAndShowsTheRows: restore-backup --as sends
+// the new slug, follows the restore until it is done and prints the rows of
+// each table; without --as the body is empty (in place); a failed restore
+// is an error carrying its reason.
+func TestTenantsRestoreBackupWaitsAndShowsTheRows(t *testing.T) {
+	t.Parallel()
+	pending := `{"id": 3, "backup_id": 7, "source": "acme", "tenant": "acme-restored", "mode": "new_tenant", "state": "pending", "tables": {}, "last_error": ""}`
+	done := `{"id": 3, "backup_id": 7, "source": "acme", "tenant": "acme-restored", "mode": "new_tenant", "state": "done", "tables": {"users": 1234, "orders": 5}, "last_error": ""}`
+	failed := `{"id": 4, "backup_id": 7, "source": "acme", "tenant": "acme", "mode": "in_place", "state": "failed", "tables": {}, "last_error": "pg_restore: the disk is full"}`
+	admin, url := newCannedAdmin(t, map[string][]cannedAnswer{
+		"POST /tenants/acme/backups/7/restore": {{http.StatusAccepted, pending}, {http.StatusAccepted, failed}},
+		"GET /restores/3":                      {ok(pending), ok(done)},
+		"GET /restores/4":                      {ok(failed)},
+	})
+	stdout, stderr, err := runCLI(t, "", "tenants", "restore-backup", "acme", "7", "--as", "acme-restored", "--admin-url", url, "--token", testToken)
+	require.NoError(t, err, stderr)
+	require.Equal(t, []string{`{"as":"acme-restored"}`}, admin.sent("POST /tenants/acme/backups/7/restore"))
+	require.Contains(t, stdout, "Restored backup 7 of acme into acme-restored (new tenant).\n")
+	require.Contains(t, stdout, "orders  5\nusers   1,234\n")
+
+	_, _, err = runCLI(t, "", "tenants", "restore-backup", "acme", "7", "--admin-url", url, "--token", testToken)
+	require.ErrorContains(t, err, "restore 4 of backup 7 into acme failed: pg_restore: the disk is full")
+	require.Equal(t, "", admin.sent("POST /tenants/acme/backups/7/restore")[1], "in place: no body")
+}
+
+// TestTenantsEraseNeedsTheSlugTwice: erase refuses a --confirm that is not
+// the slug before calling the API, and prints what was removed and kept.
+func TestTenantsEraseNeedsTheSlugTwice(t *testing.T) {
+	t.Parallel()
+	record := `{"tenant": "acme", "state": "done", "finished_at": "2026-03-01T12:00:00Z",
+		"removed": [{"kind": "database", "name": "t_1", "server": "pg-1"}, {"kind": "backup", "name": "backup 7", "sha256": "abc123"}],
+		"kept": [{"kind": "invoices", "count": 3, "note": "kept, as tax law requires"}]}`
+	admin, url := newCannedAdmin(t, map[string][]cannedAnswer{"POST /tenants/acme/erase": {ok(record)}})
+	_, _, err := runCLI(t, "", "tenants", "erase", "acme", "--confirm", "acm", "--admin-url", url, "--token", testToken)
+	require.ErrorContains(t, err, "--confirm must repeat the slug (acme)")
+	require.Empty(t, admin.sent("POST /tenants/acme/erase"))
+
+	stdout, stderr, err := runCLI(t, "", "tenants", "erase", "acme", "--confirm", "acme", "--reason", "ticket 1", "--admin-url", url, "--token", testToken)
+	require.NoError(t, err, stderr)
+	require.Equal(t, []string{`{"confirm":"acme","reason":"ticket 1"}`}, admin.sent("POST /tenants/acme/erase"))
+	require.Contains(t, stdout, "Erased tenant acme at 2026-03-01T12:00:00Z.\n")
+	require.Contains(t, stdout, "backup    backup 7  -       -      abc123")
+	require.Contains(t, stdout, "invoices  3      kept, as tax law requires")
+}
