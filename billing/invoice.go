@@ -60,7 +60,14 @@ type Invoice struct {
 	Plan               string        `json:"plan"`
 	PlanVersion        int           `json:"plan_version"`
 	Currency           string        `json:"currency"`
-	Total              int64         `json:"total"` // minor units
+	Total              int64         `json:"total"` // minor units, before tax
+	// Tax is the tax Stripe computed (automatic tax), in minor units: on
+	// top of Total. Nil when Stripe computes none, or not yet.
+	Tax          *int64 `json:"tax"`
+	AutomaticTax bool   `json:"automatic_tax"`
+	// TaxNote says who computes the tax: TaxCalculatedByStripe under
+	// automatic tax.
+	TaxNote            string        `json:"tax_note,omitempty"`
 	State              InvoiceState  `json:"state"`
 	Sent               bool          `json:"sent"` // finalized in Stripe
 	Payment            PaymentStatus `json:"payment"`

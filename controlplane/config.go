@@ -35,6 +35,10 @@ type Config struct {
 	StripeAPIKey string
 	// StripeAPIBase points the Stripe client elsewhere, e.g. at stripe-mock (STRIPE_API_BASE). Optional.
 	StripeAPIBase string
+	// StripeTax is "automatic" to have Stripe compute every invoice's tax
+	// from the tenant's billing address (TENANTPLANE_STRIPE_TAX). Default
+	// "off". Needs STRIPE_API_KEY.
+	StripeTax string
 	// StripeTimeout bounds one attempt of one Stripe request
 	// (TENANTPLANE_STRIPE_TIMEOUT). Default 10s. A request is tried twice, so
 	// a Stripe that hangs fails a tenant's customer step after
@@ -188,6 +192,16 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		if st, err := os.Stat(cfg.TenantMigrations); err != nil || !st.IsDir() {
 			bad("TENANTPLANE_TENANT_MIGRATIONS", "%q is not a readable directory", cfg.TenantMigrations)
 		}
+	}
+	switch cfg.StripeTax = strings.TrimSpace(getenv("TENANTPLANE_STRIPE_TAX")); cfg.StripeTax {
+	case "", "off":
+		cfg.StripeTax = "off"
+	case "automatic":
+		if cfg.StripeAPIKey == "" {
+			bad("TENANTPLANE_STRIPE_TAX", "automatic needs STRIPE_API_KEY: Stripe computes the tax")
+		}
+	default:
+		bad("TENANTPLANE_STRIPE_TAX", "%q is neither automatic nor off", cfg.StripeTax)
 	}
 	if cfg.StripeAPIBase != "" && cfg.StripeAPIKey == "" {
 		bad("STRIPE_API_KEY", "not set, but STRIPE_API_BASE is; set both, or neither to bill without Stripe")

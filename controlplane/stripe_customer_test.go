@@ -42,7 +42,15 @@ type stripeTap struct {
 
 	mu    sync.Mutex
 	calls []stripeCall
+	// refuse, when set, answers a request itself instead of stripe-mock
+	// (ok): Stripe's refusals that stateless stripe-mock cannot make.
+	refuse func(c stripeCall) (status int, body string, ok bool)
+	// answers holds stripe-mock's answers to the paths answerPath matches.
+	answers map[string][]byte
 }
+
+// answerPath are the requests whose answers the tap keeps (finalize: the tax).
+var answerPath = regexp.MustCompile(`^/v1/invoices/[^/]+/finalize$`)
 
 func newStripeTap(t *testing.T, mockURL, catalogDSN string) *stripeTap {
 	t.Helper()
@@ -51,8 +59,22 @@ func newStripeTap(t *testing.T, mockURL, catalogDSN string) *stripeTap {
 	pool, err := pgxpool.New(context.Background(), catalogDSN)
 	require.NoError(t, err)
 	t.Cleanup(pool.Close)
-	tap := &stripeTap{catalog: pool}
+	tap := &stripeTap{catalog: pool, answers: map[string][]byte{}}
 	proxy := httputil.NewSingleHostReverseProxy(target)
+	proxy.ModifyResponse = func(resp *http.Response) error {
+		if !answerPath.MatchString(resp.Request.URL.Path) {
+			return nil
+		}
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			return err
+		}
+		resp.Body = io.NopCloser(bytes.NewReader(body))
+		tap.mu.Lock()
+		tap.answers[resp.Request.URL.Path] = body
+		tap.mu.Unlock()
+		return nil
+	}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, err := io.ReadAll(r.Body)
 		if err != nil {
@@ -73,7 +95,16 @@ func newStripeTap(t *testing.T, mockURL, catalogDSN string) *stripeTap {
 		}
 		tap.mu.Lock()
 		tap.calls = append(tap.calls, call)
+		refuse := tap.refuse
 		tap.mu.Unlock()
+		if refuse != nil {
+			if status, body, ok := refuse(call); ok {
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(status)
+				_, _ = io.WriteString(w, body)
+				return
+			}
+		}
 		proxy.ServeHTTP(w, r)
 	}))
 	t.Cleanup(srv.Close)
