@@ -445,3 +445,72 @@ func writeErasure(w io.Writer, e Erasure) error {
 	}
 	return t.flush()
 }
+
+// BillingAddress is a tenant's billing address as the admin API shows it.
+type BillingAddress struct {
+	Country    string  `json:"country"`
+	PostalCode string  `json:"postal_code"`
+	State      string  `json:"state"`
+	City       string  `json:"city"`
+	Line1      string  `json:"line1"`
+	SyncedAt   apiTime `json:"synced_at"`
+	SyncError  string  `json:"sync_error"`
+}
+
+func newTenantsBillingAddressCmd(o *adminOptions) *cobra.Command {
+	var a BillingAddress
+	cmd := &cobra.Command{
+		Use:   "billing-address SLUG [--country CC --postal-code CODE --state ST]",
+		Short: "Show or set a tenant's billing address (sent to its Stripe customer; Stripe Tax locates it there)",
+		Long: `Show a tenant's billing address, or set it with --country (an ISO 3166-1
+code such as US, DE, GB) and, where needed, --postal-code and --state (both
+required in the US and Canada). It is sent to the tenant's Stripe customer;
+with TENANTPLANE_STRIPE_TAX=automatic Stripe computes each invoice's tax
+from it.`,
+		Example: `  tenantplane tenants billing-address acme --country US --postal-code 94107 --state CA`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			path := pathf("/tenants/%s/billing-address", args[0])
+			var raw json.RawMessage
+			var err error
+			if a.Country != "" {
+				raw, err = o.call(cmd, "PUT", path, nil, map[string]string{"country": a.Country, "postal_code": a.PostalCode, "state": a.State, "city": a.City, "line1": a.Line1})
+			} else {
+				raw, err = o.call(cmd, "GET", path, nil, nil)
+			}
+			if err != nil {
+				return err
+			}
+			var got BillingAddress
+			return o.print(cmd, raw, &got, func() error {
+				w := cmd.OutOrStdout()
+				fmt.Fprintf(w, "%s: %s\n", args[0], strings.Join(nonEmpty(got.Line1, got.City, got.State, got.PostalCode, got.Country), ", "))
+				switch {
+				case got.SyncError != "":
+					fmt.Fprintf(w, "Stripe did not take it yet (%s); the next billing run sends it.\n", got.SyncError)
+				case !got.SyncedAt.IsZero():
+					fmt.Fprintf(w, "Sent to its Stripe customer at %s.\n", formatTime(got.SyncedAt))
+				default:
+					fmt.Fprintln(w, "Not sent to Stripe (no Stripe customer yet).")
+				}
+				return nil
+			})
+		},
+	}
+	cmd.Flags().StringVar(&a.Country, "country", "", "ISO 3166-1 alpha-2 country code; setting it sets the address")
+	cmd.Flags().StringVar(&a.PostalCode, "postal-code", "", "postal code (required in the US and Canada)")
+	cmd.Flags().StringVar(&a.State, "state", "", "state or province (required in the US and Canada)")
+	cmd.Flags().StringVar(&a.City, "city", "", "city")
+	cmd.Flags().StringVar(&a.Line1, "line1", "", "street address")
+	return cmd
+}
+
+func nonEmpty(vs ...string) []string {
+	var out []string
+	for _, v := range vs {
+		if v != "" {
+			out = append(out, v)
+		}
+	}
+	return out
+}

@@ -51,3 +51,21 @@ func TestTenantsEraseNeedsTheSlugTwice(t *testing.T) {
 	require.Contains(t, stdout, "backup    backup 7  -       -      abc123")
 	require.Contains(t, stdout, "invoices  3      kept, as tax law requires")
 }
+
+// TestTenantsBillingAddressSetsAndShows: with --country the command PUTs the
+// address and says it reached Stripe; without, it shows it.
+func TestTenantsBillingAddressSetsAndShows(t *testing.T) {
+	t.Parallel()
+	addr := `{"country": "US", "postal_code": "94107", "state": "CA", "city": "", "line1": "", "updated_at": "2026-03-01T12:00:00Z", "synced_at": "2026-03-01T12:00:01Z"}`
+	admin, url := newCannedAdmin(t, map[string][]cannedAnswer{
+		"PUT /tenants/acme/billing-address": {ok(addr)},
+		"GET /tenants/acme/billing-address": {ok(addr)},
+	})
+	stdout, stderr, err := runCLI(t, "", "tenants", "billing-address", "acme", "--country", "US", "--postal-code", "94107", "--state", "CA", "--admin-url", url, "--token", testToken)
+	require.NoError(t, err, stderr)
+	require.Equal(t, []string{`{"city":"","country":"US","line1":"","postal_code":"94107","state":"CA"}`}, admin.sent("PUT /tenants/acme/billing-address"))
+	require.Equal(t, "acme: CA, 94107, US\nSent to its Stripe customer at 2026-03-01T12:00:01Z.\n", stdout)
+	stdout, _, err = runCLI(t, "", "tenants", "billing-address", "acme", "--admin-url", url, "--token", testToken)
+	require.NoError(t, err)
+	require.Contains(t, stdout, "acme: CA, 94107, US")
+}
