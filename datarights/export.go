@@ -2,6 +2,7 @@ package datarights
 
 import (
 	"archive/zip"
+	"bytes"
 	"compress/flate"
 	"context"
 	"crypto/sha256"
@@ -343,11 +344,19 @@ type copyTextUnescaper struct {
 var errCopyEscape = errors.New("export: an unexpected escape in COPY's output")
 
 func (u *copyTextUnescaper) Write(p []byte) (int, error) {
+	if !u.pending && bytes.IndexByte(p, '\\') < 0 {
+		// Most rows hold no backslash: pass them on as they are.
+		if _, err := u.w.Write(p); err != nil {
+			return 0, err
+		}
+		return len(p), nil
+	}
+	n := len(p)
 	out := u.buf[:0]
-	for _, c := range p {
+	for len(p) > 0 {
 		if u.pending {
 			u.pending = false
-			switch c {
+			switch p[0] {
 			case '\\':
 				out = append(out, '\\')
 			case 'n', 'r', 't', 'b', 'f', 'v':
@@ -355,17 +364,20 @@ func (u *copyTextUnescaper) Write(p []byte) (int, error) {
 			default:
 				return 0, errCopyEscape
 			}
+			p = p[1:]
 			continue
 		}
-		if c == '\\' {
-			u.pending = true
-			continue
+		i := bytes.IndexByte(p, '\\')
+		if i < 0 {
+			out = append(out, p...)
+			break
 		}
-		out = append(out, c)
+		out = append(out, p[:i]...)
+		u.pending, p = true, p[i+1:]
 	}
 	u.buf = out
 	if _, err := u.w.Write(out); err != nil {
 		return 0, err
 	}
-	return len(p), nil
+	return n, nil
 }
