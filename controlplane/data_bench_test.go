@@ -128,4 +128,3 @@ func (f *fleet) timedExport(b *testing.B, ctx context.Context) time.Duration {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
-

@@ -276,24 +276,12 @@ func (s *Service) runBackup(ctx context.Context, id int64, last bool) error {
 	log := s.logger.With("tenant", b.Tenant, "backup", b.ID)
 	res, err := s.takeBackup(ctx, b)
 	if err != nil {
-		state := StatePending
-		if last {
-			state = StateFailed
+		if err := s.attemptFailed(ctx, log, "backups", id, last, err); err != nil || !last {
+			return err
 		}
-		msg := err.Error()
-		if _, uerr := s.store.Pool().Exec(context.WithoutCancel(ctx),
-			`UPDATE backups SET state = $2, last_error = $3, finished_at = CASE WHEN $2 = 'failed' THEN now() END WHERE id = $1 AND state = 'running'`,
-			id, state, msg); uerr != nil {
-			log.WarnContext(ctx, "recording a failed backup", "error", uerr)
-		}
-		if last {
-			log.ErrorContext(ctx, "backup failed", "error", msg, "attempts", b.Attempts)
-			_ = s.store.RecordAudit(context.WithoutCancel(ctx), catalog.AuditEvent{Actor: actor, Action: "tenant.backup_failed",
-				TenantID: b.TenantID, Subject: b.Tenant, Reason: msg, Details: map[string]any{"backup": b.ID, "attempts": b.Attempts}})
-			return nil
-		}
-		log.WarnContext(ctx, "backup attempt failed; it is retried", "error", msg, "attempt", b.Attempts)
-		return err
+		// Reported: in the audit log, besides the error log and the backup's row.
+		return s.store.RecordAudit(context.WithoutCancel(ctx), catalog.AuditEvent{Actor: actor, Action: "tenant.backup_failed",
+			TenantID: b.TenantID, Subject: b.Tenant, Reason: err.Error(), Details: map[string]any{"backup": b.ID, "attempts": b.Attempts}})
 	}
 	tag, err := s.store.Pool().Exec(ctx, `
 		UPDATE backups b SET state = 'done', file = $2, size_bytes = $3, sha256 = $4, schema_version = $5, last_error = '',

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -217,4 +218,26 @@ func (s *Service) insertJob(ctx context.Context, tx pgx.Tx, args river.JobArgs) 
 	}
 	_, err := client.InsertTx(ctx, tx, args, &river.InsertOpts{Queue: queue, MaxAttempts: s.cfg.MaxAttempts})
 	return err
+}
+
+// attemptFailed records a failed attempt of a job's row (table backups,
+// restores or exports): pending again to be retried, or failed for good
+// on the last attempt; it logs either. It returns the error River should
+// see: err to retry, nil once failed for good.
+func (s *Service) attemptFailed(ctx context.Context, log *slog.Logger, table string, id int64, last bool, err error) error {
+	what := strings.TrimSuffix(table, "s")
+	state := StatePending
+	if last {
+		state = StateFailed
+	}
+	if _, uerr := s.store.Pool().Exec(context.WithoutCancel(ctx), `UPDATE `+table+` SET state = $2, last_error = $3,
+		finished_at = CASE WHEN $2 = 'failed' THEN now() END WHERE id = $1 AND state = 'running'`, id, state, err.Error()); uerr != nil {
+		log.WarnContext(ctx, "recording a failed "+what, "error", uerr)
+	}
+	if !last {
+		log.WarnContext(ctx, what+" attempt failed; it is retried", "error", err)
+		return err
+	}
+	log.ErrorContext(ctx, what+" failed", "error", err)
+	return nil
 }

@@ -189,19 +189,7 @@ func (s *Service) runExport(ctx context.Context, id int64, last bool) error {
 	log := s.logger.With("tenant", x.Tenant, "export", x.ID)
 	file, size, sum, manifest, err := s.writeExport(ctx, x)
 	if err != nil {
-		msg := err.Error()
-		state := StatePending
-		if last {
-			state = StateFailed
-		}
-		_, _ = s.store.Pool().Exec(context.WithoutCancel(ctx), `UPDATE exports SET state = $2, last_error = $3,
-			finished_at = CASE WHEN $2 = 'failed' THEN now() END WHERE id = $1 AND state = 'running'`, id, state, msg)
-		if last {
-			log.ErrorContext(ctx, "export failed", "error", msg)
-			return nil
-		}
-		log.WarnContext(ctx, "export attempt failed; it is retried", "error", msg)
-		return err
+		return s.attemptFailed(ctx, log, "exports", id, last, err)
 	}
 	tag, err := s.store.Pool().Exec(ctx, `UPDATE exports SET state = 'done', file = $2, size_bytes = $3, sha256 = $4, manifest = $5,
 		last_error = '', finished_at = now(), expires_at = now() + $6::interval WHERE id = $1 AND state = 'running'`,

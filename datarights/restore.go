@@ -203,22 +203,13 @@ func (s *Service) runRestore(ctx context.Context, id int64, last bool) error {
 	log := s.logger.With("restore", r.ID, "tenant", r.Tenant, "backup", r.BackupID)
 	tables, err := s.restore(ctx, r)
 	if err != nil {
-		msg := err.Error()
-		state := StatePending
-		if last {
-			state = StateFailed
-		}
-		_, _ = s.store.Pool().Exec(context.WithoutCancel(ctx), `UPDATE restores SET state = $2, last_error = $3,
-			finished_at = CASE WHEN $2 = 'failed' THEN now() END WHERE id = $1`, id, state, msg)
-		if !last {
-			log.WarnContext(ctx, "restore attempt failed; it is retried", "error", msg)
+		if err := s.attemptFailed(ctx, log, "restores", id, last, err); err != nil || !last {
 			return err
 		}
-		log.ErrorContext(ctx, "restore failed", "error", msg)
 		if r.Mode == RestoreNewTenant {
 			_, _ = s.store.TransitionTenant(context.WithoutCancel(ctx), catalog.Transition{TenantID: r.tenantID,
 				From: []catalog.TenantState{catalog.TenantProvisioning}, To: catalog.TenantFailed, Actor: actor,
-				Action: "tenant.restore_failed", LastError: "restore of backup failed: " + msg})
+				Action: "tenant.restore_failed", LastError: "restore of backup failed: " + err.Error()})
 		}
 		return nil
 	}
