@@ -195,8 +195,8 @@ func (s *Service) ScheduleBackups(ctx context.Context) (int, error) {
 					LATERAL (SELECT (abs(hashtext(t.id::text))::bigint % greatest(i.iv::bigint, 1))::float8 AS phase) h
 				WHERE t.state IN ('active', 'suspended') AND t.server_id IS NOT NULL AND t.move_id IS NULL
 			)
-			INSERT INTO backups (tenant_id, server_id, trigger, actor)
-			SELECT id, server_id, 'schedule', 'schedule' FROM slots
+			INSERT INTO backups (tenant_id, server_id, trigger, actor, created_at)
+			SELECT id, server_id, 'schedule', 'schedule', $1 FROM slots
 			WHERE slot >= created_at
 			  AND NOT EXISTS (SELECT 1 FROM backups b WHERE b.tenant_id = slots.id AND b.trigger = 'schedule' AND b.created_at >= slots.slot)
 			ORDER BY slot

@@ -158,3 +158,49 @@ func TestBackupsOnOneServerRunOneAtATime(t *testing.T) {
 		require.False(t, spans[i].from.Before(spans[i-1].to), "backups %d and %d overlap: %v", i-1, i, spans)
 	}
 }
+
+// TestScheduleSpreadsBackupsOverTheInterval: 60 tenants of a plan backed up
+// hourly are each due once in every hour, at a point of the hour of their
+// own, so a schedule looking every 10 minutes finds about a sixth of them
+// each time, not all at once. (The first look after install finds every
+// tenant due: none has a backup yet.)
+func TestScheduleSpreadsBackupsOverTheInterval(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	pool := b.store.Pool()
+	_, err := pool.Exec(ctx, `UPDATE plans SET backup_interval = '1 hour' WHERE name = 'basic';
+		INSERT INTO tenants (slug, name, plan, state, server_id, created_at)
+		SELECT 'spread-' || i, 'Spread ' || i, 'basic', 'active', (SELECT id FROM servers), now() - interval '2 days'
+		FROM generate_series(1, 60) i`)
+	require.NoError(t, err)
+	now := time.Now().UTC()
+	// Not started: the jobs are queued, never worked; the test settles the backups.
+	svc, err := datarights.New(b.store, datarights.Config{Tenants: b.prov, BackupDir: b.dir, ScheduleEvery: -1, Now: func() time.Time { return now }})
+	require.NoError(t, err)
+	settle := func() {
+		_, err := pool.Exec(ctx, `UPDATE backups SET state = 'done' WHERE state = 'pending'`)
+		require.NoError(t, err)
+	}
+	n, err := svc.ScheduleBackups(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 60, n, "the first look: every tenant is due")
+	settle()
+	var counts []int
+	total := 0
+	for step := 1; step <= 6; step++ {
+		now = now.Add(10 * time.Minute)
+		n, err := svc.ScheduleBackups(ctx)
+		require.NoError(t, err)
+		again, err := svc.ScheduleBackups(ctx)
+		require.NoError(t, err)
+		require.Zero(t, again)
+		counts = append(counts, n)
+		total += n
+		settle()
+	}
+	require.Equal(t, 60, total, "each tenant once in the hour: %v", counts)
+	for _, c := range counts {
+		require.LessOrEqual(t, c, 22, "spread over the hour, not bunched: %v", counts)
+	}
+}

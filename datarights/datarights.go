@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -104,7 +105,7 @@ func New(store *catalog.Store, cfg Config) (*Service, error) {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.ExportDir == "" && cfg.BackupDir != "" {
-		cfg.ExportDir = cfg.BackupDir + "/exports"
+		cfg.ExportDir = filepath.Join(cfg.BackupDir, "exports")
 	}
 	if cfg.ExportTTL <= 0 {
 		cfg.ExportTTL = 7 * 24 * time.Hour

@@ -134,7 +134,8 @@ func (s *Service) Erase(ctx context.Context, slug string, spec EraseSpec, who st
 	for _, srv := range servers {
 		a, err := s.dropOn(ctx, t, srv)
 		if err != nil {
-			return Erasure{}, fmt.Errorf("erasing %s: %w (call it again once the server answers; the erasure goes on from there)", slug, err)
+			return Erasure{}, catalog.WrapError(catalog.CodeUnavailable, err,
+				"erasing %s: %s (call it again once the server answers; the erasure goes on from there)", slug, err.Error())
 		}
 		removed = append(removed, a...)
 	}
@@ -147,7 +148,8 @@ func (s *Service) Erase(ctx context.Context, slug string, spec EraseSpec, who st
 	if s.cfg.Customers != nil {
 		r, k, err := s.cfg.Customers.EraseCustomer(ctx, t.ID)
 		if err != nil {
-			return Erasure{}, fmt.Errorf("erasing %s: billing: %w", slug, err)
+			return Erasure{}, catalog.WrapError(catalog.CodeUnavailable, err, "erasing %s: billing: %s (call it again; the erasure goes on from there)",
+				slug, err.Error())
 		}
 		removed, kept = append(removed, r...), append(kept, k...)
 	}
