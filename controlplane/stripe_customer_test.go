@@ -132,6 +132,7 @@ func (s *stripeTap) customerCreates() []stripeCall {
 	var out []stripeCall
 	for _, c := range s.calls {
 		if c.Method == http.MethodPost && c.Path == "/v1/customers" {
+			c.Form = nil // the tests of creations compare who, when and with which key
 			out = append(out, c)
 		}
 	}
