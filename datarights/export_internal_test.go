@@ -2,6 +2,7 @@ package datarights
 
 import (
 	"bytes"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -27,4 +28,28 @@ func TestCopyTextUnescaper(t *testing.T) {
 	}
 	_, err := (&copyTextUnescaper{w: &bytes.Buffer{}}).Write([]byte(`\x41`))
 	require.ErrorIs(t, err, errCopyEscape)
+}
+
+// TestCountCopyRows: the rows of each COPY block of a plain dump, by
+// table of schema public (a quoted name unquoted, an empty table at 0,
+// schema_migrations and other schemas left out), whatever a row's length.
+func TestCountCopyRows(t *testing.T) {
+	t.Parallel()
+	long := strings.Repeat("x", 200_000)
+	dump := "--\n-- Data for Name: users\n--\n\nCOPY public.users (id, email) FROM stdin;\n1\ta@example.com\n2\t" + long + "\n\\.\n\n" +
+		"COPY public.\"Odd \"\"Name\"\"\" (id) FROM stdin;\n7\n\\.\n" +
+		"COPY public.empty (id) FROM stdin;\n\\.\n" +
+		"COPY public.schema_migrations (version, dirty) FROM stdin;\n1\tf\n\\.\n" +
+		"COPY other.things (id) FROM stdin;\n1\n2\n\\.\n" +
+		"SELECT pg_catalog.setval('public.users_id_seq', 2, true);\n"
+	counts, err := countCopyRows(strings.NewReader(dump))
+	require.NoError(t, err)
+	delete(counts, "\x00other")
+	require.Equal(t, map[string]int64{"users": 2, `Odd "Name"`: 1, "empty": 0}, counts)
+	require.NoError(t, verifyCounts(map[string]int64{"users": 2, `Odd "Name"`: 1, "empty": 0, "extra": 3}, counts))
+	require.EqualError(t, verifyCounts(map[string]int64{"users": 1, `Odd "Name"`: 1}, counts),
+		"restore verification failed: table empty is missing (the backup has 0 rows of it); table users has 1 rows, the backup 2")
+
+	_, err = countCopyRows(strings.NewReader("COPY public.users (id) FROM stdin;\n1\n"))
+	require.ErrorContains(t, err, "ends before its end marker")
 }

@@ -269,8 +269,16 @@ func (s *Service) restore(ctx context.Context, r restoreRow) (map[string]int64, 
 	if err := s.cfg.Tenants.PrepareTarget(ctx, t, srv, r.version); err != nil {
 		return nil, err
 	}
+	// Verified: every table holds as many rows as the backup does.
 	tables, err := countRows(ctx, cfg)
 	if err != nil {
+		return nil, err
+	}
+	want, err := dumpRowCounts(ctx, r.file)
+	if err != nil {
+		return nil, err
+	}
+	if err := verifyCounts(tables, want); err != nil {
 		return nil, err
 	}
 	schema := &catalog.SchemaState{Version: r.version}
