@@ -2,6 +2,7 @@ package main
 
 import (
 	"net/http"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -68,4 +69,23 @@ func TestTenantsBillingAddressSetsAndShows(t *testing.T) {
 	stdout, _, err = runCLI(t, "", "tenants", "billing-address", "acme", "--admin-url", url, "--token", testToken)
 	require.NoError(t, err)
 	require.Contains(t, stdout, "acme: CA, 94107, US")
+}
+
+// TestInvoiceWithAutomaticTax: an invoice Stripe computes the tax of shows
+// it as calculated by Stripe: a preview before Stripe has it, the tax and
+// the total with it once finalized.
+func TestInvoiceWithAutomaticTax(t *testing.T) {
+	t.Parallel()
+	var out strings.Builder
+	inv := Invoice{Tenant: "acme", Period: "2026-03", Plan: "basic", PlanVersion: 1, Currency: "usd", Total: 500, State: "preview",
+		TaxNote: "calculated by Stripe", Lines: []InvoiceLine{{No: 1, Description: "Basic plan", Amount: 500}}}
+	require.NoError(t, writeInvoice(&out, inv))
+	require.Contains(t, out.String(), "SUBTOTAL     $5.00")
+	require.Contains(t, out.String(), "TAX          calculated by Stripe")
+	out.Reset()
+	tax := int64(43)
+	inv.State, inv.Sent, inv.Tax = "finalized", true, &tax
+	require.NoError(t, writeInvoice(&out, inv))
+	require.Contains(t, out.String(), "TAX (calculated by Stripe)  $0.43")
+	require.Contains(t, out.String(), "TOTAL                       $5.43")
 }
