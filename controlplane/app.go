@@ -104,9 +104,12 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *App, err erro
 		store.Close()
 		return nil, err
 	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	customerEraser := &billingCustomers{}
 	data, err := datarights.New(store, datarights.Config{Logger: logger, Jobs: jobReg, Tenants: prov, Customers: customerEraser,
-		BackupDir: cfg.BackupDir, ExportDir: cfg.ExportDir, ArchiveDir: cfg.ArchiveDir, ExportTTL: cfg.ExportTTL, ScheduleEvery: cfg.BackupCheck})
+		BackupDir: cfg.BackupDir, ExportDir: cfg.ExportDir, ArchiveDir: cfg.ArchiveDir, ExportTTL: cfg.ExportTTL, ScheduleEvery: cfg.BackupCheck,
+		Registerer: reg})
 	if err != nil {
 		store.Close()
 		return nil, err
@@ -115,8 +118,6 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *App, err erro
 		store.Close()
 		return nil, err
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	bill, err := newBilling(store, prov, reg, cfg, logger)
 	if err != nil {
 		return nil, err

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -74,6 +75,17 @@ func (f *fleet) userEmails(t testing.TB, key string) []string {
 	return out
 }
 
+// scrape reads the admin address's /metrics.
+func scrape(t testing.TB, admin string) string {
+	t.Helper()
+	resp, err := http.Get(admin + "/metrics")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return string(raw)
+}
+
 func fileSHA256(t testing.TB, path string) string {
 	t.Helper()
 	raw, err := os.ReadFile(path)
@@ -117,6 +129,7 @@ func TestBackupAndRestore(t *testing.T) {
 	require.Equal(t, tenant["schema_version"], b["schema_version"])
 	require.Equal(t, "manual", b["trigger"])
 	require.NotNil(t, b["expires_at"])
+	require.Contains(t, scrape(t, f.admin), `tenantplane_data_jobs_total{kind="backup",outcome="done"} 1`)
 
 	for _, id := range ids[:3] {
 		status, body := call(t, "DELETE", f.api+"/v1/users/"+id, key, nil)

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -295,6 +296,8 @@ func (s *Service) runBackup(ctx context.Context, id int64, last bool) error {
 		// Erased (or expired) while it ran: its file must not outlive that.
 		return os.Remove(res.file)
 	}
+	s.metrics.jobs.WithLabelValues("backup", StateDone).Inc()
+	s.metrics.backupBytes.Add(float64(res.size))
 	log.InfoContext(ctx, "backup taken", "bytes", res.size, "schema_version", res.version)
 	return nil
 }
@@ -470,6 +473,7 @@ func (s *Service) Expire(ctx context.Context) (int, error) {
 			if err != nil {
 				return n, catalog.Classify(err, kind.table)
 			}
+			s.metrics.expired.WithLabelValues(strings.TrimSuffix(kind.table, "s")).Inc()
 			n++
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
 	"github.com/tenantplane/tenantplane/catalog"
@@ -97,7 +98,8 @@ func waitBackup(t *testing.T, svc *datarights.Service, slug string, id int64, li
 func TestFailedBackupIsRetriedAndReported(t *testing.T) {
 	t.Parallel()
 	b := setup(t, "broken")
-	svc := b.service(t, datarights.Config{MaxAttempts: 2})
+	reg := prometheus.NewRegistry()
+	svc := b.service(t, datarights.Config{MaxAttempts: 2, Registerer: reg})
 	ctx := context.Background()
 	tn, err := b.store.GetTenant(ctx, "broken")
 	require.NoError(t, err)
@@ -129,6 +131,17 @@ func TestFailedBackupIsRetriedAndReported(t *testing.T) {
 	files, err := filepath.Glob(filepath.Join(b.dir, tn.ID, "*"))
 	require.NoError(t, err)
 	require.Empty(t, files, "no partial file left")
+	outcomes := map[string]float64{}
+	families, err := reg.Gather()
+	require.NoError(t, err)
+	for _, fam := range families {
+		if fam.GetName() == "tenantplane_data_jobs_total" {
+			for _, m := range fam.GetMetric() {
+				outcomes[m.GetLabel()[1].GetValue()] = m.GetCounter().GetValue()
+			}
+		}
+	}
+	require.Equal(t, map[string]float64{"retried": 1, "failed": 1}, outcomes, "the metrics report it too")
 }
 
 // TestBackupsOnOneServerRunOneAtATime: with PerServer 1 and four workers,

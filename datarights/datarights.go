@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/riverqueue/river"
 
 	"github.com/tenantplane/tenantplane/catalog"
@@ -78,6 +79,32 @@ type Config struct {
 	MaxAttempts int
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
+	// Registerer, when set, gets the metrics: tenantplane_data_jobs_total
+	// {kind: backup, restore, export; outcome: done, retried, failed},
+	// tenantplane_backup_bytes_total and tenantplane_data_expired_total{kind}.
+	Registerer prometheus.Registerer
+}
+
+type metrics struct {
+	jobs        *prometheus.CounterVec
+	backupBytes prometheus.Counter
+	expired     *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		jobs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tenantplane_data_jobs_total",
+			Help: "Backups, restores and exports by outcome: done, retried (an attempt failed), failed (the last attempt failed)."},
+			[]string{"kind", "outcome"}),
+		backupBytes: prometheus.NewCounter(prometheus.CounterOpts{Name: "tenantplane_backup_bytes_total",
+			Help: "Bytes of the backups taken."}),
+		expired: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "tenantplane_data_expired_total",
+			Help: "Backups and exports deleted at the end of their retention."}, []string{"kind"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.jobs, m.backupBytes, m.expired)
+	}
+	return m
 }
 
 // Service runs backups, restores, exports and erasures.
@@ -88,6 +115,7 @@ type Service struct {
 	jobs    *jobs.Registry
 	ownJobs bool
 	loop    startstop.Loop
+	metrics *metrics
 }
 
 // queue is the River queue of backups, restores and exports.
@@ -125,7 +153,7 @@ func New(store *catalog.Store, cfg Config) (*Service, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	s := &Service{store: store, cfg: cfg, logger: cfg.Logger.With("component", "datarights"), jobs: cfg.Jobs}
+	s := &Service{store: store, cfg: cfg, logger: cfg.Logger.With("component", "datarights"), jobs: cfg.Jobs, metrics: newMetrics(cfg.Registerer)}
 	if s.jobs == nil {
 		s.jobs, s.ownJobs = jobs.NewRegistry(), true
 	}
@@ -227,10 +255,11 @@ func (s *Service) insertJob(ctx context.Context, tx pgx.Tx, args river.JobArgs) 
 // see: err to retry, nil once failed for good.
 func (s *Service) attemptFailed(ctx context.Context, log *slog.Logger, table string, id int64, last bool, err error) error {
 	what := strings.TrimSuffix(table, "s")
-	state := StatePending
+	state, outcome := StatePending, "retried"
 	if last {
-		state = StateFailed
+		state, outcome = StateFailed, StateFailed
 	}
+	s.metrics.jobs.WithLabelValues(what, outcome).Inc()
 	if _, uerr := s.store.Pool().Exec(context.WithoutCancel(ctx), `UPDATE `+table+` SET state = $2, last_error = $3,
 		finished_at = CASE WHEN $2 = 'failed' THEN now() END WHERE id = $1 AND state = 'running'`, id, state, err.Error()); uerr != nil {
 		log.WarnContext(ctx, "recording a failed "+what, "error", uerr)

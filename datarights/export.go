@@ -200,6 +200,7 @@ func (s *Service) runExport(ctx context.Context, id int64, last bool) error {
 	if tag.RowsAffected() == 0 {
 		return os.Remove(file) // erased while it ran
 	}
+	s.metrics.jobs.WithLabelValues("export", StateDone).Inc()
 	log.InfoContext(ctx, "export done", "bytes", size, "tables", len(manifest.Tables))
 	return nil
 }

@@ -218,6 +218,7 @@ func (s *Service) runRestore(ctx context.Context, id int64, last bool) error {
 	if err != nil {
 		return catalog.Classify(err, "restore")
 	}
+	s.metrics.jobs.WithLabelValues("restore", StateDone).Inc()
 	log.InfoContext(ctx, "restore done", "tables", len(tables))
 	return nil
 }
