@@ -111,7 +111,7 @@ func (s *Service) StartBackup(ctx context.Context, slug, who string) (b Backup, 
 	var id int64
 	err = s.store.InTx(ctx, func(tx pgx.Tx) error {
 		err := tx.QueryRow(ctx, `INSERT INTO backups (tenant_id, server_id, trigger, actor) VALUES ($1, $2, 'manual', $3)
-			ON CONFLICT (tenant_id) WHERE state IN ('pending', 'running') DO NOTHING RETURNING id`, t.ID, t.ServerID, who).Scan(&id)
+			ON CONFLICT (tenant_id) WHERE state IN ('pending', 'running') DO NOTHING RETURNING id`, t.ID, nullID(t.ServerID), who).Scan(&id)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return tx.QueryRow(ctx, `SELECT id FROM backups WHERE tenant_id = $1 AND state IN ('pending', 'running')`, t.ID).Scan(&id)
 		}
@@ -126,6 +126,14 @@ func (s *Service) StartBackup(ctx context.Context, slug, who string) (b Backup, 
 	}
 	b, err = s.GetBackup(ctx, slug, id)
 	return b, created, err
+}
+
+// nullID is a server id for the catalog: 0, none, is NULL.
+func nullID(id int64) *int64 {
+	if id == 0 {
+		return nil
+	}
+	return &id
 }
 
 // GetBackup returns backup id of tenant slug.
