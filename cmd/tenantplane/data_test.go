@@ -1,7 +1,11 @@
 package main
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -88,4 +92,42 @@ func TestInvoiceWithAutomaticTax(t *testing.T) {
 	require.NoError(t, writeInvoice(&out, inv))
 	require.Contains(t, out.String(), "TAX (calculated by Stripe)  $0.43")
 	require.Contains(t, out.String(), "TOTAL                       $5.43")
+}
+
+// TestTenantsExportDownloadsAndChecksTheZip: export --out waits for the
+// export, streams the zip to the file and checks its SHA-256; a download
+// whose hash differs leaves no file.
+func TestTenantsExportDownloadsAndChecksTheZip(t *testing.T) {
+	t.Parallel()
+	zip := "PK\x03\x04 not really a zip, but bytes"
+	sum := sha256.Sum256([]byte(zip))
+	export := func(state, sha string) string {
+		return `{"id": 5, "tenant": "acme", "state": "` + state + `", "size_bytes": 33, "sha256": "` + sha + `", "last_error": "", "expires_at": "2026-03-08T12:00:00Z",
+			"manifest": {"schema_version": 1, "tables": [{"name": "users", "rows": 1234}]}}`
+	}
+	admin, url := newCannedAdmin(t, map[string][]cannedAnswer{
+		"POST /tenants/acme/exports":            {{http.StatusAccepted, export("pending", "")}},
+		"GET /tenants/acme/exports/5":           {ok(export("running", "")), ok(export("done", hex.EncodeToString(sum[:])))},
+		"GET /tenants/acme/exports/5/download":  {ok(zip)},
+		"POST /tenants/other/exports":           {{http.StatusAccepted, strings.ReplaceAll(export("pending", ""), `"id": 5`, `"id": 6`)}},
+		"GET /tenants/other/exports/6":          {ok(strings.ReplaceAll(export("done", strings.Repeat("0", 64)), `"id": 5`, `"id": 6`))},
+		"GET /tenants/other/exports/6/download": {ok(zip)},
+	})
+	out := filepath.Join(t.TempDir(), "acme.zip")
+	stdout, stderr, err := runCLI(t, "", "tenants", "export", "acme", "--dump", "--out", out, "--admin-url", url, "--token", testToken)
+	require.NoError(t, err, stderr)
+	require.Equal(t, []string{`{"include_dump":true}`}, admin.sent("POST /tenants/acme/exports"))
+	got, err := os.ReadFile(out)
+	require.NoError(t, err)
+	require.Equal(t, zip, string(got))
+	require.Contains(t, stdout, "Downloaded to "+out+" (checksum checked).")
+	require.Contains(t, stdout, "users  1,234")
+
+	bad := filepath.Join(t.TempDir(), "other.zip")
+	_, _, err = runCLI(t, "", "tenants", "export", "other", "--out", bad, "--admin-url", url, "--token", testToken)
+	require.ErrorContains(t, err, "the download's SHA-256 is not the export's")
+	_, err = os.Stat(bad)
+	require.True(t, os.IsNotExist(err), "no file from a bad download")
+	_, err = os.Stat(bad + ".partial")
+	require.True(t, os.IsNotExist(err))
 }
