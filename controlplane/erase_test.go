@@ -138,6 +138,10 @@ func TestEraseLeavesNothingAndRecordsIt(t *testing.T) {
 	removed := artefacts(got, "removed")
 	require.Len(t, removed["database"], 2, "the current database on pg-2 and the move's source on pg-1: %v", removed)
 	require.Len(t, removed["role"], 2)
+	for _, db := range removed["database"] {
+		require.Regexp(t, `^[0-9a-f]{64}$`, db["sha256"], "the digest of its rows, taken before the drop")
+	}
+	require.Equal(t, removed["database"][0]["sha256"], removed["database"][1]["sha256"], "the move's source and target held the same rows")
 	require.Len(t, removed["backup"], 1)
 	require.Equal(t, backup["sha256"], removed["backup"][0]["sha256"], "the backup's hash, read before it went")
 	require.Len(t, removed["export"], 1)

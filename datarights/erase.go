@@ -232,17 +232,59 @@ func (s *Service) dropOn(ctx context.Context, t catalog.Tenant, srv catalog.Serv
 	if size == nil && !hasRole {
 		return nil, nil
 	}
+	var digest string
+	if size != nil {
+		dbCfg := cfg.Copy()
+		dbCfg.Database = t.Database
+		if digest, err = databaseDigest(ctx, dbCfg); err != nil {
+			return nil, fmt.Errorf("server %s: hashing database %s before it is dropped: %s", srv.Name, t.Database, catalog.DescribeServerError(err))
+		}
+	}
 	if err := s.cfg.Tenants.DropDatabase(ctx, t, srv); err != nil {
 		return nil, err
 	}
 	var out []Artefact
 	if size != nil {
-		out = append(out, Artefact{Kind: "database", Name: t.Database, Server: srv.Name, Bytes: size, Note: "dropped WITH (FORCE)"})
+		out = append(out, Artefact{Kind: "database", Name: t.Database, Server: srv.Name, Bytes: size, SHA256: digest,
+			Note: "dropped WITH (FORCE); sha256 is of its rows (databaseDigest)"})
 	}
 	if hasRole {
 		out = append(out, Artefact{Kind: "role", Name: t.Role, Server: srv.Name})
 	}
 	return out, nil
+}
+
+// databaseDigest is a SHA-256 of a tenant database's rows, whatever their
+// order on disk: over the lines "table, row count, sum of the first 60 bits
+// of each row's md5" of every table (tableNames), sorted by table. The sums
+// are aggregates, so the database streams past; nothing is held.
+func databaseDigest(ctx context.Context, cfg *pgx.ConnConfig) (string, error) {
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return "", err
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	names, err := tableNames(ctx, tx)
+	if err != nil {
+		return "", err
+	}
+	h := sha256.New()
+	for _, name := range names {
+		var rows int64
+		var sum string
+		err := tx.QueryRow(ctx, `SELECT count(*), coalesce(sum(('x' || substr(md5(t::text), 1, 15))::bit(60)::bigint), 0)::text
+			FROM public.`+pgx.Identifier{name}.Sanitize()+` t`).Scan(&rows, &sum)
+		if err != nil {
+			return "", err
+		}
+		fmt.Fprintf(h, "%s\t%d\t%s\n", name, rows, sum)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // removeFiles deletes the tenant's backups, exports and archived dumps,
