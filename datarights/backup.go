@@ -80,7 +80,9 @@ type backupWorker struct {
 func (w *backupWorker) Timeout(*river.Job[backupArgs]) time.Duration { return 6 * time.Hour }
 
 func (w *backupWorker) Work(ctx context.Context, job *river.Job[backupArgs]) error {
-	return w.s.runBackup(ctx, job.Args.BackupID, job.Attempt >= job.MaxAttempts)
+	return w.s.exclusive(ctx, fmt.Sprintf("tenantplane.backup:%d", job.Args.BackupID), func() error {
+		return w.s.runBackup(ctx, job.Args.BackupID, job.Attempt >= job.MaxAttempts)
+	})
 }
 
 // errNoBackupDir refuses backups in a process without a backup directory.

@@ -271,3 +271,35 @@ func (s *Service) attemptFailed(ctx context.Context, log *slog.Logger, table str
 	log.ErrorContext(ctx, what+" failed", "error", err)
 	return nil
 }
+
+// exclusive runs fn while holding a session advisory lock named key on a
+// catalog connection of its own, so that one job's work never runs twice at
+// once: River's rescuer hands a job that has run past RescueAfter (a backup
+// of a large database, say) to another worker while the first still runs.
+// That second run finds the lock held and comes back later (a snooze, which
+// costs no attempt), by when the first has finished, or died: a process
+// that dies loses its connection, and with it the lock.
+func (s *Service) exclusive(ctx context.Context, key string, fn func() error) error {
+	conn, err := s.store.Pool().Acquire(ctx)
+	if err != nil {
+		return catalog.Classify(err, "job lock")
+	}
+	var ok bool
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtextextended($1, 0))`, key).Scan(&ok); err != nil {
+		conn.Release()
+		return catalog.Classify(err, "job lock")
+	}
+	if !ok {
+		conn.Release()
+		return river.JobSnooze(30 * time.Second)
+	}
+	defer func() {
+		bg := context.WithoutCancel(ctx)
+		var unlocked bool
+		if err := conn.QueryRow(bg, `SELECT pg_advisory_unlock(hashtextextended($1, 0))`, key).Scan(&unlocked); err != nil || !unlocked {
+			_ = conn.Conn().Close(bg) // the lock goes with the session; the pool drops the closed connection
+		}
+		conn.Release()
+	}()
+	return fn()
+}

@@ -97,7 +97,9 @@ type exportWorker struct {
 func (w *exportWorker) Timeout(*river.Job[exportArgs]) time.Duration { return 6 * time.Hour }
 
 func (w *exportWorker) Work(ctx context.Context, job *river.Job[exportArgs]) error {
-	return w.s.runExport(ctx, job.Args.ExportID, job.Attempt >= job.MaxAttempts)
+	return w.s.exclusive(ctx, fmt.Sprintf("tenantplane.export:%d", job.Args.ExportID), func() error {
+		return w.s.runExport(ctx, job.Args.ExportID, job.Attempt >= job.MaxAttempts)
+	})
 }
 
 // ExportSpec is what an export takes.

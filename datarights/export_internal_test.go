@@ -2,8 +2,13 @@ package datarights
 
 import (
 	"bytes"
+	"context"
 	"strings"
 	"testing"
+
+	"github.com/riverqueue/river"
+	"github.com/tenantplane/tenantplane/catalog"
+	"github.com/tenantplane/tenantplane/internal/pgtest"
 
 	"github.com/stretchr/testify/require"
 )
@@ -52,4 +57,40 @@ func TestCountCopyRows(t *testing.T) {
 
 	_, err = countCopyRows(strings.NewReader("COPY public.users (id) FROM stdin;\n1\n"))
 	require.ErrorContains(t, err, "ends before its end marker")
+}
+
+// TestExclusiveRunsAJobOnceAtATime: while one run of a job holds its lock, a
+// second (River's rescue of a job that runs long) is snoozed, not run; once
+// the first is over the next one runs.
+func TestExclusiveRunsAJobOnceAtATime(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	key, err := catalog.ParseKey(catalog.NewKey())
+	require.NoError(t, err)
+	cipher, err := catalog.NewCipher(key)
+	require.NoError(t, err)
+	store, err := catalog.Open(ctx, pgtest.NewDB(t), cipher, catalog.StoreConfig{})
+	require.NoError(t, err)
+	t.Cleanup(store.Close)
+	s := &Service{store: store}
+	inside, release := make(chan struct{}), make(chan struct{})
+	first := make(chan error, 1)
+	go func() {
+		first <- s.exclusive(ctx, "tenantplane.backup:1", func() error {
+			close(inside)
+			<-release
+			return nil
+		})
+	}()
+	<-inside
+	ran := false
+	err = s.exclusive(ctx, "tenantplane.backup:1", func() error { ran = true; return nil })
+	var snooze *river.JobSnoozeError
+	require.ErrorAs(t, err, &snooze)
+	require.False(t, ran)
+	require.NoError(t, s.exclusive(ctx, "tenantplane.backup:2", func() error { return nil }), "another job's lock is its own")
+	close(release)
+	require.NoError(t, <-first)
+	require.NoError(t, s.exclusive(ctx, "tenantplane.backup:1", func() error { ran = true; return nil }))
+	require.True(t, ran)
 }

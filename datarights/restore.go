@@ -62,7 +62,9 @@ type restoreWorker struct {
 func (w *restoreWorker) Timeout(*river.Job[restoreArgs]) time.Duration { return 6 * time.Hour }
 
 func (w *restoreWorker) Work(ctx context.Context, job *river.Job[restoreArgs]) error {
-	return w.s.runRestore(ctx, job.Args.RestoreID, job.Attempt >= job.MaxAttempts)
+	return w.s.exclusive(ctx, fmt.Sprintf("tenantplane.restore:%d", job.Args.RestoreID), func() error {
+		return w.s.runRestore(ctx, job.Args.RestoreID, job.Attempt >= job.MaxAttempts)
+	})
 }
 
 // RestoreSpec is what a restore takes.
