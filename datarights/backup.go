@@ -70,20 +70,7 @@ type backupArgs struct {
 
 func (backupArgs) Kind() string { return "tenantplane.backup" }
 
-type backupWorker struct {
-	river.WorkerDefaults[backupArgs]
-	s *Service
-}
-
-// Timeout: a backup takes as long as its database; River's rescuer and the
-// heartbeat take back the job of a process that died.
-func (w *backupWorker) Timeout(*river.Job[backupArgs]) time.Duration { return 6 * time.Hour }
-
-func (w *backupWorker) Work(ctx context.Context, job *river.Job[backupArgs]) error {
-	return w.s.exclusive(ctx, fmt.Sprintf("tenantplane.backup:%d", job.Args.BackupID), func() error {
-		return w.s.runBackup(ctx, job.Args.BackupID, job.Attempt >= job.MaxAttempts)
-	})
-}
+func (a backupArgs) id() int64 { return a.BackupID }
 
 // errNoBackupDir refuses backups in a process without a backup directory.
 var errNoBackupDir = catalog.Errorf(catalog.CodeConflict, "backups are off: set TENANTPLANE_BACKUP_DIR to the directory that keeps them")

@@ -157,9 +157,9 @@ func New(store *catalog.Store, cfg Config) (*Service, error) {
 	if s.jobs == nil {
 		s.jobs, s.ownJobs = jobs.NewRegistry(), true
 	}
-	river.AddWorker(s.jobs.Workers(), &backupWorker{s: s})
-	river.AddWorker(s.jobs.Workers(), &restoreWorker{s: s})
-	river.AddWorker(s.jobs.Workers(), &exportWorker{s: s})
+	river.AddWorker(s.jobs.Workers(), &worker[backupArgs]{s: s, run: s.runBackup})
+	river.AddWorker(s.jobs.Workers(), &worker[restoreArgs]{s: s, run: s.runRestore})
+	river.AddWorker(s.jobs.Workers(), &worker[exportArgs]{s: s, run: s.runExport})
 	s.jobs.AddQueue(queue, cfg.Workers)
 	if s.ownJobs {
 		if err := s.jobs.Open(store.Pool(), jobs.Config{Logger: cfg.Logger}); err != nil {
@@ -270,6 +270,30 @@ func (s *Service) attemptFailed(ctx context.Context, log *slog.Logger, table str
 	}
 	log.ErrorContext(ctx, what+" failed", "error", err)
 	return nil
+}
+
+// jobArgs are the arguments of a backup, restore or export job: the id of
+// its row.
+type jobArgs interface {
+	river.JobArgs
+	id() int64
+}
+
+// worker works one kind of job: run on the job's row, under the row's own
+// lock (exclusive), the last attempt told so. A job takes as long as its
+// database; a process that dies has its jobs taken back by the heartbeat.
+type worker[A jobArgs] struct {
+	river.WorkerDefaults[A]
+	s   *Service
+	run func(ctx context.Context, id int64, last bool) error
+}
+
+func (w *worker[A]) Timeout(*river.Job[A]) time.Duration { return 6 * time.Hour }
+
+func (w *worker[A]) Work(ctx context.Context, job *river.Job[A]) error {
+	return w.s.exclusive(ctx, fmt.Sprintf("%s:%d", job.Args.Kind(), job.Args.id()), func() error {
+		return w.run(ctx, job.Args.id(), job.Attempt >= job.MaxAttempts)
+	})
 }
 
 // exclusive runs fn while holding a session advisory lock named key on a

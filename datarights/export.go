@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/riverqueue/river"
 
 	"github.com/tenantplane/tenantplane/catalog"
 )
@@ -89,18 +88,7 @@ type exportArgs struct {
 
 func (exportArgs) Kind() string { return "tenantplane.export" }
 
-type exportWorker struct {
-	river.WorkerDefaults[exportArgs]
-	s *Service
-}
-
-func (w *exportWorker) Timeout(*river.Job[exportArgs]) time.Duration { return 6 * time.Hour }
-
-func (w *exportWorker) Work(ctx context.Context, job *river.Job[exportArgs]) error {
-	return w.s.exclusive(ctx, fmt.Sprintf("tenantplane.export:%d", job.Args.ExportID), func() error {
-		return w.s.runExport(ctx, job.Args.ExportID, job.Attempt >= job.MaxAttempts)
-	})
-}
+func (a exportArgs) id() int64 { return a.ExportID }
 
 // ExportSpec is what an export takes.
 type ExportSpec struct {

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/riverqueue/river"
 
 	"github.com/tenantplane/tenantplane/catalog"
 	"github.com/tenantplane/tenantplane/internal/pgcluster"
@@ -54,18 +53,7 @@ type restoreArgs struct {
 
 func (restoreArgs) Kind() string { return "tenantplane.restore" }
 
-type restoreWorker struct {
-	river.WorkerDefaults[restoreArgs]
-	s *Service
-}
-
-func (w *restoreWorker) Timeout(*river.Job[restoreArgs]) time.Duration { return 6 * time.Hour }
-
-func (w *restoreWorker) Work(ctx context.Context, job *river.Job[restoreArgs]) error {
-	return w.s.exclusive(ctx, fmt.Sprintf("tenantplane.restore:%d", job.Args.RestoreID), func() error {
-		return w.s.runRestore(ctx, job.Args.RestoreID, job.Attempt >= job.MaxAttempts)
-	})
-}
+func (a restoreArgs) id() int64 { return a.RestoreID }
 
 // RestoreSpec is what a restore takes.
 type RestoreSpec struct {
