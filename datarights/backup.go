@@ -246,7 +246,9 @@ func (s *Service) claimBackup(ctx context.Context, id int64) (b Backup, wait, go
 				return nil
 			}
 		}
-		_, err := tx.Exec(ctx, `UPDATE backups SET state = 'running', attempts = attempts + 1, started_at = coalesce(started_at, now()) WHERE id = $1`, id)
+		// The claim's own time, not its transaction's: that may have begun
+		// before the wait for the server's row.
+		_, err := tx.Exec(ctx, `UPDATE backups SET state = 'running', attempts = attempts + 1, started_at = coalesce(started_at, clock_timestamp()) WHERE id = $1`, id)
 		if err != nil {
 			return err
 		}
@@ -283,7 +285,7 @@ func (s *Service) runBackup(ctx context.Context, id int64, last bool) error {
 	}
 	tag, err := s.store.Pool().Exec(ctx, `
 		UPDATE backups b SET state = 'done', file = $2, size_bytes = $3, sha256 = $4, schema_version = $5, last_error = '',
-			finished_at = now(), expires_at = now() + p.backup_retention
+			finished_at = clock_timestamp(), expires_at = clock_timestamp() + p.backup_retention
 		FROM tenants t JOIN plans p ON p.name = t.plan
 		WHERE b.id = $1 AND t.id = b.tenant_id AND b.state = 'running'`, id, res.file, res.size, res.sha256, res.version)
 	if err != nil {
