@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -14,10 +16,40 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"github.com/tenantplane/tenantplane/catalog"
+	"github.com/tenantplane/tenantplane/internal/helperproc"
 	"github.com/tenantplane/tenantplane/internal/pgtest"
 )
 
-func TestMain(m *testing.M) { pgtest.Main(m) }
+func TestMain(m *testing.M) {
+	// TestExportOf100MBKeepsMemoryFlat starts this binary again
+	// (helperproc.Start) as a tenantplane process of its own, whose heap
+	// no other test shares: the variable says so, and no test runs.
+	if os.Getenv(appHelperEnv) != "" {
+		helperproc.Run("app", runAppHelper)
+	}
+	pgtest.Main(m)
+}
+
+// appHelperEnv makes the test binary a tenantplane process configured by
+// its environment, printing "admin=ADDR" once it serves.
+const appHelperEnv = "TENANTPLANE_TEST_APP_HELPER"
+
+func runAppHelper() error {
+	cfg, err := ConfigFromEnv(os.Getenv)
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+	app, err := New(ctx, cfg, slog.New(slog.NewJSONHandler(io.Discard, nil)))
+	if err != nil {
+		return err
+	}
+	if err := app.Start(ctx); err != nil {
+		return err
+	}
+	fmt.Printf("admin=%s\n", app.AdminAddr())
+	select {} // until killed, or until the test is gone (helperproc)
+}
 
 const testToken = "test-admin-token-0123456789"
 
