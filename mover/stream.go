@@ -37,6 +37,15 @@ type Stream struct {
 	serverEnd       LSN // how far the source has sent
 	relations       map[uint32]*relation
 	changes         *ChangeSet // the rows applied since the snapshot
+	// ledger, when set, records in each transaction applied on the target
+	// how far the stream has applied, and has it skip what was applied
+	// before (a kept source's stream, keep.go); skipping says the
+	// transaction in flight is one of those.
+	ledger   applyLedger
+	skipping bool
+	// poll, when set, replaces statusPoll: a catch-up under the fence asks
+	// the source more often where it is, as each wait is write pause.
+	poll time.Duration
 }
 
 type relation struct {
@@ -195,7 +204,11 @@ func (s *Stream) CatchUp(ctx context.Context, target *pgx.Conn, until LSN, progr
 		if tx == nil && s.applied >= until {
 			return s.confirm(ctx, false)
 		}
-		recvCtx, cancel := context.WithTimeout(ctx, statusPoll)
+		poll := statusPoll
+		if s.poll > 0 {
+			poll = s.poll
+		}
+		recvCtx, cancel := context.WithTimeout(ctx, poll)
 		raw, err := s.conn.ReceiveMessage(recvCtx)
 		cancel()
 		if err != nil {
@@ -269,6 +282,16 @@ func (s *Stream) apply(ctx context.Context, target *pgx.Conn, tx pgx.Tx, data []
 	if err != nil {
 		return tx, err
 	}
+	if s.skipping {
+		switch m := msg.(type) {
+		case *pglogrepl.CommitMessage:
+			s.skipping = false
+			s.applied = max(s.applied, m.TransactionEndLSN)
+			return nil, nil
+		case *pglogrepl.InsertMessage, *pglogrepl.UpdateMessage, *pglogrepl.DeleteMessage, *pglogrepl.TruncateMessage:
+			return nil, nil
+		}
+	}
 	switch m := msg.(type) {
 	case *pglogrepl.RelationMessage:
 		rel, err := describeRelation(ctx, target, m)
@@ -283,14 +306,32 @@ func (s *Stream) apply(ctx context.Context, target *pgx.Conn, tx pgx.Tx, data []
 		if _, err := tx.Exec(ctx, stableFormat); err != nil {
 			return tx, fmt.Errorf("target: %w", err)
 		}
+		if s.ledger != nil {
+			skip, err := s.ledger.begin(ctx, tx, m.FinalLSN)
+			if err != nil {
+				return tx, err
+			}
+			if skip {
+				s.skipping = true
+				return nil, tx.Rollback(ctx)
+			}
+		}
 	case *pglogrepl.CommitMessage:
 		if tx == nil {
 			return nil, errors.New("commit without begin in the stream")
+		}
+		if s.ledger != nil {
+			if err := s.ledger.commit(ctx, tx, m.TransactionEndLSN, s.changes); err != nil {
+				return tx, err
+			}
 		}
 		if err := tx.Commit(ctx); err != nil {
 			return nil, fmt.Errorf("target: %w", err)
 		}
 		s.applied = max(s.applied, m.TransactionEndLSN)
+		if s.ledger != nil {
+			return nil, s.ledger.committed(ctx, m.TransactionEndLSN)
+		}
 		return nil, nil
 	case *pglogrepl.InsertMessage:
 		rel, err := s.relation(m.RelationID)
@@ -387,7 +428,7 @@ func execChange(ctx context.Context, tx pgx.Tx, c change) error {
 		return fmt.Errorf("target: %s: %w", c.sql, err)
 	}
 	if !strings.HasPrefix(c.sql, "TRUNCATE") && tag.RowsAffected() != 1 {
-		return fmt.Errorf("target: %s changed %d rows, not 1: the target has drifted from the source", c.sql, tag.RowsAffected())
+		return fmt.Errorf("target: %s changed %d rows, not 1: %w", c.sql, tag.RowsAffected(), errDrift)
 	}
 	return nil
 }

@@ -88,6 +88,7 @@ type work struct {
 	// the source was fenced all through it, so that it still holds.
 	copied       []CopiedTable
 	copiedFenced bool
+	keep         *keepStart // keeping the source in step after the switch (keep.go)
 }
 
 func (w *work) close(ctx context.Context) {
@@ -167,6 +168,9 @@ func (s *Service) run(ctx context.Context, id int64) error {
 		return s.abort(ctx, w, fmt.Sprintf("the source's schema is dirty at version %d: fix it first", v.Version))
 	}
 	w.version = v.Version
+	if m.inStep {
+		return s.runInStep(ctx, w)
+	}
 
 	for {
 		if cancellable(m.Phase) {
@@ -247,13 +251,16 @@ func (s *Service) afterFence(ctx context.Context, w *work) error {
 		if err := s.checkSlot(ctx, w); err != nil {
 			return err
 		}
-		if err := flushWAL(ctx, w.lock); err != nil {
-			return fmt.Errorf("source: %w", err)
-		}
+		// The position, then the flush of all before it (and of
+		// CurrentLSN's record past it): the stream gets there at once.
 		until, err := CurrentLSN(ctx, w.lock)
 		if err != nil {
 			return fmt.Errorf("source: %w", err)
 		}
+		if err := flushWAL(ctx, w.lock); err != nil {
+			return fmt.Errorf("source: %w", err)
+		}
+		w.stream.poll = fencedPoll
 		if err := w.stream.CatchUp(ctx, w.streamTo, until, nil); err != nil {
 			return err
 		}
@@ -277,9 +284,14 @@ func (s *Service) afterFence(ctx context.Context, w *work) error {
 // the tenant's last commits at once rather than after the WAL writer's
 // next round (wal_writer_delay, 200ms by default), where a server commits
 // asynchronously. It shortens the write pause.
+//
+// The transaction writes a record of its own (a transactional logical
+// message, which the stream's pgoutput at protocol 1 does not send): a
+// commit that wrote nothing but its xid is not flushed whatever
+// synchronous_commit says.
 func flushWAL(ctx context.Context, conn *pgx.Conn) error {
 	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-		_, err := tx.Exec(ctx, "SET LOCAL synchronous_commit = on; SELECT pg_current_xact_id()")
+		_, err := tx.Exec(ctx, "SET LOCAL synchronous_commit = on; SELECT pg_logical_emit_message(true, 'tenantplane', '')")
 		return err
 	})
 }
@@ -371,6 +383,7 @@ func (s *Service) catchingUp(ctx context.Context, w *work) error {
 			return err // the loop in run aborts it
 		}
 	}
+	s.prepareKeep(ctx, w)
 	if err := s.holdAndFence(ctx, w); err != nil {
 		return err
 	}
@@ -454,6 +467,7 @@ func (s *Service) verify(ctx context.Context, w *work) error {
 	s.verifies.last.Store(int64(res.Duration))
 	s.logger.InfoContext(ctx, "move verified", "move_id", w.m.ID, "tenant", w.t.Slug, "rows_written_only", opts.Changed != nil,
 		"keys", w.changes.Keys(), "duration", res.Duration)
+	s.startKeep(ctx, w)
 	return s.switchOver(ctx, w)
 }
 
@@ -614,6 +628,9 @@ func (s *Service) switchOver(ctx context.Context, w *work) error {
 		if err := notify(ctx, tx, w.t.ID); err != nil {
 			return err
 		}
+		if err := s.recordKeep(ctx, tx, w); err != nil {
+			return err
+		}
 		_, err = s.jobs.Client().InsertTx(ctx, tx, dropSourceArgs{MoveID: w.m.ID}, &river.InsertOpts{Queue: queue, ScheduledAt: keepUntil})
 		return err
 	})
@@ -664,6 +681,9 @@ func (s *Service) abort(ctx context.Context, w *work, reason string) error {
 		return err
 	}
 	if err := Unfence(ctx, w.lock, w.t.Database, w.t.Role); err != nil {
+		return err
+	}
+	if err := s.abortKeep(ctx, w); err != nil {
 		return err
 	}
 	if w.m.Reverts == nil {
@@ -752,7 +772,9 @@ func (s *Service) dropSource(ctx context.Context, id int64) error {
 		if m.sourceDropped {
 			return nil
 		}
-		if _, err := tx.Exec(ctx, `UPDATE moves SET source_dropped = true, updated_at = now() WHERE id = $1`, id); err != nil {
+		if _, err := tx.Exec(ctx, `UPDATE moves SET source_dropped = true, keep_in_step = false, keep_lag_bytes = 0,
+			keep_reason = CASE WHEN keep_in_step THEN 'kept in step until the keep was over; the source and the slot are dropped' ELSE keep_reason END,
+			updated_at = now() WHERE id = $1`, id); err != nil {
 			return catalog.Classify(err, "move")
 		}
 		return catalog.InsertAudit(ctx, tx, catalog.AuditEvent{Actor: "mover", Action: "tenant.move_source_dropped", TenantID: m.TenantID,
@@ -771,6 +793,11 @@ func (s *Service) dropSource(ctx context.Context, id int64) error {
 	t, err := s.store.GetTenantByID(ctx, m.TenantID)
 	if err != nil {
 		return err
+	}
+	// The keep's slot and publication on the target go first: nothing
+	// streams into the source once it is gone.
+	if err := s.dropKeep(ctx, m.To, t.Database, id); err != nil {
+		return fmt.Errorf("dropping the keep's slot: %w", err)
 	}
 	if t.ServerID == m.fromID {
 		// Moved back by another move: the database there is the live one.

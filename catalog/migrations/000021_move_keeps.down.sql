@@ -1,0 +1,4 @@
+ALTER TABLE moves DROP COLUMN in_step;
+ALTER TABLE moves DROP COLUMN keep_lag_bytes;
+ALTER TABLE moves DROP COLUMN keep_reason;
+ALTER TABLE moves DROP COLUMN keep_in_step;
