@@ -28,3 +28,7 @@ func FenceVerifies(s *Service) (full, changed int64) {
 
 // LastFenceVerify is how long s's last fence verification took.
 func LastFenceVerify(s *Service) time.Duration { return time.Duration(s.verifies.last.Load()) }
+
+// SetEvacRetryDelay sets the pause before an evacuation's next try at a
+// tenant (times the tries so far).
+func SetEvacRetryDelay(cfg *Config, d time.Duration) { cfg.evacRetryDelay = d }

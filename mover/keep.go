@@ -570,8 +570,8 @@ func (s *Service) keepInStep(ctx context.Context, id int64) error {
 	if err != nil {
 		return err
 	}
-	if t.ServerID != m.toID {
-		return s.stopKeep(ctx, &m, t.Database, fmt.Sprintf("tenant %s moved on to server %s", t.Slug, t.Server))
+	if why := tenantLeft(t, &m); why != "" {
+		return s.stopKeep(ctx, &m, t.Database, why)
 	}
 	live, err := s.connect(ctx, m.To, t.Database)
 	if err != nil {
@@ -613,6 +613,9 @@ func (s *Service) keepInStep(ctx context.Context, id int64) error {
 			if err != nil {
 				return fmt.Errorf("server %s: %w", m.To, err)
 			}
+			// A long backlog (the keep was down) in bounded steps, so the
+			// loop still looks at the catalog and its run still ends.
+			until = min(until, st.Applied()+keepStep)
 			if err := st.CatchUp(ctx, kept, until, nil); err != nil {
 				return err
 			}
@@ -632,6 +635,13 @@ func (s *Service) keepInStep(ctx context.Context, id int64) error {
 			if why, err := s.keepGoes(ctx, &m); err != nil || why != "" {
 				return err // the next run sees why
 			}
+			if t, err = s.store.GetTenantByID(ctx, m.TenantID); err != nil {
+				return err
+			}
+			if why := tenantLeft(t, &m); why != "" {
+				_ = st.Close(context.WithoutCancel(ctx)) // the slot is dropped next
+				return s.stopKeep(ctx, &m, t.Database, why)
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -644,6 +654,22 @@ func (s *Service) keepInStep(ctx context.Context, id int64) error {
 			return river.JobSnooze(0)
 		}
 	}
+}
+
+// keepStep bounds how much WAL one catch-up of a keep goes through.
+const keepStep = 16 << 20
+
+// tenantLeft says why a keep must end because of its tenant: moved on
+// from the move's target, or being deleted (its database is to be dropped,
+// which a slot in use there would refuse). "" if it stays.
+func tenantLeft(t catalog.Tenant, m *move) string {
+	switch {
+	case t.ServerID != m.toID:
+		return fmt.Sprintf("tenant %s moved on to server %s", t.Slug, t.Server)
+	case t.State != catalog.TenantActive && t.State != catalog.TenantSuspended:
+		return fmt.Sprintf("tenant %s is %s", t.Slug, t.State)
+	}
+	return ""
 }
 
 // sameSchema fails when the live and the kept database are at different
@@ -720,6 +746,9 @@ func takeSlot(ctx context.Context, conn *pgx.Conn, name string) error {
 		}
 		if pid == 0 {
 			return nil
+		}
+		if time.Now().After(deadline.Add(slotReleaseWait)) {
+			return fmt.Errorf("replication slot %s is still in use (pid %d) after %s", name, pid, 2*slotReleaseWait)
 		}
 		if time.Now().After(deadline) {
 			if _, err := conn.Exec(ctx, "SELECT pg_terminate_backend($1)", pid); err != nil {

@@ -93,6 +93,8 @@ type Config struct {
 	// stepCopied; an error stops the job there (it is retried, as after a
 	// crash).
 	afterPhase func(ctx context.Context, moveID int64, phase string) error
+	// evacRetryDelay replaces the evacuations' evacRetryDelay (tests).
+	evacRetryDelay time.Duration
 }
 
 // Move is a move of a tenant's database from one server to another, as the
@@ -192,6 +194,9 @@ func New(store *catalog.Store, cfg Config) (*Service, error) {
 	}
 	if cfg.CatchUpLag <= 0 {
 		cfg.CatchUpLag = 1 << 20
+	}
+	if cfg.evacRetryDelay <= 0 {
+		cfg.evacRetryDelay = evacRetryDelay
 	}
 	s := &Service{store: store, cfg: cfg, logger: cfg.Logger.With("component", "mover"), jobs: cfg.Jobs, stopping: make(chan struct{})}
 	if s.jobs == nil {

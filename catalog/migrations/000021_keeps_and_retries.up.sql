@@ -10,3 +10,10 @@ ALTER TABLE moves ADD COLUMN keep_reason text NOT NULL DEFAULT '';
 ALTER TABLE moves ADD COLUMN keep_lag_bytes bigint NOT NULL DEFAULT 0;
 -- A revert that switches back over the kept stream of the move it reverts.
 ALTER TABLE moves ADD COLUMN in_step boolean NOT NULL DEFAULT false;
+
+-- An evacuation tries a tenant whose move fails up to max_attempts times;
+-- attempts keeps each failed attempt ({move_id, error, at}), retry_at when
+-- the next may start.
+ALTER TABLE evacuations ADD COLUMN max_attempts integer NOT NULL DEFAULT 3 CHECK (max_attempts BETWEEN 1 AND 10);
+ALTER TABLE evacuation_tenants ADD COLUMN attempts jsonb NOT NULL DEFAULT '[]';
+ALTER TABLE evacuation_tenants ADD COLUMN retry_at timestamptz;
