@@ -79,7 +79,8 @@ type keepStart struct {
 // applied, and says which transactions were applied before.
 type applyLedger interface {
 	// begin runs first in the target transaction of a source transaction
-	// whose commit record starts at final; skip: it was applied already.
+	// whose commit record starts at final, and sets stableFormat's settings
+	// for it; skip: it was applied already.
 	begin(ctx context.Context, tx pgx.Tx, final LSN) (skip bool, err error)
 	// commit runs last in it, before the commit; end is where the source
 	// transaction ends, changes the stream's ChangeSet (its journal).
@@ -88,16 +89,23 @@ type applyLedger interface {
 	committed(ctx context.Context, end LSN) error
 }
 
-// keepLedger is the applyLedger of a kept source: keepSchema's tables.
+// keepLedger is the applyLedger of the database a move's stream applies
+// to (its target while it catches up, its kept source after the switch):
+// keepSchema's tables. step is the test hook's point after each commit.
 type keepLedger struct {
 	s      *Service
 	moveID int64
+	step   string
 }
 
 func (l *keepLedger) begin(ctx context.Context, tx pgx.Tx, final LSN) (bool, error) {
 	var applied LSN
 	var owner int64
-	err := tx.QueryRow(ctx, "SELECT move_id, lsn FROM "+keepSchema+".progress FOR UPDATE").Scan(&owner, &applied)
+	// stableFormat's settings in the same round trip.
+	err := tx.QueryRow(ctx, `SELECT p.move_id, p.lsn FROM `+keepSchema+`.progress p,
+		(SELECT set_config('DateStyle', 'ISO, YMD', true), set_config('IntervalStyle', 'postgres', true), set_config('TimeZone', 'UTC', true),
+			set_config('extra_float_digits', '3', true), set_config('bytea_output', 'hex', true)) f
+		FOR UPDATE OF p`).Scan(&owner, &applied)
 	if err != nil {
 		return false, fmt.Errorf("kept source: reading the keep's position: %w", err)
 	}
@@ -109,39 +117,39 @@ func (l *keepLedger) begin(ctx context.Context, tx pgx.Tx, final LSN) (bool, err
 
 func (l *keepLedger) commit(ctx context.Context, tx pgx.Tx, end LSN, changes *ChangeSet) error {
 	tables, keys, overflow := changes.drain()
-	if len(tables) > 0 {
-		data, err := json.Marshal(tables)
-		if err != nil {
-			return err
-		}
-		_, err = tx.Exec(ctx, `INSERT INTO `+keepSchema+`.tables (name, cols, types, full_table)
-			SELECT x.name, x.cols, x.types, x.full FROM jsonb_to_recordset($1::jsonb) AS x(name text, cols text[], types text[], "full" boolean)
-			ON CONFLICT (name) DO UPDATE SET cols = excluded.cols, types = excluded.types, full_table = tables.full_table OR excluded.full_table`, string(data))
-		if err != nil {
-			return fmt.Errorf("kept source: recording the tables written: %w", err)
-		}
+	if tables == nil {
+		tables = []journalTable{}
 	}
-	if len(keys) > 0 {
-		data, err := json.Marshal(keys)
-		if err != nil {
-			return err
-		}
-		_, err = tx.Exec(ctx, `INSERT INTO `+keepSchema+`.keys (name, vals)
-			SELECT x.t, x.v FROM jsonb_to_recordset($1::jsonb) AS x(t text, v jsonb) ON CONFLICT DO NOTHING`, string(data))
-		if err != nil {
-			return fmt.Errorf("kept source: recording the rows written: %w", err)
-		}
+	if keys == nil {
+		keys = []journalKey{}
 	}
-	_, err := tx.Exec(ctx, `UPDATE `+keepSchema+`.progress SET lsn = $1::text::pg_lsn, overflow = overflow OR $2, applied_at = clock_timestamp()`,
-		end.String(), overflow)
+	tdata, err := json.Marshal(tables)
 	if err != nil {
-		return fmt.Errorf("kept source: recording the keep's position: %w", err)
+		return err
+	}
+	kdata, err := json.Marshal(keys)
+	if err != nil {
+		return err
+	}
+	// One round trip: the tables and keys written, and the position.
+	_, err = tx.Exec(ctx, `WITH t AS (INSERT INTO `+keepSchema+`.tables (name, cols, types, full_table)
+			SELECT x.name, x.cols, x.types, x.full FROM jsonb_to_recordset($1::jsonb) AS x(name text, cols text[], types text[], "full" boolean)
+			ON CONFLICT (name) DO UPDATE SET cols = excluded.cols, types = excluded.types, full_table = tables.full_table OR excluded.full_table),
+		k AS (INSERT INTO `+keepSchema+`.keys (name, vals)
+			SELECT x.t, x.v FROM jsonb_to_recordset($2::jsonb) AS x(t text, v jsonb) ON CONFLICT DO NOTHING)
+		UPDATE `+keepSchema+`.progress SET lsn = $3::text::pg_lsn, overflow = overflow OR $4, applied_at = clock_timestamp()`,
+		string(tdata), string(kdata), end.String(), overflow)
+	if err != nil {
+		return fmt.Errorf("recording the stream's position and the rows it wrote: %w", err)
 	}
 	return nil
 }
 
 func (l *keepLedger) committed(ctx context.Context, _ LSN) error {
-	return l.s.hook(ctx, l.moveID, stepKeepApplied)
+	if l.step == "" {
+		return nil
+	}
+	return l.s.hook(ctx, l.moveID, l.step)
 }
 
 // changeJournal collects what a ChangeSet added since its last drain.
@@ -381,15 +389,21 @@ func (s *Service) startKeep(ctx context.Context, w *work) {
 		fail(fmt.Errorf("target: %w", err))
 		return
 	}
-	if _, err := w.lock.Exec(ctx, keepLedgerDDL); err != nil {
-		fail(fmt.Errorf("source: %w", err))
-		return
-	}
-	if _, err := w.lock.Exec(ctx, "INSERT INTO "+keepSchema+".progress (move_id, lsn) VALUES ($1, $2::text::pg_lsn)", w.m.ID, start.String()); err != nil {
+	if err := startLedger(ctx, w.lock, w.m.ID, start); err != nil {
 		fail(fmt.Errorf("source: %w", err))
 		return
 	}
 	w.keep.started = true
+}
+
+// startLedger makes, in the database conn is connected to, a fresh ledger
+// of move id's stream, applied up to from.
+func startLedger(ctx context.Context, conn *pgx.Conn, id int64, from LSN) error {
+	if _, err := conn.Exec(ctx, keepLedgerDDL); err != nil {
+		return err
+	}
+	_, err := conn.Exec(ctx, "INSERT INTO "+keepSchema+".progress (move_id, lsn) VALUES ($1, $2::text::pg_lsn)", id, from.String())
+	return err
 }
 
 // recordKeep, in the switch's transaction, records whether the source is
@@ -692,6 +706,13 @@ func sameSchema(ctx context.Context, live, kept Querier) error {
 // openKept opens keep id's stream from the tenant's database on server (the
 // live one), applying on kept from the position kept's ledger holds.
 func (s *Service) openKept(ctx context.Context, id int64, server, database string, kept Querier) (*Stream, error) {
+	return s.openLedgered(ctx, id, server, database, kept, stepKeepApplied)
+}
+
+// openLedgered opens move id's stream from the tenant's database on server,
+// applying on to from the position to's ledger holds; step is the test
+// hook's point after each commit ("" for none).
+func (s *Service) openLedgered(ctx context.Context, id int64, server, database string, kept Querier, step string) (*Stream, error) {
 	var owner int64
 	var from LSN
 	if err := kept.QueryRow(ctx, "SELECT move_id, lsn FROM "+keepSchema+".progress").Scan(&owner, &from); err != nil {
@@ -713,7 +734,7 @@ func (s *Service) openKept(ctx context.Context, id int64, server, database strin
 	cs := newChangeSet()
 	cs.journal = &changeJournal{tables: map[string]bool{}}
 	return &Stream{name: slotName(id), conn: conn, consistentPoint: from, applied: from, relations: map[uint32]*relation{},
-		changes: cs, ledger: &keepLedger{s: s, moveID: id}}, nil
+		changes: cs, ledger: &keepLedger{s: s, moveID: id, step: step}}, nil
 }
 
 // checkSlotStatus fails with a *SlotLostError when slot name on server is

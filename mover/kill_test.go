@@ -99,11 +99,15 @@ func TestMoveKilledInEachPhase(t *testing.T) {
 		// cancel: the move is cancelled while its process is dead, so the
 		// restart rolls it back.
 		cancel bool
+		// resumes: the restart goes on from the stream's slot and the
+		// target's ledger, copying nothing again, and its fence verifies
+		// only the rows the stream wrote.
+		resumes bool
 	}{
 		{name: "copying", phase: mover.PhaseCopying, at: mover.StepCopied, mode: mover.ModeOnline},
-		{name: "catching_up", phase: mover.PhaseCatchingUp, at: mover.PhaseCatchingUp, mode: mover.ModeOnline},
-		{name: "fenced", phase: mover.PhaseFenced, at: mover.PhaseFenced, mode: mover.ModeOnline, held: true},
-		{name: "verifying", phase: mover.PhaseVerifying, at: mover.PhaseVerifying, mode: mover.ModeOnline, held: true},
+		{name: "catching_up", phase: mover.PhaseCatchingUp, at: mover.PhaseCatchingUp, mode: mover.ModeOnline, resumes: true},
+		{name: "fenced", phase: mover.PhaseFenced, at: mover.PhaseFenced, mode: mover.ModeOnline, held: true, resumes: true},
+		{name: "verifying", phase: mover.PhaseVerifying, at: mover.PhaseVerifying, mode: mover.ModeOnline, held: true, resumes: true},
 		{name: "switched", phase: mover.PhaseSwitched, at: mover.PhaseSwitched, mode: mover.ModeOnline},
 		{name: "copy_mode_copying", phase: mover.PhaseCopying, at: mover.PhaseCopying, mode: mover.ModeCopy, held: true},
 		{name: "fenced_then_cancelled", phase: mover.PhaseFenced, at: mover.PhaseFenced, mode: mover.ModeOnline, held: true, cancel: true},
@@ -173,6 +177,11 @@ func TestMoveKilledInEachPhase(t *testing.T) {
 			} else {
 				require.Equal(t, mover.PhaseDone, m.Phase, m.LastError)
 				checkMoved(t, b, m, acks)
+			}
+			if tc.resumes {
+				require.Equal(t, killed.RowsCopied, m.RowsCopied, "not copied again")
+				full, changed := mover.FenceVerifies(svc)
+				require.Equal(t, [2]int64{0, 1}, [2]int64{full, changed}, "the restart's fence verified only the rows the stream wrote")
 			}
 			// The bound: a kill that leaves the tenant held holds its writes
 			// until the restart has judged the dead process (ClientDeadAfter

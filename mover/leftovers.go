@@ -43,8 +43,10 @@ var moveObjectRE = regexp.MustCompile(`^tenantplane_move_([0-9]+)$`)
 // that no open move owns and returns them; with remove, it drops them (a
 // slot in use is freed first: its WAL sender is terminated). An open move's
 // objects are never reported: its job drops them, whether it finishes or
-// aborts. A slot or publication is the move's when the move is open and
-// its source is that server, a subscription when its target is.
+// aborts. A slot or publication is an open move's on its source (its
+// stream) or its target (its keep's, made before the hold), a subscription
+// on its target; a done move whose source is kept in step owns the slot
+// and publication of its keep on its target (keep.go).
 //
 // It stops at the first server that fails, with an error naming it.
 func (s *Service) Leftovers(ctx context.Context, remove bool) ([]Leftover, error) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -137,6 +138,7 @@ func (s *Service) inStepCatchUp(ctx context.Context, w *work, kept *pgx.Conn, x 
 			if err != nil {
 				return fmt.Errorf("source: %w", err)
 			}
+			roundStart := time.Now()
 			if err := w.stream.CatchUp(ctx, kept, until, nil); err != nil {
 				return err
 			}
@@ -151,7 +153,9 @@ func (s *Service) inStepCatchUp(ctx context.Context, w *work, kept *pgx.Conn, x 
 			if _, err := s.store.Pool().Exec(ctx, `UPDATE moves SET lag_bytes = $2, updated_at = now() WHERE id = $1`, w.m.ID, lag); err != nil {
 				return catalog.Classify(err, "move")
 			}
-			if lag <= s.cfg.CatchUpLag || round >= 100 {
+			// Into the fence once close in bytes and in time: a round that
+			// took long leaves that long of writes for the fence to apply.
+			if lag <= s.cfg.CatchUpLag && time.Since(roundStart) < catchUpQuiet || round >= 100 {
 				break
 			}
 			if c, err := s.cancelRequested(ctx, w.m); err != nil || c {

@@ -303,10 +303,11 @@ func (s *Stream) apply(ctx context.Context, target *pgx.Conn, tx pgx.Tx, data []
 		if tx, err = target.Begin(ctx); err != nil {
 			return nil, fmt.Errorf("target: %w", err)
 		}
-		if _, err := tx.Exec(ctx, stableFormat); err != nil {
-			return tx, fmt.Errorf("target: %w", err)
-		}
-		if s.ledger != nil {
+		if s.ledger == nil { // the ledger's begin sets the formats itself
+			if _, err := tx.Exec(ctx, stableFormat); err != nil {
+				return tx, fmt.Errorf("target: %w", err)
+			}
+		} else {
 			skip, err := s.ledger.begin(ctx, tx, m.FinalLSN)
 			if err != nil {
 				return tx, err

@@ -89,6 +89,7 @@ type work struct {
 	copied       []CopiedTable
 	copiedFenced bool
 	keep         *keepStart // keeping the source in step after the switch (keep.go)
+	resumed      bool       // the stream was opened again from its slot (resume.go)
 }
 
 func (w *work) close(ctx context.Context) {
@@ -247,6 +248,9 @@ func (s *Service) afterFence(ctx context.Context, w *work) error {
 	if w.m.Mode == ModeCopy {
 		return s.setPhase(ctx, w.m, PhaseCopying)
 	}
+	if _, err := s.resumeStream(ctx, w); err != nil {
+		return err
+	}
 	if w.stream != nil {
 		if err := s.checkSlot(ctx, w); err != nil {
 			return err
@@ -341,13 +345,22 @@ func (s *Service) copying(ctx context.Context, w *work) error {
 	if w.streamTo, err = s.connect(ctx, w.to.Name, w.t.Database); err != nil {
 		return fmt.Errorf("target: %w", err)
 	}
+	if err := s.ledgerStream(ctx, w); err != nil {
+		return err
+	}
 	return s.setPhase(ctx, w.m, PhaseCatchingUp)
 }
+
+// catchUpQuiet: the catch-up goes into the fence only after a round that
+// took less than this (the writes left for the fence are about one round's).
+const catchUpQuiet = 200 * time.Millisecond
 
 // catchingUp applies the stream until the target is within CatchUpLag of
 // the source, then fences the source for the last catch-up.
 func (s *Service) catchingUp(ctx context.Context, w *work) error {
-	if w.stream == nil { // resumed: the stream died with its run
+	if ok, err := s.resumeStream(ctx, w); err != nil {
+		return err
+	} else if !ok { // the stream died with its run and cannot resume
 		return s.setPhase(ctx, w.m, PhaseCopying)
 	}
 	for round := 0; ; round++ {
@@ -358,6 +371,7 @@ func (s *Service) catchingUp(ctx context.Context, w *work) error {
 		if err != nil {
 			return fmt.Errorf("source: %w", err)
 		}
+		roundStart := time.Now()
 		if err := w.stream.CatchUp(ctx, w.streamTo, until, nil); err != nil {
 			if lost := s.checkSlot(ctx, w); lost != nil {
 				return lost
@@ -376,7 +390,9 @@ func (s *Service) catchingUp(ctx context.Context, w *work) error {
 			return catalog.Classify(err, "move")
 		}
 		w.m.LagBytes = lag
-		if lag <= s.cfg.CatchUpLag || round >= 100 {
+		// Into the fence once close in bytes and in time: a round that
+		// took long leaves that long of writes for the fence to apply.
+		if lag <= s.cfg.CatchUpLag && time.Since(roundStart) < catchUpQuiet || round >= 100 {
 			break
 		}
 		if c, err := s.cancelRequested(ctx, w.m); err != nil || c {
@@ -435,6 +451,17 @@ func (s *Service) verify(ctx context.Context, w *work) error {
 	defer dst.Close(context.WithoutCancel(ctx))
 	if _, err := SyncSequences(ctx, src, dst); err != nil {
 		return err
+	}
+	if (w.resumed || w.changes == nil) && w.m.Mode == ModeOnline && w.m.Reverts == nil && !w.copiedFenced {
+		// The stream ran in more than one run, or this run only verifies:
+		// the target's ledger names every row the stream wrote since the
+		// snapshot the copy was verified under (resume.go).
+		if w.changes, err = loadKeptChanges(ctx, dst, w.m.ID); err != nil {
+			s.logger.WarnContext(ctx, "move verifies every row: no ledger of its stream on the target", "move_id", w.m.ID, "error", err)
+			w.changes = nil
+		} else {
+			w.snapshotVerified = true
+		}
 	}
 	var opts VerifyOptions
 	switch {
@@ -576,6 +603,13 @@ func (s *Service) copyAll(ctx context.Context, w *work, snapshot string) error {
 			rows, bytes = rows+p.Rows, bytes+p.Bytes
 		}
 		_, _ = s.store.Pool().Exec(ctx, `UPDATE moves SET rows_copied = $2, bytes_copied = $3, updated_at = now() WHERE id = $1`, w.m.ID, rows, bytes)
+	}
+	if snapshot == "" {
+		// A copy of the fenced source: a stream's ledger on the target
+		// (resume.go) no longer names what differs from the source.
+		if _, err := dst.Exec(ctx, "DROP SCHEMA IF EXISTS "+keepSchema+" CASCADE"); err != nil {
+			return fmt.Errorf("target: %w", err)
+		}
 	}
 	res, err := Copy(ctx, src, dst, CopyOptions{Truncate: true, Snapshot: snapshot, Progress: progress})
 	if err != nil {
