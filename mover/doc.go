@@ -117,12 +117,15 @@
 //	e, err = svc.GetEvacuation(ctx, e.ID) // counts, each tenant with its move and error
 //	plan, err := svc.PlanRebalance(ctx) // moves, per-server scores and the spread before and after
 //
+// A run of an online move that dies once its copy is verified leaves its
+// slot on the source and its stream's ledger on the target (resume.go):
+// the next run opens the slot again from the ledger's position instead of
+// copying again, and its fence verifies the rows the ledger names.
+//
 // Not built yet: the native-subscription apply (ApplySubscription: the
-// online mode always applies the stream itself), a stream that resumes from
-// its slot after a restart (a move killed while copying or catching up
-// starts its copy again; one killed while fenced copies the fenced source
-// in full), a copy-back revert's verify outside the fence, a keep that
-// follows a schema change (a migration ends the keep). Copy loads tables
+// online mode always applies the stream itself), a copy-back revert's
+// verify outside the fence, a keep that follows a schema change (a
+// migration ends the keep); a move killed while copying copies again. Copy loads tables
 // into their indexes as they are (pg_restore builds indexes after the data,
 // which is faster for large tables) and one table at a time; partitioned
 // tables' foreign keys do not order their partitions.

@@ -76,8 +76,10 @@ func moveHelperProcess() error {
 // service started afterwards takes the dead process's job over once its
 // job client has missed its beats, and every one of these moves ends done:
 // each phase is recorded and idempotent, and the resumed run goes on from
-// it (a run killed while copying or catching up starts its stream over;
-// one killed while fenced copies the fenced source again). None is rolled
+// it (a run killed while copying starts its stream over; one killed while
+// catching up, fenced or verifying goes on from the stream's slot and the
+// target's ledger, copying nothing again, and its fence verifies only the
+// rows the stream wrote). None is rolled
 // back, because nothing stops it from going on: a rollback is for a move
 // that cannot (a verification difference, a lost slot, its last attempt)
 // or is cancelled, as the last case is, while its process is dead and the

@@ -312,8 +312,9 @@ func (s *Service) copying(ctx context.Context, w *work) error {
 		}
 		return s.setPhase(ctx, w.m, PhaseVerifying)
 	}
-	// A resumed online move starts its stream over: a fence or hold left
-	// by a run that died before it recorded the phase fenced goes first.
+	// A resumed online move that had not verified its copy starts its
+	// stream over: a fence or hold left by a run that died before it
+	// recorded the phase fenced goes first.
 	if err := s.liftFence(ctx, w); err != nil {
 		return err
 	}
