@@ -321,28 +321,12 @@ func (s *Service) prepareKeep(ctx context.Context, w *work) {
 // publication of its tables and a pgoutput slot, both called name, unless
 // they are there.
 func ensureKeepSlot(ctx context.Context, conn *pgx.Conn, name string) error {
-	var slot, pub bool
-	err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = $1),
-		EXISTS (SELECT FROM pg_publication WHERE pubname = $1)`, name).Scan(&slot, &pub)
-	if err != nil {
-		return fmt.Errorf("target: %w", err)
+	if err := ensurePublication(ctx, conn, name); err != nil {
+		return fmt.Errorf("target: creating publication: %w", err)
 	}
-	if !pub {
-		tables, err := Tables(ctx, conn)
-		if err != nil {
-			return fmt.Errorf("target: %w", err)
-		}
-		names := make([]string, len(tables))
-		for i, t := range tables {
-			names[i] = qualified(t.Name)
-		}
-		stmt := "CREATE PUBLICATION " + ident(name)
-		if len(names) > 0 {
-			stmt += " FOR TABLE " + strings.Join(names, ", ")
-		}
-		if _, err := conn.Exec(ctx, stmt); err != nil {
-			return fmt.Errorf("target: creating publication: %w", err)
-		}
+	var slot bool
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = $1)`, name).Scan(&slot); err != nil {
+		return fmt.Errorf("target: %w", err)
 	}
 	if !slot {
 		if _, err := conn.Exec(ctx, "SELECT pg_create_logical_replication_slot($1, 'pgoutput')", name); err != nil {

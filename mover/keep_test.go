@@ -9,8 +9,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tenantplane/tenantplane/catalog"
-	"github.com/tenantplane/tenantplane/internal/helperproc"
-	"github.com/tenantplane/tenantplane/internal/jobs"
 	"github.com/tenantplane/tenantplane/internal/pgtest"
 	"github.com/tenantplane/tenantplane/mover"
 )
@@ -47,6 +45,21 @@ func (b *moveBundle) slotsOn(t *testing.T, name string) []string {
 }
 
 func slotOf(id int64) string { return "tenantplane_move_" + strconv.FormatInt(id, 10) }
+
+// waitKeptInStep waits for the tenant's last write on pg-2 to be on the
+// kept source, pg-1.
+func (b *moveBundle) waitKeptInStep(t *testing.T) {
+	t.Helper()
+	ctx := testContext(t)
+	kept, live := b.adminConn(t, "pg-1"), b.adminConn(t, "pg-2")
+	var last int64
+	require.NoError(t, live.QueryRow(ctx, "SELECT max(n) FROM writes").Scan(&last))
+	require.Eventually(t, func() bool {
+		var there bool
+		require.NoError(t, kept.QueryRow(ctx, "SELECT EXISTS (SELECT FROM writes WHERE n = $1)", last).Scan(&there))
+		return there
+	}, 30*time.Second, 50*time.Millisecond, "write %d on the target is on the kept source", last)
+}
 
 // checkRevertedInStep asserts what an in-step revert under the writer's
 // load must leave: the tenant back on pg-1, served there, with every
@@ -129,14 +142,7 @@ func TestMoveRevertInStepUnderWrites(t *testing.T) {
 
 	// The tenant's writes on pg-2 reach the kept source meanwhile.
 	time.Sleep(time.Second)
-	kept, live := b.adminConn(t, "pg-1"), b.adminConn(t, "pg-2")
-	var last int64
-	require.NoError(t, live.QueryRow(ctx, "SELECT max(n) FROM writes").Scan(&last))
-	require.Eventually(t, func() bool {
-		var there bool
-		require.NoError(t, kept.QueryRow(ctx, "SELECT EXISTS (SELECT FROM writes WHERE n = $1)", last).Scan(&there))
-		return there
-	}, 20*time.Second, 50*time.Millisecond, "a write on the target is on the kept source")
+	b.waitKeptInStep(t)
 
 	r, err := svc.Revert(ctx, m.ID, "test")
 	require.NoError(t, err)
@@ -215,13 +221,7 @@ func TestMoveKeepKilled(t *testing.T) {
 	b := setupKept(t)
 	fillWrites(t, b, 2000)
 
-	reg := jobs.NewRegistry()
-	svc, err := mover.New(b.store, mover.Config{Logger: b.logger, Jobs: reg, Targets: b.prov, Keep: time.Hour})
-	require.NoError(t, err)
-	require.NoError(t, reg.Open(b.store.Pool(), jobs.Config{Logger: b.logger, HeartbeatInterval: 500 * time.Millisecond, ClientDeadAfter: 2 * time.Second}))
-
-	stdout := helperproc.NewLines(16)
-	helper := helperproc.Start(t, stdout, moveHelperEnv+"="+mover.StepKeepApplied, "CATALOG_DSN="+b.dsn, "SECRET_KEY="+b.secret)
+	svc, reg, helper, stdout := startMoveHelper(t, b, mover.StepKeepApplied)
 	w := b.startWriter(t)
 	time.Sleep(200 * time.Millisecond)
 	m, err := svc.StartMove(ctx, "acme", mover.MoveSpec{To: "pg-2"}, "test")
@@ -250,14 +250,7 @@ func TestMoveKeepKilled(t *testing.T) {
 	})
 	// The restart's keep catches up: the kept source gets the writes made
 	// since the kill.
-	kept, live := b.adminConn(t, "pg-1"), b.adminConn(t, "pg-2")
-	var last int64
-	require.NoError(t, live.QueryRow(ctx, "SELECT max(n) FROM writes").Scan(&last))
-	require.Eventually(t, func() bool {
-		var there bool
-		require.NoError(t, kept.QueryRow(ctx, "SELECT EXISTS (SELECT FROM writes WHERE n = $1)", last).Scan(&there))
-		return there
-	}, 30*time.Second, 50*time.Millisecond, "the restart keeps the source in step")
+	b.waitKeptInStep(t)
 	var attempt int
 	require.NoError(t, b.store.Pool().QueryRow(ctx, `SELECT attempt FROM river_job WHERE kind = 'tenantplane.move_keep' AND (args->>'move_id')::bigint = $1`,
 		m.ID).Scan(&attempt))

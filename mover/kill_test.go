@@ -122,16 +122,7 @@ func TestMoveKilledInEachPhase(t *testing.T) {
 			superExec(t, ctx, src, "ALTER ROLE "+pgtest.ManagedRole+" REPLICATION")
 			fillWrites(t, b, 5000)
 
-			// The restarted process's service: it starts the move, but only
-			// works jobs once the first process is dead. It judges a job
-			// client dead after 2s without a beat (10s by default).
-			reg := jobs.NewRegistry()
-			svc, err := mover.New(b.store, mover.Config{Logger: b.logger, Jobs: reg, Targets: b.prov, Keep: time.Hour})
-			require.NoError(t, err)
-			require.NoError(t, reg.Open(b.store.Pool(), jobs.Config{Logger: b.logger, HeartbeatInterval: 500 * time.Millisecond, ClientDeadAfter: 2 * time.Second}))
-
-			stdout := helperproc.NewLines(16)
-			helper := helperproc.Start(t, stdout, moveHelperEnv+"="+tc.at, "CATALOG_DSN="+b.dsn, "SECRET_KEY="+b.secret)
+			svc, reg, helper, stdout := startMoveHelper(t, b, tc.at)
 			w := b.startWriter(t)
 			time.Sleep(200 * time.Millisecond)
 			m, err := svc.StartMove(ctx, "acme", mover.MoveSpec{To: "pg-2", Mode: tc.mode}, "test")
@@ -202,6 +193,21 @@ func TestMoveKilledInEachPhase(t *testing.T) {
 			checkNoLeftovers(t, b, svc, !tc.cancel)
 		})
 	}
+}
+
+// startMoveHelper starts the moving helper process, which stops at hook
+// point at, and the restarted process's service: it starts moves, but only
+// works jobs once reg is started (after the helper's death). It judges a
+// job client dead after 2s without a beat (10s by default).
+func startMoveHelper(t *testing.T, b *moveBundle, at string) (*mover.Service, *jobs.Registry, *helperproc.Process, *helperproc.Lines) {
+	t.Helper()
+	reg := jobs.NewRegistry()
+	svc, err := mover.New(b.store, mover.Config{Logger: b.logger, Jobs: reg, Targets: b.prov, Keep: time.Hour})
+	require.NoError(t, err)
+	require.NoError(t, reg.Open(b.store.Pool(), jobs.Config{Logger: b.logger, HeartbeatInterval: 500 * time.Millisecond, ClientDeadAfter: 2 * time.Second}))
+	stdout := helperproc.NewLines(16)
+	helper := helperproc.Start(t, stdout, moveHelperEnv+"="+at, "CATALOG_DSN="+b.dsn, "SECRET_KEY="+b.secret)
+	return svc, reg, helper, stdout
 }
 
 // checkRolledBack asserts what a move rolled back under the writer's load

@@ -4,11 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/jackc/pgx/v5"
-
-	"github.com/tenantplane/tenantplane/catalog"
 )
 
 // An in-step revert (moves.in_step) takes a tenant back onto the source
@@ -130,37 +127,9 @@ func (s *Service) inStepCatchUp(ctx context.Context, w *work, kept *pgx.Conn, x 
 		if err := s.openInStep(ctx, w, kept, x); err != nil {
 			return err
 		}
-		for round := 0; ; round++ {
-			if err := checkSlotStatus(ctx, w.lock, slotName(x), w.from.Name); err != nil {
-				return err
-			}
-			until, err := CurrentLSN(ctx, w.lock)
-			if err != nil {
-				return fmt.Errorf("source: %w", err)
-			}
-			roundStart := time.Now()
-			if err := w.stream.CatchUp(ctx, kept, until, nil); err != nil {
-				return err
-			}
-			now, err := CurrentLSN(ctx, w.lock)
-			if err != nil {
-				return fmt.Errorf("source: %w", err)
-			}
-			lag := int64(0)
-			if now > w.stream.Applied() {
-				lag = int64(now - w.stream.Applied())
-			}
-			if _, err := s.store.Pool().Exec(ctx, `UPDATE moves SET lag_bytes = $2, updated_at = now() WHERE id = $1`, w.m.ID, lag); err != nil {
-				return catalog.Classify(err, "move")
-			}
-			// Into the fence once close in bytes and in time: a round that
-			// took long leaves that long of writes for the fence to apply.
-			if lag <= s.cfg.CatchUpLag && time.Since(roundStart) < catchUpQuiet || round >= 100 {
-				break
-			}
-			if c, err := s.cancelRequested(ctx, w.m); err != nil || c {
-				return err
-			}
+		slot := func() error { return checkSlotStatus(ctx, w.lock, slotName(x), w.from.Name) }
+		if c, err := s.catchUpClose(ctx, w, kept, slot); err != nil || c {
+			return err // runInStep aborts a cancelled revert
 		}
 		s.prepareKeep(ctx, w)
 	}
@@ -181,21 +150,7 @@ func (s *Service) inStepFenced(ctx context.Context, w *work, kept *pgx.Conn, x i
 			return err
 		}
 	}
-	// The position first, then the flush: CurrentLSN's own record, which
-	// takes decoding past the position, is flushed with the rest, rather
-	// than after the WAL writer's next round where commits are asynchronous.
-	until, err := CurrentLSN(ctx, w.lock)
-	if err != nil {
-		return fmt.Errorf("source: %w", err)
-	}
-	if err := flushWAL(ctx, w.lock); err != nil {
-		return fmt.Errorf("source: %w", err)
-	}
-	w.stream.poll = fencedPoll
-	if err := w.stream.CatchUp(ctx, kept, until, nil); err != nil {
-		return err
-	}
-	if _, err := SyncSequences(ctx, w.lock, kept); err != nil {
+	if err := lastCatchUp(ctx, w, kept); err != nil {
 		return err
 	}
 	_ = w.stream.Close(ctx)
@@ -204,41 +159,18 @@ func (s *Service) inStepFenced(ctx context.Context, w *work, kept *pgx.Conn, x i
 }
 
 func (s *Service) inStepVerify(ctx context.Context, w *work, kept *pgx.Conn, x int64) error {
-	if err := s.holdAndFence(ctx, w); err != nil {
-		return err
-	}
-	src, err := s.connect(ctx, w.from.Name, w.t.Database)
-	if err != nil {
-		return fmt.Errorf("source: %w", err)
-	}
-	defer src.Close(context.WithoutCancel(ctx))
-	dst, err := s.connect(ctx, w.to.Name, w.t.Database)
-	if err != nil {
-		return fmt.Errorf("target: %w", err)
-	}
-	defer dst.Close(context.WithoutCancel(ctx))
-	if _, err := SyncSequences(ctx, src, dst); err != nil {
-		return err
-	}
-	var opts VerifyOptions
-	changes, err := loadKeptChanges(ctx, kept, x)
-	if err != nil {
-		// A run that died past this point dropped the ledger: every row.
-		s.logger.WarnContext(ctx, "revert verifies every row: the keep's ledger is gone", "move_id", w.m.ID, "tenant", w.t.Slug, "error", err)
-	} else {
-		opts.Changed = changes
-	}
-	res, err := VerifyWith(ctx, src, dst, opts)
-	if opts.Changed != nil && !opts.Changed.Overflowed() {
-		s.verifies.changed.Add(1)
-	} else {
-		s.verifies.full.Add(1)
-	}
+	err := s.fencedVerify(ctx, w, func(dst *pgx.Conn) (VerifyOptions, error) {
+		changes, err := loadKeptChanges(ctx, dst, x)
+		if err != nil {
+			// A run that died past this point dropped the ledger: every row.
+			s.logger.WarnContext(ctx, "revert verifies every row: the keep's ledger is gone", "move_id", w.m.ID, "tenant", w.t.Slug, "error", err)
+			return VerifyOptions{}, nil
+		}
+		return VerifyOptions{Changed: changes}, nil
+	})
 	if err != nil {
 		return err
 	}
-	s.verifies.last.Store(int64(res.Duration))
-	s.logger.InfoContext(ctx, "revert verified", "move_id", w.m.ID, "tenant", w.t.Slug, "keys", changes.Keys(), "duration", res.Duration)
 	if err := Unfence(ctx, kept, w.t.Database, w.t.Role); err != nil {
 		return err
 	}

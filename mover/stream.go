@@ -76,26 +76,8 @@ func OpenStreamConfig(ctx context.Context, source *pgconn.Config, sourceAdmin Qu
 	if !validSlotName(name) {
 		return nil, fmt.Errorf("%q is not a slot name: use 1 to 63 of a-z, 0-9 and _", name)
 	}
-	tables, err := Tables(ctx, sourceAdmin)
-	if err != nil {
-		return nil, err
-	}
-	var exists bool
-	if err := sourceAdmin.QueryRow(ctx, "SELECT EXISTS (SELECT FROM pg_publication WHERE pubname = $1)", name).Scan(&exists); err != nil {
-		return nil, err
-	}
-	if !exists {
-		names := make([]string, len(tables))
-		for i, t := range tables {
-			names[i] = qualified(t.Name)
-		}
-		stmt := "CREATE PUBLICATION " + ident(name)
-		if len(names) > 0 {
-			stmt += " FOR TABLE " + strings.Join(names, ", ")
-		}
-		if _, err := sourceAdmin.Exec(ctx, stmt); err != nil {
-			return nil, fmt.Errorf("source: %w", err)
-		}
+	if err := ensurePublication(ctx, sourceAdmin, name); err != nil {
+		return nil, fmt.Errorf("source: %w", err)
 	}
 	cfg := source.Copy()
 	cfg.RuntimeParams["replication"] = "database"
@@ -115,6 +97,29 @@ func OpenStreamConfig(ctx context.Context, source *pgconn.Config, sourceAdmin Qu
 		return nil, err
 	}
 	return &Stream{name: name, conn: conn, snapshot: slot.SnapshotName, consistentPoint: point, applied: point, relations: map[uint32]*relation{}, changes: newChangeSet()}, nil
+}
+
+// ensurePublication makes a publication called name of the tables (Tables)
+// of the database q is connected to, unless it is there.
+func ensurePublication(ctx context.Context, q Querier, name string) error {
+	var exists bool
+	if err := q.QueryRow(ctx, "SELECT EXISTS (SELECT FROM pg_publication WHERE pubname = $1)", name).Scan(&exists); err != nil || exists {
+		return err
+	}
+	tables, err := Tables(ctx, q)
+	if err != nil {
+		return err
+	}
+	names := make([]string, len(tables))
+	for i, t := range tables {
+		names[i] = qualified(t.Name)
+	}
+	stmt := "CREATE PUBLICATION " + ident(name)
+	if len(names) > 0 {
+		stmt += " FOR TABLE " + strings.Join(names, ", ")
+	}
+	_, err = q.Exec(ctx, stmt)
+	return err
 }
 
 // validSlotName is what PostgreSQL allows a replication slot's name.

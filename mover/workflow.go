@@ -255,20 +255,7 @@ func (s *Service) afterFence(ctx context.Context, w *work) error {
 		if err := s.checkSlot(ctx, w); err != nil {
 			return err
 		}
-		// The position, then the flush of all before it (and of
-		// CurrentLSN's record past it): the stream gets there at once.
-		until, err := CurrentLSN(ctx, w.lock)
-		if err != nil {
-			return fmt.Errorf("source: %w", err)
-		}
-		if err := flushWAL(ctx, w.lock); err != nil {
-			return fmt.Errorf("source: %w", err)
-		}
-		w.stream.poll = fencedPoll
-		if err := w.stream.CatchUp(ctx, w.streamTo, until, nil); err != nil {
-			return err
-		}
-		if _, err := SyncSequences(ctx, w.lock, w.streamTo); err != nil {
+		if err := lastCatchUp(ctx, w, w.streamTo); err != nil {
 			return err
 		}
 		w.changes = w.stream.Changes()
@@ -281,6 +268,27 @@ func (s *Service) afterFence(ctx context.Context, w *work) error {
 		return err
 	}
 	return s.setPhase(ctx, w.m, PhaseVerifying)
+}
+
+// lastCatchUp applies, under the fence, the stream up to the fenced
+// source's WAL on target, and moves target's sequences up to the source's.
+func lastCatchUp(ctx context.Context, w *work, target *pgx.Conn) error {
+	// The position, then the flush of all before it (and of CurrentLSN's
+	// record past it): the stream gets there at once, not after the WAL
+	// writer's next round where commits are asynchronous.
+	until, err := CurrentLSN(ctx, w.lock)
+	if err != nil {
+		return fmt.Errorf("source: %w", err)
+	}
+	if err := flushWAL(ctx, w.lock); err != nil {
+		return fmt.Errorf("source: %w", err)
+	}
+	w.stream.poll = fencedPoll
+	if err := w.stream.CatchUp(ctx, target, until, nil); err != nil {
+		return err
+	}
+	_, err = SyncSequences(ctx, w.lock, target)
+	return err
 }
 
 // flushWAL has the source flush its WAL now: a commit with
@@ -356,6 +364,47 @@ func (s *Service) copying(ctx context.Context, w *work) error {
 // took less than this (the writes left for the fence are about one round's).
 const catchUpQuiet = 200 * time.Millisecond
 
+// catchUpClose applies w's stream on target, round after round, until the
+// target is within CatchUpLag of the source after a round quicker than
+// catchUpQuiet (or after 100 rounds), recording the lag; slot checks the
+// stream's slot. cancelled: the move was cancelled meanwhile.
+func (s *Service) catchUpClose(ctx context.Context, w *work, target *pgx.Conn, slot func() error) (cancelled bool, err error) {
+	for round := 0; ; round++ {
+		if err := slot(); err != nil {
+			return false, err
+		}
+		until, err := CurrentLSN(ctx, w.lock)
+		if err != nil {
+			return false, fmt.Errorf("source: %w", err)
+		}
+		roundStart := time.Now()
+		if err := w.stream.CatchUp(ctx, target, until, nil); err != nil {
+			if lost := slot(); lost != nil {
+				return false, lost
+			}
+			return false, err
+		}
+		now, err := CurrentLSN(ctx, w.lock)
+		if err != nil {
+			return false, fmt.Errorf("source: %w", err)
+		}
+		lag := int64(0)
+		if now > w.stream.Applied() {
+			lag = int64(now - w.stream.Applied())
+		}
+		if _, err := s.store.Pool().Exec(ctx, `UPDATE moves SET lag_bytes = $2, updated_at = now() WHERE id = $1`, w.m.ID, lag); err != nil {
+			return false, catalog.Classify(err, "move")
+		}
+		w.m.LagBytes = lag
+		if lag <= s.cfg.CatchUpLag && time.Since(roundStart) < catchUpQuiet || round >= 100 {
+			return false, nil
+		}
+		if c, err := s.cancelRequested(ctx, w.m); err != nil || c {
+			return c, err
+		}
+	}
+}
+
 // catchingUp applies the stream until the target is within CatchUpLag of
 // the source, then fences the source for the last catch-up.
 func (s *Service) catchingUp(ctx context.Context, w *work) error {
@@ -364,41 +413,8 @@ func (s *Service) catchingUp(ctx context.Context, w *work) error {
 	} else if !ok { // the stream died with its run and cannot resume
 		return s.setPhase(ctx, w.m, PhaseCopying)
 	}
-	for round := 0; ; round++ {
-		if err := s.checkSlot(ctx, w); err != nil {
-			return err
-		}
-		until, err := CurrentLSN(ctx, w.lock)
-		if err != nil {
-			return fmt.Errorf("source: %w", err)
-		}
-		roundStart := time.Now()
-		if err := w.stream.CatchUp(ctx, w.streamTo, until, nil); err != nil {
-			if lost := s.checkSlot(ctx, w); lost != nil {
-				return lost
-			}
-			return err
-		}
-		now, err := CurrentLSN(ctx, w.lock)
-		if err != nil {
-			return fmt.Errorf("source: %w", err)
-		}
-		lag := int64(0)
-		if now > w.stream.Applied() {
-			lag = int64(now - w.stream.Applied())
-		}
-		if _, err := s.store.Pool().Exec(ctx, `UPDATE moves SET lag_bytes = $2, updated_at = now() WHERE id = $1`, w.m.ID, lag); err != nil {
-			return catalog.Classify(err, "move")
-		}
-		w.m.LagBytes = lag
-		// Into the fence once close in bytes and in time: a round that
-		// took long leaves that long of writes for the fence to apply.
-		if lag <= s.cfg.CatchUpLag && time.Since(roundStart) < catchUpQuiet || round >= 100 {
-			break
-		}
-		if c, err := s.cancelRequested(ctx, w.m); err != nil || c {
-			return err // the loop in run aborts it
-		}
+	if c, err := s.catchUpClose(ctx, w, w.streamTo, func() error { return s.checkSlot(ctx, w) }); err != nil || c {
+		return err // the loop in run aborts a cancelled move
 	}
 	s.prepareKeep(ctx, w)
 	if err := s.holdAndFence(ctx, w); err != nil {
@@ -435,8 +451,10 @@ func (s *Service) checkSlot(ctx context.Context, w *work) error {
 	return nil
 }
 
-// verify compares both sides under the fence; a difference aborts the move.
-func (s *Service) verify(ctx context.Context, w *work) error {
+// fencedVerify holds and fences again (idempotent), moves the target's
+// sequences up to the source's, and compares both sides with the options
+// opts gives (from the target): a difference is a *MismatchError.
+func (s *Service) fencedVerify(ctx context.Context, w *work, opts func(dst *pgx.Conn) (VerifyOptions, error)) error {
 	if err := s.holdAndFence(ctx, w); err != nil {
 		return err
 	}
@@ -453,6 +471,40 @@ func (s *Service) verify(ctx context.Context, w *work) error {
 	if _, err := SyncSequences(ctx, src, dst); err != nil {
 		return err
 	}
+	o, err := opts(dst)
+	if err != nil {
+		return err
+	}
+	res, err := VerifyWith(ctx, src, dst, o)
+	changedOnly := o.Copied == nil && o.Changed != nil && !o.Changed.Overflowed()
+	if changedOnly {
+		s.verifies.changed.Add(1)
+	} else {
+		s.verifies.full.Add(1)
+	}
+	if err != nil {
+		return err
+	}
+	s.verifies.last.Store(int64(res.Duration))
+	s.logger.InfoContext(ctx, "move verified", "move_id", w.m.ID, "tenant", w.t.Slug, "rows_written_only", changedOnly,
+		"keys", o.Changed.Keys(), "duration", res.Duration)
+	return nil
+}
+
+// verify compares both sides under the fence; a difference aborts the move.
+func (s *Service) verify(ctx context.Context, w *work) error {
+	err := s.fencedVerify(ctx, w, func(dst *pgx.Conn) (VerifyOptions, error) { return s.verifyOptions(ctx, w, dst) })
+	if err != nil {
+		return err
+	}
+	s.startKeep(ctx, w)
+	return s.switchOver(ctx, w)
+}
+
+// verifyOptions is what the fence of a move verifies: the rows its copy
+// sent, the rows its stream wrote, or every row.
+func (s *Service) verifyOptions(ctx context.Context, w *work, dst *pgx.Conn) (VerifyOptions, error) {
+	var err error
 	if (w.resumed || w.changes == nil) && w.m.Mode == ModeOnline && w.m.Reverts == nil && !w.copiedFenced {
 		// The stream ran in more than one run, or this run only verifies:
 		// the target's ledger names every row the stream wrote since the
@@ -477,26 +529,13 @@ func (s *Service) verify(ctx context.Context, w *work) error {
 		reason := fmt.Sprintf("; more than %d rows written during the move: every row verified in the fence", maxChangedKeys)
 		s.logger.WarnContext(ctx, "move verifies every row in its fence", "move_id", w.m.ID, "tenant", w.t.Slug, "reason", reason[2:])
 		if _, err := s.store.Pool().Exec(ctx, `UPDATE moves SET mode_reason = mode_reason || $2, updated_at = now() WHERE id = $1`, w.m.ID, reason); err != nil {
-			return catalog.Classify(err, "move")
+			return opts, catalog.Classify(err, "move")
 		}
 		w.m.ModeReason += reason
 	default:
 		opts.Changed = w.changes
 	}
-	res, err := VerifyWith(ctx, src, dst, opts)
-	if opts.Changed != nil {
-		s.verifies.changed.Add(1)
-	} else {
-		s.verifies.full.Add(1)
-	}
-	if err != nil {
-		return err
-	}
-	s.verifies.last.Store(int64(res.Duration))
-	s.logger.InfoContext(ctx, "move verified", "move_id", w.m.ID, "tenant", w.t.Slug, "rows_written_only", opts.Changed != nil,
-		"keys", w.changes.Keys(), "duration", res.Duration)
-	s.startKeep(ctx, w)
-	return s.switchOver(ctx, w)
+	return opts, nil
 }
 
 // verifyCopy verifies the target against the source with opts.
