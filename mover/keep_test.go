@@ -237,6 +237,14 @@ func TestMoveKeepKilled(t *testing.T) {
 	}
 	time.Sleep(300 * time.Millisecond) // the tenant writes on meanwhile
 	helper.Kill(t)
+	// What the kill left: a transaction applied on the kept source (its
+	// ledger's position) past what the slot was told (confirmed).
+	var applied, confirmed string
+	require.NoError(t, b.adminConn(t, "pg-1").QueryRow(ctx, "SELECT lsn::text FROM tenantplane_keep.progress").Scan(&applied))
+	require.NoError(t, b.adminConn(t, "pg-2").QueryRow(ctx, "SELECT confirmed_flush_lsn::text FROM pg_replication_slots").Scan(&confirmed))
+	var behind bool
+	require.NoError(t, b.adminConn(t, "pg-1").QueryRow(ctx, "SELECT $1::pg_lsn < $2::pg_lsn", confirmed, applied).Scan(&behind))
+	require.True(t, behind, "confirmed %s, applied %s", confirmed, applied)
 	m, err = svc.Get(ctx, m.ID)
 	require.NoError(t, err)
 	require.Equal(t, mover.PhaseDone, m.Phase)
