@@ -53,8 +53,14 @@ const keepSchema = "tenantplane_keep"
 // run (a snooze), so that River never takes it for a job stuck running.
 const keepRun = time.Minute
 
-// keepPoll is how often a keep looks for new writes on the target.
-const keepPoll = 200 * time.Millisecond
+// keepPoll is how often a keep looks for new writes on the target while
+// the tenant writes; idle, it looks less and less often, up to keepIdlePoll
+// (each look that finds the server's WAL moved commits an empty transaction
+// there, CurrentLSN's, and so takes an xid).
+const (
+	keepPoll     = 200 * time.Millisecond
+	keepIdlePoll = 2 * time.Second
+)
 
 // fencedPoll is the stream's status poll (statusPoll) in a catch-up under
 // the fence.
@@ -93,9 +99,10 @@ type applyLedger interface {
 // to (its target while it catches up, its kept source after the switch):
 // keepSchema's tables. step is the test hook's point after each commit.
 type keepLedger struct {
-	s      *Service
-	moveID int64
-	step   string
+	s       *Service
+	moveID  int64
+	step    string
+	applied int // transactions committed
 }
 
 func (l *keepLedger) begin(ctx context.Context, tx pgx.Tx, final LSN) (bool, error) {
@@ -146,6 +153,7 @@ func (l *keepLedger) commit(ctx context.Context, tx pgx.Tx, end LSN, changes *Ch
 }
 
 func (l *keepLedger) committed(ctx context.Context, _ LSN) error {
+	l.applied++
 	if l.step == "" {
 		return nil
 	}
@@ -598,6 +606,7 @@ func (s *Service) keepInStep(ctx context.Context, id int64) error {
 	defer st.Close(context.WithoutCancel(ctx))
 	deadline := time.Now().Add(keepRun)
 	var lagAt time.Time
+	poll, seen := keepPoll, 0
 	for {
 		if err := checkSlotStatus(ctx, live, slotName(id), m.To); err != nil {
 			return err
@@ -646,7 +655,12 @@ func (s *Service) keepInStep(ctx context.Context, id int64) error {
 			return ctx.Err()
 		case <-s.stopping:
 			return river.JobSnooze(0) // to another process
-		case <-time.After(keepPoll):
+		case <-time.After(poll):
+		}
+		if n := st.ledger.(*keepLedger).applied; n != seen {
+			poll, seen = keepPoll, n
+		} else {
+			poll = min(2*poll, keepIdlePoll)
 		}
 		if time.Now().After(deadline) {
 			return river.JobSnooze(0)
