@@ -32,10 +32,12 @@ import (
 // that same transaction, the end of the source transaction it applied
 // (keepSchema's progress row, locked FOR UPDATE at its start), and the keys
 // of the rows it wrote. A stream opened again (another run of the job, a
-// restart after SIGKILL, the revert taking it over) starts from that
-// position and skips any transaction that commits before it, so a
-// transaction applied but not yet confirmed to the slot is not applied
-// twice, and two appliers of one slot never both apply one transaction.
+// restart after SIGKILL, the revert taking it over) starts replication at
+// that position (the server sends no transaction that committed before it)
+// and skips any that does, so a transaction applied but not yet confirmed
+// to the slot is not applied twice, and two appliers of one slot (a run
+// taken over while the first still applies) never both apply one: the
+// second waits on the row lock, then skips.
 //
 // Where the target cannot replicate, the move says why in keep_reason and
 // a revert is a move back that copies every row. The keep ends, with the
@@ -44,9 +46,11 @@ import (
 // loses its WAL (max_slot_wal_keep_size) or the kept source stops matching;
 // keep_reason then says why and a revert copies.
 
-// keepSchema is where a kept source database keeps its keep's ledger, out
-// of schema public (Tables, Copy and Verify see only that), owned by the
-// admin role, invisible to the tenant role.
+// keepSchema is where a database a move's stream applies to keeps the
+// stream's ledger: a kept source, and an online move's target until its
+// switch (resume.go). Out of schema public (Tables, Copy and Verify see
+// only that), owned by the admin role, invisible to the tenant role; the
+// live database's is dropped at the switch.
 const keepSchema = "tenantplane_keep"
 
 // keepRun bounds one run of the keep job; then it hands over to its next
