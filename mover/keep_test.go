@@ -276,3 +276,62 @@ func TestMoveKeepKilled(t *testing.T) {
 	full, changed := mover.FenceVerifies(svc)
 	require.Equal(t, [2]int64{0, 1}, [2]int64{full, changed}, "the revert's fence verified only the rows written since the move")
 }
+
+// A row of the kept source changed by hand: the in-step revert's fence
+// finds it among the rows written since the move and aborts, naming the
+// table; the tenant stays served on the target, the keep ends saying why,
+// and the next revert copies every row back.
+func TestMoveRevertInStepMismatch(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	b := setupKept(t)
+	fillWrites(t, b, 100)
+	svc, _ := b.service(t, nil)
+	m, err := svc.StartMove(ctx, "acme", mover.MoveSpec{To: "pg-2"}, "test")
+	require.NoError(t, err)
+	m = waitMove(t, svc, m.ID)
+	require.Equal(t, mover.PhaseDone, m.Phase, m.LastError)
+	require.True(t, m.KeepInStep, m.KeepReason)
+
+	conn, err := b.tenantConn(ctx, t, "pg-2")
+	require.NoError(t, err)
+	_, err = conn.Exec(ctx, "INSERT INTO writes (n) SELECT i FROM generate_series(1, 20) i")
+	require.NoError(t, err)
+	conn.Close(ctx)
+	b.waitKeptInStep(t)
+	_, err = b.adminConn(t, "pg-1").Exec(ctx, "UPDATE writes SET at = at + interval '1 second' WHERE n = 7")
+	require.NoError(t, err)
+
+	r, err := svc.Revert(ctx, m.ID, "test")
+	require.NoError(t, err)
+	r = waitMove(t, svc, r.ID)
+	require.Equal(t, mover.PhaseAborted, r.Phase)
+	require.Contains(t, r.LastError, "verification failed")
+	require.Contains(t, r.LastError, "table writes")
+	tnt, err := b.store.GetTenantByID(ctx, b.tenant.ID)
+	require.NoError(t, err)
+	require.Equal(t, "pg-2", tnt.Server)
+	require.False(t, tnt.Held)
+	conn, err = b.tenantConn(ctx, t, "pg-2")
+	require.NoError(t, err, "the target serves the tenant again")
+	_, err = conn.Exec(ctx, "INSERT INTO writes (n) VALUES (21)")
+	require.NoError(t, err)
+	conn.Close(ctx)
+	_, err = b.tenantConn(ctx, t, "pg-1")
+	require.Error(t, err, "the kept source is fenced again")
+
+	m, err = svc.Get(ctx, m.ID)
+	require.NoError(t, err)
+	require.Equal(t, mover.PhaseDone, m.Phase)
+	require.False(t, m.KeepInStep)
+	require.Contains(t, m.KeepReason, "the source is no longer kept in step: revert")
+	require.Empty(t, b.slotsOn(t, "pg-2"), "the keep's slot is dropped")
+
+	r, err = svc.Revert(ctx, m.ID, "test")
+	require.NoError(t, err)
+	r = waitMove(t, svc, r.ID)
+	require.Equal(t, mover.PhaseDone, r.Phase, r.LastError)
+	require.Positive(t, r.RowsCopied, "a revert of a move no longer kept in step copies")
+	want := rowsOf(t, b.adminConn(t, "pg-2"))
+	require.Equal(t, want, rowsOf(t, b.adminConn(t, "pg-1")))
+}
