@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/tenantplane/tenantplane/catalog"
@@ -32,7 +33,10 @@ func setupKept(t *testing.T) *moveBundle {
 func (b *moveBundle) slotsOn(t *testing.T, name string) []string {
 	t.Helper()
 	ctx := testContext(t)
-	rows, err := b.adminConn(t, name).Query(ctx, "SELECT slot_name::text FROM pg_replication_slots ORDER BY 1")
+	conn, err := pgx.Connect(ctx, b.servers[name].ManagedDSN(t, "postgres"))
+	require.NoError(t, err)
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, "SELECT slot_name::text FROM pg_replication_slots ORDER BY 1")
 	require.NoError(t, err)
 	var out []string
 	for rows.Next() {
