@@ -462,13 +462,17 @@ func (s *Service) dropKeep(ctx context.Context, server, database string, id int6
 // dropped, keep_in_step is off, and a revert copies.
 func (s *Service) stopKeep(ctx context.Context, m *move, database, reason string) error {
 	s.logger.WarnContext(ctx, "kept source no longer kept in step", "move_id", m.ID, "tenant", m.Tenant, "reason", reason)
+	// The slot first: while keep_in_step stays on, the job tries again.
+	if err := s.dropKeep(ctx, m.To, database, m.ID); err != nil {
+		return err
+	}
 	_, err := s.store.Pool().Exec(ctx, `UPDATE moves SET keep_in_step = false, keep_reason = $2, keep_lag_bytes = 0, updated_at = now()
 		WHERE id = $1`, m.ID, "the source is no longer kept in step: "+reason+": a revert copies every row back")
 	if err != nil {
 		return catalog.Classify(err, "move")
 	}
 	m.KeepInStep = false
-	return s.dropKeep(ctx, m.To, database, m.ID)
+	return nil
 }
 
 // keepArgs is the durable job that keeps a done move's source in step.

@@ -340,3 +340,29 @@ func TestMoveRevertInStepMismatch(t *testing.T) {
 	want := rowsOf(t, b.adminConn(t, "pg-2"))
 	require.Equal(t, want, rowsOf(t, b.adminConn(t, "pg-1")))
 }
+
+// A tenant deleted while its moved source is kept in step: the keep ends
+// at once, its slot dropped, so that nothing holds the tenant's database
+// when the provisioner drops it after the grace period.
+func TestMoveKeepEndsWhenTenantDeleted(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	b := setupKept(t)
+	fillWrites(t, b, 100)
+	svc, _ := b.service(t, nil)
+	m, err := svc.StartMove(ctx, "acme", mover.MoveSpec{To: "pg-2"}, "test")
+	require.NoError(t, err)
+	m = waitMove(t, svc, m.ID)
+	require.Equal(t, mover.PhaseDone, m.Phase, m.LastError)
+	require.True(t, m.KeepInStep, m.KeepReason)
+
+	_, err = b.prov.Delete(ctx, "acme", "test", "")
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		m, err = svc.Get(ctx, m.ID)
+		require.NoError(t, err)
+		return !m.KeepInStep
+	}, 20*time.Second, 50*time.Millisecond)
+	require.Contains(t, m.KeepReason, "tenant acme is deleting")
+	require.Empty(t, b.slotsOn(t, "pg-2"))
+}
