@@ -597,8 +597,10 @@ func (s *Service) keepInStep(ctx context.Context, id int64) error {
 		return fmt.Errorf("server %s: %w", m.From, err)
 	}
 	defer kept.Close(context.WithoutCancel(ctx))
-	if err := sameSchema(ctx, live, kept); err != nil {
-		return s.stopKeep(ctx, &m, t.Database, err.Error())
+	if why, err := schemaMoved(ctx, live, kept); err != nil {
+		return err
+	} else if why != "" {
+		return s.stopKeep(ctx, &m, t.Database, why)
 	}
 	var active bool
 	if err := live.QueryRow(ctx, "SELECT coalesce(bool_or(active), false) FROM pg_replication_slots WHERE slot_name = $1", slotName(id)).Scan(&active); err != nil {
@@ -692,21 +694,21 @@ func tenantLeft(t catalog.Tenant, m *move) string {
 	return ""
 }
 
-// sameSchema fails when the live and the kept database are at different
-// schema versions: DDL is not streamed.
-func sameSchema(ctx context.Context, live, kept Querier) error {
+// schemaMoved says why the live and the kept database are at different
+// schema versions (DDL is not streamed), "" when they are not.
+func schemaMoved(ctx context.Context, live, kept Querier) (string, error) {
 	lv, err := readSchemaVersion(ctx, live)
 	if err != nil {
-		return err
+		return "", err
 	}
 	kv, err := readSchemaVersion(ctx, kept)
 	if err != nil {
-		return err
+		return "", err
 	}
 	if lv != kv {
-		return &SchemaMismatchError{Differences: []string{fmt.Sprintf("the tenant's schema is at %s, the kept source's at %s (a migration since the switch; DDL is not streamed)", lv, kv)}}
+		return fmt.Sprintf("the tenant's schema is at version %s, the kept source's at version %s (a migration since the switch: DDL is not streamed)", lv, kv), nil
 	}
-	return nil
+	return "", nil
 }
 
 // openKept opens keep id's stream from the tenant's database on server (the
