@@ -475,6 +475,22 @@ func (s *Service) stopKeep(ctx context.Context, m *move, database, reason string
 	return nil
 }
 
+// endReverted ends the keep of a move reverted in step: its revert drops
+// the slot just after its switch (here again, should its process have died
+// first) and the keep is over.
+func (s *Service) endReverted(ctx context.Context, m *move) error {
+	t, err := s.store.GetTenantByID(ctx, m.TenantID)
+	if err != nil {
+		return err
+	}
+	if err := s.dropKeep(ctx, m.To, t.Database, m.ID); err != nil {
+		return err
+	}
+	_, err = s.store.Pool().Exec(ctx, `UPDATE moves SET keep_in_step = false, keep_lag_bytes = 0,
+		keep_reason = 'kept in step until reverted: the revert switched back over the keep', updated_at = now() WHERE id = $1`, m.ID)
+	return catalog.Classify(err, "move")
+}
+
 // keepArgs is the durable job that keeps a done move's source in step.
 type keepArgs struct {
 	MoveID int64 `json:"move_id" river:"unique"`
@@ -545,6 +561,8 @@ func (s *Service) keepGoes(ctx context.Context, m *move) (string, error) {
 	switch {
 	case m.Phase == PhaseSwitched && m.KeepInStep:
 		return "reverting", nil // not done yet: soon
+	case m.Phase == PhaseReverted && m.KeepInStep:
+		return "reverted", nil
 	case m.Phase != PhaseDone || !m.KeepInStep || m.sourceDropped:
 		return "over", nil
 	case m.KeepUntil != nil && time.Until(*m.KeepUntil) <= 0:
@@ -577,6 +595,8 @@ func (s *Service) keepInStep(ctx context.Context, id int64) error {
 		return err
 	case why == "reverting":
 		return river.JobSnooze(time.Second) // back if the revert aborts
+	case why == "reverted":
+		return s.endReverted(ctx, &m)
 	case why != "":
 		return nil
 	}
@@ -649,8 +669,10 @@ func (s *Service) keepInStep(ctx context.Context, id int64) error {
 			if m, err = getMove(ctx, s.store.Pool(), id); err != nil {
 				return err
 			}
-			if why, err := s.keepGoes(ctx, &m); err != nil || why != "" {
-				return err // the next run sees why
+			if why, err := s.keepGoes(ctx, &m); err != nil {
+				return err
+			} else if why != "" {
+				return river.JobSnooze(0) // the next run sees why: it waits, ends, or tidies up
 			}
 			if t, err = s.store.GetTenantByID(ctx, m.TenantID); err != nil {
 				return err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -168,6 +169,12 @@ func TestMoveRevertInStepUnderWrites(t *testing.T) {
 	orig, err := svc.Get(ctx, m.ID)
 	require.NoError(t, err)
 	require.Equal(t, mover.PhaseReverted, orig.Phase)
+	require.Eventually(t, func() bool {
+		orig, err = svc.Get(ctx, m.ID)
+		require.NoError(t, err)
+		return !orig.KeepInStep
+	}, 20*time.Second, 50*time.Millisecond, "the reverted move's keep is over")
+	require.Contains(t, orig.KeepReason, "kept in step until reverted")
 	full, changed := mover.FenceVerifies(svc)
 	require.Equal(t, [2]int64{0, 2}, [2]int64{full, changed}, "the move's and the revert's fences verified only the rows written")
 	// The reverted move's slot is gone from pg-2; the revert keeps its own
@@ -399,4 +406,53 @@ func TestMoveKeepEndsOnSchemaChange(t *testing.T) {
 		require.Contains(t, m.KeepReason, "the tenant's schema is at version 2, the kept source's at version 1 (a migration since the switch: DDL is not streamed)")
 	}
 	require.Empty(t, b.slotsOn(t, "pg-2"))
+}
+
+// A revert of a move kept in step that is cancelled leaves the keep going:
+// the writes made after it reach the kept source, and the next revert
+// switches back in step.
+func TestMoveRevertInStepCancelledKeepGoesOn(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	b := setupKept(t)
+	fillWrites(t, b, 100)
+	var svc *mover.Service
+	var moved atomic.Int64
+	var cancelled atomic.Bool
+	svc, _ = b.service(t, func(ctx context.Context, id int64, phase string) error {
+		if phase == mover.PhaseCatchingUp && moved.Load() != 0 && id != moved.Load() && cancelled.CompareAndSwap(false, true) {
+			_, err := svc.Cancel(ctx, id, "test")
+			return err
+		}
+		return nil
+	})
+	m, err := svc.StartMove(ctx, "acme", mover.MoveSpec{To: "pg-2"}, "test")
+	require.NoError(t, err)
+	m = waitMove(t, svc, m.ID)
+	require.Equal(t, mover.PhaseDone, m.Phase, m.LastError)
+	require.True(t, m.KeepInStep, m.KeepReason)
+	moved.Store(m.ID)
+
+	r, err := svc.Revert(ctx, m.ID, "test")
+	require.NoError(t, err)
+	r = waitMove(t, svc, r.ID)
+	require.Equal(t, mover.PhaseAborted, r.Phase)
+	require.Equal(t, "cancelled", r.LastError)
+	m, err = svc.Get(ctx, m.ID)
+	require.NoError(t, err)
+	require.True(t, m.KeepInStep, m.KeepReason)
+
+	conn, err := b.tenantConn(ctx, t, "pg-2")
+	require.NoError(t, err, "the tenant is served on the target")
+	_, err = conn.Exec(ctx, "INSERT INTO writes (n) SELECT i FROM generate_series(1, 50) i")
+	require.NoError(t, err)
+	conn.Close(ctx)
+	b.waitKeptInStep(t)
+
+	r, err = svc.Revert(ctx, m.ID, "test")
+	require.NoError(t, err)
+	r = waitMove(t, svc, r.ID)
+	require.Equal(t, mover.PhaseDone, r.Phase, r.LastError)
+	require.Zero(t, r.RowsCopied)
+	require.Equal(t, rowsOf(t, b.adminConn(t, "pg-2")), rowsOf(t, b.adminConn(t, "pg-1")))
 }
