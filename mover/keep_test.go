@@ -31,6 +31,20 @@ func setupKept(t *testing.T) *moveBundle {
 	return b
 }
 
+// moveKept moves acme to pg-2 online and waits for the move to be done,
+// its source kept in step.
+func moveKept(t *testing.T, svc *mover.Service) mover.Move {
+	t.Helper()
+	ctx := testContext(t)
+	m, err := svc.StartMove(ctx, "acme", mover.MoveSpec{To: "pg-2"}, "test")
+	require.NoError(t, err)
+	require.Equal(t, mover.ModeOnline, m.Mode, m.ModeReason)
+	m = waitMove(t, svc, m.ID)
+	require.Equal(t, mover.PhaseDone, m.Phase, m.LastError)
+	require.True(t, m.KeepInStep, m.KeepReason)
+	return m
+}
+
 // slotsOn lists the replication slots on server name.
 func (b *moveBundle) slotsOn(t *testing.T, name string) []string {
 	t.Helper()
@@ -131,12 +145,7 @@ func TestMoveRevertInStepUnderWrites(t *testing.T) {
 
 	w := b.startWriter(t)
 	time.Sleep(300 * time.Millisecond)
-	m, err := svc.StartMove(ctx, "acme", mover.MoveSpec{To: "pg-2"}, "test")
-	require.NoError(t, err)
-	require.Equal(t, mover.ModeOnline, m.Mode, m.ModeReason)
-	m = waitMove(t, svc, m.ID)
-	require.Equal(t, mover.PhaseDone, m.Phase, m.LastError)
-	require.True(t, m.KeepInStep, m.KeepReason)
+	m := moveKept(t, svc)
 	require.Contains(t, m.KeepReason, "kept in step: a slot on pg-2 streams the tenant's writes to the fenced source")
 	require.Contains(t, m.KeepReason, "max_slot_wal_keep_size is unbounded on pg-2")
 	require.Equal(t, []string{slotOf(m.ID)}, b.slotsOn(t, "pg-2"), "the keep's slot, named like the move")
@@ -199,11 +208,7 @@ func TestMoveKeepExpiryDropsSlot(t *testing.T) {
 	b := setupKept(t)
 	fillWrites(t, b, 100)
 	svc, _ := b.serviceKeeping(t, 4*time.Second, nil)
-	m, err := svc.StartMove(ctx, "acme", mover.MoveSpec{To: "pg-2"}, "test")
-	require.NoError(t, err)
-	m = waitMove(t, svc, m.ID)
-	require.Equal(t, mover.PhaseDone, m.Phase, m.LastError)
-	require.True(t, m.KeepInStep, m.KeepReason)
+	m := moveKept(t, svc)
 	require.Equal(t, []string{slotOf(m.ID)}, b.slotsOn(t, "pg-2"))
 
 	require.Eventually(t, func() bool { return !b.databaseExists(t, "pg-1") }, 30*time.Second, 50*time.Millisecond, "the source is dropped")
@@ -211,7 +216,7 @@ func TestMoveKeepExpiryDropsSlot(t *testing.T) {
 	var pubs int
 	require.NoError(t, b.adminConn(t, "pg-2").QueryRow(ctx, "SELECT count(*) FROM pg_publication").Scan(&pubs))
 	require.Zero(t, pubs, "the keep's publication is dropped")
-	m, err = svc.Get(ctx, m.ID)
+	m, err := svc.Get(ctx, m.ID)
 	require.NoError(t, err)
 	require.False(t, m.KeepInStep)
 	require.Contains(t, m.KeepReason, "the source and the slot are dropped")
@@ -300,11 +305,7 @@ func TestMoveRevertInStepMismatch(t *testing.T) {
 	b := setupKept(t)
 	fillWrites(t, b, 100)
 	svc, _ := b.service(t, nil)
-	m, err := svc.StartMove(ctx, "acme", mover.MoveSpec{To: "pg-2"}, "test")
-	require.NoError(t, err)
-	m = waitMove(t, svc, m.ID)
-	require.Equal(t, mover.PhaseDone, m.Phase, m.LastError)
-	require.True(t, m.KeepInStep, m.KeepReason)
+	m := moveKept(t, svc)
 
 	conn, err := b.tenantConn(ctx, t, "pg-2")
 	require.NoError(t, err)
@@ -358,13 +359,9 @@ func TestMoveKeepEndsWhenTenantDeleted(t *testing.T) {
 	b := setupKept(t)
 	fillWrites(t, b, 100)
 	svc, _ := b.service(t, nil)
-	m, err := svc.StartMove(ctx, "acme", mover.MoveSpec{To: "pg-2"}, "test")
-	require.NoError(t, err)
-	m = waitMove(t, svc, m.ID)
-	require.Equal(t, mover.PhaseDone, m.Phase, m.LastError)
-	require.True(t, m.KeepInStep, m.KeepReason)
+	m := moveKept(t, svc)
 
-	_, err = b.prov.Delete(ctx, "acme", "test", "")
+	_, err := b.prov.Delete(ctx, "acme", "test", "")
 	require.NoError(t, err)
 	require.Eventually(t, func() bool {
 		m, err = svc.Get(ctx, m.ID)
@@ -384,14 +381,10 @@ func TestMoveKeepEndsOnSchemaChange(t *testing.T) {
 	b := setupKept(t)
 	fillWrites(t, b, 100)
 	svc, _ := b.service(t, nil)
-	m, err := svc.StartMove(ctx, "acme", mover.MoveSpec{To: "pg-2"}, "test")
-	require.NoError(t, err)
-	m = waitMove(t, svc, m.ID)
-	require.Equal(t, mover.PhaseDone, m.Phase, m.LastError)
-	require.True(t, m.KeepInStep, m.KeepReason)
+	m := moveKept(t, svc)
 
 	live := b.adminConn(t, "pg-2")
-	_, err = live.Exec(ctx, "ALTER TABLE writes ADD COLUMN extra int NOT NULL DEFAULT 0; UPDATE schema_migrations SET version = version + 1")
+	_, err := live.Exec(ctx, "ALTER TABLE writes ADD COLUMN extra int NOT NULL DEFAULT 0; UPDATE schema_migrations SET version = version + 1")
 	require.NoError(t, err)
 	_, err = live.Exec(ctx, "INSERT INTO writes (n, extra) VALUES (1, 1)")
 	require.NoError(t, err)
@@ -426,11 +419,7 @@ func TestMoveRevertInStepCancelledKeepGoesOn(t *testing.T) {
 		}
 		return nil
 	})
-	m, err := svc.StartMove(ctx, "acme", mover.MoveSpec{To: "pg-2"}, "test")
-	require.NoError(t, err)
-	m = waitMove(t, svc, m.ID)
-	require.Equal(t, mover.PhaseDone, m.Phase, m.LastError)
-	require.True(t, m.KeepInStep, m.KeepReason)
+	m := moveKept(t, svc)
 	moved.Store(m.ID)
 
 	r, err := svc.Revert(ctx, m.ID, "test")
