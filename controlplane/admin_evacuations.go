@@ -52,7 +52,7 @@ func (a *App) drainServer(c *gin.Context) {
 		return
 	}
 	if req != (drainRequest{}) {
-		httpapi.Fail(c, catalog.CodeInvalid, "concurrency, per_server and mode go with evacuate: true")
+		httpapi.Fail(c, catalog.CodeInvalid, "concurrency, per_server, mode and max_attempts go with evacuate: true")
 		return
 	}
 	srv, err := a.store.SetServerState(c, c.Param("name"), catalog.ServerDraining, adminActor)

@@ -94,6 +94,7 @@ func newServersDrainCmd(o *adminOptions) *cobra.Command {
 			Concurrency int    `json:"concurrency,omitempty"`
 			PerServer   int    `json:"per_server,omitempty"`
 			Mode        string `json:"mode,omitempty"`
+			MaxAttempts int    `json:"max_attempts,omitempty"`
 		}
 		watch watchFlags
 	)
@@ -105,7 +106,8 @@ func newServersDrainCmd(o *adminOptions) *cobra.Command {
 With --evacuate the server becomes evacuating and every tenant is moved off it,
 at most --concurrency moves at once and --per-server into one target, each to
 the active server with the most free capacity that has room. A tenant whose
-move fails is reported with its error; the others go on. The server ends empty
+move fails is tried again, up to --max-attempts moves, then reported with its
+error; the others go on. The server ends empty
 when no tenant is left on it, draining otherwise. Pause, resume or cancel it
 with: tenantplane evacuations pause|resume|cancel ID`,
 		Example: `  tenantplane servers drain pg-1
@@ -113,7 +115,7 @@ with: tenantplane evacuations pause|resume|cancel ID`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if !req.Evacuate {
-				for _, f := range []string{"concurrency", "per-server", "mode", "watch"} {
+				for _, f := range []string{"concurrency", "per-server", "mode", "max-attempts", "watch"} {
 					if cmd.Flags().Changed(f) {
 						return fmt.Errorf("--%s goes with --evacuate", f)
 					}
@@ -157,6 +159,7 @@ with: tenantplane evacuations pause|resume|cancel ID`,
 	f.IntVar(&req.Concurrency, "concurrency", 0, "with --evacuate: most moves under way at once (default: the API's, 4)")
 	f.IntVar(&req.PerServer, "per-server", 0, "with --evacuate: most moves under way at once into one server (default: the API's, 2)")
 	f.StringVar(&req.Mode, "mode", "", "with --evacuate: online or copy (default: online when possible, else the tenant is reported)")
+	f.IntVar(&req.MaxAttempts, "max-attempts", 0, "with --evacuate: moves of one tenant tried before it is reported failed (default: the API's, 3)")
 	watch.registerEvacuation(cmd)
 	return cmd
 }
