@@ -38,6 +38,7 @@ func (a *App) adminHandler(metrics *httpapi.Metrics) http.Handler {
 	a.fanoutRoutes(v1)
 	a.moveRoutes(v1)
 	a.evacuationRoutes(v1)
+	a.poolRoutes(v1)
 	a.billingRoutes(e, v1)
 	return e
 }

@@ -315,7 +315,14 @@ func (p *Provisioner) drop(ctx context.Context, t catalog.Tenant) error {
 	if t.DeleteAfter != nil && time.Until(*t.DeleteAfter) > 0 {
 		return river.JobSnooze(time.Until(*t.DeleteAfter))
 	}
-	if t.Server != "" {
+	if t.PoolID != 0 {
+		// A pooled tenant's rows, not the pool database it shares.
+		n, err := p.dropPooledRows(ctx, t)
+		if err != nil {
+			return fmt.Errorf("server %s, pool database %s: deleting the tenant's rows: %s", t.Server, t.Pool, catalog.DescribeServerError(err))
+		}
+		p.logger.InfoContext(ctx, "pooled tenant's rows deleted", "tenant", t.Slug, "pool", t.Pool, "rows", n)
+	} else if t.Server != "" {
 		srv, err := p.store.GetServer(ctx, t.Server)
 		if err != nil {
 			return err

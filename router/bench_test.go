@@ -199,7 +199,8 @@ func (env *benchEnv) directHandler(b *testing.B) http.Handler {
 	require.NoError(b, err)
 	b.Cleanup(pool.Close)
 	env.directPool = pool
-	return env.unrouted(func(*gin.Context) *pgxpool.Pool { return pool })
+	tenant := &resolved{tenant: baseline}
+	return env.unrouted(func(*gin.Context) (*pgxpool.Pool, *resolved) { return pool, tenant })
 }
 
 // idealHandler serves each request from its tenant's pool in r's cache,
@@ -207,24 +208,33 @@ func (env *benchEnv) directHandler(b *testing.B) http.Handler {
 // same databases and connections as the routed server, without resolving,
 // limits, metering, the LRU or the budget.
 func (env *benchEnv) idealHandler(r *Router) http.Handler {
-	byHeader := make(map[string]*pgxpool.Pool, benchTenants)
+	type entry struct {
+		pool   *pgxpool.Pool
+		tenant *resolved
+	}
+	byHeader := make(map[string]entry, benchTenants)
 	env.tenantPools = make([]*pgxpool.Pool, benchTenants)
 	r.pools.mu.Lock()
 	for i, k := range env.keys[:benchTenants] {
 		if tp, ok := r.pools.cache.Peek(env.tenants[i].ID); ok {
-			byHeader["Bearer "+k], env.tenantPools[i] = tp.pool, tp.pool
+			byHeader["Bearer "+k], env.tenantPools[i] = entry{tp.pool, &resolved{tenant: env.tenants[i]}}, tp.pool
 		}
 	}
 	r.pools.mu.Unlock()
-	return env.unrouted(func(c *gin.Context) *pgxpool.Pool { return byHeader[c.GetHeader("Authorization")] })
+	return env.unrouted(func(c *gin.Context) (*pgxpool.Pool, *resolved) {
+		e := byHeader[c.GetHeader("Authorization")]
+		return e.pool, e.tenant
+	})
 }
 
 // unrouted is the tenant API's users list on a pool chosen by pick, with the
 // same engine and middleware as the router's.
-func (env *benchEnv) unrouted(pick func(*gin.Context) *pgxpool.Pool) http.Handler {
+func (env *benchEnv) unrouted(pick func(*gin.Context) (*pgxpool.Pool, *resolved)) http.Handler {
 	e := httpapi.NewEngine(httpapi.Config{API: "tenant", Logger: env.logger})
 	e.GET("/v1/users", func(c *gin.Context) {
-		conn, err := pick(c).Acquire(c)
+		pool, tenant := pick(c)
+		c.Set(tenantKey, tenant)
+		conn, err := pool.Acquire(c)
 		if err != nil {
 			httpapi.WriteError(c, err)
 			return
@@ -303,9 +313,9 @@ func (env *benchEnv) routed(b *testing.B, name string, cacheSize int, direct htt
 		// pools, without HTTP or routing.
 		var dbDirect, dbSpread int64
 		for range benchRounds {
-			n, errs := env.dbLoad(func(uint64) *pgxpool.Pool { return env.directPool })
+			n, errs := env.dbLoad(func(uint64) (*pgxpool.Pool, string) { return env.directPool, env.tenants[benchTenants].ID })
 			dbDirect, res.errors = dbDirect+n, res.errors+errs
-			n, errs = env.dbLoad(func(k uint64) *pgxpool.Pool { return env.tenantPools[k] })
+			n, errs = env.dbLoad(func(k uint64) (*pgxpool.Pool, string) { return env.tenantPools[k], env.tenants[k].ID })
 			dbSpread, res.errors = dbSpread+n, res.errors+errs
 		}
 		res.dbRatio = float64(dbSpread) / float64(dbDirect)
@@ -422,7 +432,7 @@ func (env *benchEnv) load(h http.Handler, r *Router) loadResult {
 // dbLoad runs the users list query under the Zipf traffic for
 // benchDuration straight on the pool pick gives for each request's tenant,
 // and returns how many ran and how many failed.
-func (env *benchEnv) dbLoad(pick func(tenant uint64) *pgxpool.Pool) (requests, failures int64) {
+func (env *benchEnv) dbLoad(pick func(tenant uint64) (*pgxpool.Pool, string)) (requests, failures int64) {
 	var ok, failed atomic.Int64
 	deadline := time.Now().Add(benchDuration)
 	var wg sync.WaitGroup
@@ -432,7 +442,8 @@ func (env *benchEnv) dbLoad(pick func(tenant uint64) *pgxpool.Pool) (requests, f
 			defer wg.Done()
 			zipf := rand.NewZipf(rand.New(rand.NewSource(time.Now().UnixNano()+int64(w))), zipfS, 1, benchTenants-1)
 			for time.Now().Before(deadline) {
-				rows, err := pick(zipf.Uint64()).Query(context.Background(), listUsersSQL, time.Time{}, "00000000-0000-0000-0000-000000000000", 51)
+				pool, tenantID := pick(zipf.Uint64())
+				rows, err := pool.Query(context.Background(), listUsersSQL, time.Time{}, "00000000-0000-0000-0000-000000000000", 51, tenantID)
 				if err == nil {
 					rows.Close()
 					err = rows.Err()

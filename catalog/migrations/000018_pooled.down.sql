@@ -1,0 +1,11 @@
+DELETE FROM migration_run_tenants WHERE pool_id IS NOT NULL;
+ALTER TABLE migration_run_tenants DROP COLUMN pool_id;
+ALTER TABLE migration_run_tenants ADD CONSTRAINT migration_run_tenants_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES tenants (id);
+DROP INDEX tenants_pool_idx;
+ALTER TABLE tenants DROP CONSTRAINT tenants_one_tier;
+ALTER TABLE tenants DROP COLUMN pool_id;
+DROP TABLE pool_databases;
+DELETE FROM plan_meter_prices WHERE plan = 'free';
+DELETE FROM plan_versions WHERE plan = 'free';
+DELETE FROM plans WHERE name = 'free';
+ALTER TABLE plans DROP COLUMN isolation;
