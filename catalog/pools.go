@@ -207,3 +207,12 @@ func createPooledTenant(ctx context.Context, tx pgx.Tx, nt NewTenant) (Tenant, e
 	}
 	return t, nil
 }
+
+// EnsureTenantCredentials seals a password for a tenant's own login role if
+// it has none yet: a pooled tenant's, as its promotion to a database of its
+// own begins (q is the caller's transaction).
+func (s *Store) EnsureTenantCredentials(ctx context.Context, q Querier, tenantID string) error {
+	_, err := q.Exec(ctx, `UPDATE tenants SET credentials_sealed = $2 WHERE id = $1 AND credentials_sealed IS NULL`,
+		tenantID, s.cipher.Seal([]byte(newPassword()), tenantAD(tenantID)))
+	return Classify(err, "tenant")
+}

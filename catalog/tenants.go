@@ -88,7 +88,7 @@ type NewTenant struct {
 	Actor  string
 }
 
-const tenantColumns = `t.id, t.slug, t.name, t.plan, t.state, coalesce(t.server_id, 0), coalesce(s.name, ''),
+const tenantColumns = `t.id, t.slug, t.name, t.plan, t.state, coalesce(t.server_id, p.server_id, 0), coalesce(s.name, ''),
 	coalesce(t.db_name, ''), coalesce(t.db_role, ''), t.schema_version, t.schema_dirty, t.last_error,
 	t.delete_after, t.move_id, t.held, coalesce(t.pool_id, 0), t.created_at, t.updated_at`
 
@@ -523,8 +523,11 @@ func (s *Store) KnownDatabases(ctx context.Context, serverID int64) (map[string]
 	rows, err := s.pool.Query(ctx, `
 		SELECT db_name FROM tenants WHERE server_id = $1 AND state <> 'deleted' AND db_name IS NOT NULL
 		UNION
-		SELECT t.db_name FROM moves m JOIN tenants t ON t.id = m.tenant_id
-		WHERE t.db_name IS NOT NULL AND (
+		-- A promotion's target and a demotion's kept source are the tenant's
+		-- own database, which its row names only while it is dedicated.
+		SELECT CASE WHEN m.kind = 'move' THEN t.db_name ELSE 't_' || replace(t.id::text, '-', '') END
+		FROM moves m JOIN tenants t ON t.id = m.tenant_id
+		WHERE (t.db_name IS NOT NULL OR m.kind <> 'move') AND (
 			(m.to_server_id = $1 AND m.phase NOT IN ('done', 'aborted', 'reverted'))
 			OR (m.from_server_id = $1 AND m.phase = 'done' AND NOT m.source_dropped))`, serverID)
 	if err != nil {

@@ -1,11 +1,13 @@
 package controlplane
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -130,4 +132,145 @@ func TestFanoutMigratesPoolAndDedicatedDatabases(t *testing.T) {
 		require.Equal(t, http.StatusOK, status)
 		require.EqualValues(t, 3, body["schema_version"], slug)
 	}
+}
+
+// writeUntil inserts numbered users through the tenant API until stop is
+// closed, and returns the emails acknowledged (201, or 409 for a retry whose
+// first try landed), the failures, and the longest gap between two acks.
+func writeUntil(api, key, prefix string, stop <-chan struct{}) (acked, failed []string, maxGap time.Duration) {
+	last := time.Now()
+	for n := 0; n < 20000; {
+		select {
+		case <-stop:
+			return acked, failed, maxGap
+		default:
+		}
+		email := fmt.Sprintf("%s-%05d@example.com", prefix, n)
+		status, body, err := try("POST", api+"/v1/users", key, `{"email": "`+email+`"}`)
+		switch {
+		case err == nil && (status == http.StatusCreated || status == http.StatusConflict):
+			acked = append(acked, email)
+			maxGap = max(maxGap, time.Since(last))
+			last = time.Now()
+			n++
+			time.Sleep(5 * time.Millisecond)
+		default:
+			failed = append(failed, fmt.Sprintf("%s: %d %v %s", email, status, err, body))
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	return acked, failed, maxGap
+}
+
+func (f *fleet) waitMove(t *testing.T, id any) map[string]any {
+	t.Helper()
+	var move map[string]any
+	require.Eventually(t, func() bool {
+		var status int
+		status, move = call(t, "GET", fmt.Sprintf("%s/admin/v1/moves/%v", f.admin, id), testToken, nil)
+		require.Equal(t, http.StatusOK, status, move)
+		return move["phase"] == "done" || move["phase"] == "aborted"
+	}, 90*time.Second, 50*time.Millisecond, "the move never finished: %v", move)
+	require.Equal(t, "done", move["phase"], move)
+	return move
+}
+
+// TestPromoteAndDemoteUnderWrites: a pooled tenant written to without a
+// pause is promoted to a database of its own on another server, then
+// demoted back into the pool. Each time every acknowledged write is on the
+// new side exactly once and no request fails (the routers hold them while
+// the fence is up); the side left behind loses the tenant's rows after the
+// keep; the pool's other tenant is untouched throughout.
+func TestPromoteAndDemoteUnderWrites(t *testing.T) {
+	t.Parallel()
+	f := setupFleet(t, 2, map[string]string{"TENANTPLANE_MOVE_KEEP": "2s"})
+	_, err := f.app.store.Pool().Exec(context.Background(), `INSERT INTO plans (name, max_conns, rate_per_sec, rate_burst, isolation) VALUES ('pooled-fast', 4, 1000, 1000, 'pooled')`)
+	require.NoError(t, err)
+	pool := f.createPool(t, "pg-1", 10)
+	poolDSN := f.servers["pg-1"].DSN(pool["name"].(string))
+	var keys []string
+	var tenants []map[string]any
+	for _, slug := range []string{"growing", "neighbour"} {
+		status, tenant := call(t, "POST", f.admin+"/admin/v1/tenants", testToken, map[string]any{"slug": slug, "name": slug, "plan": "pooled-fast"})
+		require.Equal(t, http.StatusCreated, status, tenant)
+		status, key := call(t, "POST", f.admin+"/admin/v1/tenants/"+slug+"/keys", testToken, nil)
+		require.Equal(t, http.StatusCreated, status, key)
+		keys, tenants = append(keys, key["key"].(string)), append(tenants, tenant)
+	}
+	id := tenants[0]["id"].(string)
+	for j := range 5 {
+		status, body := call(t, "POST", f.api+"/v1/users", keys[1], map[string]any{"email": fmt.Sprintf("n%d@example.com", j)})
+		require.Equal(t, http.StatusCreated, status, body)
+	}
+	countIn := func(dsn, email string) int64 {
+		return query[int64](t, dsn, `SELECT count(*) FROM users WHERE tenant_id = $1 AND email = $2`, id, email)
+	}
+
+	var all []string
+	for round, change := range []struct{ path, to string }{{"promote", "pg-2"}, {"demote", ""}} {
+		stop := make(chan struct{})
+		var acked, failed []string
+		var gap time.Duration
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			acked, failed, gap = writeUntil(f.api, keys[0], fmt.Sprintf("r%d", round), stop)
+		}()
+		time.Sleep(300 * time.Millisecond)
+		body := map[string]any{}
+		if change.to != "" {
+			body["to"] = change.to
+		}
+		status, move := call(t, "POST", f.admin+"/admin/v1/tenants/growing/"+change.path, testToken, body)
+		require.Equal(t, http.StatusAccepted, status, move)
+		require.Equal(t, change.path, move["kind"])
+		require.Equal(t, pool["name"], move["pool"])
+		move = f.waitMove(t, move["id"])
+		time.Sleep(300 * time.Millisecond)
+		close(stop)
+		<-done
+		require.Empty(t, failed, "%s: no request fails beyond the held window", change.path)
+		require.NotEmpty(t, acked)
+		all = append(all, acked...)
+		t.Logf("%s: %d inserts, longest gap %v, write pause %v ms, %v rows copied", change.path, len(acked), gap.Round(time.Millisecond), move["write_pause_ms"], move["rows_copied"])
+
+		_, tenant := call(t, "GET", f.admin+"/admin/v1/tenants/growing", testToken, nil)
+		newSide, oldSide := poolDSN, f.servers["pg-2"].DSN(catalog.DatabaseName(id))
+		if change.path == "promote" {
+			require.Equal(t, "pg-2", tenant["server"])
+			require.Equal(t, catalog.DatabaseName(id), tenant["database"])
+			require.Nil(t, tenant["pool"])
+			newSide, oldSide = oldSide, newSide
+		} else {
+			require.Equal(t, pool["name"], tenant["pool"])
+			require.Equal(t, "", tenant["database"])
+		}
+		for _, email := range all {
+			require.EqualValues(t, 1, countIn(newSide, email), "%s: %s on the new side once", change.path, email)
+		}
+		require.EqualValues(t, len(all), query[int64](t, newSide, `SELECT count(*) FROM users WHERE tenant_id = $1`, id), "and nothing else")
+		// The tenant API serves every row from the new side.
+		status, page := call(t, "GET", f.api+"/v1/users?limit=1000", keys[0], nil)
+		require.Equal(t, http.StatusOK, status, page)
+		require.Len(t, page["users"], len(all))
+
+		// After the keep, the side left behind holds nothing of the tenant's.
+		if change.path == "promote" {
+			require.Eventually(t, func() bool {
+				return query[int64](t, oldSide, `SELECT count(*) FROM users WHERE tenant_id = $1`, id) == 0 &&
+					query[int64](t, oldSide, `SELECT count(*) FROM pg_policy WHERE polname LIKE 'tenantplane_fence_%'`) == 0
+			}, 30*time.Second, 100*time.Millisecond, "the promoted tenant's rows leave the pool after the keep")
+		} else {
+			require.Eventually(t, func() bool {
+				db, role := dbAndRoleExist(t, f.servers["pg-2"], catalog.DatabaseName(id))
+				return !db && !role
+			}, 30*time.Second, 100*time.Millisecond, "the demoted tenant's database and role go after the keep")
+		}
+		status, body = call(t, "POST", fmt.Sprintf("%s/admin/v1/moves/%v/revert", f.admin, move["id"]), testToken, nil)
+		require.Equal(t, http.StatusConflict, status, "a change of tier is taken back by the opposite one: %v", body)
+	}
+	// The neighbour in the pool was served throughout and kept its rows.
+	status, page := call(t, "GET", f.api+"/v1/users", keys[1], nil)
+	require.Equal(t, http.StatusOK, status, page)
+	require.Len(t, page["users"], 5)
 }

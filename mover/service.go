@@ -98,7 +98,14 @@ type Config struct {
 // Move is a move of a tenant's database from one server to another, as the
 // ledger records it.
 type Move struct {
-	ID              int64      `json:"id"`
+	ID int64 `json:"id"`
+	// Kind is move (a tenant's database to another server), promote (a
+	// pooled tenant's rows to a database of its own) or demote (a
+	// dedicated tenant's rows into a pool database).
+	Kind string `json:"kind"`
+	// Pool is the pool database of a promotion (its source) or a demotion
+	// (its target).
+	Pool            string     `json:"pool,omitempty"`
 	Tenant          string     `json:"tenant"`
 	TenantID        string     `json:"tenant_id"`
 	From            string     `json:"from"`
@@ -504,6 +511,9 @@ func (s *Service) Revert(ctx context.Context, id int64, actor string) (Move, err
 		return Move{}, err
 	}
 	switch {
+	case m.Kind != KindMove:
+		return Move{}, catalog.WrapError(catalog.CodeConflict, errTierRevert, "move %d is a %s: %s (tenantplane tenants %s %s)",
+			id, m.Kind, errTierRevert, map[string]string{KindPromote: "demote", KindDemote: "promote"}[m.Kind], m.Tenant)
 	case m.Phase != PhaseDone:
 		return Move{}, catalog.Errorf(catalog.CodeConflict, "move %d is %s: only a done move can be reverted (cancel one under way)", id, m.Phase)
 	case m.sourceDropped || m.KeepUntil == nil || time.Until(*m.KeepUntil) <= 0:

@@ -127,6 +127,9 @@ type VerifyOptions struct {
 	// verified against the slot's snapshot while the tenant writes on. The
 	// sequences, which no snapshot holds still, are then not compared.
 	SourceSnapshot string
+	// TenantID, when set, compares only that tenant's rows (tenant_id):
+	// a promotion's or a demotion's, whose other side holds other tenants.
+	TenantID string
 	// Changed, when set, restricts the row hashes to the rows it names
 	// (per table, a count and a hash of the rows whose key it holds, on
 	// both sides), and to every row of a table it marks as a whole; every
@@ -145,13 +148,13 @@ func VerifyWith(ctx context.Context, source, target DB, opts VerifyOptions) (_ V
 	var src, dst sideState
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		if err := src.read(gctx, source, opts.SourceSnapshot, opts.Changed); err != nil {
+		if err := src.read(gctx, source, opts.SourceSnapshot, opts.Changed, opts.TenantID); err != nil {
 			return fmt.Errorf("source: %w", err)
 		}
 		return nil
 	})
 	g.Go(func() error {
-		if err := dst.read(gctx, target, "", opts.Changed); err != nil {
+		if err := dst.read(gctx, target, "", opts.Changed, opts.TenantID); err != nil {
 			return fmt.Errorf("target: %w", err)
 		}
 		return nil
@@ -226,7 +229,10 @@ type sideState struct {
 	sequences []Sequence
 }
 
-func (s *sideState) read(ctx context.Context, db DB, snapshot string, changed *ChangeSet) error {
+func (s *sideState) read(ctx context.Context, db DB, snapshot string, changed *ChangeSet, tenantID string) error {
+	if tenantID != "" && !uuidRE.MatchString(tenantID) {
+		return fmt.Errorf("tenant id %q is not a UUID", tenantID)
+	}
 	tx, err := db.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 	if err != nil {
 		return err
@@ -251,6 +257,13 @@ func (s *sideState) read(ctx context.Context, db DB, snapshot string, changed *C
 	for _, t := range s.tables {
 		var sum rowSummary
 		ct := changed.tableOf(t.Name)
+		if tenantID != "" {
+			if err := tx.QueryRow(ctx, rowHashQuery(t)+" WHERE r.tenant_id = $1", tenantID).Scan(&sum.rows, &sum.hash); err != nil {
+				return fmt.Errorf("table %s: %w", t.Name, err)
+			}
+			s.checks[t.Name] = sum
+			continue
+		}
 		if changed == nil || ct != nil && ct.full {
 			if err := tx.QueryRow(ctx, rowHashQuery(t)).Scan(&sum.rows, &sum.hash); err != nil {
 				return fmt.Errorf("table %s: %w", t.Name, err)

@@ -84,6 +84,12 @@ type work struct {
 	// applied since (changes, kept from the stream once it is closed).
 	snapshotVerified bool
 	changes          *ChangeSet
+	// srcDB and dstDB are the source and target databases: the tenant's
+	// own on both sides for a move; a pool database on one side for a
+	// promotion or demotion (tier.go), whose own is the dedicated side's
+	// names (t_<id>) even while the tenant is pooled.
+	srcDB, dstDB string
+	own          catalog.Tenant
 }
 
 func (w *work) close(ctx context.Context) {
@@ -138,10 +144,10 @@ func (s *Service) run(ctx context.Context, id int64) error {
 	}
 	// The source lock, on a connection of its own for the whole move: one
 	// run of the move at a time, and no fan-out migration under it.
-	if w.lock, err = s.connect(ctx, w.from.Name, w.t.Database); err != nil {
+	if w.lock, err = s.connect(ctx, w.from.Name, w.srcDB); err != nil {
 		return fmt.Errorf("server %s: %w", w.from.Name, err)
 	}
-	lockID, err := migrationLockID(w.t.Database)
+	lockID, err := migrationLockID(w.srcDB)
 	if err != nil {
 		return err
 	}
@@ -211,14 +217,19 @@ func (s *Service) load(ctx context.Context, w *work) (err error) {
 	if w.from, err = s.store.GetServer(ctx, w.m.From); err != nil {
 		return err
 	}
-	w.to, err = s.store.GetServer(ctx, w.m.To)
-	return err
+	if w.to, err = s.store.GetServer(ctx, w.m.To); err != nil {
+		return err
+	}
+	w.sides()
+	return nil
 }
 
 // prepare makes the target database; in the copy mode it then fences the source.
 func (s *Service) prepare(ctx context.Context, w *work) error {
-	if err := s.cfg.Targets.PrepareTarget(ctx, w.t, w.to, w.version); err != nil {
-		return fmt.Errorf("preparing the target on %s: %w", w.to.Name, err)
+	if w.m.Kind != KindDemote { // a demotion's target is a pool database, made already
+		if err := s.cfg.Targets.PrepareTarget(ctx, w.own, w.to, w.version); err != nil {
+			return fmt.Errorf("preparing the target on %s: %w", w.to.Name, err)
+		}
 	}
 	if w.m.Mode == ModeCopy {
 		if err := s.holdAndFence(ctx, w); err != nil {
@@ -322,7 +333,7 @@ func (s *Service) copying(ctx context.Context, w *work) error {
 		return err
 	}
 	w.snapshotVerified = true
-	if w.streamTo, err = s.connect(ctx, w.to.Name, w.t.Database); err != nil {
+	if w.streamTo, err = s.connect(ctx, w.to.Name, w.dstDB); err != nil {
 		return fmt.Errorf("target: %w", err)
 	}
 	return s.setPhase(ctx, w.m, PhaseCatchingUp)
@@ -406,12 +417,12 @@ func (s *Service) verify(ctx context.Context, w *work) error {
 	if err := s.holdAndFence(ctx, w); err != nil {
 		return err
 	}
-	src, err := s.connect(ctx, w.from.Name, w.t.Database)
+	src, err := s.connect(ctx, w.from.Name, w.srcDB)
 	if err != nil {
 		return fmt.Errorf("source: %w", err)
 	}
 	defer src.Close(context.WithoutCancel(ctx))
-	dst, err := s.connect(ctx, w.to.Name, w.t.Database)
+	dst, err := s.connect(ctx, w.to.Name, w.dstDB)
 	if err != nil {
 		return fmt.Errorf("target: %w", err)
 	}
@@ -419,7 +430,7 @@ func (s *Service) verify(ctx context.Context, w *work) error {
 	if _, err := SyncSequences(ctx, src, dst); err != nil {
 		return err
 	}
-	var opts VerifyOptions
+	opts := VerifyOptions{TenantID: w.tenantFilter()}
 	switch {
 	case w.m.Mode != ModeOnline || w.m.Reverts != nil || !w.snapshotVerified || w.changes == nil:
 		// The copy mode, a revert, or a run that did not verify the copy
@@ -451,12 +462,12 @@ func (s *Service) verify(ctx context.Context, w *work) error {
 
 // verifyCopy verifies the target against the source with opts.
 func (s *Service) verifyCopy(ctx context.Context, w *work, opts VerifyOptions) error {
-	src, err := s.connect(ctx, w.from.Name, w.t.Database)
+	src, err := s.connect(ctx, w.from.Name, w.srcDB)
 	if err != nil {
 		return fmt.Errorf("source: %w", err)
 	}
 	defer src.Close(context.WithoutCancel(ctx))
-	dst, err := s.connect(ctx, w.to.Name, w.t.Database)
+	dst, err := s.connect(ctx, w.to.Name, w.dstDB)
 	if err != nil {
 		return fmt.Errorf("target: %w", err)
 	}
@@ -490,11 +501,16 @@ func (s *Service) holdAndFence(ctx context.Context, w *work) error {
 	if err != nil {
 		return err
 	}
+	if w.m.Kind == KindPromote {
+		// A pool database: its fence waits for the transactions that hold
+		// its tables, then refuses the tenant's rows.
+		return FenceTenantRows(ctx, w.lock, catalog.PoolName(w.m.poolID), w.t.ID)
+	}
 	deadline := time.Now().Add(s.cfg.HoldWait)
 	for time.Now().Before(deadline) {
 		var busy int
 		if err := w.lock.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND usename = $2 AND xact_start IS NOT NULL`,
-			w.t.Database, w.t.Role).Scan(&busy); err != nil {
+			w.srcDB, w.own.Role).Scan(&busy); err != nil {
 			return fmt.Errorf("source: %w", err)
 		}
 		if busy == 0 {
@@ -506,12 +522,12 @@ func (s *Service) holdAndFence(ctx context.Context, w *work) error {
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
-	return Fence(ctx, w.lock, w.t.Database, w.t.Role)
+	return Fence(ctx, w.lock, w.srcDB, w.own.Role)
 }
 
 // liftFence undoes holdAndFence: the source serves again. Idempotent.
 func (s *Service) liftFence(ctx context.Context, w *work) error {
-	if err := Unfence(ctx, w.lock, w.t.Database, w.t.Role); err != nil {
+	if err := s.unfenceSource(ctx, w, w.lock); err != nil {
 		return err
 	}
 	return s.store.InTx(ctx, func(tx pgx.Tx) error {
@@ -528,12 +544,12 @@ func (s *Service) liftFence(ctx context.Context, w *work) error {
 
 // copyAll copies every table into the emptied target, recording progress.
 func (s *Service) copyAll(ctx context.Context, w *work, snapshot string) error {
-	src, err := s.connect(ctx, w.from.Name, w.t.Database)
+	src, err := s.connect(ctx, w.from.Name, w.srcDB)
 	if err != nil {
 		return fmt.Errorf("source: %w", err)
 	}
 	defer src.Close(context.WithoutCancel(ctx))
-	dst, err := s.connect(ctx, w.to.Name, w.t.Database)
+	dst, err := s.connect(ctx, w.to.Name, w.dstDB)
 	if err != nil {
 		return fmt.Errorf("target: %w", err)
 	}
@@ -555,7 +571,7 @@ func (s *Service) copyAll(ctx context.Context, w *work, snapshot string) error {
 		}
 		_, _ = s.store.Pool().Exec(ctx, `UPDATE moves SET rows_copied = $2, bytes_copied = $3, updated_at = now() WHERE id = $1`, w.m.ID, rows, bytes)
 	}
-	res, err := Copy(ctx, src, dst, CopyOptions{Truncate: true, Snapshot: snapshot, Progress: progress})
+	res, err := Copy(ctx, src, dst, CopyOptions{Truncate: true, Snapshot: snapshot, Progress: progress, TenantID: w.tenantFilter()})
 	if err != nil {
 		return err
 	}
@@ -571,8 +587,7 @@ func (s *Service) copyAll(ctx context.Context, w *work, snapshot string) error {
 func (s *Service) switchOver(ctx context.Context, w *work) error {
 	keep := max(s.cfg.Keep, 0)
 	err := s.store.InTx(ctx, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `UPDATE tenants SET server_id = $3, held = false, move_id = NULL, schema_version = $4, schema_dirty = false,
-			updated_at = now() WHERE id = $1 AND move_id = $2`, w.t.ID, w.m.ID, w.to.ID, w.version)
+		tag, err := s.switchTenant(ctx, tx, w)
 		if err != nil {
 			return catalog.Classify(err, "tenant")
 		}
@@ -598,7 +613,7 @@ func (s *Service) switchOver(ctx context.Context, w *work) error {
 		if w.m.Reverts != nil {
 			details["reverts"] = *w.m.Reverts
 		}
-		if err := catalog.InsertAudit(ctx, tx, catalog.AuditEvent{Actor: "mover", Action: "tenant.moved", TenantID: w.t.ID,
+		if err := catalog.InsertAudit(ctx, tx, catalog.AuditEvent{Actor: "mover", Action: w.auditAction(), TenantID: w.t.ID,
 			Subject: w.t.Slug, Details: details}); err != nil {
 			return err
 		}
@@ -643,7 +658,7 @@ func (s *Service) abort(ctx context.Context, w *work, reason string) error {
 		w.stream = nil
 	}
 	if w.lock == nil {
-		conn, err := s.connect(ctx, w.from.Name, w.t.Database)
+		conn, err := s.connect(ctx, w.from.Name, w.srcDB)
 		if err != nil {
 			return fmt.Errorf("source: %w", err)
 		}
@@ -654,11 +669,11 @@ func (s *Service) abort(ctx context.Context, w *work, reason string) error {
 	if err := DropStream(ctx, w.lock, slotName(w.m.ID)); err != nil {
 		return err
 	}
-	if err := Unfence(ctx, w.lock, w.t.Database, w.t.Role); err != nil {
+	if err := s.unfenceSource(ctx, w, w.lock); err != nil {
 		return err
 	}
 	if w.m.Reverts == nil {
-		if err := s.cfg.Targets.DropDatabase(ctx, w.t, w.to); err != nil {
+		if err := s.dropTarget(ctx, w); err != nil {
 			return fmt.Errorf("dropping the target on %s: %w", w.to.Name, err)
 		}
 	} else if err := s.refenceKept(ctx, w); err != nil {
@@ -762,6 +777,9 @@ func (s *Service) dropSource(ctx context.Context, id int64) error {
 	t, err := s.store.GetTenantByID(ctx, m.TenantID)
 	if err != nil {
 		return err
+	}
+	if m.Kind != KindMove {
+		return s.dropTierSource(ctx, &m, t)
 	}
 	if t.ServerID == m.fromID {
 		// Moved back by another move: the database there is the live one.

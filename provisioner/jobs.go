@@ -377,7 +377,10 @@ func (p *Provisioner) archive(ctx context.Context, serverName string, pool *pgxp
 		return err
 	}
 	out := filepath.Join(p.cfg.ArchiveDir, fmt.Sprintf("%s-%s.dump", t.Slug, time.Now().UTC().Format("20060102T150405Z")))
-	cmd := exec.CommandContext(ctx, filepath.Join(bin, "pg_dump"), "--format=custom", "--no-owner", "--file="+out,
+	// --enable-row-security: the tenant tables' row-level security is forced,
+	// so the admin role (their owner) reads them through its policy; without
+	// it pg_dump refuses a table a policy applies to.
+	cmd := exec.CommandContext(ctx, filepath.Join(bin, "pg_dump"), "--format=custom", "--no-owner", "--enable-row-security", "--file="+out,
 		"--host="+cfg.Host, fmt.Sprintf("--port=%d", cfg.Port), "--username="+cfg.User, "--dbname="+t.Database)
 	// The password goes through the environment, never the command line.
 	cmd.Env = append(os.Environ(), "PGPASSWORD="+cfg.Password, "PGCONNECT_TIMEOUT=10")

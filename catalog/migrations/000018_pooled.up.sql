@@ -41,3 +41,12 @@ CREATE INDEX tenants_pool_idx ON tenants (pool_id) WHERE pool_id IS NOT NULL;
 ALTER TABLE pool_databases ADD COLUMN target_id uuid NOT NULL DEFAULT gen_random_uuid() UNIQUE;
 ALTER TABLE migration_run_tenants DROP CONSTRAINT migration_run_tenants_tenant_id_fkey;
 ALTER TABLE migration_run_tenants ADD COLUMN pool_id bigint REFERENCES pool_databases (id);
+
+-- Promotion and demotion are moves of one tenant's rows between a pool
+-- database and a database of its own (package mover): kind says which, and
+-- pool_id names the pool database (the source of a promotion, the target of a
+-- demotion), which may be on the same server as the other side.
+ALTER TABLE moves ADD COLUMN kind text NOT NULL DEFAULT 'move' CHECK (kind IN ('move', 'promote', 'demote'));
+ALTER TABLE moves ADD COLUMN pool_id bigint REFERENCES pool_databases (id) CHECK ((kind = 'move') = (pool_id IS NULL));
+ALTER TABLE moves DROP CONSTRAINT moves_check;
+ALTER TABLE moves ADD CONSTRAINT moves_check CHECK (kind <> 'move' OR to_server_id <> from_server_id);
