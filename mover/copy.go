@@ -54,11 +54,14 @@ type CopyOptions struct {
 	Snapshot string
 	// TenantID, if set, copies only that tenant's rows (tenant_id, which
 	// every table must have): a promotion out of a pool database or a
-	// demotion into one. The target keeps its other tenants' rows and its
-	// indexes: that tenant's rows there are deleted first (Truncate is
-	// ignored), in the copy's transaction, and the rows are loaded into the
-	// indexes as they are.
+	// demotion into one.
 	TenantID string
+	// SharedTarget says the target holds other tenants' rows (a pool
+	// database: a demotion). It keeps them and its indexes: the tenant's
+	// rows there are deleted first (Truncate is ignored), in the copy's
+	// transaction, and the rows go into the indexes as they are. Without
+	// it, the target is the tenant's alone and is loaded as in a move.
+	SharedTarget bool
 }
 
 // CopyResult is what Copy did.
@@ -142,8 +145,11 @@ func Copy(ctx context.Context, source, target DB, opts CopyOptions) (_ CopyResul
 	if err := compareTables(tables, targetTables); err != nil {
 		return CopyResult{}, err
 	}
+	if opts.TenantID != "" && !uuidRE.MatchString(opts.TenantID) {
+		return CopyResult{}, fmt.Errorf("tenant id %q is not a UUID", opts.TenantID)
+	}
 	var rebuild, forced []string
-	if opts.TenantID != "" {
+	if opts.SharedTarget {
 		if err := clearTenant(ctx, dst, tables, opts.TenantID); err != nil {
 			return CopyResult{}, err
 		}
@@ -372,7 +378,7 @@ func copyTable(ctx context.Context, src, dst *pgx.Conn, t Table, opts CopyOption
 	}()
 	counter := &progressReader{r: pr, every: opts.ProgressEvery, report: opts.Progress, p: TableProgress{Table: t.Name}}
 	into, freeze := qualified(t.Name), " (FREEZE)" // the table was truncated in this transaction
-	if opts.TenantID != "" {
+	if opts.SharedTarget {
 		// A pool database's table, shared: its security stays forced, and
 		// COPY FROM refuses such a table, so the rows go through a
 		// temporary table and an INSERT (allowed by the owner's policy).
@@ -382,7 +388,7 @@ func copyTable(ctx context.Context, src, dst *pgx.Conn, t Table, opts CopyOption
 		}
 	}
 	tag, err := dst.PgConn().CopyFrom(ctx, counter, "COPY "+into+" ("+cols+") FROM STDIN"+freeze)
-	if err == nil && opts.TenantID != "" {
+	if err == nil && opts.SharedTarget {
 		var res []*pgconn.Result
 		if res, err = dst.PgConn().Exec(ctx, "INSERT INTO "+qualified(t.Name)+" ("+cols+") SELECT "+cols+" FROM tp_copy; DROP TABLE tp_copy").ReadAll(); err == nil {
 			tag = res[0].CommandTag

@@ -571,7 +571,8 @@ func (s *Service) copyAll(ctx context.Context, w *work, snapshot string) error {
 		}
 		_, _ = s.store.Pool().Exec(ctx, `UPDATE moves SET rows_copied = $2, bytes_copied = $3, updated_at = now() WHERE id = $1`, w.m.ID, rows, bytes)
 	}
-	res, err := Copy(ctx, src, dst, CopyOptions{Truncate: true, Snapshot: snapshot, Progress: progress, TenantID: w.tenantFilter()})
+	res, err := Copy(ctx, src, dst, CopyOptions{Truncate: true, Snapshot: snapshot, Progress: progress, TenantID: w.tenantFilter(),
+		SharedTarget: w.m.Kind == KindDemote})
 	if err != nil {
 		return err
 	}
