@@ -216,3 +216,14 @@ func (s *Store) EnsureTenantCredentials(ctx context.Context, q Querier, tenantID
 		tenantID, s.cipher.Seal([]byte(newPassword()), tenantAD(tenantID)))
 	return Classify(err, "tenant")
 }
+
+// PoolTenantIDs returns the ids of a pool database's active and suspended
+// tenants: the ones whose rows there are sampled and billed.
+func (s *Store) PoolTenantIDs(ctx context.Context, poolID int64) ([]string, error) {
+	rows, err := s.pool.Query(ctx, `SELECT id::text FROM tenants WHERE pool_id = $1 AND state IN ('active', 'suspended') ORDER BY id`, poolID)
+	if err != nil {
+		return nil, Classify(err, "tenants")
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	return ids, Classify(err, "tenants")
+}

@@ -274,3 +274,64 @@ func TestPromoteAndDemoteUnderWrites(t *testing.T) {
 	require.Equal(t, http.StatusOK, status, page)
 	require.Len(t, page["users"], 5)
 }
+
+// TestPooledTenantLifecycle: suspend, resume, delete within the grace
+// period and restore work for a pooled tenant as for a dedicated one, its
+// credentials are not its own to rotate, and storage is sampled per pooled
+// tenant from its rows alone.
+func TestPooledTenantLifecycle(t *testing.T) {
+	t.Parallel()
+	f := setupFleet(t, 1, nil)
+	f.createPool(t, "pg-1", 10)
+	_, keyA := f.pooledWithKey(t, "small-a")
+	_, keyB := f.pooledWithKey(t, "small-b")
+	for j := range 100 {
+		status, body := call(t, "POST", f.api+"/v1/users", keyA, map[string]any{"email": fmt.Sprintf("u%d@example.com", j), "name": "a fairly long name to weigh something"})
+		require.Equal(t, http.StatusCreated, status, body)
+		if j%10 == 9 {
+			time.Sleep(time.Second) // the free plan allows 10 calls a second
+		}
+	}
+	status, body := call(t, "POST", f.api+"/v1/users", keyB, map[string]any{"email": "one@example.com"})
+	require.Equal(t, http.StatusCreated, status, body)
+
+	// Storage: each pooled tenant's rows, sampled apart.
+	_, err := f.app.billing.CollectStorage(context.Background())
+	require.NoError(t, err)
+	storage := map[string]float64{}
+	for _, slug := range []string{"small-a", "small-b"} {
+		status, usage := call(t, "GET", f.admin+"/admin/v1/tenants/"+slug+"/usage", testToken, nil)
+		require.Equal(t, http.StatusOK, status, usage)
+		meters := usage["usage"].(map[string]any)
+		storage[slug], _ = meters["storage_bytes"].(float64)
+		require.Positive(t, storage[slug], "%s: %v", slug, usage)
+	}
+	require.Greater(t, storage["small-a"], 50*storage["small-b"], "100 rows weigh more than one: %v", storage)
+
+	for _, step := range []struct {
+		action string
+		want   int
+	}{{"suspend", http.StatusForbidden}, {"resume", http.StatusOK}} {
+		status, body := call(t, "POST", f.admin+"/admin/v1/tenants/small-a/"+step.action, testToken, nil)
+		require.Equal(t, http.StatusOK, status, body)
+		require.Eventually(t, func() bool {
+			status, _ := call(t, "GET", f.api+"/v1/users?limit=1", keyA, nil)
+			return status == step.want
+		}, 5*time.Second, 20*time.Millisecond, step.action)
+	}
+	status, body = call(t, "POST", f.admin+"/admin/v1/tenants/small-a/rotate-credentials", testToken, nil)
+	require.Equal(t, http.StatusConflict, status, body)
+
+	status, body = call(t, "DELETE", f.admin+"/admin/v1/tenants/small-a", testToken, nil)
+	require.Equal(t, http.StatusAccepted, status, body)
+	require.Eventually(t, func() bool {
+		status, _ := call(t, "GET", f.api+"/v1/users?limit=1", keyA, nil)
+		return status == http.StatusNotFound
+	}, 5*time.Second, 20*time.Millisecond)
+	status, body = call(t, "POST", f.admin+"/admin/v1/tenants/small-a/restore", testToken, nil)
+	require.Equal(t, http.StatusOK, status, body)
+	require.Eventually(t, func() bool {
+		status, page := call(t, "GET", f.api+"/v1/users?limit=1000", keyA, nil)
+		return status == http.StatusOK && len(page["users"].([]any)) == 100
+	}, 5*time.Second, 50*time.Millisecond, "restored with every row")
+}
