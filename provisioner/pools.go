@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -110,6 +113,33 @@ func TenantTables(ctx context.Context, conn *pgx.Conn) ([]string, error) {
 	return pgx.CollectRows(rows, pgx.RowTo[string])
 }
 
+// archivePooled keeps a pooled tenant's rows in ArchiveDir before they are
+// deleted: one CSV file (with a header) per table, <slug>-<time>-<table>.csv,
+// which COPY ... FROM ... (FORMAT csv, HEADER) loads back.
+func (p *Provisioner) archivePooled(ctx context.Context, conn *pgx.Conn, t catalog.Tenant, tables []string) error {
+	if err := os.MkdirAll(p.cfg.ArchiveDir, 0o700); err != nil {
+		return err
+	}
+	stamp := time.Now().UTC().Format("20060102T150405Z")
+	for _, table := range tables {
+		path := filepath.Join(p.cfg.ArchiveDir, fmt.Sprintf("%s-%s-%s.csv", t.Slug, stamp, table))
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+		if err != nil {
+			return err
+		}
+		// The tenant id is a UUID from the catalog; COPY takes no parameters.
+		_, err = conn.PgConn().CopyTo(ctx, f, "COPY (SELECT * FROM "+ident(table)+" WHERE tenant_id = "+literal(t.ID)+") TO STDOUT WITH (FORMAT csv, HEADER)")
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("table %s: %w", table, err)
+		}
+	}
+	p.logger.InfoContext(ctx, "pooled tenant's rows archived", "tenant", t.Slug, "tables", len(tables), "dir", p.cfg.ArchiveDir)
+	return nil
+}
+
 // dropPooledRows deletes a pooled tenant's rows from its pool database, as
 // the admin role (which owns the tables and so sees every tenant's rows),
 // in one transaction: its deletion after the grace period.
@@ -122,6 +152,11 @@ func (p *Provisioner) dropPooledRows(ctx context.Context, t catalog.Tenant) (int
 	tables, err := TenantTables(ctx, conn)
 	if err != nil {
 		return 0, err
+	}
+	if p.cfg.ArchiveDir != "" {
+		if err := p.archivePooled(ctx, conn, t, tables); err != nil {
+			return 0, fmt.Errorf("archiving before delete: %w", err)
+		}
 	}
 	var n int64
 	err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {

@@ -2,6 +2,9 @@ package provisioner
 
 import (
 	"context"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -130,7 +133,8 @@ func TestPooledTenantLifecycle(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := context.Background()
-	p := b.start(t, Config{Logger: b.cfg.Logger, WarmPoolSize: -1, DeleteGrace: -1})
+	archive := t.TempDir()
+	p := b.start(t, Config{Logger: b.cfg.Logger, WarmPoolSize: -1, DeleteGrace: -1, ArchiveDir: archive})
 	pd, err := p.CreatePool(ctx, "pg-1", 10, "test")
 	require.NoError(t, err)
 	var tenants []catalog.Tenant
@@ -175,4 +179,12 @@ func TestPooledTenantLifecycle(t *testing.T) {
 	var exists bool
 	require.NoError(t, owner.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)`, pd.Name).Scan(&exists))
 	require.True(t, exists, "the pool database stays")
+	files, err := filepath.Glob(filepath.Join(archive, "small-a-*-users.csv"))
+	require.NoError(t, err)
+	require.Len(t, files, 1, "the deleted tenant's rows were archived first")
+	raw, err := os.ReadFile(files[0])
+	require.NoError(t, err)
+	lines := strings.Split(strings.TrimSpace(string(raw)), "\n")
+	require.Len(t, lines, 11, "a header and its 10 rows")
+	require.NotContains(t, string(raw), tenants[1].ID, "and no one else's")
 }
