@@ -120,6 +120,10 @@ func TestFanoutMigratesPoolAndDedicatedDatabases(t *testing.T) {
 		require.Equal(t, http.StatusOK, status)
 		require.EqualValues(t, 3, body["schema_version"])
 	}
+	st := f.status(t)
+	require.Equal(t, []any{map[string]any{"version": float64(3), "tenants": float64(4)}}, st["histogram"], "two pool databases and two tenant databases, read from themselves")
+	require.Empty(t, st["behind"])
+	require.Empty(t, st["catalog_disagrees"])
 	for slug, key := range keys {
 		status, body := call(t, "GET", f.api+"/v1/users", key, nil)
 		require.Equal(t, http.StatusOK, status, body)
