@@ -13,14 +13,26 @@ import (
 // BenchmarkPromotionPause promotes a pooled tenant holding 100,000 rows (in
 // a pool database shared with another tenant) to a database of its own on
 // another server while a client writes to it through the tenant API without
-// a pause, and reports the move's write pause (hold to switch), the longest
+// a pause, in the copy mode (servers at wal_level replica) and the online
+// mode (logical, the managed role with REPLICATION), and reports the move's write pause (hold to switch), the longest
 // gap the client saw between two acknowledged writes, and the rows copied.
 //
 //	go test -run '^$' -bench PromotionPause -benchtime 1x -timeout 30m ./controlplane
 func BenchmarkPromotionPause(b *testing.B) {
+	for _, mode := range []string{"copy", "online"} {
+		b.Run(mode, func(b *testing.B) { benchmarkPromotion(b, mode) })
+	}
+}
+
+func benchmarkPromotion(b *testing.B, mode string) {
 	for range b.N {
 		ctx := context.Background()
-		f := setupFleet(b, 2, nil)
+		var f *fleet
+		if mode == "copy" {
+			f = setupFleet(b, 2, nil)
+		} else {
+			f = setupLogicalFleet(b, 2, nil)
+		}
 		_, err := f.app.store.Pool().Exec(ctx, `INSERT INTO plans (name, max_conns, rate_per_sec, rate_burst, isolation) VALUES ('pooled-fast', 4, 1000, 1000, 'pooled')`)
 		require.NoError(b, err)
 		status, pool := call(b, "POST", f.admin+"/admin/v1/pools", testToken, map[string]any{"server": "pg-1", "capacity": 10})
@@ -68,9 +80,10 @@ func BenchmarkPromotionPause(b *testing.B) {
 		close(stop)
 		<-done
 		require.Equal(b, "done", move["phase"], move)
+		require.Equal(b, mode, move["mode"], move["mode_reason"])
 		require.Empty(b, failed)
-		b.Logf("promotion of 100,000 rows under writes: %v in all, write pause %v ms, longest client gap %v, %v rows copied, %d writes acknowledged",
-			took.Round(time.Millisecond), move["write_pause_ms"], gap.Round(time.Millisecond), move["rows_copied"], len(acked))
+		b.Logf("%s: promotion of 100,000 rows under writes: %v in all, write pause %v ms, longest client gap %v, %v rows copied, %d writes acknowledged",
+			mode, took.Round(time.Millisecond), move["write_pause_ms"], gap.Round(time.Millisecond), move["rows_copied"], len(acked))
 		b.ReportMetric(move["write_pause_ms"].(float64), "write-pause-ms")
 		b.ReportMetric(float64(gap.Milliseconds()), "client-gap-ms")
 		b.ReportMetric(took.Seconds(), "promotion-s")

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tenantplane/tenantplane/catalog"
+	"github.com/tenantplane/tenantplane/internal/pgtest"
 )
 
 // createPool makes a pool database on a server through the admin API.
@@ -179,15 +180,52 @@ func (f *fleet) waitMove(t *testing.T, id any) map[string]any {
 	return move
 }
 
+// setupLogicalFleet is setupFleet with servers that allow the online mode:
+// wal_level = logical, and the managed role given REPLICATION.
+func setupLogicalFleet(t testing.TB, n int, env map[string]string) *fleet {
+	t.Helper()
+	f := &fleet{testBundle: setupEnv(t, "", env), servers: map[string]*pgtest.Server{}}
+	for i := 1; i <= n; i++ {
+		srv := pgtest.NewServerWithSettings(t, map[string]string{"wal_level": "logical"})
+		dsn := srv.ManagedDSN(t, "postgres")
+		conn, err := connect(t, srv.DSN("postgres"))
+		require.NoError(t, err)
+		_, err = conn.Exec(context.Background(), "ALTER ROLE "+pgtest.ManagedRole+" REPLICATION")
+		conn.Close(context.Background())
+		require.NoError(t, err)
+		name := fmt.Sprintf("pg-%d", i)
+		status, body := call(t, "POST", f.admin+"/admin/v1/servers", testToken, map[string]any{"name": name, "dsn": dsn, "capacity": 100})
+		require.Equal(t, http.StatusCreated, status, body)
+		f.servers[name] = srv
+	}
+	return f
+}
+
 // TestPromoteAndDemoteUnderWrites: a pooled tenant written to without a
 // pause is promoted to a database of its own on another server, then
-// demoted back into the pool. Each time every acknowledged write is on the
+// demoted back into the pool, in the copy mode (wal_level = replica) and in
+// the online mode (logical). Each time every acknowledged write is on the
 // new side exactly once and no request fails (the routers hold them while
 // the fence is up); the side left behind loses the tenant's rows after the
 // keep; the pool's other tenant is untouched throughout.
 func TestPromoteAndDemoteUnderWrites(t *testing.T) {
 	t.Parallel()
-	f := setupFleet(t, 2, map[string]string{"TENANTPLANE_MOVE_KEEP": "2s"})
+	for _, mode := range []string{"copy", "online"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			env := map[string]string{"TENANTPLANE_MOVE_KEEP": "2s"}
+			var f *fleet
+			if mode == "copy" {
+				f = setupFleet(t, 2, env)
+			} else {
+				f = setupLogicalFleet(t, 2, env)
+			}
+			promoteAndDemote(t, f, mode)
+		})
+	}
+}
+
+func promoteAndDemote(t *testing.T, f *fleet, mode string) {
 	_, err := f.app.store.Pool().Exec(context.Background(), `INSERT INTO plans (name, max_conns, rate_per_sec, rate_burst, isolation) VALUES ('pooled-fast', 4, 1000, 1000, 'pooled')`)
 	require.NoError(t, err)
 	pool := f.createPool(t, "pg-1", 10)
@@ -229,6 +267,7 @@ func TestPromoteAndDemoteUnderWrites(t *testing.T) {
 		require.Equal(t, http.StatusAccepted, status, move)
 		require.Equal(t, change.path, move["kind"])
 		require.Equal(t, pool["name"], move["pool"])
+		require.Equal(t, mode, move["mode"], move["mode_reason"])
 		move = f.waitMove(t, move["id"])
 		time.Sleep(300 * time.Millisecond)
 		close(stop)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -24,11 +25,39 @@ const (
 	KindDemote = "demote"
 )
 
-// tierReason is the mode_reason of a promotion or demotion: they run in the
-// copy mode (the online mode's stream is not built for one tenant's rows of
-// a shared database), and a pooled tenant is small, so the pause is its rows'
-// copy.
-const tierReason = "a change of tier copies the tenant's rows with its writes held (the online mode does not move one tenant's rows of a pool database)"
+// tierMode picks a promotion's or demotion's mode: online (the copy under
+// the slot's snapshot, then the stream of the tenant's changes, filtered by
+// a publication row filter) when the servers allow it (CheckOnline) and the
+// source is PostgreSQL 15 or later (row filters); else the copy mode, with
+// the reason: a pooled tenant is small, so the copy holds its writes briefly.
+func (s *Service) tierMode(ctx context.Context, srcDB string, from, to catalog.Server) (string, string, error) {
+	src, err := s.connect(ctx, from.Name, srcDB)
+	if err != nil {
+		return "", "", catalog.WrapError(catalog.CodeUnavailable, err, "server %s: cannot reach database %s", from.Name, srcDB)
+	}
+	defer src.Close(context.WithoutCancel(ctx))
+	var version int
+	if err := src.QueryRow(ctx, "SELECT current_setting('server_version_num')::int").Scan(&version); err != nil {
+		return "", "", catalog.WrapError(catalog.CodeUnavailable, err, "server %s", from.Name)
+	}
+	dst, err := s.connect(ctx, to.Name, "")
+	if err != nil {
+		return "", "", catalog.WrapError(catalog.CodeUnavailable, err, "server %s: cannot connect", to.Name)
+	}
+	defer dst.Close(context.WithoutCancel(ctx))
+	check, err := CheckOnline(ctx, src, dst)
+	if err != nil {
+		return "", "", catalog.WrapError(catalog.CodeUnavailable, err, "checking the online mode")
+	}
+	refusals := check.Refusals
+	if version < 150000 {
+		refusals = append(refusals, "the source runs PostgreSQL "+strconv.Itoa(version/10000)+", and row filters (one tenant's changes) need 15")
+	}
+	if check.Possible && len(refusals) == 0 {
+		return ModeOnline, "logical replication from " + from.Name + " of the tenant's rows (a publication row filter on tenant_id)", nil
+	}
+	return ModeCopy, "online impossible (" + strings.Join(refusals, "; ") + "): the tenant's writes held for the copy of its rows", nil
+}
 
 // PromoteSpec is what promoting a pooled tenant takes.
 type PromoteSpec struct {
@@ -47,10 +76,11 @@ type DemoteSpec struct {
 
 // StartPromotion starts moving a pooled tenant's rows from its pool database
 // into a new database of its own, with a role of its own, through the
-// phases of a copy-mode move: the target made (at the pool's schema
-// version), the routers' hold and a fence of the tenant's rows in the pool
-// (FenceTenantRows), the copy of its rows, their verification (counts and
-// hashes of its rows on both sides), the switch, and the pool's copy of its
+// phases of a move, online when the servers allow it, else in the copy mode
+// (tierMode): the target made (at the pool's schema version), the copy of
+// its rows, the routers' hold and a fence of the tenant's rows in the pool
+// (FenceTenantRows), their verification (counts and hashes of its rows on
+// both sides), the switch, and the pool's copy of its
 // rows deleted once the keep is over. A tenant that is not pooled, not
 // active or suspended, or moving already is a CodeConflict.
 func (s *Service) StartPromotion(ctx context.Context, slug string, spec PromoteSpec, actor string) (Move, error) {
@@ -78,12 +108,20 @@ func (s *Service) StartPromotion(ctx context.Context, slug string, spec PromoteS
 	case target.Capacity > 0 && target.Tenants >= target.Capacity:
 		return Move{}, catalog.Errorf(catalog.CodeConflict, "server %s is full: %d tenants of a capacity of %d", target.Name, target.Tenants, target.Capacity)
 	}
-	return s.startTierMove(ctx, t, KindPromote, t.ServerID, target.ID, t.PoolID, actor)
+	from, err := s.store.GetServer(ctx, t.Server)
+	if err != nil {
+		return Move{}, err
+	}
+	mode, reason, err := s.tierMode(ctx, t.Pool, from, target)
+	if err != nil {
+		return Move{}, err
+	}
+	return s.startTierMove(ctx, t, KindPromote, t.ServerID, target.ID, t.PoolID, mode, reason, actor)
 }
 
 // StartDemotion starts moving a dedicated tenant's rows into a pool
-// database, through the phases of a copy-mode move (the fence is its own
-// database's), after which its database and role are dropped once the keep
+// database, through the phases of a move (online or copy, as tierMode
+// picks; the fence is its own database's), after which its database and role are dropped once the keep
 // is over.
 func (s *Service) StartDemotion(ctx context.Context, slug string, spec DemoteSpec, actor string) (Move, error) {
 	t, err := s.store.GetTenant(ctx, slug)
@@ -129,12 +167,24 @@ func (s *Service) StartDemotion(ctx context.Context, slug string, spec DemoteSpe
 	case pick.Tenants >= pick.Capacity:
 		return Move{}, catalog.Errorf(catalog.CodeConflict, "pool database %s is full: %d tenants of a capacity of %d", pick.Name, pick.Tenants, pick.Capacity)
 	}
-	return s.startTierMove(ctx, t, KindDemote, t.ServerID, pick.ServerID, pick.ID, actor)
+	from, err := s.store.GetServer(ctx, t.Server)
+	if err != nil {
+		return Move{}, err
+	}
+	to, err := s.store.GetServer(ctx, pick.Server)
+	if err != nil {
+		return Move{}, err
+	}
+	mode, reason, err := s.tierMode(ctx, t.Database, from, to)
+	if err != nil {
+		return Move{}, err
+	}
+	return s.startTierMove(ctx, t, KindDemote, t.ServerID, pick.ServerID, pick.ID, mode, reason, actor)
 }
 
 // startTierMove records a promotion or demotion and queues its job, as
 // startMove does a move.
-func (s *Service) startTierMove(ctx context.Context, t catalog.Tenant, kind string, fromID, toID, poolID int64, actor string) (Move, error) {
+func (s *Service) startTierMove(ctx context.Context, t catalog.Tenant, kind string, fromID, toID, poolID int64, mode, reason, actor string) (Move, error) {
 	var id int64
 	err := s.store.InTx(ctx, func(tx pgx.Tx) error {
 		cur, err := lockTenant(ctx, tx, t.ID)
@@ -161,7 +211,7 @@ func (s *Service) startTierMove(ctx context.Context, t catalog.Tenant, kind stri
 			}
 		}
 		err = tx.QueryRow(ctx, `INSERT INTO moves (tenant_id, from_server_id, to_server_id, mode, mode_reason, actor, kind, pool_id)
-			VALUES ($1, $2, $3, 'copy', $4, $5, $6, $7) RETURNING id`, t.ID, fromID, toID, tierReason, actor, kind, poolID).Scan(&id)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id`, t.ID, fromID, toID, mode, reason, actor, kind, poolID).Scan(&id)
 		if err != nil {
 			return catalog.Classify(err, kind+" of tenant "+strconv.Quote(t.Slug))
 		}
@@ -169,7 +219,7 @@ func (s *Service) startTierMove(ctx context.Context, t catalog.Tenant, kind stri
 			return catalog.Classify(err, "tenant")
 		}
 		if err := catalog.InsertAudit(ctx, tx, catalog.AuditEvent{Actor: actor, Action: "tenant." + kind + "_started", TenantID: t.ID,
-			Subject: t.Slug, Details: map[string]any{"move_id": id, "pool": catalog.PoolName(poolID)}}); err != nil {
+			Subject: t.Slug, Details: map[string]any{"move_id": id, "pool": catalog.PoolName(poolID), "mode": mode, "mode_reason": reason}}); err != nil {
 			return err
 		}
 		if err := notify(ctx, tx, t.ID); err != nil {

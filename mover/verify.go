@@ -257,7 +257,7 @@ func (s *sideState) read(ctx context.Context, db DB, snapshot string, changed *C
 	for _, t := range s.tables {
 		var sum rowSummary
 		ct := changed.tableOf(t.Name)
-		if tenantID != "" {
+		if tenantID != "" && (changed == nil || ct != nil && ct.full) {
 			if err := tx.QueryRow(ctx, rowHashQuery(t)+" WHERE r.tenant_id = $1", tenantID).Scan(&sum.rows, &sum.hash); err != nil {
 				return fmt.Errorf("table %s: %w", t.Name, err)
 			}
@@ -271,7 +271,13 @@ func (s *sideState) read(ctx context.Context, db DB, snapshot string, changed *C
 			s.checks[t.Name] = sum
 			continue
 		}
-		if err := tx.QueryRow(ctx, "SELECT count(*) FROM "+qualified(t.Name)).Scan(&sum.rows); err != nil {
+		count := "SELECT count(*) FROM " + qualified(t.Name)
+		if tenantID != "" {
+			// The tenant's rows only; the rows its stream wrote are its own
+			// (tenant_id leads every key).
+			count += " WHERE tenant_id = " + literal(tenantID)
+		}
+		if err := tx.QueryRow(ctx, count).Scan(&sum.rows); err != nil {
 			return fmt.Errorf("table %s: %w", t.Name, err)
 		}
 		s.checks[t.Name] = sum

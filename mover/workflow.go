@@ -311,11 +311,11 @@ func (s *Service) copying(ctx context.Context, w *work) error {
 	if err := DropStream(ctx, w.lock, slotName(w.m.ID)); err != nil {
 		return err
 	}
-	srcCfg, err := s.serverConfig(ctx, w.from.Name, w.t.Database)
+	srcCfg, err := s.serverConfig(ctx, w.from.Name, w.srcDB)
 	if err != nil {
 		return err
 	}
-	if w.stream, err = OpenStreamConfig(ctx, &srcCfg.Config, w.lock, slotName(w.m.ID)); err != nil {
+	if w.stream, err = openStream(ctx, &srcCfg.Config, w.lock, slotName(w.m.ID), w.tenantFilter()); err != nil {
 		return err
 	}
 	if err := s.copyAll(ctx, w, w.stream.Snapshot()); err != nil {
@@ -329,7 +329,7 @@ func (s *Service) copying(ctx context.Context, w *work) error {
 	}
 	// The whole copy verified out of the fence, against the snapshot it was
 	// copied under: still valid, the stream has not started.
-	if err := s.verifyCopy(ctx, w, VerifyOptions{SourceSnapshot: w.stream.Snapshot()}); err != nil {
+	if err := s.verifyCopy(ctx, w, VerifyOptions{SourceSnapshot: w.stream.Snapshot(), TenantID: w.tenantFilter()}); err != nil {
 		return err
 	}
 	w.snapshotVerified = true
@@ -434,7 +434,7 @@ func (s *Service) verify(ctx context.Context, w *work) error {
 	switch {
 	case w.m.Mode != ModeOnline || w.m.Reverts != nil || !w.snapshotVerified || w.changes == nil:
 		// The copy mode, a revert, or a run that did not verify the copy
-		// under the stream's snapshot (resumed): every row.
+		// under the stream's snapshot (resumed): every row (of the tenant).
 	case w.changes.Overflowed():
 		reason := fmt.Sprintf("; more than %d rows written during the move: every row verified in the fence", maxChangedKeys)
 		s.logger.WarnContext(ctx, "move verifies every row in its fence", "move_id", w.m.ID, "tenant", w.t.Slug, "reason", reason[2:])
