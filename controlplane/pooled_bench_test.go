@@ -2,7 +2,6 @@ package controlplane
 
 import (
 	"context"
-	"fmt"
 	"net/http"
 	"testing"
 	"time"
@@ -70,16 +69,12 @@ func benchmarkPromotion(b *testing.B, mode string) {
 		status, move := call(b, "POST", f.admin+"/admin/v1/tenants/big/promote", testToken, map[string]any{"to": "pg-2"})
 		require.Equal(b, http.StatusAccepted, status, move)
 		start := time.Now()
-		require.Eventually(b, func() bool {
-			_, move = call(b, "GET", fmt.Sprintf("%s/admin/v1/moves/%v", f.admin, move["id"]), testToken, nil)
-			return move["phase"] == "done" || move["phase"] == "aborted"
-		}, 5*time.Minute, 50*time.Millisecond)
+		move = f.waitMove(b, move["id"])
 		took := time.Since(start)
 		b.StopTimer()
 		time.Sleep(500 * time.Millisecond)
 		close(stop)
 		<-done
-		require.Equal(b, "done", move["phase"], move)
 		require.Equal(b, mode, move["mode"], move["mode_reason"])
 		require.Empty(b, failed)
 		b.Logf("%s: promotion of 100,000 rows under writes: %v in all, write pause %v ms, longest client gap %v, %v rows copied, %d writes acknowledged",

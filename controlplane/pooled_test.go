@@ -158,7 +158,7 @@ func writeUntil(api, key, prefix string, stop <-chan struct{}) (acked, failed []
 			maxGap = max(maxGap, time.Since(last))
 			last = time.Now()
 			n++
-			time.Sleep(5 * time.Millisecond)
+			time.Sleep(10 * time.Millisecond)
 		default:
 			failed = append(failed, fmt.Sprintf("%s: %d %v %s", email, status, err, body))
 			time.Sleep(20 * time.Millisecond)
@@ -167,7 +167,7 @@ func writeUntil(api, key, prefix string, stop <-chan struct{}) (acked, failed []
 	return acked, failed, maxGap
 }
 
-func (f *fleet) waitMove(t *testing.T, id any) map[string]any {
+func (f *fleet) waitMove(t testing.TB, id any) map[string]any {
 	t.Helper()
 	var move map[string]any
 	require.Eventually(t, func() bool {

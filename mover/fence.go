@@ -126,6 +126,27 @@ func FenceTenantRows(ctx context.Context, admin DB, role, tenantID string) (err 
 	if !uuidRE.MatchString(tenantID) {
 		return fmt.Errorf("tenant id %q is not a UUID", tenantID)
 	}
+	name := fencePolicy(tenantID)
+	return eachTable(ctx, admin, func(tx pgx.Tx, t Table) error {
+		var exists bool
+		if err := tx.QueryRow(ctx, "SELECT EXISTS (SELECT FROM pg_policy WHERE polrelid = $1::regclass AND polname = $2)", qualified(t.Name), name).Scan(&exists); err != nil {
+			return err
+		}
+		if exists {
+			return nil
+		}
+		// The admin role is a member of the pool's role, and so under its
+		// policies too: the fence is for the role itself.
+		cond := "(tenant_id <> " + literal(tenantID) + " OR current_user <> " + literal(role) + ")"
+		_, err := tx.Exec(ctx, "CREATE POLICY "+ident(name)+" ON "+qualified(t.Name)+" AS RESTRICTIVE FOR ALL TO "+ident(role)+
+			" USING "+cond+" WITH CHECK "+cond)
+		return err
+	})
+}
+
+// eachTable runs fn on every table of the database in one transaction with
+// a lock timeout, and commits it.
+func eachTable(ctx context.Context, admin DB, fn func(pgx.Tx, Table) error) error {
 	tx, err := admin.BeginTx(ctx, pgx.TxOptions{})
 	if err != nil {
 		return err
@@ -138,20 +159,8 @@ func FenceTenantRows(ctx context.Context, admin DB, role, tenantID string) (err 
 	if err != nil {
 		return err
 	}
-	name := fencePolicy(tenantID)
 	for _, t := range tables {
-		var exists bool
-		if err := tx.QueryRow(ctx, "SELECT EXISTS (SELECT FROM pg_policy WHERE polrelid = $1::regclass AND polname = $2)", qualified(t.Name), name).Scan(&exists); err != nil {
-			return err
-		}
-		if exists {
-			continue
-		}
-		// The admin role is a member of the pool's role, and so under its
-		// policies too: the fence is for the role itself.
-		cond := "(tenant_id <> " + literal(tenantID) + " OR current_user <> " + literal(role) + ")"
-		if _, err := tx.Exec(ctx, "CREATE POLICY "+ident(name)+" ON "+qualified(t.Name)+" AS RESTRICTIVE FOR ALL TO "+ident(role)+
-			" USING "+cond+" WITH CHECK "+cond); err != nil {
+		if err := fn(tx, t); err != nil {
 			return fmt.Errorf("table %s: %w", t.Name, err)
 		}
 	}
@@ -162,22 +171,8 @@ func FenceTenantRows(ctx context.Context, admin DB, role, tenantID string) (err 
 // rows in the pool database serve again. Idempotent.
 func UnfenceTenantRows(ctx context.Context, admin DB, tenantID string) (err error) {
 	defer wrap(&err, fmt.Sprintf("UnfenceTenantRows(%q)", tenantID))
-	tx, err := admin.BeginTx(ctx, pgx.TxOptions{})
-	if err != nil {
+	return eachTable(ctx, admin, func(tx pgx.Tx, t Table) error {
+		_, err := tx.Exec(ctx, "DROP POLICY IF EXISTS "+ident(fencePolicy(tenantID))+" ON "+qualified(t.Name))
 		return err
-	}
-	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '10s'"); err != nil {
-		return err
-	}
-	tables, err := Tables(ctx, tx)
-	if err != nil {
-		return err
-	}
-	for _, t := range tables {
-		if _, err := tx.Exec(ctx, "DROP POLICY IF EXISTS "+ident(fencePolicy(tenantID))+" ON "+qualified(t.Name)); err != nil {
-			return fmt.Errorf("table %s: %w", t.Name, err)
-		}
-	}
-	return tx.Commit(ctx)
+	})
 }

@@ -9,7 +9,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/riverqueue/river"
 
 	"github.com/tenantplane/tenantplane/catalog"
 )
@@ -40,14 +39,9 @@ func (s *Service) tierMode(ctx context.Context, srcDB string, from, to catalog.S
 	if err := src.QueryRow(ctx, "SELECT current_setting('server_version_num')::int").Scan(&version); err != nil {
 		return "", "", catalog.WrapError(catalog.CodeUnavailable, err, "server %s", from.Name)
 	}
-	dst, err := s.connect(ctx, to.Name, "")
+	check, err := s.checkOnline(ctx, src, to)
 	if err != nil {
-		return "", "", catalog.WrapError(catalog.CodeUnavailable, err, "server %s: cannot connect", to.Name)
-	}
-	defer dst.Close(context.WithoutCancel(ctx))
-	check, err := CheckOnline(ctx, src, dst)
-	if err != nil {
-		return "", "", catalog.WrapError(catalog.CodeUnavailable, err, "checking the online mode")
+		return "", "", err
 	}
 	refusals := check.Refusals
 	if version < 150000 {
@@ -215,18 +209,8 @@ func (s *Service) startTierMove(ctx context.Context, t catalog.Tenant, kind stri
 		if err != nil {
 			return catalog.Classify(err, kind+" of tenant "+strconv.Quote(t.Slug))
 		}
-		if _, err := tx.Exec(ctx, `UPDATE tenants SET move_id = $2, updated_at = now() WHERE id = $1`, t.ID, id); err != nil {
-			return catalog.Classify(err, "tenant")
-		}
-		if err := catalog.InsertAudit(ctx, tx, catalog.AuditEvent{Actor: actor, Action: "tenant." + kind + "_started", TenantID: t.ID,
-			Subject: t.Slug, Details: map[string]any{"move_id": id, "pool": catalog.PoolName(poolID), "mode": mode, "mode_reason": reason}}); err != nil {
-			return err
-		}
-		if err := notify(ctx, tx, t.ID); err != nil {
-			return err
-		}
-		_, err = s.jobs.Client().InsertTx(ctx, tx, moveArgs{MoveID: id}, &river.InsertOpts{Queue: queue})
-		return err
+		return s.openMove(ctx, tx, t, id, "tenant."+kind+"_started", actor,
+			map[string]any{"move_id": id, "pool": catalog.PoolName(poolID), "mode": mode, "mode_reason": reason})
 	})
 	if err != nil {
 		return Move{}, err

@@ -141,15 +141,7 @@ func setupBench(b *testing.B) *benchEnv {
 
 	// The tenant server: a private cluster with room for a connection per tenant.
 	const budget = 1300 // a connection per tenant, and room for the hot ones to hold several
-	dir, err := os.MkdirTemp("/var/tmp", "tenantplane-router-bench-")
-	require.NoError(b, err)
-	require.NoError(b, os.Chmod(dir, 0o755))
-	cluster, err := pgcluster.New(pgcluster.Config{Dir: filepath.Join(dir, "data"), Password: "bench", Settings: map[string]string{
-		"max_connections": "1400", "shared_buffers": "256MB", "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
-	}})
-	require.NoError(b, err)
-	require.NoError(b, cluster.Start(ctx))
-	b.Cleanup(func() { _ = cluster.Stop(context.Background()); _ = os.RemoveAll(dir) })
+	cluster := benchCluster(b, 1400)
 
 	prov, err := provisioner.New(store, provisioner.Config{Logger: logger, WarmPoolSize: -1, Workers: 6})
 	require.NoError(b, err)
@@ -180,6 +172,21 @@ func setupBench(b *testing.B) *benchEnv {
 	require.NoError(b, env.watcher.Start(ctx))
 	b.Cleanup(env.watcher.Stop)
 	return env
+}
+
+// benchCluster starts a private cluster on disk, with fsync off (the
+// benchmarks measure reads), for the benchmark's life.
+func benchCluster(b *testing.B, maxConnections int) *pgcluster.Cluster {
+	dir, err := os.MkdirTemp("/var/tmp", "tenantplane-router-bench-")
+	require.NoError(b, err)
+	require.NoError(b, os.Chmod(dir, 0o755))
+	cluster, err := pgcluster.New(pgcluster.Config{Dir: filepath.Join(dir, "data"), Password: "bench", Settings: map[string]string{
+		"max_connections": strconv.Itoa(maxConnections), "shared_buffers": "256MB", "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
+	}})
+	require.NoError(b, err)
+	require.NoError(b, cluster.Start(context.Background()))
+	b.Cleanup(func() { _ = cluster.Stop(context.Background()); _ = os.RemoveAll(dir) })
+	return cluster
 }
 
 // directHandler serves the same handler from one fixed pool on the extra

@@ -7,8 +7,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -19,7 +17,6 @@ import (
 
 	"github.com/tenantplane/tenantplane/catalog"
 	"github.com/tenantplane/tenantplane/internal/httpapi"
-	"github.com/tenantplane/tenantplane/internal/pgcluster"
 	"github.com/tenantplane/tenantplane/internal/pgtest"
 	"github.com/tenantplane/tenantplane/provisioner"
 )
@@ -45,15 +42,7 @@ func BenchmarkRouterPooled(b *testing.B) {
 	b.Cleanup(store.Close)
 	_, err = store.Pool().Exec(ctx, `INSERT INTO plans (name, max_conns, rate_per_sec, rate_burst, isolation) VALUES ('bench-pooled', 16, 1000000, 1000000, 'pooled')`)
 	require.NoError(b, err)
-	dir, err := os.MkdirTemp("/var/tmp", "tenantplane-router-pooled-bench-")
-	require.NoError(b, err)
-	require.NoError(b, os.Chmod(dir, 0o755))
-	cluster, err := pgcluster.New(pgcluster.Config{Dir: filepath.Join(dir, "data"), Password: "bench", Settings: map[string]string{
-		"max_connections": "200", "shared_buffers": "256MB", "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
-	}})
-	require.NoError(b, err)
-	require.NoError(b, cluster.Start(ctx))
-	b.Cleanup(func() { _ = cluster.Stop(context.Background()); _ = os.RemoveAll(dir) })
+	cluster := benchCluster(b, 200)
 	prov, err := provisioner.New(store, provisioner.Config{Logger: logger, WarmPoolSize: -1})
 	require.NoError(b, err)
 	_, err = prov.RegisterServer(ctx, provisioner.ServerSpec{Name: "bench", DSN: cluster.DSN("postgres"), Capacity: 10, ConnBudget: 100}, "bench")

@@ -6,10 +6,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -46,20 +44,8 @@ type pooledBundle struct {
 func setupPooled(t *testing.T, n int, tune func(*Config)) *pooledBundle {
 	t.Helper()
 	ctx := context.Background()
-	key, _ := catalog.ParseKey(catalog.NewKey())
-	cipher, _ := catalog.NewCipher(key)
-	store, err := catalog.Open(ctx, pgtest.NewDB(t, catalogTemplate), cipher, catalog.StoreConfig{})
-	require.NoError(t, err)
-	t.Cleanup(store.Close)
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	prov, err := provisioner.New(store, provisioner.Config{Logger: logger, WarmPoolSize: -1})
-	require.NoError(t, err)
-	require.NoError(t, prov.Start(ctx))
-	t.Cleanup(func() { _ = prov.Stop(ctx) })
-	srv := pgtest.NewServer(t)
-	_, err = prov.RegisterServer(ctx, provisioner.ServerSpec{Name: "pg-1", DSN: srv.ManagedDSN(t, "postgres"), ConnBudget: 40}, "test")
-	require.NoError(t, err)
-	_, err = store.Pool().Exec(ctx, `INSERT INTO plans (name, max_conns, rate_per_sec, rate_burst, isolation) VALUES ('pooled-test', 2, 100000, 100000, 'pooled')`)
+	store, prov, srv, logger := setupServer(t, 40)
+	_, err := store.Pool().Exec(ctx, `INSERT INTO plans (name, max_conns, rate_per_sec, rate_burst, isolation) VALUES ('pooled-test', 2, 100000, 100000, 'pooled')`)
 	require.NoError(t, err)
 
 	b := &pooledBundle{store: store, prov: prov, srv: srv}
