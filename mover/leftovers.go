@@ -89,9 +89,13 @@ func (s *Service) leftoversOn(ctx context.Context, srv catalog.Server, remove bo
 		all = append(all, Leftover{Server: srv.Name, Kind: f.Kind, Name: f.Name, Database: f.Database})
 	}
 	// Publications live in the move's source database: look in the
-	// databases of the tenants moved off this server.
-	rows, err = s.store.Pool().Query(ctx, `SELECT DISTINCT t.db_name FROM moves m JOIN tenants t ON t.id = m.tenant_id
-		WHERE m.from_server_id = $1 AND t.db_name IS NOT NULL ORDER BY 1`, srv.ID)
+	// databases of the tenants moved off this server (a promotion's, its
+	// pool database; a demotion's, the tenant's own, which its row no longer
+	// names).
+	rows, err = s.store.Pool().Query(ctx, `SELECT DISTINCT CASE m.kind WHEN 'promote' THEN 'tp_pool_' || m.pool_id
+			WHEN 'demote' THEN 't_' || replace(t.id::text, '-', '') ELSE t.db_name END AS db
+		FROM moves m JOIN tenants t ON t.id = m.tenant_id
+		WHERE m.from_server_id = $1 AND (t.db_name IS NOT NULL OR m.kind <> 'move') ORDER BY 1`, srv.ID)
 	if err != nil {
 		return nil, catalog.Classify(err, "moves")
 	}
