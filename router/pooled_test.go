@@ -109,6 +109,18 @@ func setupPooled(t *testing.T, n int, tune func(*Config)) *pooledBundle {
 		}
 		c.Status(http.StatusNoContent)
 	})
+	b.router.route(v1, http.MethodPost, "/panic", catalog.ScopeUsersWrite, func(c *gin.Context) {
+		db, err := DB(c)
+		if err != nil {
+			httpapi.WriteError(c, err)
+			return
+		}
+		if _, err := db.Exec(c, `INSERT INTO users (tenant_id, email) VALUES ($1, 'half@example.com')`, Tenant(c).ID); err != nil {
+			httpapi.WriteError(c, dbError(err, "user"))
+			return
+		}
+		panic("a handler bug after its write")
+	})
 	require.NoError(t, b.router.Start(ctx))
 	t.Cleanup(func() { _ = b.router.Stop(context.Background()) })
 	hs := httptest.NewServer(b.router.Handler())
@@ -464,6 +476,26 @@ func TestPooledTenantFairShare(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, http.StatusServiceUnavailable, status, body)
 	// and the tenant is served again at once.
+	status, body, err = do("GET", b.url+"/v1/users", b.keys[0], "")
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, status, body)
+}
+
+// A handler that fails after writing leaves nothing: its transaction rolls
+// back, for an error answer and for a panic alike, and the connection goes
+// back clean.
+func TestPooledRequestThatFailsWritesNothing(t *testing.T) {
+	t.Parallel()
+	b := setupPooled(t, 1, nil)
+	status, body, err := do("POST", b.url+"/v1/panic", b.keys[0], "")
+	require.NoError(t, err)
+	require.Equal(t, http.StatusInternalServerError, status, body)
+	status, body, err = do("POST", b.url+"/v1/users", b.keys[0], `{"email": "bad"}`)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusBadRequest, status, body)
+	var rows int
+	require.NoError(t, pgxQueryRow(t, b.srv.DSN(b.pool.Name), `SELECT count(*) FROM users`).Scan(&rows))
+	require.Zero(t, rows, "the panicking handler's insert was rolled back")
 	status, body, err = do("GET", b.url+"/v1/users", b.keys[0], "")
 	require.NoError(t, err)
 	require.Equal(t, http.StatusOK, status, body)

@@ -287,12 +287,21 @@ func (r *Router) authenticate(c *gin.Context) {
 	c.Request = c.Request.WithContext(ctx)
 	c.Set(tenantKey, e)
 	c.Set(poolRouterKey, r)
-	// Deferred: a handler that panics still ends its transaction and gives
-	// its connection, pool and slot back.
+	// Deferred: a handler that panics still ends its transaction (rolled
+	// back) and gives its connection, pool and slot back.
 	defer func() {
-		if h, ok := c.Get(poolKey); ok {
-			r.releaseHeld(c, h.(*held))
+		h, ok := c.Get(poolKey)
+		if !ok {
+			return
 		}
+		if p := recover(); p != nil {
+			if h.(*held).tx {
+				_ = h.(*held).endTx(c, http.StatusInternalServerError)
+			}
+			r.releaseHeld(c, h.(*held))
+			panic(p)
+		}
+		r.releaseHeld(c, h.(*held))
 	}()
 	c.Next()
 }
