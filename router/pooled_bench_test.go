@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"testing"
 	"time"
 
@@ -132,4 +133,61 @@ func BenchmarkRouterPooled(b *testing.B) {
 	b.ReportMetric(rps, "routed-req/s")
 	b.ReportMetric(drps, "direct-req/s")
 	b.ReportMetric(float64(routed.errors+dir2.errors), "errors")
+}
+
+// BenchmarkRouterPooledMemory resolves the keys of 10,000 pooled tenants of
+// one pool database through the router (GET /v1/me, which needs no
+// database) and reports the heap the router holds for them: its key cache
+// and per-tenant limiters; the pool database's one pool is not among them.
+//
+//	go test -run '^$' -bench RouterPooledMemory -benchtime 1x -timeout 30m ./router
+func BenchmarkRouterPooledMemory(b *testing.B) {
+	const tenants = 10000
+	ctx := context.Background()
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	key, _ := catalog.ParseKey(catalog.NewKey())
+	cipher, _ := catalog.NewCipher(key)
+	store, err := catalog.Open(ctx, pgtest.NewDB(b, catalogTemplate), cipher, catalog.StoreConfig{MaxConns: 20})
+	require.NoError(b, err)
+	b.Cleanup(store.Close)
+	_, err = store.Pool().Exec(ctx, `INSERT INTO plans (name, max_conns, rate_per_sec, rate_burst, isolation) VALUES ('bench-pooled', 16, 1000000, 1000000, 'pooled')`)
+	require.NoError(b, err)
+	srv := pgtest.NewServer(b)
+	prov, err := provisioner.New(store, provisioner.Config{Logger: logger, WarmPoolSize: -1})
+	require.NoError(b, err)
+	_, err = prov.RegisterServer(ctx, provisioner.ServerSpec{Name: "pg-1", DSN: srv.ManagedDSN(b, "postgres"), Capacity: 10}, "bench")
+	require.NoError(b, err)
+	_, err = prov.CreatePool(ctx, "pg-1", tenants, "bench")
+	require.NoError(b, err)
+	keys := make([]string, 0, tenants)
+	for i := range tenants {
+		t, _, err := prov.CreateTenant(ctx, provisioner.TenantSpec{Slug: fmt.Sprintf("pooled-%05d", i), Plan: "bench-pooled"}, "bench")
+		require.NoError(b, err)
+		_, k, err := store.CreateAPIKey(ctx, t.ID, "bench")
+		require.NoError(b, err)
+		keys = append(keys, k)
+	}
+	watcher := catalog.NewWatcher(store, logger)
+	require.NoError(b, watcher.Start(ctx))
+	b.Cleanup(watcher.Stop)
+	r, err := New(Config{Store: store, Watcher: watcher, Ready: func(context.Context) error { return nil }, Logger: logger, FlushInterval: time.Hour})
+	require.NoError(b, err)
+	require.NoError(b, r.Start(ctx))
+	defer func() { _ = r.Stop(context.Background()) }()
+	h := r.Handler()
+	var m0, m1 runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&m0)
+	for _, k := range keys {
+		req := httptest.NewRequest("GET", "/v1/me", nil)
+		req.Header.Set("Authorization", "Bearer "+k)
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		require.Equal(b, http.StatusOK, w.Code, w.Body.String())
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&m1)
+	b.Logf("router heap for %d resolved pooled tenants: %.1f MiB (%.0f B each)", tenants, float64(m1.HeapAlloc-m0.HeapAlloc)/(1<<20), float64(m1.HeapAlloc-m0.HeapAlloc)/tenants)
+	b.ReportMetric(float64(m1.HeapAlloc-m0.HeapAlloc)/(1<<20), "router-heap-MiB")
+	runtime.KeepAlive(r)
 }
