@@ -127,17 +127,25 @@ type benchResult struct {
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 }
 
-func setupBench(b *testing.B) *benchEnv {
+// benchCatalog opens a catalog of the benchmark's own with a plan named
+// plan, of the given isolation, whose rate limit is out of the way: the
+// figure is the routing.
+func benchCatalog(b *testing.B, maxConns int32, plan string, isolation catalog.Isolation) (*catalog.Store, *slog.Logger) {
 	ctx := context.Background()
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	key, _ := catalog.ParseKey(catalog.NewKey())
 	cipher, _ := catalog.NewCipher(key)
-	store, err := catalog.Open(ctx, pgtest.NewDB(b, catalogTemplate), cipher, catalog.StoreConfig{MaxConns: 40})
+	store, err := catalog.Open(ctx, pgtest.NewDB(b, catalogTemplate), cipher, catalog.StoreConfig{MaxConns: maxConns})
 	require.NoError(b, err)
 	b.Cleanup(store.Close)
-	// A plan whose rate limit is out of the way: the figure is the routing.
-	_, err = store.Pool().Exec(ctx, `INSERT INTO plans (name, max_conns, rate_per_sec, rate_burst) VALUES ('bench', 16, 1000000, 1000000)`)
+	_, err = store.Pool().Exec(ctx, `INSERT INTO plans (name, max_conns, rate_per_sec, rate_burst, isolation) VALUES ($1, 16, 1000000, 1000000, $2)`, plan, isolation)
 	require.NoError(b, err)
+	return store, logger
+}
+
+func setupBench(b *testing.B) *benchEnv {
+	ctx := context.Background()
+	store, logger := benchCatalog(b, 40, "bench", catalog.IsolationDedicated)
 
 	// The tenant server: a private cluster with room for a connection per tenant.
 	const budget = 1300 // a connection per tenant, and room for the hot ones to hold several

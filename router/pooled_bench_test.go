@@ -3,8 +3,6 @@ package router
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
@@ -36,14 +34,7 @@ import (
 //	go test -run '^$' -bench RouterPooled -benchtime 1x -timeout 30m ./router
 func BenchmarkRouterPooled(b *testing.B) {
 	ctx := context.Background()
-	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	key, _ := catalog.ParseKey(catalog.NewKey())
-	cipher, _ := catalog.NewCipher(key)
-	store, err := catalog.Open(ctx, pgtest.NewDB(b, catalogTemplate), cipher, catalog.StoreConfig{MaxConns: 20})
-	require.NoError(b, err)
-	b.Cleanup(store.Close)
-	_, err = store.Pool().Exec(ctx, `INSERT INTO plans (name, max_conns, rate_per_sec, rate_burst, isolation) VALUES ('bench-pooled', 16, 1000000, 1000000, 'pooled')`)
-	require.NoError(b, err)
+	store, logger := benchCatalog(b, 20, "bench-pooled", catalog.IsolationPooled)
 	cluster := benchCluster(b, 200)
 	prov, err := provisioner.New(store, provisioner.Config{Logger: logger, WarmPoolSize: -1})
 	require.NoError(b, err)
@@ -144,14 +135,7 @@ func BenchmarkRouterPooled(b *testing.B) {
 func BenchmarkRouterPooledMemory(b *testing.B) {
 	const tenants = 10000
 	ctx := context.Background()
-	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	key, _ := catalog.ParseKey(catalog.NewKey())
-	cipher, _ := catalog.NewCipher(key)
-	store, err := catalog.Open(ctx, pgtest.NewDB(b, catalogTemplate), cipher, catalog.StoreConfig{MaxConns: 20})
-	require.NoError(b, err)
-	b.Cleanup(store.Close)
-	_, err = store.Pool().Exec(ctx, `INSERT INTO plans (name, max_conns, rate_per_sec, rate_burst, isolation) VALUES ('bench-pooled', 16, 1000000, 1000000, 'pooled')`)
-	require.NoError(b, err)
+	store, logger := benchCatalog(b, 20, "bench-pooled", catalog.IsolationPooled)
 	srv := pgtest.NewServer(b)
 	prov, err := provisioner.New(store, provisioner.Config{Logger: logger, WarmPoolSize: -1})
 	require.NoError(b, err)
