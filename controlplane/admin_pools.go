@@ -5,6 +5,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/tenantplane/tenantplane/catalog"
 	"github.com/tenantplane/tenantplane/internal/httpapi"
 )
 
@@ -14,6 +15,30 @@ func (a *App) poolRoutes(v1 *gin.RouterGroup) {
 	v1.POST("/pools", a.createPool)
 	v1.GET("/pools", a.listPools)
 	v1.GET("/pools/:id", a.getPool)
+	v1.POST("/pools/:id/retry", a.retryPool)
+}
+
+// retryPool makes again a pool database left failed or provisioning (its
+// server was down): every step is idempotent.
+func (a *App) retryPool(c *gin.Context) {
+	id, ok := numericID(c, "pool database")
+	if !ok {
+		return
+	}
+	p, err := a.store.GetPoolDatabase(c, id)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	if p.State == catalog.PoolActive {
+		httpapi.Fail(c, catalog.CodeConflict, "pool database %s is active: nothing to retry", p.Name)
+		return
+	}
+	if p, err = a.prov.EnsurePool(c, id); err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, p)
 }
 
 // poolSpec is the body of POST /pools.

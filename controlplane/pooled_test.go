@@ -396,3 +396,31 @@ func TestEvacuationLeavesAServerWithPooledTenantsDraining(t *testing.T) {
 	states, _ := f.serverStates(t)
 	require.Equal(t, "draining", states["pg-1"], "the pool database there still holds a tenant")
 }
+
+// TestPoolOnAServerThatIsDownFailsThenRetries: a pool database whose server
+// is down is left failed with the reason (503), takes no tenant, and is made
+// by a retry once the server is back.
+func TestPoolOnAServerThatIsDownFailsThenRetries(t *testing.T) {
+	t.Parallel()
+	f := setupFleet(t, 1, nil)
+	f.servers["pg-1"].Stop(t)
+	status, body := call(t, "POST", f.admin+"/admin/v1/pools", testToken, map[string]any{"server": "pg-1", "capacity": 5})
+	require.Equal(t, http.StatusServiceUnavailable, status, body)
+	status, pools := call(t, "GET", f.admin+"/admin/v1/pools", testToken, nil)
+	require.Equal(t, http.StatusOK, status)
+	pool := pools["pools"].([]any)[0].(map[string]any)
+	require.Equal(t, "failed", pool["state"])
+	require.NotEmpty(t, pool["last_error"])
+	status, body = call(t, "POST", f.admin+"/admin/v1/tenants", testToken, map[string]any{"slug": "waits", "name": "w", "plan": "free"})
+	require.Equal(t, http.StatusConflict, status, "a failed pool takes no tenant: %v", body)
+
+	f.servers["pg-1"].Start(t)
+	status, body = call(t, "POST", fmt.Sprintf("%s/admin/v1/pools/%v/retry", f.admin, pool["id"]), testToken, nil)
+	require.Equal(t, http.StatusOK, status, body)
+	require.Equal(t, "active", body["state"])
+	status, body = call(t, "POST", fmt.Sprintf("%s/admin/v1/pools/%v/retry", f.admin, pool["id"]), testToken, nil)
+	require.Equal(t, http.StatusConflict, status, body)
+	_, key := f.pooledWithKey(t, "waits")
+	status, body = call(t, "POST", f.api+"/v1/users", key, map[string]any{"email": "a@example.com"})
+	require.Equal(t, http.StatusCreated, status, body)
+}
