@@ -57,12 +57,12 @@ func benchmarkPromotion(b *testing.B, mode string) {
 		conn.Close(ctx)
 
 		stop := make(chan struct{})
-		var acked, failed []string
+		var acked, failed, unavailable []string
 		var gap time.Duration
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			acked, failed, gap = writeUntil(f.api, key, "w", stop)
+			acked, failed, unavailable, gap = writeUntil(f.api, key, "w", stop)
 		}()
 		time.Sleep(500 * time.Millisecond)
 		b.ResetTimer()
@@ -77,6 +77,7 @@ func benchmarkPromotion(b *testing.B, mode string) {
 		<-done
 		require.Equal(b, mode, move["mode"], move["mode_reason"])
 		require.Empty(b, failed)
+		require.LessOrEqual(b, len(unavailable), 3, "%v", unavailable)
 		b.Logf("%s: promotion of 100,000 rows under writes: %v in all, write pause %v ms, longest client gap %v, %v rows copied, %d writes acknowledged",
 			mode, took.Round(time.Millisecond), move["write_pause_ms"], gap.Round(time.Millisecond), move["rows_copied"], len(acked))
 		b.ReportMetric(move["write_pause_ms"].(float64), "write-pause-ms")
