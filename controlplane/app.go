@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gin-gonic/gin"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/tenantplane/tenantplane/billing"
@@ -39,6 +40,7 @@ type App struct {
 	registry *prometheus.Registry
 
 	apiServer, adminServer *http.Server
+	adminEngine            *gin.Engine // the admin API, beside the console on the admin listener
 	apiLn, adminLn         net.Listener
 	serveErr               chan error
 	stopOnce               sync.Once
@@ -138,7 +140,12 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *App, err erro
 		return nil, err
 	}
 	a.apiServer = newHTTPServer(a.router.Handler(), logger)
-	a.adminServer = newHTTPServer(a.adminHandler(metrics), logger)
+	a.adminEngine = a.adminHandler(metrics)
+	admin, err := a.withConsole(a.adminEngine)
+	if err != nil {
+		return nil, err
+	}
+	a.adminServer = newHTTPServer(admin, logger)
 	return a, nil
 }
 

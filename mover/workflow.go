@@ -84,6 +84,10 @@ type work struct {
 	// applied since (changes, kept from the stream once it is closed).
 	snapshotVerified bool
 	changes          *ChangeSet
+	// copied is what this run's copy sent (CopyResult.Copied); fenced says
+	// the source was fenced all through it, so that it still holds.
+	copied       []CopiedTable
+	copiedFenced bool
 	// srcDB and dstDB are the source and target databases: the tenant's
 	// own on both sides for a move; a pool database on one side for a
 	// promotion or demotion (tier.go), whose own is the dedicated side's
@@ -329,7 +333,7 @@ func (s *Service) copying(ctx context.Context, w *work) error {
 	}
 	// The whole copy verified out of the fence, against the snapshot it was
 	// copied under: still valid, the stream has not started.
-	if err := s.verifyCopy(ctx, w, VerifyOptions{SourceSnapshot: w.stream.Snapshot(), TenantID: w.tenantFilter()}); err != nil {
+	if err := s.verifyCopy(ctx, w, VerifyOptions{SourceSnapshot: w.stream.Snapshot(), Copied: w.copied, TenantID: w.tenantFilter()}); err != nil {
 		return err
 	}
 	w.snapshotVerified = true
@@ -432,9 +436,14 @@ func (s *Service) verify(ctx context.Context, w *work) error {
 	}
 	opts := VerifyOptions{TenantID: w.tenantFilter()}
 	switch {
+	case w.copiedFenced:
+		// This run copied the fenced source: its rows as the copy sent
+		// them, against the target's read back.
+		opts.Copied = w.copied
 	case w.m.Mode != ModeOnline || w.m.Reverts != nil || !w.snapshotVerified || w.changes == nil:
-		// The copy mode, a revert, or a run that did not verify the copy
-		// under the stream's snapshot (resumed): every row (of the tenant).
+		// The copy mode resumed after its copy, a revert, or a run that did
+		// not verify the copy under the stream's snapshot (resumed): every row
+		// (of the tenant, for a promotion or demotion).
 	case w.changes.Overflowed():
 		reason := fmt.Sprintf("; more than %d rows written during the move: every row verified in the fence", maxChangedKeys)
 		s.logger.WarnContext(ctx, "move verifies every row in its fence", "move_id", w.m.ID, "tenant", w.t.Slug, "reason", reason[2:])
@@ -576,6 +585,7 @@ func (s *Service) copyAll(ctx context.Context, w *work, snapshot string) error {
 	if err != nil {
 		return err
 	}
+	w.copied, w.copiedFenced = res.Copied, snapshot == ""
 	w.m.RowsCopied, w.m.BytesCopied = res.Rows, res.Bytes
 	_, err = s.store.Pool().Exec(ctx, `UPDATE moves SET rows_copied = $2, bytes_copied = $3, updated_at = now() WHERE id = $1`, w.m.ID, res.Rows, res.Bytes)
 	return catalog.Classify(err, "move")

@@ -23,7 +23,7 @@ type Server struct {
 
 func newServersCmd() *cobra.Command {
 	cmd, o := newAdminGroup("servers", "Register, list, resize and drain the PostgreSQL servers that hold tenant databases")
-	cmd.AddCommand(newServersAddCmd(o), newServersListCmd(o), newServersSetCmd(o), newServersDrainCmd(o), newServersRebalanceCmd(o))
+	cmd.AddCommand(newServersAddCmd(o), newServersListCmd(o), newServersSetCmd(o), newServersDrainCmd(o), newServersActivateCmd(o), newServersRebalanceCmd(o))
 	return cmd
 }
 
@@ -194,4 +194,27 @@ func newServersSetCmd(o *adminOptions) *cobra.Command {
 	f.IntVar(&capacity, "capacity", 0, "most tenant databases the server may hold")
 	f.IntVar(&connBudget, "conn-budget", 0, "most connections tenant pools may hold on the server, over every replica")
 	return cmd
+}
+
+func newServersActivateCmd(o *adminOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:   "activate NAME",
+		Short: "Place new tenants on a draining or empty server again",
+		Long: `Place new tenants on a server again: one that was drained, or emptied by an
+evacuation (after its upgrade, say). A server under evacuation is refused:
+pause or cancel the evacuation first.`,
+		Example: "  tenantplane servers activate pg-1",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			raw, err := o.call(cmd, "POST", pathf("/servers/%s/activate", args[0]), nil, nil)
+			if err != nil {
+				return err
+			}
+			var s Server
+			return o.print(cmd, raw, &s, func() error {
+				_, err := fmt.Fprintf(cmd.OutOrStdout(), "Server %s is %s: it takes new tenants (%d of %d places used).\n", s.Name, s.State, s.Tenants, s.Capacity)
+				return err
+			})
+		},
+	}
 }
