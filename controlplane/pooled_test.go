@@ -434,3 +434,59 @@ func TestPoolOnAServerThatIsDownFailsThenRetries(t *testing.T) {
 	status, body = call(t, "POST", f.api+"/v1/users", key, map[string]any{"email": "a@example.com"})
 	require.Equal(t, http.StatusCreated, status, body)
 }
+
+// TestErasePooledTenantDeletesItsRowsOnly: erasing a pooled tenant deletes
+// its rows from the pool database it shares, keeps no archive of them, and
+// leaves its neighbour's rows; the erasure record names the rows.
+func TestErasePooledTenantDeletesItsRowsOnly(t *testing.T) {
+	t.Parallel()
+	archives := dataDir(t, "archives")
+	f := setupFleet(t, 1, map[string]string{"TENANTPLANE_ARCHIVE_DIR": archives})
+	pool := f.createPool(t, "pg-1", 10)
+	_, keyA := f.pooledWithKey(t, "gone")
+	_, keyB := f.pooledWithKey(t, "stays")
+	for _, key := range []string{keyA, keyA, keyA, keyB} {
+		status, body := call(t, "POST", f.api+"/v1/users", key, map[string]any{"email": fmt.Sprintf("u%d@example.com", time.Now().UnixNano())})
+		require.Equal(t, http.StatusCreated, status, body)
+	}
+
+	status, erasure := call(t, "POST", f.admin+"/admin/v1/tenants/gone/erase", testToken, map[string]any{"confirm": "gone"})
+	require.Equal(t, http.StatusOK, status, erasure)
+	var rows []any
+	for _, a := range erasure["removed"].([]any) {
+		if a.(map[string]any)["kind"] == "rows" {
+			rows = append(rows, a)
+		}
+	}
+	require.Len(t, rows, 1, erasure)
+	require.Equal(t, pool["name"], rows[0].(map[string]any)["name"], erasure)
+	require.Contains(t, rows[0].(map[string]any)["note"], "3 rows", erasure)
+
+	conn, err := connect(t, f.servers["pg-1"].DSN(pool["name"].(string)))
+	require.NoError(t, err)
+	defer conn.Close(context.Background())
+	counts := map[string]int{}
+	r, err := conn.Query(context.Background(), `SELECT tenant_id::text, count(*) FROM users GROUP BY 1`)
+	require.NoError(t, err)
+	for r.Next() {
+		var id string
+		var n int
+		require.NoError(t, r.Scan(&id, &n))
+		counts[id] = n
+	}
+	require.NoError(t, r.Err())
+	require.Len(t, counts, 1, "only the neighbour's rows are left: %v", counts)
+	for _, n := range counts {
+		require.Equal(t, 1, n)
+	}
+	entries, err := os.ReadDir(archives)
+	require.NoError(t, err)
+	require.Empty(t, entries, "an erasure keeps no archive")
+
+	status, again := call(t, "POST", f.admin+"/admin/v1/tenants/gone/erase", testToken, map[string]any{"confirm": "gone"})
+	require.Equal(t, http.StatusOK, status, again)
+	require.Equal(t, true, again["already_erased"], again)
+	status, page := call(t, "GET", f.api+"/v1/users", keyB, nil)
+	require.Equal(t, http.StatusOK, status, page)
+	require.Len(t, page["users"], 1)
+}

@@ -140,10 +140,22 @@ func (p *Provisioner) archivePooled(ctx context.Context, conn *pgx.Conn, t catal
 	return nil
 }
 
+// ErasePooledRows deletes a pooled tenant's rows from its pool database,
+// keeping no archive: its erasure. It says how many rows it deleted (none
+// the second time).
+func (p *Provisioner) ErasePooledRows(ctx context.Context, t catalog.Tenant) (int64, error) {
+	return p.deletePooledRows(ctx, t, false)
+}
+
 // dropPooledRows deletes a pooled tenant's rows from its pool database, as
 // the admin role (which owns the tables and so sees every tenant's rows),
-// in one transaction: its deletion after the grace period.
+// in one transaction: its deletion after the grace period, archived first
+// when ArchiveDir is set.
 func (p *Provisioner) dropPooledRows(ctx context.Context, t catalog.Tenant) (int64, error) {
+	return p.deletePooledRows(ctx, t, p.cfg.ArchiveDir != "")
+}
+
+func (p *Provisioner) deletePooledRows(ctx context.Context, t catalog.Tenant, archive bool) (int64, error) {
 	conn, err := p.connectDB(ctx, t.Server, t.Pool)
 	if err != nil {
 		return 0, err
@@ -153,7 +165,7 @@ func (p *Provisioner) dropPooledRows(ctx context.Context, t catalog.Tenant) (int
 	if err != nil {
 		return 0, err
 	}
-	if p.cfg.ArchiveDir != "" {
+	if archive {
 		if err := p.archivePooled(ctx, conn, t, tables); err != nil {
 			return 0, fmt.Errorf("archiving before delete: %w", err)
 		}
