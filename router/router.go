@@ -60,6 +60,14 @@ type Config struct {
 	// and a host that names no tenant 404. Other hosts route by key alone.
 	// Default "": every host routes by key alone.
 	TenantDomain string
+	// StallAfter is how long a request waits on its tenant's database (for
+	// a connection, or an answer) before the server is probed, to tell a
+	// server that hangs from a slow query. Default 1s.
+	StallAfter time.Duration
+	// ProbeTimeout bounds that probe (connect and SELECT 1): a server that
+	// does not answer it is down, its requests answer 503 until a probe, at
+	// most every 500 ms while requests come, finds it answering. Default 700ms.
+	ProbeTimeout time.Duration
 	// HoldTimeout bounds how long a request of a tenant whose move holds it
 	// (the fence is up) waits for the move to switch before it answers 503
 	// with Retry-After. Default 5s.
@@ -79,6 +87,7 @@ type Router struct {
 	resolver *resolver
 	pools    *pools
 	meter    *meter
+	servers  *servers
 	scopes   map[routeKey]routeScope // written by New only
 
 	follow startstop.Loop // the catalog's changes to the caches
@@ -107,11 +116,18 @@ func New(cfg Config) (*Router, error) {
 	if cfg.HoldTimeout == 0 {
 		cfg.HoldTimeout = 5 * time.Second
 	}
+	if cfg.StallAfter == 0 {
+		cfg.StallAfter = time.Second
+	}
+	if cfg.ProbeTimeout == 0 {
+		cfg.ProbeTimeout = 700 * time.Millisecond
+	}
 	r := &Router{
 		cfg:      cfg,
 		resolver: newResolver(cfg.Store, cfg.Logger, cfg.NegativeTTL),
 		pools:    newPools(cfg.Pools, cfg.Store, cfg.Logger, cfg.Registerer),
 		meter:    newMeter(cfg.Store, cfg.Logger, cfg.FlushInterval, cfg.Registerer),
+		servers:  newServers(cfg.StallAfter, cfg.ProbeTimeout, 500*time.Millisecond, cfg.Logger),
 		scopes:   map[routeKey]routeScope{},
 	}
 	e := httpapi.NewEngine(httpapi.Config{API: "tenant", Logger: cfg.Logger, Metrics: cfg.Metrics, MaxBodyBytes: 1 << 20})
@@ -203,6 +219,7 @@ func (r *Router) applyBudgets(ctx context.Context, serverID int64) {
 // Call it after the HTTP server has stopped taking requests.
 func (r *Router) Stop(ctx context.Context) error {
 	err := errors.Join(r.follow.Stop(ctx), r.meter.stop(ctx))
+	r.servers.wait()
 	r.pools.purge()
 	return err
 }
@@ -280,6 +297,7 @@ func (r *Router) authenticate(c *gin.Context) {
 	c.Set(poolRouterKey, r)
 	c.Next()
 	if h, ok := c.Get(poolKey); ok {
+		h.(*held).done()
 		h.(*held).conn.Release()
 		r.pools.release(h.(*held).tp)
 	}
@@ -321,10 +339,12 @@ func Tenant(c *gin.Context) catalog.Tenant {
 	return c.MustGet(tenantKey).(*resolved).tenant
 }
 
-// held is the tenant pool and connection a request uses.
+// held is the tenant pool and connection a request uses, and the end of
+// the watch on its server.
 type held struct {
 	tp   *tenantPool
 	conn *pgxpool.Conn
+	done func()
 }
 
 // DB returns a connection to the tenant's own database, as the tenant's
@@ -343,18 +363,28 @@ func DB(c *gin.Context) (*pgxpool.Conn, error) {
 	}
 	r := c.MustGet(poolRouterKey).(*Router)
 	e := c.MustGet(tenantKey).(*resolved)
+	if r.servers.down(e.tenant.ServerID) {
+		return nil, catalog.Errorf(catalog.CodeUnavailable, "the database server of tenant %q is not answering; retry shortly", e.tenant.Slug)
+	}
 	tp, err := r.pools.acquire(c, e)
 	if err != nil {
 		return nil, unavailable(e, err)
 	}
-	ctx, cancel := context.WithTimeout(c, r.cfg.AcquireTimeout)
-	defer cancel()
-	conn, err := tp.pool.Acquire(ctx)
+	// The rest of the request runs on a context that a server found hung
+	// cancels (see servers).
+	ctx, cancel := context.WithCancelCause(c.Request.Context())
+	unwatch := r.servers.watch(e.tenant.ServerID, e.tenant.Server, tp.connCfg, cancel)
+	done := func() { unwatch(); cancel(nil) }
+	c.Request = c.Request.WithContext(ctx)
+	actx, acancel := context.WithTimeout(ctx, r.cfg.AcquireTimeout)
+	defer acancel()
+	conn, err := tp.pool.Acquire(actx)
 	if err != nil {
+		done()
 		r.pools.release(tp)
 		return nil, unavailable(e, err)
 	}
-	c.Set(poolKey, &held{tp: tp, conn: conn})
+	c.Set(poolKey, &held{tp: tp, conn: conn, done: done})
 	return conn, nil
 }
 

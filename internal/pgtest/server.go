@@ -544,3 +544,6 @@ func (s *Server) isStopped() bool {
 
 // hostPort is for messages.
 func (s *Server) hostPort() string { return net.JoinHostPort(s.Host(), strconv.Itoa(s.Port())) }
+
+// Addr is the server's host:port, for a proxy in front of it (faulttest).
+func (s *Server) Addr() string { return s.hostPort() }
