@@ -17,6 +17,7 @@ import (
 	"github.com/tenantplane/tenantplane/fanout"
 	"github.com/tenantplane/tenantplane/internal/httpapi"
 	"github.com/tenantplane/tenantplane/internal/jobs"
+	"github.com/tenantplane/tenantplane/internal/stall"
 	"github.com/tenantplane/tenantplane/migrations"
 	"github.com/tenantplane/tenantplane/mover"
 	"github.com/tenantplane/tenantplane/provisioner"
@@ -37,6 +38,8 @@ type App struct {
 	moves    *mover.Service // tenant moves; the admin API's moves routes call it
 	billing  *billing.Service
 	registry *prometheus.Registry
+	// catalogWatch finds a catalog that hangs, for the admin API (catalogGuard).
+	catalogWatch *stall.Watchdog
 
 	apiServer, adminServer *http.Server
 	apiLn, adminLn         net.Listener
@@ -128,6 +131,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *App, err erro
 		registry: reg,
 		serveErr: make(chan error, 2),
 	}
+	a.catalogWatch = newCatalogWatch(a)
 	metrics := httpapi.NewMetrics(reg)
 	a.router, err = router.New(router.Config{
 		Store: store, Watcher: watcher, Ready: a.ready, Logger: logger, Metrics: metrics, Registerer: reg,
@@ -237,6 +241,7 @@ func (a *App) Stop(ctx context.Context) error {
 		// The servers take no more requests: flush the last usage counts.
 		errs = append(errs, a.router.Stop(ctx), a.billing.Stop(ctx), a.stopWork(ctx))
 		a.watcher.Stop()
+		a.catalogWatch.Wait()
 		a.store.Close()
 		a.stopErr = errors.Join(errs...)
 		a.logger.Info("stopped")

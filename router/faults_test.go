@@ -162,7 +162,7 @@ func routerConns(t *testing.T, srv *pgtest.Server) int {
 // goroutine of the process, and the latency comparison wants a quiet one.
 func TestHungServerOnlyAffectsItsTenants(t *testing.T) {
 	t.Cleanup(func() { goleak.VerifyNone(t, goleak.IgnoreCurrent()) }) // runs last
-	_ = faulttest.Seed(t) // the schedule is fixed; the seed is printed for the record
+	_ = faulttest.Seed(t)                                              // the schedule is fixed; the seed is printed for the record
 	hungSrv, okSrv := pgtest.NewServer(t), pgtest.NewServer(t)
 	proxy := faulttest.NewProxy(t, "pg-hung", hungSrv.Addr())
 	b := setupFaults(t, pgtest.NewDB(t, catalogTemplate), Config{})
@@ -230,12 +230,15 @@ func TestHungServerOnlyAffectsItsTenants(t *testing.T) {
 	require.NoError(t, err)
 
 	// p99 within 20 % of the runs without the fault (before and after it),
-	// with 15 ms of slack for a machine shared with other work: a hung
-	// server that held anything the other tenants need would add seconds.
+	// with 50 ms of slack: on a machine shared with other work a p99 of a
+	// few ms moves by tens of ms from one second to the next, while a hung
+	// server that held anything the other tenants need adds seconds (the
+	// acquire or request timeout). BenchmarkHungServerOtherTenants measures
+	// the ratio itself on a quiet machine.
 	base := p99(append(baseline, after...))
 	got := p99(faulted)
 	t.Logf("other server's tenants: p99 %v without the fault, %v with it (%d requests each)", base, got, len(faulted))
-	require.LessOrEqual(t, got, base*12/10+15*time.Millisecond, "the other server's tenants slowed down")
+	require.LessOrEqual(t, got, base*12/10+50*time.Millisecond, "the other server's tenants slowed down")
 
 	// No connection left behind once the router stops, on either server.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

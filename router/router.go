@@ -19,6 +19,7 @@ import (
 
 	"github.com/tenantplane/tenantplane/catalog"
 	"github.com/tenantplane/tenantplane/internal/httpapi"
+	"github.com/tenantplane/tenantplane/internal/stall"
 	"github.com/tenantplane/tenantplane/internal/startstop"
 )
 
@@ -87,7 +88,7 @@ type Router struct {
 	resolver *resolver
 	pools    *pools
 	meter    *meter
-	servers  *servers
+	servers  *stall.Watchdog         // tenant database servers that hang
 	scopes   map[routeKey]routeScope // written by New only
 
 	follow startstop.Loop // the catalog's changes to the caches
@@ -127,8 +128,9 @@ func New(cfg Config) (*Router, error) {
 		resolver: newResolver(cfg.Store, cfg.Logger, cfg.NegativeTTL),
 		pools:    newPools(cfg.Pools, cfg.Store, cfg.Logger, cfg.Registerer),
 		meter:    newMeter(cfg.Store, cfg.Logger, cfg.FlushInterval, cfg.Registerer),
-		servers:  newServers(cfg.StallAfter, cfg.ProbeTimeout, 500*time.Millisecond, cfg.Logger),
-		scopes:   map[routeKey]routeScope{},
+		servers: stall.New(stall.Config{StallAfter: cfg.StallAfter, ProbeTimeout: cfg.ProbeTimeout,
+			Cause: serverDown, Logger: cfg.Logger}),
+		scopes: map[routeKey]routeScope{},
 	}
 	e := httpapi.NewEngine(httpapi.Config{API: "tenant", Logger: cfg.Logger, Metrics: cfg.Metrics, MaxBodyBytes: 1 << 20})
 	// The client address is clientAddr's, from TrustedProxies; gin's own
@@ -219,7 +221,8 @@ func (r *Router) applyBudgets(ctx context.Context, serverID int64) {
 // Call it after the HTTP server has stopped taking requests.
 func (r *Router) Stop(ctx context.Context) error {
 	err := errors.Join(r.follow.Stop(ctx), r.meter.stop(ctx))
-	r.servers.wait()
+	r.servers.Wait()
+	r.resolver.background.Wait()
 	r.pools.purge()
 	return err
 }
@@ -363,17 +366,19 @@ func DB(c *gin.Context) (*pgxpool.Conn, error) {
 	}
 	r := c.MustGet(poolRouterKey).(*Router)
 	e := c.MustGet(tenantKey).(*resolved)
-	if r.servers.down(e.tenant.ServerID) {
-		return nil, catalog.Errorf(catalog.CodeUnavailable, "the database server of tenant %q is not answering; retry shortly", e.tenant.Slug)
+	if r.servers.Down(e.tenant.ServerID) {
+		return nil, serverDown(e.tenant.Server)
 	}
-	tp, err := r.pools.acquire(c, e)
+	// The request's context, not c: a pool opened here keeps its values
+	// for connections made in the background, and c.Request changes below.
+	tp, err := r.pools.acquire(c.Request.Context(), e)
 	if err != nil {
 		return nil, unavailable(e, err)
 	}
 	// The rest of the request runs on a context that a server found hung
-	// cancels (see servers).
+	// cancels (see internal/stall).
 	ctx, cancel := context.WithCancelCause(c.Request.Context())
-	unwatch := r.servers.watch(e.tenant.ServerID, e.tenant.Server, tp.connCfg, cancel)
+	unwatch := r.servers.Watch(e.tenant.ServerID, e.tenant.Server, probeServer(tp.connCfg), cancel)
 	done := func() { unwatch(); cancel(nil) }
 	c.Request = c.Request.WithContext(ctx)
 	actx, acancel := context.WithTimeout(ctx, r.cfg.AcquireTimeout)

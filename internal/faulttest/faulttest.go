@@ -68,12 +68,16 @@ func Latency(ms, jitter int) Fault {
 }
 
 // Hang stops every byte, both ways, without closing the connections: a
-// dependency that hangs (Toxiproxy's timeout toxic with no timeout). New
-// connections are accepted and hang too.
+// dependency that hangs (Toxiproxy's timeout toxic with no timeout, on both
+// streams). New connections are accepted and hang too. What was sent while
+// it was on is lost.
 func Hang() Fault {
-	return Fault{Name: "hang", Type: "timeout", Stream: "upstream", Toxicity: 1,
+	return Fault{Name: "hang", Type: "timeout", Stream: both, Toxicity: 1,
 		Attributes: map[string]any{"timeout": 0}}
 }
+
+// both is a Stream that injects the fault on each stream (two toxics).
+const both = "both"
 
 // Reset answers every connection with a TCP reset after ms milliseconds
 // (0: at once), data in flight lost.
@@ -106,7 +110,7 @@ type Proxy struct {
 	p *toxiproxy.Proxy
 
 	mu     sync.Mutex
-	faults map[string]bool
+	faults map[string][]string // a fault's toxics
 }
 
 var (
@@ -136,7 +140,7 @@ func Start(name, upstream string) (*Proxy, error) {
 	if err := p.Start(); err != nil {
 		return nil, fmt.Errorf("faulttest: proxy %s to %s: %w", name, upstream, err)
 	}
-	return &Proxy{p: p, faults: map[string]bool{}}, nil
+	return &Proxy{p: p, faults: map[string][]string{}}, nil
 }
 
 // Addr is the proxy's host:port.
@@ -159,6 +163,18 @@ func (p *Proxy) DSN(dsn string) string {
 	return u.String()
 }
 
+// ProxyDSN starts a proxy in front of the host of dsn (a postgres:// URL)
+// and returns it with dsn pointed at it.
+func ProxyDSN(t testing.TB, name, dsn string) (*Proxy, string) {
+	t.Helper()
+	u, err := url.Parse(dsn)
+	if err != nil {
+		t.Fatalf("faulttest: DSN: %v", err)
+	}
+	p := NewProxy(t, name, u.Host)
+	return p, p.DSN(dsn)
+}
+
 // URL returns base (an http:// URL) pointed at the proxy.
 func (p *Proxy) URL(base string) string { return p.DSN(base) }
 
@@ -173,15 +189,29 @@ func (p *Proxy) Add(t testing.TB, f Fault) (remove func()) {
 
 // Inject injects a fault; a fault of the same name must not be on already.
 func (p *Proxy) Inject(f Fault) error {
-	body, err := json.Marshal(f)
-	if err != nil {
-		return err
+	toxics := []Fault{f}
+	if f.Stream == both {
+		up, down := f, f
+		up.Name, up.Stream = f.Name+"_up", "upstream"
+		down.Name, down.Stream = f.Name+"_down", "downstream"
+		toxics = []Fault{up, down}
 	}
-	if _, err := p.p.Toxics.AddToxicJson(bytes.NewReader(body)); err != nil {
-		return fmt.Errorf("faulttest: %s on %s: %w", f.Name, p.p.Name, err)
+	var names []string
+	for _, tx := range toxics {
+		body, err := json.Marshal(tx)
+		if err != nil {
+			return err
+		}
+		if _, err := p.p.Toxics.AddToxicJson(bytes.NewReader(body)); err != nil {
+			for _, n := range names {
+				_ = p.p.Toxics.RemoveToxic(context.Background(), n)
+			}
+			return fmt.Errorf("faulttest: %s on %s: %w", f.Name, p.p.Name, err)
+		}
+		names = append(names, tx.Name)
 	}
 	p.mu.Lock()
-	p.faults[f.Name] = true
+	p.faults[f.Name] = names
 	p.mu.Unlock()
 	return nil
 }
@@ -189,18 +219,18 @@ func (p *Proxy) Inject(f Fault) error {
 // Remove takes a fault off; data held by it flows again.
 func (p *Proxy) Remove(name string) {
 	p.mu.Lock()
-	on := p.faults[name]
+	names := p.faults[name]
 	delete(p.faults, name)
 	p.mu.Unlock()
-	if on {
-		_ = p.p.Toxics.RemoveToxic(context.Background(), name)
+	for _, n := range names {
+		_ = p.p.Toxics.RemoveToxic(context.Background(), n)
 	}
 }
 
 // Clear removes every fault.
 func (p *Proxy) Clear() {
 	p.mu.Lock()
-	p.faults = map[string]bool{}
+	p.faults = map[string][]string{}
 	p.mu.Unlock()
 	p.p.Toxics.ResetToxics(context.Background())
 }
