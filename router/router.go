@@ -81,6 +81,9 @@ type Config struct {
 //go:embed openapi.yaml
 var openAPI []byte
 
+// OpenAPIDocument is the tenant API's OpenAPI document, as GET /openapi.yaml serves it.
+func OpenAPIDocument() []byte { return openAPI }
+
 // Router serves the tenant API.
 type Router struct {
 	cfg      Config
