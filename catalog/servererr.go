@@ -2,8 +2,11 @@ package catalog
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
+	"fmt"
 	"net"
+	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -38,6 +41,9 @@ func ConnectReason(err error) string {
 		}
 		return pgErr.Message
 	}
+	if reason, ok := tlsReason(err); ok {
+		return reason
+	}
 	var netErr net.Error
 	switch {
 	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &netErr) && netErr.Timeout():
@@ -46,4 +52,32 @@ func ConnectReason(err error) string {
 		return "connection refused"
 	}
 	return "unreachable"
+}
+
+// tlsReason says why a TLS handshake with a server (sslmode=verify-ca or
+// verify-full) failed, with what to do about it.
+func tlsReason(err error) (string, bool) {
+	var host x509.HostnameError
+	var authority x509.UnknownAuthorityError
+	var invalid x509.CertificateInvalidError
+	switch {
+	case errors.As(err, &host):
+		names := slices.Clone(host.Certificate.DNSNames)
+		for _, ip := range host.Certificate.IPAddresses {
+			names = append(names, ip.String())
+		}
+		return fmt.Sprintf("the server's TLS certificate is not valid for host %s (it names %s): connect by a name the certificate holds, or give the server a certificate for this host",
+			host.Host, strings.Join(names, ", ")), true
+	case errors.As(err, &authority):
+		issuer := "unknown"
+		if authority.Cert != nil {
+			issuer = authority.Cert.Issuer.String()
+		}
+		return fmt.Sprintf("the server's TLS certificate is not signed by the CA in sslrootcert (its issuer: %s): give the CA that signed it", issuer), true
+	case errors.As(err, &invalid):
+		return "the server's TLS certificate is invalid: " + invalid.Error(), true
+	case strings.Contains(err.Error(), "server refused TLS connection"):
+		return "the server does not accept TLS, which the DSN's sslmode requires", true
+	}
+	return "", false
 }

@@ -518,3 +518,10 @@ func wrap(errp *error, format string, args ...any) {
 		*errp = fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), *errp)
 	}
 }
+
+// WriteFile writes a file into the data directory (server.crt, pg_hba.conf),
+// owned by the account the server runs as. A running server sees it on its
+// next reload or start.
+func (c *Cluster) WriteFile(name string, data []byte, perm os.FileMode) error {
+	return c.user.writeFile(filepath.Join(c.cfg.Dir, name), data, perm)
+}
