@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -14,10 +15,16 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"github.com/tenantplane/tenantplane/catalog"
+	"github.com/tenantplane/tenantplane/internal/helperproc"
 	"github.com/tenantplane/tenantplane/internal/pgtest"
 )
 
-func TestMain(m *testing.M) { pgtest.Main(m) }
+func TestMain(m *testing.M) {
+	if os.Getenv(killHelperEnv) != "" {
+		helperproc.Run("tenantplane", killHelperProcess) // does not return
+	}
+	pgtest.Main(m)
+}
 
 const testToken = "test-admin-token-0123456789"
 

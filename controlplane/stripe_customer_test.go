@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -76,6 +77,13 @@ func newStripeTap(t *testing.T, mockURL, catalogDSN string) *stripeTap {
 	t.Cleanup(srv.Close)
 	tap.URL = srv.URL
 	return tap
+}
+
+// recorded is every request that reached stripe-mock, in order.
+func (s *stripeTap) recorded() []stripeCall {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.calls)
 }
 
 // customerCreates are the customer creations that reached stripe-mock.

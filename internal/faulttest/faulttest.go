@@ -46,7 +46,11 @@ func Seed(t testing.TB) uint64 {
 		}
 		seed = v
 	}
-	t.Logf("seed %d (replay: %s=%d go test -run '^%s$')", seed, EnvSeed, seed, t.Name())
+	run := "-run '^" + t.Name() + "$'"
+	if _, ok := t.(*testing.B); ok {
+		run = "-run '^$' -bench '^" + t.Name() + "$' -benchtime 1x"
+	}
+	t.Logf("seed %d (replay: %s=%d go test %s)", seed, EnvSeed, seed, run)
 	return seed
 }
 
