@@ -104,7 +104,10 @@ func TestCatalogFailover(t *testing.T) {
 
 	close(stop)
 	wg.Wait()
-	failures.Range(func(k, _ any) bool { t.Errorf("a request of a resolved tenant failed during the failover: %v", k); return true })
+	failures.Range(func(k, _ any) bool {
+		t.Errorf("a request of a resolved tenant failed during the failover: %v", k)
+		return true
+	})
 	require.Zero(t, failed.Load())
 	served += ok.Load()
 	counted := func() int64 {
