@@ -63,7 +63,7 @@ type Config struct {
 	TenantDomain string
 	// StallAfter is how long a request waits on its tenant's database (for
 	// a connection, or an answer) before the server is probed, to tell a
-	// server that hangs from a slow query. Default 1s.
+	// server that hangs from a slow query. Default 750ms.
 	StallAfter time.Duration
 	// ProbeTimeout bounds that probe (connect and SELECT 1): a server that
 	// does not answer it is down, its requests answer 503 until a probe, at
@@ -121,7 +121,7 @@ func New(cfg Config) (*Router, error) {
 		cfg.HoldTimeout = 5 * time.Second
 	}
 	if cfg.StallAfter == 0 {
-		cfg.StallAfter = time.Second
+		cfg.StallAfter = 750 * time.Millisecond
 	}
 	if cfg.ProbeTimeout == 0 {
 		cfg.ProbeTimeout = 700 * time.Millisecond
