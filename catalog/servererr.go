@@ -5,9 +5,11 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"slices"
 	"strings"
+	"syscall"
 
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -23,6 +25,9 @@ func DescribeServerError(err error) string {
 	var ce *pgconn.ConnectError
 	if errors.As(err, &ce) {
 		return "cannot connect: " + ConnectReason(err)
+	}
+	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) {
+		return "the connection was lost (closed or reset by the server or the network): " + err.Error()
 	}
 	return err.Error()
 }

@@ -138,6 +138,8 @@ func NewProxy(t testing.TB, name, upstream string) *Proxy {
 // a benchmark or a helper that manages its lifetime: Stop ends it.
 func Start(name, upstream string) (*Proxy, error) {
 	apiOnce.Do(func() {
+		// Some toxics log through zerolog's global logger: quiet.
+		zerolog.SetGlobalLevel(zerolog.WarnLevel)
 		api = toxiproxy.NewServer(toxiproxy.NewMetricsContainer(nil), zerolog.Nop())
 	})
 	p := toxiproxy.NewProxy(api, name, "127.0.0.1:0", upstream)
