@@ -23,6 +23,9 @@ import (
 	"log/slog"
 	"sync"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // ErrInconclusive is what a probe returns when it could not try (no place
@@ -172,3 +175,30 @@ func (w *Watchdog) startProbe(d *dependency) {
 
 // Wait waits for the probes running to end; each is bounded by ProbeTimeout.
 func (w *Watchdog) Wait() { w.wg.Wait() }
+
+// ConnProbe is the Probe of a PostgreSQL server: a fresh connection made
+// with cfg (a copy: cfg is not changed) and SELECT 1, within the probe's
+// deadline. An error of the server's own (a refusal, a SQL error) is an
+// answer. An error for which inconclusive (optional) returns true makes the
+// probe ErrInconclusive: the server was not tried.
+func ConnProbe(cfg *pgx.ConnConfig, inconclusive func(error) bool) Probe {
+	return func(ctx context.Context) error {
+		c := cfg.Copy()
+		if d, ok := ctx.Deadline(); ok {
+			c.ConnectTimeout = max(0, time.Until(d))
+		}
+		conn, err := pgx.ConnectConfig(ctx, c)
+		if err == nil {
+			defer conn.Close(context.Background())
+			_, err = conn.Exec(ctx, "SELECT 1")
+		}
+		var pgErr *pgconn.PgError
+		switch {
+		case err == nil || errors.As(err, &pgErr):
+			return nil
+		case inconclusive != nil && inconclusive(err):
+			return ErrInconclusive
+		}
+		return err
+	}
+}
