@@ -72,7 +72,7 @@ type Service struct {
 	logger  *slog.Logger
 	schema  migrations.Source
 	jobs    *jobs.Registry
-	ownJobs bool // jobs is the service's own (Config.Jobs was nil): Start and Stop run it
+	ownJobs bool            // jobs is the service's own (Config.Jobs was nil): Start and Stop run it
 	servers *stall.Watchdog // tenant servers that hang while their tenants migrate
 
 	workerOnce sync.Once
@@ -109,7 +109,9 @@ func New(db *catalog.Store, cfg Config) (*Service, error) {
 	}
 	s := &Service{db: db, store: newStore(db), cfg: cfg, logger: cfg.Logger, schema: schema, jobs: cfg.Jobs,
 		servers: stall.New(stall.Config{StallAfter: cfg.StallAfter, ProbeTimeout: 2 * time.Second, Logger: cfg.Logger,
-			Cause: func(name string) error { return fmt.Errorf("%w: server %s did not answer a probe", errServerDown, name) }})}
+			Cause: func(name string) error {
+				return fmt.Errorf("%w: server %s did not answer a probe", errServerDown, name)
+			}})}
 	if s.jobs == nil {
 		s.jobs, s.ownJobs = jobs.NewRegistry(), true
 	}
