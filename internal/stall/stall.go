@@ -121,8 +121,7 @@ func (w *Watchdog) Watch(key any, name string, probe Probe, cancel context.Cance
 	w.mu.Lock()
 	d := w.get(key, name)
 	d.probe = probe
-	var timer *time.Timer
-	timer = time.AfterFunc(w.cfg.StallAfter, func() { w.suspect(key) })
+	timer := time.AfterFunc(w.cfg.StallAfter, func() { w.suspect(key) })
 	d.waiting[timer] = cancel
 	w.mu.Unlock()
 	return func() {
