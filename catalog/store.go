@@ -74,26 +74,6 @@ func (s *Store) Ping(ctx context.Context) error {
 	return Classify(err, "catalog database")
 }
 
-// Probe checks that the catalog answers on a fresh connection, not one of
-// the pool's (which may be stuck on a hung wire): connect and SELECT 1,
-// within ctx. An error of the server's own is an answer: nil.
-func (s *Store) Probe(ctx context.Context) error {
-	cfg := s.pool.Config().ConnConfig
-	if d, ok := ctx.Deadline(); ok {
-		cfg.ConnectTimeout = max(0, time.Until(d))
-	}
-	conn, err := pgx.ConnectConfig(ctx, cfg)
-	if err == nil {
-		defer conn.Close(context.Background())
-		_, err = conn.Exec(ctx, "SELECT 1")
-	}
-	var pgErr *pgconn.PgError
-	if err == nil || errors.As(err, &pgErr) {
-		return nil
-	}
-	return Classify(err, "catalog database")
-}
-
 // Querier is what both the pool and a transaction offer: a capability's
 // store methods take one, so they run alone or inside the caller's InTx.
 type Querier interface {

@@ -147,15 +147,22 @@ func TestAPIFuzz(t *testing.T) {
 // BenchmarkAPIFuzz is the long pass: TENANTPLANE_FUZZ_PER_OP requests per
 // operation (default 150).
 func BenchmarkAPIFuzz(b *testing.B) {
-	perOp := 150
-	if s := os.Getenv("TENANTPLANE_FUZZ_PER_OP"); s != "" {
-		n, err := strconv.Atoi(s)
-		require.NoError(b, err)
-		perOp = n
-	}
+	perOp := envInt(b, "TENANTPLANE_FUZZ_PER_OP", 150)
 	seed := faulttest.Seed(b)
 	f := setupFuzz(b)
 	for b.Loop() {
 		f.fuzz(b, seed, perOp)
 	}
+}
+
+// envInt reads a whole number from the environment, def when unset.
+func envInt(t testing.TB, name string, def int) int {
+	t.Helper()
+	s := os.Getenv(name)
+	if s == "" {
+		return def
+	}
+	n, err := strconv.Atoi(s)
+	require.NoError(t, err, name)
+	return n
 }

@@ -40,6 +40,7 @@ type App struct {
 	registry *prometheus.Registry
 	// catalogWatch finds a catalog that hangs, for the admin API (catalogGuard).
 	catalogWatch *stall.Watchdog
+	catalogProbe stall.Probe
 
 	apiServer, adminServer *http.Server
 	apiLn, adminLn         net.Listener

@@ -23,6 +23,8 @@ func catalogDown(string) error {
 // answer has the calls waiting on it answer 503, and the next ones at once,
 // until a probe finds it answering (internal/stall).
 func newCatalogWatch(a *App) *stall.Watchdog {
+	// On a fresh connection, not one of the pool's, which may be stuck on the hung wire.
+	a.catalogProbe = stall.ConnProbe(a.store.Pool().Config().ConnConfig, nil)
 	return stall.New(stall.Config{StallAfter: time.Second, ProbeTimeout: 2 * time.Second, Cause: catalogDown, Logger: a.logger})
 }
 
@@ -33,7 +35,7 @@ func (a *App) catalogGuard(c *gin.Context) {
 		return
 	}
 	ctx, cancel := context.WithCancelCause(c.Request.Context())
-	done := a.catalogWatch.Watch(0, "catalog", a.store.Probe, cancel)
+	done := a.catalogWatch.Watch(0, "catalog", a.catalogProbe, cancel)
 	defer func() { done(); cancel(nil) }()
 	c.Request = c.Request.WithContext(ctx)
 	c.Next()

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -176,12 +175,7 @@ func TestRandomKills(t *testing.T) {
 	t.Parallel()
 	seed := faulttest.Seed(t)
 	r := rand.New(rand.NewPCG(seed, 0))
-	cycles := 2
-	if s := os.Getenv("TENANTPLANE_KILL_CYCLES"); s != "" {
-		n, err := strconv.Atoi(s)
-		require.NoError(t, err)
-		cycles = n
-	}
+	cycles := envInt(t, "TENANTPLANE_KILL_CYCLES", 2)
 	catalogDSN := pgtest.NewDB(t)
 	pool, err := pgxpool.New(context.Background(), catalogDSN)
 	require.NoError(t, err)

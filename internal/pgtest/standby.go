@@ -57,15 +57,7 @@ func NewStandby(t testing.TB, primary *Server) *Server {
 	runningMu.Lock()
 	running[s] = struct{}{}
 	runningMu.Unlock()
-	t.Cleanup(func() {
-		if t.Failed() && keepOnFailure() {
-			t.Log(s.keep())
-			return
-		}
-		if err := s.destroy(); err != nil {
-			t.Errorf("pgtest: %v", err)
-		}
-	})
+	s.destroyAfter(t)
 	return s
 }
 
