@@ -46,10 +46,15 @@ func setup(t testing.TB, catalogDSN string) *testBundle {
 // setupEnv is setup with extra environment variables.
 func setupEnv(t testing.TB, catalogDSN string, extra map[string]string) *testBundle {
 	t.Helper()
+	return setupEnvLogs(t, catalogDSN, extra, &syncWriter{})
+}
+
+// setupEnvLogs is setupEnv with the app's logs going to logs.
+func setupEnvLogs(t testing.TB, catalogDSN string, extra map[string]string, logs *syncWriter) *testBundle {
+	t.Helper()
 	if catalogDSN == "" {
 		catalogDSN = pgtest.NewDB(t)
 	}
-	logs := &syncWriter{}
 	env := map[string]string{
 		"DATABASE_URL":            catalogDSN,
 		"TENANTPLANE_API_ADDR":    "127.0.0.1:0",
@@ -112,15 +117,20 @@ func errorCode(t testing.TB, body map[string]any) string {
 	return e["code"].(string)
 }
 
-// syncWriter lets the app's logger write from many goroutines into one buffer.
+// syncWriter lets the app's logger write from many goroutines into one
+// buffer (none with discard: a soak's logs would fill the heap).
 type syncWriter struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
+	mu      sync.Mutex
+	buf     bytes.Buffer
+	discard bool
 }
 
 func (s *syncWriter) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.discard {
+		return len(p), nil
+	}
 	return s.buf.Write(p)
 }
 

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -33,6 +34,7 @@ type soakSample struct {
 // out of every 10). Heap, goroutines and open connections are sampled every
 // 5 s; their medians over the last quarter must stay within 50 % of the
 // first quarter's (goroutines and connections with a slack of 20): flat.
+// TENANTPLANE_SOAK_HEAPPROFILE names a file for the heap profile at the end.
 //
 //	TENANTPLANE_SOAK=10m go test -run '^$' -bench BenchmarkSoak -benchtime 1x -timeout 30m ./controlplane
 func BenchmarkSoak(b *testing.B) {
@@ -45,7 +47,7 @@ func BenchmarkSoak(b *testing.B) {
 	seed := faulttest.Seed(b)
 	r := rand.New(rand.NewPCG(seed, 1))
 	catalogProxy, catalogDSN := faulttest.ProxyDSN(b, "catalog", pgtest.NewDB(b))
-	f := &fleet{testBundle: setupEnv(b, catalogDSN, map[string]string{"TENANTPLANE_USAGE_FLUSH_INTERVAL": "1s"}), servers: map[string]*pgtest.Server{}}
+	f := &fleet{testBundle: setupEnvLogs(b, catalogDSN, map[string]string{"TENANTPLANE_USAGE_FLUSH_INTERVAL": "1s"}, &syncWriter{discard: true}), servers: map[string]*pgtest.Server{}}
 	faulty, steady := pgtest.NewServer(b), pgtest.NewServer(b)
 	serverProxy := faulttest.NewProxy(b, "pg-faulty", faulty.Addr())
 	for name, dsn := range map[string]string{"pg-faulty": serverProxy.DSN(faulty.ManagedDSN(b, "postgres")), "pg-steady": steady.ManagedDSN(b, "postgres")} {
@@ -143,6 +145,13 @@ func BenchmarkSoak(b *testing.B) {
 		tick.Stop()
 		wg.Wait()
 		cancel()
+		if path := os.Getenv("TENANTPLANE_SOAK_HEAPPROFILE"); path != "" { // what the heap holds at the end
+			out, err := os.Create(path)
+			require.NoError(b, err)
+			runtime.GC()
+			require.NoError(b, pprof.WriteHeapProfile(out))
+			require.NoError(b, out.Close())
+		}
 		require.GreaterOrEqual(b, len(samples), 4, "too short a soak to judge: at least 20 s")
 		q := len(samples) / 4
 		first, last := samples[:q], samples[len(samples)-q:]
