@@ -112,8 +112,8 @@ func p99(ds []time.Duration) time.Duration {
 	return s[(len(s)*99)/100]
 }
 
-// load sends n requests per key from one goroutine per key and returns
-// every latency; a status other than 200 is an error.
+// load sends n requests per key from one goroutine per key, at most 400 a
+// second each, and returns every latency; a status other than 200 is an error.
 func (b *faultBundle) load(keys []string, n int) ([]time.Duration, error) {
 	var mu sync.Mutex
 	var out []time.Duration
@@ -132,6 +132,7 @@ func (b *faultBundle) load(keys []string, n int) ([]time.Duration, error) {
 				}
 				out = append(out, d)
 				mu.Unlock()
+				time.Sleep(2500 * time.Microsecond) // under the plan's 500 requests a second
 			}
 		})
 	}
