@@ -55,6 +55,8 @@ func ConnectReason(err error) string {
 		return "timed out"
 	case strings.Contains(err.Error(), "connection refused"):
 		return "connection refused"
+	case errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
+		return "the connection was reset or closed"
 	}
 	return "unreachable"
 }

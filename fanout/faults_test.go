@@ -99,3 +99,78 @@ func TestFanoutUnderAHungServer(t *testing.T) {
 		require.False(t, dirty, tn.Slug)
 	}
 }
+
+// TestFanoutUnderNetworkFaults runs a fan-out with each of the other
+// network faults on one server's wire (latency, resets, a slow bandwidth, a
+// sliced stream): a slowed wire still migrates its tenants; resets fail
+// them with an error that says the connection was lost, and a resume once
+// the wire is clean finishes them; the other server's tenants are done
+// either way, and every tenant ends at the new version, none dirty.
+func TestFanoutUnderNetworkFaults(t *testing.T) {
+	t.Parallel()
+	_ = faulttest.Seed(t) // the schedule is fixed; the seed is printed for the record
+	b := setupFanout(t)
+	ctx := context.Background()
+	faulty := pgtest.NewServer(t)
+	proxy := faulttest.NewProxy(t, "pg-faulty", faulty.Addr())
+	_, err := b.store.CreateServer(ctx, catalog.NewServer{Name: "pg-faulty", DSN: proxy.DSN(faulty.ManagedDSN(t, "postgres")), Capacity: 2000, ConnBudget: 80})
+	require.NoError(t, err)
+	b.servers["pg-faulty"] = faulty
+	files := map[string]string{}
+	var faults []faulttest.Fault
+	for _, f := range faulttest.Each() {
+		if f.Name != "hang" { // TestFanoutUnderAHungServer
+			faults = append(faults, f)
+		}
+	}
+	for i := range faults {
+		v := i + 2
+		files[fmt.Sprintf("%06d_f%d.up.sql", v, v)] = fmt.Sprintf("CREATE TABLE f%d (id int); INSERT INTO f%d SELECT generate_series(1, 2000);", v, v)
+		files[fmt.Sprintf("%06d_f%d.down.sql", v, v)] = fmt.Sprintf("DROP TABLE f%d;", v)
+	}
+	v1 := b.service(t, loadSchema(t, schemaDir(t, nil)), false, nil)
+	var tenants []catalog.Tenant
+	for i, server := range []string{"pg-faulty", "pg-faulty", "pg-1"} {
+		tn, _, err := v1.db.CreateTenant(ctx, catalog.NewTenant{Slug: fmt.Sprintf("net-%d", i), Name: "n", Plan: "basic", Actor: "test", Server: server}, nil)
+		require.NoError(t, err)
+		tn, err = makeTenantDatabase(ctx, v1, tn)
+		require.NoError(t, err)
+		tenants = append(tenants, tn)
+	}
+	p := b.service(t, loadSchema(t, schemaDir(t, files)), true, func(c *Config) { c.ConnectTimeout = 2 * time.Second })
+	for i, fault := range faults {
+		target := int64(i + 2)
+		remove := proxy.Add(t, fault)
+		run, err := p.StartRun(ctx, RunSpec{TargetVersion: &target, Concurrency: 3, Canary: ptr(0), MaxFailures: 10}, "test")
+		require.NoError(t, err)
+		run = waitRun(t, b.runs, run.ID, 60*time.Second, RunDone, RunFailed)
+		rows, _, err := p.RunTenants(ctx, run.ID, "", 0, "")
+		require.NoError(t, err)
+		for _, r := range rows {
+			t.Logf("%s: %s on %s: %s %s", fault.Name, r.Slug, r.Server, r.State, r.Error)
+			if r.Server != "pg-faulty" {
+				require.Equal(t, RunTenantDone, r.State, "%s: the other server's tenant", fault.Name)
+			}
+		}
+		if fault.Name == "reset" {
+			require.Equal(t, RunFailed, run.State)
+			for _, r := range rows {
+				if r.Server == "pg-faulty" {
+					require.Contains(t, r.Error, "pg-faulty")
+				}
+			}
+			remove()
+			_, err = p.ChangeRun(ctx, run.ID, RunResume, "test")
+			require.NoError(t, err)
+			run = waitRun(t, b.runs, run.ID, 60*time.Second, RunDone)
+		} else {
+			require.Equal(t, RunDone, run.State, "%s: a slowed wire still migrates", fault.Name)
+			remove()
+		}
+		for _, tn := range tenants {
+			v, dirty := b.schemaOf(t, tn)
+			require.Equal(t, target, v, "%s: %s", fault.Name, tn.Slug)
+			require.False(t, dirty, "%s: %s", fault.Name, tn.Slug)
+		}
+	}
+}

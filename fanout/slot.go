@@ -230,8 +230,10 @@ func (s *Service) migrateRunTenant(ctx context.Context, rt RunTenant) error {
 	case errors.As(err, &stepErr) && stepErr.Transient() && rt.Attempts < runRetries:
 		res.State, res.RetryAfter = RunTenantPending, time.Duration(rt.Attempts)*2*time.Second
 		res.Note = fmt.Sprintf("attempt %d: %s; trying again", rt.Attempts, err)
-	default:
+	case errors.As(err, &stepErr):
 		res.State, res.Error = RunTenantFailed, err.Error()
+	default: // the server, not a migration: say which
+		res.State, res.Error = RunTenantFailed, fmt.Sprintf("server %s: %v", rt.Server, err)
 	}
 	return s.finishRunTenant(ctx, logger, res, start)
 }
