@@ -55,6 +55,12 @@ type Config struct {
 	// Default 2; negative: none. A request that never answers therefore
 	// takes at most StripeCallLimit. (controlplane passes 1.)
 	StripeRetries int
+	// AutomaticTax has Stripe compute the tax of every invoice from the
+	// customer's billing address (TENANTPLANE_STRIPE_TAX=automatic):
+	// invoices are created with automatic_tax[enabled]=true, every item
+	// with tax_behavior TaxBehavior, and the tax Stripe computed is stored
+	// on the invoice. Default off.
+	AutomaticTax bool
 	// WebhookSecret checks Stripe webhook signatures (STRIPE_WEBHOOK_SECRET).
 	// Without it, webhooks are refused.
 	WebhookSecret string
@@ -319,6 +325,9 @@ func (s *Service) Preview(ctx context.Context, slug string, period time.Time) (I
 	}
 	inv := Invoice{TenantID: t.ID, Tenant: t.Slug, Period: p, Plan: in.Version.Plan, PlanVersion: in.Version.Version,
 		Currency: in.Version.Currency, State: StatePreview, Payment: PaymentNone, ComputedAt: s.now(), Lines: lines}
+	if s.cfg.AutomaticTax && s.stripe != nil {
+		inv.AutomaticTax, inv.TaxNote = true, TaxCalculatedByStripe // on top of the total, once Stripe finalizes it
+	}
 	for i := range inv.Lines {
 		inv.Lines[i].No = i + 1
 		inv.Total += inv.Lines[i].Amount

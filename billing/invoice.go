@@ -52,15 +52,22 @@ type InvoiceLine struct {
 
 // Invoice is a tenant's invoice for a period.
 type Invoice struct {
-	ID                 string        `json:"id"`
-	TenantID           string        `json:"tenant_id"`
-	Tenant             string        `json:"tenant"` // slug
-	TenantName         string        `json:"-"`
-	Period             string        `json:"period"` // YYYY-MM
-	Plan               string        `json:"plan"`
-	PlanVersion        int           `json:"plan_version"`
-	Currency           string        `json:"currency"`
-	Total              int64         `json:"total"` // minor units
+	ID          string `json:"id"`
+	TenantID    string `json:"tenant_id"`
+	Tenant      string `json:"tenant"` // slug
+	TenantName  string `json:"-"`
+	Period      string `json:"period"` // YYYY-MM
+	Plan        string `json:"plan"`
+	PlanVersion int    `json:"plan_version"`
+	Currency    string `json:"currency"`
+	Total       int64  `json:"total"` // minor units, before tax
+	// Tax is the tax Stripe computed (automatic tax), in minor units: on
+	// top of Total. Nil when Stripe computes none, or not yet.
+	Tax          *int64 `json:"tax"`
+	AutomaticTax bool   `json:"automatic_tax"`
+	// TaxNote says who computes the tax: TaxCalculatedByStripe under
+	// automatic tax.
+	TaxNote            string        `json:"tax_note,omitempty"`
 	State              InvoiceState  `json:"state"`
 	Sent               bool          `json:"sent"` // finalized in Stripe
 	Payment            PaymentStatus `json:"payment"`

@@ -215,15 +215,20 @@ func (s *store) CreatePlanVersion(ctx context.Context, nv NewPlanVersion, now ti
 
 const invoiceColumns = `i.id, i.tenant_id, t.slug, t.name, to_char(i.period, 'YYYY-MM'), i.plan, i.plan_version, i.currency,
 	i.total, i.state, i.payment, coalesce(i.stripe_customer_id, ''), coalesce(i.stripe_invoice_id, ''), coalesce(i.run_id, 0),
-	i.last_error, i.computed_at, i.send_started_at, i.finalized_at, i.paid_at, i.payment_failed_at, i.dunning_suspended_at`
+	i.last_error, i.computed_at, i.send_started_at, i.finalized_at, i.paid_at, i.payment_failed_at, i.dunning_suspended_at,
+	i.tax, i.automatic_tax`
 
 const invoiceFrom = ` FROM invoices i JOIN tenants t ON t.id = i.tenant_id `
 
 func scanInvoice(row pgx.Row) (inv Invoice, err error) {
 	err = row.Scan(&inv.ID, &inv.TenantID, &inv.Tenant, &inv.TenantName, &inv.Period, &inv.Plan, &inv.PlanVersion, &inv.Currency,
 		&inv.Total, &inv.State, &inv.Payment, &inv.StripeCustomerID, &inv.StripeInvoiceID, &inv.RunID,
-		&inv.LastError, &inv.ComputedAt, &inv.SendStartedAt, &inv.FinalizedAt, &inv.PaidAt, &inv.PaymentFailedAt, &inv.DunningSuspendedAt)
+		&inv.LastError, &inv.ComputedAt, &inv.SendStartedAt, &inv.FinalizedAt, &inv.PaidAt, &inv.PaymentFailedAt, &inv.DunningSuspendedAt,
+		&inv.Tax, &inv.AutomaticTax)
 	inv.Sent = inv.State == InvoiceFinalized
+	if inv.AutomaticTax {
+		inv.TaxNote = TaxCalculatedByStripe
+	}
 	inv.Lines = []InvoiceLine{}
 	return inv, err
 }

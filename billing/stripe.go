@@ -114,14 +114,29 @@ func (s *Service) call(op string, fn func() error) error {
 // draft invoice, an item per line, finalize. Each step's id is stored before
 // the next step starts. inv.SendStartedAt is when sending it first began;
 // cust is the tenant's customer as the catalog knows it.
-func (s *Service) send(ctx context.Context, inv Invoice, cust BillingCustomer) error {
+func (s *Service) send(ctx context.Context, inv Invoice, cust BillingCustomer) (err error) {
 	stale := inv.SendStartedAt != nil && s.now().Sub(*inv.SendStartedAt) > recoverAfter
+	defer func() {
+		// A location Stripe Tax cannot use fails this invoice alone, saying
+		// how to fix it; the run goes on, and running the period again
+		// retries it.
+		var se *stripe.Error
+		if errors.As(err, &se) && se.Code == stripe.ErrorCodeCustomerTaxLocationInvalid {
+			err = &taxLocationErr{tenant: inv.Tenant, err: err}
+		}
+	}()
 
 	customer := firstNonEmpty(inv.StripeCustomerID, cust.StripeCustomerID)
 	if customer == "" {
 		var err error
 		who := customerFor{TenantID: inv.TenantID, Slug: inv.Tenant, Name: inv.TenantName}
 		if customer, err = s.ensureCustomer(ctx, who, cust.AttemptedAt); err != nil {
+			return err
+		}
+	}
+
+	if s.cfg.AutomaticTax {
+		if err := s.syncAddress(ctx, inv.TenantID, customer); err != nil {
 			return err
 		}
 	}
@@ -143,6 +158,9 @@ func (s *Service) send(ctx context.Context, inv Invoice, cust BillingCustomer) e
 				Currency:                    stripe.String(inv.Currency),
 				Description:                 stripe.String(fmt.Sprintf("%s plan, %s", titleCase(inv.Plan), monthName(inv.Period))),
 				Metadata:                    map[string]string{metaInvoiceID: inv.ID, metaTenantID: inv.TenantID, metaPeriod: inv.Period},
+			}
+			if s.cfg.AutomaticTax {
+				params.AutomaticTax = &stripe.InvoiceAutomaticTaxParams{Enabled: stripe.Bool(true)}
 			}
 			params.Context = ctx
 			params.SetIdempotencyKey(InvoiceKey(inv.TenantID, inv.Period))
@@ -188,6 +206,9 @@ func (s *Service) send(ctx context.Context, inv Invoice, cust BillingCustomer) e
 					Description: stripe.String(l.Description),
 					Metadata:    map[string]string{metaInvoiceID: inv.ID, metaLine: strconv.Itoa(l.No), metaTenantID: inv.TenantID, metaPeriod: inv.Period},
 				}
+				if s.cfg.AutomaticTax {
+					params.TaxBehavior = stripe.String(TaxBehavior)
+				}
 				if l.UsagePeriod != "" {
 					if p, err := catalog.ParsePeriod(l.UsagePeriod); err == nil {
 						params.Period = &stripe.InvoiceItemPeriodParams{Start: stripe.Int64(p.Unix()), End: stripe.Int64(catalog.PeriodEnd(p).Unix() - 1)}
@@ -224,10 +245,14 @@ func (s *Service) send(ctx context.Context, inv Invoice, cust BillingCustomer) e
 	params.Context = ctx
 	params.SetIdempotencyKey(FinalizeKey(inv.TenantID, inv.Period))
 	var status stripe.InvoiceStatus
-	err := s.call("invoice.finalize", func() error {
+	var tax *int64
+	err = s.call("invoice.finalize", func() error {
 		si, err := s.stripe.Invoices.FinalizeInvoice(invoiceID, params)
 		if err == nil {
 			status = si.Status
+			if s.cfg.AutomaticTax {
+				tax = &si.Tax
+			}
 		}
 		return err
 	})
@@ -241,8 +266,22 @@ func (s *Service) send(ctx context.Context, inv Invoice, cust BillingCustomer) e
 	if err != nil {
 		return err
 	}
+	if tax != nil {
+		if err := s.store.SetInvoiceTax(ctx, inv.ID, *tax); err != nil {
+			return err
+		}
+	}
 	return s.store.SetInvoiceFinalized(ctx, inv.ID, paymentOf(status))
 }
+
+// taxLocationErr is Stripe refusing a customer's location for automatic tax.
+type taxLocationErr struct {
+	tenant string
+	err    error
+}
+
+func (e *taxLocationErr) Error() string { return taxLocationMessage(e.tenant) }
+func (e *taxLocationErr) Unwrap() error { return e.err }
 
 func paymentOf(st stripe.InvoiceStatus) PaymentStatus {
 	switch st {
@@ -310,10 +349,19 @@ func (s *Service) ensureCustomer(ctx context.Context, who customerFor, firstAtte
 			return "", err
 		}
 	}
+	addr, _, hasAddr, err := s.addressOf(ctx, who.TenantID)
+	created := false // with the address
+	if err != nil {
+		return "", err
+	}
 	if id == "" {
 		params := &stripe.CustomerParams{
 			Name:     stripe.String(who.Name),
 			Metadata: map[string]string{metaTenantID: who.TenantID, metaTenant: who.Slug},
+		}
+		if hasAddr {
+			params.Address = addr.params()
+			created = true
 		}
 		params.Context = ctx
 		params.SetIdempotencyKey(CustomerKey(who.TenantID))
@@ -328,7 +376,11 @@ func (s *Service) ensureCustomer(ctx context.Context, who customerFor, firstAtte
 			return "", err
 		}
 	}
-	return s.store.SetStripeCustomer(ctx, who.TenantID, id)
+	stored, err := s.store.SetStripeCustomer(ctx, who.TenantID, id)
+	if err == nil && created && stored == id {
+		err = s.markAddressSynced(ctx, who.TenantID, addr.UpdatedAt)
+	}
+	return stored, err
 }
 
 // findInvoice looks among a customer's invoices for the one an earlier

@@ -221,6 +221,7 @@ type TenantFilter struct {
 	State  TenantState // one of TenantStates; another is a CodeInvalid error
 	Plan   string      // a plan's name; a name no tenant has matches nothing
 	Server string      // a server's name; a name no tenant has matches nothing
+	Search string      // a part of the slug or the name, any case; "" matches everything
 	Limit  int         // default 100, at most 1000
 	Cursor string      // from TenantPage.NextCursor
 }
@@ -249,8 +250,9 @@ func (s *Store) ListTenants(ctx context.Context, f TenantFilter) (TenantPage, er
 	rows, err := s.pool.Query(ctx, `SELECT `+tenantColumns+tenantFrom+`
 		WHERE ($1 = '' OR t.state = $1) AND ($2 = '' OR t.plan = $2) AND ($3 = '' OR s.name = $3)
 		  AND ($4 = '' OR (t.created_at, t.id) > ($5, $4::uuid))
+		  AND ($7 = '' OR strpos(lower(t.slug), lower($7)) > 0 OR strpos(lower(t.name), lower($7)) > 0)
 		ORDER BY t.created_at, t.id LIMIT $6`,
-		string(f.State), f.Plan, f.Server, afterID, afterTime, f.Limit+1)
+		string(f.State), f.Plan, f.Server, afterID, afterTime, f.Limit+1, f.Search)
 	if err != nil {
 		return TenantPage{}, Classify(err, "tenants")
 	}

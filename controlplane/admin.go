@@ -24,7 +24,7 @@ const adminActor = "admin"
 //go:embed openapi.yaml
 var openAPI []byte
 
-func (a *App) adminHandler(metrics *httpapi.Metrics) http.Handler {
+func (a *App) adminHandler(metrics *httpapi.Metrics) *gin.Engine {
 	e := httpapi.NewEngine(httpapi.Config{API: "admin", Logger: a.logger, Metrics: metrics})
 	httpapi.HealthRoutes(e, a.ready)
 	httpapi.OpenAPIRoute(e, openAPI)
@@ -38,6 +38,7 @@ func (a *App) adminHandler(metrics *httpapi.Metrics) http.Handler {
 	a.fanoutRoutes(v1)
 	a.moveRoutes(v1)
 	a.evacuationRoutes(v1)
+	a.dataRoutes(v1)
 	a.billingRoutes(e, v1)
 	return e
 }

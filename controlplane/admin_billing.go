@@ -24,6 +24,7 @@ func newBilling(store *catalog.Store, prov *provisioner.Provisioner, reg prometh
 		StripeKey: cfg.StripeAPIKey, StripeAPIBase: cfg.StripeAPIBase, WebhookSecret: cfg.StripeWebhookSecret,
 		StripeTimeout: cfg.StripeTimeout, StripeRetries: stripeRetries,
 		BillingGrace: cfg.BillingGrace, DunningGrace: cfg.DunningGrace, StorageInterval: cfg.StorageInterval, Suspender: prov,
+		AutomaticTax: cfg.StripeTax == "automatic",
 	}
 	return billing.New(store, bc)
 }
@@ -42,6 +43,33 @@ func (a *App) billingRoutes(e *gin.Engine, v1 *gin.RouterGroup) {
 	v1.GET("/billing/runs/:id", a.getBillingRun)
 	v1.GET("/tenants/:slug/invoices", a.listInvoices)
 	v1.GET("/tenants/:slug/invoice-preview", a.invoicePreview)
+	v1.GET("/tenants/:slug/billing-address", a.getBillingAddress)
+	v1.PUT("/tenants/:slug/billing-address", a.setBillingAddress)
+}
+
+func (a *App) getBillingAddress(c *gin.Context) {
+	addr, err := a.billing.BillingAddress(c, c.Param("slug"))
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, addr)
+}
+
+// setBillingAddress stores the tenant's billing address and sends it to its
+// Stripe customer; sync_error says when Stripe did not take it yet.
+func (a *App) setBillingAddress(c *gin.Context) {
+	var addr billing.Address
+	if err := httpapi.BindJSON(c, &addr); err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	addr, err := a.billing.SetBillingAddress(c, c.Param("slug"), addr, adminActor)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, addr)
 }
 
 // periodQuery reads ?period=YYYY-MM, the current period when absent.

@@ -16,6 +16,7 @@ import (
 // rebalance the fleet.
 func (a *App) evacuationRoutes(v1 *gin.RouterGroup) {
 	v1.POST("/servers/:name/drain", a.drainServer)
+	v1.POST("/servers/:name/activate", a.activateServer)
 	v1.POST("/servers/rebalance", a.rebalance)
 	v1.GET("/evacuations", a.listEvacuations)
 	v1.GET("/evacuations/:id", a.getEvacuation)
@@ -51,10 +52,21 @@ func (a *App) drainServer(c *gin.Context) {
 		return
 	}
 	if req != (drainRequest{}) {
-		httpapi.Fail(c, catalog.CodeInvalid, "concurrency, per_server and mode go with evacuate: true")
+		httpapi.Fail(c, catalog.CodeInvalid, "concurrency, per_server, mode and max_attempts go with evacuate: true")
 		return
 	}
 	srv, err := a.store.SetServerState(c, c.Param("name"), catalog.ServerDraining, adminActor)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	c.JSON(http.StatusOK, srv)
+}
+
+// activateServer places new tenants on a draining or empty server again
+// (200 with the server); an evacuating one is refused (409).
+func (a *App) activateServer(c *gin.Context) {
+	srv, err := a.store.SetServerState(c, c.Param("name"), catalog.ServerActive, adminActor)
 	if err != nil {
 		httpapi.WriteError(c, err)
 		return

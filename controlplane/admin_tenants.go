@@ -151,25 +151,13 @@ func (a *App) setNetwork(c *gin.Context) {
 	c.JSON(http.StatusOK, networkBody{Allow: allow})
 }
 
-// orphans reports (remove false) or drops (remove true) the databases and
-// roles on the servers that the provisioner made and the catalog does not
-// account for, and the replication slots, publications and subscriptions
-// named like a move's that no open move owns (a forgotten slot fills a
-// disk).
+// orphans reports (remove false) or drops (remove true) what findOrphans finds.
 func (a *App) orphans(remove bool) gin.HandlerFunc {
 	return func(c *gin.Context) {
-		found, err := a.prov.Reconcile(c, remove)
+		found, err := a.findOrphans(c, remove)
 		if err != nil {
 			httpapi.WriteError(c, err)
 			return
-		}
-		leftovers, err := a.moves.Leftovers(c, remove)
-		if err != nil {
-			httpapi.WriteError(c, err)
-			return
-		}
-		for _, l := range leftovers {
-			found = append(found, provisioner.Orphan{Server: l.Server, Kind: l.Kind, Name: l.Name, Database: l.Database, Why: l.Why, Gone: l.Gone})
 		}
 		c.JSON(http.StatusOK, gin.H{"orphans": found})
 	}

@@ -10,10 +10,12 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gin-gonic/gin"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/tenantplane/tenantplane/billing"
 	"github.com/tenantplane/tenantplane/catalog"
+	"github.com/tenantplane/tenantplane/datarights"
 	"github.com/tenantplane/tenantplane/fanout"
 	"github.com/tenantplane/tenantplane/internal/httpapi"
 	"github.com/tenantplane/tenantplane/internal/jobs"
@@ -37,12 +39,14 @@ type App struct {
 	fanout   *fanout.Service
 	moves    *mover.Service // tenant moves; the admin API's moves routes call it
 	billing  *billing.Service
+	data     *datarights.Service // backups, restores, exports, erasures
 	registry *prometheus.Registry
 	// catalogWatch finds a catalog that hangs, for the admin API (catalogGuard).
 	catalogWatch *stall.Watchdog
 	catalogProbe stall.Probe
 
 	apiServer, adminServer *http.Server
+	adminEngine            *gin.Engine // the admin API, beside the console on the admin listener
 	apiLn, adminLn         net.Listener
 	serveErr               chan error
 	stopOnce               sync.Once
@@ -106,12 +110,20 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *App, err erro
 		store.Close()
 		return nil, err
 	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	customerEraser := &billingCustomers{}
+	data, err := datarights.New(store, datarights.Config{Logger: logger, Jobs: jobReg, Tenants: prov, Customers: customerEraser,
+		BackupDir: cfg.BackupDir, ExportDir: cfg.ExportDir, ArchiveDir: cfg.ArchiveDir, ExportTTL: cfg.ExportTTL, ScheduleEvery: cfg.BackupCheck,
+		Registerer: reg})
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
 	if err := jobReg.Open(store.Pool(), jobs.Config{Logger: logger}); err != nil {
 		store.Close()
 		return nil, err
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	bill, err := newBilling(store, prov, reg, cfg, logger)
 	if err != nil {
 		return nil, err
@@ -119,6 +131,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *App, err erro
 	if bill.SendsToStripe() {
 		customers.billing = bill
 	}
+	customerEraser.billing = bill
 	a := &App{
 		cfg:      cfg,
 		logger:   logger,
@@ -129,6 +142,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *App, err erro
 		fanout:   fan,
 		moves:    moves,
 		billing:  bill,
+		data:     data,
 		registry: reg,
 		serveErr: make(chan error, 2),
 	}
@@ -143,7 +157,12 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *App, err erro
 		return nil, err
 	}
 	a.apiServer = newHTTPServer(a.router.Handler(), logger)
-	a.adminServer = newHTTPServer(a.adminHandler(metrics), logger)
+	a.adminEngine = a.adminHandler(metrics)
+	admin, err := a.withConsole(a.adminEngine)
+	if err != nil {
+		return nil, err
+	}
+	a.adminServer = newHTTPServer(admin, logger)
 	return a, nil
 }
 
@@ -262,8 +281,11 @@ func (a *App) startWork(ctx context.Context) error {
 	if err := a.moves.Start(ctx); err != nil {
 		return errors.Join(err, a.fanout.Stop(ctx), a.prov.Stop(ctx))
 	}
-	if err := a.jobs.Start(ctx); err != nil {
+	if err := a.data.Start(ctx); err != nil {
 		return errors.Join(err, a.moves.Stop(ctx), a.fanout.Stop(ctx), a.prov.Stop(ctx))
+	}
+	if err := a.jobs.Start(ctx); err != nil {
+		return errors.Join(err, a.data.Stop(ctx), a.moves.Stop(ctx), a.fanout.Stop(ctx), a.prov.Stop(ctx))
 	}
 	return nil
 }
@@ -274,7 +296,7 @@ func (a *App) startWork(ctx context.Context) error {
 // then cancels them, and only then the provisioner, whose admin pools the
 // jobs use.
 func (a *App) stopWork(ctx context.Context) error {
-	return errors.Join(a.fanout.Stop(ctx), a.moves.Stop(ctx), a.jobs.Stop(ctx), a.prov.Stop(ctx))
+	return errors.Join(a.fanout.Stop(ctx), a.moves.Stop(ctx), a.data.Stop(ctx), a.jobs.Stop(ctx), a.prov.Stop(ctx))
 }
 
 // stripeCustomers lets provisioning create each tenant's Stripe customer
@@ -289,6 +311,26 @@ func (c *stripeCustomers) EnsureCustomer(ctx context.Context, t catalog.Tenant) 
 		return nil
 	}
 	return c.billing.EnsureCustomer(ctx, t)
+}
+
+// billingCustomers lets an erasure remove the tenant's Stripe customer and
+// billing details through billing, and says what it removed and kept.
+type billingCustomers struct{ billing *billing.Service }
+
+func (c *billingCustomers) EraseCustomer(ctx context.Context, tenantID string) (removed, kept []datarights.Artefact, err error) {
+	e, err := c.billing.EraseCustomer(ctx, tenantID)
+	if err != nil {
+		return nil, nil, err
+	}
+	if e.StripeCustomerID != "" {
+		removed = append(removed, datarights.Artefact{Kind: "stripe_customer", Name: e.StripeCustomerID, Note: "deleted in Stripe"})
+	}
+	if e.AddressRemoved {
+		removed = append(removed, datarights.Artefact{Kind: "billing_address"})
+	}
+	kept = append(kept, datarights.Artefact{Kind: "invoices", Count: &e.Invoices,
+		Note: "kept, with their lines, as tax law requires; Stripe keeps the invoices it finalized"})
+	return removed, kept, nil
 }
 
 // ready reports whether the app can do its work: the catalog answers.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -34,6 +35,10 @@ type Config struct {
 	StripeAPIKey string
 	// StripeAPIBase points the Stripe client elsewhere, e.g. at stripe-mock (STRIPE_API_BASE). Optional.
 	StripeAPIBase string
+	// StripeTax is "automatic" to have Stripe compute every invoice's tax
+	// from the tenant's billing address (TENANTPLANE_STRIPE_TAX). Default
+	// "off". Needs STRIPE_API_KEY.
+	StripeTax string
 	// StripeTimeout bounds one attempt of one Stripe request
 	// (TENANTPLANE_STRIPE_TIMEOUT). Default 10s. A request is tried twice, so
 	// a Stripe that hangs fails a tenant's customer step after
@@ -56,6 +61,19 @@ type Config struct {
 	// ArchiveDir keeps a pg_dump of each tenant database before it is dropped
 	// (TENANTPLANE_ARCHIVE_DIR). Optional.
 	ArchiveDir string
+	// BackupDir keeps the tenants' scheduled and requested backups
+	// (TENANTPLANE_BACKUP_DIR). Optional: without it no backup is taken.
+	BackupDir string
+	// ExportDir keeps the tenants' exports (TENANTPLANE_EXPORT_DIR).
+	// Default: BackupDir/exports; with neither, exports are refused.
+	ExportDir string
+	// ExportTTL is how long a finished export can be downloaded before it is
+	// deleted (TENANTPLANE_EXPORT_TTL). Default 7 days (168h).
+	ExportTTL time.Duration
+	// BackupCheck is how often the backup schedule looks for due backups and
+	// for expired backups and exports (TENANTPLANE_BACKUP_CHECK). Default
+	// 30s; negative ("off"): backups only on request, nothing expires.
+	BackupCheck time.Duration
 	// WarmPoolSize is how many ready databases each server keeps for instant
 	// tenant creation (TENANTPLANE_WARM_POOL_SIZE). Default 2; negative
 	// (off, or 0): no warm pool.
@@ -146,6 +164,8 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		StripeWebhookSecret: getenv("STRIPE_WEBHOOK_SECRET"),
 		TenantMigrations:    getenv("TENANTPLANE_TENANT_MIGRATIONS"),
 		ArchiveDir:          getenv("TENANTPLANE_ARCHIVE_DIR"),
+		BackupDir:           strings.TrimSpace(getenv("TENANTPLANE_BACKUP_DIR")),
+		ExportDir:           strings.TrimSpace(getenv("TENANTPLANE_EXPORT_DIR")),
 	}
 	var errs []error
 	bad := func(name, format string, args ...any) {
@@ -172,6 +192,16 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		if st, err := os.Stat(cfg.TenantMigrations); err != nil || !st.IsDir() {
 			bad("TENANTPLANE_TENANT_MIGRATIONS", "%q is not a readable directory", cfg.TenantMigrations)
 		}
+	}
+	switch cfg.StripeTax = strings.TrimSpace(getenv("TENANTPLANE_STRIPE_TAX")); cfg.StripeTax {
+	case "", "off":
+		cfg.StripeTax = "off"
+	case "automatic":
+		if cfg.StripeAPIKey == "" {
+			bad("TENANTPLANE_STRIPE_TAX", "automatic needs STRIPE_API_KEY: Stripe computes the tax")
+		}
+	default:
+		bad("TENANTPLANE_STRIPE_TAX", "%q is neither automatic nor off", cfg.StripeTax)
 	}
 	if cfg.StripeAPIBase != "" && cfg.StripeAPIKey == "" {
 		bad("STRIPE_API_KEY", "not set, but STRIPE_API_BASE is; set both, or neither to bill without Stripe")
@@ -300,6 +330,8 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		{"TENANTPLANE_BILLING_GRACE", &cfg.BillingGrace, 24 * time.Hour, time.Second},
 		{"TENANTPLANE_DUNNING_GRACE", &cfg.DunningGrace, 14 * 24 * time.Hour, time.Second},
 		{"TENANTPLANE_STORAGE_INTERVAL", &cfg.StorageInterval, time.Hour, time.Minute},
+		{"TENANTPLANE_EXPORT_TTL", &cfg.ExportTTL, 7 * 24 * time.Hour, time.Minute},
+		{"TENANTPLANE_BACKUP_CHECK", &cfg.BackupCheck, 30 * time.Second, time.Second},
 	} {
 		*d.v = d.def
 		switch raw := strings.TrimSpace(getenv(d.name)); raw {
@@ -327,6 +359,14 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 			bad("TENANTPLANE_TENANT_DOMAIN", "%q is not a domain name such as api.example.com (no scheme, port or path)", raw)
 		}
 		cfg.TenantDomain = domain
+	}
+	for _, d := range []struct{ name, dir string }{{"TENANTPLANE_BACKUP_DIR", cfg.BackupDir}, {"TENANTPLANE_EXPORT_DIR", cfg.ExportDir}} {
+		if d.dir != "" && !filepath.IsAbs(d.dir) {
+			bad(d.name, "%q is not an absolute path", d.dir)
+		}
+	}
+	if cfg.ExportTTL == off {
+		bad("TENANTPLANE_EXPORT_TTL", "cannot be off: an export is deleted after it (e.g. 168h)")
 	}
 	if len(errs) > 0 {
 		return Config{}, fmt.Errorf("configuration: %w", errors.Join(errs...))

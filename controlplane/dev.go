@@ -83,6 +83,9 @@ func Dev(ctx context.Context, opts DevOptions) (err error) {
 	if opts.Getenv("TENANTPLANE_ADMIN_TOKEN") == "" {
 		env["TENANTPLANE_ADMIN_TOKEN"] = randomHex(24)
 	}
+	if opts.Getenv("TENANTPLANE_BACKUP_DIR") == "" {
+		env["TENANTPLANE_BACKUP_DIR"] = filepath.Join(dir, "backups") // backups and exports work out of the box
+	}
 	cfg, err := ConfigFromEnv(func(k string) string {
 		if v, ok := env[k]; ok {
 			return v

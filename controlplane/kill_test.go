@@ -3,11 +3,11 @@ package controlplane
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"math/rand/v2"
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -21,29 +21,6 @@ import (
 	"github.com/tenantplane/tenantplane/internal/pgtest"
 	"github.com/tenantplane/tenantplane/internal/stripetest"
 )
-
-// killHelperEnv names the environment of the tenantplane helper process.
-const killHelperEnv = "TENANTPLANE_KILL_HELPER"
-
-// killHelperProcess is not a test: it is the whole tenantplane App, as
-// `tenantplane serve` runs it, configured from the environment, that
-// TestRandomKills starts and SIGKILLs. It says where it serves on stdout.
-func killHelperProcess() error {
-	cfg, err := ConfigFromEnv(os.Getenv)
-	if err != nil {
-		return err
-	}
-	ctx := context.Background()
-	app, err := New(ctx, cfg, slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})))
-	if err != nil {
-		return err
-	}
-	if err := app.Start(ctx); err != nil {
-		return err
-	}
-	fmt.Printf("serving api=%s admin=%s\n", app.APIAddr(), app.AdminAddr())
-	select {} // until killed
-}
 
 // killRig is what TestRandomKills runs the helper with.
 type killRig struct {
@@ -61,20 +38,22 @@ func (k *killRig) start(t *testing.T) {
 	t.Helper()
 	lines := helperproc.NewLines(100)
 	k.proc = helperproc.Start(t, lines, k.env...)
-	select {
-	case line := <-lines.C():
-		for _, f := range strings.Fields(line) {
-			if v, ok := strings.CutPrefix(f, "api="); ok {
+	k.api, k.admin = "", ""
+	timeout := time.After(60 * time.Second)
+	for k.api == "" || k.admin == "" {
+		select {
+		case line := <-lines.C():
+			if v, ok := strings.CutPrefix(line, "api="); ok {
 				k.api = "http://" + v
 			}
-			if v, ok := strings.CutPrefix(f, "admin="); ok {
+			if v, ok := strings.CutPrefix(line, "admin="); ok {
 				k.admin = "http://" + v
 			}
+		case <-k.proc.Exited():
+			t.Fatalf("tenantplane exited: %v", k.proc.Err())
+		case <-timeout:
+			t.Fatal("tenantplane did not start within 60 s")
 		}
-	case <-k.proc.Exited():
-		t.Fatalf("tenantplane exited: %v", k.proc.Err())
-	case <-time.After(60 * time.Second):
-		t.Fatal("tenantplane did not start within 60 s")
 	}
 }
 
@@ -148,10 +127,8 @@ func (k *killRig) check(t *testing.T, cycle int, served int64, meteredID string)
 	// idempotency key: a retry after a kill reuses it, never makes another.
 	require.Zero(t, k.count(t, `SELECT count(*) FROM (SELECT 1 FROM invoices GROUP BY tenant_id, period HAVING count(*) > 1) x`), "cycle %d", cycle)
 	keys := map[string]bool{}
-	for _, c := range k.tap.recorded() {
-		if c.Method == http.MethodPost && c.Path == "/v1/invoices" {
-			keys[c.IdempotencyKey] = true
-		}
+	for _, c := range k.tap.callsTo(http.MethodPost, regexp.MustCompile(`^/v1/invoices$`)) {
+		keys[c.IdempotencyKey] = true
 	}
 	require.EqualValues(t, k.count(t, `SELECT count(*) FROM invoices WHERE stripe_invoice_id IS NOT NULL`), len(keys),
 		"cycle %d: one Stripe invoice creation (one idempotency key) per invoice sent", cycle)
@@ -188,7 +165,7 @@ func TestRandomKills(t *testing.T) {
 		require.NoError(t, err)
 		require.NoError(t, os.WriteFile(filepath.Join(k.migDir, e.Name()), raw, 0o644))
 	}
-	k.env = []string{killHelperEnv + "=1",
+	k.env = []string{appHelperEnv + "=1",
 		"DATABASE_URL=" + catalogDSN, "TENANTPLANE_API_ADDR=127.0.0.1:0", "TENANTPLANE_ADMIN_ADDR=127.0.0.1:0",
 		"TENANTPLANE_ADMIN_TOKEN=" + testToken, "TENANTPLANE_SECRET_KEY=" + catalog.NewKey(),
 		"STRIPE_API_KEY=" + stripetest.Key, "STRIPE_API_BASE=" + k.tap.URL,

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -20,10 +21,35 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	if os.Getenv(killHelperEnv) != "" {
-		helperproc.Run("tenantplane", killHelperProcess) // does not return
+	// TestExportOf100MBKeepsMemoryFlat starts this binary again
+	// (helperproc.Start) as a tenantplane process of its own, whose heap
+	// no other test shares: the variable says so, and no test runs.
+	if os.Getenv(appHelperEnv) != "" {
+		helperproc.Run("app", runAppHelper)
 	}
 	pgtest.Main(m)
+}
+
+// appHelperEnv makes the test binary a tenantplane process configured by
+// its environment, printing "admin=ADDR" then "api=ADDR" once it serves
+// (TestExportOf100MBKeepsMemoryFlat, TestRandomKills).
+const appHelperEnv = "TENANTPLANE_TEST_APP_HELPER"
+
+func runAppHelper() error {
+	cfg, err := ConfigFromEnv(os.Getenv)
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+	app, err := New(ctx, cfg, slog.New(slog.NewJSONHandler(io.Discard, nil)))
+	if err != nil {
+		return err
+	}
+	if err := app.Start(ctx); err != nil {
+		return err
+	}
+	fmt.Printf("admin=%s\napi=%s\n", app.AdminAddr(), app.APIAddr())
+	select {} // until killed, or until the test is gone (helperproc)
 }
 
 const testToken = "test-admin-token-0123456789"

@@ -4,7 +4,6 @@ import (
 	"net/http"
 	"testing"
 
-	"github.com/gin-gonic/gin"
 	"github.com/stretchr/testify/require"
 
 	"github.com/tenantplane/tenantplane/internal/openapitest"
@@ -15,7 +14,7 @@ import (
 func TestOpenAPIDocumentMatchesAdminAPI(t *testing.T) {
 	t.Parallel()
 	b := setup(t, "")
-	openapitest.Check(t, "controlplane/openapi.yaml", openAPI, b.app.adminServer.Handler.(*gin.Engine), "adminToken", "/admin/v1/")
+	openapitest.Check(t, "controlplane/openapi.yaml", openAPI, b.app.adminEngine, "adminToken", "/admin/v1/")
 
 	t.Run("served on the admin address only", func(t *testing.T) {
 		status, contentType, body := openapitest.Get(t, b.admin+"/openapi.yaml")

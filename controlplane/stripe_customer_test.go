@@ -10,7 +10,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
-	"slices"
+	"regexp"
 	"sync"
 	"testing"
 	"time"
@@ -29,6 +29,7 @@ type stripeCall struct {
 	Method, Path, IdempotencyKey string
 	TenantID                     string // the tenantplane_tenant_id metadata of a customer create
 	TenantState                  string // that tenant's state in the catalog as the request arrived
+	Form                         url.Values
 }
 
 // stripeTap passes the App's Stripe requests on to stripe-mock unchanged
@@ -41,7 +42,15 @@ type stripeTap struct {
 
 	mu    sync.Mutex
 	calls []stripeCall
+	// refuse, when set, answers a request itself instead of stripe-mock
+	// (ok): Stripe's refusals that stateless stripe-mock cannot make.
+	refuse func(c stripeCall) (status int, body string, ok bool)
+	// answers holds stripe-mock's answers to the paths answerPath matches.
+	answers map[string][]byte
 }
+
+// answerPath are the requests whose answers the tap keeps (finalize: the tax).
+var answerPath = regexp.MustCompile(`^/v1/invoices/[^/]+/finalize$`)
 
 func newStripeTap(t *testing.T, mockURL, catalogDSN string) *stripeTap {
 	t.Helper()
@@ -50,8 +59,22 @@ func newStripeTap(t *testing.T, mockURL, catalogDSN string) *stripeTap {
 	pool, err := pgxpool.New(context.Background(), catalogDSN)
 	require.NoError(t, err)
 	t.Cleanup(pool.Close)
-	tap := &stripeTap{catalog: pool}
+	tap := &stripeTap{catalog: pool, answers: map[string][]byte{}}
 	proxy := httputil.NewSingleHostReverseProxy(target)
+	proxy.ModifyResponse = func(resp *http.Response) error {
+		if !answerPath.MatchString(resp.Request.URL.Path) {
+			return nil
+		}
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			return err
+		}
+		resp.Body = io.NopCloser(bytes.NewReader(body))
+		tap.mu.Lock()
+		tap.answers[resp.Request.URL.Path] = body
+		tap.mu.Unlock()
+		return nil
+	}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, err := io.ReadAll(r.Body)
 		if err != nil {
@@ -60,6 +83,7 @@ func newStripeTap(t *testing.T, mockURL, catalogDSN string) *stripeTap {
 		}
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		call := stripeCall{Method: r.Method, Path: r.URL.Path, IdempotencyKey: r.Header.Get("Idempotency-Key")}
+		call.Form, _ = url.ParseQuery(string(body))
 		if form, err := url.ParseQuery(string(body)); err == nil && r.Method == http.MethodPost && r.URL.Path == "/v1/customers" {
 			call.TenantID = form.Get("metadata[tenantplane_tenant_id]")
 			ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
@@ -71,7 +95,16 @@ func newStripeTap(t *testing.T, mockURL, catalogDSN string) *stripeTap {
 		}
 		tap.mu.Lock()
 		tap.calls = append(tap.calls, call)
+		refuse := tap.refuse
 		tap.mu.Unlock()
+		if refuse != nil {
+			if status, body, ok := refuse(call); ok {
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(status)
+				_, _ = io.WriteString(w, body)
+				return
+			}
+		}
 		proxy.ServeHTTP(w, r)
 	}))
 	t.Cleanup(srv.Close)
@@ -79,11 +112,17 @@ func newStripeTap(t *testing.T, mockURL, catalogDSN string) *stripeTap {
 	return tap
 }
 
-// recorded is every request that reached stripe-mock, in order.
-func (s *stripeTap) recorded() []stripeCall {
+// callsTo are the requests of a method to a path that reached stripe-mock.
+func (s *stripeTap) callsTo(method string, path *regexp.Regexp) []stripeCall {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return slices.Clone(s.calls)
+	var out []stripeCall
+	for _, c := range s.calls {
+		if c.Method == method && path.MatchString(c.Path) {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // customerCreates are the customer creations that reached stripe-mock.
@@ -93,6 +132,7 @@ func (s *stripeTap) customerCreates() []stripeCall {
 	var out []stripeCall
 	for _, c := range s.calls {
 		if c.Method == http.MethodPost && c.Path == "/v1/customers" {
+			c.Form = nil // the tests of creations compare who, when and with which key
 			out = append(out, c)
 		}
 	}

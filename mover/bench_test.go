@@ -82,6 +82,12 @@ func benchContext(b *testing.B) context.Context {
 
 func setupBench(b *testing.B, source *pgtest.Server) *benchBundle {
 	b.Helper()
+	return setupBenchTo(b, source, pgtest.NewServer(b))
+}
+
+// setupBenchTo is setupBench with the target server (pg-2) given.
+func setupBenchTo(b *testing.B, source, target *pgtest.Server) *benchBundle {
+	b.Helper()
 	ctx := benchContext(b)
 	key, err := catalog.ParseKey(catalog.NewKey())
 	require.NoError(b, err)
@@ -97,7 +103,7 @@ func setupBench(b *testing.B, source *pgtest.Server) *benchBundle {
 	}
 	schema, err := migrations.Load(dir)
 	require.NoError(b, err)
-	bb := &benchBundle{store: store, servers: map[string]*pgtest.Server{"pg-1": source, "pg-2": pgtest.NewServer(b)},
+	bb := &benchBundle{store: store, servers: map[string]*pgtest.Server{"pg-1": source, "pg-2": target},
 		logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	bb.prov, err = provisioner.New(store, provisioner.Config{Logger: bb.logger, Migrations: &schema, WarmPoolSize: -1})
 	require.NoError(b, err)
@@ -383,6 +389,61 @@ func BenchmarkMoveOnline(b *testing.B) {
 		percentile(longest, 0.5).Round(time.Millisecond), longest[len(longest)-1].Round(time.Millisecond), cadence.Round(100*time.Microsecond),
 		*m.WritePauseMS, fenced.Sub(began).Round(time.Millisecond), verifying.Sub(fenced).Round(time.Millisecond), switched.Sub(verifying).Round(time.Millisecond),
 		verify.Round(time.Millisecond), fenceVerify.Round(time.Millisecond), counts.Round(time.Millisecond))
+}
+
+// BenchmarkMoveRevertInStep moves a tenant of about 200 MB online between
+// two servers that both replicate, so its source is kept in step, lets the
+// four clients write on the target a while, then reverts the move and
+// reports the revert's write pause as the clients saw it and as the revert
+// recorded it: no copy, only the last writes caught up and verified.
+func BenchmarkMoveRevertInStep(b *testing.B) {
+	ctx := benchContext(b)
+	src := pgtest.NewServerWithSettings(b, map[string]string{"wal_level": "logical"})
+	dst := pgtest.NewServerWithSettings(b, map[string]string{"wal_level": "logical"})
+	bb := setupBenchTo(b, src, dst)
+	for _, srv := range []*pgtest.Server{src, dst} {
+		superExecB(b, ctx, srv, "ALTER ROLE "+pgtest.ManagedRole+" REPLICATION")
+	}
+	t := bb.createTenant(b, "big")
+	size := bb.fillTenant(b, t)
+	svc := bb.service(b, 2, nil)
+
+	clients := bb.startClients(b, t, benchClientCount)
+	time.Sleep(time.Second)
+	m, err := svc.StartMove(ctx, t.Slug, mover.MoveSpec{To: "pg-2"}, "bench")
+	require.NoError(b, err)
+	m = waitMove(b, svc, m.ID)
+	require.Equal(b, mover.PhaseDone, m.Phase, m.LastError)
+	require.True(b, m.KeepInStep, m.KeepReason)
+	time.Sleep(3 * time.Second) // the clients write on pg-2, kept in step on pg-1
+
+	b.ResetTimer()
+	began := time.Now()
+	r, err := svc.Revert(ctx, m.ID, "bench")
+	require.NoError(b, err)
+	r = waitMove(b, svc, r.ID)
+	total := time.Since(began)
+	b.StopTimer()
+	require.Equal(b, mover.PhaseDone, r.Phase, r.LastError)
+	require.Zero(b, r.RowsCopied)
+	time.Sleep(500 * time.Millisecond)
+	longest, cadence, acks := clients.pauses(began)
+	var missing int
+	require.NoError(b, bb.adminConn(b, "pg-1", t.Database).QueryRow(ctx,
+		"SELECT count(*) FROM unnest($1::bigint[]) a(n) WHERE NOT EXISTS (SELECT FROM writes w WHERE w.n = a.n)", acks).Scan(&missing))
+	require.Zero(b, missing, "acknowledged writes missing on the source")
+	full, changed := mover.FenceVerifies(svc)
+	require.Equal(b, [2]int64{0, 2}, [2]int64{full, changed}, "the move's and the revert's fences verified only the rows written")
+	b.ReportMetric(ms(percentile(longest, 0.5)), "pause-p50-ms")
+	b.ReportMetric(ms(longest[len(longest)-1]), "pause-max-ms")
+	b.ReportMetric(float64(*r.WritePauseMS), "write_pause_ms")
+	b.ReportMetric(total.Seconds(), "revert-s")
+	b.ReportMetric(ms(mover.LastFenceVerify(svc)), "fence-verify-ms")
+	b.Logf("in-step revert of a %d MB tenant under %d clients (%d writes): revert %s (no copy); write pause per client p50 %s, max %s "+
+		"(steady gap p50 %s); recorded write_pause_ms %d (the move's own: %d); the fence's check of the rows written since the move %s",
+		size>>20, benchClientCount, len(acks), total.Round(time.Millisecond),
+		percentile(longest, 0.5).Round(time.Millisecond), longest[len(longest)-1].Round(time.Millisecond), cadence.Round(100*time.Microsecond),
+		*r.WritePauseMS, *m.WritePauseMS, mover.LastFenceVerify(svc).Round(time.Millisecond))
 }
 
 // BenchmarkMoveCopy moves a tenant of about 200 MB in the copy mode and,

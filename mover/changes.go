@@ -20,6 +20,9 @@ type ChangeSet struct {
 	tables   map[string]*changedTable
 	keys     int
 	overflow bool
+	// journal, when set, collects what was added since the last drain, for
+	// a kept source's ledger to store with the rows (keep.go).
+	journal *changeJournal
 }
 
 type changedTable struct {
@@ -54,6 +57,7 @@ func (c *ChangeSet) table(rel *relation) *changedTable {
 		}
 		t.full = len(t.cols) == 0
 		c.tables[rel.name] = t
+		c.journal.touch(rel.name)
 	}
 	return t
 }
@@ -65,6 +69,7 @@ func (c *ChangeSet) truncated(rel *relation) {
 	}
 	t := c.table(rel)
 	t.full, t.keys = true, nil
+	c.journal.touch(rel.name)
 }
 
 // record adds the key of tuple tup of rel.
@@ -85,6 +90,7 @@ func (c *ChangeSet) record(rel *relation, tup *pglogrepl.TupleData) {
 		if j >= len(t.cols) || t.cols[j] != rel.columns[i] || i >= len(tup.Columns) || tup.Columns[i].DataType != pglogrepl.TupleDataTypeText {
 			// The relation changed, or a NULL or unsent key: no row to name.
 			t.full, t.keys = true, nil
+			c.journal.touch(rel.name)
 			return
 		}
 		vals = append(vals, string(tup.Columns[i].Data))
@@ -92,6 +98,7 @@ func (c *ChangeSet) record(rel *relation, tup *pglogrepl.TupleData) {
 	}
 	if j != len(t.cols) {
 		t.full, t.keys = true, nil
+		c.journal.touch(rel.name)
 		return
 	}
 	id := strings.Join(vals, "\x00")
@@ -104,6 +111,7 @@ func (c *ChangeSet) record(rel *relation, tup *pglogrepl.TupleData) {
 	}
 	t.keys[id] = vals
 	c.keys++
+	c.journal.add(rel.name, vals)
 }
 
 // tableOf is the table's changes, nil if none (or c is nil).

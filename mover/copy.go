@@ -54,10 +54,13 @@ type CopyOptions struct {
 
 // CopyResult is what Copy did.
 type CopyResult struct {
-	Tables           []TableProgress // each table's final report, in the order copied
-	SequencesMoved   int             // sequences of the target moved up to the source's
-	IndexesRebuilt   int             // indexes and constraints of the target dropped before the copy and made again after it
-	Rows, Bytes      int64           // over all tables
+	Tables         []TableProgress // each table's final report, in the order copied
+	SequencesMoved int             // sequences of the target moved up to the source's
+	IndexesRebuilt int             // indexes and constraints of the target dropped before the copy and made again after it
+	Rows, Bytes    int64           // over all tables
+	// Copied is each table's rows as they went from the source to the
+	// target, counted and hashed on the way (VerifyOptions.Copied).
+	Copied           []CopiedTable
 	Duration         time.Duration
 	SourceSnapshotAt time.Time // the source's clock when the snapshot was taken
 }
@@ -142,11 +145,12 @@ func Copy(ctx context.Context, source, target DB, opts CopyOptions) (_ CopyResul
 	}
 
 	for _, t := range tables {
-		p, err := copyTable(ctx, src.Conn(), dst.Conn(), t, opts)
+		p, sent, err := copyTable(ctx, src.Conn(), dst.Conn(), t, opts)
 		if err != nil {
 			return CopyResult{}, err
 		}
 		res.Tables = append(res.Tables, p)
+		res.Copied = append(res.Copied, CopiedTable{Table: t.Name, Columns: t.Columns, Rows: sent.rows, Hash: sent.sum})
 		res.Rows += p.Rows
 		res.Bytes += p.Bytes
 	}
@@ -284,8 +288,8 @@ const copyChunk = 64 << 10
 var errTargetStopped = errors.New("the target stopped reading")
 
 // copyTable streams one table from the source's COPY TO into the target's
-// COPY FROM.
-func copyTable(ctx context.Context, src, dst *pgx.Conn, t Table, opts CopyOptions) (TableProgress, error) {
+// COPY FROM, and counts and hashes the rows it sent.
+func copyTable(ctx context.Context, src, dst *pgx.Conn, t Table, opts CopyOptions) (TableProgress, *rowHasher, error) {
 	cols := columnList(t.Columns)
 	pr, pw := io.Pipe()
 	srcErr := make(chan error, 1)
@@ -301,20 +305,21 @@ func copyTable(ctx context.Context, src, dst *pgx.Conn, t Table, opts CopyOption
 		pw.CloseWithError(err) // nil: the reader sees io.EOF
 		srcErr <- err
 	}()
-	counter := &progressReader{r: pr, every: opts.ProgressEvery, report: opts.Progress, p: TableProgress{Table: t.Name}}
+	sent := newRowHasher()
+	counter := &progressReader{r: io.TeeReader(pr, sent), every: opts.ProgressEvery, report: opts.Progress, p: TableProgress{Table: t.Name}}
 	tag, err := dst.PgConn().CopyFrom(ctx, counter, "COPY "+qualified(t.Name)+" ("+cols+") FROM STDIN (FREEZE)")
 	pr.CloseWithError(errTargetStopped)
 	if sErr := <-srcErr; sErr != nil && !errors.Is(sErr, errTargetStopped) {
-		return TableProgress{}, fmt.Errorf("source: reading table %s: %w", t.Name, sErr)
+		return TableProgress{}, nil, fmt.Errorf("source: reading table %s: %w", t.Name, sErr)
 	}
 	if err != nil {
-		return TableProgress{}, fmt.Errorf("target: writing table %s: %w", t.Name, err)
+		return TableProgress{}, nil, fmt.Errorf("target: writing table %s: %w", t.Name, err)
 	}
 	p := counter.final(tag.RowsAffected())
 	if opts.Progress != nil {
 		opts.Progress(p)
 	}
-	return p, nil
+	return p, sent, nil
 }
 
 // progressReader counts what passes from the source to the target. In COPY's

@@ -34,7 +34,8 @@
 //   - switched: one catalog transaction moves the tenant to the target,
 //     lifts the hold, records write_pause_ms and keep_until, NOTIFYs the
 //     routers and schedules the job that drops the kept source at
-//     keep_until; then done.
+//     keep_until (and, where the source is kept in step, the keep's job);
+//     then done.
 //
 // A process killed in any phase (SIGKILL included) leaves its job to the
 // next process whose job client sees it has stopped beating (internal/jobs):
@@ -44,9 +45,19 @@
 // A kill that leaves the tenant held holds its requests until then.
 //
 // Cancel (before the switch) aborts the move at its next phase; Revert (a
-// done move, within its keep) starts a move back onto the kept source that
-// copies back every write since, after which the original is reverted. The
-// functions below are what the phases call; each works on its own too:
+// done move, within its keep) starts a move back onto the kept source,
+// after which the original is reverted. Where the target server can
+// stream (keep.go), the kept source is kept in step: a slot named like the
+// move on the target, made before the hold and started at the switch, and a
+// durable job (kind tenantplane.move_keep) applying the tenant's writes to
+// the fenced source with the Stream, each transaction with its position
+// and the keys it wrote in a ledger in the kept source (schema
+// tenantplane_keep), so a restarted keep neither skips nor repeats one. A
+// revert of such a move (revert.go) catches up over that slot, fences,
+// verifies the rows written since the move with every table's count, and
+// switches back without copying; otherwise the revert copies back every
+// row. The functions below are what the phases call; each works on its own
+// too:
 //
 //   - copying (copy.go, tables.go, sequences.go): Copy streams every user
 //     table of schema public (Tables: all but schema_migrations, in
@@ -106,13 +117,15 @@
 //	e, err = svc.GetEvacuation(ctx, e.ID) // counts, each tenant with its move and error
 //	plan, err := svc.PlanRebalance(ctx) // moves, per-server scores and the spread before and after
 //
+// A run of an online move that dies once its copy is verified leaves its
+// slot on the source and its stream's ledger on the target (resume.go):
+// the next run opens the slot again from the ledger's position instead of
+// copying again, and its fence verifies the rows the ledger names.
+//
 // Not built yet: the native-subscription apply (ApplySubscription: the
-// online mode always applies the stream itself), a stream that resumes from
-// its slot after a restart (a move killed while copying or catching up
-// starts its copy again; one killed while fenced copies the fenced source
-// in full), the reverse stream that keeps a source in step for a revert,
-// a verify outside the fence (its row hash under the fence makes the pause
-// grow with the database). Copy loads tables
+// online mode always applies the stream itself), a copy-back revert's
+// verify outside the fence, a keep that follows a schema change (a
+// migration ends the keep); a move killed while copying copies again. Copy loads tables
 // into their indexes as they are (pg_restore builds indexes after the data,
 // which is faster for large tables) and one table at a time; partitioned
 // tables' foreign keys do not order their partitions.

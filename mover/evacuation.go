@@ -52,6 +52,11 @@ type EvacuationSpec struct {
 	// Mode is each move's mode ("online", "copy", or "": online when
 	// possible, else that tenant fails with the reason).
 	Mode string `json:"mode"`
+	// MaxAttempts is how many moves of one tenant are tried before it is
+	// reported failed: a move that aborts, or cannot start, is tried again
+	// after a pause (evacRetryDelay times the attempts so far), each
+	// attempt's error kept. Default 3, at most 10.
+	MaxAttempts int `json:"max_attempts"`
 }
 
 func (sp *EvacuationSpec) check() error {
@@ -60,6 +65,12 @@ func (sp *EvacuationSpec) check() error {
 	}
 	if sp.PerServer == 0 {
 		sp.PerServer = 2
+	}
+	if sp.MaxAttempts == 0 {
+		sp.MaxAttempts = 3
+	}
+	if sp.MaxAttempts < 1 || sp.MaxAttempts > 10 {
+		return catalog.Errorf(catalog.CodeInvalid, "max_attempts must be between 1 and 10")
 	}
 	if sp.Concurrency < 1 || sp.Concurrency > 64 || sp.PerServer < 1 || sp.PerServer > 64 {
 		return catalog.Errorf(catalog.CodeInvalid, "concurrency and per_server must be between 1 and 64")
@@ -80,6 +91,7 @@ type Evacuation struct {
 	Concurrency int                `json:"concurrency"`
 	PerServer   int                `json:"per_server"`
 	Mode        string             `json:"mode"`
+	MaxAttempts int                `json:"max_attempts"`
 	Total       int                `json:"total"`
 	Pending     int                `json:"pending"`
 	Moving      int                `json:"moving"`
@@ -104,6 +116,17 @@ type EvacuationTenant struct {
 	MoveID *int64 `json:"move_id"`
 	Phase  string `json:"phase,omitempty"` // its move's
 	Error  string `json:"error,omitempty"`
+	// Attempts are its moves that failed, oldest first; RetryAt, when
+	// its next try may start.
+	Attempts []EvacuationAttempt `json:"attempts"`
+	RetryAt  *time.Time          `json:"retry_at,omitempty"`
+}
+
+// EvacuationAttempt is a failed try at moving a tenant of an evacuation.
+type EvacuationAttempt struct {
+	MoveID *int64    `json:"move_id"` // nil when the move could not start
+	Error  string    `json:"error"`
+	At     time.Time `json:"at"`
 }
 
 // evacQueue is the River queue of evacuation jobs: apart from the moves'
@@ -112,6 +135,10 @@ const evacQueue = "tenantplane_evacuations"
 
 // evacPoll is how often an evacuation's job looks at its moves.
 const evacPoll = 200 * time.Millisecond
+
+// evacRetryDelay is the pause before a tenant's next try, times the tries
+// so far (Config.evacRetryDelay in the tests).
+const evacRetryDelay = 2 * time.Second
 
 // evacuateArgs is the durable job that drives an evacuation: it starts
 // moves as slots free up and settles the finished ones, from the ledger
@@ -194,8 +221,8 @@ func (s *Service) Evacuate(ctx context.Context, server string, spec EvacuationSp
 		if !errors.Is(err, pgx.ErrNoRows) {
 			return catalog.Classify(err, "evacuation")
 		}
-		err = tx.QueryRow(ctx, `INSERT INTO evacuations (kind, server_id, concurrency, per_server, mode, actor)
-			VALUES ('evacuate', $1, $2, $3, $4, $5) RETURNING id`, srvID, spec.Concurrency, spec.PerServer, spec.Mode, actor).Scan(&id)
+		err = tx.QueryRow(ctx, `INSERT INTO evacuations (kind, server_id, concurrency, per_server, mode, actor, max_attempts)
+			VALUES ('evacuate', $1, $2, $3, $4, $5, $6) RETURNING id`, srvID, spec.Concurrency, spec.PerServer, spec.Mode, actor, spec.MaxAttempts).Scan(&id)
 		if err != nil {
 			return catalog.Classify(err, "evacuation of server "+strconv.Quote(server))
 		}
@@ -209,7 +236,8 @@ func (s *Service) Evacuate(ctx context.Context, server string, spec EvacuationSp
 		}
 		if err := catalog.InsertAudit(ctx, tx, catalog.AuditEvent{Actor: actor, Action: "server.evacuation_started", Subject: server,
 			FromState: state, ToState: string(catalog.ServerEvacuating),
-			Details: map[string]any{"evacuation_id": id, "concurrency": spec.Concurrency, "per_server": spec.PerServer, "mode": spec.Mode}}); err != nil {
+			Details: map[string]any{"evacuation_id": id, "concurrency": spec.Concurrency, "per_server": spec.PerServer, "mode": spec.Mode,
+				"max_attempts": spec.MaxAttempts}}); err != nil {
 			return err
 		}
 		// The job commits with the ledger: never one without the other.
@@ -227,9 +255,9 @@ func (s *Service) Evacuate(ctx context.Context, server string, spec EvacuationSp
 func (s *Service) GetEvacuation(ctx context.Context, id int64) (Evacuation, error) {
 	var e Evacuation
 	var server *string
-	err := s.store.Pool().QueryRow(ctx, `SELECT e.id, e.kind, s.name, e.state, e.concurrency, e.per_server, e.mode, e.last_error, e.actor,
+	err := s.store.Pool().QueryRow(ctx, `SELECT e.id, e.kind, s.name, e.state, e.concurrency, e.per_server, e.mode, e.max_attempts, e.last_error, e.actor,
 		e.created_at, e.updated_at, e.finished_at FROM evacuations e LEFT JOIN servers s ON s.id = e.server_id WHERE e.id = $1`, id).
-		Scan(&e.ID, &e.Kind, &server, &e.State, &e.Concurrency, &e.PerServer, &e.Mode, &e.LastError, &e.Actor, &e.CreatedAt, &e.UpdatedAt, &e.FinishedAt)
+		Scan(&e.ID, &e.Kind, &server, &e.State, &e.Concurrency, &e.PerServer, &e.Mode, &e.MaxAttempts, &e.LastError, &e.Actor, &e.CreatedAt, &e.UpdatedAt, &e.FinishedAt)
 	if err != nil {
 		return Evacuation{}, catalog.Classify(err, fmt.Sprintf("evacuation %d", id))
 	}
@@ -237,7 +265,7 @@ func (s *Service) GetEvacuation(ctx context.Context, id int64) (Evacuation, erro
 		e.Server = *server
 	}
 	rows, err := s.store.Pool().Query(ctx, `SELECT t.slug, fs.name, coalesce(ms.name, ts.name, ''), et.reason, et.state, et.move_id,
-		coalesce(m.phase, ''), et.error
+		coalesce(m.phase, ''), et.error, et.attempts, et.retry_at
 		FROM evacuation_tenants et JOIN tenants t ON t.id = et.tenant_id JOIN servers fs ON fs.id = et.from_server_id
 		LEFT JOIN servers ts ON ts.id = et.to_server_id LEFT JOIN moves m ON m.id = et.move_id LEFT JOIN servers ms ON ms.id = m.to_server_id
 		WHERE et.evacuation_id = $1 ORDER BY et.position`, id)
@@ -246,7 +274,7 @@ func (s *Service) GetEvacuation(ctx context.Context, id int64) (Evacuation, erro
 	}
 	e.Tenants, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (EvacuationTenant, error) {
 		var t EvacuationTenant
-		err := row.Scan(&t.Tenant, &t.From, &t.To, &t.Reason, &t.State, &t.MoveID, &t.Phase, &t.Error)
+		err := row.Scan(&t.Tenant, &t.From, &t.To, &t.Reason, &t.State, &t.MoveID, &t.Phase, &t.Error, &t.Attempts, &t.RetryAt)
 		return t, err
 	})
 	if err != nil {
@@ -285,7 +313,7 @@ func (s *Service) ListEvacuations(ctx context.Context, limit int, cursor string)
 	if err != nil {
 		return nil, "", err
 	}
-	rows, err := s.store.Pool().Query(ctx, `SELECT e.id, e.kind, coalesce(s.name, ''), e.state, e.concurrency, e.per_server, e.mode, e.last_error, e.actor,
+	rows, err := s.store.Pool().Query(ctx, `SELECT e.id, e.kind, coalesce(s.name, ''), e.state, e.concurrency, e.per_server, e.mode, e.max_attempts, e.last_error, e.actor,
 		e.created_at, e.updated_at, e.finished_at,
 		count(et.tenant_id), count(*) FILTER (WHERE et.state = 'pending'), count(*) FILTER (WHERE et.state = 'moving'),
 		count(*) FILTER (WHERE et.state = 'moved'), count(*) FILTER (WHERE et.state = 'failed'), count(*) FILTER (WHERE et.state = 'skipped')
@@ -296,7 +324,7 @@ func (s *Service) ListEvacuations(ctx context.Context, limit int, cursor string)
 	}
 	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Evacuation, error) {
 		var e Evacuation
-		err := row.Scan(&e.ID, &e.Kind, &e.Server, &e.State, &e.Concurrency, &e.PerServer, &e.Mode, &e.LastError, &e.Actor,
+		err := row.Scan(&e.ID, &e.Kind, &e.Server, &e.State, &e.Concurrency, &e.PerServer, &e.Mode, &e.MaxAttempts, &e.LastError, &e.Actor,
 			&e.CreatedAt, &e.UpdatedAt, &e.FinishedAt, &e.Total, &e.Pending, &e.Moving, &e.Moved, &e.Failed, &e.Skipped)
 		return e, err
 	})
@@ -375,6 +403,8 @@ type evacRow struct {
 	movePhase      *string
 	moveError      *string
 	moveTo         *int64
+	attempts       []EvacuationAttempt
+	retryAt        *time.Time
 }
 
 // evacStep settles the moves that ended and starts new ones where the
@@ -384,9 +414,9 @@ func (s *Service) evacStep(ctx context.Context, id int64) (done bool, err error)
 	err = s.store.InTx(ctx, func(tx pgx.Tx) error {
 		var kind, state, mode, actor string
 		var serverID *int64
-		var conc, perServer int
-		err := tx.QueryRow(ctx, `SELECT kind, server_id, state, concurrency, per_server, mode, actor FROM evacuations WHERE id = $1 FOR UPDATE`, id).
-			Scan(&kind, &serverID, &state, &conc, &perServer, &mode, &actor)
+		var conc, perServer, maxAttempts int
+		err := tx.QueryRow(ctx, `SELECT kind, server_id, state, concurrency, per_server, mode, actor, max_attempts FROM evacuations WHERE id = $1 FOR UPDATE`, id).
+			Scan(&kind, &serverID, &state, &conc, &perServer, &mode, &actor, &maxAttempts)
 		if errors.Is(err, pgx.ErrNoRows) {
 			done = true
 			return nil
@@ -398,7 +428,8 @@ func (s *Service) evacStep(ctx context.Context, id int64) (done bool, err error)
 			done = true
 			return nil
 		}
-		rows, err := tx.Query(ctx, `SELECT et.tenant_id, t.slug, et.from_server_id, et.to_server_id, et.state, et.move_id, m.phase, m.last_error, m.to_server_id
+		rows, err := tx.Query(ctx, `SELECT et.tenant_id, t.slug, et.from_server_id, et.to_server_id, et.state, et.move_id, m.phase, m.last_error, m.to_server_id,
+			et.attempts, et.retry_at
 			FROM evacuation_tenants et JOIN tenants t ON t.id = et.tenant_id LEFT JOIN moves m ON m.id = et.move_id
 			WHERE et.evacuation_id = $1 ORDER BY et.position`, id)
 		if err != nil {
@@ -406,7 +437,7 @@ func (s *Service) evacStep(ctx context.Context, id int64) (done bool, err error)
 		}
 		list, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (evacRow, error) {
 			var r evacRow
-			err := row.Scan(&r.tenantID, &r.slug, &r.fromID, &r.toID, &r.state, &r.moveID, &r.movePhase, &r.moveError, &r.moveTo)
+			err := row.Scan(&r.tenantID, &r.slug, &r.fromID, &r.toID, &r.state, &r.moveID, &r.movePhase, &r.moveError, &r.moveTo, &r.attempts, &r.retryAt)
 			return r, err
 		})
 		if err != nil {
@@ -416,6 +447,26 @@ func (s *Service) evacStep(ctx context.Context, id int64) (done bool, err error)
 			r.state = state
 			_, err := tx.Exec(ctx, `UPDATE evacuation_tenants SET state = $3, move_id = $4, error = $5 WHERE evacuation_id = $1 AND tenant_id = $2`,
 				id, r.tenantID, state, r.moveID, msg)
+			return catalog.Classify(err, "evacuation tenant")
+		}
+		// failAttempt records a failed try (its move, if it started, and
+		// the error); the tenant is tried again after a pause until it
+		// has been tried maxAttempts times, then it fails.
+		failAttempt := func(r *evacRow, msg string) error {
+			r.attempts = append(r.attempts, EvacuationAttempt{MoveID: r.moveID, Error: msg, At: time.Now().UTC()})
+			n := len(r.attempts)
+			if n >= maxAttempts || state == EvacuationCancelled {
+				r.state = EvacTenantFailed
+				if n > 1 {
+					msg = fmt.Sprintf("after %d attempts: %s", n, msg)
+				}
+			} else {
+				r.state, r.moveID = EvacTenantPending, nil
+				at := time.Now().Add(time.Duration(n) * s.cfg.evacRetryDelay)
+				r.retryAt = &at
+			}
+			_, err := tx.Exec(ctx, `UPDATE evacuation_tenants SET state = $3, move_id = $4, error = $5, attempts = $6, retry_at = $7
+				WHERE evacuation_id = $1 AND tenant_id = $2`, id, r.tenantID, r.state, r.moveID, msg, r.attempts, r.retryAt)
 			return catalog.Classify(err, "evacuation tenant")
 		}
 
@@ -435,8 +486,9 @@ func (s *Service) evacStep(ctx context.Context, id int64) (done bool, err error)
 				if r.moveError != nil && *r.moveError != "" {
 					msg = *r.moveError
 				}
-				s.logger.WarnContext(ctx, "evacuation: a move failed", "evacuation_id", id, "tenant", r.slug, "move_id", *r.moveID, "error", msg)
-				err = setRow(r, EvacTenantFailed, msg)
+				s.logger.WarnContext(ctx, "evacuation: a move failed", "evacuation_id", id, "tenant", r.slug, "move_id", *r.moveID, "error", msg,
+					"attempt", len(r.attempts)+1, "of", maxAttempts)
+				err = failAttempt(r, msg)
 			default:
 				moving++
 				inflight[*r.moveTo]++
@@ -461,7 +513,7 @@ func (s *Service) evacStep(ctx context.Context, id int64) (done bool, err error)
 		}
 		if state == EvacuationPaused || (state == EvacuationRunning && pending > 0) {
 			if state == EvacuationRunning {
-				started, err := s.evacStart(ctx, tx, id, kind, serverID, mode, actor, list, conc-moving, perServer, inflight, setRow)
+				started, err := s.evacStart(ctx, tx, id, kind, serverID, mode, actor, list, conc-moving, perServer, inflight, setRow, failAttempt)
 				if err != nil {
 					return err
 				}
@@ -483,7 +535,7 @@ func (s *Service) evacStep(ctx context.Context, id int64) (done bool, err error)
 // many it started. A tenant whose move cannot start fails with the reason;
 // when no target has room and nothing is moving, the tenants left fail.
 func (s *Service) evacStart(ctx context.Context, tx pgx.Tx, id int64, kind string, serverID *int64, mode, actor string, list []evacRow,
-	slots, perServer int, inflight map[int64]int, setRow func(*evacRow, string, string) error) (int, error) {
+	slots, perServer int, inflight map[int64]int, setRow func(*evacRow, string, string) error, failAttempt func(*evacRow, string) error) (int, error) {
 	if slots <= 0 {
 		return 0, nil
 	}
@@ -512,9 +564,10 @@ func (s *Service) evacStart(ctx context.Context, tx pgx.Tx, id int64, kind strin
 		moving += n
 	}
 	started, waiting := 0, 0
+	now := time.Now()
 	for i := range list {
 		r := &list[i]
-		if r.state != EvacTenantPending {
+		if r.state != EvacTenantPending || r.retryAt != nil && r.retryAt.After(now) {
 			continue
 		}
 		if started >= slots {
@@ -558,9 +611,16 @@ func (s *Service) evacStart(ctx context.Context, tx pgx.Tx, id int64, kind strin
 		// A move this evacuation started whose record did not commit (a
 		// crash, or a failed step, between the two): take it over, open or
 		// ended, rather than start another; the next step settles it.
+		// Not one of its failed attempts, of course.
+		tried := []int64{}
+		for _, a := range r.attempts {
+			if a.MoveID != nil {
+				tried = append(tried, *a.MoveID)
+			}
+		}
 		var adopted *int64
-		err := tx.QueryRow(ctx, `SELECT id FROM moves WHERE tenant_id = $1 AND actor = $2 ORDER BY id DESC LIMIT 1`,
-			r.tenantID, evacActor(id)).Scan(&adopted)
+		err := tx.QueryRow(ctx, `SELECT id FROM moves WHERE tenant_id = $1 AND actor = $2 AND id <> ALL($3) ORDER BY id DESC LIMIT 1`,
+			r.tenantID, evacActor(id), tried).Scan(&adopted)
 		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 			return started, catalog.Classify(err, "moves")
 		}
@@ -570,8 +630,9 @@ func (s *Service) evacStart(ctx context.Context, tx pgx.Tx, id int64, kind strin
 				if ctx.Err() != nil {
 					return started, err
 				}
-				s.logger.WarnContext(ctx, "evacuation: a move could not start", "evacuation_id", id, "tenant", r.slug, "to", to.name, "error", err)
-				if err := setRow(r, EvacTenantFailed, err.Error()); err != nil {
+				s.logger.WarnContext(ctx, "evacuation: a move could not start", "evacuation_id", id, "tenant", r.slug, "to", to.name, "error", err,
+					"attempt", len(r.attempts)+1)
+				if err := failAttempt(r, err.Error()); err != nil {
 					return started, err
 				}
 				continue
@@ -594,7 +655,7 @@ func (s *Service) evacStart(ctx context.Context, tx pgx.Tx, id int64, kind strin
 			msg = "no other active server has room for it (capacity counts tenants placed and moves under way)"
 		}
 		for i := range list {
-			if list[i].state == EvacTenantPending {
+			if list[i].state == EvacTenantPending && (list[i].retryAt == nil || !list[i].retryAt.After(now)) {
 				if err := setRow(&list[i], EvacTenantFailed, msg); err != nil {
 					return started, err
 				}

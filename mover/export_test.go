@@ -16,6 +16,10 @@ func SetAfterPhase(cfg *Config, fn func(ctx context.Context, moveID int64, phase
 // copy is done and the stream's slot and publication exist.
 const StepCopied = stepCopied
 
+// StepKeepApplied is the hook's point where a keep has committed a
+// transaction on the kept source and not yet confirmed it to its slot.
+const StepKeepApplied = stepKeepApplied
+
 // FenceVerifies is how many of s's fences verified every row (full) and how
 // many only the rows written during an online move (changed).
 func FenceVerifies(s *Service) (full, changed int64) {
@@ -24,3 +28,7 @@ func FenceVerifies(s *Service) (full, changed int64) {
 
 // LastFenceVerify is how long s's last fence verification took.
 func LastFenceVerify(s *Service) time.Duration { return time.Duration(s.verifies.last.Load()) }
+
+// SetEvacRetryDelay sets the pause before an evacuation's next try at a
+// tenant (times the tries so far).
+func SetEvacRetryDelay(cfg *Config, d time.Duration) { cfg.evacRetryDelay = d }

@@ -76,8 +76,10 @@ func moveHelperProcess() error {
 // service started afterwards takes the dead process's job over once its
 // job client has missed its beats, and every one of these moves ends done:
 // each phase is recorded and idempotent, and the resumed run goes on from
-// it (a run killed while copying or catching up starts its stream over;
-// one killed while fenced copies the fenced source again). None is rolled
+// it (a run killed while copying starts its stream over; one killed while
+// catching up, fenced or verifying goes on from the stream's slot and the
+// target's ledger, copying nothing again, and its fence verifies only the
+// rows the stream wrote). None is rolled
 // back, because nothing stops it from going on: a rollback is for a move
 // that cannot (a verification difference, a lost slot, its last attempt)
 // or is cancelled, as the last case is, while its process is dead and the
@@ -99,11 +101,15 @@ func TestMoveKilledInEachPhase(t *testing.T) {
 		// cancel: the move is cancelled while its process is dead, so the
 		// restart rolls it back.
 		cancel bool
+		// resumes: the restart goes on from the stream's slot and the
+		// target's ledger, copying nothing again, and its fence verifies
+		// only the rows the stream wrote.
+		resumes bool
 	}{
 		{name: "copying", phase: mover.PhaseCopying, at: mover.StepCopied, mode: mover.ModeOnline},
-		{name: "catching_up", phase: mover.PhaseCatchingUp, at: mover.PhaseCatchingUp, mode: mover.ModeOnline},
-		{name: "fenced", phase: mover.PhaseFenced, at: mover.PhaseFenced, mode: mover.ModeOnline, held: true},
-		{name: "verifying", phase: mover.PhaseVerifying, at: mover.PhaseVerifying, mode: mover.ModeOnline, held: true},
+		{name: "catching_up", phase: mover.PhaseCatchingUp, at: mover.PhaseCatchingUp, mode: mover.ModeOnline, resumes: true},
+		{name: "fenced", phase: mover.PhaseFenced, at: mover.PhaseFenced, mode: mover.ModeOnline, held: true, resumes: true},
+		{name: "verifying", phase: mover.PhaseVerifying, at: mover.PhaseVerifying, mode: mover.ModeOnline, held: true, resumes: true},
 		{name: "switched", phase: mover.PhaseSwitched, at: mover.PhaseSwitched, mode: mover.ModeOnline},
 		{name: "copy_mode_copying", phase: mover.PhaseCopying, at: mover.PhaseCopying, mode: mover.ModeCopy, held: true},
 		{name: "fenced_then_cancelled", phase: mover.PhaseFenced, at: mover.PhaseFenced, mode: mover.ModeOnline, held: true, cancel: true},
@@ -116,16 +122,7 @@ func TestMoveKilledInEachPhase(t *testing.T) {
 			superExec(t, ctx, src, "ALTER ROLE "+pgtest.ManagedRole+" REPLICATION")
 			fillWrites(t, b, 5000)
 
-			// The restarted process's service: it starts the move, but only
-			// works jobs once the first process is dead. It judges a job
-			// client dead after 2s without a beat (10s by default).
-			reg := jobs.NewRegistry()
-			svc, err := mover.New(b.store, mover.Config{Logger: b.logger, Jobs: reg, Targets: b.prov, Keep: time.Hour})
-			require.NoError(t, err)
-			require.NoError(t, reg.Open(b.store.Pool(), jobs.Config{Logger: b.logger, HeartbeatInterval: 500 * time.Millisecond, ClientDeadAfter: 2 * time.Second}))
-
-			stdout := helperproc.NewLines(16)
-			helper := helperproc.Start(t, stdout, moveHelperEnv+"="+tc.at, "CATALOG_DSN="+b.dsn, "SECRET_KEY="+b.secret)
+			svc, reg, helper, stdout := startMoveHelper(t, b, tc.at)
 			w := b.startWriter(t)
 			time.Sleep(200 * time.Millisecond)
 			m, err := svc.StartMove(ctx, "acme", mover.MoveSpec{To: "pg-2", Mode: tc.mode}, "test")
@@ -174,6 +171,11 @@ func TestMoveKilledInEachPhase(t *testing.T) {
 				require.Equal(t, mover.PhaseDone, m.Phase, m.LastError)
 				checkMoved(t, b, m, acks)
 			}
+			if tc.resumes {
+				require.Equal(t, killed.RowsCopied, m.RowsCopied, "not copied again")
+				full, changed := mover.FenceVerifies(svc)
+				require.Equal(t, [2]int64{0, 1}, [2]int64{full, changed}, "the restart's fence verified only the rows the stream wrote")
+			}
 			// The bound: a kill that leaves the tenant held holds its writes
 			// until the restart has judged the dead process (ClientDeadAfter
 			// and a beat) and finished the move; any other holds them for
@@ -191,6 +193,21 @@ func TestMoveKilledInEachPhase(t *testing.T) {
 			checkNoLeftovers(t, b, svc, !tc.cancel)
 		})
 	}
+}
+
+// startMoveHelper starts the moving helper process, which stops at hook
+// point at, and the restarted process's service: it starts moves, but only
+// works jobs once reg is started (after the helper's death). It judges a
+// job client dead after 2s without a beat (10s by default).
+func startMoveHelper(t *testing.T, b *moveBundle, at string) (*mover.Service, *jobs.Registry, *helperproc.Process, *helperproc.Lines) {
+	t.Helper()
+	reg := jobs.NewRegistry()
+	svc, err := mover.New(b.store, mover.Config{Logger: b.logger, Jobs: reg, Targets: b.prov, Keep: time.Hour})
+	require.NoError(t, err)
+	require.NoError(t, reg.Open(b.store.Pool(), jobs.Config{Logger: b.logger, HeartbeatInterval: 500 * time.Millisecond, ClientDeadAfter: 2 * time.Second}))
+	stdout := helperproc.NewLines(16)
+	helper := helperproc.Start(t, stdout, moveHelperEnv+"="+at, "CATALOG_DSN="+b.dsn, "SECRET_KEY="+b.secret)
+	return svc, reg, helper, stdout
 }
 
 // checkRolledBack asserts what a move rolled back under the writer's load

@@ -43,8 +43,10 @@ var moveObjectRE = regexp.MustCompile(`^tenantplane_move_([0-9]+)$`)
 // that no open move owns and returns them; with remove, it drops them (a
 // slot in use is freed first: its WAL sender is terminated). An open move's
 // objects are never reported: its job drops them, whether it finishes or
-// aborts. A slot or publication is the move's when the move is open and
-// its source is that server, a subscription when its target is.
+// aborts. A slot or publication is an open move's on its source (its
+// stream) or its target (its keep's, made before the hold), a subscription
+// on its target; a done move whose source is kept in step owns the slot
+// and publication of its keep on its target (keep.go).
 //
 // It stops at the first server that fails, with an error naming it.
 func (s *Service) Leftovers(ctx context.Context, remove bool) ([]Leftover, error) {
@@ -88,10 +90,11 @@ func (s *Service) leftoversOn(ctx context.Context, srv catalog.Server, remove bo
 	for _, f := range found {
 		all = append(all, Leftover{Server: srv.Name, Kind: f.Kind, Name: f.Name, Database: f.Database})
 	}
-	// Publications live in the move's source database: look in the
-	// databases of the tenants moved off this server.
+	// Publications live in the tenant's database: on a move's source (its
+	// stream) or target (the keep of its source, keep.go). Look in the
+	// databases of the tenants moved off or onto this server.
 	rows, err = s.store.Pool().Query(ctx, `SELECT DISTINCT t.db_name FROM moves m JOIN tenants t ON t.id = m.tenant_id
-		WHERE m.from_server_id = $1 AND t.db_name IS NOT NULL ORDER BY 1`, srv.ID)
+		WHERE (m.from_server_id = $1 OR m.to_server_id = $1) AND t.db_name IS NOT NULL ORDER BY 1`, srv.ID)
 	if err != nil {
 		return nil, catalog.Classify(err, "moves")
 	}
@@ -115,6 +118,7 @@ func (s *Service) leftoversOn(ctx context.Context, srv catalog.Server, remove bo
 	type owner struct {
 		phase    string
 		from, to int64
+		kept     bool // done, its source kept in step by a slot on its target
 	}
 	var ids []int64
 	for _, l := range all {
@@ -122,14 +126,15 @@ func (s *Service) leftoversOn(ctx context.Context, srv catalog.Server, remove bo
 		ids = append(ids, id)
 	}
 	owners := map[int64]owner{}
-	rows, err = s.store.Pool().Query(ctx, `SELECT id, phase, from_server_id, to_server_id FROM moves WHERE id = ANY($1)`, ids)
+	rows, err = s.store.Pool().Query(ctx, `SELECT id, phase, from_server_id, to_server_id, keep_in_step AND NOT source_dropped
+		FROM moves WHERE id = ANY($1)`, ids)
 	if err != nil {
 		return nil, catalog.Classify(err, "moves")
 	}
 	for rows.Next() {
 		var id int64
 		var o owner
-		if err := rows.Scan(&id, &o.phase, &o.from, &o.to); err != nil {
+		if err := rows.Scan(&id, &o.phase, &o.from, &o.to, &o.kept); err != nil {
 			rows.Close()
 			return nil, catalog.Classify(err, "moves")
 		}
@@ -155,8 +160,10 @@ func (s *Service) leftoversOn(ctx context.Context, srv catalog.Server, remove bo
 		switch {
 		case !ok:
 			l.Why = fmt.Sprintf("no move %d in the catalog", ids[i])
-		case (Move{Phase: o.phase}).Open() && server == srv.ID:
-			continue // the open move's own: its job drops it
+		case (Move{Phase: o.phase}).Open() && (server == srv.ID || o.to == srv.ID):
+			continue // the open move's own (its stream, or its keep's slot made early): its job drops it
+		case o.phase == PhaseDone && o.kept && o.to == srv.ID && l.Kind != KindSubscription:
+			continue // the keep of its source: the drop job drops it
 		case (Move{Phase: o.phase}).Open():
 			l.Why = fmt.Sprintf("move %d is open but does not make its %s on this server", ids[i], l.Kind)
 		default:

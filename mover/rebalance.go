@@ -302,8 +302,8 @@ func (s *Service) StartRebalance(ctx context.Context, spec RebalanceSpec, actor 
 		if !errors.Is(err, pgx.ErrNoRows) {
 			return catalog.Classify(err, "evacuation")
 		}
-		err = tx.QueryRow(ctx, `INSERT INTO evacuations (kind, concurrency, per_server, mode, actor)
-			VALUES ('rebalance', $1, $2, $3, $4) RETURNING id`, spec.Concurrency, spec.PerServer, spec.Mode, actor).Scan(&id)
+		err = tx.QueryRow(ctx, `INSERT INTO evacuations (kind, concurrency, per_server, mode, actor, max_attempts)
+			VALUES ('rebalance', $1, $2, $3, $4, $5) RETURNING id`, spec.Concurrency, spec.PerServer, spec.Mode, actor, spec.MaxAttempts).Scan(&id)
 		if err != nil {
 			return catalog.Classify(err, "rebalance")
 		}

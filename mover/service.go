@@ -93,24 +93,33 @@ type Config struct {
 	// stepCopied; an error stops the job there (it is retried, as after a
 	// crash).
 	afterPhase func(ctx context.Context, moveID int64, phase string) error
+	// evacRetryDelay replaces the evacuations' evacRetryDelay (tests).
+	evacRetryDelay time.Duration
 }
 
 // Move is a move of a tenant's database from one server to another, as the
 // ledger records it.
 type Move struct {
-	ID              int64      `json:"id"`
-	Tenant          string     `json:"tenant"`
-	TenantID        string     `json:"tenant_id"`
-	From            string     `json:"from"`
-	To              string     `json:"to"`
-	Mode            string     `json:"mode"`
-	ModeReason      string     `json:"mode_reason"`
-	Phase           string     `json:"phase"`
-	RowsCopied      int64      `json:"rows_copied"`
-	BytesCopied     int64      `json:"bytes_copied"`
-	LagBytes        int64      `json:"lag_bytes"`
-	WritePauseMS    *int64     `json:"write_pause_ms"`
-	KeepUntil       *time.Time `json:"keep_until"`
+	ID           int64      `json:"id"`
+	Tenant       string     `json:"tenant"`
+	TenantID     string     `json:"tenant_id"`
+	From         string     `json:"from"`
+	To           string     `json:"to"`
+	Mode         string     `json:"mode"`
+	ModeReason   string     `json:"mode_reason"`
+	Phase        string     `json:"phase"`
+	RowsCopied   int64      `json:"rows_copied"`
+	BytesCopied  int64      `json:"bytes_copied"`
+	LagBytes     int64      `json:"lag_bytes"`
+	WritePauseMS *int64     `json:"write_pause_ms"`
+	KeepUntil    *time.Time `json:"keep_until"`
+	// KeepInStep: the kept source is kept in step with the tenant's writes
+	// by a stream from the target (keep.go), so a revert only catches up
+	// and switches back. KeepReason says why it is or is not (any more),
+	// and KeepLagBytes how far the kept source is behind.
+	KeepInStep      bool       `json:"keep_in_step"`
+	KeepReason      string     `json:"keep_reason"`
+	KeepLagBytes    int64      `json:"keep_lag_bytes"`
 	Reverts         *int64     `json:"reverts,omitempty"`
 	CancelRequested bool       `json:"cancel_requested"`
 	LastError       string     `json:"last_error"`
@@ -186,12 +195,16 @@ func New(store *catalog.Store, cfg Config) (*Service, error) {
 	if cfg.CatchUpLag <= 0 {
 		cfg.CatchUpLag = 1 << 20
 	}
+	if cfg.evacRetryDelay <= 0 {
+		cfg.evacRetryDelay = evacRetryDelay
+	}
 	s := &Service{store: store, cfg: cfg, logger: cfg.Logger.With("component", "mover"), jobs: cfg.Jobs, stopping: make(chan struct{})}
 	if s.jobs == nil {
 		s.jobs, s.ownJobs = jobs.NewRegistry(), true
 	}
 	river.AddWorker(s.jobs.Workers(), &moveWorker{s: s})
 	river.AddWorker(s.jobs.Workers(), &dropSourceWorker{s: s})
+	river.AddWorker(s.jobs.Workers(), &keepWorker{s: s})
 	s.jobs.AddQueue(queue, cfg.Workers)
 	s.registerEvacuations()
 	if s.ownJobs {
@@ -266,8 +279,13 @@ func (s *Service) startMove(ctx context.Context, slug string, spec MoveSpec, act
 	if err != nil {
 		return Move{}, err
 	}
-	mode, reason, err := s.pickMode(ctx, t, from, to, spec.Mode, reverts != nil)
-	if err != nil {
+	// A revert of a move whose source is kept in step copies nothing: it
+	// catches up over the keep's slot and switches back (revert.go).
+	inStep := reverts != nil && reverts.KeepInStep
+	var mode, reason string
+	if inStep {
+		mode, reason = ModeOnline, fmt.Sprintf("move %d's source on %s is kept in step: the revert catches up the last writes and switches back, copying nothing", reverts.ID, to.Name)
+	} else if mode, reason, err = s.pickMode(ctx, t, from, to, spec.Mode, reverts != nil); err != nil {
 		return Move{}, err
 	}
 
@@ -313,8 +331,8 @@ func (s *Service) startMove(ctx context.Context, slug string, spec MoveSpec, act
 				return catalog.Classify(err, "move")
 			}
 		}
-		err = tx.QueryRow(ctx, `INSERT INTO moves (tenant_id, from_server_id, to_server_id, mode, mode_reason, reverts, actor)
-			VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id`, t.ID, from.ID, to.ID, mode, reason, revertsID, actor).Scan(&id)
+		err = tx.QueryRow(ctx, `INSERT INTO moves (tenant_id, from_server_id, to_server_id, mode, mode_reason, reverts, actor, in_step)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id`, t.ID, from.ID, to.ID, mode, reason, revertsID, actor, inStep).Scan(&id)
 		if err != nil {
 			return catalog.Classify(err, "move of tenant "+strconv.Quote(t.Slug))
 		}
@@ -495,9 +513,11 @@ func cancellable(phase string) bool {
 
 // Revert moves a done move's tenant back onto the source the move kept,
 // with every write made since: a new move (Reverts set) whose target is
-// the kept source database. The original becomes reverted once the revert
-// is done. A move that is not done, or whose source is gone or past its
-// keep, is a CodeConflict.
+// the kept source database. Where the source is kept in step (KeepInStep)
+// the revert only catches up the last writes and switches back
+// (revert.go); otherwise it copies every row back. The original becomes
+// reverted once the revert is done. A move that is not done, or whose
+// source is gone or past its keep, is a CodeConflict.
 func (s *Service) Revert(ctx context.Context, id int64, actor string) (Move, error) {
 	m, err := getMove(ctx, s.store.Pool(), id)
 	if err != nil {

@@ -71,6 +71,12 @@ func openCatalog(ctx context.Context, dsn, secret string) (*catalog.Store, error
 
 func setupMove(t *testing.T, source *pgtest.Server) *moveBundle {
 	t.Helper()
+	return setupMoveTo(t, source, pgtest.NewServer(t))
+}
+
+// setupMoveTo is setupMove with the target server (pg-2) given.
+func setupMoveTo(t *testing.T, source, target *pgtest.Server) *moveBundle {
+	t.Helper()
 	ctx := testContext(t)
 	secret := catalog.NewKey()
 	dsn := pgtest.NewDB(t, catalogTemplate)
@@ -80,7 +86,7 @@ func setupMove(t *testing.T, source *pgtest.Server) *moveBundle {
 
 	schema, err := loadMoveSchema(t.TempDir())
 	require.NoError(t, err)
-	b := &moveBundle{store: store, dsn: dsn, secret: secret, servers: map[string]*pgtest.Server{"pg-1": source, "pg-2": pgtest.NewServer(t)},
+	b := &moveBundle{store: store, dsn: dsn, secret: secret, servers: map[string]*pgtest.Server{"pg-1": source, "pg-2": target},
 		logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	b.prov, err = provisioner.New(store, provisioner.Config{Logger: b.logger, Migrations: &schema, WarmPoolSize: -1})
 	require.NoError(t, err)
@@ -468,6 +474,9 @@ func TestMoveRevert(t *testing.T) {
 	require.NoError(t, err)
 	m = waitMove(t, svc, m.ID)
 	require.Equal(t, mover.PhaseDone, m.Phase, m.LastError)
+	require.False(t, m.KeepInStep)
+	require.Contains(t, m.KeepReason, "the source is not kept in step, as the target pg-2 cannot stream it the tenant's writes (it has wal_level = replica")
+	require.Contains(t, m.KeepReason, "a revert copies every row back")
 	_, err = svc.StartMove(ctx, "acme", mover.MoveSpec{To: "pg-1", Mode: "copy"}, "test")
 	require.ErrorIs(t, err, catalog.ErrConflict, "pg-1 keeps the source: revert instead")
 	orphans, err := b.prov.Reconcile(ctx, false)

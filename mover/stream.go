@@ -37,6 +37,15 @@ type Stream struct {
 	serverEnd       LSN // how far the source has sent
 	relations       map[uint32]*relation
 	changes         *ChangeSet // the rows applied since the snapshot
+	// ledger, when set, records in each transaction applied on the target
+	// how far the stream has applied, and has it skip what was applied
+	// before (a kept source's stream, keep.go); skipping says the
+	// transaction in flight is one of those.
+	ledger   applyLedger
+	skipping bool
+	// poll, when set, replaces statusPoll: a catch-up under the fence asks
+	// the source more often where it is, as each wait is write pause.
+	poll time.Duration
 }
 
 type relation struct {
@@ -67,26 +76,8 @@ func OpenStreamConfig(ctx context.Context, source *pgconn.Config, sourceAdmin Qu
 	if !validSlotName(name) {
 		return nil, fmt.Errorf("%q is not a slot name: use 1 to 63 of a-z, 0-9 and _", name)
 	}
-	tables, err := Tables(ctx, sourceAdmin)
-	if err != nil {
-		return nil, err
-	}
-	var exists bool
-	if err := sourceAdmin.QueryRow(ctx, "SELECT EXISTS (SELECT FROM pg_publication WHERE pubname = $1)", name).Scan(&exists); err != nil {
-		return nil, err
-	}
-	if !exists {
-		names := make([]string, len(tables))
-		for i, t := range tables {
-			names[i] = qualified(t.Name)
-		}
-		stmt := "CREATE PUBLICATION " + ident(name)
-		if len(names) > 0 {
-			stmt += " FOR TABLE " + strings.Join(names, ", ")
-		}
-		if _, err := sourceAdmin.Exec(ctx, stmt); err != nil {
-			return nil, fmt.Errorf("source: %w", err)
-		}
+	if err := ensurePublication(ctx, sourceAdmin, name); err != nil {
+		return nil, fmt.Errorf("source: %w", err)
 	}
 	cfg := source.Copy()
 	cfg.RuntimeParams["replication"] = "database"
@@ -106,6 +97,29 @@ func OpenStreamConfig(ctx context.Context, source *pgconn.Config, sourceAdmin Qu
 		return nil, err
 	}
 	return &Stream{name: name, conn: conn, snapshot: slot.SnapshotName, consistentPoint: point, applied: point, relations: map[uint32]*relation{}, changes: newChangeSet()}, nil
+}
+
+// ensurePublication makes a publication called name of the tables (Tables)
+// of the database q is connected to, unless it is there.
+func ensurePublication(ctx context.Context, q Querier, name string) error {
+	var exists bool
+	if err := q.QueryRow(ctx, "SELECT EXISTS (SELECT FROM pg_publication WHERE pubname = $1)", name).Scan(&exists); err != nil || exists {
+		return err
+	}
+	tables, err := Tables(ctx, q)
+	if err != nil {
+		return err
+	}
+	names := make([]string, len(tables))
+	for i, t := range tables {
+		names[i] = qualified(t.Name)
+	}
+	stmt := "CREATE PUBLICATION " + ident(name)
+	if len(names) > 0 {
+		stmt += " FOR TABLE " + strings.Join(names, ", ")
+	}
+	_, err = q.Exec(ctx, stmt)
+	return err
 }
 
 // validSlotName is what PostgreSQL allows a replication slot's name.
@@ -195,7 +209,11 @@ func (s *Stream) CatchUp(ctx context.Context, target *pgx.Conn, until LSN, progr
 		if tx == nil && s.applied >= until {
 			return s.confirm(ctx, false)
 		}
-		recvCtx, cancel := context.WithTimeout(ctx, statusPoll)
+		poll := statusPoll
+		if s.poll > 0 {
+			poll = s.poll
+		}
+		recvCtx, cancel := context.WithTimeout(ctx, poll)
 		raw, err := s.conn.ReceiveMessage(recvCtx)
 		cancel()
 		if err != nil {
@@ -269,6 +287,16 @@ func (s *Stream) apply(ctx context.Context, target *pgx.Conn, tx pgx.Tx, data []
 	if err != nil {
 		return tx, err
 	}
+	if s.skipping {
+		switch m := msg.(type) {
+		case *pglogrepl.CommitMessage:
+			s.skipping = false
+			s.applied = max(s.applied, m.TransactionEndLSN)
+			return nil, nil
+		case *pglogrepl.InsertMessage, *pglogrepl.UpdateMessage, *pglogrepl.DeleteMessage, *pglogrepl.TruncateMessage:
+			return nil, nil
+		}
+	}
 	switch m := msg.(type) {
 	case *pglogrepl.RelationMessage:
 		rel, err := describeRelation(ctx, target, m)
@@ -280,17 +308,36 @@ func (s *Stream) apply(ctx context.Context, target *pgx.Conn, tx pgx.Tx, data []
 		if tx, err = target.Begin(ctx); err != nil {
 			return nil, fmt.Errorf("target: %w", err)
 		}
-		if _, err := tx.Exec(ctx, stableFormat); err != nil {
-			return tx, fmt.Errorf("target: %w", err)
+		if s.ledger == nil { // the ledger's begin sets the formats itself
+			if _, err := tx.Exec(ctx, stableFormat); err != nil {
+				return tx, fmt.Errorf("target: %w", err)
+			}
+		} else {
+			skip, err := s.ledger.begin(ctx, tx, m.FinalLSN)
+			if err != nil {
+				return tx, err
+			}
+			if skip {
+				s.skipping = true
+				return nil, tx.Rollback(ctx)
+			}
 		}
 	case *pglogrepl.CommitMessage:
 		if tx == nil {
 			return nil, errors.New("commit without begin in the stream")
 		}
+		if s.ledger != nil {
+			if err := s.ledger.commit(ctx, tx, m.TransactionEndLSN, s.changes); err != nil {
+				return tx, err
+			}
+		}
 		if err := tx.Commit(ctx); err != nil {
 			return nil, fmt.Errorf("target: %w", err)
 		}
 		s.applied = max(s.applied, m.TransactionEndLSN)
+		if s.ledger != nil {
+			return nil, s.ledger.committed(ctx, m.TransactionEndLSN)
+		}
 		return nil, nil
 	case *pglogrepl.InsertMessage:
 		rel, err := s.relation(m.RelationID)
@@ -387,7 +434,7 @@ func execChange(ctx context.Context, tx pgx.Tx, c change) error {
 		return fmt.Errorf("target: %s: %w", c.sql, err)
 	}
 	if !strings.HasPrefix(c.sql, "TRUNCATE") && tag.RowsAffected() != 1 {
-		return fmt.Errorf("target: %s changed %d rows, not 1: the target has drifted from the source", c.sql, tag.RowsAffected())
+		return fmt.Errorf("target: %s changed %d rows, not 1: %w", c.sql, tag.RowsAffected(), errDrift)
 	}
 	return nil
 }

@@ -78,3 +78,40 @@ func TestVerifyIgnoresOrder(t *testing.T) {
 	require.Equal(t, []mover.TableCheck{{Table: "t", SourceRows: 500, TargetRows: 500, SourceHash: res.Tables[0].SourceHash, TargetHash: res.Tables[0].SourceHash}}, res.Tables)
 	require.Equal(t, mover.SchemaVersion{}, res.SourceSchema, "no schema_migrations row")
 }
+
+// With the copy's own count and hash of what it sent, Verify reads only the
+// target back, and still names what differs there.
+func TestVerifyAgainstTheCopy(t *testing.T) {
+	t.Parallel()
+	ctx := testContext(t)
+	b := setupCopy(t)
+	// Escapes in COPY's text: a newline, a tab and a backslash in a value.
+	_, err := b.source.admin.Exec(ctx, `UPDATE users SET note = E'line one\nline\ttwo \\ back' WHERE id = 7`)
+	require.NoError(t, err)
+	copied, err := mover.Copy(ctx, b.source.admin, b.target.admin, mover.CopyOptions{})
+	require.NoError(t, err)
+	require.Len(t, copied.Copied, 4)
+	var rows int64
+	for _, c := range copied.Copied {
+		rows += c.Rows
+	}
+	require.Equal(t, copied.Rows, rows, "the rows hashed on the way are the rows the target stored")
+
+	res, err := mover.VerifyWith(ctx, b.source.admin, b.target.admin, mover.VerifyOptions{Copied: copied.Copied})
+	require.NoError(t, err)
+	require.Len(t, res.Tables, 4)
+	for _, c := range res.Tables {
+		require.True(t, c.Equal(), c.String())
+		require.Regexp(t, `^xxh:[0-9a-f]+$`, c.TargetHash)
+	}
+
+	_, err = b.target.admin.Exec(ctx, `
+		UPDATE users SET note = 'changed by hand' WHERE id = 5000;
+		DELETE FROM orders WHERE id = (SELECT id FROM orders ORDER BY id LIMIT 1)`)
+	require.NoError(t, err)
+	res, err = mover.VerifyWith(ctx, b.source.admin, b.target.admin, mover.VerifyOptions{Copied: copied.Copied})
+	require.ErrorIs(t, err, mover.ErrMismatch)
+	require.Len(t, res.Differences, 2, res.Differences)
+	require.Regexp(t, `^table users: 10000 rows on both sides, but their contents differ \(row hash xxh:[0-9a-f]+ on the source, xxh:[0-9a-f]+ on the target\)$`, res.Differences[0])
+	require.Equal(t, "table orders: 20000 rows on the source, 19999 on the target", res.Differences[1])
+}

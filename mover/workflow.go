@@ -84,6 +84,12 @@ type work struct {
 	// applied since (changes, kept from the stream once it is closed).
 	snapshotVerified bool
 	changes          *ChangeSet
+	// copied is what this run's copy sent (CopyResult.Copied); fenced says
+	// the source was fenced all through it, so that it still holds.
+	copied       []CopiedTable
+	copiedFenced bool
+	keep         *keepStart // keeping the source in step after the switch (keep.go)
+	resumed      bool       // the stream was opened again from its slot (resume.go)
 }
 
 func (w *work) close(ctx context.Context) {
@@ -163,6 +169,9 @@ func (s *Service) run(ctx context.Context, id int64) error {
 		return s.abort(ctx, w, fmt.Sprintf("the source's schema is dirty at version %d: fix it first", v.Version))
 	}
 	w.version = v.Version
+	if m.inStep {
+		return s.runInStep(ctx, w)
+	}
 
 	for {
 		if cancellable(m.Phase) {
@@ -239,21 +248,14 @@ func (s *Service) afterFence(ctx context.Context, w *work) error {
 	if w.m.Mode == ModeCopy {
 		return s.setPhase(ctx, w.m, PhaseCopying)
 	}
+	if _, err := s.resumeStream(ctx, w); err != nil {
+		return err
+	}
 	if w.stream != nil {
 		if err := s.checkSlot(ctx, w); err != nil {
 			return err
 		}
-		if err := flushWAL(ctx, w.lock); err != nil {
-			return fmt.Errorf("source: %w", err)
-		}
-		until, err := CurrentLSN(ctx, w.lock)
-		if err != nil {
-			return fmt.Errorf("source: %w", err)
-		}
-		if err := w.stream.CatchUp(ctx, w.streamTo, until, nil); err != nil {
-			return err
-		}
-		if _, err := SyncSequences(ctx, w.lock, w.streamTo); err != nil {
+		if err := lastCatchUp(ctx, w, w.streamTo); err != nil {
 			return err
 		}
 		w.changes = w.stream.Changes()
@@ -268,14 +270,40 @@ func (s *Service) afterFence(ctx context.Context, w *work) error {
 	return s.setPhase(ctx, w.m, PhaseVerifying)
 }
 
+// lastCatchUp applies, under the fence, the stream up to the fenced
+// source's WAL on target, and moves target's sequences up to the source's.
+func lastCatchUp(ctx context.Context, w *work, target *pgx.Conn) error {
+	// The position, then the flush of all before it (and of CurrentLSN's
+	// record past it): the stream gets there at once, not after the WAL
+	// writer's next round where commits are asynchronous.
+	until, err := CurrentLSN(ctx, w.lock)
+	if err != nil {
+		return fmt.Errorf("source: %w", err)
+	}
+	if err := flushWAL(ctx, w.lock); err != nil {
+		return fmt.Errorf("source: %w", err)
+	}
+	w.stream.poll = fencedPoll
+	if err := w.stream.CatchUp(ctx, target, until, nil); err != nil {
+		return err
+	}
+	_, err = SyncSequences(ctx, w.lock, target)
+	return err
+}
+
 // flushWAL has the source flush its WAL now: a commit with
 // synchronous_commit on flushes all before it, so the WAL sender can send
 // the tenant's last commits at once rather than after the WAL writer's
 // next round (wal_writer_delay, 200ms by default), where a server commits
 // asynchronously. It shortens the write pause.
+//
+// The transaction writes a record of its own (a transactional logical
+// message, which the stream's pgoutput at protocol 1 does not send): a
+// commit that wrote nothing but its xid is not flushed whatever
+// synchronous_commit says.
 func flushWAL(ctx context.Context, conn *pgx.Conn) error {
 	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-		_, err := tx.Exec(ctx, "SET LOCAL synchronous_commit = on; SELECT pg_current_xact_id()")
+		_, err := tx.Exec(ctx, "SET LOCAL synchronous_commit = on; SELECT pg_logical_emit_message(true, 'tenantplane', '')")
 		return err
 	})
 }
@@ -292,8 +320,9 @@ func (s *Service) copying(ctx context.Context, w *work) error {
 		}
 		return s.setPhase(ctx, w.m, PhaseVerifying)
 	}
-	// A resumed online move starts its stream over: a fence or hold left
-	// by a run that died before it recorded the phase fenced goes first.
+	// A resumed online move that had not verified its copy starts its
+	// stream over: a fence or hold left by a run that died before it
+	// recorded the phase fenced goes first.
 	if err := s.liftFence(ctx, w); err != nil {
 		return err
 	}
@@ -318,55 +347,76 @@ func (s *Service) copying(ctx context.Context, w *work) error {
 	}
 	// The whole copy verified out of the fence, against the snapshot it was
 	// copied under: still valid, the stream has not started.
-	if err := s.verifyCopy(ctx, w, VerifyOptions{SourceSnapshot: w.stream.Snapshot()}); err != nil {
+	if err := s.verifyCopy(ctx, w, VerifyOptions{SourceSnapshot: w.stream.Snapshot(), Copied: w.copied}); err != nil {
 		return err
 	}
 	w.snapshotVerified = true
 	if w.streamTo, err = s.connect(ctx, w.to.Name, w.t.Database); err != nil {
 		return fmt.Errorf("target: %w", err)
 	}
+	if err := s.ledgerStream(ctx, w); err != nil {
+		return err
+	}
 	return s.setPhase(ctx, w.m, PhaseCatchingUp)
 }
 
-// catchingUp applies the stream until the target is within CatchUpLag of
-// the source, then fences the source for the last catch-up.
-func (s *Service) catchingUp(ctx context.Context, w *work) error {
-	if w.stream == nil { // resumed: the stream died with its run
-		return s.setPhase(ctx, w.m, PhaseCopying)
-	}
+// catchUpQuiet: the catch-up goes into the fence only after a round that
+// took less than this (the writes left for the fence are about one round's).
+const catchUpQuiet = 200 * time.Millisecond
+
+// catchUpClose applies w's stream on target, round after round, until the
+// target is within CatchUpLag of the source after a round quicker than
+// catchUpQuiet (or after 100 rounds), recording the lag; slot checks the
+// stream's slot. cancelled: the move was cancelled meanwhile.
+func (s *Service) catchUpClose(ctx context.Context, w *work, target *pgx.Conn, slot func() error) (cancelled bool, err error) {
 	for round := 0; ; round++ {
-		if err := s.checkSlot(ctx, w); err != nil {
-			return err
+		if err := slot(); err != nil {
+			return false, err
 		}
 		until, err := CurrentLSN(ctx, w.lock)
 		if err != nil {
-			return fmt.Errorf("source: %w", err)
+			return false, fmt.Errorf("source: %w", err)
 		}
-		if err := w.stream.CatchUp(ctx, w.streamTo, until, nil); err != nil {
-			if lost := s.checkSlot(ctx, w); lost != nil {
-				return lost
+		roundStart := time.Now()
+		if err := w.stream.CatchUp(ctx, target, until, nil); err != nil {
+			if lost := slot(); lost != nil {
+				return false, lost
 			}
-			return err
+			return false, err
 		}
 		now, err := CurrentLSN(ctx, w.lock)
 		if err != nil {
-			return fmt.Errorf("source: %w", err)
+			return false, fmt.Errorf("source: %w", err)
 		}
 		lag := int64(0)
 		if now > w.stream.Applied() {
 			lag = int64(now - w.stream.Applied())
 		}
 		if _, err := s.store.Pool().Exec(ctx, `UPDATE moves SET lag_bytes = $2, updated_at = now() WHERE id = $1`, w.m.ID, lag); err != nil {
-			return catalog.Classify(err, "move")
+			return false, catalog.Classify(err, "move")
 		}
 		w.m.LagBytes = lag
-		if lag <= s.cfg.CatchUpLag || round >= 100 {
-			break
+		if lag <= s.cfg.CatchUpLag && time.Since(roundStart) < catchUpQuiet || round >= 100 {
+			return false, nil
 		}
 		if c, err := s.cancelRequested(ctx, w.m); err != nil || c {
-			return err // the loop in run aborts it
+			return c, err
 		}
 	}
+}
+
+// catchingUp applies the stream until the target is within CatchUpLag of
+// the source, then fences the source for the last catch-up.
+func (s *Service) catchingUp(ctx context.Context, w *work) error {
+	if ok, err := s.resumeStream(ctx, w); err != nil {
+		return err
+	} else if !ok { // the stream died with its run and cannot resume
+		return s.setPhase(ctx, w.m, PhaseCopying)
+	}
+	if c, err := s.catchUpClose(ctx, w, w.streamTo, func() error { return s.checkSlot(ctx, w) }); err != nil || c {
+		return err // the loop in run aborts a cancelled move
+	}
+	s.prepareKeep(ctx, w)
 	if err := s.holdAndFence(ctx, w); err != nil {
 		return err
 	}
@@ -401,8 +451,10 @@ func (s *Service) checkSlot(ctx context.Context, w *work) error {
 	return nil
 }
 
-// verify compares both sides under the fence; a difference aborts the move.
-func (s *Service) verify(ctx context.Context, w *work) error {
+// fencedVerify holds and fences again (idempotent), moves the target's
+// sequences up to the source's, and compares both sides with the options
+// opts gives (from the target): a difference is a *MismatchError.
+func (s *Service) fencedVerify(ctx context.Context, w *work, opts func(dst *pgx.Conn) (VerifyOptions, error)) error {
 	if err := s.holdAndFence(ctx, w); err != nil {
 		return err
 	}
@@ -419,23 +471,13 @@ func (s *Service) verify(ctx context.Context, w *work) error {
 	if _, err := SyncSequences(ctx, src, dst); err != nil {
 		return err
 	}
-	var opts VerifyOptions
-	switch {
-	case w.m.Mode != ModeOnline || w.m.Reverts != nil || !w.snapshotVerified || w.changes == nil:
-		// The copy mode, a revert, or a run that did not verify the copy
-		// under the stream's snapshot (resumed): every row.
-	case w.changes.Overflowed():
-		reason := fmt.Sprintf("; more than %d rows written during the move: every row verified in the fence", maxChangedKeys)
-		s.logger.WarnContext(ctx, "move verifies every row in its fence", "move_id", w.m.ID, "tenant", w.t.Slug, "reason", reason[2:])
-		if _, err := s.store.Pool().Exec(ctx, `UPDATE moves SET mode_reason = mode_reason || $2, updated_at = now() WHERE id = $1`, w.m.ID, reason); err != nil {
-			return catalog.Classify(err, "move")
-		}
-		w.m.ModeReason += reason
-	default:
-		opts.Changed = w.changes
+	o, err := opts(dst)
+	if err != nil {
+		return err
 	}
-	res, err := VerifyWith(ctx, src, dst, opts)
-	if opts.Changed != nil {
+	res, err := VerifyWith(ctx, src, dst, o)
+	changedOnly := o.Copied == nil && o.Changed != nil && !o.Changed.Overflowed()
+	if changedOnly {
 		s.verifies.changed.Add(1)
 	} else {
 		s.verifies.full.Add(1)
@@ -444,9 +486,56 @@ func (s *Service) verify(ctx context.Context, w *work) error {
 		return err
 	}
 	s.verifies.last.Store(int64(res.Duration))
-	s.logger.InfoContext(ctx, "move verified", "move_id", w.m.ID, "tenant", w.t.Slug, "rows_written_only", opts.Changed != nil,
-		"keys", w.changes.Keys(), "duration", res.Duration)
+	s.logger.InfoContext(ctx, "move verified", "move_id", w.m.ID, "tenant", w.t.Slug, "rows_written_only", changedOnly,
+		"keys", o.Changed.Keys(), "duration", res.Duration)
+	return nil
+}
+
+// verify compares both sides under the fence; a difference aborts the move.
+func (s *Service) verify(ctx context.Context, w *work) error {
+	err := s.fencedVerify(ctx, w, func(dst *pgx.Conn) (VerifyOptions, error) { return s.verifyOptions(ctx, w, dst) })
+	if err != nil {
+		return err
+	}
+	s.startKeep(ctx, w)
 	return s.switchOver(ctx, w)
+}
+
+// verifyOptions is what the fence of a move verifies: the rows its copy
+// sent, the rows its stream wrote, or every row.
+func (s *Service) verifyOptions(ctx context.Context, w *work, dst *pgx.Conn) (VerifyOptions, error) {
+	var err error
+	if (w.resumed || w.changes == nil) && w.m.Mode == ModeOnline && w.m.Reverts == nil && !w.copiedFenced {
+		// The stream ran in more than one run, or this run only verifies:
+		// the target's ledger names every row the stream wrote since the
+		// snapshot the copy was verified under (resume.go).
+		if w.changes, err = loadKeptChanges(ctx, dst, w.m.ID); err != nil {
+			s.logger.WarnContext(ctx, "move verifies every row: no ledger of its stream on the target", "move_id", w.m.ID, "error", err)
+			w.changes = nil
+		} else {
+			w.snapshotVerified = true
+		}
+	}
+	var opts VerifyOptions
+	switch {
+	case w.copiedFenced:
+		// This run copied the fenced source: its rows as the copy sent
+		// them, against the target's read back.
+		opts.Copied = w.copied
+	case w.m.Mode != ModeOnline || w.m.Reverts != nil || !w.snapshotVerified || w.changes == nil:
+		// The copy mode resumed after its copy, a revert, or a run that did
+		// not verify the copy under the stream's snapshot (resumed): every row.
+	case w.changes.Overflowed():
+		reason := fmt.Sprintf("; more than %d rows written during the move: every row verified in the fence", maxChangedKeys)
+		s.logger.WarnContext(ctx, "move verifies every row in its fence", "move_id", w.m.ID, "tenant", w.t.Slug, "reason", reason[2:])
+		if _, err := s.store.Pool().Exec(ctx, `UPDATE moves SET mode_reason = mode_reason || $2, updated_at = now() WHERE id = $1`, w.m.ID, reason); err != nil {
+			return opts, catalog.Classify(err, "move")
+		}
+		w.m.ModeReason += reason
+	default:
+		opts.Changed = w.changes
+	}
+	return opts, nil
 }
 
 // verifyCopy verifies the target against the source with opts.
@@ -555,10 +644,18 @@ func (s *Service) copyAll(ctx context.Context, w *work, snapshot string) error {
 		}
 		_, _ = s.store.Pool().Exec(ctx, `UPDATE moves SET rows_copied = $2, bytes_copied = $3, updated_at = now() WHERE id = $1`, w.m.ID, rows, bytes)
 	}
+	if snapshot == "" {
+		// A copy of the fenced source: a stream's ledger on the target
+		// (resume.go) no longer names what differs from the source.
+		if _, err := dst.Exec(ctx, "DROP SCHEMA IF EXISTS "+keepSchema+" CASCADE"); err != nil {
+			return fmt.Errorf("target: %w", err)
+		}
+	}
 	res, err := Copy(ctx, src, dst, CopyOptions{Truncate: true, Snapshot: snapshot, Progress: progress})
 	if err != nil {
 		return err
 	}
+	w.copied, w.copiedFenced = res.Copied, snapshot == ""
 	w.m.RowsCopied, w.m.BytesCopied = res.Rows, res.Bytes
 	_, err = s.store.Pool().Exec(ctx, `UPDATE moves SET rows_copied = $2, bytes_copied = $3, updated_at = now() WHERE id = $1`, w.m.ID, res.Rows, res.Bytes)
 	return catalog.Classify(err, "move")
@@ -603,6 +700,9 @@ func (s *Service) switchOver(ctx context.Context, w *work) error {
 			return err
 		}
 		if err := notify(ctx, tx, w.t.ID); err != nil {
+			return err
+		}
+		if err := s.recordKeep(ctx, tx, w); err != nil {
 			return err
 		}
 		_, err = s.jobs.Client().InsertTx(ctx, tx, dropSourceArgs{MoveID: w.m.ID}, &river.InsertOpts{Queue: queue, ScheduledAt: keepUntil})
@@ -655,6 +755,9 @@ func (s *Service) abort(ctx context.Context, w *work, reason string) error {
 		return err
 	}
 	if err := Unfence(ctx, w.lock, w.t.Database, w.t.Role); err != nil {
+		return err
+	}
+	if err := s.abortKeep(ctx, w); err != nil {
 		return err
 	}
 	if w.m.Reverts == nil {
@@ -743,7 +846,9 @@ func (s *Service) dropSource(ctx context.Context, id int64) error {
 		if m.sourceDropped {
 			return nil
 		}
-		if _, err := tx.Exec(ctx, `UPDATE moves SET source_dropped = true, updated_at = now() WHERE id = $1`, id); err != nil {
+		if _, err := tx.Exec(ctx, `UPDATE moves SET source_dropped = true, keep_in_step = false, keep_lag_bytes = 0,
+			keep_reason = CASE WHEN keep_in_step THEN 'kept in step until the keep was over; the source and the slot are dropped' ELSE keep_reason END,
+			updated_at = now() WHERE id = $1`, id); err != nil {
 			return catalog.Classify(err, "move")
 		}
 		return catalog.InsertAudit(ctx, tx, catalog.AuditEvent{Actor: "mover", Action: "tenant.move_source_dropped", TenantID: m.TenantID,
@@ -762,6 +867,11 @@ func (s *Service) dropSource(ctx context.Context, id int64) error {
 	t, err := s.store.GetTenantByID(ctx, m.TenantID)
 	if err != nil {
 		return err
+	}
+	// The keep's slot and publication on the target go first: nothing
+	// streams into the source once it is gone.
+	if err := s.dropKeep(ctx, m.To, t.Database, id); err != nil {
+		return fmt.Errorf("dropping the keep's slot: %w", err)
 	}
 	if t.ServerID == m.fromID {
 		// Moved back by another move: the database there is the live one.

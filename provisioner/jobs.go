@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"time"
 
@@ -374,10 +373,6 @@ func (p *Provisioner) archive(ctx context.Context, serverName string, pool *pgxp
 	if ok, err := databaseExists(ctx, pool, t.Database); err != nil || !ok {
 		return err
 	}
-	bin, err := pgcluster.FindBinDir()
-	if err != nil {
-		return err
-	}
 	dsn, err := p.store.ServerDSN(ctx, serverName)
 	if err != nil {
 		return err
@@ -386,15 +381,14 @@ func (p *Provisioner) archive(ctx context.Context, serverName string, pool *pgxp
 	if err != nil {
 		return fmt.Errorf("server %q: %w", serverName, err)
 	}
-	cfg := pcfg.ConnConfig
 	if err := os.MkdirAll(p.cfg.ArchiveDir, 0o700); err != nil {
 		return err
 	}
 	out := filepath.Join(p.cfg.ArchiveDir, fmt.Sprintf("%s-%s.dump", t.Slug, time.Now().UTC().Format("20060102T150405Z")))
-	cmd := exec.CommandContext(ctx, filepath.Join(bin, "pg_dump"), "--format=custom", "--no-owner", "--file="+out,
-		"--host="+cfg.Host, fmt.Sprintf("--port=%d", cfg.Port), "--username="+cfg.User, "--dbname="+t.Database)
-	// The password goes through the environment, never the command line.
-	cmd.Env = append(os.Environ(), "PGPASSWORD="+cfg.Password, "PGCONNECT_TIMEOUT=10")
+	cmd, err := pgcluster.ClientCommand(ctx, "pg_dump", &pcfg.ConnConfig.Config, t.Database, "--format=custom", "--no-owner", "--file="+out)
+	if err != nil {
+		return err
+	}
 	if msg, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("pg_dump: %v: %s", err, msg)
 	}

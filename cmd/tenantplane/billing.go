@@ -78,6 +78,8 @@ type Invoice struct {
 	StripeInvoiceID string        `json:"stripe_invoice_id"`
 	LastError       string        `json:"last_error"`
 	Lines           []InvoiceLine `json:"lines"`
+	Tax             *int64        `json:"tax"`
+	TaxNote         string        `json:"tax_note"`
 }
 
 // InvoiceLine is one charge of an invoice.
@@ -368,7 +370,18 @@ func writeInvoice(w io.Writer, inv Invoice) error {
 	for _, l := range inv.Lines {
 		t.row(strconv.Itoa(l.No), l.Description, billing.FormatAmount(l.Amount, inv.Currency))
 	}
-	t.row("", "TOTAL", billing.FormatAmount(inv.Total, inv.Currency))
+	if inv.TaxNote == "" {
+		t.row("", "TOTAL", billing.FormatAmount(inv.Total, inv.Currency))
+		return t.flush()
+	}
+	// Automatic tax: Stripe adds it on top of the lines.
+	t.row("", "SUBTOTAL", billing.FormatAmount(inv.Total, inv.Currency))
+	if inv.Tax == nil {
+		t.row("", "TAX", inv.TaxNote)
+	} else {
+		t.row("", "TAX ("+inv.TaxNote+")", billing.FormatAmount(*inv.Tax, inv.Currency))
+		t.row("", "TOTAL", billing.FormatAmount(inv.Total+*inv.Tax, inv.Currency))
+	}
 	return t.flush()
 }
 

@@ -267,6 +267,7 @@ func newServersRebalanceCmd(o *adminOptions) *cobra.Command {
 			Concurrency int    `json:"concurrency,omitempty"`
 			PerServer   int    `json:"per_server,omitempty"`
 			Mode        string `json:"mode,omitempty"`
+			MaxAttempts int    `json:"max_attempts,omitempty"`
 		}
 		watch watchFlags
 	)
@@ -312,6 +313,7 @@ bounded like an evacuation's (tenantplane evacuations show ID follows them).`,
 	f.IntVar(&req.Concurrency, "concurrency", 0, "most moves under way at once (default: the API's, 4)")
 	f.IntVar(&req.PerServer, "per-server", 0, "most moves under way at once into one server (default: the API's, 2)")
 	f.StringVar(&req.Mode, "mode", "", "online or copy (default: online when possible, else the tenant is reported)")
+	f.IntVar(&req.MaxAttempts, "max-attempts", 0, "moves of one tenant tried before it is reported failed (default: the API's, 3)")
 	watch.registerEvacuation(cmd)
 	return cmd
 }

@@ -27,6 +27,9 @@ type Move struct {
 	LagBytes        int64   `json:"lag_bytes"`
 	WritePauseMS    *int64  `json:"write_pause_ms"`
 	KeepUntil       apiTime `json:"keep_until"`
+	KeepInStep      bool    `json:"keep_in_step"`
+	KeepReason      string  `json:"keep_reason"`
+	KeepLagBytes    int64   `json:"keep_lag_bytes"`
 	Reverts         apiID   `json:"reverts"`
 	CancelRequested bool    `json:"cancel_requested"`
 	LastError       string  `json:"last_error"`
@@ -348,6 +351,13 @@ func writeMove(w io.Writer, m Move) error {
 	}
 	if !m.KeepUntil.IsZero() {
 		t.row("KEEP_UNTIL:", m.KeepUntil.String())
+	}
+	if m.KeepReason != "" {
+		keep := m.KeepReason
+		if m.KeepInStep {
+			keep += fmt.Sprintf(" (%s behind)", formatBytes(m.KeepLagBytes))
+		}
+		t.row("KEEP:", keep)
 	}
 	if m.LastError != "" {
 		t.row("LAST_ERROR:", m.LastError)

@@ -23,7 +23,7 @@ type Server struct {
 
 func newServersCmd() *cobra.Command {
 	cmd, o := newAdminGroup("servers", "Register, list, resize and drain the PostgreSQL servers that hold tenant databases")
-	cmd.AddCommand(newServersAddCmd(o), newServersListCmd(o), newServersSetCmd(o), newServersDrainCmd(o), newServersRebalanceCmd(o))
+	cmd.AddCommand(newServersAddCmd(o), newServersListCmd(o), newServersSetCmd(o), newServersDrainCmd(o), newServersActivateCmd(o), newServersRebalanceCmd(o))
 	return cmd
 }
 
@@ -94,6 +94,7 @@ func newServersDrainCmd(o *adminOptions) *cobra.Command {
 			Concurrency int    `json:"concurrency,omitempty"`
 			PerServer   int    `json:"per_server,omitempty"`
 			Mode        string `json:"mode,omitempty"`
+			MaxAttempts int    `json:"max_attempts,omitempty"`
 		}
 		watch watchFlags
 	)
@@ -105,7 +106,8 @@ func newServersDrainCmd(o *adminOptions) *cobra.Command {
 With --evacuate the server becomes evacuating and every tenant is moved off it,
 at most --concurrency moves at once and --per-server into one target, each to
 the active server with the most free capacity that has room. A tenant whose
-move fails is reported with its error; the others go on. The server ends empty
+move fails is tried again, up to --max-attempts moves, then reported with its
+error; the others go on. The server ends empty
 when no tenant is left on it, draining otherwise. Pause, resume or cancel it
 with: tenantplane evacuations pause|resume|cancel ID`,
 		Example: `  tenantplane servers drain pg-1
@@ -113,7 +115,7 @@ with: tenantplane evacuations pause|resume|cancel ID`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if !req.Evacuate {
-				for _, f := range []string{"concurrency", "per-server", "mode", "watch"} {
+				for _, f := range []string{"concurrency", "per-server", "mode", "max-attempts", "watch"} {
 					if cmd.Flags().Changed(f) {
 						return fmt.Errorf("--%s goes with --evacuate", f)
 					}
@@ -157,6 +159,7 @@ with: tenantplane evacuations pause|resume|cancel ID`,
 	f.IntVar(&req.Concurrency, "concurrency", 0, "with --evacuate: most moves under way at once (default: the API's, 4)")
 	f.IntVar(&req.PerServer, "per-server", 0, "with --evacuate: most moves under way at once into one server (default: the API's, 2)")
 	f.StringVar(&req.Mode, "mode", "", "with --evacuate: online or copy (default: online when possible, else the tenant is reported)")
+	f.IntVar(&req.MaxAttempts, "max-attempts", 0, "with --evacuate: moves of one tenant tried before it is reported failed (default: the API's, 3)")
 	watch.registerEvacuation(cmd)
 	return cmd
 }
@@ -194,4 +197,27 @@ func newServersSetCmd(o *adminOptions) *cobra.Command {
 	f.IntVar(&capacity, "capacity", 0, "most tenant databases the server may hold")
 	f.IntVar(&connBudget, "conn-budget", 0, "most connections tenant pools may hold on the server, over every replica")
 	return cmd
+}
+
+func newServersActivateCmd(o *adminOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:   "activate NAME",
+		Short: "Place new tenants on a draining or empty server again",
+		Long: `Place new tenants on a server again: one that was drained, or emptied by an
+evacuation (after its upgrade, say). A server under evacuation is refused:
+pause or cancel the evacuation first.`,
+		Example: "  tenantplane servers activate pg-1",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			raw, err := o.call(cmd, "POST", pathf("/servers/%s/activate", args[0]), nil, nil)
+			if err != nil {
+				return err
+			}
+			var s Server
+			return o.print(cmd, raw, &s, func() error {
+				_, err := fmt.Fprintf(cmd.OutOrStdout(), "Server %s is %s: it takes new tenants (%d of %d places used).\n", s.Name, s.State, s.Tenants, s.Capacity)
+				return err
+			})
+		},
+	}
 }

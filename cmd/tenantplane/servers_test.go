@@ -148,6 +148,15 @@ func TestServersDrain(t *testing.T) {
 
 	_, _, err = b.run(t, "servers", "drain", "nosuch")
 	requireAPIError(t, err, 404, "not_found")
+
+	stdout, _, err = b.run(t, "servers", "activate", "pg-1")
+	require.NoError(t, err)
+	require.Equal(t, "Server pg-1 is active: it takes new tenants (0 of 100 places used).\n", stdout)
+	stdout, _, err = b.run(t, "servers", "list")
+	require.NoError(t, err)
+	require.Equal(t, []string{"pg-1", "active"}, strings.Fields(strings.Split(stdout, "\n")[1])[:2])
+	_, _, err = b.run(t, "servers", "activate", "nosuch")
+	requireAPIError(t, err, 404, "not_found")
 }
 
 // requireAPIError checks err is an error answer of the admin API.

@@ -53,8 +53,10 @@ type tenantPage struct {
 }
 
 func newTenantsCmd() *cobra.Command {
-	cmd, o := newAdminGroup("tenants", "Create, list, show, suspend, resume, restore, retry, delete, move tenants and rotate their credentials")
-	cmd.AddCommand(newTenantsCreateCmd(o), newTenantsListCmd(o), newTenantsShowCmd(o), newTenantsDeleteCmd(o), newTenantsMoveCmd(o), newTenantsNetworkCmd(o), newTenantsHostnamesCmd(o))
+	cmd, o := newAdminGroup("tenants", "Create, list, show, suspend, resume, restore, retry, delete, move tenants, rotate their credentials; back up, restore, export and erase their data")
+	cmd.AddCommand(newTenantsCreateCmd(o), newTenantsListCmd(o), newTenantsShowCmd(o), newTenantsDeleteCmd(o), newTenantsMoveCmd(o), newTenantsNetworkCmd(o), newTenantsHostnamesCmd(o),
+		newTenantsBackupCmd(o), newTenantsBackupsCmd(o), newTenantsRestoreBackupCmd(o), newTenantsRestoreStatusCmd(o),
+		newTenantsExportCmd(o), newTenantsEraseCmd(o), newTenantsErasureCmd(o), newTenantsBillingAddressCmd(o))
 	for _, a := range []struct{ action, done, short string }{
 		{"suspend", "Suspended", "Suspend a tenant: its API calls get 403 within a second; its data stays"},
 		{"resume", "Resumed", "Resume a suspended tenant"},
