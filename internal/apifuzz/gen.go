@@ -21,10 +21,12 @@ type gen struct {
 	op  string
 }
 
-// Broken path parameter values: what a careless or hostile client sends as an id.
+// Broken path parameter values: what a careless or hostile client sends as
+// an id. No bare "..": it would name another route (the URL's dot segments
+// are resolved), not a bad id of this one; "%2e%2e" is sent instead.
 var badIDs = []string{
 	"0", "-1", "99999999999999999999999", "not-a-uuid", "00000000-0000-0000-0000-000000000000",
-	"..", "%2e%2e", "a%00b", "UPPER-CASE", "x;drop table tenants", "%ff%fe", "é", " ", strings.Repeat("x", 300),
+	"%2e%2e", "a%00b", "UPPER-CASE", "x;drop table tenants", "%ff%fe", "é", " ", strings.Repeat("x", 300),
 }
 
 // Broken query values.
