@@ -14,6 +14,34 @@ import (
 	"github.com/tenantplane/tenantplane/internal/pgtest"
 )
 
+// faultyServer registers a third server, pg-faulty, behind a faulttest proxy.
+func (b *fanoutBundle) faultyServer(t *testing.T) *faulttest.Proxy {
+	t.Helper()
+	faulty := pgtest.NewServer(t)
+	proxy := faulttest.NewProxy(t, "pg-faulty", faulty.Addr())
+	_, err := b.store.CreateServer(context.Background(), catalog.NewServer{Name: "pg-faulty",
+		DSN: proxy.DSN(faulty.ManagedDSN(t, "postgres")), Capacity: 2000, ConnBudget: 80})
+	require.NoError(t, err)
+	b.servers["pg-faulty"] = faulty
+	return proxy
+}
+
+// tenantsOn makes an active tenant at version 1 on each server named, prefix-0 ...
+func (b *fanoutBundle) tenantsOn(t *testing.T, prefix string, servers ...string) []catalog.Tenant {
+	t.Helper()
+	ctx := context.Background()
+	v1 := b.service(t, loadSchema(t, schemaDir(t, nil)), false, nil)
+	var tenants []catalog.Tenant
+	for i, server := range servers {
+		tn, _, err := v1.db.CreateTenant(ctx, catalog.NewTenant{Slug: fmt.Sprintf("%s-%d", prefix, i), Name: prefix, Plan: "basic", Actor: "test", Server: server}, nil)
+		require.NoError(t, err)
+		tn, err = makeTenantDatabase(ctx, v1, tn)
+		require.NoError(t, err)
+		tenants = append(tenants, tn)
+	}
+	return tenants
+}
+
 // TestFanoutUnderAHungServer hangs one server's wire while a run migrates
 // its tenants (a migration that takes two seconds): the run's tenants on
 // the other server are done meanwhile; the hung server's are stopped,
@@ -25,20 +53,8 @@ func TestFanoutUnderAHungServer(t *testing.T) {
 	_ = faulttest.Seed(t) // the schedule is fixed; the seed is printed for the record
 	b := setupFanout(t)
 	ctx := context.Background()
-	faulty := pgtest.NewServer(t)
-	proxy := faulttest.NewProxy(t, "pg-faulty", faulty.Addr())
-	_, err := b.store.CreateServer(ctx, catalog.NewServer{Name: "pg-faulty", DSN: proxy.DSN(faulty.ManagedDSN(t, "postgres")), Capacity: 2000, ConnBudget: 80})
-	require.NoError(t, err)
-	b.servers["pg-faulty"] = faulty
-	v1 := b.service(t, loadSchema(t, schemaDir(t, nil)), false, nil)
-	var tenants []catalog.Tenant
-	for i, server := range []string{"pg-faulty", "pg-faulty", "pg-1", "pg-1", "pg-2"} {
-		tn, _, err := v1.db.CreateTenant(ctx, catalog.NewTenant{Slug: fmt.Sprintf("hung-%d", i), Name: "h", Plan: "basic", Actor: "test", Server: server}, nil)
-		require.NoError(t, err)
-		tn, err = makeTenantDatabase(ctx, v1, tn)
-		require.NoError(t, err)
-		tenants = append(tenants, tn)
-	}
+	proxy := b.faultyServer(t)
+	tenants := b.tenantsOn(t, "hung", "pg-faulty", "pg-faulty", "pg-1", "pg-1", "pg-2")
 	dir := schemaDir(t, map[string]string{
 		"000002_slow.up.sql":   "SELECT pg_sleep(2); CREATE TABLE slow_step (id int);",
 		"000002_slow.down.sql": "DROP TABLE slow_step;",
@@ -111,11 +127,7 @@ func TestFanoutUnderNetworkFaults(t *testing.T) {
 	_ = faulttest.Seed(t) // the schedule is fixed; the seed is printed for the record
 	b := setupFanout(t)
 	ctx := context.Background()
-	faulty := pgtest.NewServer(t)
-	proxy := faulttest.NewProxy(t, "pg-faulty", faulty.Addr())
-	_, err := b.store.CreateServer(ctx, catalog.NewServer{Name: "pg-faulty", DSN: proxy.DSN(faulty.ManagedDSN(t, "postgres")), Capacity: 2000, ConnBudget: 80})
-	require.NoError(t, err)
-	b.servers["pg-faulty"] = faulty
+	proxy := b.faultyServer(t)
 	files := map[string]string{}
 	var faults []faulttest.Fault
 	for _, f := range faulttest.Each() {
@@ -128,15 +140,7 @@ func TestFanoutUnderNetworkFaults(t *testing.T) {
 		files[fmt.Sprintf("%06d_f%d.up.sql", v, v)] = fmt.Sprintf("CREATE TABLE f%d (id int); INSERT INTO f%d SELECT generate_series(1, 2000);", v, v)
 		files[fmt.Sprintf("%06d_f%d.down.sql", v, v)] = fmt.Sprintf("DROP TABLE f%d;", v)
 	}
-	v1 := b.service(t, loadSchema(t, schemaDir(t, nil)), false, nil)
-	var tenants []catalog.Tenant
-	for i, server := range []string{"pg-faulty", "pg-faulty", "pg-1"} {
-		tn, _, err := v1.db.CreateTenant(ctx, catalog.NewTenant{Slug: fmt.Sprintf("net-%d", i), Name: "n", Plan: "basic", Actor: "test", Server: server}, nil)
-		require.NoError(t, err)
-		tn, err = makeTenantDatabase(ctx, v1, tn)
-		require.NoError(t, err)
-		tenants = append(tenants, tn)
-	}
+	tenants := b.tenantsOn(t, "net", "pg-faulty", "pg-faulty", "pg-1")
 	p := b.service(t, loadSchema(t, schemaDir(t, files)), true, func(c *Config) { c.ConnectTimeout = 2 * time.Second })
 	for i, fault := range faults {
 		target := int64(i + 2)
