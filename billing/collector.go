@@ -52,29 +52,91 @@ func (s *Service) CollectStorage(ctx context.Context) (int, error) {
 			}
 		})
 	}
+	pools, err := s.catalog.ListPoolDatabases(ctx)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, p := range pools {
+		if p.State != catalog.PoolActive || p.Tenants == 0 {
+			continue
+		}
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			n, err := s.collectPool(ctx, p, at)
+			mu.Lock()
+			defer mu.Unlock()
+			sampled += n
+			if err != nil {
+				errs = append(errs, fmt.Errorf("pool database %s on server %q: %w", p.Name, p.Server, err))
+			}
+		})
+	}
 	wg.Wait()
 	return sampled, errors.Join(errs...)
+}
+
+// collectPool samples each pooled tenant of a pool database: the size of
+// its rows (the sum of pg_column_size of each of its rows, in every table
+// with tenant_id), which leaves out the pool's indexes and free space.
+func (s *Service) collectPool(ctx context.Context, p catalog.PoolDatabase, at time.Time) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.ConnectTimeout+time.Minute)
+	defer cancel()
+	ids, err := s.catalog.PoolTenantIDs(ctx, p.ID)
+	if err != nil || len(ids) == 0 {
+		return 0, err
+	}
+	conn, err := s.connect(ctx, p.Server, p.Name)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	rows, err := conn.Query(ctx, `
+		SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')
+		  AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped)`)
+	if err != nil {
+		return 0, err
+	}
+	tables, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return 0, err
+	}
+	size := make(map[string]int64, len(ids))
+	for _, id := range ids {
+		size[id] = 0 // a tenant without rows is sampled as 0
+	}
+	for _, table := range tables {
+		// The admin role owns the tables: its policy shows every tenant's rows.
+		rows, err := conn.Query(ctx, `SELECT tenant_id::text, sum(pg_column_size(r.*))::bigint FROM `+table+` r
+			WHERE tenant_id = ANY($1::uuid[]) GROUP BY tenant_id`, ids)
+		if err != nil {
+			return 0, fmt.Errorf("table %s: %w", table, err)
+		}
+		var id string
+		var n int64
+		if _, err := pgx.ForEachRow(rows, []any{&id, &n}, func() error { size[id] += n; return nil }); err != nil {
+			return 0, fmt.Errorf("table %s: %w", table, err)
+		}
+	}
+	usage := make([]catalog.UsageRow, 0, len(size))
+	for id, n := range size {
+		usage = append(usage, catalog.UsageRow{TenantID: id, Meter: catalog.MeterStorageBytes, Bucket: at, Quantity: n})
+	}
+	batch := "storage:" + p.Name + "@" + p.Server + ":" + strconv.FormatInt(at.UnixNano(), 10)
+	if err := s.catalog.RecordUsageBatch(ctx, batch, usage); err != nil {
+		return 0, err
+	}
+	return len(usage), nil
 }
 
 func (s *Service) collectServer(ctx context.Context, server string, dbs []catalog.TenantDatabase, at time.Time) (int, error) {
 	logger := s.logger.With("op", "storage", "server", server)
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.ConnectTimeout+time.Minute)
 	defer cancel()
-	dsn, err := s.catalog.ServerDSN(ctx, server)
+	conn, err := s.connect(ctx, server, "")
 	if err != nil {
 		return 0, err
-	}
-	pcfg, err := catalog.ServerConfig(dsn)
-	if err != nil {
-		return 0, err // CollectStorage names the server
-	}
-	cfg := pcfg.ConnConfig
-	cfg.ConnectTimeout = s.cfg.ConnectTimeout
-	cfg.RuntimeParams["application_name"] = "tenantplane-billing"
-	cfg.RuntimeParams["statement_timeout"] = "30000"
-	conn, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return 0, catalog.WrapError(catalog.CodeUnavailable, err, "server %q is unreachable", server)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 
@@ -100,6 +162,31 @@ func (s *Service) collectServer(ctx context.Context, server string, dbs []catalo
 	}
 	logger.DebugContext(ctx, "storage sampled", "databases", len(rows))
 	return len(rows), nil
+}
+
+// connect opens a connection to a server's database ("" keeps the DSN's)
+// as its admin role, for sampling.
+func (s *Service) connect(ctx context.Context, server, database string) (*pgx.Conn, error) {
+	dsn, err := s.catalog.ServerDSN(ctx, server)
+	if err != nil {
+		return nil, err
+	}
+	pcfg, err := catalog.ServerConfig(dsn)
+	if err != nil {
+		return nil, err // CollectStorage names the server
+	}
+	cfg := pcfg.ConnConfig
+	if database != "" {
+		cfg.Database = database
+	}
+	cfg.ConnectTimeout = s.cfg.ConnectTimeout
+	cfg.RuntimeParams["application_name"] = "tenantplane-billing"
+	cfg.RuntimeParams["statement_timeout"] = "30000"
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, catalog.WrapError(catalog.CodeUnavailable, err, "server %q is unreachable", server)
+	}
+	return conn, nil
 }
 
 // databaseSizes returns the size of each named database that exists. A

@@ -57,7 +57,13 @@ type Tenant struct {
 	// MoveID is the tenant's open move, if it is being moved to another server.
 	MoveID *int64 `json:"move_id,omitempty"`
 	// Held is set while a move's fence is up: routers hold its requests.
-	Held      bool      `json:"-"`
+	Held bool `json:"-"`
+	// Pool is the pool database a pooled tenant's rows live in (its plan's
+	// isolation is pooled), "" for a tenant with a database of its own.
+	// Server and ServerID are then the pool database's server; Database and
+	// Role are empty: a pooled tenant has neither.
+	Pool      string    `json:"pool,omitempty"`
+	PoolID    int64     `json:"-"`
 	CreatedAt time.Time `json:"created_at"`
 	UpdatedAt time.Time `json:"updated_at"`
 }
@@ -82,21 +88,29 @@ type NewTenant struct {
 	Actor  string
 }
 
-const tenantColumns = `t.id, t.slug, t.name, t.plan, t.state, coalesce(t.server_id, 0), coalesce(s.name, ''),
+const tenantColumns = `t.id, t.slug, t.name, t.plan, t.state, coalesce(t.server_id, p.server_id, 0), coalesce(s.name, ''),
 	coalesce(t.db_name, ''), coalesce(t.db_role, ''), t.schema_version, t.schema_dirty, t.last_error,
-	t.delete_after, t.move_id, t.held, t.created_at, t.updated_at`
+	t.delete_after, t.move_id, t.held, coalesce(t.pool_id, 0), t.created_at, t.updated_at`
 
-const tenantFrom = ` FROM tenants t LEFT JOIN servers s ON s.id = t.server_id `
+// tenantFrom joins a tenant to its server: its own, or its pool database's.
+const tenantFrom = ` FROM tenants t LEFT JOIN pool_databases p ON p.id = t.pool_id
+	LEFT JOIN servers s ON s.id = coalesce(t.server_id, p.server_id) `
 
 func scanTenant(row pgx.Row) (t Tenant, err error) {
 	err = row.Scan(&t.ID, &t.Slug, &t.Name, &t.Plan, &t.State, &t.ServerID, &t.Server, &t.Database, &t.Role,
-		&t.SchemaVersion, &t.SchemaDirty, &t.LastError, &t.DeleteAfter, &t.MoveID, &t.Held, &t.CreatedAt, &t.UpdatedAt)
+		&t.SchemaVersion, &t.SchemaDirty, &t.LastError, &t.DeleteAfter, &t.MoveID, &t.Held, &t.PoolID, &t.CreatedAt, &t.UpdatedAt)
+	if t.PoolID != 0 {
+		t.Pool = PoolName(t.PoolID)
+	}
 	return t, err
 }
 
 // CreateTenant records a tenant in state provisioning, placed on a server,
 // and calls enqueue in the same transaction so the work that provisions it is
-// durable exactly when the tenant is. It is idempotent by slug: the same
+// durable exactly when the tenant is. A tenant of a pooled plan is placed in
+// a pool database instead (on the server asked for, or the one with the most
+// room) and is active at once: it is this row and nothing else, so enqueue
+// is not called. It is idempotent by slug: the same
 // request again returns the existing tenant with created false; a different
 // request for a taken slug is a CodeConflict error.
 func (s *Store) CreateTenant(ctx context.Context, nt NewTenant, enqueue func(ctx context.Context, tx pgx.Tx, t Tenant) error) (t Tenant, created bool, err error) {
@@ -124,6 +138,18 @@ func (s *Store) CreateTenant(ctx context.Context, nt NewTenant, enqueue func(ctx
 			return nil
 		} else if err != pgx.ErrNoRows {
 			return Classify(err, "tenant")
+		}
+		var isolation Isolation
+		if err := tx.QueryRow(ctx, `SELECT isolation FROM plans WHERE name = $1`, nt.Plan).Scan(&isolation); err != nil {
+			if err == pgx.ErrNoRows {
+				return Errorf(CodeInvalid, "unknown plan %q", nt.Plan)
+			}
+			return Classify(err, "plan")
+		}
+		if isolation == IsolationPooled {
+			t, err = createPooledTenant(ctx, tx, nt)
+			created = err == nil
+			return err
 		}
 		serverID, err := pickServer(ctx, tx, nt.Server)
 		if err != nil {
@@ -500,8 +526,11 @@ func (s *Store) KnownDatabases(ctx context.Context, serverID int64) (map[string]
 	rows, err := s.pool.Query(ctx, `
 		SELECT db_name FROM tenants WHERE server_id = $1 AND state <> 'deleted' AND db_name IS NOT NULL
 		UNION
-		SELECT t.db_name FROM moves m JOIN tenants t ON t.id = m.tenant_id
-		WHERE t.db_name IS NOT NULL AND (
+		-- A promotion's target and a demotion's kept source are the tenant's
+		-- own database, which its row names only while it is dedicated.
+		SELECT CASE WHEN m.kind = 'move' THEN t.db_name ELSE 't_' || replace(t.id::text, '-', '') END
+		FROM moves m JOIN tenants t ON t.id = m.tenant_id
+		WHERE (t.db_name IS NOT NULL OR m.kind <> 'move') AND (
 			(m.to_server_id = $1 AND m.phase NOT IN ('done', 'aborted', 'reverted'))
 			OR (m.from_server_id = $1 AND m.phase = 'done' AND NOT m.source_dropped))`, serverID)
 	if err != nil {

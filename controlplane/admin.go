@@ -39,6 +39,7 @@ func (a *App) adminHandler(metrics *httpapi.Metrics) *gin.Engine {
 	a.moveRoutes(v1)
 	a.evacuationRoutes(v1)
 	a.dataRoutes(v1)
+	a.poolRoutes(v1)
 	a.billingRoutes(e, v1)
 	return e
 }

@@ -208,7 +208,7 @@ func TestBillingWithoutStripe(t *testing.T) {
 	// Plans and their price versions.
 	status, body = call(t, "GET", v1+"/plans", testToken, nil)
 	require.Equal(t, http.StatusOK, status, body)
-	require.Len(t, body["versions"], 3)
+	require.Len(t, body["versions"], 4, "basic, enterprise, free (pooled), pro")
 	status, body = call(t, "POST", v1+"/plans/pro/versions", testToken, map[string]any{"currency": "usd", "base_fee": 2500,
 		"meters": []map[string]any{{"meter": "api_calls", "included": 1000, "unit_price_micros": 1000000, "per_units": 1}}})
 	require.Equal(t, http.StatusCreated, status, body)

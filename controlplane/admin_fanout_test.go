@@ -102,19 +102,19 @@ func TestFanoutSixtyTenants(t *testing.T) {
 	f := setupFleet(t, 2, env)
 	tenants := f.createTenants(t, "sixty", 60)
 
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "000002_users_plan.up.sql"),
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "000003_users_plan.up.sql"),
 		[]byte("ALTER TABLE users ADD COLUMN plan text NOT NULL DEFAULT 'free';\nCREATE INDEX users_plan_idx ON users (plan);\n"), 0o644))
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "000002_users_plan.down.sql"), []byte("ALTER TABLE users DROP COLUMN plan;\n"), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "000003_users_plan.down.sql"), []byte("ALTER TABLE users DROP COLUMN plan;\n"), 0o644))
 	f.redeploy(t, env)
 
 	before := f.status(t)
-	require.EqualValues(t, 2, before["newest_version"])
-	require.Equal(t, []any{map[string]any{"version": float64(1), "tenants": float64(60)}}, before["histogram"])
+	require.EqualValues(t, 3, before["newest_version"])
+	require.Equal(t, []any{map[string]any{"version": float64(2), "tenants": float64(60)}}, before["histogram"])
 	require.Len(t, before["behind"], 60)
 
 	status, run := call(t, "POST", f.admin+"/admin/v1/migrations/runs", testToken, map[string]any{"concurrency": 8, "per_server": 4})
 	require.Equal(t, http.StatusCreated, status, run)
-	require.EqualValues(t, 2, run["target_version"])
+	require.EqualValues(t, 3, run["target_version"])
 	require.EqualValues(t, 60, run["counts"].(map[string]any)["total"])
 	require.EqualValues(t, 2, run["canary"])
 	run = f.waitRunState(t, run["id"], "done")
@@ -125,17 +125,17 @@ func TestFanoutSixtyTenants(t *testing.T) {
 	for _, tn := range tenants {
 		srv := f.servers[tn["server"].(string)]
 		db := tn["database"].(string)
-		require.EqualValues(t, 2, query[int64](t, srv.DSN(db), `SELECT version FROM schema_migrations`), db)
+		require.EqualValues(t, 3, query[int64](t, srv.DSN(db), `SELECT version FROM schema_migrations`), db)
 		require.False(t, query[bool](t, srv.DSN(db), `SELECT dirty FROM schema_migrations`), db)
 		require.Contains(t, query[string](t, srv.DSN(db), `SELECT column_default FROM information_schema.columns WHERE table_name = 'users' AND column_name = 'plan'`), "free")
 	}
 	after := f.status(t)
-	require.Equal(t, []any{map[string]any{"version": float64(2), "tenants": float64(60)}}, after["histogram"])
+	require.Equal(t, []any{map[string]any{"version": float64(3), "tenants": float64(60)}}, after["histogram"])
 	require.Empty(t, after["behind"])
 	require.Empty(t, after["dirty"])
 	require.Empty(t, after["catalog_disagrees"], "the run updates the catalog's copy")
 	_, body := call(t, "GET", f.admin+"/admin/v1/tenants/sixty-00", testToken, nil)
-	require.EqualValues(t, 2, body["schema_version"])
+	require.EqualValues(t, 3, body["schema_version"])
 }
 
 // concurrentIndex fails on a tenant whose users hold one email twice, and,
@@ -167,7 +167,7 @@ func TestFanoutDirtyTenantIsReportedNeverForced(t *testing.T) {
 	// And the catalog is wrong about another one.
 	execSQL(t, f.app.cfg.DatabaseURL, `UPDATE tenants SET schema_version = 5 WHERE slug = 'dirty-00'`)
 
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "000002_email_index.up.sql"), []byte(concurrentIndex), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "000003_email_index.up.sql"), []byte(concurrentIndex), 0o644))
 	f.redeploy(t, env)
 	st := f.status(t)
 	var run map[string]any
@@ -184,13 +184,13 @@ func TestFanoutDirtyTenantIsReportedNeverForced(t *testing.T) {
 	ft := failed[0].(map[string]any)
 	require.Equal(t, slug, ft["slug"])
 	require.Equal(t, true, ft["dirty"])
-	require.EqualValues(t, 2, ft["version"])
+	require.EqualValues(t, 3, ft["version"])
 	require.Contains(t, ft["error"], "could not create unique index")
 	require.EqualValues(t, 4, run["counts"].(map[string]any)["done"])
 
 	st = f.status(t)
 	require.Equal(t, []string{slug}, slugsOf(st["dirty"]))
-	require.Equal(t, []string{slug}, slugsOf(st["behind"]), "dirty at 2, but 2 is not applied")
+	require.Equal(t, []string{slug}, slugsOf(st["behind"]), "dirty at 3, but 3 is not applied")
 	require.Empty(t, st["catalog_disagrees"], "the run copied what it found to the catalog")
 
 	// Another run waits for this one; resuming it does not force anything.
@@ -201,7 +201,7 @@ func TestFanoutDirtyTenantIsReportedNeverForced(t *testing.T) {
 	require.Equal(t, http.StatusOK, status, body)
 	run = f.waitRunState(t, id, "halted")
 	ft = run["failed"].([]any)[0].(map[string]any)
-	require.Contains(t, ft["error"], "schema is dirty at version 2")
+	require.Contains(t, ft["error"], "schema is dirty at version 3")
 	require.Contains(t, ft["error"], "/migrations/force")
 	require.True(t, query[bool](t, srv.DSN(db), `SELECT dirty FROM schema_migrations`), "never forced silently")
 
@@ -217,7 +217,7 @@ func TestFanoutDirtyTenantIsReportedNeverForced(t *testing.T) {
 	}{
 		{slug, map[string]any{}, http.StatusBadRequest},
 		{slug, map[string]any{"version": 9}, http.StatusBadRequest},
-		{"dirty-00", map[string]any{"version": 1}, http.StatusConflict},
+		{"dirty-00", map[string]any{"version": 2}, http.StatusConflict},
 		{"nobody", map[string]any{"version": 1}, http.StatusNotFound},
 	} {
 		status, body := call(t, "POST", f.admin+"/admin/v1/tenants/"+tc.slug+"/migrations/force", testToken, tc.body)
@@ -227,23 +227,23 @@ func TestFanoutDirtyTenantIsReportedNeverForced(t *testing.T) {
 	// The operator repairs the database (the failed CONCURRENTLY left an
 	// invalid index behind), then forces the version it is really at.
 	execSQL(t, srv.DSN(db), `DROP INDEX users_email_lower_idx; DELETE FROM users WHERE email = 'DUP@example.com'`)
-	status, body = call(t, "POST", f.admin+"/admin/v1/tenants/"+slug+"/migrations/force", testToken, map[string]any{"version": 1, "reason": "dropped the duplicate"})
+	status, body = call(t, "POST", f.admin+"/admin/v1/tenants/"+slug+"/migrations/force", testToken, map[string]any{"version": 2, "reason": "dropped the duplicate"})
 	require.Equal(t, http.StatusOK, status, body)
-	require.EqualValues(t, 1, body["schema_version"])
+	require.EqualValues(t, 2, body["schema_version"])
 	require.Equal(t, false, body["schema_dirty"])
 	events, err := f.app.store.ListAudit(context.Background(), catalog.AuditFilter{Action: "tenant.schema_forced"})
 	require.NoError(t, err)
 	require.Len(t, events, 1)
 	require.Equal(t, "admin", events[0].Actor)
 	require.Equal(t, "dropped the duplicate", events[0].Reason)
-	require.Equal(t, map[string]any{"from_version": float64(2), "from_dirty": true, "version": float64(1)}, events[0].Details)
+	require.Equal(t, map[string]any{"from_version": float64(3), "from_dirty": true, "version": float64(2)}, events[0].Details)
 
 	status, run = call(t, "POST", f.admin+"/admin/v1/migrations/runs", testToken, map[string]any{"tenants": []string{slug}})
 	require.Equal(t, http.StatusCreated, status, run)
 	run = f.waitRunState(t, run["id"], "done")
 	require.EqualValues(t, 1, run["counts"].(map[string]any)["done"])
 	st = f.status(t)
-	require.Equal(t, []any{map[string]any{"version": float64(2), "tenants": float64(5)}}, st["histogram"])
+	require.Equal(t, []any{map[string]any{"version": float64(3), "tenants": float64(5)}}, st["histogram"])
 	require.Empty(t, st["dirty"])
 	require.Empty(t, st["behind"])
 }

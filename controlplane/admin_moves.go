@@ -17,6 +17,42 @@ func (a *App) moveRoutes(v1 *gin.RouterGroup) {
 	v1.GET("/moves/:id", a.getMove)
 	v1.POST("/moves/:id/cancel", a.cancelMove)
 	v1.POST("/moves/:id/revert", a.revertMove)
+	v1.POST("/tenants/:slug/promote", a.promote)
+	v1.POST("/tenants/:slug/demote", a.demote)
+}
+
+// promote starts moving a pooled tenant's rows into a database of its own
+// (202 with the move, kind promote); the body is optional.
+func (a *App) promote(c *gin.Context) {
+	var spec mover.PromoteSpec
+	if err := httpapi.BindOptionalJSON(c, &spec); err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	m, err := a.moves.StartPromotion(c, c.Param("slug"), spec, adminActor)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	a.logger.InfoContext(c, "promotion started", "tenant", m.Tenant, "move", m.ID, "pool", m.Pool, "to", m.To)
+	c.JSON(http.StatusAccepted, m)
+}
+
+// demote starts moving a dedicated tenant's rows into a pool database (202
+// with the move, kind demote); the body is optional.
+func (a *App) demote(c *gin.Context) {
+	var spec mover.DemoteSpec
+	if err := httpapi.BindOptionalJSON(c, &spec); err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	m, err := a.moves.StartDemotion(c, c.Param("slug"), spec, adminActor)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	a.logger.InfoContext(c, "demotion started", "tenant", m.Tenant, "move", m.ID, "pool", m.Pool, "from", m.From)
+	c.JSON(http.StatusAccepted, m)
 }
 
 // startMove answers 202: the move goes on in the background, and GET

@@ -177,14 +177,17 @@ func (a *App) createTenant(c *gin.Context) {
 		httpapi.WriteError(c, err)
 		return
 	}
-	t, _, err := a.prov.CreateTenant(c, spec, adminActor)
+	t, created, err := a.prov.CreateTenant(c, spec, adminActor)
 	if err != nil {
 		httpapi.WriteError(c, err)
 		return
 	}
 	if !wait {
 		status := http.StatusAccepted
-		if t.State != catalog.TenantProvisioning {
+		switch {
+		case created && t.State == catalog.TenantActive: // pooled: made in the call
+			status = http.StatusCreated
+		case t.State != catalog.TenantProvisioning:
 			status = http.StatusOK
 		}
 		c.JSON(status, t)

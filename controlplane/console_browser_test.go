@@ -283,8 +283,8 @@ func TestConsoleInBrowser(t *testing.T) {
 		// A new tenant migration, slow enough to be seen running, and a
 		// redeploy that brings it. The session lives in the catalog: the new
 		// process knows it.
-		require.NoError(t, os.WriteFile(filepath.Join(dir, "000002_slow.up.sql"), []byte("SELECT pg_sleep(2); CREATE TABLE notes (id bigserial PRIMARY KEY);"), 0o644))
-		require.NoError(t, os.WriteFile(filepath.Join(dir, "000002_slow.down.sql"), []byte("DROP TABLE notes;"), 0o644))
+		require.NoError(t, os.WriteFile(filepath.Join(dir, "000003_slow.up.sql"), []byte("SELECT pg_sleep(2); CREATE TABLE notes (id bigserial PRIMARY KEY);"), 0o644))
+		require.NoError(t, os.WriteFile(filepath.Join(dir, "000003_slow.down.sql"), []byte("DROP TABLE notes;"), 0o644))
 		f.redeploy(parent, env)
 		base = f.admin + "/console/"
 

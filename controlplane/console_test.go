@@ -325,7 +325,7 @@ func TestConsoleOperations(t *testing.T) {
 	// The Fleet page counts the tenant where it is now, by state and schema version.
 	_, page = c.do("GET", "/console/", nil, nil)
 	require.Contains(t, page, `href="/console/tenants?server=`+to+`&amp;state=active">active 1</a>`)
-	require.Regexp(t, `srv-`+to+`"(?s:.)*v1: 1(?s:.)*srv-|srv-`+to+`"(?s:.)*v1: 1`, page)
+	require.Regexp(t, `srv-`+to+`"(?s:.)*v2: 1(?s:.)*srv-|srv-`+to+`"(?s:.)*v2: 1`, page)
 
 	// An evacuation started by the API, followed on its console page until
 	// it ends: here it fails, since the move's source is still kept on the

@@ -179,7 +179,11 @@ func registerDevServer(ctx context.Context, app *App, cluster *pgcluster.Cluster
 	current, err := app.store.ServerDSN(ctx, devServerName)
 	switch {
 	case errors.Is(err, catalog.ErrNotFound):
-		_, err = app.prov.RegisterServer(ctx, provisioner.ServerSpec{Name: devServerName, DSN: dsn}, "dev")
+		if _, err = app.prov.RegisterServer(ctx, provisioner.ServerSpec{Name: devServerName, DSN: dsn}, "dev"); err != nil {
+			return err
+		}
+		// And a pool database, so that pooled plans (free) work at once.
+		_, err = app.prov.CreatePool(ctx, devServerName, 1000, "dev")
 		return err
 	case err != nil:
 		return err

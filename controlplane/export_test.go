@@ -36,16 +36,27 @@ import (
 // table with no rows.
 const exportSchema = `
 CREATE TABLE orders (
-	id      bigserial PRIMARY KEY,
-	user_id uuid REFERENCES users,
-	amount  numeric(12,2) NOT NULL,
-	note    text,
-	doc     json,
-	meta    jsonb,
-	tags    text[],
-	blob    bytea
+	tenant_id uuid NOT NULL DEFAULT tenantplane_tenant_id(),
+	id        bigserial,
+	user_id   uuid,
+	amount    numeric(12,2) NOT NULL,
+	note      text,
+	doc       json,
+	meta      jsonb,
+	tags      text[],
+	blob      bytea,
+	PRIMARY KEY (tenant_id, id),
+	FOREIGN KEY (tenant_id, user_id) REFERENCES users (tenant_id, id)
 );
-CREATE TABLE empty_things (id int PRIMARY KEY);
+CREATE TABLE empty_things (tenant_id uuid NOT NULL DEFAULT tenantplane_tenant_id(), id int, PRIMARY KEY (tenant_id, id));
+ALTER TABLE orders ENABLE ROW LEVEL SECURITY;
+ALTER TABLE orders FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON orders USING (tenant_id = tenantplane_tenant_id()) WITH CHECK (tenant_id = tenantplane_tenant_id());
+CREATE POLICY database_owner ON orders TO pg_database_owner USING (true) WITH CHECK (true);
+ALTER TABLE empty_things ENABLE ROW LEVEL SECURITY;
+ALTER TABLE empty_things FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON empty_things USING (tenant_id = tenantplane_tenant_id()) WITH CHECK (tenant_id = tenantplane_tenant_id());
+CREATE POLICY database_owner ON empty_things TO pg_database_owner USING (true) WITH CHECK (true);
 `
 
 // downloadZip fetches an export's download into memory (a test's export is small).
@@ -99,8 +110,8 @@ func normalized(t testing.TB, texts []string) []string {
 func TestExportManifestMatchesItsFiles(t *testing.T) {
 	t.Parallel()
 	dir := migrationsDir(t)
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "000002_orders.up.sql"), []byte(exportSchema), 0o644))
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "000002_orders.down.sql"), []byte(`DROP TABLE empty_things; DROP TABLE orders;`), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "000003_orders.up.sql"), []byte(exportSchema), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "000003_orders.down.sql"), []byte(`DROP TABLE empty_things; DROP TABLE orders;`), 0o644))
 	exports := dataDir(t, "exports")
 	f := setupFleet(t, 1, map[string]string{"TENANTPLANE_TENANT_MIGRATIONS": dir, "TENANTPLANE_EXPORT_DIR": exports})
 	tenant, key := f.tenantWithKey(t, "porter", "pro", "")
@@ -152,7 +163,7 @@ func TestExportManifestMatchesItsFiles(t *testing.T) {
 	}
 	require.NoError(t, json.Unmarshal(readEntry(t, zr, "manifest.json"), &m))
 	require.Equal(t, "porter", m.Tenant)
-	require.EqualValues(t, 2, m.SchemaVersion)
+	require.EqualValues(t, 3, m.SchemaVersion)
 	var names []string
 	for _, mt := range m.Tables {
 		names = append(names, mt.Name)

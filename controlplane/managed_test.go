@@ -21,9 +21,11 @@ import (
 // v2Objects is a tenant migration that adds one of each kind of object a
 // schema change brings: a table (with its sequence), an index, a view, a
 // sequence and a function.
-const v2Objects = `CREATE TABLE notes (id bigserial PRIMARY KEY, user_id uuid NOT NULL REFERENCES users (id), body text NOT NULL);
-CREATE INDEX notes_user_idx ON notes (user_id);
-CREATE VIEW user_note_counts AS SELECT u.id, u.email, count(n.id) AS notes FROM users u LEFT JOIN notes n ON n.user_id = u.id GROUP BY u.id;
+const v2Objects = `CREATE TABLE notes (tenant_id uuid NOT NULL DEFAULT tenantplane_tenant_id(), id bigserial, user_id uuid NOT NULL, body text NOT NULL,
+    PRIMARY KEY (tenant_id, id), FOREIGN KEY (tenant_id, user_id) REFERENCES users (tenant_id, id));
+CREATE INDEX notes_user_idx ON notes (tenant_id, user_id);
+CREATE VIEW user_note_counts WITH (security_invoker = true) AS SELECT u.id, u.email, count(n.id) AS notes
+    FROM users u LEFT JOIN notes n ON n.tenant_id = u.tenant_id AND n.user_id = u.id GROUP BY u.tenant_id, u.id;
 CREATE SEQUENCE invoice_numbers;
 CREATE FUNCTION next_invoice_number() RETURNS bigint LANGUAGE sql AS 'SELECT nextval(''invoice_numbers'')';
 `
@@ -51,8 +53,8 @@ func TestManagedPostgresEveryPath(t *testing.T) {
 	}
 	tenants := f.createTenants(t, "managed", 12)
 
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "000002_notes.up.sql"), []byte(v2Objects), 0o644))
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "000002_notes.down.sql"), []byte(v2ObjectsDown), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "000003_notes.up.sql"), []byte(v2Objects), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "000003_notes.down.sql"), []byte(v2ObjectsDown), 0o644))
 	f.redeploy(t, env)
 	status, run := call(t, "POST", f.admin+"/admin/v1/migrations/runs", testToken, map[string]any{"concurrency": 4})
 	require.Equal(t, http.StatusCreated, status, run)
@@ -60,7 +62,7 @@ func TestManagedPostgresEveryPath(t *testing.T) {
 	require.EqualValues(t, 12, run["counts"].(map[string]any)["done"], run)
 	require.Empty(t, run["failed"])
 	after := f.status(t)
-	require.Equal(t, []any{map[string]any{"version": float64(2), "tenants": float64(12)}}, after["histogram"])
+	require.Equal(t, []any{map[string]any{"version": float64(3), "tenants": float64(12)}}, after["histogram"])
 	require.Empty(t, after["dirty"])
 
 	ctx := context.Background()
@@ -70,7 +72,7 @@ func TestManagedPostgresEveryPath(t *testing.T) {
 		// golang-migrate's CLI, as an operator would run it, agrees.
 		out, err := exec.Command(migrateCLI, "-database", strings.Replace(srv.ManagedDSN(t, db), "postgres://", "pgx5://", 1), "-path", dir, "version").CombinedOutput()
 		require.NoError(t, err, "%s", out)
-		require.Equal(t, "2", strings.TrimSpace(string(out)), db)
+		require.Equal(t, "3", strings.TrimSpace(string(out)), db)
 		// The tenant role uses what the migration added, and owns none of it.
 		conn, err := connect(t, dsnAs(t, srv, db, tenantPassword(t, f, tn["id"].(string)), db))
 		require.NoError(t, err)

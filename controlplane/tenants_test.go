@@ -144,7 +144,7 @@ func TestCreateTenantsConcurrentlyAcrossServers(t *testing.T) {
 		require.False(t, inOther)
 		// PUBLIC has no CONNECT on it.
 		require.False(t, query[bool](t, srv.DSN("postgres"), `SELECT has_database_privilege('public', $1, 'CONNECT')`, db))
-		require.EqualValues(t, 1, body["schema_version"])
+		require.EqualValues(t, 2, body["schema_version"])
 	}
 
 	// Tenant A's role cannot connect to tenant B's database, even on the same server.

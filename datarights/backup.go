@@ -379,8 +379,12 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 }
 
 // pgDump streams pg_dump of cfg's database into w (never holding it in
-// memory: the pipe has the size of one read).
+// memory: the pipe has the size of one read). --enable-row-security: the
+// tenant tables' row-level security is forced, so their owner (the admin
+// role, which its database_owner policy lets see every row) reads them
+// through it; without it pg_dump refuses them.
 func pgDump(ctx context.Context, cfg *pgx.ConnConfig, w io.Writer, args ...string) error {
+	args = append([]string{"--enable-row-security"}, args...)
 	cmd, err := pgcluster.ClientCommand(ctx, "pg_dump", &cfg.Config, cfg.Database, args...)
 	if err != nil {
 		return err

@@ -27,6 +27,9 @@ type Tenants interface {
 	PrepareTarget(ctx context.Context, t catalog.Tenant, server catalog.Server, version int64) error
 	// DropDatabase drops tenant t's database and role on server, if there.
 	DropDatabase(ctx context.Context, t catalog.Tenant, server catalog.Server) error
+	// ErasePooledRows deletes a pooled tenant's rows from its pool
+	// database, keeping no archive, and says how many it deleted.
+	ErasePooledRows(ctx context.Context, t catalog.Tenant) (int64, error)
 	Suspend(ctx context.Context, slug, actor, reason string) (catalog.Tenant, error)
 	Resume(ctx context.Context, slug, actor, reason string) (catalog.Tenant, error)
 }

@@ -139,6 +139,16 @@ func (s *Service) Erase(ctx context.Context, slug string, spec EraseSpec, who st
 		}
 		removed = append(removed, a...)
 	}
+	if t.PoolID != 0 {
+		// A pooled tenant's rows, in the pool database it shares.
+		n, err := s.cfg.Tenants.ErasePooledRows(ctx, t)
+		if err != nil {
+			return Erasure{}, catalog.WrapError(catalog.CodeUnavailable, err,
+				"erasing %s: its rows in pool database %s: %s (call it again once the server answers; the erasure goes on from there)", slug, t.Pool, err.Error())
+		}
+		removed = append(removed, Artefact{Kind: "rows", Name: t.Pool, Server: t.Server,
+			Note: fmt.Sprintf("%d rows of the tenant deleted from the shared pool database", n)})
+	}
 	files, err := s.removeFiles(ctx, t)
 	if err != nil {
 		return Erasure{}, fmt.Errorf("erasing %s: %w", slug, err)

@@ -255,6 +255,10 @@ func (s *Service) restore(ctx context.Context, r restoreRow) (map[string]int64, 
 	if err := pgRestore(ctx, cfg, r.file, "--no-owner", "--no-acl", "--exit-on-error", "--single-transaction", "--clean", "--if-exists"); err != nil {
 		return nil, err
 	}
+	// Restored as a new tenant, the rows become that tenant's.
+	if err := adoptRows(ctx, cfg, t.ID); err != nil {
+		return nil, fmt.Errorf("restored rows: %w", err)
+	}
 	// The tables are the admin's (--no-owner); the tenant role gets its
 	// grants on them, as on a provisioned tenant's.
 	if err := s.cfg.Tenants.PrepareTarget(ctx, t, srv, r.version); err != nil {

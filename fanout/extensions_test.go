@@ -22,12 +22,12 @@ func TestRunRefusesAnExtensionTheRoleMayNotCreate(t *testing.T) {
 	seeded := seedTenants(t, b.service(t, nil, false, nil), "ext", 2)
 
 	dir := schemaDir(t, map[string]string{
-		"000002_stats.up.sql":   "-- CREATE EXTENSION commented_out;\nCREATE EXTENSION IF NOT EXISTS pg_stat_statements;\n",
-		"000002_stats.down.sql": "DROP EXTENSION pg_stat_statements;\n",
+		"000003_stats.up.sql":   "-- CREATE EXTENSION commented_out;\nCREATE EXTENSION IF NOT EXISTS pg_stat_statements;\n",
+		"000003_stats.down.sql": "DROP EXTENSION pg_stat_statements;\n",
 	})
 	p := b.service(t, loadSchema(t, dir), true, nil)
 	_, err := p.StartRun(ctx, RunSpec{}, "test")
-	require.ErrorContains(t, err, `migration 2 creates extension "pg_stat_statements", which only a superuser may create, and the role "tpadmin"`)
+	require.ErrorContains(t, err, `migration 3 creates extension "pg_stat_statements", which only a superuser may create, and the role "tpadmin"`)
 	var ce *catalog.Error
 	require.True(t, errors.As(err, &ce) && ce.Code == catalog.CodeInvalid, "%v", err)
 	runs, _, err := p.ListRuns(ctx, 0, "")
@@ -35,8 +35,8 @@ func TestRunRefusesAnExtensionTheRoleMayNotCreate(t *testing.T) {
 	require.Empty(t, runs, "nothing was started")
 
 	dir = schemaDir(t, map[string]string{
-		"000002_crypto.up.sql":   "CREATE EXTENSION IF NOT EXISTS pgcrypto;\n",
-		"000002_crypto.down.sql": "DROP EXTENSION pgcrypto;\n",
+		"000003_crypto.up.sql":   "CREATE EXTENSION IF NOT EXISTS pgcrypto;\n",
+		"000003_crypto.down.sql": "DROP EXTENSION pgcrypto;\n",
 	})
 	p = b.service(t, loadSchema(t, dir), true, nil)
 	run, err := p.StartRun(ctx, RunSpec{}, "test")

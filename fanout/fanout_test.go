@@ -69,7 +69,7 @@ func (b *fanoutBundle) openStore(t testing.TB) *catalog.Store {
 }
 
 // schemaDir writes the tenant migrations to a directory: the embedded
-// version 1 and the given files. It is what TENANTPLANE_TENANT_MIGRATIONS names.
+// versions and the given files. It is what TENANTPLANE_TENANT_MIGRATIONS names.
 func schemaDir(t testing.TB, files map[string]string) string {
 	t.Helper()
 	dir := t.TempDir()
@@ -259,7 +259,7 @@ func TestFanoutHaltsOnFailuresThenResumes(t *testing.T) {
 	t.Parallel()
 	b := setupFanout(t)
 	ctx := context.Background()
-	dir := schemaDir(t, map[string]string{"000002_unique_email.up.sql": v2UniqueEmail, "000002_unique_email.down.sql": "DROP INDEX users_email_lower_idx;"})
+	dir := schemaDir(t, map[string]string{"000003_unique_email.up.sql": v2UniqueEmail, "000003_unique_email.down.sql": "DROP INDEX users_email_lower_idx;"})
 	v1 := b.service(t, loadSchema(t, schemaDir(t, nil)), false, nil)
 	tenants := seedTenants(t, v1, "halt", 20)
 	// The last three (never canaries: those are the first of each server) hold a duplicate.
@@ -271,7 +271,7 @@ func TestFanoutHaltsOnFailuresThenResumes(t *testing.T) {
 	p := b.service(t, loadSchema(t, dir), true, nil)
 	run, err := p.StartRun(ctx, RunSpec{Concurrency: 4, PerServer: 2, MaxFailures: 2}, "test")
 	require.NoError(t, err)
-	require.EqualValues(t, 2, run.TargetVersion, "the default target is the newest version")
+	require.EqualValues(t, 3, run.TargetVersion, "the default target is the newest version")
 	require.Equal(t, 2, run.Canary, "one canary per server by default")
 	require.Equal(t, 20, run.Counts.Total)
 
@@ -288,15 +288,16 @@ func TestFanoutHaltsOnFailuresThenResumes(t *testing.T) {
 	require.Len(t, report.Failed, 3)
 	for _, f := range report.Failed {
 		require.Contains(t, []string{bad[0].Slug, bad[1].Slug, bad[2].Slug}, f.Slug)
-		require.Contains(t, f.Error, `migration 2: could not create unique index "users_email_lower_idx"`)
-		require.Contains(t, f.Error, "is duplicated")
+		require.Contains(t, f.Error, `migration 3: could not create unique index "users_email_lower_idx"`)
+		// Row-level security on the table: Postgres names no key value in the error.
+		require.Contains(t, f.Error, "Duplicate keys exist")
 		require.Contains(t, f.Error, "[SQLSTATE 23505]")
 		require.False(t, f.Dirty, "the failed step rolled back")
-		require.EqualValues(t, 1, *f.Version)
+		require.EqualValues(t, 2, *f.Version)
 	}
 	for _, tn := range bad {
 		v, dirty := b.schemaOf(t, tn)
-		require.EqualValues(t, 1, v)
+		require.EqualValues(t, 2, v)
 		require.False(t, dirty, "a failed step leaves the database clean at its previous version")
 	}
 
@@ -311,18 +312,18 @@ func TestFanoutHaltsOnFailuresThenResumes(t *testing.T) {
 	require.Equal(t, RunCounts{Total: 20, Done: 20}, run.Counts)
 	for _, tn := range tenants {
 		v, dirty := b.schemaOf(t, tn)
-		require.EqualValues(t, 2, v, tn.Slug)
+		require.EqualValues(t, 3, v, tn.Slug)
 		require.False(t, dirty)
 		got, err := b.store.GetTenant(ctx, tn.Slug)
 		require.NoError(t, err)
-		require.EqualValues(t, 2, got.SchemaVersion, "the catalog's copy follows")
+		require.EqualValues(t, 3, got.SchemaVersion, "the catalog's copy follows")
 	}
 	rows, _, err := p.RunTenants(ctx, run.ID, "done", 0, "")
 	require.NoError(t, err)
 	for _, r := range rows {
 		if r.Slug == bad[0].Slug {
 			require.Equal(t, 2, r.Attempts)
-			require.Contains(t, r.Note, "retried after: migration 2")
+			require.Contains(t, r.Note, "retried after: migration 3")
 		}
 	}
 }
@@ -351,7 +352,7 @@ func TestFanoutCanaryFailureStopsTheRun(t *testing.T) {
 	for _, tn := range tenants {
 		b.tenantExec(t, tn, `INSERT INTO users (email) VALUES ('dup@example.com'), ('DUP@example.com')`)
 	}
-	p := b.service(t, loadSchema(t, schemaDir(t, map[string]string{"000002_unique_email.up.sql": v2UniqueEmail})), true, nil)
+	p := b.service(t, loadSchema(t, schemaDir(t, map[string]string{"000003_unique_email.up.sql": v2UniqueEmail})), true, nil)
 	run, err := p.StartRun(ctx, RunSpec{Concurrency: 12, MaxFailures: 5}, "test")
 	require.NoError(t, err)
 	run = waitRun(t, b.runs, run.ID, 30*time.Second, RunHalted)
@@ -375,7 +376,7 @@ func TestFanoutCanaryFailureStopsTheRun(t *testing.T) {
 	require.Zero(t, touched)
 	for _, tn := range tenants {
 		v, dirty := b.schemaOf(t, tn)
-		require.EqualValues(t, 1, v)
+		require.EqualValues(t, 2, v)
 		require.False(t, dirty)
 	}
 
@@ -403,7 +404,7 @@ func TestFanoutTwoProcessesMigrateEachTenantOnce(t *testing.T) {
 	ctx := context.Background()
 	v1 := b.service(t, loadSchema(t, schemaDir(t, nil)), false, nil)
 	tenants := seedTenants(t, v1, "twice", 24)
-	dir := schemaDir(t, map[string]string{"000002_log.up.sql": logMigration})
+	dir := schemaDir(t, map[string]string{"000003_log.up.sql": logMigration})
 	// Three slots each, six in all: both processes must take part.
 	few := func(c *Config) { c.Workers = 3 }
 	p1 := b.service(t, loadSchema(t, dir), true, few)
@@ -469,34 +470,34 @@ func TestFanoutTwoProcessesMigrateEachTenantOnce(t *testing.T) {
 	for _, tn := range tenants {
 		require.Equal(t, 1, tenantQuery[int](t, b, tn, `SELECT count(*) FROM fanout_log`), tn.Slug)
 		v, dirty := b.schemaOf(t, tn)
-		require.EqualValues(t, 2, v)
+		require.EqualValues(t, 3, v)
 		require.False(t, dirty)
 	}
 }
 
-// TestFanoutPauseResumeAndNewTenantsJoin: a run down to version 1 while the
-// newest is 2, paused; a tenant created meanwhile is made at 2 (the template
-// is the newest) and joins the run once it is active, which takes it to 1.
+// TestFanoutPauseResumeAndNewTenantsJoin: a run down to version 2 while the
+// newest is 3, paused; a tenant created meanwhile is made at 3 (the template
+// is the newest) and joins the run once it is active, which takes it to 2.
 func TestFanoutPauseResumeAndNewTenantsJoin(t *testing.T) {
 	t.Parallel()
 	b := setupFanout(t)
 	ctx := context.Background()
 	schema := loadSchema(t, schemaDir(t, map[string]string{
-		"000002_nickname.up.sql":   "ALTER TABLE users ADD COLUMN nickname text; SELECT pg_sleep(0.05);",
-		"000002_nickname.down.sql": "ALTER TABLE users DROP COLUMN nickname; SELECT pg_sleep(0.05);",
+		"000003_nickname.up.sql":   "ALTER TABLE users ADD COLUMN nickname text; SELECT pg_sleep(0.05);",
+		"000003_nickname.down.sql": "ALTER TABLE users DROP COLUMN nickname; SELECT pg_sleep(0.05);",
 	}))
 	p := b.service(t, schema, true, nil)
 	tenants := seedTenants(t, p, "down", 8)
 
 	bad, err := p.StartRun(ctx, RunSpec{TargetVersion: ptr[int64](7)}, "test")
 	require.ErrorIs(t, err, catalog.ErrInvalid)
-	require.Contains(t, err.Error(), "versions 1, 2")
+	require.Contains(t, err.Error(), "versions 1, 2, 3")
 	require.Zero(t, bad.ID)
 	_, err = p.StartRun(ctx, RunSpec{Tenants: []string{"down-000", "nobody-here"}}, "test")
 	require.ErrorIs(t, err, catalog.ErrInvalid)
 	require.Contains(t, err.Error(), `"nobody-here" does not exist`)
 
-	run, err := p.StartRun(ctx, RunSpec{TargetVersion: ptr[int64](1), Concurrency: 1, Canary: ptr(0)}, "test")
+	run, err := p.StartRun(ctx, RunSpec{TargetVersion: ptr[int64](2), Concurrency: 1, Canary: ptr(0)}, "test")
 	require.NoError(t, err)
 	_, err = p.StartRun(ctx, RunSpec{}, "test")
 	require.ErrorIs(t, err, catalog.ErrConflict, "one open run at a time")
@@ -529,13 +530,13 @@ func TestFanoutPauseResumeAndNewTenantsJoin(t *testing.T) {
 	require.Equal(t, RunRunning, run.State, "the run waits for the tenant still provisioning")
 	late, err = makeTenantDatabase(ctx, p, late)
 	require.NoError(t, err)
-	require.EqualValues(t, 2, late.SchemaVersion, "new tenants are made at the newest version")
+	require.EqualValues(t, 3, late.SchemaVersion, "new tenants are made at the newest version")
 
 	run = waitRun(t, b.runs, run.ID, 30*time.Second, RunDone)
 	require.Equal(t, 9, run.Counts.Done, "the tenant made during the run joined it")
 	for _, tn := range append(tenants, late) {
 		v, dirty := b.schemaOf(t, tn)
-		require.EqualValues(t, 1, v, tn.Slug)
+		require.EqualValues(t, 2, v, tn.Slug)
 		require.False(t, dirty)
 	}
 	events, err := b.store.ListAudit(ctx, catalog.AuditFilter{Subject: fmt.Sprintf("run %d", run.ID)})
@@ -592,7 +593,7 @@ func TestFanoutKilledProcessResumes(t *testing.T) {
 	ctx := context.Background()
 	v1 := b.service(t, loadSchema(t, schemaDir(t, nil)), false, nil)
 	tenants := seedTenants(t, v1, "killed", 24)
-	dir := schemaDir(t, map[string]string{"000002_log.up.sql": logMigration})
+	dir := schemaDir(t, map[string]string{"000003_log.up.sql": logMigration})
 
 	helper := helperproc.Start(t, nil, helperEnv+"=1", "CATALOG_DSN="+b.dsn, "SECRET_KEY="+b.key, "SCHEMA_DIR="+dir)
 
@@ -621,7 +622,7 @@ func TestFanoutKilledProcessResumes(t *testing.T) {
 	for _, tn := range tenants {
 		require.Equal(t, 1, tenantQuery[int](t, b, tn, `SELECT count(*) FROM fanout_log`), "applied once: %s", tn.Slug)
 		v, dirty := b.schemaOf(t, tn)
-		require.EqualValues(t, 2, v)
+		require.EqualValues(t, 3, v)
 		require.False(t, dirty)
 	}
 	rows, err := b.runs.ListRunTenants(ctx, run.ID, nil, 0)

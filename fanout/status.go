@@ -67,7 +67,7 @@ type TenantSchema struct {
 }
 
 // SchemaStatus reads the version and dirty flag of every active and
-// suspended tenant's database, a bounded number at a time and each within a
+// suspended tenant's database and every active pool database, a bounded number at a time and each within a
 // timeout, so one dead server costs a timeout, not the answer.
 func (s *Service) SchemaStatus(ctx context.Context, opts StatusOptions) (SchemaStatus, error) {
 	if opts.Concurrency <= 0 {
@@ -95,6 +95,18 @@ func (s *Service) SchemaStatus(ctx context.Context, opts StatusOptions) (SchemaS
 			if cursor = page.NextCursor; cursor == "" {
 				break
 			}
+		}
+	}
+	// Pool databases are read as databases of their own, named by their
+	// name (tp_pool_<id>) in place of a slug: their pooled tenants have none.
+	pools, err := s.db.ListPoolDatabases(ctx)
+	if err != nil {
+		return SchemaStatus{}, err
+	}
+	for _, p := range pools {
+		if p.State == catalog.PoolActive {
+			tenants = append(tenants, catalog.Tenant{Slug: p.Name, State: catalog.TenantActive, Server: p.Server, Database: p.Name,
+				SchemaVersion: p.SchemaVersion, SchemaDirty: p.SchemaDirty})
 		}
 	}
 

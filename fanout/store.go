@@ -204,11 +204,16 @@ func (s *store) ListMigrationRuns(ctx context.Context, limit int, cursor string)
 	return runs, next, nil
 }
 
-const runTenantColumns = `rt.run_id, rt.tenant_id, t.slug, t.state, rt.server_id, s.name, coalesce(t.db_name, ''), rt.canary,
+// A run's row is a tenant's database, or a pool database (pool_id set, its
+// name in place of a slug, its target_id in tenant_id), which holds the rows
+// of many pooled tenants and is migrated once for them all.
+const runTenantColumns = `rt.run_id, rt.tenant_id, coalesce(t.slug, 'tp_pool_' || p.id), coalesce(t.state, CASE WHEN p.state = 'active' THEN 'active' ELSE p.state END),
+	rt.server_id, s.name, coalesce(t.db_name, 'tp_pool_' || p.id, ''), rt.canary,
 	rt.state, rt.from_version, rt.to_version, rt.version, rt.dirty, rt.attempts, rt.error, rt.note, rt.worker,
 	rt.started_at, rt.finished_at, coalesce(rt.lease_owner::text, '')`
 
-const runTenantFrom = ` FROM migration_run_tenants rt JOIN tenants t ON t.id = rt.tenant_id JOIN servers s ON s.id = rt.server_id `
+const runTenantFrom = ` FROM migration_run_tenants rt LEFT JOIN tenants t ON t.id = rt.tenant_id AND rt.pool_id IS NULL
+	LEFT JOIN pool_databases p ON p.id = rt.pool_id JOIN servers s ON s.id = rt.server_id `
 
 func scanRunTenant(row pgx.Row) (rt RunTenant, err error) {
 	err = row.Scan(&rt.RunID, &rt.TenantID, &rt.Slug, &rt.TenantState, &rt.ServerID, &rt.Server, &rt.Database, &rt.Canary,
@@ -414,12 +419,11 @@ func (s *store) lockSettling(ctx context.Context, tx pgx.Tx, id int64) (settling
 // position, and returns how many joined.
 func (s *store) joinLateTenants(ctx context.Context, q catalog.Querier, id, target int64) (int64, error) {
 	tag, err := q.Exec(ctx, `
-		INSERT INTO migration_run_tenants (run_id, tenant_id, server_id, position, from_version, to_version, note)
-		SELECT $1, t.id, t.server_id, (SELECT coalesce(max(position), 0) FROM migration_run_tenants WHERE run_id = $1)
+		INSERT INTO migration_run_tenants (run_id, tenant_id, pool_id, server_id, position, from_version, to_version, note)
+		SELECT $1, t.id, t.pool_id, t.server_id, (SELECT coalesce(max(position), 0) FROM migration_run_tenants WHERE run_id = $1)
 		       + row_number() OVER (ORDER BY t.created_at, t.id), t.schema_version, $2, 'joined while the run was going'
-		FROM tenants t
-		WHERE t.state IN ('active', 'suspended') AND t.server_id IS NOT NULL
-		  AND (t.schema_version <> $2 OR t.schema_dirty)
+		FROM (`+runTargets+`) t
+		WHERE (t.schema_version <> $2 OR t.schema_dirty)
 		  AND NOT EXISTS (SELECT 1 FROM migration_run_tenants x WHERE x.run_id = $1 AND x.tenant_id = t.id)`, id, target)
 	if err != nil {
 		return 0, catalog.Classify(err, runSubject(id))
@@ -525,6 +529,14 @@ WITH done AS (
 ), tenant AS (
 	UPDATE tenants SET schema_version = $6, schema_dirty = $7, updated_at = now()
 	WHERE id IN (SELECT tenant_id FROM done) AND $6::bigint IS NOT NULL
+), pool AS (
+	UPDATE pool_databases SET schema_version = $6, schema_dirty = $7, updated_at = now()
+	WHERE target_id IN (SELECT tenant_id FROM done) AND $6::bigint IS NOT NULL
+	RETURNING id
+), pooled AS (
+	-- A pooled tenant's schema is its pool database's.
+	UPDATE tenants SET schema_version = $6, schema_dirty = $7, updated_at = now()
+	WHERE pool_id IN (SELECT id FROM pool) AND state <> 'deleted'
 )
 SELECT count(*) FROM done`
 
@@ -588,21 +600,20 @@ func (s *store) insertRun(ctx context.Context, q catalog.Querier, nr NewMigratio
 }
 
 // insertRunTenants gives a run one row per active and suspended tenant with
-// a database (of slugs, or all when nil), ordered with the servers
+// a database (of slugs, or all when nil, pool databases included), ordered with the servers
 // interleaved; the first canary of that order (-1: the first of each
 // server) are the canary wave, whose size is recorded on the run.
 func (s *store) insertRunTenants(ctx context.Context, q catalog.Querier, id int64, slugs []string, canary int, target int64) error {
 	_, err := q.Exec(ctx, `
-		INSERT INTO migration_run_tenants (run_id, tenant_id, server_id, position, canary, from_version, to_version)
-		SELECT $1, id, server_id, pos, CASE WHEN $3 < 0 THEN rank = 1 ELSE pos <= $3 END, schema_version, $4
+		INSERT INTO migration_run_tenants (run_id, tenant_id, pool_id, server_id, position, canary, from_version, to_version)
+		SELECT $1, id, pool_id, server_id, pos, CASE WHEN $3 < 0 THEN rank = 1 ELSE pos <= $3 END, schema_version, $4
 		FROM (
-			SELECT id, server_id, schema_version, rank, row_number() OVER (ORDER BY rank, server_id) AS pos
+			SELECT id, pool_id, server_id, schema_version, rank, row_number() OVER (ORDER BY rank, server_id) AS pos
 			FROM (
-				SELECT t.id, t.server_id, t.schema_version,
+				SELECT t.id, t.pool_id, t.server_id, t.schema_version,
 				       row_number() OVER (PARTITION BY t.server_id ORDER BY t.created_at, t.id) AS rank
-				FROM tenants t
-				WHERE t.state IN ('active', 'suspended') AND t.server_id IS NOT NULL
-				  AND ($2::text[] IS NULL OR t.slug = ANY($2))
+				FROM (`+runTargets+`) t
+				WHERE $2::text[] IS NULL OR (t.pool_id IS NULL AND t.slug = ANY($2))
 			) ranked
 		) ordered`, id, slugs, canary, target)
 	if err != nil {
@@ -613,6 +624,16 @@ func (s *store) insertRunTenants(ctx context.Context, q catalog.Querier, id int6
 	}
 	return nil
 }
+
+// runTargets are the databases a run migrates: every active and suspended
+// tenant's own, and every active pool database (one target for all its
+// pooled tenants), the latter with pool_id and its name as slug.
+const runTargets = `
+	SELECT t.id, NULL::bigint AS pool_id, t.server_id, t.schema_version, t.schema_dirty, t.created_at, t.slug
+	FROM tenants t WHERE t.state IN ('active', 'suspended') AND t.server_id IS NOT NULL
+	UNION ALL
+	SELECT p.target_id, p.id, p.server_id, p.schema_version, p.schema_dirty, p.created_at, 'tp_pool_' || p.id
+	FROM pool_databases p WHERE p.state = 'active'`
 
 // placement is where a named tenant stands, for a run.
 type placement struct {

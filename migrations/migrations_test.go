@@ -12,7 +12,7 @@ import (
 func TestEmbedded(t *testing.T) {
 	t.Parallel()
 	src := migrations.Embedded()
-	require.Equal(t, uint(1), src.Latest())
+	require.Equal(t, uint(2), src.Latest())
 	require.Len(t, src.Hash(), 12)
 	require.Equal(t, "embedded", src.Origin())
 }

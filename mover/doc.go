@@ -122,6 +122,22 @@
 // the next run opens the slot again from the ledger's position instead of
 // copying again, and its fence verifies the rows the ledger names.
 //
+// Tiers (tier.go): StartPromotion and StartDemotion are moves of one
+// tenant's rows (moves.kind promote or demote, moves.pool_id the pool
+// database) between a pool database and a database of the tenant's own,
+// online when the servers allow it (OpenTenantStream: the publication has a
+// row filter on tenant_id, so the slot streams that tenant's changes only;
+// PostgreSQL 15 on the source), else in the copy mode. Copy and Verify with
+// TenantID read and compare only the
+// tenant's rows (CopyOptions.SharedTarget keeps a pool database's other
+// rows and indexes and loads through a temporary table, since COPY FROM
+// refuses a table whose row-level security applies to the role); a pool
+// database's fence is FenceTenantRows, a restrictive policy per table that
+// refuses the tenant's rows to the pool's role, taken under the tables'
+// locks. After the keep, a promotion's rows are deleted from the pool and a
+// demotion's database dropped. Revert refuses them: the opposite change
+// takes one back.
+//
 // Not built yet: the native-subscription apply (ApplySubscription: the
 // online mode always applies the stream itself), a copy-back revert's
 // verify outside the fence, a keep that follows a schema change (a

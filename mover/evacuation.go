@@ -689,7 +689,11 @@ func (s *Service) evacFinish(ctx context.Context, tx pgx.Tx, id int64, kind stri
 	if kind == KindEvacuate && serverID != nil {
 		var name string
 		var left int
-		err := tx.QueryRow(ctx, `SELECT s.name, (SELECT count(*) FROM tenants t WHERE t.server_id = s.id AND t.state <> 'deleted')
+		// Pooled tenants in the server's pool databases count too: an
+		// evacuation does not move them (demote or promote them first), and
+		// a server holding their rows is not empty.
+		err := tx.QueryRow(ctx, `SELECT s.name, (SELECT count(*) FROM tenants t LEFT JOIN pool_databases p ON p.id = t.pool_id
+				WHERE coalesce(t.server_id, p.server_id) = s.id AND t.state <> 'deleted')
 			FROM servers s WHERE s.id = $1`, *serverID).Scan(&name, &left)
 		if err != nil {
 			return catalog.Classify(err, "server")

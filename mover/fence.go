@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // DefaultFenceWait bounds how long Fence waits for the tenant role's
@@ -102,4 +104,75 @@ func Unfence(ctx context.Context, admin Querier, database, role string) (err err
 	defer wrap(&err, fmt.Sprintf("Unfence(%q, %q)", database, role))
 	_, err = admin.Exec(ctx, "GRANT CONNECT ON DATABASE "+ident(database)+" TO "+ident(role))
 	return err
+}
+
+// fencePolicy names the policy that fences one tenant's rows in a pool
+// database: tenantplane_fence_<tenant id without hyphens>.
+func fencePolicy(tenantID string) string {
+	return "tenantplane_fence_" + strings.ReplaceAll(tenantID, "-", "")
+}
+
+// FenceTenantRows makes a pool database refuse one tenant's rows to its
+// router role: on every table (tenant_id), in one transaction, a restrictive
+// policy for that role that no row of the tenant passes, for reading or
+// writing. The pool's other tenants are served on; the tenant's own
+// requests, wherever they come from, see and change nothing from then on.
+// Creating a policy takes the table's lock, so it waits for the
+// transactions that hold it (bounded by a lock timeout) and every later
+// statement is planned with the fence. admin is a connection to the pool
+// database as its owner. Idempotent; UnfenceTenantRows undoes it.
+func FenceTenantRows(ctx context.Context, admin DB, role, tenantID string) (err error) {
+	defer wrap(&err, fmt.Sprintf("FenceTenantRows(%q, %q)", role, tenantID))
+	if !uuidRE.MatchString(tenantID) {
+		return fmt.Errorf("tenant id %q is not a UUID", tenantID)
+	}
+	name := fencePolicy(tenantID)
+	return eachTable(ctx, admin, func(tx pgx.Tx, t Table) error {
+		var exists bool
+		if err := tx.QueryRow(ctx, "SELECT EXISTS (SELECT FROM pg_policy WHERE polrelid = $1::regclass AND polname = $2)", qualified(t.Name), name).Scan(&exists); err != nil {
+			return err
+		}
+		if exists {
+			return nil
+		}
+		// The admin role is a member of the pool's role, and so under its
+		// policies too: the fence is for the role itself.
+		cond := "(tenant_id <> " + literal(tenantID) + " OR current_user <> " + literal(role) + ")"
+		_, err := tx.Exec(ctx, "CREATE POLICY "+ident(name)+" ON "+qualified(t.Name)+" AS RESTRICTIVE FOR ALL TO "+ident(role)+
+			" USING "+cond+" WITH CHECK "+cond)
+		return err
+	})
+}
+
+// eachTable runs fn on every table of the database in one transaction with
+// a lock timeout, and commits it.
+func eachTable(ctx context.Context, admin DB, fn func(pgx.Tx, Table) error) error {
+	tx, err := admin.BeginTx(ctx, pgx.TxOptions{})
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '10s'"); err != nil {
+		return err
+	}
+	tables, err := Tables(ctx, tx)
+	if err != nil {
+		return err
+	}
+	for _, t := range tables {
+		if err := fn(tx, t); err != nil {
+			return fmt.Errorf("table %s: %w", t.Name, err)
+		}
+	}
+	return tx.Commit(ctx)
+}
+
+// UnfenceTenantRows drops the policies of FenceTenantRows: the tenant's
+// rows in the pool database serve again. Idempotent.
+func UnfenceTenantRows(ctx context.Context, admin DB, tenantID string) (err error) {
+	defer wrap(&err, fmt.Sprintf("UnfenceTenantRows(%q)", tenantID))
+	return eachTable(ctx, admin, func(tx pgx.Tx, t Table) error {
+		_, err := tx.Exec(ctx, "DROP POLICY IF EXISTS "+ident(fencePolicy(tenantID))+" ON "+qualified(t.Name))
+		return err
+	})
 }

@@ -46,6 +46,10 @@ import (
 // loses its WAL (max_slot_wal_keep_size) or the kept source stops matching;
 // keep_reason then says why and a revert copies.
 
+// tierNotKept is why a promotion's or demotion's source is not kept in
+// step: the opposite change takes it back.
+const tierNotKept = "a promotion or demotion keeps its source fenced but not in step: the opposite change (demote or promote) takes it back"
+
 // keepSchema is where a database a move's stream applies to keeps the
 // stream's ledger: a kept source, and an online move's target until its
 // switch (resume.go). Out of schema public (Tables, Copy and Verify see
@@ -296,6 +300,10 @@ CREATE TABLE ` + keepSchema + `.keys (name text NOT NULL, vals jsonb NOT NULL, P
 // that cannot be had is a reason.
 func (s *Service) prepareKeep(ctx context.Context, w *work) {
 	w.keep = &keepStart{}
+	if w.m.Kind != KindMove {
+		w.keep.reason = tierNotKept
+		return
+	}
 	dst, err := s.connect(ctx, w.to.Name, w.t.Database)
 	if err != nil {
 		w.keep.reason = fmt.Sprintf("the source is not kept in step (connecting to %s: %v): a revert copies every row back", w.to.Name, err)
@@ -333,7 +341,7 @@ func (s *Service) prepareKeep(ctx context.Context, w *work) {
 // publication of its tables and a pgoutput slot, both called name, unless
 // they are there.
 func ensureKeepSlot(ctx context.Context, conn *pgx.Conn, name string) error {
-	if err := ensurePublication(ctx, conn, name); err != nil {
+	if err := ensurePublication(ctx, conn, name, ""); err != nil {
 		return fmt.Errorf("target: creating publication: %w", err)
 	}
 	var slot bool
@@ -355,6 +363,10 @@ func ensureKeepSlot(ctx context.Context, conn *pgx.Conn, name string) error {
 // live side loses any ledger it kept itself (a reverted move's). Nothing
 // here fails the move: a keep that cannot start is a reason.
 func (s *Service) startKeep(ctx context.Context, w *work) {
+	if w.m.Kind != KindMove {
+		w.keep = &keepStart{reason: tierNotKept}
+		return
+	}
 	dst, err := s.connect(ctx, w.to.Name, w.t.Database)
 	if err != nil {
 		w.keep = &keepStart{reason: fmt.Sprintf("the source is not kept in step (connecting to %s: %v): a revert copies every row back", w.to.Name, err)}

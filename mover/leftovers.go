@@ -92,9 +92,18 @@ func (s *Service) leftoversOn(ctx context.Context, srv catalog.Server, remove bo
 	}
 	// Publications live in the tenant's database: on a move's source (its
 	// stream) or target (the keep of its source, keep.go). Look in the
-	// databases of the tenants moved off or onto this server.
-	rows, err = s.store.Pool().Query(ctx, `SELECT DISTINCT t.db_name FROM moves m JOIN tenants t ON t.id = m.tenant_id
-		WHERE (m.from_server_id = $1 OR m.to_server_id = $1) AND t.db_name IS NOT NULL ORDER BY 1`, srv.ID)
+	// databases of the moves off or onto this server: a promotion's source
+	// is its pool database, a demotion's the tenant's own database (which
+	// its row no longer names), and the other way round for their targets.
+	rows, err = s.store.Pool().Query(ctx, `SELECT db FROM (
+			SELECT CASE m.kind WHEN 'promote' THEN 'tp_pool_' || m.pool_id
+				WHEN 'demote' THEN 't_' || replace(t.id::text, '-', '') ELSE t.db_name END AS db
+			FROM moves m JOIN tenants t ON t.id = m.tenant_id WHERE m.from_server_id = $1
+			UNION
+			SELECT CASE m.kind WHEN 'demote' THEN 'tp_pool_' || m.pool_id
+				WHEN 'promote' THEN 't_' || replace(t.id::text, '-', '') ELSE t.db_name END
+			FROM moves m JOIN tenants t ON t.id = m.tenant_id WHERE m.to_server_id = $1) d
+		WHERE db IS NOT NULL ORDER BY 1`, srv.ID)
 	if err != nil {
 		return nil, catalog.Classify(err, "moves")
 	}

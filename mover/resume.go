@@ -21,6 +21,9 @@ import (
 // ledgerStream gives the stream this run opened, its copy verified, a
 // ledger on the target (w.streamTo) at the slot's consistent point.
 func (s *Service) ledgerStream(ctx context.Context, w *work) error {
+	if w.m.Kind != KindMove {
+		return nil // a pool database is the target of many moves: no ledger of one there
+	}
 	if err := startLedger(ctx, w.streamTo, w.m.ID, w.stream.ConsistentPoint()); err != nil {
 		return fmt.Errorf("target: %w", err)
 	}
@@ -32,7 +35,7 @@ func (s *Service) ledgerStream(ctx context.Context, w *work) error {
 // resumeStream opens the stream of a run that died again from its slot and
 // the target's ledger, if both are there: true when it did.
 func (s *Service) resumeStream(ctx context.Context, w *work) (bool, error) {
-	if w.m.Mode != ModeOnline || w.stream != nil {
+	if w.m.Mode != ModeOnline || w.m.Kind != KindMove || w.stream != nil {
 		return w.stream != nil, nil
 	}
 	var slot bool

@@ -60,10 +60,17 @@ func (h *rowHasher) summary() rowSummary {
 func formatRowHash(sum uint64) string { return "xxh:" + strconv.FormatUint(sum, 16) }
 
 // hashCopied reads table t back from tx with COPY TO, in the columns and
-// text format the copy carried, and counts and hashes its rows as Copy did.
-func hashCopied(ctx context.Context, tx pgx.Tx, t CopiedTable) (rowSummary, error) {
+// text format the copy carried, and counts and hashes its rows as Copy did;
+// with tenantID, only that tenant's rows (a promotion's or a demotion's
+// copy sent no other).
+func hashCopied(ctx context.Context, tx pgx.Tx, t CopiedTable, tenantID string) (rowSummary, error) {
 	h := newRowHasher()
-	_, err := tx.Conn().PgConn().CopyTo(ctx, h, "COPY "+qualified(t.Table)+" ("+columnList(t.Columns)+") TO STDOUT")
+	from := qualified(t.Table) + " (" + columnList(t.Columns) + ")"
+	if tenantID != "" {
+		// The id is a UUID (checked by read); COPY takes no parameters.
+		from = "(SELECT " + columnList(t.Columns) + " FROM " + qualified(t.Table) + " WHERE tenant_id = " + literal(tenantID) + ")"
+	}
+	_, err := tx.Conn().PgConn().CopyTo(ctx, h, "COPY "+from+" TO STDOUT")
 	if err != nil {
 		return rowSummary{}, fmt.Errorf("table %s: reading it back: %w", t.Table, err)
 	}

@@ -100,7 +100,14 @@ type Config struct {
 // Move is a move of a tenant's database from one server to another, as the
 // ledger records it.
 type Move struct {
-	ID           int64      `json:"id"`
+	ID int64 `json:"id"`
+	// Kind is move (a tenant's database to another server), promote (a
+	// pooled tenant's rows to a database of its own) or demote (a
+	// dedicated tenant's rows into a pool database).
+	Kind string `json:"kind"`
+	// Pool is the pool database of a promotion (its source) or a demotion
+	// (its target).
+	Pool         string     `json:"pool,omitempty"`
 	Tenant       string     `json:"tenant"`
 	TenantID     string     `json:"tenant_id"`
 	From         string     `json:"from"`
@@ -336,30 +343,36 @@ func (s *Service) startMove(ctx context.Context, slug string, spec MoveSpec, act
 		if err != nil {
 			return catalog.Classify(err, "move of tenant "+strconv.Quote(t.Slug))
 		}
-		if _, err := tx.Exec(ctx, `UPDATE tenants SET move_id = $2, updated_at = now() WHERE id = $1`, t.ID, id); err != nil {
-			return catalog.Classify(err, "tenant")
-		}
 		details := map[string]any{"move_id": id, "from": from.Name, "to": to.Name, "mode": mode, "mode_reason": reason}
 		if reverts != nil {
 			details["reverts"] = reverts.ID
 		}
-		if err := catalog.InsertAudit(ctx, tx, catalog.AuditEvent{Actor: actor, Action: "tenant.move_started", TenantID: t.ID,
-			Subject: t.Slug, Details: details}); err != nil {
-			return err
-		}
-		if err := notify(ctx, tx, t.ID); err != nil {
-			return err
-		}
-		// The job commits with the move: a move is never recorded without
-		// the job that drives it, nor a job queued for a move that is not.
-		_, err = s.jobs.Client().InsertTx(ctx, tx, moveArgs{MoveID: id}, &river.InsertOpts{Queue: queue})
-		return err
+		return s.openMove(ctx, tx, t, id, "tenant.move_started", actor, details)
 	})
 	if err != nil {
 		return Move{}, err
 	}
 	s.logger.InfoContext(ctx, "move started", "tenant", t.Slug, "move_id", id, "from", from.Name, "to", to.Name, "mode", mode)
 	return s.Get(ctx, id)
+}
+
+// openMove completes a move recorded in tx: the tenant names it, the audit
+// event, the routers told, and the job that drives it.
+func (s *Service) openMove(ctx context.Context, tx pgx.Tx, t catalog.Tenant, id int64, action, actor string, details map[string]any) error {
+	if _, err := tx.Exec(ctx, `UPDATE tenants SET move_id = $2, updated_at = now() WHERE id = $1`, t.ID, id); err != nil {
+		return catalog.Classify(err, "tenant")
+	}
+	if err := catalog.InsertAudit(ctx, tx, catalog.AuditEvent{Actor: actor, Action: action, TenantID: t.ID,
+		Subject: t.Slug, Details: details}); err != nil {
+		return err
+	}
+	if err := notify(ctx, tx, t.ID); err != nil {
+		return err
+	}
+	// The job commits with the move: a move is never recorded without the
+	// job that drives it, nor a job queued for a move that is not.
+	_, err := s.jobs.Client().InsertTx(ctx, tx, moveArgs{MoveID: id}, &river.InsertOpts{Queue: queue})
+	return err
 }
 
 func checkTenantMovable(t catalog.Tenant) error {
@@ -404,14 +417,9 @@ func (s *Service) pickMode(ctx context.Context, t catalog.Tenant, from, to catal
 	if asked == ModeCopy {
 		return ModeCopy, "copy asked for: writes held for the whole copy, " + estimate, nil
 	}
-	dst, err := s.connect(ctx, to.Name, "")
+	check, err := s.checkOnline(ctx, src, to)
 	if err != nil {
-		return "", "", catalog.WrapError(catalog.CodeUnavailable, err, "server %s: cannot connect", to.Name)
-	}
-	defer dst.Close(context.WithoutCancel(ctx))
-	check, err := CheckOnline(ctx, src, dst)
-	if err != nil {
-		return "", "", catalog.WrapError(catalog.CodeUnavailable, err, "checking the online mode")
+		return "", "", err
 	}
 	if check.Possible {
 		reason := "logical replication from " + from.Name + ": " + string(ApplyStream)
@@ -428,6 +436,21 @@ func (s *Service) pickMode(ctx context.Context, t catalog.Tenant, from, to catal
 	}
 	return "", "", catalog.Errorf(catalog.CodeConflict, "the online mode cannot run: %s; pass mode copy to move with writes held for the whole copy: %s",
 		strings.Join(check.Refusals, "; "), estimate)
+}
+
+// checkOnline says whether the online mode can run from src (a connection
+// to the source database) to server to.
+func (s *Service) checkOnline(ctx context.Context, src *pgx.Conn, to catalog.Server) (OnlineCheck, error) {
+	dst, err := s.connect(ctx, to.Name, "")
+	if err != nil {
+		return OnlineCheck{}, catalog.WrapError(catalog.CodeUnavailable, err, "server %s: cannot connect", to.Name)
+	}
+	defer dst.Close(context.WithoutCancel(ctx))
+	check, err := CheckOnline(ctx, src, dst)
+	if err != nil {
+		return OnlineCheck{}, catalog.WrapError(catalog.CodeUnavailable, err, "checking the online mode")
+	}
+	return check, nil
 }
 
 // estimate is the copy mode's expected write pause for a database of size bytes.
@@ -524,6 +547,9 @@ func (s *Service) Revert(ctx context.Context, id int64, actor string) (Move, err
 		return Move{}, err
 	}
 	switch {
+	case m.Kind != KindMove:
+		return Move{}, catalog.WrapError(catalog.CodeConflict, errTierRevert, "move %d is a %s: %s (tenantplane tenants %s %s)",
+			id, m.Kind, errTierRevert, map[string]string{KindPromote: "demote", KindDemote: "promote"}[m.Kind], m.Tenant)
 	case m.Phase != PhaseDone:
 		return Move{}, catalog.Errorf(catalog.CodeConflict, "move %d is %s: only a done move can be reverted (cancel one under way)", id, m.Phase)
 	case m.sourceDropped || m.KeepUntil == nil || time.Until(*m.KeepUntil) <= 0:

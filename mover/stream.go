@@ -72,11 +72,27 @@ func OpenStream(ctx context.Context, sourceDSN string, sourceAdmin Querier, name
 // OpenStreamConfig is OpenStream with a parsed connection configuration of
 // the source tenant database (it is copied, not changed).
 func OpenStreamConfig(ctx context.Context, source *pgconn.Config, sourceAdmin Querier, name string) (_ *Stream, err error) {
+	return openStream(ctx, source, sourceAdmin, name, "")
+}
+
+// OpenTenantStream is OpenStreamConfig for one tenant's rows: its
+// publication has a row filter (tenant_id = tenantID) on every table, so
+// the slot sends only that tenant's changes (a promotion out of a pool
+// database). Row filters need PostgreSQL 15 on the source; tenant_id is in
+// every table's replica identity (its primary key), as they require.
+func OpenTenantStream(ctx context.Context, source *pgconn.Config, sourceAdmin Querier, name, tenantID string) (*Stream, error) {
+	if !uuidRE.MatchString(tenantID) {
+		return nil, fmt.Errorf("mover: OpenTenantStream(%q): tenant id %q is not a UUID", name, tenantID)
+	}
+	return openStream(ctx, source, sourceAdmin, name, tenantID)
+}
+
+func openStream(ctx context.Context, source *pgconn.Config, sourceAdmin Querier, name, tenantID string) (_ *Stream, err error) {
 	defer wrap(&err, fmt.Sprintf("OpenStream(%q)", name))
 	if !validSlotName(name) {
 		return nil, fmt.Errorf("%q is not a slot name: use 1 to 63 of a-z, 0-9 and _", name)
 	}
-	if err := ensurePublication(ctx, sourceAdmin, name); err != nil {
+	if err := ensurePublication(ctx, sourceAdmin, name, tenantID); err != nil {
 		return nil, fmt.Errorf("source: %w", err)
 	}
 	cfg := source.Copy()
@@ -101,7 +117,7 @@ func OpenStreamConfig(ctx context.Context, source *pgconn.Config, sourceAdmin Qu
 
 // ensurePublication makes a publication called name of the tables (Tables)
 // of the database q is connected to, unless it is there.
-func ensurePublication(ctx context.Context, q Querier, name string) error {
+func ensurePublication(ctx context.Context, q Querier, name, tenantID string) error {
 	var exists bool
 	if err := q.QueryRow(ctx, "SELECT EXISTS (SELECT FROM pg_publication WHERE pubname = $1)", name).Scan(&exists); err != nil || exists {
 		return err
@@ -113,6 +129,9 @@ func ensurePublication(ctx context.Context, q Querier, name string) error {
 	names := make([]string, len(tables))
 	for i, t := range tables {
 		names[i] = qualified(t.Name)
+		if tenantID != "" {
+			names[i] += " WHERE (tenant_id = " + literal(tenantID) + ")"
+		}
 	}
 	stmt := "CREATE PUBLICATION " + ident(name)
 	if len(names) > 0 {

@@ -127,6 +127,9 @@ type VerifyOptions struct {
 	// verified against the slot's snapshot while the tenant writes on. The
 	// sequences, which no snapshot holds still, are then not compared.
 	SourceSnapshot string
+	// TenantID, when set, compares only that tenant's rows (tenant_id):
+	// a promotion's or a demotion's, whose other side holds other tenants.
+	TenantID string
 	// Changed, when set, restricts the row hashes to the rows it names
 	// (per table, a count and a hash of the rows whose key it holds, on
 	// both sides), and to every row of a table it marks as a whole; every
@@ -158,13 +161,13 @@ func VerifyWith(ctx context.Context, source, target DB, opts VerifyOptions) (_ V
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		if err := src.read(gctx, source, opts.SourceSnapshot, opts.Changed); err != nil {
+		if err := src.read(gctx, source, opts.SourceSnapshot, opts.Changed, opts.TenantID); err != nil {
 			return fmt.Errorf("source: %w", err)
 		}
 		return nil
 	})
 	g.Go(func() error {
-		if err := dst.read(gctx, target, "", opts.Changed); err != nil {
+		if err := dst.read(gctx, target, "", opts.Changed, opts.TenantID); err != nil {
 			return fmt.Errorf("target: %w", err)
 		}
 		return nil
@@ -242,7 +245,10 @@ type sideState struct {
 	sequences []Sequence
 }
 
-func (s *sideState) read(ctx context.Context, db DB, snapshot string, changed *ChangeSet) error {
+func (s *sideState) read(ctx context.Context, db DB, snapshot string, changed *ChangeSet, tenantID string) error {
+	if tenantID != "" && !uuidRE.MatchString(tenantID) {
+		return fmt.Errorf("tenant id %q is not a UUID", tenantID)
+	}
 	tx, err := db.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 	if err != nil {
 		return err
@@ -273,7 +279,7 @@ func (s *sideState) read(ctx context.Context, db DB, snapshot string, changed *C
 			case !hasColumns(t, c.Columns):
 				continue // compareTables names the difference
 			default:
-				if sum, err = hashCopied(ctx, tx, c); err != nil {
+				if sum, err = hashCopied(ctx, tx, c, tenantID); err != nil {
 					return err
 				}
 			}
@@ -281,6 +287,13 @@ func (s *sideState) read(ctx context.Context, db DB, snapshot string, changed *C
 			continue
 		}
 		ct := changed.tableOf(t.Name)
+		if tenantID != "" && (changed == nil || ct != nil && ct.full) {
+			if err := tx.QueryRow(ctx, rowHashQuery(t)+" WHERE r.tenant_id = $1", tenantID).Scan(&sum.rows, &sum.hash); err != nil {
+				return fmt.Errorf("table %s: %w", t.Name, err)
+			}
+			s.checks[t.Name] = sum
+			continue
+		}
 		if changed == nil || ct != nil && ct.full {
 			if err := tx.QueryRow(ctx, rowHashQuery(t)).Scan(&sum.rows, &sum.hash); err != nil {
 				return fmt.Errorf("table %s: %w", t.Name, err)
@@ -288,7 +301,13 @@ func (s *sideState) read(ctx context.Context, db DB, snapshot string, changed *C
 			s.checks[t.Name] = sum
 			continue
 		}
-		if err := tx.QueryRow(ctx, "SELECT count(*) FROM "+qualified(t.Name)).Scan(&sum.rows); err != nil {
+		count := "SELECT count(*) FROM " + qualified(t.Name)
+		if tenantID != "" {
+			// The tenant's rows only; the rows its stream wrote are its own
+			// (tenant_id leads every key).
+			count += " WHERE tenant_id = " + literal(tenantID)
+		}
+		if err := tx.QueryRow(ctx, count).Scan(&sum.rows); err != nil {
 			return fmt.Errorf("table %s: %w", t.Name, err)
 		}
 		s.checks[t.Name] = sum

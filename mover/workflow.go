@@ -90,6 +90,12 @@ type work struct {
 	copiedFenced bool
 	keep         *keepStart // keeping the source in step after the switch (keep.go)
 	resumed      bool       // the stream was opened again from its slot (resume.go)
+	// srcDB and dstDB are the source and target databases: the tenant's
+	// own on both sides for a move; a pool database on one side for a
+	// promotion or demotion (tier.go), whose own is the dedicated side's
+	// names (t_<id>) even while the tenant is pooled.
+	srcDB, dstDB string
+	own          catalog.Tenant
 }
 
 func (w *work) close(ctx context.Context) {
@@ -144,10 +150,10 @@ func (s *Service) run(ctx context.Context, id int64) error {
 	}
 	// The source lock, on a connection of its own for the whole move: one
 	// run of the move at a time, and no fan-out migration under it.
-	if w.lock, err = s.connect(ctx, w.from.Name, w.t.Database); err != nil {
+	if w.lock, err = s.connect(ctx, w.from.Name, w.srcDB); err != nil {
 		return fmt.Errorf("server %s: %w", w.from.Name, err)
 	}
-	lockID, err := migrationLockID(w.t.Database)
+	lockID, err := migrationLockID(w.srcDB)
 	if err != nil {
 		return err
 	}
@@ -220,14 +226,19 @@ func (s *Service) load(ctx context.Context, w *work) (err error) {
 	if w.from, err = s.store.GetServer(ctx, w.m.From); err != nil {
 		return err
 	}
-	w.to, err = s.store.GetServer(ctx, w.m.To)
-	return err
+	if w.to, err = s.store.GetServer(ctx, w.m.To); err != nil {
+		return err
+	}
+	w.sides()
+	return nil
 }
 
 // prepare makes the target database; in the copy mode it then fences the source.
 func (s *Service) prepare(ctx context.Context, w *work) error {
-	if err := s.cfg.Targets.PrepareTarget(ctx, w.t, w.to, w.version); err != nil {
-		return fmt.Errorf("preparing the target on %s: %w", w.to.Name, err)
+	if w.m.Kind != KindDemote { // a demotion's target is a pool database, made already
+		if err := s.cfg.Targets.PrepareTarget(ctx, w.own, w.to, w.version); err != nil {
+			return fmt.Errorf("preparing the target on %s: %w", w.to.Name, err)
+		}
 	}
 	if w.m.Mode == ModeCopy {
 		if err := s.holdAndFence(ctx, w); err != nil {
@@ -329,11 +340,11 @@ func (s *Service) copying(ctx context.Context, w *work) error {
 	if err := DropStream(ctx, w.lock, slotName(w.m.ID)); err != nil {
 		return err
 	}
-	srcCfg, err := s.serverConfig(ctx, w.from.Name, w.t.Database)
+	srcCfg, err := s.serverConfig(ctx, w.from.Name, w.srcDB)
 	if err != nil {
 		return err
 	}
-	if w.stream, err = OpenStreamConfig(ctx, &srcCfg.Config, w.lock, slotName(w.m.ID)); err != nil {
+	if w.stream, err = openStream(ctx, &srcCfg.Config, w.lock, slotName(w.m.ID), w.tenantFilter()); err != nil {
 		return err
 	}
 	if err := s.copyAll(ctx, w, w.stream.Snapshot()); err != nil {
@@ -347,11 +358,11 @@ func (s *Service) copying(ctx context.Context, w *work) error {
 	}
 	// The whole copy verified out of the fence, against the snapshot it was
 	// copied under: still valid, the stream has not started.
-	if err := s.verifyCopy(ctx, w, VerifyOptions{SourceSnapshot: w.stream.Snapshot(), Copied: w.copied}); err != nil {
+	if err := s.verifyCopy(ctx, w, VerifyOptions{SourceSnapshot: w.stream.Snapshot(), Copied: w.copied, TenantID: w.tenantFilter()}); err != nil {
 		return err
 	}
 	w.snapshotVerified = true
-	if w.streamTo, err = s.connect(ctx, w.to.Name, w.t.Database); err != nil {
+	if w.streamTo, err = s.connect(ctx, w.to.Name, w.dstDB); err != nil {
 		return fmt.Errorf("target: %w", err)
 	}
 	if err := s.ledgerStream(ctx, w); err != nil {
@@ -458,12 +469,12 @@ func (s *Service) fencedVerify(ctx context.Context, w *work, opts func(dst *pgx.
 	if err := s.holdAndFence(ctx, w); err != nil {
 		return err
 	}
-	src, err := s.connect(ctx, w.from.Name, w.t.Database)
+	src, err := s.connect(ctx, w.from.Name, w.srcDB)
 	if err != nil {
 		return fmt.Errorf("source: %w", err)
 	}
 	defer src.Close(context.WithoutCancel(ctx))
-	dst, err := s.connect(ctx, w.to.Name, w.t.Database)
+	dst, err := s.connect(ctx, w.to.Name, w.dstDB)
 	if err != nil {
 		return fmt.Errorf("target: %w", err)
 	}
@@ -505,7 +516,7 @@ func (s *Service) verify(ctx context.Context, w *work) error {
 // sent, the rows its stream wrote, or every row.
 func (s *Service) verifyOptions(ctx context.Context, w *work, dst *pgx.Conn) (VerifyOptions, error) {
 	var err error
-	if (w.resumed || w.changes == nil) && w.m.Mode == ModeOnline && w.m.Reverts == nil && !w.copiedFenced {
+	if (w.resumed || w.changes == nil) && w.m.Mode == ModeOnline && w.m.Kind == KindMove && w.m.Reverts == nil && !w.copiedFenced {
 		// The stream ran in more than one run, or this run only verifies:
 		// the target's ledger names every row the stream wrote since the
 		// snapshot the copy was verified under (resume.go).
@@ -516,7 +527,7 @@ func (s *Service) verifyOptions(ctx context.Context, w *work, dst *pgx.Conn) (Ve
 			w.snapshotVerified = true
 		}
 	}
-	var opts VerifyOptions
+	opts := VerifyOptions{TenantID: w.tenantFilter()}
 	switch {
 	case w.copiedFenced:
 		// This run copied the fenced source: its rows as the copy sent
@@ -524,7 +535,8 @@ func (s *Service) verifyOptions(ctx context.Context, w *work, dst *pgx.Conn) (Ve
 		opts.Copied = w.copied
 	case w.m.Mode != ModeOnline || w.m.Reverts != nil || !w.snapshotVerified || w.changes == nil:
 		// The copy mode resumed after its copy, a revert, or a run that did
-		// not verify the copy under the stream's snapshot (resumed): every row.
+		// not verify the copy under the stream's snapshot (resumed): every row
+		// (of the tenant, for a promotion or demotion).
 	case w.changes.Overflowed():
 		reason := fmt.Sprintf("; more than %d rows written during the move: every row verified in the fence", maxChangedKeys)
 		s.logger.WarnContext(ctx, "move verifies every row in its fence", "move_id", w.m.ID, "tenant", w.t.Slug, "reason", reason[2:])
@@ -540,12 +552,12 @@ func (s *Service) verifyOptions(ctx context.Context, w *work, dst *pgx.Conn) (Ve
 
 // verifyCopy verifies the target against the source with opts.
 func (s *Service) verifyCopy(ctx context.Context, w *work, opts VerifyOptions) error {
-	src, err := s.connect(ctx, w.from.Name, w.t.Database)
+	src, err := s.connect(ctx, w.from.Name, w.srcDB)
 	if err != nil {
 		return fmt.Errorf("source: %w", err)
 	}
 	defer src.Close(context.WithoutCancel(ctx))
-	dst, err := s.connect(ctx, w.to.Name, w.t.Database)
+	dst, err := s.connect(ctx, w.to.Name, w.dstDB)
 	if err != nil {
 		return fmt.Errorf("target: %w", err)
 	}
@@ -579,11 +591,16 @@ func (s *Service) holdAndFence(ctx context.Context, w *work) error {
 	if err != nil {
 		return err
 	}
+	if w.m.Kind == KindPromote {
+		// A pool database: its fence waits for the transactions that hold
+		// its tables, then refuses the tenant's rows.
+		return FenceTenantRows(ctx, w.lock, catalog.PoolName(w.m.poolID), w.t.ID)
+	}
 	deadline := time.Now().Add(s.cfg.HoldWait)
 	for time.Now().Before(deadline) {
 		var busy int
 		if err := w.lock.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND usename = $2 AND xact_start IS NOT NULL`,
-			w.t.Database, w.t.Role).Scan(&busy); err != nil {
+			w.srcDB, w.own.Role).Scan(&busy); err != nil {
 			return fmt.Errorf("source: %w", err)
 		}
 		if busy == 0 {
@@ -595,12 +612,12 @@ func (s *Service) holdAndFence(ctx context.Context, w *work) error {
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
-	return Fence(ctx, w.lock, w.t.Database, w.t.Role)
+	return Fence(ctx, w.lock, w.srcDB, w.own.Role)
 }
 
 // liftFence undoes holdAndFence: the source serves again. Idempotent.
 func (s *Service) liftFence(ctx context.Context, w *work) error {
-	if err := Unfence(ctx, w.lock, w.t.Database, w.t.Role); err != nil {
+	if err := s.unfenceSource(ctx, w, w.lock); err != nil {
 		return err
 	}
 	return s.store.InTx(ctx, func(tx pgx.Tx) error {
@@ -617,12 +634,12 @@ func (s *Service) liftFence(ctx context.Context, w *work) error {
 
 // copyAll copies every table into the emptied target, recording progress.
 func (s *Service) copyAll(ctx context.Context, w *work, snapshot string) error {
-	src, err := s.connect(ctx, w.from.Name, w.t.Database)
+	src, err := s.connect(ctx, w.from.Name, w.srcDB)
 	if err != nil {
 		return fmt.Errorf("source: %w", err)
 	}
 	defer src.Close(context.WithoutCancel(ctx))
-	dst, err := s.connect(ctx, w.to.Name, w.t.Database)
+	dst, err := s.connect(ctx, w.to.Name, w.dstDB)
 	if err != nil {
 		return fmt.Errorf("target: %w", err)
 	}
@@ -644,14 +661,15 @@ func (s *Service) copyAll(ctx context.Context, w *work, snapshot string) error {
 		}
 		_, _ = s.store.Pool().Exec(ctx, `UPDATE moves SET rows_copied = $2, bytes_copied = $3, updated_at = now() WHERE id = $1`, w.m.ID, rows, bytes)
 	}
-	if snapshot == "" {
+	if snapshot == "" && w.m.Kind == KindMove {
 		// A copy of the fenced source: a stream's ledger on the target
 		// (resume.go) no longer names what differs from the source.
 		if _, err := dst.Exec(ctx, "DROP SCHEMA IF EXISTS "+keepSchema+" CASCADE"); err != nil {
 			return fmt.Errorf("target: %w", err)
 		}
 	}
-	res, err := Copy(ctx, src, dst, CopyOptions{Truncate: true, Snapshot: snapshot, Progress: progress})
+	res, err := Copy(ctx, src, dst, CopyOptions{Truncate: true, Snapshot: snapshot, Progress: progress, TenantID: w.tenantFilter(),
+		SharedTarget: w.m.Kind == KindDemote})
 	if err != nil {
 		return err
 	}
@@ -668,8 +686,7 @@ func (s *Service) copyAll(ctx context.Context, w *work, snapshot string) error {
 func (s *Service) switchOver(ctx context.Context, w *work) error {
 	keep := max(s.cfg.Keep, 0)
 	err := s.store.InTx(ctx, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `UPDATE tenants SET server_id = $3, held = false, move_id = NULL, schema_version = $4, schema_dirty = false,
-			updated_at = now() WHERE id = $1 AND move_id = $2`, w.t.ID, w.m.ID, w.to.ID, w.version)
+		tag, err := s.switchTenant(ctx, tx, w)
 		if err != nil {
 			return catalog.Classify(err, "tenant")
 		}
@@ -695,7 +712,7 @@ func (s *Service) switchOver(ctx context.Context, w *work) error {
 		if w.m.Reverts != nil {
 			details["reverts"] = *w.m.Reverts
 		}
-		if err := catalog.InsertAudit(ctx, tx, catalog.AuditEvent{Actor: "mover", Action: "tenant.moved", TenantID: w.t.ID,
+		if err := catalog.InsertAudit(ctx, tx, catalog.AuditEvent{Actor: "mover", Action: w.auditAction(), TenantID: w.t.ID,
 			Subject: w.t.Slug, Details: details}); err != nil {
 			return err
 		}
@@ -743,7 +760,7 @@ func (s *Service) abort(ctx context.Context, w *work, reason string) error {
 		w.stream = nil
 	}
 	if w.lock == nil {
-		conn, err := s.connect(ctx, w.from.Name, w.t.Database)
+		conn, err := s.connect(ctx, w.from.Name, w.srcDB)
 		if err != nil {
 			return fmt.Errorf("source: %w", err)
 		}
@@ -754,14 +771,14 @@ func (s *Service) abort(ctx context.Context, w *work, reason string) error {
 	if err := DropStream(ctx, w.lock, slotName(w.m.ID)); err != nil {
 		return err
 	}
-	if err := Unfence(ctx, w.lock, w.t.Database, w.t.Role); err != nil {
+	if err := s.unfenceSource(ctx, w, w.lock); err != nil {
 		return err
 	}
 	if err := s.abortKeep(ctx, w); err != nil {
 		return err
 	}
 	if w.m.Reverts == nil {
-		if err := s.cfg.Targets.DropDatabase(ctx, w.t, w.to); err != nil {
+		if err := s.dropTarget(ctx, w); err != nil {
 			return fmt.Errorf("dropping the target on %s: %w", w.to.Name, err)
 		}
 	} else if err := s.refenceKept(ctx, w); err != nil {
@@ -867,6 +884,9 @@ func (s *Service) dropSource(ctx context.Context, id int64) error {
 	t, err := s.store.GetTenantByID(ctx, m.TenantID)
 	if err != nil {
 		return err
+	}
+	if m.Kind != KindMove {
+		return s.dropTierSource(ctx, &m, t)
 	}
 	// The keep's slot and publication on the target go first: nothing
 	// streams into the source once it is gone.

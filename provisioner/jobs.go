@@ -335,7 +335,14 @@ func (p *Provisioner) drop(ctx context.Context, t catalog.Tenant) error {
 	if t.DeleteAfter != nil && time.Until(*t.DeleteAfter) > 0 {
 		return river.JobSnooze(time.Until(*t.DeleteAfter))
 	}
-	if t.Server != "" {
+	if t.PoolID != 0 {
+		// A pooled tenant's rows, not the pool database it shares.
+		n, err := p.dropPooledRows(ctx, t)
+		if err != nil {
+			return fmt.Errorf("server %s, pool database %s: deleting the tenant's rows: %s", t.Server, t.Pool, catalog.DescribeServerError(err))
+		}
+		p.logger.InfoContext(ctx, "pooled tenant's rows deleted", "tenant", t.Slug, "pool", t.Pool, "rows", n)
+	} else if t.Server != "" {
 		srv, err := p.store.GetServer(ctx, t.Server)
 		if err != nil {
 			return err
@@ -385,7 +392,10 @@ func (p *Provisioner) archive(ctx context.Context, serverName string, pool *pgxp
 		return err
 	}
 	out := filepath.Join(p.cfg.ArchiveDir, fmt.Sprintf("%s-%s.dump", t.Slug, time.Now().UTC().Format("20060102T150405Z")))
-	cmd, err := pgcluster.ClientCommand(ctx, "pg_dump", &pcfg.ConnConfig.Config, t.Database, "--format=custom", "--no-owner", "--file="+out)
+	// --enable-row-security: the tenant tables' row-level security is forced,
+	// so the admin role (their owner) reads them through its policy; without
+	// it pg_dump refuses a table a policy applies to.
+	cmd, err := pgcluster.ClientCommand(ctx, "pg_dump", &pcfg.ConnConfig.Config, t.Database, "--format=custom", "--no-owner", "--enable-row-security", "--file="+out)
 	if err != nil {
 		return err
 	}

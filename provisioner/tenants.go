@@ -114,6 +114,10 @@ func (p *Provisioner) RotateCredentials(ctx context.Context, slug, actor, reason
 	if err != nil {
 		return catalog.Tenant{}, err
 	}
+	if t.PoolID != 0 {
+		return catalog.Tenant{}, catalog.Errorf(catalog.CodeConflict,
+			"tenant %q is pooled: it has no database role of its own (its pool database's credentials are the control plane's); rotate its API keys instead", slug)
+	}
 	out, err := p.store.RotateTenantCredentials(ctx, t.ID, actor, reason, func(ctx context.Context, role, password string) error {
 		pool, err := p.admin(ctx, t.ServerID, t.Server)
 		if err == nil {

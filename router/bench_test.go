@@ -127,29 +127,29 @@ type benchResult struct {
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 }
 
-func setupBench(b *testing.B) *benchEnv {
+// benchCatalog opens a catalog of the benchmark's own with a plan named
+// plan, of the given isolation, whose rate limit is out of the way: the
+// figure is the routing.
+func benchCatalog(b *testing.B, maxConns int32, plan string, isolation catalog.Isolation) (*catalog.Store, *slog.Logger) {
 	ctx := context.Background()
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	key, _ := catalog.ParseKey(catalog.NewKey())
 	cipher, _ := catalog.NewCipher(key)
-	store, err := catalog.Open(ctx, pgtest.NewDB(b, catalogTemplate), cipher, catalog.StoreConfig{MaxConns: 40})
+	store, err := catalog.Open(ctx, pgtest.NewDB(b, catalogTemplate), cipher, catalog.StoreConfig{MaxConns: maxConns})
 	require.NoError(b, err)
 	b.Cleanup(store.Close)
-	// A plan whose rate limit is out of the way: the figure is the routing.
-	_, err = store.Pool().Exec(ctx, `INSERT INTO plans (name, max_conns, rate_per_sec, rate_burst) VALUES ('bench', 16, 1000000, 1000000)`)
+	_, err = store.Pool().Exec(ctx, `INSERT INTO plans (name, max_conns, rate_per_sec, rate_burst, isolation) VALUES ($1, 16, 1000000, 1000000, $2)`, plan, isolation)
 	require.NoError(b, err)
+	return store, logger
+}
+
+func setupBench(b *testing.B) *benchEnv {
+	ctx := context.Background()
+	store, logger := benchCatalog(b, 40, "bench", catalog.IsolationDedicated)
 
 	// The tenant server: a private cluster with room for a connection per tenant.
 	const budget = 1300 // a connection per tenant, and room for the hot ones to hold several
-	dir, err := os.MkdirTemp("/var/tmp", "tenantplane-router-bench-")
-	require.NoError(b, err)
-	require.NoError(b, os.Chmod(dir, 0o755))
-	cluster, err := pgcluster.New(pgcluster.Config{Dir: filepath.Join(dir, "data"), Password: "bench", Settings: map[string]string{
-		"max_connections": "1400", "shared_buffers": "256MB", "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
-	}})
-	require.NoError(b, err)
-	require.NoError(b, cluster.Start(ctx))
-	b.Cleanup(func() { _ = cluster.Stop(context.Background()); _ = os.RemoveAll(dir) })
+	cluster := benchCluster(b, 1400)
 
 	prov, err := provisioner.New(store, provisioner.Config{Logger: logger, WarmPoolSize: -1, Workers: 6})
 	require.NoError(b, err)
@@ -182,6 +182,21 @@ func setupBench(b *testing.B) *benchEnv {
 	return env
 }
 
+// benchCluster starts a private cluster on disk, with fsync off (the
+// benchmarks measure reads), for the benchmark's life.
+func benchCluster(b *testing.B, maxConnections int) *pgcluster.Cluster {
+	dir, err := os.MkdirTemp("/var/tmp", "tenantplane-router-bench-")
+	require.NoError(b, err)
+	require.NoError(b, os.Chmod(dir, 0o755))
+	cluster, err := pgcluster.New(pgcluster.Config{Dir: filepath.Join(dir, "data"), Password: "bench", Settings: map[string]string{
+		"max_connections": strconv.Itoa(maxConnections), "shared_buffers": "256MB", "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
+	}})
+	require.NoError(b, err)
+	require.NoError(b, cluster.Start(context.Background()))
+	b.Cleanup(func() { _ = cluster.Stop(context.Background()); _ = os.RemoveAll(dir) })
+	return cluster
+}
+
 // directHandler serves the same handler from one fixed pool on the extra
 // tenant's database: the cost of everything but routing.
 func (env *benchEnv) directHandler(b *testing.B) http.Handler {
@@ -199,7 +214,8 @@ func (env *benchEnv) directHandler(b *testing.B) http.Handler {
 	require.NoError(b, err)
 	b.Cleanup(pool.Close)
 	env.directPool = pool
-	return env.unrouted(func(*gin.Context) *pgxpool.Pool { return pool })
+	tenant := &resolved{tenant: baseline}
+	return env.unrouted(func(*gin.Context) (*pgxpool.Pool, *resolved) { return pool, tenant })
 }
 
 // idealHandler serves each request from its tenant's pool in r's cache,
@@ -207,24 +223,33 @@ func (env *benchEnv) directHandler(b *testing.B) http.Handler {
 // same databases and connections as the routed server, without resolving,
 // limits, metering, the LRU or the budget.
 func (env *benchEnv) idealHandler(r *Router) http.Handler {
-	byHeader := make(map[string]*pgxpool.Pool, benchTenants)
+	type entry struct {
+		pool   *pgxpool.Pool
+		tenant *resolved
+	}
+	byHeader := make(map[string]entry, benchTenants)
 	env.tenantPools = make([]*pgxpool.Pool, benchTenants)
 	r.pools.mu.Lock()
 	for i, k := range env.keys[:benchTenants] {
 		if tp, ok := r.pools.cache.Peek(env.tenants[i].ID); ok {
-			byHeader["Bearer "+k], env.tenantPools[i] = tp.pool, tp.pool
+			byHeader["Bearer "+k], env.tenantPools[i] = entry{tp.pool, &resolved{tenant: env.tenants[i]}}, tp.pool
 		}
 	}
 	r.pools.mu.Unlock()
-	return env.unrouted(func(c *gin.Context) *pgxpool.Pool { return byHeader[c.GetHeader("Authorization")] })
+	return env.unrouted(func(c *gin.Context) (*pgxpool.Pool, *resolved) {
+		e := byHeader[c.GetHeader("Authorization")]
+		return e.pool, e.tenant
+	})
 }
 
 // unrouted is the tenant API's users list on a pool chosen by pick, with the
 // same engine and middleware as the router's.
-func (env *benchEnv) unrouted(pick func(*gin.Context) *pgxpool.Pool) http.Handler {
+func (env *benchEnv) unrouted(pick func(*gin.Context) (*pgxpool.Pool, *resolved)) http.Handler {
 	e := httpapi.NewEngine(httpapi.Config{API: "tenant", Logger: env.logger})
 	e.GET("/v1/users", func(c *gin.Context) {
-		conn, err := pick(c).Acquire(c)
+		pool, tenant := pick(c)
+		c.Set(tenantKey, tenant)
+		conn, err := pool.Acquire(c)
 		if err != nil {
 			httpapi.WriteError(c, err)
 			return
@@ -303,9 +328,9 @@ func (env *benchEnv) routed(b *testing.B, name string, cacheSize int, direct htt
 		// pools, without HTTP or routing.
 		var dbDirect, dbSpread int64
 		for range benchRounds {
-			n, errs := env.dbLoad(func(uint64) *pgxpool.Pool { return env.directPool })
+			n, errs := env.dbLoad(func(uint64) (*pgxpool.Pool, string) { return env.directPool, env.tenants[benchTenants].ID })
 			dbDirect, res.errors = dbDirect+n, res.errors+errs
-			n, errs = env.dbLoad(func(k uint64) *pgxpool.Pool { return env.tenantPools[k] })
+			n, errs = env.dbLoad(func(k uint64) (*pgxpool.Pool, string) { return env.tenantPools[k], env.tenants[k].ID })
 			dbSpread, res.errors = dbSpread+n, res.errors+errs
 		}
 		res.dbRatio = float64(dbSpread) / float64(dbDirect)
@@ -422,7 +447,7 @@ func (env *benchEnv) load(h http.Handler, r *Router) loadResult {
 // dbLoad runs the users list query under the Zipf traffic for
 // benchDuration straight on the pool pick gives for each request's tenant,
 // and returns how many ran and how many failed.
-func (env *benchEnv) dbLoad(pick func(tenant uint64) *pgxpool.Pool) (requests, failures int64) {
+func (env *benchEnv) dbLoad(pick func(tenant uint64) (*pgxpool.Pool, string)) (requests, failures int64) {
 	var ok, failed atomic.Int64
 	deadline := time.Now().Add(benchDuration)
 	var wg sync.WaitGroup
@@ -432,7 +457,8 @@ func (env *benchEnv) dbLoad(pick func(tenant uint64) *pgxpool.Pool) (requests, f
 			defer wg.Done()
 			zipf := rand.NewZipf(rand.New(rand.NewSource(time.Now().UnixNano()+int64(w))), zipfS, 1, benchTenants-1)
 			for time.Now().Before(deadline) {
-				rows, err := pick(zipf.Uint64()).Query(context.Background(), listUsersSQL, time.Time{}, "00000000-0000-0000-0000-000000000000", 51)
+				pool, tenantID := pick(zipf.Uint64())
+				rows, err := pool.Query(context.Background(), listUsersSQL, time.Time{}, "00000000-0000-0000-0000-000000000000", 51, tenantID)
 				if err == nil {
 					rows.Close()
 					err = rows.Err()

@@ -39,6 +39,10 @@ type PoolConfig struct {
 	MaxConnIdleTime time.Duration
 	// MaxConnLifetime recycles connections. Default 30 minutes.
 	MaxConnLifetime time.Duration
+	// PoolDatabaseConns is the size of the pool this process keeps on each
+	// pool database, shared by its pooled tenants (each within its plan's
+	// max_conns of it), within the server's budget. Default 20.
+	PoolDatabaseConns int
 }
 
 func (c *PoolConfig) setDefaults() {
@@ -60,10 +64,15 @@ func (c *PoolConfig) setDefaults() {
 	if c.MaxConnLifetime == 0 {
 		c.MaxConnLifetime = 30 * time.Minute
 	}
+	if c.PoolDatabaseConns == 0 {
+		c.PoolDatabaseConns = 20
+	}
 }
 
-// tenantPool is one tenant's pgxpool and the requests using it.
+// tenantPool is one tenant's pgxpool, or one pool database's, and the
+// requests using it.
 type tenantPool struct {
+	key      string // the tenant's id, or pool:<id>
 	tenantID string
 	serverID int64
 	pool     *pgxpool.Pool
@@ -200,14 +209,15 @@ func (p *pools) closeLater(tp *tenantPool) {
 // acquire returns the tenant's pool, opening it on a miss, counted as in use
 // until release is called.
 func (p *pools) acquire(ctx context.Context, t *resolved) (*tenantPool, error) {
-	if tp := p.lookup(t.tenant.ID); tp != nil {
+	key := t.cacheKey()
+	if tp := p.lookup(key); tp != nil {
 		return tp, nil
 	}
 	// Open it once however many requests miss together, on a context no
 	// single caller can cancel for the others.
-	_, err, _ := p.opening.Do(t.tenant.ID, func() (any, error) {
+	_, err, _ := p.opening.Do(key, func() (any, error) {
 		p.mu.Lock()
-		cached := p.cache.Contains(t.tenant.ID)
+		cached := p.cache.Contains(key)
 		p.mu.Unlock()
 		if cached {
 			return nil, nil // opened by a flight that just ended
@@ -221,8 +231,8 @@ func (p *pools) acquire(ctx context.Context, t *resolved) (*tenantPool, error) {
 		p.mu.Lock()
 		// Add on a present key would replace the value without the eviction
 		// callback, leaking the old pool: remove first, which retires it.
-		p.cache.Remove(t.tenant.ID)
-		p.cache.Add(t.tenant.ID, &tenantPool{tenantID: t.tenant.ID, serverID: t.tenant.ServerID, pool: pool, connCfg: pool.Config().ConnConfig})
+		p.cache.Remove(key)
+		p.cache.Add(key, &tenantPool{key: key, tenantID: t.tenant.ID, serverID: t.tenant.ServerID, pool: pool, connCfg: pool.Config().ConnConfig})
 		p.mu.Unlock()
 		p.opened.Inc()
 		return nil, nil
@@ -230,7 +240,7 @@ func (p *pools) acquire(ctx context.Context, t *resolved) (*tenantPool, error) {
 	if err != nil {
 		return nil, err
 	}
-	if tp := p.lookup(t.tenant.ID); tp != nil {
+	if tp := p.lookup(key); tp != nil {
 		return tp, nil
 	}
 	// Evicted between opening and now, under heavy churn: open again.
@@ -281,7 +291,16 @@ func (p *pools) open(ctx context.Context, t *resolved) (*pgxpool.Pool, error) {
 	if err != nil {
 		return nil, err
 	}
-	role, password, err := p.store.TenantCredentials(ctx, t.tenant.ID)
+	database, maxConns := t.tenant.Database, t.plan.MaxConns
+	var role, password string
+	if t.tenant.PoolID != 0 {
+		// A pool database's role, shared by its tenants: never one that
+		// owns anything there or may bypass row-level security.
+		database, maxConns = t.tenant.Pool, p.cfg.PoolDatabaseConns
+		role, password, err = p.store.PoolCredentials(ctx, t.tenant.PoolID)
+	} else {
+		role, password, err = p.store.TenantCredentials(ctx, t.tenant.ID)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -290,11 +309,11 @@ func (p *pools) open(ctx context.Context, t *resolved) (*pgxpool.Pool, error) {
 		return nil, fmt.Errorf("server %s: %w", t.tenant.Server, err)
 	}
 	cc := cfg.ConnConfig
-	cc.User, cc.Password, cc.Database = role, password, t.tenant.Database
+	cc.User, cc.Password, cc.Database = role, password, database
 	cc.ConnectTimeout = p.cfg.ConnectTimeout
 	cc.RuntimeParams["application_name"] = "tenantplane-router"
 	cc.Fallbacks = nil
-	cfg.MaxConns = int32(max(1, t.plan.MaxConns))
+	cfg.MaxConns = int32(max(1, maxConns))
 	cfg.MinConns = 0
 	cfg.MaxConnIdleTime = p.cfg.MaxConnIdleTime
 	cfg.MaxConnLifetime = p.cfg.MaxConnLifetime

@@ -22,9 +22,9 @@ func TestMain(m *testing.M) { pgtest.Main(m) }
 
 var catalogTemplate = pgtest.WithTemplate("catalog-"+pgtest.HashFS(catalog.Migrations()), catalog.Migrate)
 
-// setupTenants provisions n tenants on a private server and returns the
-// store and what the router would resolve them to.
-func setupTenants(t *testing.T, n int) (*catalog.Store, []*resolved) {
+// setupServer opens a catalog of the test's own, starts a provisioner on
+// it and registers a private server (pg-1) with the given budget.
+func setupServer(t *testing.T, connBudget int) (*catalog.Store, *provisioner.Provisioner, *pgtest.Server, *slog.Logger) {
 	t.Helper()
 	ctx := context.Background()
 	key, _ := catalog.ParseKey(catalog.NewKey())
@@ -38,8 +38,17 @@ func setupTenants(t *testing.T, n int) (*catalog.Store, []*resolved) {
 	require.NoError(t, prov.Start(ctx))
 	t.Cleanup(func() { _ = prov.Stop(ctx) })
 	srv := pgtest.NewServer(t)
-	_, err = prov.RegisterServer(ctx, provisioner.ServerSpec{Name: "pg-1", DSN: srv.ManagedDSN(t, "postgres"), ConnBudget: 20}, "test")
+	_, err = prov.RegisterServer(ctx, provisioner.ServerSpec{Name: "pg-1", DSN: srv.ManagedDSN(t, "postgres"), ConnBudget: connBudget}, "test")
 	require.NoError(t, err)
+	return store, prov, srv, logger
+}
+
+// setupTenants provisions n tenants on a private server and returns the
+// store and what the router would resolve them to.
+func setupTenants(t *testing.T, n int) (*catalog.Store, []*resolved) {
+	t.Helper()
+	ctx := context.Background()
+	store, prov, _, _ := setupServer(t, 20)
 	var out []*resolved
 	for i := range n {
 		tn, _, err := prov.CreateTenant(ctx, provisioner.TenantSpec{Slug: fmt.Sprintf("pool-%02d", i), Plan: "pro"}, "test")

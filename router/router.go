@@ -73,6 +73,11 @@ type Config struct {
 	// (the fence is up) waits for the move to switch before it answers 503
 	// with Retry-After. Default 5s.
 	HoldTimeout time.Duration
+	// PooledStatementTimeout is the statement_timeout of a pooled tenant's
+	// requests, set in each request's transaction, so one tenant's slow
+	// query cannot hold a connection its pool database's other tenants
+	// need. Default 5s.
+	PooledStatementTimeout time.Duration
 }
 
 // openAPI is the tenant API's OpenAPI document; openapi_test.go keeps it
@@ -92,6 +97,7 @@ type Router struct {
 	pools    *pools
 	meter    *meter
 	servers  *stall.Watchdog         // tenant database servers that hang
+	slots    slots                   // pooled tenants' shares of their pool database's connections
 	scopes   map[routeKey]routeScope // written by New only
 
 	follow startstop.Loop // the catalog's changes to the caches
@@ -125,6 +131,9 @@ func New(cfg Config) (*Router, error) {
 	}
 	if cfg.ProbeTimeout == 0 {
 		cfg.ProbeTimeout = 700 * time.Millisecond
+	}
+	if cfg.PooledStatementTimeout == 0 {
+		cfg.PooledStatementTimeout = 5 * time.Second
 	}
 	r := &Router{
 		cfg:      cfg,
@@ -301,12 +310,23 @@ func (r *Router) authenticate(c *gin.Context) {
 	c.Request = c.Request.WithContext(ctx)
 	c.Set(tenantKey, e)
 	c.Set(poolRouterKey, r)
+	// Deferred: a handler that panics still ends its transaction (rolled
+	// back) and gives its connection, pool and slot back.
+	defer func() {
+		h, ok := c.Get(poolKey)
+		if !ok {
+			return
+		}
+		if p := recover(); p != nil {
+			if h.(*held).tx {
+				_ = h.(*held).endTx(c, http.StatusInternalServerError)
+			}
+			r.releaseHeld(c, h.(*held))
+			panic(p)
+		}
+		r.releaseHeld(c, h.(*held))
+	}()
 	c.Next()
-	if h, ok := c.Get(poolKey); ok {
-		h.(*held).done()
-		h.(*held).conn.Release()
-		r.pools.release(h.(*held).tp)
-	}
 }
 
 const poolRouterKey = "tenantplane.router.router"
@@ -345,30 +365,47 @@ func Tenant(c *gin.Context) catalog.Tenant {
 	return c.MustGet(tenantKey).(*resolved).tenant
 }
 
-// held is the tenant pool and connection a request uses, and the end of
-// the watch on its server.
+// held is the tenant pool and connection a request uses; for a pooled
+// tenant, also its transaction and its slot.
 type held struct {
 	tp   *tenantPool
 	conn *pgxpool.Conn
-	done func()
+
+	tx       bool // a transaction naming the tenant is open on conn
+	ended    bool // the transaction was committed or rolled back
+	endErr   error
+	writer   *txWriter
+	slots    *tenantSlots
+	tenantID string
+	done     func() // ends the watch on the tenant's server (internal/stall); nil for a pooled tenant
 }
 
-// DB returns a connection to the tenant's own database, as the tenant's
-// role, held for the rest of the request and released when it ends. A
-// handler of a new tenant endpoint needs nothing more:
+// DB returns the request's tenant-scoped database handle, held for the rest
+// of the request and released when it ends, whatever the tenant's tier: a
+// connection to the tenant's own database as its own role, or, for a pooled
+// tenant, a connection to its pool database inside a transaction that names
+// the tenant (row-level security shows it only its rows; the transaction
+// commits before the answer is written, or rolls back on an error answer).
+// Handlers stay tier-blind, and filter on tenant_id (Tenant(c).ID) all the
+// same, so the planner uses the (tenant_id, ...) indexes. A handler of a new
+// tenant endpoint needs nothing more:
 //
 //	db, err := router.DB(c)
 //	if err != nil { httpapi.WriteError(c, err); return }
-//	rows, err := db.Query(c, "SELECT ...")
+//	rows, err := db.Query(c, "SELECT ... FROM projects WHERE tenant_id = $1", router.Tenant(c).ID)
 //
 // It fails fast (503) when the tenant's server is down, slow or out of
-// connection budget; other tenants are not affected.
+// connection budget; other tenants are not affected. A pooled tenant over
+// its plan's share of its pool database's connections gets 429.
 func DB(c *gin.Context) (*pgxpool.Conn, error) {
 	if h, ok := c.Get(poolKey); ok {
 		return h.(*held).conn, nil
 	}
 	r := c.MustGet(poolRouterKey).(*Router)
 	e := c.MustGet(tenantKey).(*resolved)
+	if e.tenant.PoolID != 0 {
+		return r.pooledDB(c, e)
+	}
 	if r.servers.Down(e.tenant.ServerID) {
 		return nil, serverDown(e.tenant.Server)
 	}

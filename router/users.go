@@ -18,10 +18,12 @@ import (
 	"github.com/tenantplane/tenantplane/internal/httpapi"
 )
 
-// The reference product resource: users, in each tenant's own database
-// (table from the tenant migrations). Every query runs on the tenant's
-// connection, as its role: another tenant's rows are not reachable, whatever
-// id is asked for.
+// The reference product resource: users, in the tenant's own database or
+// its pool database (table from the tenant migrations). Every query runs on
+// the request's tenant-scoped handle (DB): another tenant's rows are not
+// reachable, whatever id is asked for. Each query also names the tenant
+// (tenant_id = $n), as every tenant table's primary key and indexes begin
+// with it: the same SQL serves both tiers.
 
 func (r *Router) userRoutes(v1 *gin.RouterGroup) {
 	r.route(v1, http.MethodGet, "/users", catalog.ScopeUsersRead, listUsers)
@@ -43,7 +45,7 @@ type User struct {
 const userColumns = `id, email, name, created_at, updated_at`
 
 // listUsersSQL is a page of users after the cursor ($1, $2), $3 at most.
-const listUsersSQL = `SELECT ` + userColumns + ` FROM users WHERE (created_at, id) > ($1, $2::uuid)
+const listUsersSQL = `SELECT ` + userColumns + ` FROM users WHERE tenant_id = $4 AND (created_at, id) > ($1, $2::uuid)
 	ORDER BY created_at, id LIMIT $3`
 
 func scanUser(row pgx.Row) (u User, err error) {
@@ -118,7 +120,7 @@ func createUser(c *gin.Context) {
 	if in.Name != nil {
 		name = *in.Name
 	}
-	u, err := scanUser(db.QueryRow(c, `INSERT INTO users (email, name) VALUES ($1, $2) RETURNING `+userColumns, *in.Email, name))
+	u, err := scanUser(db.QueryRow(c, `INSERT INTO users (tenant_id, email, name) VALUES ($3, $1, $2) RETURNING `+userColumns, *in.Email, name, Tenant(c).ID))
 	if err != nil {
 		httpapi.WriteError(c, dbError(err, "user"))
 		return
@@ -131,7 +133,7 @@ func getUser(c *gin.Context) {
 	if !ok {
 		return
 	}
-	u, err := scanUser(db.QueryRow(c, `SELECT `+userColumns+` FROM users WHERE id = $1`, id))
+	u, err := scanUser(db.QueryRow(c, `SELECT `+userColumns+` FROM users WHERE tenant_id = $2 AND id = $1`, id, Tenant(c).ID))
 	if err != nil {
 		httpapi.WriteError(c, dbError(err, "user"))
 		return
@@ -155,7 +157,7 @@ func updateUser(c *gin.Context) {
 	}
 	u, err := scanUser(db.QueryRow(c, `
 		UPDATE users SET email = coalesce($2, email), name = coalesce($3, name), updated_at = now()
-		WHERE id = $1 RETURNING `+userColumns, id, in.Email, in.Name))
+		WHERE tenant_id = $4 AND id = $1 RETURNING `+userColumns, id, in.Email, in.Name, Tenant(c).ID))
 	if err != nil {
 		httpapi.WriteError(c, dbError(err, "user"))
 		return
@@ -168,7 +170,7 @@ func deleteUser(c *gin.Context) {
 	if !ok {
 		return
 	}
-	tag, err := db.Exec(c, `DELETE FROM users WHERE id = $1`, id)
+	tag, err := db.Exec(c, `DELETE FROM users WHERE tenant_id = $2 AND id = $1`, id, Tenant(c).ID)
 	if err != nil {
 		httpapi.WriteError(c, dbError(err, "user"))
 		return
@@ -207,7 +209,7 @@ func listUsers(c *gin.Context) {
 		httpapi.WriteError(c, err)
 		return
 	}
-	rows, err := db.Query(c, listUsersSQL, after, afterID, limit+1)
+	rows, err := db.Query(c, listUsersSQL, after, afterID, limit+1, Tenant(c).ID)
 	if err != nil {
 		httpapi.WriteError(c, dbError(err, "users"))
 		return

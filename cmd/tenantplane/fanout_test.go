@@ -123,18 +123,18 @@ func TestFanoutCommands(t *testing.T) {
 	}
 
 	// A new version of the tenant schema, deployed.
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "000002_users_locale.up.sql"), []byte("ALTER TABLE users ADD COLUMN locale text;"), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "000003_users_locale.up.sql"), []byte("ALTER TABLE users ADD COLUMN locale text;"), 0o644))
 	stop()
 	admin, _ = fanoutApp(t, env)
 
 	out, err := cli("migrations", "status")
 	require.NoError(t, err)
-	require.Contains(t, out, "Newest tenant schema version: 2")
+	require.Contains(t, out, "Newest tenant schema version: 3")
 	require.Contains(t, out, "Behind the newest version (3):")
 
 	out, err = cli("fanout", "start", "--concurrency", "2", "--canary", "1", "--watch", "--interval", "20ms")
 	require.NoError(t, err, out)
-	require.Contains(t, out, "Started run 1: 3 tenants to version 2 (concurrency 2, per server 2, canary 1, max failures 0).")
+	require.Contains(t, out, "Started run 1: 3 tenants to version 3 (concurrency 2, per server 2, canary 1, max failures 0).")
 	require.Contains(t, out, "Run 1 is done: 3 done, 0 failed, 0 skipped, 0 pending of 3")
 
 	out, err = cli("fanout", "status", "1")
@@ -143,7 +143,7 @@ func TestFanoutCommands(t *testing.T) {
 	require.Contains(t, out, "TENANTS:   3: done 3, failed 0, running 0, pending 0, skipped 0")
 	out, err = cli("fanout", "list")
 	require.NoError(t, err)
-	require.Equal(t, []string{"1", "done", "2", "3", "3", "0", "0"}, strings.Fields(strings.Split(out, "\n")[1])[:7])
+	require.Equal(t, []string{"1", "done", "3", "3", "3", "0", "0"}, strings.Fields(strings.Split(out, "\n")[1])[:7])
 	out, err = cli("fanout", "tenants", "1", "--state", "done")
 	require.NoError(t, err)
 	require.Len(t, strings.Split(strings.TrimSpace(out), "\n"), 4, out)
@@ -151,16 +151,16 @@ func TestFanoutCommands(t *testing.T) {
 
 	out, err = cli("migrations", "status")
 	require.NoError(t, err)
-	require.Contains(t, out, "VERSION  TENANTS\n2        3\n")
+	require.Contains(t, out, "VERSION  TENANTS\n3        3\n")
 	require.Contains(t, out, "Every tenant database is at the newest version, clean, as the catalog says.")
 
 	_, err = cli("fanout", "pause", "1")
 	require.ErrorContains(t, err, "run 1 is done; pause needs it to be running (conflict, HTTP 409)")
-	_, err = cli("migrations", "force", "acme", "1")
-	require.ErrorContains(t, err, "schema is clean at version 2: force only clears the dirty flag")
+	_, err = cli("migrations", "force", "acme", "2")
+	require.ErrorContains(t, err, "schema is clean at version 3: force only clears the dirty flag")
 	_, err = cli("fanout", "start", "--concurrency", "-1")
 	require.ErrorContains(t, err, "--concurrency must not be negative")
 	out, err = cli("fanout", "start", "--tenants", "acme")
 	require.NoError(t, err)
-	require.Contains(t, out, fmt.Sprintf("Started run 2: %d tenants to version 2", 1))
+	require.Contains(t, out, fmt.Sprintf("Started run 2: %d tenants to version 3", 1))
 }

@@ -31,7 +31,7 @@ func newRootCmd() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.AddCommand(newServeCmd(), newDevCmd(), newCatalogCmd(), newServersCmd(), newTenantsCmd(), newKeysCmd())
-	root.AddCommand(newFanoutCmd(), newMigrationsCmd(), newMovesCmd(), newEvacuationsCmd())
+	root.AddCommand(newFanoutCmd(), newMigrationsCmd(), newMovesCmd(), newEvacuationsCmd(), newPoolsCmd())
 	root.AddCommand(newBillingCmd(), newUsageCmd())
 	return root
 }

@@ -16,6 +16,8 @@ import (
 // Move is a tenant move as the admin API shows it.
 type Move struct {
 	ID              apiID   `json:"id"`
+	Kind            string  `json:"kind"`
+	Pool            string  `json:"pool"`
 	Tenant          string  `json:"tenant"`
 	From            string  `json:"from"`
 	To              string  `json:"to"`
@@ -300,6 +302,12 @@ func writeMoveStarted(w io.Writer, m Move) error {
 		what = fmt.Sprintf("Reverting move %s: moving", m.Reverts)
 	}
 	msg := fmt.Sprintf("%s tenant %s from %s to %s, %s mode (move %s).", what, m.Tenant, m.From, m.To, m.Mode, m.ID)
+	switch m.Kind {
+	case "promote":
+		msg = fmt.Sprintf("Promoting tenant %s from pool database %s on %s to a database of its own on %s (move %s).", m.Tenant, m.Pool, m.From, m.To, m.ID)
+	case "demote":
+		msg = fmt.Sprintf("Demoting tenant %s from its database on %s into pool database %s on %s (move %s).", m.Tenant, m.From, m.Pool, m.To, m.ID)
+	}
 	if m.ModeReason != "" {
 		msg += " " + sentence(m.ModeReason)
 	}

@@ -1,0 +1,17 @@
+UPDATE tenants SET move_id = NULL WHERE move_id IN (SELECT id FROM moves WHERE kind <> 'move');
+DELETE FROM moves WHERE kind <> 'move';
+ALTER TABLE moves DROP CONSTRAINT moves_check;
+ALTER TABLE moves ADD CONSTRAINT moves_check CHECK (to_server_id <> from_server_id);
+ALTER TABLE moves DROP COLUMN pool_id;
+ALTER TABLE moves DROP COLUMN kind;
+DELETE FROM migration_run_tenants WHERE pool_id IS NOT NULL;
+ALTER TABLE migration_run_tenants DROP COLUMN pool_id;
+ALTER TABLE migration_run_tenants ADD CONSTRAINT migration_run_tenants_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES tenants (id);
+DROP INDEX tenants_pool_idx;
+ALTER TABLE tenants DROP CONSTRAINT tenants_one_tier;
+ALTER TABLE tenants DROP COLUMN pool_id;
+DROP TABLE pool_databases;
+DELETE FROM plan_meter_prices WHERE plan = 'free';
+DELETE FROM plan_versions WHERE plan = 'free';
+DELETE FROM plans WHERE name = 'free';
+ALTER TABLE plans DROP COLUMN isolation;

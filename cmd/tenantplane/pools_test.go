@@ -1,0 +1,38 @@
+package main
+
+import (
+	"net/http"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestPoolsAndTierCommands(t *testing.T) {
+	t.Parallel()
+	pool := `{"id": 3, "name": "tp_pool_3", "server": "pg-1", "capacity": 500, "tenants": 0, "state": "active", "schema_version": 2,
+		"schema_dirty": false, "last_error": "", "created_at": "2026-03-01T12:00:00Z"}`
+	promote := moveJSON(t, map[string]any{"kind": "promote", "pool": "tp_pool_3", "mode": "copy", "to": "pg-2"})
+	demote := moveJSON(t, map[string]any{"kind": "demote", "pool": "tp_pool_3", "mode": "online", "from": "pg-2", "to": "pg-1"})
+	admin, url := newCannedAdmin(t, map[string][]cannedAnswer{
+		"POST /pools":                {{http.StatusCreated, pool}},
+		"GET /pools":                 {ok(`{"pools": [` + pool + `]}`)},
+		"POST /tenants/acme/promote": {{http.StatusAccepted, promote}},
+		"POST /tenants/acme/demote":  {{http.StatusAccepted, demote}},
+	})
+	cli := func(args ...string) string {
+		t.Helper()
+		stdout, stderr, err := runCLI(t, "", append(args, "--admin-url", url, "--token", testToken)...)
+		require.NoError(t, err, stderr)
+		return stdout
+	}
+	require.Equal(t, "Pool database tp_pool_3 on pg-1 is active: room for 500 tenants.\n", cli("pools", "create", "pg-1", "--capacity", "500"))
+	require.Equal(t, []string{`{"capacity":500,"server":"pg-1"}`}, admin.sent("POST /pools"))
+	require.Equal(t, "ID  NAME       SERVER  STATE   TENANTS  CAPACITY  SCHEMA\n3   tp_pool_3  pg-1    active  0        500       2\n", cli("pools", "list"))
+
+	out := cli("tenants", "promote", "acme", "--to", "pg-2")
+	require.Contains(t, out, "Promoting tenant acme from pool database tp_pool_3 on pg-1 to a database of its own on pg-2 (move 12).")
+	require.Equal(t, []string{`{"to":"pg-2"}`}, admin.sent("POST /tenants/acme/promote"))
+	out = cli("tenants", "demote", "acme")
+	require.Contains(t, out, "Demoting tenant acme from its database on pg-2 into pool database tp_pool_3 on pg-1 (move 12).")
+	require.Equal(t, []string{`{}`}, admin.sent("POST /tenants/acme/demote"))
+}
