@@ -12,6 +12,7 @@ import (
 	"github.com/tenantplane/tenantplane/catalog"
 	"github.com/tenantplane/tenantplane/internal/faulttest"
 	"github.com/tenantplane/tenantplane/internal/pgtest"
+	"github.com/tenantplane/tenantplane/migrations"
 )
 
 // faultyServer registers a third server, pg-faulty, behind a faulttest proxy.
@@ -26,7 +27,8 @@ func (b *fanoutBundle) faultyServer(t *testing.T) *faulttest.Proxy {
 	return proxy
 }
 
-// tenantsOn makes an active tenant at version 1 on each server named, prefix-0 ...
+// tenantsOn makes an active tenant at the embedded schema's newest version
+// on each server named, prefix-0 ...
 func (b *fanoutBundle) tenantsOn(t *testing.T, prefix string, servers ...string) []catalog.Tenant {
 	t.Helper()
 	ctx := context.Background()
@@ -55,9 +57,10 @@ func TestFanoutUnderAHungServer(t *testing.T) {
 	ctx := context.Background()
 	proxy := b.faultyServer(t)
 	tenants := b.tenantsOn(t, "hung", "pg-faulty", "pg-faulty", "pg-1", "pg-1", "pg-2")
+	next := int64(migrations.Embedded().Latest()) + 1
 	dir := schemaDir(t, map[string]string{
-		"000002_slow.up.sql":   "SELECT pg_sleep(2); CREATE TABLE slow_step (id int);",
-		"000002_slow.down.sql": "DROP TABLE slow_step;",
+		fmt.Sprintf("%06d_slow.up.sql", next):   "SELECT pg_sleep(2); CREATE TABLE slow_step (id int);",
+		fmt.Sprintf("%06d_slow.down.sql", next): "DROP TABLE slow_step;",
 	})
 	p := b.service(t, loadSchema(t, dir), true, func(c *Config) { c.StallAfter = time.Second; c.ConnectTimeout = 2 * time.Second })
 	run, err := p.StartRun(ctx, RunSpec{Concurrency: 5, PerServer: 2, Canary: ptr(0), MaxFailures: 10}, "test")
@@ -111,7 +114,7 @@ func TestFanoutUnderAHungServer(t *testing.T) {
 	}, 60*time.Second, 200*time.Millisecond, "the run finishes once the wire flows")
 	for _, tn := range tenants {
 		v, dirty := b.schemaOf(t, tn)
-		require.EqualValues(t, 2, v, tn.Slug)
+		require.Equal(t, next, v, tn.Slug)
 		require.False(t, dirty, tn.Slug)
 	}
 }
@@ -135,15 +138,16 @@ func TestFanoutUnderNetworkFaults(t *testing.T) {
 			faults = append(faults, f)
 		}
 	}
+	base := int(migrations.Embedded().Latest())
 	for i := range faults {
-		v := i + 2
+		v := base + i + 1
 		files[fmt.Sprintf("%06d_f%d.up.sql", v, v)] = fmt.Sprintf("CREATE TABLE f%d (id int); INSERT INTO f%d SELECT generate_series(1, 2000);", v, v)
 		files[fmt.Sprintf("%06d_f%d.down.sql", v, v)] = fmt.Sprintf("DROP TABLE f%d;", v)
 	}
 	tenants := b.tenantsOn(t, "net", "pg-faulty", "pg-faulty", "pg-1")
 	p := b.service(t, loadSchema(t, schemaDir(t, files)), true, func(c *Config) { c.ConnectTimeout = 2 * time.Second })
 	for i, fault := range faults {
-		target := int64(i + 2)
+		target := int64(base + i + 1)
 		remove := proxy.Add(t, fault)
 		run, err := p.StartRun(ctx, RunSpec{TargetVersion: &target, Concurrency: 3, Canary: ptr(0), MaxFailures: 10}, "test")
 		require.NoError(t, err)
