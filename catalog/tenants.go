@@ -224,7 +224,8 @@ func pickServer(ctx context.Context, tx pgx.Tx, name string) (int64, error) {
 			FROM servers s WHERE s.state = 'active'
 		) c WHERE free > 0 ORDER BY free DESC, name LIMIT 1`).Scan(&id)
 	if err == pgx.ErrNoRows {
-		return 0, Errorf(CodeUnavailable, "no server has free capacity: register one (POST /admin/v1/servers) or raise a capacity")
+		// Not a dependency down (503): nothing changes until an operator acts.
+		return 0, Errorf(CodeConflict, "no server has free capacity: register one (POST /admin/v1/servers) or raise a capacity")
 	}
 	return id, Classify(err, "server")
 }

@@ -106,6 +106,13 @@ func (w *Watcher) run(ctx context.Context) {
 	}
 }
 
+// After listenCheckAfter without a notification the listening connection
+// must answer a query within listenCheckTimeout.
+const (
+	listenCheckAfter   = 5 * time.Second
+	listenCheckTimeout = 2 * time.Second
+)
+
 // listen holds one connection in LISTEN until it fails.
 func (w *Watcher) listen(ctx context.Context, resumed bool) error {
 	connectCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -124,7 +131,23 @@ func (w *Watcher) listen(ctx context.Context, resumed bool) error {
 		w.publish("") // changes made while we were away were not heard
 	}
 	for {
-		n, err := conn.WaitForNotification(ctx)
+		// A connection whose wire hangs (a partition, a catalog that
+		// stopped) would wait here for ever, and every change made
+		// meanwhile would be missed: after a quiet spell, the connection
+		// must answer a query, or it is given up and a new one listens
+		// (and says that changes may have been missed).
+		wctx, cancel := context.WithTimeout(ctx, listenCheckAfter)
+		n, err := conn.WaitForNotification(wctx)
+		cancel()
+		if err != nil && ctx.Err() == nil && wctx.Err() != nil {
+			pctx, cancel := context.WithTimeout(ctx, listenCheckTimeout)
+			_, err = conn.Exec(pctx, "SELECT 1")
+			cancel()
+			if err != nil {
+				return fmt.Errorf("the listening connection does not answer: %w", err)
+			}
+			continue
+		}
 		if err != nil {
 			return err
 		}

@@ -30,7 +30,7 @@ func (a *App) adminHandler(metrics *httpapi.Metrics) *gin.Engine {
 	httpapi.OpenAPIRoute(e, openAPI)
 	e.GET("/metrics", gin.WrapH(promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{})))
 
-	v1 := e.Group("/admin/v1", a.requireAdminToken())
+	v1 := e.Group("/admin/v1", a.requireAdminToken(), a.catalogGuard)
 	v1.GET("/servers", a.listServers)
 	v1.POST("/servers", a.registerServer)
 	v1.PATCH("/servers/:name", a.updateServer)

@@ -19,6 +19,7 @@ import (
 	"github.com/tenantplane/tenantplane/fanout"
 	"github.com/tenantplane/tenantplane/internal/httpapi"
 	"github.com/tenantplane/tenantplane/internal/jobs"
+	"github.com/tenantplane/tenantplane/internal/stall"
 	"github.com/tenantplane/tenantplane/migrations"
 	"github.com/tenantplane/tenantplane/mover"
 	"github.com/tenantplane/tenantplane/provisioner"
@@ -40,6 +41,9 @@ type App struct {
 	billing  *billing.Service
 	data     *datarights.Service // backups, restores, exports, erasures
 	registry *prometheus.Registry
+	// catalogWatch finds a catalog that hangs, for the admin API (catalogGuard).
+	catalogWatch *stall.Watchdog
+	catalogProbe stall.Probe
 
 	apiServer, adminServer *http.Server
 	adminEngine            *gin.Engine // the admin API, beside the console on the admin listener
@@ -142,6 +146,7 @@ func New(ctx context.Context, cfg Config, logger *slog.Logger) (_ *App, err erro
 		registry: reg,
 		serveErr: make(chan error, 2),
 	}
+	a.catalogWatch = newCatalogWatch(a)
 	metrics := httpapi.NewMetrics(reg)
 	a.router, err = router.New(router.Config{
 		Store: store, Watcher: watcher, Ready: a.ready, Logger: logger, Metrics: metrics, Registerer: reg,
@@ -256,6 +261,7 @@ func (a *App) Stop(ctx context.Context) error {
 		// The servers take no more requests: flush the last usage counts.
 		errs = append(errs, a.router.Stop(ctx), a.billing.Stop(ctx), a.stopWork(ctx))
 		a.watcher.Stop()
+		a.catalogWatch.Wait()
 		a.store.Close()
 		a.stopErr = errors.Join(errs...)
 		a.logger.Info("stopped")

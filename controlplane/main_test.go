@@ -31,7 +31,8 @@ func TestMain(m *testing.M) {
 }
 
 // appHelperEnv makes the test binary a tenantplane process configured by
-// its environment, printing "admin=ADDR" once it serves.
+// its environment, printing "admin=ADDR" then "api=ADDR" once it serves
+// (TestExportOf100MBKeepsMemoryFlat, TestRandomKills).
 const appHelperEnv = "TENANTPLANE_TEST_APP_HELPER"
 
 func runAppHelper() error {
@@ -47,7 +48,7 @@ func runAppHelper() error {
 	if err := app.Start(ctx); err != nil {
 		return err
 	}
-	fmt.Printf("admin=%s\n", app.AdminAddr())
+	fmt.Printf("admin=%s\napi=%s\n", app.AdminAddr(), app.APIAddr())
 	select {} // until killed, or until the test is gone (helperproc)
 }
 
@@ -71,10 +72,15 @@ func setup(t testing.TB, catalogDSN string) *testBundle {
 // setupEnv is setup with extra environment variables.
 func setupEnv(t testing.TB, catalogDSN string, extra map[string]string) *testBundle {
 	t.Helper()
+	return setupEnvLogs(t, catalogDSN, extra, &syncWriter{})
+}
+
+// setupEnvLogs is setupEnv with the app's logs going to logs.
+func setupEnvLogs(t testing.TB, catalogDSN string, extra map[string]string, logs *syncWriter) *testBundle {
+	t.Helper()
 	if catalogDSN == "" {
 		catalogDSN = pgtest.NewDB(t)
 	}
-	logs := &syncWriter{}
 	env := map[string]string{
 		"DATABASE_URL":            catalogDSN,
 		"TENANTPLANE_API_ADDR":    "127.0.0.1:0",
@@ -137,15 +143,20 @@ func errorCode(t testing.TB, body map[string]any) string {
 	return e["code"].(string)
 }
 
-// syncWriter lets the app's logger write from many goroutines into one buffer.
+// syncWriter lets the app's logger write from many goroutines into one
+// buffer (none with discard: a soak's logs would fill the heap).
 type syncWriter struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
+	mu      sync.Mutex
+	buf     bytes.Buffer
+	discard bool
 }
 
 func (s *syncWriter) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.discard {
+		return len(p), nil
+	}
 	return s.buf.Write(p)
 }
 

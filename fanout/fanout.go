@@ -14,6 +14,7 @@ import (
 
 	"github.com/tenantplane/tenantplane/catalog"
 	"github.com/tenantplane/tenantplane/internal/jobs"
+	"github.com/tenantplane/tenantplane/internal/stall"
 	"github.com/tenantplane/tenantplane/internal/startstop"
 	"github.com/tenantplane/tenantplane/migrations"
 )
@@ -44,6 +45,12 @@ type Config struct {
 	Limits migrations.Limits
 	// ConnectTimeout bounds each connection to a tenant server. Default 5s.
 	ConnectTimeout time.Duration
+	// StallAfter is how long one tenant's migration runs before its server
+	// is probed (a fresh connection, SELECT 1, within 2 s), to tell a server
+	// that hangs from a slow migration: one that does not answer has its
+	// tenants' migrations stopped and retried later, saying why, and the
+	// run's tenants on other servers go on. Default 10s.
+	StallAfter time.Duration
 	// Refiller, when set, is told when a run starts, so that new tenants
 	// are made from a template at the newest version before they are asked
 	// for (provisioner.Provisioner satisfies it). Default: none.
@@ -65,7 +72,8 @@ type Service struct {
 	logger  *slog.Logger
 	schema  migrations.Source
 	jobs    *jobs.Registry
-	ownJobs bool // jobs is the service's own (Config.Jobs was nil): Start and Stop run it
+	ownJobs bool            // jobs is the service's own (Config.Jobs was nil): Start and Stop run it
+	servers *stall.Watchdog // tenant servers that hang while their tenants migrate
 
 	workerOnce sync.Once
 	workerID   string
@@ -96,7 +104,14 @@ func New(db *catalog.Store, cfg Config) (*Service, error) {
 	if cfg.ConnectTimeout == 0 {
 		cfg.ConnectTimeout = 5 * time.Second
 	}
-	s := &Service{db: db, store: newStore(db), cfg: cfg, logger: cfg.Logger, schema: schema, jobs: cfg.Jobs}
+	if cfg.StallAfter == 0 {
+		cfg.StallAfter = 10 * time.Second
+	}
+	s := &Service{db: db, store: newStore(db), cfg: cfg, logger: cfg.Logger, schema: schema, jobs: cfg.Jobs,
+		servers: stall.New(stall.Config{StallAfter: cfg.StallAfter, ProbeTimeout: 2 * time.Second, Logger: cfg.Logger,
+			Cause: func(name string) error {
+				return fmt.Errorf("%w: server %s did not answer a probe", errServerDown, name)
+			}})}
 	if s.jobs == nil {
 		s.jobs, s.ownJobs = jobs.NewRegistry(), true
 	}
@@ -149,6 +164,7 @@ func (s *Service) Stop(ctx context.Context) error {
 			err = jerr
 		}
 	}
+	s.servers.Wait() // probes end within their 2 s
 	return err
 }
 

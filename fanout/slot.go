@@ -14,6 +14,7 @@ import (
 	"github.com/riverqueue/river"
 
 	"github.com/tenantplane/tenantplane/catalog"
+	"github.com/tenantplane/tenantplane/internal/stall"
 	"github.com/tenantplane/tenantplane/migrations"
 )
 
@@ -156,9 +157,14 @@ func (s *Service) migrateRunTenant(ctx context.Context, rt RunTenant) error {
 		return s.finishRunTenant(ctx, logger, res, start)
 	}
 
+	if s.servers.Down(rt.Server) {
+		return s.serverDown(ctx, logger, rt, res, start, fmt.Errorf("%w: server %s is not answering", errServerDown, rt.Server))
+	}
 	// Keep the lease while the migration runs; losing it (this process was
-	// taken for dead) stops the migration at the next step.
-	mctx, cancel := context.WithCancel(ctx)
+	// taken for dead) stops the migration at the next step. A server found
+	// hung stops it too (servers).
+	mctx, cancelCause := context.WithCancelCause(ctx)
+	cancel := func() { cancelCause(nil) }
 	defer cancel()
 	var leaseLost atomic.Bool
 	var hb sync.WaitGroup
@@ -183,10 +189,20 @@ func (s *Service) migrateRunTenant(ctx context.Context, rt RunTenant) error {
 	var out migrations.Outcome
 	cfg, err := s.connConfig(ctx, rt.Server, rt.Database, "tenantplane-fanout")
 	if err == nil {
+		unwatch := s.servers.Watch(rt.Server, rt.Server, stall.ConnProbe(cfg, nil), cancelCause)
 		out, err = migrations.Migrate(mctx, cfg, s.schema, uint(rt.ToVersion), s.cfg.Limits)
+		unwatch()
 	}
+	down := errors.Is(context.Cause(mctx), errServerDown)
 	cancel()
 	hb.Wait()
+	if down && ctx.Err() == nil && !leaseLost.Load() {
+		if out.Read {
+			from, version := int64(out.From), int64(out.Version)
+			res.FromVersion, res.Version, res.Dirty = &from, &version, out.Dirty
+		}
+		return s.serverDown(ctx, logger, rt, res, start, context.Cause(mctx))
+	}
 
 	if out.Read {
 		from, version := int64(out.From), int64(out.Version)
@@ -214,8 +230,27 @@ func (s *Service) migrateRunTenant(ctx context.Context, rt RunTenant) error {
 	case errors.As(err, &stepErr) && stepErr.Transient() && rt.Attempts < runRetries:
 		res.State, res.RetryAfter = RunTenantPending, time.Duration(rt.Attempts)*2*time.Second
 		res.Note = fmt.Sprintf("attempt %d: %s; trying again", rt.Attempts, err)
-	default:
+	case errors.As(err, &stepErr):
 		res.State, res.Error = RunTenantFailed, err.Error()
+	default: // the server, not a migration: say which
+		res.State, res.Error = RunTenantFailed, fmt.Sprintf("server %s: %v", rt.Server, err)
+	}
+	return s.finishRunTenant(ctx, logger, res, start)
+}
+
+// errServerDown marks a tenant's migration stopped because its server
+// stopped answering.
+var errServerDown = errors.New("the tenant's server does not answer")
+
+// serverDown records a tenant whose server does not answer: taken again
+// later while it has tries left (other servers' tenants go on meanwhile),
+// then failed, saying so.
+func (s *Service) serverDown(ctx context.Context, logger *slog.Logger, rt RunTenant, res RunTenantResult, start time.Time, cause error) error {
+	if rt.Attempts < runRetries {
+		res.State, res.RetryAfter = RunTenantPending, time.Duration(rt.Attempts)*2*time.Second
+		res.Note = fmt.Sprintf("attempt %d: %v; trying again", rt.Attempts, cause)
+	} else {
+		res.State, res.Error = RunTenantFailed, cause.Error()
 	}
 	return s.finishRunTenant(ctx, logger, res, start)
 }

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/golang-migrate/migrate/v4"
@@ -178,6 +179,8 @@ func Migrate(ctx context.Context, conn *pgx.ConnConfig, src Source, target uint,
 		return out, err
 	}
 	defer mg.close()
+	stop := context.AfterFunc(ctx, mg.abort) // a step that ctx's end must stop
+	defer stop()
 	m, driver := mg.m, mg.steps
 
 	version := func() (uint, bool, error) {
@@ -340,6 +343,43 @@ type migrator struct {
 	m     *migrate.Migrate
 	steps *stepDriver // nil: golang-migrate's own driver
 	db    *sql.DB
+
+	mu      sync.Mutex
+	conns   []net.Conn // every connection opened, for abort
+	aborted bool
+}
+
+// dial wraps a connection's dialer so that abort reaches the connection.
+func (mg *migrator) dial(dial pgconn.DialFunc) pgconn.DialFunc {
+	if dial == nil {
+		dial = (&net.Dialer{}).DialContext
+	}
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		mg.mu.Lock()
+		defer mg.mu.Unlock()
+		mg.conns = append(mg.conns, c)
+		if mg.aborted {
+			_ = c.SetDeadline(time.Now())
+		}
+		return c, nil
+	}
+}
+
+// abort makes every read and write of the migration's connections fail at
+// once: golang-migrate takes no context, and a step on a connection whose
+// server hangs would otherwise wait for ever. A step is a transaction: the
+// server rolls it back when the connection goes.
+func (mg *migrator) abort() {
+	mg.mu.Lock()
+	defer mg.mu.Unlock()
+	mg.aborted = true
+	for _, c := range mg.conns {
+		_ = c.SetDeadline(time.Now())
+	}
 }
 
 func (mg *migrator) close() {
@@ -357,7 +397,9 @@ func open(ctx context.Context, conn *pgx.ConnConfig, src Source, limits Limits, 
 	if limits.StatementTimeout == 0 {
 		limits.StatementTimeout = 5 * time.Minute
 	}
+	mg := &migrator{}
 	cfg := conn.Copy()
+	cfg.DialFunc = mg.dial(cfg.DialFunc)
 	cfg.RuntimeParams["lock_timeout"] = fmt.Sprint(limits.LockTimeout.Milliseconds())
 	cfg.RuntimeParams["statement_timeout"] = fmt.Sprint(limits.StatementTimeout.Milliseconds())
 	db := stdlib.OpenDB(*cfg, stdlib.OptionAfterConnect(func(ctx context.Context, conn *pgx.Conn) error {
@@ -379,7 +421,7 @@ func open(ctx context.Context, conn *pgx.ConnConfig, src Source, limits Limits, 
 	if err != nil {
 		return fail(fmt.Errorf("migrate driver on %s: %s", cfg.Database, describeStep(err)))
 	}
-	mg := &migrator{db: db}
+	mg.db = db
 	var driver database.Driver = inner
 	if steps {
 		mg.steps = &stepDriver{Driver: inner}

@@ -121,38 +121,9 @@ func (p *Provisioner) provision(ctx context.Context, t catalog.Tenant) error {
 	if err != nil {
 		return err
 	}
-	pool, err := p.admin(ctx, srv.ID, srv.Name)
+	schema, err := p.onServer(ctx, srv, t)
 	if err != nil {
 		return err
-	}
-	_, password, err := p.store.TenantCredentials(ctx, t.ID)
-	if err != nil {
-		return err
-	}
-	claimed, err := p.claimWarm(ctx, pool, t, password)
-	if err != nil {
-		return fmt.Errorf("server %s: claiming a warm database: %s", srv.Name, catalog.DescribeServerError(err))
-	}
-	schema := catalog.SchemaState{Version: int64(p.schema.Latest())}
-	if !claimed {
-		if err := p.ensureRole(ctx, pool, t.Role, password); err != nil {
-			return fmt.Errorf("server %s: creating role: %s", srv.Name, catalog.DescribeServerError(err))
-		}
-		if err := p.step(ctx, t, "role"); err != nil {
-			return err
-		}
-		if err := p.ensureDatabase(ctx, srv, pool, t); err != nil {
-			return fmt.Errorf("server %s: creating database: %s", srv.Name, catalog.DescribeServerError(err))
-		}
-		if err := p.step(ctx, t, "database"); err != nil {
-			return err
-		}
-		if schema.Version, schema.Dirty, err = p.grantTables(ctx, srv.Name, t.Database, t.Role); err != nil {
-			return fmt.Errorf("server %s: granting the tenant role: %s", srv.Name, catalog.DescribeServerError(err))
-		}
-		if err := p.step(ctx, t, "schema"); err != nil {
-			return err
-		}
 	}
 	if p.cfg.Customers != nil {
 		cctx, cancel := context.WithTimeout(ctx, p.cfg.CustomerTimeout)
@@ -177,6 +148,56 @@ func (p *Provisioner) provision(ctx context.Context, t catalog.Tenant) error {
 		return nil // deleted meanwhile; the drop job owns it now
 	}
 	return err
+}
+
+// onServer does the tenant server's part of provisioning (role, database,
+// grants), within Config.ServerTimeout: a server that hangs fails the
+// tenant saying so, instead of holding the job until its own timeout.
+func (p *Provisioner) onServer(jobCtx context.Context, srv catalog.Server, t catalog.Tenant) (catalog.SchemaState, error) {
+	ctx, cancel := context.WithTimeout(jobCtx, p.cfg.ServerTimeout)
+	defer cancel()
+	schema, err := p.onServerSteps(ctx, srv, t)
+	if err != nil && ctx.Err() != nil && jobCtx.Err() == nil {
+		return schema, fmt.Errorf("server %s did not answer within %s: %w", srv.Name, p.cfg.ServerTimeout, err)
+	}
+	return schema, err
+}
+
+func (p *Provisioner) onServerSteps(ctx context.Context, srv catalog.Server, t catalog.Tenant) (schema catalog.SchemaState, err error) {
+	pool, err := p.admin(ctx, srv.ID, srv.Name)
+	if err != nil {
+		return schema, err
+	}
+	_, password, err := p.store.TenantCredentials(ctx, t.ID)
+	if err != nil {
+		return schema, err
+	}
+	claimed, err := p.claimWarm(ctx, pool, t, password)
+	if err != nil {
+		return schema, fmt.Errorf("server %s: claiming a warm database: %s", srv.Name, catalog.DescribeServerError(err))
+	}
+	schema = catalog.SchemaState{Version: int64(p.schema.Latest())}
+	if !claimed {
+		if err := p.ensureRole(ctx, pool, t.Role, password); err != nil {
+			return schema, fmt.Errorf("server %s: creating role: %s", srv.Name, catalog.DescribeServerError(err))
+		}
+		if err := p.step(ctx, t, "role"); err != nil {
+			return schema, err
+		}
+		if err := p.ensureDatabase(ctx, srv, pool, t); err != nil {
+			return schema, fmt.Errorf("server %s: creating database: %s", srv.Name, catalog.DescribeServerError(err))
+		}
+		if err := p.step(ctx, t, "database"); err != nil {
+			return schema, err
+		}
+		if schema.Version, schema.Dirty, err = p.grantTables(ctx, srv.Name, t.Database, t.Role); err != nil {
+			return schema, fmt.Errorf("server %s: granting the tenant role: %s", srv.Name, catalog.DescribeServerError(err))
+		}
+		if err := p.step(ctx, t, "schema"); err != nil {
+			return schema, err
+		}
+	}
+	return schema, nil
 }
 
 // roleSettings are the statements that give a tenant role its limits, and

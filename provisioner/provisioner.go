@@ -31,6 +31,12 @@ type Config struct {
 	Migrations *migrations.Source
 	// ConnectTimeout bounds each connection to a tenant server. Default 5s.
 	ConnectTimeout time.Duration
+	// ServerTimeout bounds the tenant server's part of one provisioning
+	// (role, database from the template or the warm pool, grants): a server
+	// that hangs fails the tenant with "server X did not answer within ..."
+	// (retryable) instead of holding the job until the job client's own
+	// timeout. Default 90s.
+	ServerTimeout time.Duration
 	// DefaultConnBudget is a new server's connection budget when none is given. Default 80.
 	DefaultConnBudget int
 	// WarmPoolSize is how many ready databases each server keeps for instant
@@ -115,6 +121,9 @@ func New(store *catalog.Store, cfg Config) (*Provisioner, error) {
 	}
 	if cfg.ConnectTimeout == 0 {
 		cfg.ConnectTimeout = 5 * time.Second
+	}
+	if cfg.ServerTimeout == 0 {
+		cfg.ServerTimeout = 90 * time.Second
 	}
 	if cfg.DefaultConnBudget == 0 {
 		cfg.DefaultConnBudget = 80

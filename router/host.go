@@ -96,6 +96,26 @@ func (r *resolver) hostTenant(ctx context.Context, host string) (string, error) 
 	if ok && now.Before(he.until) {
 		return he.tenantID, nil
 	}
+	if ok {
+		// Known: served as the catalog last said while it is asked again
+		// in the background (once: the entry holds for a second meanwhile),
+		// so a catalog that hangs slows no request.
+		r.mu.Lock()
+		r.hosts.Add(host, hostEntry{tenantID: he.tenantID, until: now.Add(time.Second)})
+		r.mu.Unlock()
+		r.background.Add(1)
+		go func() {
+			defer r.background.Done()
+			_, _ = r.lookupHost(context.Background(), host, he) // not ctx: a gin context is reused once its request ends
+		}()
+		return he.tenantID, nil
+	}
+	return r.lookupHost(ctx, host, he)
+}
+
+// lookupHost asks the catalog for a custom hostname's tenant, once at a
+// time per host; he is what was known of it.
+func (r *resolver) lookupHost(ctx context.Context, host string, he hostEntry) (string, error) {
 	v, err, _ := r.flight.Do("host:"+host, func() (any, error) {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Second)
 		defer cancel()

@@ -45,6 +45,9 @@ type usageBatch struct {
 	rows []catalog.UsageRow
 }
 
+// flushTimeout bounds one flush of the loop.
+const flushTimeout = 5 * time.Second
+
 func newMeter(store *catalog.Store, logger *slog.Logger, interval time.Duration, reg prometheus.Registerer) *meter {
 	m := &meter{store: store, logger: logger, interval: interval, counts: map[meterKey]int64{}, keysUsed: map[string]time.Time{},
 		flushed: prometheus.NewCounter(prometheus.CounterOpts{Name: "tenantplane_router_api_calls_flushed_total", Help: "api_calls written to the catalog."})}
@@ -76,7 +79,13 @@ func (m *meter) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
-			if err := m.flush(ctx); err != nil && ctx.Err() == nil {
+			// Bounded: a catalog that hangs fails the flush, which the next
+			// tick retries with the same batch ids, instead of stopping
+			// metering for good.
+			fctx, cancel := context.WithTimeout(ctx, flushTimeout)
+			err := m.flush(fctx)
+			cancel()
+			if err != nil && ctx.Err() == nil {
 				m.logger.WarnContext(ctx, "usage flush failed; it will be retried", "error", err)
 			}
 		}

@@ -220,6 +220,9 @@ func (w *txWriter) Flush() {
 // success could not commit and nothing was written yet), its connection, its
 // pool and its slot.
 func (r *Router) releaseHeld(c *gin.Context, h *held) {
+	if h.done != nil {
+		h.done()
+	}
 	if h.tx {
 		if h.writer != nil {
 			h.writer.settle()

@@ -76,8 +76,9 @@ type tenantPool struct {
 	tenantID string
 	serverID int64
 	pool     *pgxpool.Pool
-	refs     int  // requests holding it; guarded by pools.mu
-	evicted  bool // out of the cache: closed when refs reaches 0; guarded by pools.mu
+	connCfg  *pgx.ConnConfig // how its connections are made: what a probe of the server uses
+	refs     int             // requests holding it; guarded by pools.mu
+	evicted  bool            // out of the cache: closed when refs reaches 0; guarded by pools.mu
 }
 
 // pools holds one pgxpool per tenant in a bounded LRU. The LRU and the
@@ -231,7 +232,7 @@ func (p *pools) acquire(ctx context.Context, t *resolved) (*tenantPool, error) {
 		// Add on a present key would replace the value without the eviction
 		// callback, leaking the old pool: remove first, which retires it.
 		p.cache.Remove(key)
-		p.cache.Add(key, &tenantPool{key: key, tenantID: t.tenant.ID, serverID: t.tenant.ServerID, pool: pool})
+		p.cache.Add(key, &tenantPool{key: key, tenantID: t.tenant.ID, serverID: t.tenant.ServerID, pool: pool, connCfg: pool.Config().ConnConfig})
 		p.mu.Unlock()
 		p.opened.Inc()
 		return nil, nil

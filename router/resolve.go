@@ -27,6 +27,7 @@ type resolved struct {
 	serverBudget int
 	limiter      *rate.Limiter
 	fetched      time.Time
+	staleUntil   time.Time // served as it is until then, though old (guarded by resolver.mu)
 	scopes       scopeSet
 	scopeNames   []string
 	// expiresAt is when the key stops working (zero: never). Checked on
@@ -73,6 +74,8 @@ type resolver struct {
 	changed  map[string]chan struct{} // by tenant id: closed at its next change
 
 	flight singleflight.Group
+
+	background sync.WaitGroup // hostnames read again in the background
 }
 
 func newResolver(store *catalog.Store, logger *slog.Logger, negativeTTL time.Duration) *resolver {
@@ -109,7 +112,7 @@ func (r *resolver) resolve(ctx context.Context, key string) (*resolved, error) {
 	now := time.Now()
 	r.mu.Lock()
 	e, ok := r.byHash.Get(h)
-	if ok && subtle.ConstantTimeCompare(e.hash[:], h[:]) == 1 && now.Sub(e.fetched) < r.maxAge {
+	if ok && subtle.ConstantTimeCompare(e.hash[:], h[:]) == 1 && (now.Sub(e.fetched) < r.maxAge || now.Before(e.staleUntil)) {
 		r.mu.Unlock()
 		if e.expired(now) {
 			return nil, errBadKey
@@ -122,19 +125,45 @@ func (r *resolver) resolve(ctx context.Context, key string) (*resolved, error) {
 	}
 	r.mu.Unlock()
 
-	v, err, _ := r.flight.Do(string(h[:]), func() (any, error) {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Second)
+	// Not on ctx: the read may outlive the request (below), and a gin
+	// context is reused once its request ends.
+	flight := r.flight.DoChan(string(h[:]), func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		defer cancel()
 		return r.load(ctx, h)
 	})
-	if err != nil {
-		if ok && errors.Is(err, catalog.ErrUnavailable) && !e.expired(time.Now()) {
-			return e, nil // the catalog is down: serve what we knew
-		}
-		return nil, err
+	// A known key whose entry is old (or was marked so when changes may
+	// have been missed) is read again, and the answer waited for, but not
+	// for long: a catalog that hangs must not slow a tenant already known.
+	// Past staleWait the old entry is served, for a second without asking
+	// again, while the read goes on.
+	var slow <-chan time.Time
+	if ok {
+		timer := time.NewTimer(staleWait)
+		defer timer.Stop()
+		slow = timer.C
 	}
-	return v.(*resolved), nil
+	var res singleflight.Result
+	select {
+	case res = <-flight:
+	case <-slow:
+		res.Err = catalog.ErrUnavailable
+	}
+	if res.Err != nil {
+		if ok && errors.Is(res.Err, catalog.ErrUnavailable) && !e.expired(time.Now()) {
+			r.mu.Lock()
+			e.staleUntil = time.Now().Add(time.Second)
+			r.mu.Unlock()
+			return e, nil // the catalog does not answer: serve what we knew
+		}
+		return nil, res.Err
+	}
+	return res.Val.(*resolved), nil
 }
+
+// staleWait is how long a request of a known key waits for its entry to be
+// read again before it is served the old one.
+const staleWait = 250 * time.Millisecond
 
 var errBadKey = catalog.Errorf(catalog.CodeUnauthorized, "missing, unknown or revoked API key: send Authorization: Bearer <tenant API key>")
 
@@ -252,7 +281,18 @@ func (r *resolver) forget(tenantID string) {
 		}
 	}
 	if tenantID == "" {
-		r.byHash.Purge()
+		// Changes may have been missed (the listener reconnected): every
+		// key is read again, in the background on its next request, which
+		// it is still served. Dropping them would leave the tenants not
+		// seen again before a catalog that flaps goes away once more
+		// without service.
+		for _, h := range r.byHash.Keys() {
+			if e, ok := r.byHash.Peek(h); ok {
+				stale := *e
+				stale.fetched = time.Time{}
+				r.byHash.Add(h, &stale)
+			}
+		}
 		r.negative.Purge()
 		r.slugs.Purge()
 		r.plans = nil

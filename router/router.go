@@ -19,6 +19,7 @@ import (
 
 	"github.com/tenantplane/tenantplane/catalog"
 	"github.com/tenantplane/tenantplane/internal/httpapi"
+	"github.com/tenantplane/tenantplane/internal/stall"
 	"github.com/tenantplane/tenantplane/internal/startstop"
 )
 
@@ -60,6 +61,14 @@ type Config struct {
 	// and a host that names no tenant 404. Other hosts route by key alone.
 	// Default "": every host routes by key alone.
 	TenantDomain string
+	// StallAfter is how long a request waits on its tenant's database (for
+	// a connection, or an answer) before the server is probed, to tell a
+	// server that hangs from a slow query. Default 750ms.
+	StallAfter time.Duration
+	// ProbeTimeout bounds that probe (connect and SELECT 1): a server that
+	// does not answer it is down, its requests answer 503 until a probe, at
+	// most every 500 ms while requests come, finds it answering. Default 700ms.
+	ProbeTimeout time.Duration
 	// HoldTimeout bounds how long a request of a tenant whose move holds it
 	// (the fence is up) waits for the move to switch before it answers 503
 	// with Retry-After. Default 5s.
@@ -77,6 +86,9 @@ type Config struct {
 //go:embed openapi.yaml
 var openAPI []byte
 
+// OpenAPIDocument is the tenant API's OpenAPI document, as GET /openapi.yaml serves it.
+func OpenAPIDocument() []byte { return openAPI }
+
 // Router serves the tenant API.
 type Router struct {
 	cfg      Config
@@ -84,6 +96,7 @@ type Router struct {
 	resolver *resolver
 	pools    *pools
 	meter    *meter
+	servers  *stall.Watchdog         // tenant database servers that hang
 	slots    slots                   // pooled tenants' shares of their pool database's connections
 	scopes   map[routeKey]routeScope // written by New only
 
@@ -113,6 +126,12 @@ func New(cfg Config) (*Router, error) {
 	if cfg.HoldTimeout == 0 {
 		cfg.HoldTimeout = 5 * time.Second
 	}
+	if cfg.StallAfter == 0 {
+		cfg.StallAfter = 750 * time.Millisecond
+	}
+	if cfg.ProbeTimeout == 0 {
+		cfg.ProbeTimeout = 700 * time.Millisecond
+	}
 	if cfg.PooledStatementTimeout == 0 {
 		cfg.PooledStatementTimeout = 5 * time.Second
 	}
@@ -121,7 +140,9 @@ func New(cfg Config) (*Router, error) {
 		resolver: newResolver(cfg.Store, cfg.Logger, cfg.NegativeTTL),
 		pools:    newPools(cfg.Pools, cfg.Store, cfg.Logger, cfg.Registerer),
 		meter:    newMeter(cfg.Store, cfg.Logger, cfg.FlushInterval, cfg.Registerer),
-		scopes:   map[routeKey]routeScope{},
+		servers: stall.New(stall.Config{StallAfter: cfg.StallAfter, ProbeTimeout: cfg.ProbeTimeout,
+			Cause: serverDown, Logger: cfg.Logger}),
+		scopes: map[routeKey]routeScope{},
 	}
 	e := httpapi.NewEngine(httpapi.Config{API: "tenant", Logger: cfg.Logger, Metrics: cfg.Metrics, MaxBodyBytes: 1 << 20})
 	// The client address is clientAddr's, from TrustedProxies; gin's own
@@ -212,6 +233,8 @@ func (r *Router) applyBudgets(ctx context.Context, serverID int64) {
 // Call it after the HTTP server has stopped taking requests.
 func (r *Router) Stop(ctx context.Context) error {
 	err := errors.Join(r.follow.Stop(ctx), r.meter.stop(ctx))
+	r.servers.Wait()
+	r.resolver.background.Wait()
 	r.pools.purge()
 	return err
 }
@@ -354,6 +377,7 @@ type held struct {
 	writer   *txWriter
 	slots    *tenantSlots
 	tenantID string
+	done     func() // ends the watch on the tenant's server (internal/stall); nil for a pooled tenant
 }
 
 // DB returns the request's tenant-scoped database handle, held for the rest
@@ -382,18 +406,30 @@ func DB(c *gin.Context) (*pgxpool.Conn, error) {
 	if e.tenant.PoolID != 0 {
 		return r.pooledDB(c, e)
 	}
-	tp, err := r.pools.acquire(c, e)
+	if r.servers.Down(e.tenant.ServerID) {
+		return nil, serverDown(e.tenant.Server)
+	}
+	// The request's context, not c: a pool opened here keeps its values
+	// for connections made in the background, and c.Request changes below.
+	tp, err := r.pools.acquire(c.Request.Context(), e)
 	if err != nil {
 		return nil, unavailable(e, err)
 	}
-	ctx, cancel := context.WithTimeout(c, r.cfg.AcquireTimeout)
-	defer cancel()
-	conn, err := tp.pool.Acquire(ctx)
+	// The rest of the request runs on a context that a server found hung
+	// cancels (see internal/stall).
+	ctx, cancel := context.WithCancelCause(c.Request.Context())
+	unwatch := r.servers.Watch(e.tenant.ServerID, e.tenant.Server, probeServer(tp.connCfg), cancel)
+	done := func() { unwatch(); cancel(nil) }
+	c.Request = c.Request.WithContext(ctx)
+	actx, acancel := context.WithTimeout(ctx, r.cfg.AcquireTimeout)
+	defer acancel()
+	conn, err := tp.pool.Acquire(actx)
 	if err != nil {
+		done()
 		r.pools.release(tp)
 		return nil, unavailable(e, err)
 	}
-	c.Set(poolKey, &held{tp: tp, conn: conn})
+	c.Set(poolKey, &held{tp: tp, conn: conn, done: done})
 	return conn, nil
 }
 

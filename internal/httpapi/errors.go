@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -47,6 +48,12 @@ type ErrorDetail struct {
 // The message is err's caller-safe message; an error without one (a bug, an
 // unexpected failure) is logged with its cause and answered with a generic text.
 func WriteError(c *gin.Context, err error) {
+	// A request cancelled for a reason (its dependency found hung, see
+	// internal/stall) answers with that reason, not as a failure of ours.
+	var cause *catalog.Error
+	if errors.Is(err, context.Canceled) && errors.As(context.Cause(c.Request.Context()), &cause) {
+		err = cause
+	}
 	code := catalog.CallerCodeOf(err)
 	status := Status(err)
 	msg := catalog.MessageOf(err)

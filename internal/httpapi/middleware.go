@@ -40,7 +40,7 @@ func NewEngine(cfg Config) *gin.Engine {
 	e := gin.New()
 	e.HandleMethodNotAllowed = true
 	e.ContextWithFallback = true
-	e.Use(requestID(), accessLog(cfg), recovery(cfg.Logger), maxBody(cfg.MaxBodyBytes))
+	e.Use(requestID(), accessLog(cfg), recovery(cfg.Logger), maxBody(cfg.MaxBodyBytes), textParams)
 	e.NoRoute(func(c *gin.Context) {
 		Fail(c, catalog.CodeNotFound, "no such endpoint: %s %s", c.Request.Method, c.Request.URL.Path)
 	})
@@ -48,6 +48,19 @@ func NewEngine(cfg Config) *gin.Engine {
 		c.AbortWithStatusJSON(http.StatusMethodNotAllowed, ErrorBody{Error: ErrorDetail{Code: "method_not_allowed", Message: "method not allowed"}})
 	})
 	return e
+}
+
+// textParams answers 404 for a path parameter that is not valid text
+// (invalid UTF-8, a NUL): it can name nothing of ours, and the database
+// would refuse it as bad input (400) instead.
+func textParams(c *gin.Context) {
+	for _, p := range c.Params {
+		if !catalog.ValidText(p.Value) {
+			Fail(c, catalog.CodeNotFound, "%s %q not found", p.Key, p.Value)
+			return
+		}
+	}
+	c.Next()
 }
 
 // RequestID returns the id of the request: the caller's X-Request-Id when it

@@ -518,3 +518,29 @@ func wrap(errp *error, format string, args ...any) {
 		*errp = fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), *errp)
 	}
 }
+
+// WriteFile writes a file into the data directory (server.crt, pg_hba.conf),
+// owned by the account the server runs as. A running server sees it on its
+// next reload or start.
+func (c *Cluster) WriteFile(name string, data []byte, perm os.FileMode) error {
+	return c.user.writeFile(filepath.Join(c.cfg.Dir, name), data, perm)
+}
+
+// BaseBackup makes c's data directory, which must not exist yet or be
+// empty, a streaming standby of the server at primaryDSN (a superuser's, or
+// a replication role's, URL): pg_basebackup -R, so that Start starts it as
+// a standby following that server. It runs as the account the server runs
+// as; the new standby keeps the primary's superuser password.
+func (c *Cluster) BaseBackup(ctx context.Context, primaryDSN string) (err error) {
+	defer wrap(&err, "pgcluster: base backup into %s", c.cfg.Dir)
+	ctx, cancel := withDefaultTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	if err := c.user.mkdir(c.cfg.Dir, 0o700); err != nil {
+		return err
+	}
+	cmd := c.user.command(filepath.Join(c.cfg.BinDir, "pg_basebackup"), "-D", c.cfg.Dir, "-R", "-X", "stream", "-d", primaryDSN)
+	if out, err := run(ctx, cmd); err != nil {
+		return fmt.Errorf("%w: %s", err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}

@@ -227,6 +227,13 @@ func NewServer(t testing.TB) *Server {
 	if err != nil {
 		t.Fatalf("pgtest: NewServer: %v", err)
 	}
+	s.destroyAfter(t)
+	return s
+}
+
+// destroyAfter destroys the server when the test ends, or keeps it when the
+// test failed and EnvKeep asks for that.
+func (s *Server) destroyAfter(t testing.TB) {
 	t.Cleanup(func() {
 		if t.Failed() && keepOnFailure() {
 			t.Log(s.keep())
@@ -236,7 +243,6 @@ func NewServer(t testing.TB) *Server {
 			t.Errorf("pgtest: %v", err)
 		}
 	})
-	return s
 }
 
 // findBinDir finds the binaries and names the init cache, once per process.
@@ -544,3 +550,6 @@ func (s *Server) isStopped() bool {
 
 // hostPort is for messages.
 func (s *Server) hostPort() string { return net.JoinHostPort(s.Host(), strconv.Itoa(s.Port())) }
+
+// Addr is the server's host:port, for a proxy in front of it (faulttest).
+func (s *Server) Addr() string { return s.hostPort() }

@@ -1,0 +1,62 @@
+package billing_test
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/tenantplane/tenantplane/billing"
+	"github.com/tenantplane/tenantplane/catalog"
+	"github.com/tenantplane/tenantplane/internal/faulttest"
+	"github.com/tenantplane/tenantplane/internal/stripetest"
+)
+
+// TestRunUnderNetworkFaults sends a billing run through each network fault
+// in turn on the wire to Stripe (a fake that keeps what it is sent): a
+// slowed wire still bills everyone; a hung or resetting one fails the
+// invoices it stops, each saying why, within the client's timeout; the run
+// of the period once the wire is clean bills the rest, and every tenant
+// ends with one customer, one invoice and one item per line in Stripe.
+func TestRunUnderNetworkFaults(t *testing.T) {
+	t.Parallel()
+	_ = faulttest.Seed(t) // the schedule is fixed; the seed is printed for the record
+	for _, fault := range faulttest.Each() {
+		t.Run(fault.Name, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t)
+			fake := newFakeStripe(t)
+			proxy := faulttest.NewProxy(t, "stripe", strings.TrimPrefix(fake.srv.URL, "http://"))
+			client := fakeClient()
+			client.Timeout = 2 * time.Second
+			svc := b.service(t, billing.Config{StripeKey: stripetest.Key, StripeAPIBase: proxy.URL(fake.srv.URL), StripeHTTPClient: client, StripeRetries: -1, Concurrency: 2})
+			var tenants []catalog.Tenant
+			for i := range 3 {
+				tn := b.addTenant(t, fmt.Sprintf("t-%d", i), "basic")
+				b.usage(t, tn.ID, b.last, 1234)
+				tenants = append(tenants, tn)
+			}
+			remove := proxy.Add(t, fault)
+			start := time.Now()
+			first := b.run(t, svc, b.last)
+			t.Logf("%s: run %s in %v, %d failed: %v", fault.Name, first.State, time.Since(start).Round(time.Millisecond), first.Failed, first.Failures)
+			switch fault.Name {
+			case "hang", "reset":
+				require.Equal(t, billing.BillingRunFailed, first.State)
+				require.Equal(t, len(tenants), first.Failed)
+				want := map[string]string{"hang": "Stripe did not answer in time", "reset": "Stripe is unreachable"}[fault.Name]
+				for _, f := range first.Failures {
+					require.Contains(t, f.Error, want, "the failure says why")
+				}
+			default:
+				require.Equal(t, billing.BillingRunDone, first.State, first.LastError)
+			}
+			remove()
+			second := b.run(t, svc, b.last)
+			require.Equal(t, billing.BillingRunDone, second.State, second.LastError)
+			requireOneInvoiceEach(t, b, fake, tenants)
+		})
+	}
+}
