@@ -231,6 +231,11 @@ func listUsers(c *gin.Context) {
 	c.JSON(http.StatusOK, page)
 }
 
+// fencePolicyPrefix starts the name of the restrictive policy with which
+// the mover fences one tenant's rows in a pool database (mover.FenceTenantRows);
+// PostgreSQL names a restrictive policy in the error a write it refuses gets.
+const fencePolicyPrefix = "tenantplane_fence_"
+
 // dbError categorises an error from a tenant database.
 func dbError(err error, what string) error {
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -243,6 +248,11 @@ func dbError(err error, what string) error {
 			return catalog.WrapError(catalog.CodeConflict, err, "a %s with this %s already exists", what, uniqueField(pgErr))
 		case pgErr.Code == "23514" || strings.HasPrefix(pgErr.Code, "22"): // check violation, data exception
 			return catalog.WrapError(catalog.CodeInvalid, err, "invalid %s: %s", what, pgErr.Message)
+		case pgErr.Code == "42501" && strings.Contains(pgErr.Message, fencePolicyPrefix):
+			// A write that began before a promotion's hold and ran into its
+			// fence (the mover's restrictive policy on a pool database): the
+			// tenant is moving, and the write lands once it has.
+			return catalog.WrapError(catalog.CodeUnavailable, err, "the tenant is being moved: try again in a moment")
 		case pgErr.Code == "57014" || pgErr.Code == "55P03" || strings.HasPrefix(pgErr.Code, "08") || strings.HasPrefix(pgErr.Code, "53") || strings.HasPrefix(pgErr.Code, "57P"):
 			return catalog.WrapError(catalog.CodeUnavailable, err, "the tenant database did not answer in time")
 		}

@@ -123,7 +123,11 @@ func (g *gen) pathValue(p *openapi3.Parameter) string {
 		}
 	}
 	if p.Schema != nil && p.Schema.Value != nil {
-		return fmt.Sprint(g.value(p.Schema.Value, 0))
+		// Never empty: an empty segment names another route (a/b//c), not
+		// a value of this one.
+		if v := fmt.Sprint(g.value(p.Schema.Value, 0)); v != "" {
+			return v
+		}
 	}
 	return "x"
 }
