@@ -248,6 +248,7 @@ type TenantFilter struct {
 	Plan   string      // a plan's name; a name no tenant has matches nothing
 	Server string      // a server's name; a name no tenant has matches nothing
 	Search string      // a part of the slug or the name, any case; "" matches everything
+	Tier   string      // "dedicated" or "pooled"; "" matches both, another is a CodeInvalid error
 	Limit  int         // default 100, at most 1000
 	Cursor string      // from TenantPage.NextCursor
 }
@@ -267,6 +268,9 @@ func (s *Store) ListTenants(ctx context.Context, f TenantFilter) (TenantPage, er
 	if f.State != "" && !f.State.Valid() {
 		return TenantPage{}, Errorf(CodeInvalid, "state %q is not a tenant state: use %s", f.State, tenantStateList())
 	}
+	if f.Tier != "" && f.Tier != string(IsolationDedicated) && f.Tier != string(IsolationPooled) {
+		return TenantPage{}, Errorf(CodeInvalid, "tier %q is not a tier: use %s or %s", f.Tier, IsolationDedicated, IsolationPooled)
+	}
 	afterTime, afterID := time.Time{}, ""
 	if f.Cursor != "" {
 		if afterTime, afterID, err = decodeCursor(f.Cursor); err != nil {
@@ -277,8 +281,9 @@ func (s *Store) ListTenants(ctx context.Context, f TenantFilter) (TenantPage, er
 		WHERE ($1 = '' OR t.state = $1) AND ($2 = '' OR t.plan = $2) AND ($3 = '' OR s.name = $3)
 		  AND ($4 = '' OR (t.created_at, t.id) > ($5, $4::uuid))
 		  AND ($7 = '' OR strpos(lower(t.slug), lower($7)) > 0 OR strpos(lower(t.name), lower($7)) > 0)
+		  AND ($8 = '' OR ($8 = 'pooled') = (t.pool_id IS NOT NULL))
 		ORDER BY t.created_at, t.id LIMIT $6`,
-		string(f.State), f.Plan, f.Server, afterID, afterTime, f.Limit+1, f.Search)
+		string(f.State), f.Plan, f.Server, afterID, afterTime, f.Limit+1, f.Search, f.Tier)
 	if err != nil {
 		return TenantPage{}, Classify(err, "tenants")
 	}

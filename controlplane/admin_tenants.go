@@ -220,7 +220,7 @@ func (a *App) listTenants(c *gin.Context) {
 	}
 	page, err := a.store.ListTenants(c, catalog.TenantFilter{
 		State: catalog.TenantState(c.Query("state")), Plan: c.Query("plan"), Server: c.Query("server"),
-		Limit: limit, Cursor: cursor,
+		Tier: c.Query("tier"), Limit: limit, Cursor: cursor,
 	})
 	if err != nil {
 		httpapi.WriteError(c, err)

@@ -401,3 +401,51 @@ func evacText(page string) string {
 	}
 	return page
 }
+
+// TestConsoleTiers: the Tenants page filters by tier and shows each
+// tenant's; a pooled tenant's page promotes it, and the promotion is
+// followed to done on its move's page.
+func TestConsoleTiers(t *testing.T) {
+	t.Parallel()
+	f := setupFleet(t, 1, nil)
+	f.createPool(t, "pg-1", 10)
+	f.pooledWithKey(t, "small")
+	status, body := f.createTenant(t, "big", true)
+	require.Equal(t, http.StatusCreated, status, body)
+	c := newConsoleClient(t, f.admin, nil)
+	resp, _ := c.signIn(testToken)
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+
+	_, page := c.do("GET", "/console/tenants?tier=pooled", nil, nil)
+	require.Contains(t, page, `href="/console/tenants/small"`)
+	require.NotContains(t, page, `href="/console/tenants/big"`)
+	require.Contains(t, page, `<option selected>pooled</option>`)
+	_, page = c.do("GET", "/console/tenants?tier=dedicated", nil, nil)
+	require.Contains(t, page, `href="/console/tenants/big"`)
+	require.NotContains(t, page, `href="/console/tenants/small"`)
+	resp, _ = c.do("GET", "/console/tenants?tier=shared", nil, nil)
+	require.Equal(t, http.StatusBadRequest, resp.StatusCode, "an unknown tier is refused as the API refuses it")
+	status, list := call(t, "GET", f.admin+"/admin/v1/tenants?tier=pooled", testToken, nil)
+	require.Equal(t, http.StatusOK, status, list)
+	require.Len(t, list["tenants"], 1)
+
+	_, page = c.do("GET", "/console/tenants/big", nil, nil)
+	require.Contains(t, page, `id="action-demote"`, "a dedicated tenant can be demoted")
+	require.NotContains(t, page, `action="/console/act/promote"`)
+	_, page = c.do("GET", "/console/tenants/small", nil, nil)
+	require.Contains(t, page, `pooled, in <code>`)
+	require.Contains(t, page, `action="/console/act/promote"`)
+	resp, page = c.do("POST", "/console/act/promote", url.Values{"slug": {"small"}, "to": {""}, "csrf": {csrfOf(t, page)}}, nil)
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode, page)
+	movePage := strings.TrimSuffix(resp.Header.Get("Location"), "?done=promote")
+	require.Regexp(t, `^/console/operations/moves/[0-9]+$`, movePage)
+	require.Eventually(t, func() bool {
+		_, page = c.do("GET", movePage, nil, nil)
+		return strings.Contains(page, `state-done">done`)
+	}, 60*time.Second, 200*time.Millisecond, "the promotion's page never showed it done")
+	_, page = c.do("GET", "/console/tenants?tier=pooled", nil, nil)
+	require.NotContains(t, page, `href="/console/tenants/small"`, "promoted: no longer pooled")
+	_, tenant := call(t, "GET", f.admin+"/admin/v1/tenants/small", testToken, nil)
+	require.Empty(t, tenant["pool"], tenant)
+	require.NotEmpty(t, tenant["database"], tenant)
+}

@@ -138,6 +138,24 @@ var actions = map[string]*action{
 			}
 			return fmt.Sprintf("%soperations/moves/%d", Prefix, m.ID), nil
 		}},
+	"promote": {Title: "Promote this pooled tenant to a database of its own? Its rows move online where the servers allow it; its writes pause briefly at the switch.",
+		Button: "Promote", Done: "Promotion started.", Fields: []string{"slug", "to"},
+		Do: func(ctx context.Context, c *Console, v url.Values) (string, error) {
+			m, err := c.cfg.Moves.StartPromotion(ctx, v.Get("slug"), mover.PromoteSpec{To: v.Get("to")}, Actor)
+			if err != nil {
+				return "", err
+			}
+			return fmt.Sprintf("%soperations/moves/%d", Prefix, m.ID), nil
+		}},
+	"demote": {Title: "Demote this tenant into a shared pool database? Its rows move there; its own database is dropped after the grace period.",
+		Button: "Demote", Done: "Demotion started.", Danger: true, Fields: []string{"slug"},
+		Do: func(ctx context.Context, c *Console, v url.Values) (string, error) {
+			m, err := c.cfg.Moves.StartDemotion(ctx, v.Get("slug"), mover.DemoteSpec{}, Actor)
+			if err != nil {
+				return "", err
+			}
+			return fmt.Sprintf("%soperations/moves/%d", Prefix, m.ID), nil
+		}},
 	"revoke-key": {Title: "Revoke this API key? Requests with it are refused within a second.", Button: "Revoke", Done: "Key revoked.",
 		Danger: true, Fields: []string{"slug", "key"},
 		Do: func(ctx context.Context, c *Console, v url.Values) (string, error) {

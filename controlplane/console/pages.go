@@ -23,6 +23,7 @@ import (
 const tenantsPerPage = 50
 
 var funcs = template.FuncMap{
+	"tiers": func() []string { return []string{string(catalog.IsolationDedicated), string(catalog.IsolationPooled)} },
 	"bytes": func(n int64) string { return humanize.IBytes(uint64(max(n, 0))) },
 	"when": func(t any) string {
 		switch v := t.(type) {
@@ -152,6 +153,7 @@ type tenantsData struct {
 	State   string
 	Plan    string
 	Server  string
+	Tier    string
 	States  []catalog.TenantState
 	Plans   []catalog.Plan
 	Servers []catalog.Server
@@ -166,7 +168,7 @@ func (c *Console) tenantsPage(w http.ResponseWriter, r *http.Request, s session)
 	defer cancel()
 	q := r.URL.Query()
 	d := tenantsData{Q: strings.TrimSpace(q.Get("q")), State: q.Get("state"), Plan: q.Get("plan"), Server: q.Get("server"),
-		States: catalog.TenantStates, First: q.Get("cursor") == ""}
+		Tier: q.Get("tier"), States: catalog.TenantStates, First: q.Get("cursor") == ""}
 	var err error
 	if d.Plans, err = c.cfg.Store.ListPlans(ctx); err != nil {
 		c.fail(w, r, s, err)
@@ -177,7 +179,7 @@ func (c *Console) tenantsPage(w http.ResponseWriter, r *http.Request, s session)
 		return
 	}
 	res, err := c.cfg.Store.ListTenants(ctx, catalog.TenantFilter{
-		State: catalog.TenantState(d.State), Plan: d.Plan, Server: d.Server, Search: d.Q, Limit: tenantsPerPage, Cursor: q.Get("cursor"),
+		State: catalog.TenantState(d.State), Plan: d.Plan, Server: d.Server, Search: d.Q, Tier: d.Tier, Limit: tenantsPerPage, Cursor: q.Get("cursor"),
 	})
 	if err != nil {
 		c.fail(w, r, s, err)
@@ -186,7 +188,7 @@ func (c *Console) tenantsPage(w http.ResponseWriter, r *http.Request, s session)
 	d.Tenants = res.Tenants
 	if res.NextCursor != "" {
 		next := url.Values{}
-		for _, k := range []string{"q", "state", "plan", "server"} {
+		for _, k := range []string{"q", "state", "plan", "server", "tier"} {
 			if v := q.Get(k); v != "" {
 				next.Set(k, v)
 			}
