@@ -54,7 +54,9 @@ func (s *Service) CollectStorage(ctx context.Context) (int, error) {
 	}
 	pools, err := s.catalog.ListPoolDatabases(ctx)
 	if err != nil {
+		mu.Lock() // the servers' goroutines are running
 		errs = append(errs, err)
+		mu.Unlock()
 	}
 	for _, p := range pools {
 		if p.State != catalog.PoolActive || p.Tenants == 0 {
