@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/tenantplane/tenantplane/catalog"
+	"github.com/tenantplane/tenantplane/migrations"
 )
 
 // collectorServers is how many servers the collector samples at once.
@@ -93,14 +94,7 @@ func (s *Service) collectPool(ctx context.Context, p catalog.PoolDatabase, at ti
 		return 0, err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	rows, err := conn.Query(ctx, `
-		SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')
-		  AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped)`)
-	if err != nil {
-		return 0, err
-	}
-	tables, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	tables, err := migrations.TenantTables(ctx, conn)
 	if err != nil {
 		return 0, err
 	}
@@ -110,7 +104,7 @@ func (s *Service) collectPool(ctx context.Context, p catalog.PoolDatabase, at ti
 	}
 	for _, table := range tables {
 		// The admin role owns the tables: its policy shows every tenant's rows.
-		rows, err := conn.Query(ctx, `SELECT tenant_id::text, sum(pg_column_size(r.*))::bigint FROM `+table+` r
+		rows, err := conn.Query(ctx, `SELECT tenant_id::text, sum(pg_column_size(r.*))::bigint FROM `+pgx.Identifier{"public", table}.Sanitize()+` r
 			WHERE tenant_id = ANY($1::uuid[]) GROUP BY tenant_id`, ids)
 		if err != nil {
 			return 0, fmt.Errorf("table %s: %w", table, err)

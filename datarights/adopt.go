@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/tenantplane/tenantplane/migrations"
 )
 
 // adoptRows makes every row of a restored database the tenant's own: the
@@ -21,15 +22,13 @@ func adoptRows(ctx context.Context, cfg *pgx.ConnConfig, tenantID string) (err e
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-		var tables []string
-		rows, err := tx.Query(ctx, `SELECT format('%I.%I', n.nspname, c.relname) FROM pg_attribute a
-			JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-			WHERE n.nspname = 'public' AND c.relkind = 'r' AND a.attname = 'tenant_id' AND NOT a.attisdropped ORDER BY 1`)
+		names, err := migrations.TenantTables(ctx, tx)
 		if err != nil {
 			return err
 		}
-		if tables, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
-			return err
+		tables := make([]string, len(names))
+		for i, n := range names {
+			tables[i] = pgx.Identifier{"public", n}.Sanitize()
 		}
 		foreign := false
 		for _, t := range tables {
@@ -43,7 +42,7 @@ func adoptRows(ctx context.Context, cfg *pgx.ConnConfig, tenantID string) (err e
 			return nil
 		}
 		var drops, adds []string
-		rows, err = tx.Query(ctx, `SELECT format('ALTER TABLE %s DROP CONSTRAINT %I', c.conrelid::regclass, c.conname),
+		rows, err := tx.Query(ctx, `SELECT format('ALTER TABLE %s DROP CONSTRAINT %I', c.conrelid::regclass, c.conname),
 				format('ALTER TABLE %s ADD CONSTRAINT %I %s', c.conrelid::regclass, c.conname, pg_get_constraintdef(c.oid))
 			FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace
 			WHERE c.contype = 'f' AND n.nspname = 'public' ORDER BY c.conname`)

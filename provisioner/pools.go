@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/tenantplane/tenantplane/catalog"
+	"github.com/tenantplane/tenantplane/migrations"
 )
 
 // CreatePool records a pool database of capacity pooled tenants on server
@@ -98,21 +99,6 @@ func (p *Provisioner) buildPool(ctx context.Context, pd catalog.PoolDatabase) (c
 	return catalog.SchemaState{Version: version, Dirty: dirty}, nil
 }
 
-// TenantTables lists the tables of a tenant database that hold tenants' rows
-// (every table of schema public with a tenant_id column), which a pooled
-// tenant's deletion, archive and storage sample work on.
-func TenantTables(ctx context.Context, conn *pgx.Conn) ([]string, error) {
-	rows, err := conn.Query(ctx, `
-		SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-		WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')
-		  AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped)
-		ORDER BY c.relname`)
-	if err != nil {
-		return nil, err
-	}
-	return pgx.CollectRows(rows, pgx.RowTo[string])
-}
-
 // archivePooled keeps a pooled tenant's rows in ArchiveDir before they are
 // deleted: one CSV file (with a header) per table, <slug>-<time>-<table>.csv,
 // which COPY ... FROM ... (FORMAT csv, HEADER) loads back.
@@ -161,7 +147,7 @@ func (p *Provisioner) deletePooledRows(ctx context.Context, t catalog.Tenant, ar
 		return 0, err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	tables, err := TenantTables(ctx, conn)
+	tables, err := migrations.TenantTables(ctx, conn)
 	if err != nil {
 		return 0, err
 	}
