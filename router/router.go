@@ -375,6 +375,7 @@ type held struct {
 	ended    bool // the transaction was committed or rolled back
 	endErr   error
 	writer   *txWriter
+	txw      txWriter // writer's storage, one allocation with held
 	slots    *tenantSlots
 	tenantID string
 	done     func() // ends the watch on the tenant's server (internal/stall); nil for a pooled tenant
