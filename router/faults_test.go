@@ -9,7 +9,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -194,7 +193,7 @@ func TestHungServerOnlyAffectsItsTenants(t *testing.T) {
 // (TENANTPLANE_HUNG_PER_KEY, default 1000), cycles times
 // (TENANTPLANE_HUNG_CYCLES, default 4).
 func BenchmarkHungServerOtherTenants(b *testing.B) {
-	perKey, cycles := envInt(b, "TENANTPLANE_HUNG_PER_KEY", 1000), envInt(b, "TENANTPLANE_HUNG_CYCLES", 4)
+	perKey, cycles := faulttest.EnvInt(b, "TENANTPLANE_HUNG_PER_KEY", 1000), faulttest.EnvInt(b, "TENANTPLANE_HUNG_CYCLES", 4)
 	for b.Loop() {
 		h := runHungServer(b, perKey, cycles)
 		b.ReportMetric(float64(h.base.Microseconds()), "p99_µs_nofault")
@@ -202,17 +201,6 @@ func BenchmarkHungServerOtherTenants(b *testing.B) {
 		b.ReportMetric(float64(h.faulted)/float64(h.base), "p99_ratio")
 		b.ReportMetric(float64(h.maxHung.Milliseconds()), "hung_max_ms")
 	}
-}
-
-// envInt is the integer in the environment variable name, or def.
-func envInt(t testing.TB, name string, def int) int {
-	s := os.Getenv(name)
-	if s == "" {
-		return def
-	}
-	n, err := strconv.Atoi(s)
-	require.NoError(t, err, name)
-	return n
 }
 
 // hungRun is what runHungServer saw.
