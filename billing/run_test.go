@@ -173,16 +173,17 @@ func requireOneInvoiceEach(t *testing.T, b *testBundle, rec *recorder, tenants [
 		case "invoice.create":
 			return "the Stripe invoice of invoice " + c.meta("tenantplane_invoice_id")
 		case "invoiceitem.create":
-			return "the item of line " + c.meta("tenantplane_line") + " of invoice " + c.meta("tenantplane_invoice_id")
+			return itemOf(c.meta("tenantplane_invoice_id"), c.meta("tenantplane_line"))
 		case "invoice.finalize":
 			si := made[strings.Split(c.Path, "/")[3]]
 			require.Equal(t, "invoice.create", si.Op, "%s finalizes an invoice no recorded call made", c.Path)
-			return "the finalization of invoice " + si.meta("tenantplane_invoice_id")
+			return finalizationOf(si.meta("tenantplane_invoice_id"))
 		}
 		require.Equal(t, http.MethodGet, c.Method, "a write billing does not make: %+v", c)
 		return ""
 	}
 	first := map[string]recorded{}
+	at := map[string]int{} // thing -> the index of its first call
 	for i, c := range calls {
 		th := thing(c)
 		if th == "" || !c.reached() {
@@ -190,7 +191,7 @@ func requireOneInvoiceEach(t *testing.T, b *testBundle, rec *recorder, tenants [
 		}
 		f, seen := first[th]
 		if !seen {
-			first[th] = c
+			first[th], at[th] = c, i
 			continue
 		}
 		require.Equal(t, f.IdempotencyKey, c.IdempotencyKey, "%s: asked again under another key, Stripe would make it twice", th)
@@ -213,9 +214,14 @@ func requireOneInvoiceEach(t *testing.T, b *testBundle, rec *recorder, tenants [
 		si := made[inv.StripeInvoiceID]
 		require.Equal(t, inv.ID, si.meta("tenantplane_invoice_id"), "%s: its Stripe invoice %s is one made for its invoice", tn.Slug, inv.StripeInvoiceID)
 		require.Equal(t, customer, si.Form.Get("customer"), tn.Slug)
+		// A draft that Stripe neither finalizes by itself nor fills with
+		// the customer's pending items: billing puts its items on it.
+		require.Equal(t, []string{"false", "exclude", inv.Currency}, []string{si.Form.Get("auto_advance"), si.Form.Get("pending_invoice_items_behavior"), si.Form.Get("currency")}, tn.Slug)
 		require.Equal(t, catalog.FormatPeriod(b.last), si.meta("tenantplane_period"), tn.Slug)
-		require.Contains(t, first, "the finalization of invoice "+inv.ID, "%s: finalized", tn.Slug)
-		require.Equal(t, "/v1/invoices/"+inv.StripeInvoiceID+"/finalize", first["the finalization of invoice "+inv.ID].Path, tn.Slug)
+		finalization := finalizationOf(inv.ID)
+		require.Contains(t, first, finalization, "%s: finalized", tn.Slug)
+		require.Equal(t, "/v1/invoices/"+inv.StripeInvoiceID+"/finalize", first[finalization].Path, tn.Slug)
+		require.Equal(t, "true", first[finalization].Form.Get("auto_advance"), "%s: finalized for Stripe to collect", tn.Slug)
 		for _, l := range inv.Lines {
 			if l.Amount == 0 {
 				require.Empty(t, l.StripeItemID, "%s: line %d charges nothing", tn.Slug, l.No)
@@ -225,7 +231,9 @@ func requireOneInvoiceEach(t *testing.T, b *testBundle, rec *recorder, tenants [
 			require.Equal(t, []string{inv.ID, strconv.Itoa(l.No)}, []string{item.meta("tenantplane_invoice_id"), item.meta("tenantplane_line")},
 				"%s: line %d's item %s is one made for it", tn.Slug, l.No, l.StripeItemID)
 			require.Equal(t, inv.StripeInvoiceID, item.Form.Get("invoice"), "%s: line %d", tn.Slug, l.No)
-			require.Equal(t, strconv.FormatInt(l.Amount, 10), item.Form.Get("amount"), "%s: line %d", tn.Slug, l.No)
+			require.Equal(t, []string{strconv.FormatInt(l.Amount, 10), inv.Currency}, []string{item.Form.Get("amount"), item.Form.Get("currency")}, "%s: line %d", tn.Slug, l.No)
+			require.False(t, item.Form.Has("price") || item.Form.Has("unit_amount"), "%s: line %d: an amount, not a price", tn.Slug, l.No)
+			require.Less(t, at[itemOf(inv.ID, strconv.Itoa(l.No))], at[finalization], "%s: line %d's item goes on the draft, before it is finalized", tn.Slug, l.No)
 		}
 	}
 	// Nothing else was made: no invoice but these, no item but theirs.
@@ -245,6 +253,13 @@ func requireOneInvoiceEach(t *testing.T, b *testBundle, rec *recorder, tenants [
 		}
 	}
 }
+
+// itemOf and finalizationOf name things requireOneInvoiceEach checks.
+func itemOf(invoiceID, line string) string {
+	return "the item of line " + line + " of invoice " + invoiceID
+}
+
+func finalizationOf(invoiceID string) string { return "the finalization of invoice " + invoiceID }
 
 // TestRunRecoversAfterIdempotencyKeysExpire drops Stripe's answer at a step,
 // then reruns more than a day later, when Stripe has forgotten the keys: the
