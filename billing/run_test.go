@@ -179,7 +179,7 @@ func requireOneInvoiceEach(t *testing.T, b *testBundle, rec *recorder, tenants [
 			require.Equal(t, "invoice.create", si.Op, "%s finalizes an invoice no recorded call made", c.Path)
 			return finalizationOf(si.meta("tenantplane_invoice_id"))
 		}
-		require.Equal(t, http.MethodGet, c.Method, "a write billing does not make: %+v", c)
+		require.Equal(t, http.MethodGet, c.Method, "a write this check cannot account for: %+v", c)
 		return ""
 	}
 	first := map[string]recorded{}
