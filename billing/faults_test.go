@@ -2,6 +2,7 @@ package billing_test
 
 import (
 	"fmt"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -15,11 +16,12 @@ import (
 )
 
 // TestRunUnderNetworkFaults sends a billing run through each network fault
-// in turn on the wire to Stripe (a fake that keeps what it is sent): a
-// slowed wire still bills everyone; a hung or resetting one fails the
-// invoices it stops, each saying why, within the client's timeout; the run
-// of the period once the wire is clean bills the rest, and every tenant
-// ends with one customer, one invoice and one item per line in Stripe.
+// in turn on the wire to stripe-mock: a slowed wire still bills everyone; a
+// hung or resetting one fails the invoices it stops, each saying why, within
+// the client's timeout; the run of the period once the wire is clean bills
+// the rest, and every tenant ends with one customer, one invoice and one
+// item per line in Stripe (requireOneInvoiceEach: what a call cut on the
+// wire may have made, its retry asked again under the same key).
 func TestRunUnderNetworkFaults(t *testing.T) {
 	t.Parallel()
 	_ = faulttest.Seed(t) // the schedule is fixed; the seed is printed for the record
@@ -27,11 +29,17 @@ func TestRunUnderNetworkFaults(t *testing.T) {
 		t.Run(fault.Name, func(t *testing.T) {
 			t.Parallel()
 			b := setup(t)
-			fake := newFakeStripe(t)
-			proxy := faulttest.NewProxy(t, "stripe", strings.TrimPrefix(fake.srv.URL, "http://"))
-			client := fakeClient()
+			mock := stripetest.Shared(t)
+			proxy := faulttest.NewProxy(t, "stripe", strings.TrimPrefix(mock.URL, "http://"))
+			// Keep-alives off: net/http resends by itself a request with an
+			// Idempotency-Key when a reused connection breaks before the
+			// answer, so one call the recorder sees could be two on the
+			// faulty wire; on a connection of its own, each call is one.
+			tr := http.DefaultTransport.(*http.Transport).Clone()
+			tr.DisableKeepAlives = true
+			rec, client := newRecorderOver(tr)
 			client.Timeout = 2 * time.Second
-			svc := b.service(t, billing.Config{StripeKey: stripetest.Key, StripeAPIBase: proxy.URL(fake.srv.URL), StripeHTTPClient: client, StripeRetries: -1, Concurrency: 2})
+			svc := b.service(t, billing.Config{StripeKey: stripetest.Key, StripeAPIBase: proxy.URL(mock.URL), StripeHTTPClient: client, StripeRetries: -1, Concurrency: 2})
 			var tenants []catalog.Tenant
 			for i := range 3 {
 				tn := b.addTenant(t, fmt.Sprintf("t-%d", i), "basic")
@@ -56,7 +64,7 @@ func TestRunUnderNetworkFaults(t *testing.T) {
 			remove()
 			second := b.run(t, svc, b.last)
 			require.Equal(t, billing.BillingRunDone, second.State, second.LastError)
-			requireOneInvoiceEach(t, b, fake, tenants)
+			requireOneInvoiceEach(t, b, rec, tenants)
 		})
 	}
 }
