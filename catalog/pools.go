@@ -11,13 +11,15 @@ import (
 )
 
 // PoolState is where a pool database is: provisioning until its database
-// and role exist on its server, then active; failed with the reason.
+// and role exist on its server, then active; failed with the reason;
+// retired once an evacuation emptied its server (no tenant, none taken).
 type PoolState string
 
 const (
 	PoolProvisioning PoolState = "provisioning"
 	PoolActive       PoolState = "active"
 	PoolFailed       PoolState = "failed"
+	PoolRetired      PoolState = "retired"
 )
 
 // PoolDatabase is a database on a server shared by pooled tenants, each

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -111,6 +112,8 @@ type EvacuationTenant struct {
 	Tenant string `json:"tenant"`
 	From   string `json:"from"`
 	To     string `json:"to,omitempty"` // the planned or picked target
+	// ToPool is a pooled tenant's target pool database (its move a repool).
+	ToPool string `json:"to_pool,omitempty"`
 	Reason string `json:"reason,omitempty"`
 	State  string `json:"state"`
 	MoveID *int64 `json:"move_id"`
@@ -197,10 +200,14 @@ func evacActor(id int64) string { return "evacuation:" + strconv.FormatInt(id, 1
 // (it takes no new tenants), and a job starts the moves, at most
 // spec.Concurrency at once and spec.PerServer into one target, each to the
 // active server with the most free capacity that has room (never past a
-// target's capacity, counting the moves into it). A tenant whose move
-// fails is reported with its error; the others go on. The server ends
-// empty when no tenant is left on it, draining otherwise. A server that is
-// being evacuated already is a CodeConflict naming the evacuation.
+// target's capacity, counting the moves into it); a pooled tenant of one
+// of its pool databases is repooled (StartRepool) into the active pool
+// database with the most room on another active server. A tenant whose
+// move fails is reported with its error; the others go on. The server ends
+// empty when no tenant is left on it, its pool databases retired, draining
+// otherwise. A server that is being evacuated already, or whose tenants
+// the other servers (or their pool databases) have no room for, is a
+// CodeConflict that says so.
 func (s *Service) Evacuate(ctx context.Context, server string, spec EvacuationSpec, actor string) (Evacuation, error) {
 	if err := spec.check(); err != nil {
 		return Evacuation{}, err
@@ -226,8 +233,14 @@ func (s *Service) Evacuate(ctx context.Context, server string, spec EvacuationSp
 		if err != nil {
 			return catalog.Classify(err, "evacuation of server "+strconv.Quote(server))
 		}
+		if err := checkEvacuationRoom(ctx, tx, server, srvID); err != nil {
+			return err
+		}
+		// Its tenants: those with a database on it, and the pooled tenants
+		// of its pool databases (each moved to a pool database elsewhere).
 		_, err = tx.Exec(ctx, `INSERT INTO evacuation_tenants (evacuation_id, tenant_id, position, from_server_id)
-			SELECT $1, t.id, row_number() OVER (ORDER BY t.slug), $2 FROM tenants t WHERE t.server_id = $2 AND t.state <> 'deleted'`, id, srvID)
+			SELECT $1, t.id, row_number() OVER (ORDER BY t.slug), $2 FROM tenants t LEFT JOIN pool_databases p ON p.id = t.pool_id
+			WHERE coalesce(t.server_id, p.server_id) = $2 AND t.state <> 'deleted'`, id, srvID)
 		if err != nil {
 			return catalog.Classify(err, "evacuation tenants")
 		}
@@ -265,7 +278,7 @@ func (s *Service) GetEvacuation(ctx context.Context, id int64) (Evacuation, erro
 		e.Server = *server
 	}
 	rows, err := s.store.Pool().Query(ctx, `SELECT t.slug, fs.name, coalesce(ms.name, ts.name, ''), et.reason, et.state, et.move_id,
-		coalesce(m.phase, ''), et.error, et.attempts, et.retry_at
+		coalesce(m.phase, ''), et.error, et.attempts, et.retry_at, coalesce('tp_pool_' || m.to_pool_id, '')
 		FROM evacuation_tenants et JOIN tenants t ON t.id = et.tenant_id JOIN servers fs ON fs.id = et.from_server_id
 		LEFT JOIN servers ts ON ts.id = et.to_server_id LEFT JOIN moves m ON m.id = et.move_id LEFT JOIN servers ms ON ms.id = m.to_server_id
 		WHERE et.evacuation_id = $1 ORDER BY et.position`, id)
@@ -274,7 +287,7 @@ func (s *Service) GetEvacuation(ctx context.Context, id int64) (Evacuation, erro
 	}
 	e.Tenants, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (EvacuationTenant, error) {
 		var t EvacuationTenant
-		err := row.Scan(&t.Tenant, &t.From, &t.To, &t.Reason, &t.State, &t.MoveID, &t.Phase, &t.Error, &t.Attempts, &t.RetryAt)
+		err := row.Scan(&t.Tenant, &t.From, &t.To, &t.Reason, &t.State, &t.MoveID, &t.Phase, &t.Error, &t.Attempts, &t.RetryAt, &t.ToPool)
 		return t, err
 	})
 	if err != nil {
@@ -405,6 +418,7 @@ type evacRow struct {
 	moveTo         *int64
 	attempts       []EvacuationAttempt
 	retryAt        *time.Time
+	pooled         bool // in a pool database: repooled
 }
 
 // evacStep settles the moves that ended and starts new ones where the
@@ -429,7 +443,7 @@ func (s *Service) evacStep(ctx context.Context, id int64) (done bool, err error)
 			return nil
 		}
 		rows, err := tx.Query(ctx, `SELECT et.tenant_id, t.slug, et.from_server_id, et.to_server_id, et.state, et.move_id, m.phase, m.last_error, m.to_server_id,
-			et.attempts, et.retry_at
+			et.attempts, et.retry_at, t.pool_id IS NOT NULL
 			FROM evacuation_tenants et JOIN tenants t ON t.id = et.tenant_id LEFT JOIN moves m ON m.id = et.move_id
 			WHERE et.evacuation_id = $1 ORDER BY et.position`, id)
 		if err != nil {
@@ -437,7 +451,7 @@ func (s *Service) evacStep(ctx context.Context, id int64) (done bool, err error)
 		}
 		list, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (evacRow, error) {
 			var r evacRow
-			err := row.Scan(&r.tenantID, &r.slug, &r.fromID, &r.toID, &r.state, &r.moveID, &r.movePhase, &r.moveError, &r.moveTo, &r.attempts, &r.retryAt)
+			err := row.Scan(&r.tenantID, &r.slug, &r.fromID, &r.toID, &r.state, &r.moveID, &r.movePhase, &r.moveError, &r.moveTo, &r.attempts, &r.retryAt, &r.pooled)
 			return r, err
 		})
 		if err != nil {
@@ -546,7 +560,7 @@ func (s *Service) evacStart(ctx context.Context, tx pgx.Tx, id int64, kind strin
 	}
 	rows, err := tx.Query(ctx, `SELECT s.id, s.name, s.state, s.capacity,
 		(SELECT count(*) FROM tenants t WHERE t.server_id = s.id AND t.state <> 'deleted')
-		+ (SELECT count(*) FROM moves m WHERE m.to_server_id = s.id AND m.phase NOT IN ('done', 'aborted', 'reverted'))
+		+ (SELECT count(*) FROM moves m WHERE m.to_server_id = s.id AND m.kind IN ('move', 'promote') AND m.phase NOT IN ('done', 'aborted', 'reverted'))
 		FROM servers s ORDER BY s.name`)
 	if err != nil {
 		return 0, catalog.Classify(err, "servers")
@@ -558,6 +572,10 @@ func (s *Service) evacStart(ctx context.Context, tx pgx.Tx, id int64, kind strin
 	})
 	if err != nil {
 		return 0, catalog.Classify(err, "servers")
+	}
+	places, err := poolPlaces(ctx, tx, "")
+	if err != nil {
+		return 0, err
 	}
 	moving := 0
 	for _, n := range inflight {
@@ -573,10 +591,28 @@ func (s *Service) evacStart(ctx context.Context, tx pgx.Tx, id int64, kind strin
 		if started >= slots {
 			break
 		}
-		// Picked: the planned target, or the active server with the most
-		// room that this evacuation is not filling at its bound already.
+		// A pooled tenant: the pool database with the most room on another
+		// active server that this evacuation is not filling at its bound.
+		var (
+			into  int64 // the target server
+			spec  MoveSpec
+			taken func()
+		)
+		if r.pooled {
+			p := pickPool(places, r.fromID, perServer, inflight)
+			if p == nil {
+				waiting++
+				continue
+			}
+			into, spec, taken = p.serverID, MoveSpec{Pool: p.id, Mode: mode}, func() { p.room-- }
+		}
+		// Else picked: the planned target, or the active server with the
+		// most room that this evacuation is not filling at its bound already.
 		var to *target
 		for j := range targets {
+			if r.pooled {
+				break
+			}
 			t := &targets[j]
 			if t.id == r.fromID || t.state != string(catalog.ServerActive) || t.used >= t.capacity {
 				continue
@@ -596,7 +632,9 @@ func (s *Service) evacStart(ctx context.Context, tx pgx.Tx, id int64, kind strin
 				to = t
 			}
 		}
-		if to == nil {
+		if to != nil {
+			into, spec, taken = to.id, MoveSpec{To: to.name, Mode: mode}, func() { to.used++ }
+		} else if !r.pooled {
 			if r.toID != nil && inflight[*r.toID] < perServer {
 				// The plan's target took other tenants meanwhile (or left
 				// the fleet): this one stays.
@@ -625,13 +663,13 @@ func (s *Service) evacStart(ctx context.Context, tx pgx.Tx, id int64, kind strin
 			return started, catalog.Classify(err, "moves")
 		}
 		if adopted == nil {
-			m, err := s.StartMove(ctx, r.slug, MoveSpec{To: to.name, Mode: mode}, evacActor(id))
+			m, err := s.StartMove(ctx, r.slug, spec, evacActor(id)) // a repool for a pooled tenant
 			if err != nil {
 				if ctx.Err() != nil {
 					return started, err
 				}
-				s.logger.WarnContext(ctx, "evacuation: a move could not start", "evacuation_id", id, "tenant", r.slug, "to", to.name, "error", err,
-					"attempt", len(r.attempts)+1)
+				s.logger.WarnContext(ctx, "evacuation: a move could not start", "evacuation_id", id, "tenant", r.slug, "to", spec.To, "pool", spec.Pool,
+					"error", err, "attempt", len(r.attempts)+1)
 				if err := failAttempt(r, err.Error()); err != nil {
 					return started, err
 				}
@@ -643,8 +681,8 @@ func (s *Service) evacStart(ctx context.Context, tx pgx.Tx, id int64, kind strin
 		if err := setRow(r, EvacTenantMoving, ""); err != nil {
 			return started, err
 		}
-		to.used++
-		inflight[to.id]++
+		taken()
+		inflight[into]++
 		started++
 	}
 	if started == 0 && moving == 0 && waiting > 0 {
@@ -656,6 +694,10 @@ func (s *Service) evacStart(ctx context.Context, tx pgx.Tx, id int64, kind strin
 		}
 		for i := range list {
 			if list[i].state == EvacTenantPending && (list[i].retryAt == nil || !list[i].retryAt.After(now)) {
+				msg := msg
+				if list[i].pooled {
+					msg = "no pool database on another active server has room for it (add one: POST /admin/v1/pools)"
+				}
 				if err := setRow(&list[i], EvacTenantFailed, msg); err != nil {
 					return started, err
 				}
@@ -689,9 +731,8 @@ func (s *Service) evacFinish(ctx context.Context, tx pgx.Tx, id int64, kind stri
 	if kind == KindEvacuate && serverID != nil {
 		var name string
 		var left int
-		// Pooled tenants in the server's pool databases count too: an
-		// evacuation does not move them (demote or promote them first), and
-		// a server holding their rows is not empty.
+		// Pooled tenants in the server's pool databases count too: one whose
+		// repool failed still lives there, and the server is not empty.
 		err := tx.QueryRow(ctx, `SELECT s.name, (SELECT count(*) FROM tenants t LEFT JOIN pool_databases p ON p.id = t.pool_id
 				WHERE coalesce(t.server_id, p.server_id) = s.id AND t.state <> 'deleted')
 			FROM servers s WHERE s.id = $1`, *serverID).Scan(&name, &left)
@@ -706,11 +747,87 @@ func (s *Service) evacFinish(ctx context.Context, tx pgx.Tx, id int64, kind stri
 			return catalog.Classify(err, "server")
 		}
 		details["tenants_left"] = left
+		if left == 0 {
+			// Its pool databases hold no tenant: retired, they take none
+			// and fan-out passes them by (POST /pools/{id}/retry brings one
+			// back). The rows a repool kept there go at its keep's end.
+			rows, err := tx.Query(ctx, `UPDATE pool_databases SET state = 'retired', updated_at = now()
+				WHERE server_id = $1 AND state <> 'retired' RETURNING 'tp_pool_' || id`, *serverID)
+			if err != nil {
+				return catalog.Classify(err, "pool databases")
+			}
+			retired, err := pgx.CollectRows(rows, pgx.RowTo[string])
+			if err != nil {
+				return catalog.Classify(err, "pool databases")
+			}
+			if len(retired) > 0 {
+				details["pools_retired"] = retired
+			}
+		}
 		if err := catalog.InsertAudit(ctx, tx, catalog.AuditEvent{Actor: evacActor(id), Action: "server." + string(to), Subject: name,
 			FromState: string(catalog.ServerEvacuating), ToState: string(to), Details: details}); err != nil {
 			return err
 		}
 	}
 	s.logger.InfoContext(ctx, "evacuation finished", "evacuation_id", id, "kind", kind, "state", final, "failed", failed)
+	return nil
+}
+
+// pickPool is the pool database a pooled tenant of server from goes to in
+// an evacuation: open, on another server, with room, on a server the
+// evacuation is not filling at its bound (perServer), the one with the
+// most room; nil when none.
+func pickPool(places []poolPlace, from int64, perServer int, inflight map[int64]int) *poolPlace {
+	var pick *poolPlace
+	for i := range places {
+		p := &places[i]
+		if !p.open() || p.serverID == from || p.room <= 0 || inflight[p.serverID] >= perServer {
+			continue
+		}
+		if pick == nil || p.room > pick.room {
+			pick = p
+		}
+	}
+	return pick
+}
+
+// checkEvacuationRoom refuses (CodeConflict) to evacuate server id when the
+// other active servers have no room for its tenants: its dedicated tenants
+// need places on them (capacity less their tenants and the moves under way
+// into them), its pooled tenants places in their active pool databases.
+func checkEvacuationRoom(ctx context.Context, tx pgx.Tx, name string, id int64) error {
+	var dedicated, pooled, serverRoom int
+	err := tx.QueryRow(ctx, `SELECT
+		(SELECT count(*) FROM tenants t WHERE t.server_id = $1 AND t.state <> 'deleted'),
+		(SELECT count(*) FROM tenants t JOIN pool_databases p ON p.id = t.pool_id WHERE p.server_id = $1 AND t.state <> 'deleted'),
+		(SELECT coalesce(sum(greatest(s.capacity
+			- (SELECT count(*) FROM tenants t WHERE t.server_id = s.id AND t.state <> 'deleted')
+			- (SELECT count(*) FROM moves m WHERE m.to_server_id = s.id AND m.kind IN ('move', 'promote') AND m.phase NOT IN ('done', 'aborted', 'reverted')), 0)), 0)
+			FROM servers s WHERE s.id <> $1 AND s.state = 'active')`, id).Scan(&dedicated, &pooled, &serverRoom)
+	if err != nil {
+		return catalog.Classify(err, "server "+strconv.Quote(name))
+	}
+	places, err := poolPlaces(ctx, tx, "WHERE p.server_id <> $1", id)
+	if err != nil {
+		return err
+	}
+	poolRoom := 0
+	for _, p := range places {
+		if p.open() {
+			poolRoom += max(p.room, 0)
+		}
+	}
+	var short []string
+	if dedicated > serverRoom {
+		short = append(short, fmt.Sprintf("its %d tenants with a database of their own need places on other active servers, which have room for %d (raise a capacity, or add a server)",
+			dedicated, serverRoom))
+	}
+	if pooled > poolRoom {
+		short = append(short, fmt.Sprintf("its %d pooled tenants need places in pool databases on other active servers, which have room for %d (add one: POST /admin/v1/pools)",
+			pooled, poolRoom))
+	}
+	if len(short) > 0 {
+		return catalog.Errorf(catalog.CodeConflict, "server %s cannot be emptied: %s; nothing was started", name, strings.Join(short, "; "))
+	}
 	return nil
 }

@@ -94,13 +94,14 @@ func (s *Service) leftoversOn(ctx context.Context, srv catalog.Server, remove bo
 	// stream) or target (the keep of its source, keep.go). Look in the
 	// databases of the moves off or onto this server: a promotion's source
 	// is its pool database, a demotion's the tenant's own database (which
-	// its row no longer names), and the other way round for their targets.
+	// its row no longer names), and the other way round for their targets;
+	// a repool has a pool database on both sides.
 	rows, err = s.store.Pool().Query(ctx, `SELECT db FROM (
-			SELECT CASE m.kind WHEN 'promote' THEN 'tp_pool_' || m.pool_id
+			SELECT CASE m.kind WHEN 'promote' THEN 'tp_pool_' || m.pool_id WHEN 'repool' THEN 'tp_pool_' || m.pool_id
 				WHEN 'demote' THEN 't_' || replace(t.id::text, '-', '') ELSE t.db_name END AS db
 			FROM moves m JOIN tenants t ON t.id = m.tenant_id WHERE m.from_server_id = $1
 			UNION
-			SELECT CASE m.kind WHEN 'demote' THEN 'tp_pool_' || m.pool_id
+			SELECT CASE m.kind WHEN 'demote' THEN 'tp_pool_' || m.pool_id WHEN 'repool' THEN 'tp_pool_' || m.to_pool_id
 				WHEN 'promote' THEN 't_' || replace(t.id::text, '-', '') ELSE t.db_name END
 			FROM moves m JOIN tenants t ON t.id = m.tenant_id WHERE m.to_server_id = $1) d
 		WHERE db IS NOT NULL ORDER BY 1`, srv.ID)

@@ -102,12 +102,15 @@ type Config struct {
 type Move struct {
 	ID int64 `json:"id"`
 	// Kind is move (a tenant's database to another server), promote (a
-	// pooled tenant's rows to a database of its own) or demote (a
-	// dedicated tenant's rows into a pool database).
+	// pooled tenant's rows to a database of its own), demote (a
+	// dedicated tenant's rows into a pool database) or repool (a pooled
+	// tenant's rows into another pool database).
 	Kind string `json:"kind"`
 	// Pool is the pool database of a promotion (its source) or a demotion
 	// (its target).
-	Pool         string     `json:"pool,omitempty"`
+	Pool string `json:"pool,omitempty"`
+	// ToPool is a repool's target (Pool its source).
+	ToPool       string     `json:"to_pool,omitempty"`
 	Tenant       string     `json:"tenant"`
 	TenantID     string     `json:"tenant_id"`
 	From         string     `json:"from"`
@@ -139,6 +142,10 @@ type Move struct {
 // MoveSpec is what starting a move takes.
 type MoveSpec struct {
 	To string `json:"to"` // the target server's name
+	// Pool is, for a pooled tenant, the pool database to move its rows
+	// into (a repool, repool.go); To alone picks an active pool database
+	// with room on that server.
+	Pool int64 `json:"pool,omitempty"`
 	// Mode is "online", "copy", or "" (online when possible, else refused
 	// with the reason and the copy mode's estimated write pause).
 	Mode string `json:"mode"`
@@ -250,7 +257,21 @@ func (s *Service) Stop(ctx context.Context) error {
 // mode: CodeInvalid; a tenant that is not active or suspended, already
 // moving or in a running fan-out, or an online move that cannot run:
 // CodeConflict, naming the move, the run or each refusal.
+//
+// A pooled tenant's move is a repool (StartRepool): its rows go to another
+// pool database, spec.Pool or one with room on spec.To.
 func (s *Service) StartMove(ctx context.Context, slug string, spec MoveSpec, actor string) (Move, error) {
+	if spec.Pool != 0 || spec.To != "" {
+		t, err := s.store.GetTenant(ctx, slug)
+		switch {
+		case err != nil && spec.Pool != 0:
+			return Move{}, err
+		case err == nil && t.PoolID != 0:
+			return s.StartRepool(ctx, slug, spec, actor)
+		case err == nil && spec.Pool != 0:
+			return Move{}, catalog.Errorf(catalog.CodeInvalid, "pool goes with a pooled tenant, and %s has a database of its own: demote it into a pool database with POST /admin/v1/tenants/%s/demote {\"pool\": %d}", slug, slug, spec.Pool)
+		}
+	}
 	return s.startMove(ctx, slug, spec, actor, nil)
 }
 
@@ -547,6 +568,9 @@ func (s *Service) Revert(ctx context.Context, id int64, actor string) (Move, err
 		return Move{}, err
 	}
 	switch {
+	case m.Kind == KindRepool:
+		return Move{}, catalog.WrapError(catalog.CodeConflict, errTierRevert, "move %d is a repool: it is taken back by a repool back, into pool database %s (POST /admin/v1/tenants/%s/move {\"pool\": %d})",
+			id, m.Pool, m.Tenant, m.poolID)
 	case m.Kind != KindMove:
 		return Move{}, catalog.WrapError(catalog.CodeConflict, errTierRevert, "move %d is a %s: %s (tenantplane tenants %s %s)",
 			id, m.Kind, errTierRevert, map[string]string{KindPromote: "demote", KindDemote: "promote"}[m.Kind], m.Tenant)

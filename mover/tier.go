@@ -110,7 +110,8 @@ func (s *Service) StartPromotion(ctx context.Context, slug string, spec PromoteS
 	if err != nil {
 		return Move{}, err
 	}
-	return s.startTierMove(ctx, t, KindPromote, t.ServerID, target.ID, t.PoolID, mode, reason, actor)
+	return s.startTierMove(ctx, t, tierMove{kind: KindPromote, fromID: t.ServerID, toID: target.ID, poolID: t.PoolID,
+		mode: mode, reason: reason}, actor)
 }
 
 // StartDemotion starts moving a dedicated tenant's rows into a pool
@@ -173,12 +174,24 @@ func (s *Service) StartDemotion(ctx context.Context, slug string, spec DemoteSpe
 	if err != nil {
 		return Move{}, err
 	}
-	return s.startTierMove(ctx, t, KindDemote, t.ServerID, pick.ServerID, pick.ID, mode, reason, actor)
+	return s.startTierMove(ctx, t, tierMove{kind: KindDemote, fromID: t.ServerID, toID: pick.ServerID, poolID: pick.ID,
+		mode: mode, reason: reason}, actor)
 }
 
-// startTierMove records a promotion or demotion and queues its job, as
-// startMove does a move.
-func (s *Service) startTierMove(ctx context.Context, t catalog.Tenant, kind string, fromID, toID, poolID int64, mode, reason, actor string) (Move, error) {
+// tierMove is a promotion, demotion or repool to record (startTierMove).
+type tierMove struct {
+	kind                 string
+	fromID, toID, poolID int64
+	mode, reason         string
+	toPoolID             int64 // a repool's target (poolID its source)
+}
+
+// startTierMove records a promotion, demotion or repool and queues its
+// job, as startMove does a move; a move into a pool database takes its
+// place there (checkPoolRoom).
+func (s *Service) startTierMove(ctx context.Context, t catalog.Tenant, tm tierMove, actor string) (Move, error) {
+	kind, poolID := tm.kind, tm.poolID
+	fromPooled := kind == KindPromote || kind == KindRepool
 	var id int64
 	err := s.store.InTx(ctx, func(tx pgx.Tx) error {
 		cur, err := lockTenant(ctx, tx, t.ID)
@@ -192,11 +205,16 @@ func (s *Service) startTierMove(ctx context.Context, t catalog.Tenant, kind stri
 		if err := tx.QueryRow(ctx, `SELECT pool_id FROM tenants WHERE id = $1`, t.ID).Scan(&pool); err != nil {
 			return catalog.Classify(err, "tenant")
 		}
-		if (kind == KindPromote) != (pool != nil) || (kind == KindPromote && *pool != poolID) {
+		if fromPooled != (pool != nil) || (fromPooled && *pool != poolID) {
 			return catalog.Errorf(catalog.CodeConflict, "tenant %s changed tier meanwhile: try again", t.Slug)
 		}
 		if err := checkNoFanout(ctx, tx, t); err != nil {
 			return err
+		}
+		if into := (&move{Move: Move{Kind: kind}, poolID: poolID, toPoolID: tm.toPoolID}).toPool(); into != 0 {
+			if err := checkPoolRoom(ctx, tx, into); err != nil {
+				return err
+			}
 		}
 		if kind == KindPromote {
 			// Its own role's password, sealed before the target is made.
@@ -204,13 +222,17 @@ func (s *Service) startTierMove(ctx context.Context, t catalog.Tenant, kind stri
 				return err
 			}
 		}
-		err = tx.QueryRow(ctx, `INSERT INTO moves (tenant_id, from_server_id, to_server_id, mode, mode_reason, actor, kind, pool_id)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id`, t.ID, fromID, toID, mode, reason, actor, kind, poolID).Scan(&id)
+		err = tx.QueryRow(ctx, `INSERT INTO moves (tenant_id, from_server_id, to_server_id, mode, mode_reason, actor, kind, pool_id, to_pool_id)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, nullif($9, 0)) RETURNING id`,
+			t.ID, tm.fromID, tm.toID, tm.mode, tm.reason, actor, kind, poolID, tm.toPoolID).Scan(&id)
 		if err != nil {
 			return catalog.Classify(err, kind+" of tenant "+strconv.Quote(t.Slug))
 		}
-		return s.openMove(ctx, tx, t, id, "tenant."+kind+"_started", actor,
-			map[string]any{"move_id": id, "pool": catalog.PoolName(poolID), "mode": mode, "mode_reason": reason})
+		details := map[string]any{"move_id": id, "pool": catalog.PoolName(poolID), "mode": tm.mode, "mode_reason": tm.reason}
+		if tm.toPoolID != 0 {
+			details["to_pool"] = catalog.PoolName(tm.toPoolID)
+		}
+		return s.openMove(ctx, tx, t, id, "tenant."+kind+"_started", actor, details)
 	})
 	if err != nil {
 		return Move{}, err
@@ -228,14 +250,17 @@ func (w *work) sides() {
 	}
 	w.own.Database = catalog.DatabaseName(w.t.ID)
 	w.own.Role = w.own.Database
-	if w.m.Kind == KindPromote {
-		w.srcDB, w.dstDB = catalog.PoolName(w.m.poolID), w.own.Database
-	} else {
-		w.srcDB, w.dstDB = w.own.Database, catalog.PoolName(w.m.poolID)
+	w.srcDB, w.dstDB = w.own.Database, w.own.Database
+	if p := w.m.fromPool(); p != 0 {
+		w.srcDB = catalog.PoolName(p)
+	}
+	if p := w.m.toPool(); p != 0 {
+		w.dstDB = catalog.PoolName(p)
 	}
 }
 
-// tenantFilter is the tenant whose rows alone a promotion or demotion copies
+// tenantFilter is the tenant whose rows alone a tier move (promotion,
+// demotion, repool) copies
 // and verifies ("" for a move: every row).
 func (w *work) tenantFilter() string {
 	if w.m.Kind == KindMove {
@@ -247,16 +272,17 @@ func (w *work) tenantFilter() string {
 // unfenceSource lifts the source's fence: the tenant's rows in the pool
 // database (promotion), or its database (move, demotion).
 func (s *Service) unfenceSource(ctx context.Context, w *work, conn *pgx.Conn) error {
-	if w.m.Kind == KindPromote {
+	if w.m.fromPool() != 0 {
 		return UnfenceTenantRows(ctx, conn, w.t.ID)
 	}
 	return Unfence(ctx, conn, w.srcDB, w.own.Role)
 }
 
 // dropTarget removes an aborted move's target: the database made for it,
-// or, for a demotion, the tenant's rows copied into the pool database.
+// or, for a demotion or repool, the tenant's rows copied into the pool
+// database.
 func (s *Service) dropTarget(ctx context.Context, w *work) error {
-	if w.m.Kind != KindDemote {
+	if w.m.toPool() == 0 {
 		return s.cfg.Targets.DropDatabase(ctx, w.own, w.to)
 	}
 	return s.deletePoolRows(ctx, w.to.Name, w.dstDB, w.t.ID)
@@ -284,6 +310,8 @@ func (s *Service) deletePoolRows(ctx context.Context, server, pool, tenantID str
 // or into the pool (demotion).
 func (s *Service) switchTenant(ctx context.Context, tx pgx.Tx, w *work) (pgconn.CommandTag, error) {
 	switch w.m.Kind {
+	case KindRepool:
+		return repoolSwitch(ctx, tx, w)
 	case KindPromote:
 		return tx.Exec(ctx, `UPDATE tenants SET pool_id = NULL, server_id = $3, db_name = $5, db_role = $5,
 			held = false, move_id = NULL, schema_version = $4, schema_dirty = false, updated_at = now()
@@ -304,6 +332,8 @@ func (w *work) auditAction() string {
 		return "tenant.promoted"
 	case KindDemote:
 		return "tenant.demoted"
+	case KindRepool:
+		return "tenant.repooled"
 	}
 	return "tenant.moved"
 }
@@ -316,25 +346,8 @@ func (s *Service) dropTierSource(ctx context.Context, m *move, t catalog.Tenant)
 	if err != nil {
 		return err
 	}
-	if m.Kind == KindPromote {
-		if t.PoolID == m.poolID {
-			s.logger.WarnContext(ctx, "kept rows not deleted: the tenant is in that pool again", "move_id", m.ID, "tenant", t.Slug)
-			return nil
-		}
-		pool := catalog.PoolName(m.poolID)
-		if err := s.deletePoolRows(ctx, from.Name, pool, t.ID); err != nil {
-			return fmt.Errorf("deleting the kept rows in %s on %s: %w", pool, from.Name, err)
-		}
-		conn, err := s.connect(ctx, from.Name, pool)
-		if err != nil {
-			return err
-		}
-		defer conn.Close(context.WithoutCancel(ctx))
-		if err := UnfenceTenantRows(ctx, conn, t.ID); err != nil {
-			return err
-		}
-		s.logger.InfoContext(ctx, "promoted tenant's rows deleted from its pool", "move_id", m.ID, "tenant", t.Slug, "pool", pool)
-		return nil
+	if m.fromPool() != 0 {
+		return s.deleteKeptPoolRows(ctx, m, from.Name)
 	}
 	if t.PoolID == 0 && t.ServerID == m.fromID {
 		s.logger.WarnContext(ctx, "kept database not dropped: the tenant has it again", "move_id", m.ID, "tenant", t.Slug)

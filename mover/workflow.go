@@ -158,7 +158,15 @@ func (s *Service) run(ctx context.Context, id int64) error {
 		return err
 	}
 	var locked bool
-	if err := w.lock.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", lockID).Scan(&locked); err != nil {
+	lock, args := "SELECT pg_try_advisory_lock($1)", []any{lockID}
+	if w.m.fromPool() != 0 {
+		// A pool database is the source of its tenants' moves at once (an
+		// evacuation's): each holds the migration lock shared, which keeps
+		// fan-out out all the same, and its own move's lock.
+		lock = "SELECT pg_try_advisory_lock_shared($1) AND pg_try_advisory_lock(hashtext('tenantplane.move'), $2::int)"
+		args = append(args, id)
+	}
+	if err := w.lock.QueryRow(ctx, lock, args...).Scan(&locked); err != nil {
 		return fmt.Errorf("server %s: %w", w.from.Name, err)
 	}
 	if !locked {
@@ -235,10 +243,12 @@ func (s *Service) load(ctx context.Context, w *work) (err error) {
 
 // prepare makes the target database; in the copy mode it then fences the source.
 func (s *Service) prepare(ctx context.Context, w *work) error {
-	if w.m.Kind != KindDemote { // a demotion's target is a pool database, made already
+	if w.m.toPool() == 0 { // a demotion's or repool's target is a pool database, made already
 		if err := s.cfg.Targets.PrepareTarget(ctx, w.own, w.to, w.version); err != nil {
 			return fmt.Errorf("preparing the target on %s: %w", w.to.Name, err)
 		}
+	} else if err := s.unfenceTargetPool(ctx, w); err != nil {
+		return err
 	}
 	if w.m.Mode == ModeCopy {
 		if err := s.holdAndFence(ctx, w); err != nil {
@@ -591,10 +601,10 @@ func (s *Service) holdAndFence(ctx context.Context, w *work) error {
 	if err != nil {
 		return err
 	}
-	if w.m.Kind == KindPromote {
+	if p := w.m.fromPool(); p != 0 {
 		// A pool database: its fence waits for the transactions that hold
 		// its tables, then refuses the tenant's rows.
-		return FenceTenantRows(ctx, w.lock, catalog.PoolName(w.m.poolID), w.t.ID)
+		return FenceTenantRows(ctx, w.lock, catalog.PoolName(p), w.t.ID)
 	}
 	deadline := time.Now().Add(s.cfg.HoldWait)
 	for time.Now().Before(deadline) {
@@ -669,7 +679,7 @@ func (s *Service) copyAll(ctx context.Context, w *work, snapshot string) error {
 		}
 	}
 	res, err := Copy(ctx, src, dst, CopyOptions{Truncate: true, Snapshot: snapshot, Progress: progress, TenantID: w.tenantFilter(),
-		SharedTarget: w.m.Kind == KindDemote})
+		SharedTarget: w.m.toPool() != 0})
 	if err != nil {
 		return err
 	}

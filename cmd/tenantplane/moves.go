@@ -21,6 +21,7 @@ type Move struct {
 	Tenant          string  `json:"tenant"`
 	From            string  `json:"from"`
 	To              string  `json:"to"`
+	ToPool          string  `json:"to_pool"`
 	Mode            string  `json:"mode"`
 	ModeReason      string  `json:"mode_reason"`
 	Phase           string  `json:"phase"`
@@ -109,11 +110,12 @@ Start a move with: tenantplane tenants move SLUG --to SERVER --watch`
 func newTenantsMoveCmd(o *adminOptions) *cobra.Command {
 	var (
 		to, mode string
+		pool     int64
 		watch    watchFlags
 	)
 	cmd := &cobra.Command{
-		Use:   "move SLUG --to SERVER",
-		Short: "Move a tenant's database to another server, online when both servers allow it",
+		Use:   "move SLUG --to SERVER | --pool ID",
+		Short: "Move a tenant's database to another server (a pooled tenant's rows to another pool database), online when both servers allow it",
 		Long: `Move a tenant's database to another server.
 
 Without --mode the move is online (logical replication: writes pause only for
@@ -121,25 +123,37 @@ the final catch-up, under a second) when both servers allow it; when they do
 not, the call is refused with the reason and the write pause a copy-mode move
 would take. --mode copy holds the tenant's writes for the whole copy.
 
+A pooled tenant's rows move to another pool database (a repool): --pool names
+it, or --to picks the active pool database with the most room on that server.
+Its writes are held for the copy of its rows when the online mode cannot run.
+
 While the move is open, suspend, resume, delete, restore and
 rotate-credentials are refused; API keys can still be issued and revoked.`,
 		Example: `  tenantplane tenants move acme --to pg-2 --watch
-  tenantplane tenants move acme --to pg-2 --mode copy`,
+  tenantplane tenants move acme --to pg-2 --mode copy
+  tenantplane tenants move small-co --pool 3 --watch`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if mode != "" && mode != "online" && mode != "copy" {
 				return fmt.Errorf("--mode must be online or copy, got %q", mode)
 			}
-			raw, err := o.call(cmd, "POST", pathf("/tenants/%s/move", args[0]), nil, map[string]string{"to": to, "mode": mode})
+			if to == "" && pool == 0 {
+				return fmt.Errorf("name the server to move the tenant to (--to), or, for a pooled tenant, a pool database (--pool)")
+			}
+			body := map[string]any{"to": to, "mode": mode}
+			if pool != 0 {
+				body["pool"] = pool
+			}
+			raw, err := o.call(cmd, "POST", pathf("/tenants/%s/move", args[0]), nil, body)
 			if err != nil {
 				return err
 			}
 			return o.moveStarted(cmd, raw, watch)
 		},
 	}
-	cmd.Flags().StringVar(&to, "to", "", "the server to move the tenant to (required)")
+	cmd.Flags().StringVar(&to, "to", "", "the server to move the tenant to")
+	cmd.Flags().Int64Var(&pool, "pool", 0, "a pooled tenant's target pool database (its id)")
 	cmd.Flags().StringVar(&mode, "mode", "", `online or copy (default: online when both servers allow it)`)
-	_ = cmd.MarkFlagRequired("to")
 	watch.registerMove(cmd)
 	return cmd
 }
@@ -305,6 +319,9 @@ func writeMoveStarted(w io.Writer, m Move) error {
 	switch m.Kind {
 	case "promote":
 		msg = fmt.Sprintf("Promoting tenant %s from pool database %s on %s to a database of its own on %s (move %s).", m.Tenant, m.Pool, m.From, m.To, m.ID)
+	case "repool":
+		msg = fmt.Sprintf("Moving pooled tenant %s from pool database %s on %s to pool database %s on %s, %s mode (move %s).",
+			m.Tenant, m.Pool, m.From, m.ToPool, m.To, m.Mode, m.ID)
 	case "demote":
 		msg = fmt.Sprintf("Demoting tenant %s from its database on %s into pool database %s on %s (move %s).", m.Tenant, m.From, m.Pool, m.To, m.ID)
 	}

@@ -141,8 +141,22 @@ func TestTenantsMoveWithoutWatchAndItsFlags(t *testing.T) {
 	_, err = cli("tenants", "move", "acme", "--to", "pg-2", "--mode", "fast")
 	require.EqualError(t, err, `--mode must be online or copy, got "fast"`)
 	_, err = cli("tenants", "move", "acme")
-	require.ErrorContains(t, err, `required flag(s) "to" not set`)
+	require.EqualError(t, err, "name the server to move the tenant to (--to), or, for a pooled tenant, a pool database (--pool)")
 	require.Len(t, admin.sent("POST /tenants/acme/move"), 2, "bad flags call nothing")
+}
+
+// A pooled tenant's move names its pool database; the answer (kind repool)
+// is said as a move from pool to pool.
+func TestTenantsMoveToAPool(t *testing.T) {
+	t.Parallel()
+	started := moveJSON(t, map[string]any{"tenant": "small-co", "kind": "repool", "pool": "tp_pool_1", "to_pool": "tp_pool_3", "mode": "copy",
+		"mode_reason": "online impossible (wal_level is replica): the tenant's writes held for the copy of its rows"})
+	admin, url := newCannedAdmin(t, map[string][]cannedAnswer{"POST /tenants/small-co/move": {{http.StatusAccepted, started}}})
+	stdout, _, err := runCLI(t, "", "tenants", "move", "small-co", "--pool", "3", "--admin-url", url, "--token", testToken)
+	require.NoError(t, err)
+	require.Equal(t, []string{`{"mode":"","pool":3,"to":""}`}, admin.sent("POST /tenants/small-co/move"))
+	require.Equal(t, "Moving pooled tenant small-co from pool database tp_pool_1 on pg-1 to pool database tp_pool_3 on pg-2, copy mode (move 12). "+
+		"Online impossible (wal_level is replica): the tenant's writes held for the copy of its rows.\nFollow it with: tenantplane moves show 12 --watch\n", stdout)
 }
 
 func TestMovesListShowCancelRevert(t *testing.T) {

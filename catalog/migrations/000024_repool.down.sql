@@ -1,0 +1,10 @@
+UPDATE pool_databases SET state = 'active' WHERE state = 'retired';
+ALTER TABLE pool_databases DROP CONSTRAINT pool_databases_state_check;
+ALTER TABLE pool_databases ADD CONSTRAINT pool_databases_state_check CHECK (state IN ('provisioning', 'active', 'failed'));
+UPDATE tenants SET move_id = NULL, held = false WHERE move_id IN (SELECT id FROM moves WHERE kind = 'repool');
+UPDATE evacuation_tenants SET move_id = NULL WHERE move_id IN (SELECT id FROM moves WHERE kind = 'repool');
+DELETE FROM moves WHERE kind = 'repool';
+ALTER TABLE moves DROP CONSTRAINT moves_to_pool_check;
+ALTER TABLE moves DROP COLUMN to_pool_id;
+ALTER TABLE moves DROP CONSTRAINT moves_kind_check;
+ALTER TABLE moves ADD CONSTRAINT moves_kind_check CHECK (kind IN ('move', 'promote', 'demote'));
