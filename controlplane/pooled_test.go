@@ -389,24 +389,6 @@ func TestPooledTenantLifecycle(t *testing.T) {
 	}, 5*time.Second, 50*time.Millisecond, "restored with every row")
 }
 
-// TestEvacuationLeavesAServerWithPooledTenantsDraining: an evacuation moves
-// tenant databases, not pool databases; a server whose pool still holds
-// pooled tenants ends draining, never empty, whatever moved off it.
-func TestEvacuationLeavesAServerWithPooledTenantsDraining(t *testing.T) {
-	t.Parallel()
-	f := setupFleet(t, 2, nil)
-	f.createPool(t, "pg-1", 10)
-	f.pooledWithKey(t, "stays-pooled")
-	f.tenantWithKey(t, "moves-off", "pro", "pg-1")
-	status, e := call(t, "POST", f.admin+"/admin/v1/servers/pg-1/drain", testToken, map[string]any{"evacuate": true, "mode": "copy"})
-	require.Equal(t, http.StatusAccepted, status, e)
-	require.EqualValues(t, 1, e["total"], "the dedicated tenant only")
-	e = f.waitEvacuation(t, e["id"], 60*time.Second, finished)
-	require.Equal(t, "done", e["state"], e)
-	states, _ := f.serverStates(t)
-	require.Equal(t, "draining", states["pg-1"], "the pool database there still holds a tenant")
-}
-
 // TestPoolOnAServerThatIsDownFailsThenRetries: a pool database whose server
 // is down is left failed with the reason (503), takes no tenant, and is made
 // by a retry once the server is back.
