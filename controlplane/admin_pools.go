@@ -19,7 +19,8 @@ func (a *App) poolRoutes(v1 *gin.RouterGroup) {
 }
 
 // retryPool makes again a pool database left failed or provisioning (its
-// server was down): every step is idempotent.
+// server was down), or makes a retired one (its server was evacuated)
+// active again: every step is idempotent.
 func (a *App) retryPool(c *gin.Context) {
 	id, ok := numericID(c, "pool database")
 	if !ok {

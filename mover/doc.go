@@ -138,6 +138,21 @@
 // demotion's database dropped. Revert refuses them: the opposite change
 // takes one back.
 //
+// A repool (repool.go, moves.kind repool, pool_id its source and to_pool_id
+// its target) is the same machinery from pool to pool: StartMove calls
+// StartRepool for a pooled tenant (MoveSpec.Pool, or an active pool
+// database with room on MoveSpec.To); its fence is the source pool's
+// FenceTenantRows, its copy goes beside the target pool's other tenants'
+// rows (SharedTarget), and after the keep its rows are deleted from the
+// source pool under the tenant's catalog lock (deleteKeptPoolRows), never
+// while a move of it is under way. A move into a pool database takes its
+// place there as it starts (checkPoolRoom: capacity less tenants and the
+// moves under way into it). Moves out of one pool database hold its
+// migration lock shared, each with its own move's lock, so they run at
+// once. Evacuate repools the pooled tenants of the server's pool
+// databases, refuses (CodeConflict) a server whose tenants the others have
+// no room for, and retires the pool databases of a server it empties.
+//
 // Not built yet: the native-subscription apply (ApplySubscription: the
 // online mode always applies the stream itself), a copy-back revert's
 // verify outside the fence, a keep that follows a schema change (a
