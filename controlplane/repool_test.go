@@ -20,19 +20,7 @@ import (
 // pool after the keep; a repool is not reverted but moved back.
 func TestRepoolUnderWrites(t *testing.T) {
 	t.Parallel()
-	for _, mode := range []string{"copy", "online"} {
-		t.Run(mode, func(t *testing.T) {
-			t.Parallel()
-			env := map[string]string{"TENANTPLANE_MOVE_KEEP": "2s"}
-			var f *fleet
-			if mode == "copy" {
-				f = setupFleet(t, 2, env)
-			} else {
-				f = setupLogicalFleet(t, 2, env)
-			}
-			repoolUnderWrites(t, f, mode)
-		})
-	}
+	inBothModes(t, 2, map[string]string{"TENANTPLANE_MOVE_KEEP": "2s"}, repoolUnderWrites)
 }
 
 func repoolUnderWrites(t *testing.T, f *fleet, mode string) {
@@ -86,40 +74,21 @@ func repoolUnderWrites(t *testing.T, f *fleet, mode string) {
 	countIn := func(dsn, tenant string) int64 {
 		return query[int64](t, dsn, `SELECT count(*) FROM users WHERE tenant_id = $1`, tenant)
 	}
-	stop := make(chan struct{})
-	var acked, failed, unavailable []string
-	var gap time.Duration
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		acked, failed, unavailable, gap = writeUntil(f.api, keys[0], "r", stop)
-	}()
-	time.Sleep(300 * time.Millisecond)
-	status, move := call(t, "POST", f.admin+"/admin/v1/tenants/wanderer/move", testToken, map[string]any{"to": "pg-2"})
-	if status != http.StatusAccepted {
-		close(stop)
-		<-done
-	}
-	require.Equal(t, http.StatusAccepted, status, move)
-	require.Equal(t, "repool", move["kind"])
-	require.Equal(t, source["name"], move["pool"])
-	require.Equal(t, target["name"], move["to_pool"])
-	require.Equal(t, "pg-1", move["from"])
-	require.Equal(t, "pg-2", move["to"])
-	require.Equal(t, mode, move["mode"], move["mode_reason"])
-	// The neighbour is served while its pool mate moves.
-	status, body := call(t, "GET", f.api+"/v1/users", keys[1], nil)
-	require.Equal(t, http.StatusOK, status, body)
-	require.Len(t, body["users"], 5)
-	func() {
-		defer func() { close(stop); <-done }()
-		move = f.waitMove(t, move["id"])
-		time.Sleep(300 * time.Millisecond)
-	}()
-	require.Empty(t, failed, "no request fails but for a 503 to retry")
-	require.LessOrEqual(t, len(unavailable), 3, "the routers hold the tenant's requests; a 503 is the rare one that met the fence first: %v", unavailable)
-	require.NotEmpty(t, acked)
-	t.Logf("repool (%s): %d inserts, longest gap %v, write pause %v ms, %v rows copied", mode, len(acked), gap.Round(time.Millisecond), move["write_pause_ms"], move["rows_copied"])
+	move, acked := f.moveUnderWrites(t, keys[0], "r", "repool", func() map[string]any {
+		status, move := call(t, "POST", f.admin+"/admin/v1/tenants/wanderer/move", testToken, map[string]any{"to": "pg-2"})
+		require.Equal(t, http.StatusAccepted, status, move)
+		require.Equal(t, "repool", move["kind"])
+		require.Equal(t, source["name"], move["pool"])
+		require.Equal(t, target["name"], move["to_pool"])
+		require.Equal(t, "pg-1", move["from"])
+		require.Equal(t, "pg-2", move["to"])
+		require.Equal(t, mode, move["mode"], move["mode_reason"])
+		// The neighbour is served while its pool mate moves.
+		status, body := call(t, "GET", f.api+"/v1/users", keys[1], nil)
+		require.Equal(t, http.StatusOK, status, body)
+		require.Len(t, body["users"], 5)
+		return move
+	})
 
 	_, tenant := call(t, "GET", f.admin+"/admin/v1/tenants/wanderer", testToken, nil)
 	require.Equal(t, target["name"], tenant["pool"])
@@ -128,7 +97,7 @@ func repoolUnderWrites(t *testing.T, f *fleet, mode string) {
 		require.EqualValues(t, 1, query[int64](t, targetDSN, `SELECT count(*) FROM users WHERE tenant_id = $1 AND email = $2`, id, email), "%s in the target pool once", email)
 	}
 	require.EqualValues(t, len(acked), countIn(targetDSN, id), "and nothing else")
-	status, body = call(t, "GET", f.api+"/v1/users?limit=1000", keys[0], nil)
+	status, body := call(t, "GET", f.api+"/v1/users?limit=1000", keys[0], nil)
 	require.Equal(t, http.StatusOK, status, body)
 	require.Len(t, body["users"], len(acked), "the tenant API serves every row from the target pool")
 

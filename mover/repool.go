@@ -183,15 +183,7 @@ func (s *Service) StartRepool(ctx context.Context, slug string, spec MoveSpec, a
 	if err := pick.refuse(); err != nil {
 		return Move{}, err
 	}
-	src, err := s.store.GetServer(ctx, from.server)
-	if err != nil {
-		return Move{}, err
-	}
-	dst, err := s.store.GetServer(ctx, pick.server)
-	if err != nil {
-		return Move{}, err
-	}
-	mode, reason, err := s.tierMode(ctx, t.Pool, src, dst)
+	mode, reason, err := s.tierModeBetween(ctx, t.Pool, from.server, pick.server)
 	if err != nil {
 		return Move{}, err
 	}

@@ -53,6 +53,19 @@ func (s *Service) tierMode(ctx context.Context, srcDB string, from, to catalog.S
 	return ModeCopy, "online impossible (" + strings.Join(refusals, "; ") + "): the tenant's writes held for the copy of its rows", nil
 }
 
+// tierModeBetween is tierMode from database srcDB on server from to server to.
+func (s *Service) tierModeBetween(ctx context.Context, srcDB, from, to string) (string, string, error) {
+	src, err := s.store.GetServer(ctx, from)
+	if err != nil {
+		return "", "", err
+	}
+	dst, err := s.store.GetServer(ctx, to)
+	if err != nil {
+		return "", "", err
+	}
+	return s.tierMode(ctx, srcDB, src, dst)
+}
+
 // PromoteSpec is what promoting a pooled tenant takes.
 type PromoteSpec struct {
 	// To is the server of the tenant's new database. Default: its pool
@@ -162,15 +175,7 @@ func (s *Service) StartDemotion(ctx context.Context, slug string, spec DemoteSpe
 	case pick.Tenants >= pick.Capacity:
 		return Move{}, catalog.Errorf(catalog.CodeConflict, "pool database %s is full: %d tenants of a capacity of %d", pick.Name, pick.Tenants, pick.Capacity)
 	}
-	from, err := s.store.GetServer(ctx, t.Server)
-	if err != nil {
-		return Move{}, err
-	}
-	to, err := s.store.GetServer(ctx, pick.Server)
-	if err != nil {
-		return Move{}, err
-	}
-	mode, reason, err := s.tierMode(ctx, t.Database, from, to)
+	mode, reason, err := s.tierModeBetween(ctx, t.Database, t.Server, pick.Server)
 	if err != nil {
 		return Move{}, err
 	}
