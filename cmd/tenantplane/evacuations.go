@@ -34,6 +34,7 @@ type Evacuation struct {
 		Tenant string `json:"tenant"`
 		From   string `json:"from"`
 		To     string `json:"to"`
+		ToPool string `json:"to_pool"` // a pooled tenant's target pool database
 		Reason string `json:"reason"`
 		State  string `json:"state"`
 		MoveID apiID  `json:"move_id"`
@@ -222,7 +223,11 @@ func writeEvacuation(w io.Writer, e Evacuation) error {
 		if move == "" {
 			move = "-"
 		}
-		t.row(r.Tenant, r.From, dash(r.To), r.State, move, dash(r.Phase), dash(truncate(r.Error, 100)))
+		to := dash(r.To)
+		if r.ToPool != "" {
+			to += " (" + r.ToPool + ")"
+		}
+		t.row(r.Tenant, r.From, to, r.State, move, dash(r.Phase), dash(truncate(r.Error, 100)))
 	}
 	return t.flush()
 }

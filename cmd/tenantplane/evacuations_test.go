@@ -38,7 +38,7 @@ func TestServersDrainEvacuateWatchShowsProgressAndFailures(t *testing.T) {
 		"last_error": "1 of 3 tenants did not move: see each one's error", "finished_at": "2026-03-01T12:01:00Z",
 		"tenants": []map[string]any{
 			{"tenant": "acme", "from": "pg-1", "to": "pg-2", "state": "moved", "move_id": 7, "phase": "done"},
-			{"tenant": "globex", "from": "pg-1", "to": "pg-3", "state": "moved", "move_id": 8, "phase": "done"},
+			{"tenant": "globex", "from": "pg-1", "to": "pg-3", "to_pool": "tp_pool_4", "state": "moved", "move_id": 8, "phase": "done"},
 			{"tenant": "initech", "from": "pg-1", "to": "pg-2", "state": "failed", "move_id": 9, "phase": "aborted", "error": "verification failed: table users differs"},
 		}})
 	admin, url := newCannedAdmin(t, map[string][]cannedAnswer{
@@ -53,6 +53,7 @@ func TestServersDrainEvacuateWatchShowsProgressAndFailures(t *testing.T) {
 	require.Contains(t, stdout, "evacuation 3 of pg-1 running · moved 1 · failed 0 · moving 1 · pending 1\n")
 	require.Contains(t, stdout, "Evacuation 3 of pg-1 is failed: moved 2, failed 1, moving 0, pending 0 of 3 (concurrency 4, 2 per server, mode copy).")
 	require.Regexp(t, `initech\s+pg-1\s+pg-2\s+failed\s+9\s+aborted\s+verification failed: table users differs`, stdout)
+	require.Regexp(t, `globex\s+pg-1\s+pg-3 \(tp_pool_4\)\s+moved\s+8\s+done`, stdout, "a pooled tenant's target pool database")
 
 	t.Run("on a terminal, a bar of tenants", func(t *testing.T) {
 		var e Evacuation
