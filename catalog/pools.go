@@ -173,12 +173,15 @@ func (s *Store) PoolCredentials(ctx context.Context, id int64) (role, password s
 // createPooledTenant places a pooled tenant in the pool database with the
 // most room (on nt.Server when given), active at once: no database, no
 // role, no job. The caller holds the placement lock, so no pool fills past
-// its capacity.
+// its capacity (which counts the moves under way into it too).
 func createPooledTenant(ctx context.Context, tx pgx.Tx, nt NewTenant) (Tenant, error) {
 	var poolID int64
 	err := tx.QueryRow(ctx, `
 		SELECT id FROM (
-			SELECT p.id, p.capacity - (SELECT count(*) FROM tenants t WHERE t.pool_id = p.id AND t.state <> 'deleted') AS free
+			SELECT p.id, p.capacity - (SELECT count(*) FROM tenants t WHERE t.pool_id = p.id AND t.state <> 'deleted')
+				-- a demotion or repool under way into it has its place already
+				- (SELECT count(*) FROM moves m WHERE m.phase NOT IN ('done', 'aborted', 'reverted')
+					AND (m.kind = 'demote' AND m.pool_id = p.id OR m.kind = 'repool' AND m.to_pool_id = p.id)) AS free
 			FROM pool_databases p JOIN servers s ON s.id = p.server_id
 			WHERE p.state = 'active' AND s.state = 'active' AND ($1 = '' OR s.name = $1)
 		) c WHERE free > 0 ORDER BY free DESC, id LIMIT 1`, nt.Server).Scan(&poolID)
