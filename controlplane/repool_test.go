@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -123,17 +124,25 @@ func repoolUnderWrites(t *testing.T, f *fleet, mode string) {
 // of their own and pooled tenants in its pool database is refused (409,
 // nothing started) while no other server has a pool database with room;
 // once one has, its evacuation moves every tenant (the pooled ones by
-// repool, within the evacuation's bounds) and the server ends empty, its
-// pool database retired, every tenant served from the other server.
+// repool, within the evacuation's bounds) while one pooled tenant takes
+// writes without a pause, and the server ends empty, its pool database
+// retired, every tenant served from the other server, every acknowledged
+// write there once.
 func TestEvacuationMovesPooledTenants(t *testing.T) {
 	t.Parallel()
 	f := setupFleet(t, 2, nil)
+	_, err := f.app.store.Pool().Exec(context.Background(), `INSERT INTO plans (name, max_conns, rate_per_sec, rate_burst, isolation) VALUES ('pooled-fast', 4, 1000, 1000, 'pooled')`)
+	require.NoError(t, err)
 	source := f.createPool(t, "pg-1", 10)
 	keys := map[string]string{}
 	for i := range 3 {
 		slug := fmt.Sprintf("pooled-%d", i)
 		_, keys[slug] = f.pooledWithKey(t, slug)
 	}
+	status, busy := call(t, "POST", f.admin+"/admin/v1/tenants", testToken, map[string]any{"slug": "busy-pooled", "name": "busy", "plan": "pooled-fast"})
+	require.Equal(t, http.StatusCreated, status, busy)
+	status, key := call(t, "POST", f.admin+"/admin/v1/tenants/busy-pooled/keys", testToken, nil)
+	require.Equal(t, http.StatusCreated, status, key)
 	for i := range 2 {
 		slug := fmt.Sprintf("dedicated-%d", i)
 		_, keys[slug] = f.tenantWithKey(t, slug, "pro", "pg-1")
@@ -146,7 +155,7 @@ func TestEvacuationMovesPooledTenants(t *testing.T) {
 	status, body := call(t, "POST", f.admin+"/admin/v1/servers/pg-1/drain", testToken, map[string]any{"evacuate": true, "mode": "copy"})
 	require.Equal(t, http.StatusConflict, status, body)
 	msg := body["error"].(map[string]any)["message"].(string)
-	require.Contains(t, msg, "3 pooled tenants")
+	require.Contains(t, msg, "4 pooled tenants")
 	require.Contains(t, msg, "POST /admin/v1/pools")
 	states, _ := f.serverStates(t)
 	require.Equal(t, "active", states["pg-1"], "a refused evacuation starts nothing")
@@ -154,17 +163,30 @@ func TestEvacuationMovesPooledTenants(t *testing.T) {
 	require.Empty(t, page["evacuations"])
 
 	target := f.createPool(t, "pg-2", 10)
-	status, e := call(t, "POST", f.admin+"/admin/v1/servers/pg-1/drain", testToken,
-		map[string]any{"evacuate": true, "mode": "copy", "concurrency": 3, "per_server": 2})
-	require.Equal(t, http.StatusAccepted, status, e)
-	require.EqualValues(t, 5, e["total"], "the dedicated tenants and the pooled ones")
-	e = f.waitEvacuation(t, e["id"], 90*time.Second, finished)
+	var e map[string]any
+	_, acked := f.moveUnderWrites(t, key["key"].(string), "busy", "evacuation", func() map[string]any {
+		status, e = call(t, "POST", f.admin+"/admin/v1/servers/pg-1/drain", testToken,
+			map[string]any{"evacuate": true, "mode": "copy", "concurrency": 3, "per_server": 2})
+		require.Equal(t, http.StatusAccepted, status, e)
+		require.EqualValues(t, 6, e["total"], "the dedicated tenants and the pooled ones")
+		e = f.waitEvacuation(t, e["id"], 90*time.Second, finished)
+		for _, r := range e["tenants"].([]any) {
+			if r := r.(map[string]any); r["tenant"] == "busy-pooled" {
+				return map[string]any{"id": r["move_id"]}
+			}
+		}
+		return nil
+	})
 	require.Equal(t, "done", e["state"], e)
-	require.EqualValues(t, 5, e["moved"], e)
+	require.EqualValues(t, 6, e["moved"], e)
+	targetDSN := f.servers["pg-2"].DSN(target["name"].(string))
+	require.EqualValues(t, len(acked), query[int64](t, targetDSN, `SELECT count(*) FROM users WHERE tenant_id = $1`, busy["id"]))
+	require.EqualValues(t, len(acked), query[int64](t, targetDSN, `SELECT count(DISTINCT email) FROM users WHERE tenant_id = $1 AND email = ANY($2)`,
+		busy["id"], acked), "every acknowledged write in the target pool once")
 	for _, r := range e["tenants"].([]any) {
 		r := r.(map[string]any)
 		require.Equal(t, "pg-2", r["to"], r)
-		if r["tenant"].(string)[:6] == "pooled" {
+		if strings.Contains(r["tenant"].(string), "pooled") {
 			require.Equal(t, target["name"], r["to_pool"], r)
 		} else {
 			require.Nil(t, r["to_pool"], r)
@@ -178,7 +200,7 @@ func TestEvacuationMovesPooledTenants(t *testing.T) {
 	require.Equal(t, "retired", pool["state"], pool)
 	require.EqualValues(t, 0, pool["tenants"])
 	_, pool = call(t, "GET", fmt.Sprintf("%s/admin/v1/pools/%v", f.admin, target["id"]), testToken, nil)
-	require.EqualValues(t, 3, pool["tenants"])
+	require.EqualValues(t, 4, pool["tenants"])
 	for slug, key := range keys {
 		_, tenant := call(t, "GET", f.admin+"/admin/v1/tenants/"+slug, testToken, nil)
 		require.Equal(t, "pg-2", tenant["server"], slug)
