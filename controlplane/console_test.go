@@ -448,4 +448,17 @@ func TestConsoleTiers(t *testing.T) {
 	_, tenant := call(t, "GET", f.admin+"/admin/v1/tenants/small", testToken, nil)
 	require.Empty(t, tenant["pool"], tenant)
 	require.NotEmpty(t, tenant["database"], tenant)
+
+	// A change of plan, through the same code as PATCH /tenants/{slug}.
+	_, page = c.do("GET", "/console/tenants/big", nil, nil)
+	require.Contains(t, page, `action="/console/act/plan"`)
+	require.Contains(t, page, `<option value="pro" selected>pro (dedicated)</option>`)
+	resp, page = c.do("POST", "/console/act/plan", url.Values{"slug": {"big"}, "plan": {"platinum"}, "csrf": {csrfOf(t, page)}}, nil)
+	require.Equal(t, http.StatusBadRequest, resp.StatusCode, "an unknown plan is refused as the API refuses it")
+	require.Contains(t, page, "plans: basic, enterprise, free, pro")
+	resp, page = c.do("POST", "/console/act/plan", url.Values{"slug": {"big"}, "plan": {"enterprise"}, "csrf": {csrfOf(t, page)}}, nil)
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode, page)
+	require.Equal(t, "/console/tenants/big?done=plan", resp.Header.Get("Location"))
+	_, tenant = call(t, "GET", f.admin+"/admin/v1/tenants/big", testToken, nil)
+	require.Equal(t, "enterprise", tenant["plan"], tenant)
 }
