@@ -128,11 +128,27 @@ func (f *fleet) fastPlans(t testing.TB) {
 // a pause is given a dedicated plan (a promotion that carries it), and
 // takes the plan at the switch, not before; the move is reverted under
 // writes, which puts it back in its pool on its old plan; a dedicated
-// tenant is given a pooled plan (a demotion). Each time every acknowledged
+// tenant is given a pooled plan (a demotion), reverted too (back into the
+// database it kept). Each time every acknowledged
 // write is on the new side exactly once and the router applies the plan.
 func TestChangePlanAcrossTiersUnderWrites(t *testing.T) {
 	t.Parallel()
-	f := setupFleet(t, 1, map[string]string{"TENANTPLANE_MOVE_KEEP": "1h"})
+	for _, mode := range []string{"copy", "online"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			env := map[string]string{"TENANTPLANE_MOVE_KEEP": "1h"}
+			var f *fleet
+			if mode == "copy" {
+				f = setupFleet(t, 1, env)
+			} else {
+				f = setupLogicalFleet(t, 1, env)
+			}
+			changePlanAcrossTiers(t, f, mode)
+		})
+	}
+}
+
+func changePlanAcrossTiers(t *testing.T, f *fleet, mode string) {
 	f.fastPlans(t)
 	pool := f.createPool(t, "pg-1", 10)
 	poolDSN := f.servers["pg-1"].DSN(pool["name"].(string))
@@ -161,6 +177,7 @@ func TestChangePlanAcrossTiersUnderWrites(t *testing.T) {
 		require.Equal(t, http.StatusAccepted, status, body)
 		move, tn := body["move"].(map[string]any), body["tenant"].(map[string]any)
 		require.Equal(t, "promote", move["kind"])
+		require.Equal(t, mode, move["mode"], move["mode_reason"])
 		require.Equal(t, "dedicated-fast", move["plan"])
 		require.Equal(t, "pooled-fast", move["from_plan"])
 		require.Equal(t, "pooled-fast", tn["plan"], "the plan changes at the switch, not before")
@@ -188,6 +205,7 @@ func TestChangePlanAcrossTiersUnderWrites(t *testing.T) {
 	})
 	all = append(all, more...)
 	require.Equal(t, "demote", revert["kind"])
+	require.Equal(t, mode, revert["mode"], revert["mode_reason"])
 	require.Equal(t, pool["name"], revert["pool"])
 	require.Equal(t, promotion["id"], revert["reverts"])
 	require.Equal(t, "pooled-fast", revert["plan"])
@@ -212,6 +230,7 @@ func TestChangePlanAcrossTiersUnderWrites(t *testing.T) {
 		return body["move"].(map[string]any)
 	})
 	require.Equal(t, "demote", demotion["kind"])
+	require.Equal(t, mode, demotion["mode"], demotion["mode_reason"])
 	require.Equal(t, "pooled-fast", demotion["plan"])
 	require.Equal(t, "dedicated-fast", demotion["from_plan"])
 	status, big = call(t, "GET", f.admin+"/admin/v1/tenants/shrinking", testToken, nil)
@@ -219,6 +238,24 @@ func TestChangePlanAcrossTiersUnderWrites(t *testing.T) {
 	require.Equal(t, "pooled-fast", big["plan"])
 	require.Equal(t, pool["name"], big["pool"])
 	exactlyOnce(poolDSN, bigID, bigKey, written)
+
+	// Its revert: back into the database it kept, on its old plan.
+	back, more := f.moveUnderWrites(t, bigKey, "up-again", "demotion's revert", func() map[string]any {
+		status, move := call(t, "POST", fmt.Sprintf("%s/admin/v1/moves/%v/revert", f.admin, demotion["id"]), testToken, nil)
+		require.Equal(t, http.StatusAccepted, status, move)
+		return move
+	})
+	written = append(written, more...)
+	require.Equal(t, "promote", back["kind"])
+	require.Equal(t, mode, back["mode"], back["mode_reason"])
+	require.Equal(t, "dedicated-fast", back["plan"])
+	status, big = call(t, "GET", f.admin+"/admin/v1/tenants/shrinking", testToken, nil)
+	require.Equal(t, http.StatusOK, status, big)
+	require.Equal(t, "dedicated-fast", big["plan"])
+	require.Nil(t, big["pool"])
+	exactlyOnce(f.servers["pg-1"].DSN(catalog.DatabaseName(bigID)), bigID, bigKey, written)
+	require.EqualValues(t, 1, f.planChanges(t, bigID, "pooled-fast", "dedicated-fast"))
+
 	// The pool's first tenant kept its rows throughout.
 	exactlyOnce(poolDSN, id, growingKey, all)
 }
