@@ -326,3 +326,38 @@ func TestChangePlanCancelledKeepsTheOldPlan(t *testing.T) {
 	db, role := dbAndRoleExist(t, f.servers["pg-1"], catalog.DatabaseName(id))
 	require.False(t, db || role, "the aborted promotion's target is gone")
 }
+
+// TestServerCapacityLeavesPooledTenantsApart: a server's tenants and
+// capacity are the tenants with a database of their own there; its pool
+// databases and pooled tenants are shown beside them and take no part in
+// it, so a full server still takes pooled tenants in its pools, and refuses
+// a change of plan that would give one a database there.
+func TestServerCapacityLeavesPooledTenantsApart(t *testing.T) {
+	t.Parallel()
+	f := setupFleet(t, 1, nil)
+	f.createPool(t, "pg-1", 10)
+	f.pooledWithKey(t, "small-a")
+	status, body := call(t, "PATCH", f.admin+"/admin/v1/servers/pg-1", testToken, map[string]any{"capacity": 1})
+	require.Equal(t, http.StatusOK, status, body)
+	status, body = f.createTenant(t, "big", true)
+	require.Equal(t, http.StatusCreated, status, body)
+	status, body = f.createTenant(t, "bigger", false)
+	require.Equal(t, http.StatusConflict, status, "the server is full for databases: %v", body)
+	f.pooledWithKey(t, "small-b")
+
+	status, body = call(t, "GET", f.admin+"/admin/v1/servers", testToken, nil)
+	require.Equal(t, http.StatusOK, status, body)
+	srv := body["servers"].([]any)[0].(map[string]any)
+	require.EqualValues(t, 1, srv["capacity"])
+	require.EqualValues(t, 1, srv["tenants"], "the dedicated tenant")
+	require.EqualValues(t, 1, srv["pool_databases"])
+	require.EqualValues(t, 2, srv["pooled_tenants"])
+
+	status, body = f.changePlan(t, "small-a", map[string]any{"plan": "pro"})
+	require.Equal(t, http.StatusConflict, status, body)
+	require.Contains(t, body["error"].(map[string]any)["message"], "server pg-1 is full: 1 tenants of a capacity of 1")
+	status, body = call(t, "GET", f.admin+"/admin/v1/tenants/small-a", testToken, nil)
+	require.Equal(t, http.StatusOK, status, body)
+	require.Equal(t, "free", body["plan"])
+	require.Nil(t, body["move_id"])
+}
