@@ -107,12 +107,20 @@ func TestChangePlanWithinTier(t *testing.T) {
 	// A deleting tenant: 409, plan kept.
 	status, body = call(t, "DELETE", f.admin+"/admin/v1/tenants/shifting", testToken, nil)
 	require.Equal(t, http.StatusAccepted, status, body)
-	status, body = f.changePlan(t, "shifting", map[string]any{"plan": "basic"})
+	f.planRefused(t, "shifting", "basic", "is deleting; changing its plan needs it to be active or suspended", "pro")
+}
+
+// planRefused: changing slug's plan to plan is a 409 that says says, and
+// the tenant keeps plan kept, with no move.
+func (f *fleet) planRefused(t testing.TB, slug, plan, says, kept string) {
+	t.Helper()
+	status, body := f.changePlan(t, slug, map[string]any{"plan": plan})
 	require.Equal(t, http.StatusConflict, status, body)
-	require.Contains(t, body["error"].(map[string]any)["message"], "is deleting; changing its plan needs it to be active or suspended")
-	status, body = call(t, "GET", f.admin+"/admin/v1/tenants/shifting", testToken, nil)
+	require.Contains(t, body["error"].(map[string]any)["message"], says)
+	status, body = call(t, "GET", f.admin+"/admin/v1/tenants/"+slug, testToken, nil)
 	require.Equal(t, http.StatusOK, status, body)
-	require.Equal(t, "pro", body["plan"])
+	require.Equal(t, kept, body["plan"])
+	require.Nil(t, body["move_id"])
 }
 
 // fastPlans adds a pooled and a dedicated plan whose rate limits a writer
@@ -133,19 +141,7 @@ func (f *fleet) fastPlans(t testing.TB) {
 // write is on the new side exactly once and the router applies the plan.
 func TestChangePlanAcrossTiersUnderWrites(t *testing.T) {
 	t.Parallel()
-	for _, mode := range []string{"copy", "online"} {
-		t.Run(mode, func(t *testing.T) {
-			t.Parallel()
-			env := map[string]string{"TENANTPLANE_MOVE_KEEP": "1h"}
-			var f *fleet
-			if mode == "copy" {
-				f = setupFleet(t, 1, env)
-			} else {
-				f = setupLogicalFleet(t, 1, env)
-			}
-			changePlanAcrossTiers(t, f, mode)
-		})
-	}
+	inBothModes(t, 1, map[string]string{"TENANTPLANE_MOVE_KEEP": "1h"}, changePlanAcrossTiers)
 }
 
 func changePlanAcrossTiers(t *testing.T, f *fleet, mode string) {
@@ -198,11 +194,14 @@ func changePlanAcrossTiers(t *testing.T, f *fleet, mode string) {
 	require.Eventually(t, func() bool { return f.rateOf(t, growingKey) == 900 }, 10*time.Second, 20*time.Millisecond)
 
 	// The revert: back into its pool, on its old plan.
-	revert, more := f.moveUnderWrites(t, growingKey, "back", "revert", func() map[string]any {
-		status, move := call(t, "POST", fmt.Sprintf("%s/admin/v1/moves/%v/revert", f.admin, promotion["id"]), testToken, nil)
-		require.Equal(t, http.StatusAccepted, status, move)
-		return move
-	})
+	revertUnderWrites := func(key, prefix string, id any) (map[string]any, []string) {
+		return f.moveUnderWrites(t, key, prefix, "revert of move "+fmt.Sprint(id), func() map[string]any {
+			status, move := call(t, "POST", fmt.Sprintf("%s/admin/v1/moves/%v/revert", f.admin, id), testToken, nil)
+			require.Equal(t, http.StatusAccepted, status, move)
+			return move
+		})
+	}
+	revert, more := revertUnderWrites(growingKey, "back", promotion["id"])
 	all = append(all, more...)
 	require.Equal(t, "demote", revert["kind"])
 	require.Equal(t, mode, revert["mode"], revert["mode_reason"])
@@ -240,11 +239,7 @@ func changePlanAcrossTiers(t *testing.T, f *fleet, mode string) {
 	exactlyOnce(poolDSN, bigID, bigKey, written)
 
 	// Its revert: back into the database it kept, on its old plan.
-	back, more := f.moveUnderWrites(t, bigKey, "up-again", "demotion's revert", func() map[string]any {
-		status, move := call(t, "POST", fmt.Sprintf("%s/admin/v1/moves/%v/revert", f.admin, demotion["id"]), testToken, nil)
-		require.Equal(t, http.StatusAccepted, status, move)
-		return move
-	})
+	back, more := revertUnderWrites(bigKey, "up-again", demotion["id"])
 	written = append(written, more...)
 	require.Equal(t, "promote", back["kind"])
 	require.Equal(t, mode, back["mode"], back["mode_reason"])
@@ -353,11 +348,5 @@ func TestServerCapacityLeavesPooledTenantsApart(t *testing.T) {
 	require.EqualValues(t, 1, srv["pool_databases"])
 	require.EqualValues(t, 2, srv["pooled_tenants"])
 
-	status, body = f.changePlan(t, "small-a", map[string]any{"plan": "pro"})
-	require.Equal(t, http.StatusConflict, status, body)
-	require.Contains(t, body["error"].(map[string]any)["message"], "server pg-1 is full: 1 tenants of a capacity of 1")
-	status, body = call(t, "GET", f.admin+"/admin/v1/tenants/small-a", testToken, nil)
-	require.Equal(t, http.StatusOK, status, body)
-	require.Equal(t, "free", body["plan"])
-	require.Nil(t, body["move_id"])
+	f.planRefused(t, "small-a", "pro", "server pg-1 is full: 1 tenants of a capacity of 1", "free")
 }

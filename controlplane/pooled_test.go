@@ -248,17 +248,23 @@ func setupLogicalFleet(t testing.TB, n int, env map[string]string) *fleet {
 // keep; the pool's other tenant is untouched throughout.
 func TestPromoteAndDemoteUnderWrites(t *testing.T) {
 	t.Parallel()
+	inBothModes(t, 2, map[string]string{"TENANTPLANE_MOVE_KEEP": "2s"}, promoteAndDemote)
+}
+
+// inBothModes runs test in parallel subtests on a fleet of n servers where
+// moves run in the copy mode (wal_level = replica) and on one where they
+// run online (logical).
+func inBothModes(t *testing.T, n int, env map[string]string, test func(t *testing.T, f *fleet, mode string)) {
 	for _, mode := range []string{"copy", "online"} {
 		t.Run(mode, func(t *testing.T) {
 			t.Parallel()
-			env := map[string]string{"TENANTPLANE_MOVE_KEEP": "2s"}
 			var f *fleet
 			if mode == "copy" {
-				f = setupFleet(t, 2, env)
+				f = setupFleet(t, n, env)
 			} else {
-				f = setupLogicalFleet(t, 2, env)
+				f = setupLogicalFleet(t, n, env)
 			}
-			promoteAndDemote(t, f, mode)
+			test(t, f, mode)
 		})
 	}
 }
