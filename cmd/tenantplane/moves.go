@@ -310,6 +310,9 @@ func writeMoveStarted(w io.Writer, m Move) error {
 	case "demote":
 		msg = fmt.Sprintf("Demoting tenant %s from its database on %s into pool database %s on %s (move %s).", m.Tenant, m.From, m.Pool, m.To, m.ID)
 	}
+	if (m.Kind == "promote" || m.Kind == "demote") && m.Reverts != "" {
+		msg = fmt.Sprintf("Reverting move %s: %s", m.Reverts, msg)
+	}
 	if m.Plan != "" {
 		msg += fmt.Sprintf(" It takes plan %s (now %s) when it switches.", m.Plan, m.FromPlan)
 	}
