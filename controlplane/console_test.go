@@ -461,4 +461,16 @@ func TestConsoleTiers(t *testing.T) {
 	require.Equal(t, "/console/tenants/big?done=plan", resp.Header.Get("Location"))
 	_, tenant = call(t, "GET", f.admin+"/admin/v1/tenants/big", testToken, nil)
 	require.Equal(t, "enterprise", tenant["plan"], tenant)
+	// Across tiers: the move that carries the plan, shown on its page.
+	_, page = c.do("GET", "/console/tenants/big", nil, nil)
+	resp, page = c.do("POST", "/console/act/plan", url.Values{"slug": {"big"}, "plan": {"free"}, "csrf": {csrfOf(t, page)}}, nil)
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode, page)
+	movePage = strings.TrimSuffix(resp.Header.Get("Location"), "?done=plan")
+	require.Regexp(t, `^/console/operations/moves/[0-9]+$`, movePage)
+	_, page = c.do("GET", movePage, nil, nil)
+	require.Contains(t, page, "enterprise → free, at the switch")
+	f.waitMove(t, strings.TrimPrefix(movePage, "/console/operations/moves/"))
+	_, tenant = call(t, "GET", f.admin+"/admin/v1/tenants/big", testToken, nil)
+	require.Equal(t, "free", tenant["plan"], tenant)
+	require.NotEmpty(t, tenant["pool"], tenant)
 }
