@@ -18,7 +18,7 @@ import (
 // tenant API serves them all from there; no request fails (the routers
 // hold them while the fence is up); its neighbour in the source pool is
 // served throughout and keeps its rows; the tenant's rows leave the source
-// pool after the keep; a repool is not reverted but moved back.
+// pool after the keep, and then the repool cannot be reverted.
 func TestRepoolUnderWrites(t *testing.T) {
 	t.Parallel()
 	inBothModes(t, 2, map[string]string{"TENANTPLANE_MOVE_KEEP": "2s"}, repoolUnderWrites)
@@ -115,7 +115,7 @@ func repoolUnderWrites(t *testing.T, f *fleet, mode string) {
 
 	status, body = call(t, "POST", fmt.Sprintf("%s/admin/v1/moves/%v/revert", f.admin, move["id"]), testToken, nil)
 	require.Equal(t, http.StatusConflict, status, body)
-	require.Contains(t, body["error"].(map[string]any)["message"], "repool back", body)
+	require.Contains(t, body["error"].(map[string]any)["message"], "cannot be reverted", "the source pool's rows are gone after the keep: %v", body)
 	_, pools := call(t, "GET", fmt.Sprintf("%s/admin/v1/pools/%v", f.admin, target["id"]), testToken, nil)
 	require.EqualValues(t, 1, pools["tenants"])
 }
@@ -127,7 +127,9 @@ func repoolUnderWrites(t *testing.T, f *fleet, mode string) {
 // repool, within the evacuation's bounds) while one pooled tenant takes
 // writes without a pause, and the server ends empty, its pool database
 // retired, every tenant served from the other server, every acknowledged
-// write there once.
+// write there once. A retired pool takes no tenant, nor a revert; once the
+// server and its pool are active again, the busy tenant's repool is
+// reverted under writes, back into the pool it kept its rows in.
 func TestEvacuationMovesPooledTenants(t *testing.T) {
 	t.Parallel()
 	f := setupFleet(t, 2, nil)
@@ -210,10 +212,46 @@ func TestEvacuationMovesPooledTenants(t *testing.T) {
 		require.Len(t, users, 1, slug)
 		require.Equal(t, slug+"@example.com", users[0].(map[string]any)["email"])
 	}
-	// A retired pool database takes no tenant; a retry makes it active again.
+	// A retired pool database takes no tenant, nor a revert; a retry (and
+	// its server's activation) makes it active again.
 	status, body = call(t, "POST", f.admin+"/admin/v1/tenants", testToken, map[string]any{"slug": "newcomer", "name": "n", "plan": "free", "server": "pg-1"})
 	require.Equal(t, http.StatusConflict, status, body)
+	var busyMove any
+	for _, r := range e["tenants"].([]any) {
+		if r := r.(map[string]any); r["tenant"] == "busy-pooled" {
+			busyMove = r["move_id"]
+		}
+	}
+	revertPath := fmt.Sprintf("%s/admin/v1/moves/%v/revert", f.admin, busyMove)
+	status, body = call(t, "POST", revertPath, testToken, nil)
+	require.Equal(t, http.StatusConflict, status, body)
+	require.Contains(t, body["error"].(map[string]any)["message"], "takes no tenants", body)
+	status, body = call(t, "POST", f.admin+"/admin/v1/servers/pg-1/activate", testToken, nil)
+	require.Equal(t, http.StatusOK, status, body)
 	status, body = call(t, "POST", fmt.Sprintf("%s/admin/v1/pools/%v/retry", f.admin, source["id"]), testToken, nil)
 	require.Equal(t, http.StatusOK, status, body)
 	require.Equal(t, "active", body["state"])
+
+	revert, more := f.moveUnderWrites(t, key["key"].(string), "back", "revert", func() map[string]any {
+		status, revert := call(t, "POST", revertPath, testToken, nil)
+		require.Equal(t, http.StatusAccepted, status, revert)
+		require.Equal(t, "repool", revert["kind"])
+		require.Equal(t, target["name"], revert["pool"])
+		require.Equal(t, source["name"], revert["to_pool"])
+		require.Equal(t, busyMove, revert["reverts"])
+		return revert
+	})
+	require.Equal(t, "pg-1", revert["to"])
+	_, tenant := call(t, "GET", f.admin+"/admin/v1/tenants/busy-pooled", testToken, nil)
+	require.Equal(t, source["name"], tenant["pool"])
+	_, original := call(t, "GET", fmt.Sprintf("%s/admin/v1/moves/%v", f.admin, busyMove), testToken, nil)
+	require.Equal(t, "reverted", original["phase"])
+	all := append(acked, more...)
+	sourceDSN := f.servers["pg-1"].DSN(source["name"].(string))
+	require.EqualValues(t, len(all), query[int64](t, sourceDSN, `SELECT count(*) FROM users WHERE tenant_id = $1`, busy["id"]))
+	require.EqualValues(t, len(all), query[int64](t, sourceDSN, `SELECT count(DISTINCT email) FROM users WHERE tenant_id = $1 AND email = ANY($2)`,
+		busy["id"], all), "every acknowledged write, before and after, back in its pool once")
+	status, body = call(t, "GET", f.api+"/v1/users?limit=1000", key["key"].(string), nil)
+	require.Equal(t, http.StatusOK, status, body)
+	require.Len(t, body["users"], len(all))
 }

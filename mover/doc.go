@@ -135,8 +135,14 @@
 // database's fence is FenceTenantRows, a restrictive policy per table that
 // refuses the tenant's rows to the pool's role, taken under the tables'
 // locks. After the keep, a promotion's rows are deleted from the pool and a
-// demotion's database dropped. Revert refuses them: the opposite change
-// takes one back.
+// demotion's database dropped. Revert takes one back, while its source is
+// kept, by the opposite change into that source (revertTier), copying the
+// tenant's rows. ChangePlan gives a tenant another plan: at once within its
+// tier (catalog.Store.SetTenantPlan), else by a promotion or demotion that
+// carries the plan (moves.plan, moves.from_plan): the tenant takes it in
+// the switch's transaction, and a revert puts the old one back.
+//
+//	t, m, err := svc.ChangePlan(ctx, "acme", "pro", "operator") // m nil: applied at once
 //
 // A repool (repool.go, moves.kind repool, pool_id its source and to_pool_id
 // its target) is the same machinery from pool to pool: StartMove calls
@@ -145,7 +151,8 @@
 // FenceTenantRows, its copy goes beside the target pool's other tenants'
 // rows (SharedTarget), and after the keep its rows are deleted from the
 // source pool under the tenant's catalog lock (deleteKeptPoolRows), never
-// while a move of it is under way. A move into a pool database takes its
+// while a move of it is under way; its revert is a repool back into the
+// source pool (revertTier). A move into a pool database takes its
 // place there as it starts (checkPoolRoom: capacity less tenants and the
 // moves under way into it). Moves out of one pool database hold its
 // migration lock shared, each with its own move's lock, so they run at

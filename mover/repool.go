@@ -116,10 +116,17 @@ func (p poolPlace) refuse() error {
 // in the source pool (FenceTenantRows), the copy into the target pool
 // (beside its other tenants' rows), the verification of the tenant's rows
 // on both sides, the switch of tenants.pool_id (and so its server), and the
-// source pool's copy of its rows deleted once the keep is over. Both pool
-// databases must be at one schema version. StartMove calls it for a pooled
+// source pool's copy of its rows deleted once the keep is over (Revert,
+// within the keep, is a repool back into it). Both pool databases must be
+// at one schema version. StartMove calls it for a pooled
 // tenant; an evacuation, for each pooled tenant of the server it empties.
 func (s *Service) StartRepool(ctx context.Context, slug string, spec MoveSpec, actor string) (Move, error) {
+	return s.startRepool(ctx, slug, spec, actor, nil)
+}
+
+// startRepool is StartRepool, for a revert (revertTier) the move it takes
+// back: a repool into the pool database that move kept the rows in.
+func (s *Service) startRepool(ctx context.Context, slug string, spec MoveSpec, actor string, reverts *int64) (Move, error) {
 	if spec.Mode != "" && spec.Mode != ModeOnline && spec.Mode != ModeCopy {
 		return Move{}, catalog.Errorf(catalog.CodeInvalid, "mode %q: use online, copy, or leave it out (online when possible)", spec.Mode)
 	}
@@ -194,7 +201,7 @@ func (s *Service) StartRepool(ctx context.Context, slug string, spec MoveSpec, a
 		return Move{}, catalog.Errorf(catalog.CodeConflict, "the online mode cannot run: %s; leave mode out, or pass copy, to move the tenant's rows with its writes held for their copy", reason)
 	}
 	return s.startTierMove(ctx, t, tierMove{kind: KindRepool, fromID: from.serverID, toID: pick.serverID, poolID: from.id, toPoolID: pick.id,
-		mode: mode, reason: reason}, actor)
+		mode: mode, reason: reason, reverts: reverts}, actor)
 }
 
 // repoolSwitch is a repool's switch: the tenant into its new pool database.
@@ -248,15 +255,3 @@ func (s *Service) deleteKeptPoolRows(ctx context.Context, m *move, server string
 // errBusy: a step that waits for the tenant's move under way (its job is
 // tried again).
 var errBusy = errors.New("the tenant is busy")
-
-// unfenceTargetPool lifts a fence of the tenant's rows in a demotion's or
-// repool's target pool database: one left there by a promotion or repool
-// out of it whose source is kept (the move takes the tenant back there). Its kept rows are replaced by the copy. Idempotent.
-func (s *Service) unfenceTargetPool(ctx context.Context, w *work) error {
-	conn, err := s.connect(ctx, w.to.Name, w.dstDB)
-	if err != nil {
-		return fmt.Errorf("target: %w", err)
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	return UnfenceTenantRows(ctx, conn, w.t.ID)
-}

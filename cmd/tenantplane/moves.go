@@ -18,6 +18,8 @@ type Move struct {
 	ID              apiID   `json:"id"`
 	Kind            string  `json:"kind"`
 	Pool            string  `json:"pool"`
+	Plan            string  `json:"plan"`
+	FromPlan        string  `json:"from_plan"`
 	Tenant          string  `json:"tenant"`
 	From            string  `json:"from"`
 	To              string  `json:"to"`
@@ -325,6 +327,12 @@ func writeMoveStarted(w io.Writer, m Move) error {
 	case "demote":
 		msg = fmt.Sprintf("Demoting tenant %s from its database on %s into pool database %s on %s (move %s).", m.Tenant, m.From, m.Pool, m.To, m.ID)
 	}
+	if (m.Kind == "promote" || m.Kind == "demote") && m.Reverts != "" {
+		msg = fmt.Sprintf("Reverting move %s: %s", m.Reverts, msg)
+	}
+	if m.Plan != "" {
+		msg += fmt.Sprintf(" It takes plan %s (now %s) when it switches.", m.Plan, m.FromPlan)
+	}
 	if m.ModeReason != "" {
 		msg += " " + sentence(m.ModeReason)
 	}
@@ -373,6 +381,9 @@ func writeMove(w io.Writer, m Move) error {
 	t.row("WRITE_PAUSE:", m.writePause())
 	if m.Reverts != "" {
 		t.row("REVERTS:", "move "+string(m.Reverts))
+	}
+	if m.Plan != "" {
+		t.row("PLAN:", m.Plan+" (from "+m.FromPlan+", at the switch)")
 	}
 	if !m.KeepUntil.IsZero() {
 		t.row("KEEP_UNTIL:", m.KeepUntil.String())
