@@ -327,7 +327,7 @@ func writeMoveStarted(w io.Writer, m Move) error {
 	case "demote":
 		msg = fmt.Sprintf("Demoting tenant %s from its database on %s into pool database %s on %s (move %s).", m.Tenant, m.From, m.Pool, m.To, m.ID)
 	}
-	if (m.Kind == "promote" || m.Kind == "demote") && m.Reverts != "" {
+	if m.Kind != "" && m.Kind != "move" && m.Reverts != "" {
 		msg = fmt.Sprintf("Reverting move %s: %s", m.Reverts, msg)
 	}
 	if m.Plan != "" {

@@ -157,6 +157,15 @@ func TestTenantsMoveToAPool(t *testing.T) {
 	require.Equal(t, []string{`{"mode":"","pool":3,"to":""}`}, admin.sent("POST /tenants/small-co/move"))
 	require.Equal(t, "Moving pooled tenant small-co from pool database tp_pool_1 on pg-1 to pool database tp_pool_3 on pg-2, copy mode (move 12). "+
 		"Online impossible (wal_level is replica): the tenant's writes held for the copy of its rows.\nFollow it with: tenantplane moves show 12 --watch\n", stdout)
+
+	// Its revert: a repool back, saying which move it reverts.
+	back := moveJSON(t, map[string]any{"id": 13, "tenant": "small-co", "kind": "repool", "pool": "tp_pool_3", "to_pool": "tp_pool_1", "mode": "copy",
+		"from": "pg-2", "to": "pg-1", "reverts": 12, "mode_reason": ""})
+	_, url = newCannedAdmin(t, map[string][]cannedAnswer{"POST /moves/12/revert": {{http.StatusAccepted, back}}})
+	stdout, _, err = runCLI(t, "", "moves", "revert", "12", "--admin-url", url, "--token", testToken)
+	require.NoError(t, err)
+	require.Equal(t, "Reverting move 12: Moving pooled tenant small-co from pool database tp_pool_3 on pg-2 to pool database tp_pool_1 on pg-1, copy mode (move 13).\n"+
+		"Follow it with: tenantplane moves show 13 --watch\n", stdout)
 }
 
 func TestMovesListShowCancelRevert(t *testing.T) {
