@@ -51,7 +51,7 @@ func (f *fleet) serverStates(t *testing.T) (map[string]string, map[string]int) {
 	return states, tenants
 }
 
-func (f *fleet) evacuation(t *testing.T, id any) map[string]any {
+func (f *fleet) evacuation(t testing.TB, id any) map[string]any {
 	t.Helper()
 	status, body := call(t, "GET", fmt.Sprintf("%s/admin/v1/evacuations/%v", f.admin, id), testToken, nil)
 	require.Equal(t, http.StatusOK, status, body)
@@ -62,7 +62,7 @@ func count(e map[string]any, field string) int { return int(e[field].(float64)) 
 
 // checkBounds fails when an evacuation has more moves under way than its
 // concurrency, or more into one target than its per-server bound.
-func checkBounds(t *testing.T, e map[string]any) {
+func checkBounds(t testing.TB, e map[string]any) {
 	t.Helper()
 	require.LessOrEqual(t, count(e, "moving"), count(e, "concurrency"), "moves under way")
 	into := map[string]int{}
@@ -79,7 +79,7 @@ func checkBounds(t *testing.T, e map[string]any) {
 
 // waitEvacuation polls an evacuation, checking its bounds each time, until
 // until says so.
-func (f *fleet) waitEvacuation(t *testing.T, id any, limit time.Duration, until func(e map[string]any) bool) map[string]any {
+func (f *fleet) waitEvacuation(t testing.TB, id any, limit time.Duration, until func(e map[string]any) bool) map[string]any {
 	t.Helper()
 	var e map[string]any
 	require.Eventually(t, func() bool {
