@@ -68,6 +68,11 @@ func repoolUnderWrites(t *testing.T, f *fleet, mode string) {
 		status, body := call(t, "POST", f.admin+"/admin/v1/tenants/"+tc.slug+"/move", testToken, tc.body)
 		require.Equal(t, tc.status, status, "%v: %v", tc.body, body)
 	}
+	if mode == "copy" {
+		status, body := call(t, "POST", f.admin+"/admin/v1/tenants/wanderer/move", testToken, map[string]any{"to": "pg-2", "mode": "online"})
+		require.Equal(t, http.StatusConflict, status, "the online mode cannot run here: %v", body)
+		require.Contains(t, body["error"].(map[string]any)["message"], "wal_level", body)
+	}
 	status, page := call(t, "GET", f.admin+"/admin/v1/moves", testToken, nil)
 	require.Equal(t, http.StatusOK, status)
 	require.Empty(t, page["moves"], "bad input starts no move")
@@ -154,11 +159,17 @@ func TestEvacuationMovesPooledTenants(t *testing.T) {
 		require.Equal(t, http.StatusCreated, status, body)
 	}
 
+	f.setCapacity(t, "pg-2", 1)
 	status, body := call(t, "POST", f.admin+"/admin/v1/servers/pg-1/drain", testToken, map[string]any{"evacuate": true, "mode": "copy"})
 	require.Equal(t, http.StatusConflict, status, body)
 	msg := body["error"].(map[string]any)["message"].(string)
-	require.Contains(t, msg, "4 pooled tenants")
+	require.Contains(t, msg, "its 2 tenants with a database of their own need places on other active servers, which have room for 1")
+	require.Contains(t, msg, "its 4 pooled tenants need places in pool databases on other active servers, which have room for 0")
 	require.Contains(t, msg, "POST /admin/v1/pools")
+	f.setCapacity(t, "pg-2", 100)
+	status, body = call(t, "POST", f.admin+"/admin/v1/servers/pg-1/drain", testToken, map[string]any{"evacuate": true, "mode": "copy"})
+	require.Equal(t, http.StatusConflict, status, body)
+	require.NotContains(t, body["error"].(map[string]any)["message"], "database of their own", "room for those now: %v", body)
 	states, _ := f.serverStates(t)
 	require.Equal(t, "active", states["pg-1"], "a refused evacuation starts nothing")
 	_, page := call(t, "GET", f.admin+"/admin/v1/evacuations", testToken, nil)
