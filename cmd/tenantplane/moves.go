@@ -366,8 +366,20 @@ func writeMove(w io.Writer, m Move) error {
 	t := &table{tw: tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)}
 	t.row("MOVE:", string(m.ID))
 	t.row("TENANT:", m.Tenant)
-	t.row("FROM:", m.From)
-	t.row("TO:", m.To)
+	from, to := m.From, m.To
+	switch m.Kind {
+	case "promote":
+		from += " (pool database " + m.Pool + ")"
+	case "demote":
+		to += " (pool database " + m.Pool + ")"
+	case "repool":
+		from, to = from+" (pool database "+m.Pool+")", to+" (pool database "+m.ToPool+")"
+	}
+	if m.Kind != "" && m.Kind != "move" {
+		t.row("KIND:", m.Kind)
+	}
+	t.row("FROM:", from)
+	t.row("TO:", to)
 	mode := m.Mode
 	if m.ModeReason != "" {
 		mode += " (" + m.ModeReason + ")"

@@ -158,6 +158,13 @@ func TestTenantsMoveToAPool(t *testing.T) {
 	require.Equal(t, "Moving pooled tenant small-co from pool database tp_pool_1 on pg-1 to pool database tp_pool_3 on pg-2, copy mode (move 12). "+
 		"Online impossible (wal_level is replica): the tenant's writes held for the copy of its rows.\nFollow it with: tenantplane moves show 12 --watch\n", stdout)
 
+	_, url = newCannedAdmin(t, map[string][]cannedAnswer{"GET /moves/12": {ok(started)}})
+	stdout, _, err = runCLI(t, "", "moves", "show", "12", "--admin-url", url, "--token", testToken)
+	require.NoError(t, err)
+	require.Regexp(t, `KIND:\s+repool\n`, stdout)
+	require.Regexp(t, `FROM:\s+pg-1 \(pool database tp_pool_1\)\n`, stdout)
+	require.Regexp(t, `TO:\s+pg-2 \(pool database tp_pool_3\)\n`, stdout)
+
 	// Its revert: a repool back, saying which move it reverts.
 	back := moveJSON(t, map[string]any{"id": 13, "tenant": "small-co", "kind": "repool", "pool": "tp_pool_3", "to_pool": "tp_pool_1", "mode": "copy",
 		"from": "pg-2", "to": "pg-1", "reverts": 12, "mode_reason": ""})
