@@ -82,6 +82,9 @@ func (s *Service) runSlot(ctx context.Context, a slotArgs) error {
 	if errors.Is(err, catalog.ErrNotFound) {
 		return nil
 	}
+	if catalog.CatalogDown(err) && ctx.Err() == nil {
+		return s.catalogDown(ctx, a, err)
+	}
 	if err != nil {
 		return err
 	}
@@ -111,6 +114,9 @@ func (s *Service) runSlot(ctx context.Context, a slotArgs) error {
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
+			}
+			if catalog.CatalogDown(err) {
+				return s.catalogDown(ctx, a, err)
 			}
 			return fmt.Errorf("run %d: claiming a tenant: %w", a.RunID, err)
 		}
@@ -142,6 +148,20 @@ func (s *Service) runSlot(ctx context.Context, a slotArgs) error {
 			}
 		}
 	}
+}
+
+// catalogRetry is how long a slot, or a tenant, waits for a catalog that did
+// not answer before it tries again.
+const catalogRetry = time.Second
+
+// catalogDown ends a slot's attempt whose catalog did not answer: the slot
+// is tried again shortly (a snooze costs no attempt, so a catalog that hangs
+// or resets for a while never uses up the slot's tries), and the run's
+// tenants wait for it meanwhile.
+func (s *Service) catalogDown(ctx context.Context, a slotArgs, err error) error {
+	s.logger.WarnContext(ctx, "fan-out slot: the catalog did not answer; trying again in "+catalogRetry.String(),
+		"run", a.RunID, "slot", a.Slot, "op", "fanout", "error", err)
+	return river.JobSnooze(catalogRetry)
 }
 
 // migrateRunTenant migrates one claimed tenant and records the result. It
@@ -188,6 +208,15 @@ func (s *Service) migrateRunTenant(ctx context.Context, rt RunTenant) error {
 	})
 	var out migrations.Outcome
 	cfg, err := s.connConfig(ctx, rt.Server, rt.Database, "tenantplane-fanout")
+	if catalog.CatalogDown(err) && ctx.Err() == nil {
+		// Not the tenant's doing: it is taken again once the catalog
+		// answers, its tries untouched.
+		cancel()
+		hb.Wait()
+		res.State, res.RetryAfter = RunTenantPending, catalogRetry
+		res.Note = fmt.Sprintf("the catalog did not answer (%v); trying again", err)
+		return s.finishRunTenant(ctx, logger, res, start)
+	}
 	if err == nil {
 		unwatch := s.servers.Watch(rt.Server, rt.Server, stall.ConnProbe(cfg, nil), cancelCause)
 		out, err = migrations.Migrate(mctx, cfg, s.schema, uint(rt.ToVersion), s.cfg.Limits)
@@ -260,6 +289,16 @@ func (s *Service) finishRunTenant(ctx context.Context, logger *slog.Logger, res 
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	halted, stale, err := finishTenant(rctx, s.store, res)
+	// A catalog that hangs or resets for a moment: record it once it
+	// answers, rather than leave the tenant for its lease to run out. Only
+	// the claim's owner records, so a retry never overwrites another's.
+	for wait := 100 * time.Millisecond; catalog.CatalogDown(err) && rctx.Err() == nil; wait = min(2*wait, time.Second) {
+		select {
+		case <-rctx.Done():
+		case <-time.After(wait):
+			halted, stale, err = finishTenant(rctx, s.store, res)
+		}
+	}
 	if err != nil {
 		logger.ErrorContext(ctx, "recording a tenant's migration failed; it will be taken again", "error", err)
 		return err
