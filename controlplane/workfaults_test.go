@@ -65,7 +65,7 @@ func workUnderCatalogFault(t *testing.T, r *rand.Rand, fault faulttest.Fault) {
 	pool, err := pgxpool.New(ctx, catalogDSN)
 	require.NoError(t, err)
 	t.Cleanup(pool.Close)
-	k := &killRig{migDir: copyTenantMigrations(t), catalog: pool, settleWithin: 40 * time.Second, tap: newStripeTap(t, stripetest.Shared(t).URL, catalogDSN)}
+	k := &killRig{migDir: copyTenantMigrations(t), catalog: pool, settleWithin: 20 * time.Second, tap: newStripeTap(t, stripetest.Shared(t).URL, catalogDSN)}
 	env := map[string]string{
 		"STRIPE_API_KEY": stripetest.Key, "STRIPE_API_BASE": k.tap.URL,
 		"TENANTPLANE_BILLING_GRACE": "off", "TENANTPLANE_STORAGE_INTERVAL": "off", "TENANTPLANE_DUNNING_GRACE": "off",
