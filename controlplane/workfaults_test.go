@@ -91,6 +91,10 @@ func workUnderCatalogFault(t *testing.T, r *rand.Rand, fault faulttest.Fault) {
 	require.NoError(t, os.WriteFile(filepath.Join(k.migDir, "001000_kill_1000.up.sql"),
 		[]byte("SELECT pg_sleep(0.3);\nCREATE TABLE kill_1000 (id int);\n"), 0o644))
 
+	// The process under test reaches the catalog through the proxy, and a
+	// slower Stripe keeps the billing run (and the tenants' customers)
+	// under way when the fault comes.
+	k.tap.delay = 250 * time.Millisecond
 	// The process under test reaches the catalog through the proxy.
 	proxy, proxied := faulttest.ProxyDSN(t, "catalog", catalogDSN)
 	b := setupEnv(t, proxied, env)

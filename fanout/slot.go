@@ -95,7 +95,7 @@ func (s *Service) runSlot(ctx context.Context, a slotArgs) error {
 		return river.JobSnooze(10 * time.Second)
 	}
 	req := ClaimRequest{
-		RunID: a.RunID, Generation: a.Generation, Worker: s.worker(), Lease: s.cfg.Lease,
+		RunID: a.RunID, Generation: a.Generation, Worker: fmt.Sprintf("%s/g%d/s%d", s.worker(), a.Generation, a.Slot), Lease: s.cfg.Lease,
 		WaitForProvisioning: uint(run.TargetVersion) != s.schema.Latest(),
 	}
 	handOver := time.Now().Add(s.jobs.Config().RescueAfter / 3)

@@ -354,14 +354,17 @@ func (s *store) getRunTenant(ctx context.Context, q catalog.Querier, runID int64
 	return rt, nil
 }
 
-// claimSQL picks the next tenant the run's limits allow and claims it. It
+// claimSQL picks the next tenant the run's limits allow and claims it:
+// a pending one, one whose lease ran out, or one claimed by the same worker
+// before (whose claim's answer was lost: ClaimRequest.Worker). It
 // answers whether the run is running (for this generation), whether any
 // tenant is not settled yet, and the claimed tenant, if any.
 const claimSQL = `
 WITH run AS (
 	SELECT concurrency, per_server FROM migration_runs WHERE id = $1 AND state = 'running' AND generation = $2
 ), live AS (
-	SELECT server_id FROM migration_run_tenants WHERE run_id = $1 AND state = 'running' AND lease_until >= now()
+	-- the claimer's own row is not live: it claims only when it migrates none
+	SELECT server_id FROM migration_run_tenants WHERE run_id = $1 AND state = 'running' AND lease_until >= now() AND worker <> $4
 ), busy AS (
 	SELECT server_id, count(*) AS n FROM live GROUP BY server_id
 ), gate AS (
@@ -372,7 +375,7 @@ WITH run AS (
 	FROM migration_run_tenants rt CROSS JOIN run CROSS JOIN gate LEFT JOIN busy b ON b.server_id = rt.server_id
 	WHERE rt.run_id = $1
 	  AND ((rt.state = 'pending' AND (rt.not_before IS NULL OR rt.not_before <= now()))
-	       OR (rt.state = 'running' AND rt.lease_until < now()))
+	       OR (rt.state = 'running' AND (rt.lease_until < now() OR rt.worker = $4)))
 	  AND (NOT gate.canaries_only OR rt.canary)
 	  AND coalesce(b.n, 0) < run.per_server
 	  AND (SELECT count(*) FROM live) < run.concurrency
@@ -380,12 +383,13 @@ WITH run AS (
 	LIMIT 1
 ), claimed AS (
 	UPDATE migration_run_tenants rt SET
-		note = CASE WHEN rt.state = 'running' THEN 'taken over from ' || rt.worker || ', whose lease ran out' ELSE rt.note END,
+		note = CASE WHEN rt.state = 'running' AND rt.worker = $4 THEN 'claimed again by its worker, who never got the answer to its claim'
+		            WHEN rt.state = 'running' THEN 'taken over from ' || rt.worker || ', whose lease ran out' ELSE rt.note END,
 		state = 'running', lease_owner = gen_random_uuid(), lease_until = now() + make_interval(secs => $3),
 		worker = $4, attempts = rt.attempts + 1, not_before = NULL, started_at = now(), finished_at = NULL
 	WHERE rt.run_id = $1 AND rt.tenant_id = (SELECT tenant_id FROM pick)
 	  -- again, for a row that its late owner finished meanwhile
-	  AND (rt.state = 'pending' OR (rt.state = 'running' AND rt.lease_until < now()))
+	  AND (rt.state = 'pending' OR (rt.state = 'running' AND (rt.lease_until < now() OR rt.worker = $4)))
 	RETURNING rt.tenant_id
 )
 SELECT EXISTS (SELECT 1 FROM run),
