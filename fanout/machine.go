@@ -220,7 +220,7 @@ type ClaimRequest struct {
 	// claim instead of leaving it until the lease runs out. A worker claims
 	// only when it migrates none, so its own row is never being migrated.
 	Worker string
-	Lease      time.Duration // how long the claim lives without a heartbeat
+	Lease  time.Duration // how long the claim lives without a heartbeat
 	// WaitForProvisioning keeps the run from finishing while tenants are
 	// still provisioning, so that those created during it join it (needed
 	// when new tenants are not created at the run's target).
