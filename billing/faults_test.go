@@ -11,6 +11,7 @@ import (
 	"github.com/tenantplane/tenantplane/billing"
 	"github.com/tenantplane/tenantplane/catalog"
 	"github.com/tenantplane/tenantplane/internal/faulttest"
+	"github.com/tenantplane/tenantplane/internal/pgtest"
 	"github.com/tenantplane/tenantplane/internal/stripetest"
 )
 
@@ -19,9 +20,12 @@ import (
 // slowed wire still bills everyone; a hung or resetting one fails the
 // invoices it stops, each saying why, within the client's timeout; the run
 // of the period once the wire is clean bills the rest, and every tenant
-// ends with one customer, one invoice and one item per line in Stripe.
+// ends with one customer, one invoice and one item per line in Stripe. It
+// runs alone (its subtests in parallel): it checks that no goroutine is left
+// running once they are over.
 func TestRunUnderNetworkFaults(t *testing.T) {
-	t.Parallel()
+	pgtest.Shared(t)
+	faulttest.VerifyNoLeaks(t)
 	_ = faulttest.Seed(t) // the schedule is fixed; the seed is printed for the record
 	for _, fault := range faulttest.Each() {
 		t.Run(fault.Name, func(t *testing.T) {

@@ -47,8 +47,13 @@ func copyTenantMigrations(t *testing.T) string {
 // tenant database at the newest version and none dirty (the migration fails
 // if applied twice), no fan-out tenant failed, one invoice per tenant,
 // created in Stripe under one idempotency key, every one finalized.
+//
+// It runs alone (its subtests in parallel): it checks that no goroutine is
+// left running once the processes have stopped.
 func TestWorkUnderCatalogFaults(t *testing.T) {
-	t.Parallel()
+	pgtest.Shared(t)
+	stripetest.Shared(t)
+	faulttest.VerifyNoLeaks(t)
 	seed := faulttest.Seed(t)
 	for i, fault := range faulttest.Each() {
 		t.Run(fault.Name, func(t *testing.T) {
