@@ -40,6 +40,13 @@ type Config struct {
 	// heartbeat: a process that dies has its tenants taken over, and its
 	// runs given new workers, this long after. Default 30s.
 	Lease time.Duration
+	// AbandonAfter is how long a running run made with other tenant
+	// migrations than this process's may go without a worker before this
+	// process fails it, saying so: the processes that had its migrations are
+	// gone (a deploy brought another set). A run so failed no longer keeps a
+	// new run from starting, and is resumed from a process that has its
+	// migrations. Default 2 Leases; its own processes revive a run after one.
+	AbandonAfter time.Duration
 	// Limits bound each statement of a run's tenant migrations.
 	// Default: migrations.Limits' defaults.
 	Limits migrations.Limits
@@ -100,6 +107,9 @@ func New(db *catalog.Store, cfg Config) (*Service, error) {
 	}
 	if cfg.Lease == 0 {
 		cfg.Lease = 30 * time.Second
+	}
+	if cfg.AbandonAfter == 0 {
+		cfg.AbandonAfter = 2 * cfg.Lease
 	}
 	if cfg.ConnectTimeout == 0 {
 		cfg.ConnectTimeout = 5 * time.Second

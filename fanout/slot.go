@@ -321,6 +321,29 @@ func (s *Service) finishRunTenant(ctx context.Context, logger *slog.Logger, res 
 	return nil
 }
 
+// abandonOtherRuns fails the running runs of other tenant migrations that
+// no process has worked on for AbandonAfter (abandonRun).
+func (s *Service) abandonOtherRuns(ctx context.Context) {
+	ids, err := s.store.OtherUnattendedRuns(ctx, s.schema.Hash(), s.cfg.AbandonAfter)
+	if err != nil && ctx.Err() == nil {
+		s.logger.WarnContext(ctx, "fan-out supervisor: listing other migrations' runs failed", "error", err)
+	}
+	for _, id := range ids {
+		abandoned, err := abandonRun(ctx, s.store, id, s.schema.Hash(), s.cfg.AbandonAfter, func(run MigrationRun) string {
+			return fmt.Sprintf("no process with this run's tenant migrations (schema %s, target version %d) has worked on it for %s; "+
+				"this process has other ones (schema %s: %s, %s): resume the run from a process that has its migrations, or start a new one",
+				run.SchemaHash, run.TargetVersion, s.cfg.AbandonAfter, s.schema.Hash(), s.schema.Origin(), versionList(s.schema.Versions()))
+		})
+		switch {
+		case err != nil && ctx.Err() == nil:
+			s.logger.WarnContext(ctx, "fan-out supervisor: failing another migrations' run failed", "run", id, "error", err)
+		case abandoned:
+			s.logger.ErrorContext(ctx, "migration run failed: no process with its tenant migrations is left", "run", id, "op", "fanout",
+				"schema", s.schema.Hash())
+		}
+	}
+}
+
 // superviseRuns gives a new generation of slots to each running run of this
 // process's tenant schema that no worker has touched for a lease: the
 // process that worked on it died. River would rescue its slot jobs too, but
@@ -342,6 +365,7 @@ func (s *Service) superviseRuns(ctx context.Context) {
 				s.logger.WarnContext(ctx, "run had no live worker; queued new ones", "run", id, "op", "fanout")
 			}
 		}
+		s.abandonOtherRuns(ctx)
 		select {
 		case <-ctx.Done():
 			return

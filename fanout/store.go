@@ -548,8 +548,17 @@ SELECT count(*) FROM done`
 // has shown a sign of life in for longer than after: their workers' process
 // died, and reviveRun should give them new ones.
 func (s *store) UnattendedRuns(ctx context.Context, schemaHash string, after time.Duration) ([]int64, error) {
+	return s.unattendedRuns(ctx, "=", schemaHash, after)
+}
+
+// OtherUnattendedRuns is UnattendedRuns of the runs of every other tenant schema.
+func (s *store) OtherUnattendedRuns(ctx context.Context, schemaHash string, after time.Duration) ([]int64, error) {
+	return s.unattendedRuns(ctx, "<>", schemaHash, after)
+}
+
+func (s *store) unattendedRuns(ctx context.Context, op, schemaHash string, after time.Duration) ([]int64, error) {
 	rows, err := s.db.Pool().Query(ctx, `SELECT id FROM migration_runs
-		WHERE state = 'running' AND schema_hash = $1 AND heartbeat_at < now() - make_interval(secs => $2)`, schemaHash, after.Seconds())
+		WHERE state = 'running' AND schema_hash `+op+` $1 AND heartbeat_at < now() - make_interval(secs => $2)`, schemaHash, after.Seconds())
 	if err != nil {
 		return nil, catalog.Classify(err, "migration runs")
 	}
@@ -563,6 +572,17 @@ func (s *store) UnattendedRuns(ctx context.Context, schemaHash string, after tim
 func (s *store) bumpUnattended(ctx context.Context, q catalog.Querier, id int64, after time.Duration) (bool, error) {
 	tag, err := q.Exec(ctx, `UPDATE migration_runs SET generation = generation + 1, heartbeat_at = now(), updated_at = now()
 		WHERE id = $1 AND state = 'running' AND heartbeat_at < now() - make_interval(secs => $2)`, id, after.Seconds())
+	if err != nil {
+		return false, catalog.Classify(err, runSubject(id))
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// failUnattended fails a running run that no worker has touched for longer
+// than after, with the reason, and reports whether it did.
+func (s *store) failUnattended(ctx context.Context, q catalog.Querier, id int64, after time.Duration, reason string) (bool, error) {
+	tag, err := q.Exec(ctx, `UPDATE migration_runs SET state = 'failed', reason = $3, finished_at = now(), updated_at = now()
+		WHERE id = $1 AND state = 'running' AND heartbeat_at < now() - make_interval(secs => $2)`, id, after.Seconds(), reason)
 	if err != nil {
 		return false, catalog.Classify(err, runSubject(id))
 	}
