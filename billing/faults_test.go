@@ -1,6 +1,7 @@
 package billing_test
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"testing"
@@ -63,4 +64,46 @@ func TestRunUnderNetworkFaults(t *testing.T) {
 			requireOneInvoiceEach(t, b, fake, tenants)
 		})
 	}
+}
+
+// TestRunUnderACatalogReset closes every catalog connection while Stripe is
+// creating the second invoice, so its answer cannot be recorded: the run
+// is not failed for it (nor the invoice), but stops, still running, for
+// the next poll to resume; the resumed run bills everyone once.
+func TestRunUnderACatalogReset(t *testing.T) {
+	t.Parallel()
+	proxy, dsn := faulttest.ProxyDSN(t, "catalog", pgtest.NewDB(t, catalogTemplate))
+	b := setupOn(t, dsn)
+	fake := newFakeStripe(t)
+	svc := b.service(t, billing.Config{StripeKey: stripetest.Key, StripeAPIBase: fake.srv.URL, StripeHTTPClient: fakeClient(), StripeRetries: -1, Concurrency: 1})
+	var tenants []catalog.Tenant
+	for i := range 3 {
+		tn := b.addTenant(t, fmt.Sprintf("t-%d", i), "basic")
+		b.usage(t, tn.ID, b.last, 1234)
+		tenants = append(tenants, tn)
+	}
+	fake.setFault(func(op string, n int) string {
+		if op == "invoice.create" && n == 2 {
+			proxy.Cut()
+			if err := proxy.Restore(); err != nil {
+				t.Error(err)
+			}
+		}
+		return ""
+	})
+	ctx := context.Background()
+	run, _, err := svc.StartRun(ctx, b.last, "test")
+	require.NoError(t, err)
+	_, err = svc.ProcessRun(ctx, run.ID)
+	require.Error(t, err)
+	require.True(t, catalog.CatalogDown(err), "the run stopped on the catalog: %v", err)
+	stopped, err := svc.GetRun(ctx, run.ID)
+	require.NoError(t, err)
+	require.Equal(t, billing.BillingRunRunning, stopped.State, "not failed for the catalog's reset: %s", stopped.LastError)
+	require.Zero(t, stopped.Progress.Failed, "no invoice failed for it: %+v", stopped.Failures)
+
+	done, err := svc.ProcessRun(ctx, run.ID)
+	require.NoError(t, err)
+	require.Equal(t, billing.BillingRunDone, done.State, done.LastError)
+	requireOneInvoiceEach(t, b, fake, tenants)
 }

@@ -32,11 +32,17 @@ type testBundle struct {
 
 func setup(t testing.TB) *testBundle {
 	t.Helper()
+	return setupOn(t, pgtest.NewDB(t, catalogTemplate))
+}
+
+// setupOn is setup on a migrated catalog at dsn.
+func setupOn(t testing.TB, dsn string) *testBundle {
+	t.Helper()
 	key, err := catalog.ParseKey(catalog.NewKey())
 	require.NoError(t, err)
 	cipher, err := catalog.NewCipher(key)
 	require.NoError(t, err)
-	store, err := catalog.Open(context.Background(), pgtest.NewDB(t, catalogTemplate), cipher, catalog.StoreConfig{MaxConns: 40})
+	store, err := catalog.Open(context.Background(), dsn, cipher, catalog.StoreConfig{MaxConns: 40})
 	require.NoError(t, err)
 	t.Cleanup(store.Close)
 	return &testBundle{store: store, billing: billing.NewStore(store), last: catalog.PeriodOf(time.Now()).AddDate(0, -1, 0)}
