@@ -3,6 +3,7 @@ package billing_test
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -17,26 +18,34 @@ import (
 )
 
 // TestRunUnderNetworkFaults sends a billing run through each network fault
-// in turn on the wire to Stripe (a fake that keeps what it is sent): a
-// slowed wire still bills everyone; a hung or resetting one fails the
-// invoices it stops, each saying why, within the client's timeout; the run
-// of the period once the wire is clean bills the rest, and every tenant
-// ends with one customer, one invoice and one item per line in Stripe. It
-// runs alone (its subtests in parallel): it checks that no goroutine is left
+// in turn on the wire to stripe-mock: a slowed wire still bills everyone; a
+// hung or resetting one fails the invoices it stops, each saying why, within
+// the client's timeout; the run of the period once the wire is clean bills
+// the rest, and every tenant ends with one customer, one invoice and one
+// item per line in Stripe (requireOneInvoiceEach: what a call cut on the
+// wire may have made, its retry asked again under the same key). It runs
+// alone (its subtests in parallel): it checks that no goroutine is left
 // running once they are over.
 func TestRunUnderNetworkFaults(t *testing.T) {
 	pgtest.Shared(t)
+	stripetest.Shared(t)
 	faulttest.VerifyNoLeaks(t)
 	_ = faulttest.Seed(t) // the schedule is fixed; the seed is printed for the record
 	for _, fault := range faulttest.Each() {
 		t.Run(fault.Name, func(t *testing.T) {
 			t.Parallel()
 			b := setup(t)
-			fake := newFakeStripe(t)
-			proxy := faulttest.NewProxy(t, "stripe", strings.TrimPrefix(fake.srv.URL, "http://"))
-			client := fakeClient()
+			mock := stripetest.Shared(t)
+			proxy := faulttest.NewProxy(t, "stripe", strings.TrimPrefix(mock.URL, "http://"))
+			// Keep-alives off: net/http resends by itself a request with an
+			// Idempotency-Key when a reused connection breaks before the
+			// answer, so one call the recorder sees could be two on the
+			// faulty wire; on a connection of its own, each call is one.
+			tr := http.DefaultTransport.(*http.Transport).Clone()
+			tr.DisableKeepAlives = true
+			rec, client := newRecorderOver(tr)
 			client.Timeout = 2 * time.Second
-			svc := b.service(t, billing.Config{StripeKey: stripetest.Key, StripeAPIBase: proxy.URL(fake.srv.URL), StripeHTTPClient: client, StripeRetries: -1, Concurrency: 2})
+			svc := b.service(t, billing.Config{StripeKey: stripetest.Key, StripeAPIBase: proxy.URL(mock.URL), StripeHTTPClient: client, StripeRetries: -1, Concurrency: 2})
 			var tenants []catalog.Tenant
 			for i := range 3 {
 				tn := b.addTenant(t, fmt.Sprintf("t-%d", i), "basic")
@@ -61,7 +70,7 @@ func TestRunUnderNetworkFaults(t *testing.T) {
 			remove()
 			second := b.run(t, svc, b.last)
 			require.Equal(t, billing.BillingRunDone, second.State, second.LastError)
-			requireOneInvoiceEach(t, b, fake, tenants)
+			requireOneInvoiceEach(t, b, rec, tenants)
 		})
 	}
 }
@@ -74,15 +83,15 @@ func TestRunUnderACatalogReset(t *testing.T) {
 	t.Parallel()
 	proxy, dsn := faulttest.ProxyDSN(t, "catalog", pgtest.NewDB(t, catalogTemplate))
 	b := setupOn(t, dsn)
-	fake := newFakeStripe(t)
-	svc := b.service(t, billing.Config{StripeKey: stripetest.Key, StripeAPIBase: fake.srv.URL, StripeHTTPClient: fakeClient(), StripeRetries: -1, Concurrency: 1})
+	rec, hc := newRecorder()
+	svc := b.service(t, billing.Config{StripeKey: stripetest.Key, StripeAPIBase: stripetest.Shared(t).URL, StripeHTTPClient: hc, StripeRetries: -1, Concurrency: 1})
 	var tenants []catalog.Tenant
 	for i := range 3 {
 		tn := b.addTenant(t, fmt.Sprintf("t-%d", i), "basic")
 		b.usage(t, tn.ID, b.last, 1234)
 		tenants = append(tenants, tn)
 	}
-	fake.setFault(func(op string, n int) string {
+	rec.set(hooks{fault: func(op string, n int) string {
 		if op == "invoice.create" && n == 2 {
 			proxy.Cut()
 			if err := proxy.Restore(); err != nil {
@@ -90,7 +99,7 @@ func TestRunUnderACatalogReset(t *testing.T) {
 			}
 		}
 		return ""
-	})
+	}})
 	ctx := context.Background()
 	run, _, err := svc.StartRun(ctx, b.last, "test")
 	require.NoError(t, err)
@@ -105,5 +114,5 @@ func TestRunUnderACatalogReset(t *testing.T) {
 	done, err := svc.ProcessRun(ctx, run.ID)
 	require.NoError(t, err)
 	require.Equal(t, billing.BillingRunDone, done.State, done.LastError)
-	requireOneInvoiceEach(t, b, fake, tenants)
+	requireOneInvoiceEach(t, b, rec, tenants)
 }

@@ -1,11 +1,19 @@
 package billing_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"os"
+	"regexp"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -106,28 +114,207 @@ func (b *testBundle) invoice(t testing.TB, tenantID string, period time.Time) bi
 	return inv
 }
 
-// recorder is an http.RoundTripper that records every request it passes on.
+// recorder is an http.RoundTripper between the billing service and
+// stripe-mock: it records every request it passes on and, when a test sets
+// its hooks, injects faults and answers in Stripe's place what stripe-mock
+// cannot.
+//
+// stripe-mock is stateless: it checks each request against Stripe's API and
+// answers a fixture, with a new random id for each object it is asked to
+// create. It keeps nothing, so it cannot replay an idempotency key, find an
+// object made before, or refuse to finalize an invoice twice. What Stripe
+// would have made of the requests is proven from the record instead
+// (requireOneInvoiceEach).
 type recorder struct {
 	base http.RoundTripper
-	mu   sync.Mutex
-	reqs []recorded
+
+	mu    sync.Mutex
+	reqs  []recorded // since the last take
+	log   []recorded // every request, in the order they ended
+	calls map[string]int
+	hooks hooks
+	// forgotAt is the length of log when Stripe forgot the idempotency
+	// keys sent before (forget); -1 while it remembers them.
+	forgotAt int
 }
 
 type recorded struct {
 	Method, Path, IdempotencyKey string
-	Status                       int
+	// Status is Stripe's answer; 0 when there was none (a network error).
+	Status int
+	// Op names the Stripe call, e.g. "invoice.create" (opOf); Form holds its
+	// parameters: a POST's body, a GET's query.
+	Op   string
+	Form url.Values
+	// ID is the id of the object Stripe answered with, also when the answer
+	// was then dropped.
+	ID string
+	// Fault is the fault injected into the call: "fail" or "drop" (hooks.fault).
+	Fault string
+}
+
+// reached says whether the call may have reached Stripe: all but those the
+// recorder failed itself.
+func (c recorded) reached() bool { return c.Fault != "fail" }
+
+// meta is one of the call's metadata values.
+func (c recorded) meta(key string) string { return c.Form.Get("metadata[" + key + "]") }
+
+// wire is the call as the service saw it on the wire, without what the
+// recorder adds.
+func (c recorded) wire() recorded {
+	return recorded{Method: c.Method, Path: c.Path, IdempotencyKey: c.IdempotencyKey, Status: c.Status}
+}
+
+// hooks are what a test changes in the conversation with stripe-mock.
+type hooks struct {
+	// fault chooses a fault for the n-th call (from 1) of an op: "fail"
+	// answers 500 without passing the request on (nothing done); "drop"
+	// passes it on to stripe-mock, then loses the answer (done, the answer
+	// lost: the service gets an error, as when a connection breaks); ""
+	// neither. It may block.
+	fault func(op string, n int) string
+	// instead answers a call in Stripe's place, without passing it on, when
+	// its ok is true.
+	instead func(c recorded) (status int, body string, ok bool)
+	// edit changes stripe-mock's successful answer to a call before the
+	// service gets it.
+	edit func(c recorded, answer map[string]any)
+}
+
+// errAnswerLost is what the service gets for a call whose answer the
+// recorder drops.
+var errAnswerLost = errors.New("recorder: the connection broke before the answer (injected)")
+
+// stripeOps name the Stripe calls billing makes.
+var stripeOps = []struct {
+	method string
+	path   *regexp.Regexp
+	op     string
+}{
+	{http.MethodPost, regexp.MustCompile(`^/v1/customers$`), "customer.create"},
+	{http.MethodGet, regexp.MustCompile(`^/v1/customers/search$`), "customer.search"},
+	{http.MethodPost, regexp.MustCompile(`^/v1/customers/[^/]+$`), "customer.update"},
+	{http.MethodPost, regexp.MustCompile(`^/v1/invoices$`), "invoice.create"},
+	{http.MethodGet, regexp.MustCompile(`^/v1/invoices$`), "invoice.list"},
+	{http.MethodPost, regexp.MustCompile(`^/v1/invoices/[^/]+/finalize$`), "invoice.finalize"},
+	{http.MethodGet, regexp.MustCompile(`^/v1/invoices/[^/]+$`), "invoice.get"},
+	{http.MethodPost, regexp.MustCompile(`^/v1/invoiceitems$`), "invoiceitem.create"},
+	{http.MethodGet, regexp.MustCompile(`^/v1/invoiceitems$`), "invoiceitem.list"},
+}
+
+func opOf(method, path string) string {
+	for _, o := range stripeOps {
+		if o.method == method && o.path.MatchString(path) {
+			return o.op
+		}
+	}
+	return method + " " + path
 }
 
 func (r *recorder) RoundTrip(req *http.Request) (*http.Response, error) {
-	resp, err := r.base.RoundTrip(req)
-	rec := recorded{Method: req.Method, Path: req.URL.Path, IdempotencyKey: req.Header.Get("Idempotency-Key")}
-	if resp != nil {
-		rec.Status = resp.StatusCode
+	c := recorded{Method: req.Method, Path: req.URL.Path, IdempotencyKey: req.Header.Get("Idempotency-Key"), Op: opOf(req.Method, req.URL.Path),
+		Form: req.URL.Query()}
+	if req.Body != nil {
+		body, err := io.ReadAll(req.Body)
+		req.Body.Close()
+		if err != nil {
+			return nil, err
+		}
+		if len(body) > 0 {
+			if c.Form, err = url.ParseQuery(string(body)); err != nil {
+				return nil, err
+			}
+		}
+		req = req.Clone(req.Context())
+		req.Body = io.NopCloser(bytes.NewReader(body))
 	}
 	r.mu.Lock()
-	r.reqs = append(r.reqs, rec)
+	if r.calls == nil {
+		r.calls = map[string]int{}
+	}
+	r.calls[c.Op]++
+	n, h := r.calls[c.Op], r.hooks
+	r.mu.Unlock()
+	if h.fault != nil {
+		c.Fault = h.fault(c.Op, n)
+	}
+	resp, err := r.answer(req, &c, h)
+	r.mu.Lock()
+	r.reqs = append(r.reqs, c)
+	r.log = append(r.log, c)
 	r.mu.Unlock()
 	return resp, err
+}
+
+// answer passes a call on to stripe-mock, or answers it, as the hooks say.
+func (r *recorder) answer(req *http.Request, c *recorded, h hooks) (*http.Response, error) {
+	if c.Fault == "fail" {
+		c.Status = http.StatusInternalServerError
+		return reply(req, c.Status, `{"error": {"type": "api_error", "message": "injected failure"}}`), nil
+	}
+	if h.instead != nil {
+		if status, body, ok := h.instead(*c); ok {
+			c.Status = status
+			return reply(req, status, body), nil
+		}
+	}
+	resp, err := r.base.RoundTrip(req)
+	if err != nil {
+		return nil, err
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return nil, err
+	}
+	c.Status = resp.StatusCode
+	var answer map[string]any
+	if json.Unmarshal(body, &answer) == nil && resp.StatusCode == http.StatusOK {
+		if h.edit != nil {
+			h.edit(*c, answer)
+			if body, err = json.Marshal(answer); err != nil {
+				return nil, err
+			}
+		}
+		c.ID, _ = answer["id"].(string)
+	}
+	if c.Fault == "drop" {
+		return nil, errAnswerLost
+	}
+	resp.Body = io.NopCloser(bytes.NewReader(body))
+	resp.ContentLength = int64(len(body))
+	resp.Header.Del("Content-Length")
+	return resp, nil
+}
+
+// reply is an answer to req made by the recorder.
+func reply(req *http.Request, status int, body string) *http.Response {
+	return &http.Response{Status: fmt.Sprintf("%d %s", status, http.StatusText(status)), StatusCode: status,
+		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Header: http.Header{"Content-Type": {"application/json"}},
+		Body: io.NopCloser(strings.NewReader(body)), ContentLength: int64(len(body)), Request: req}
+}
+
+// set replaces the hooks.
+func (r *recorder) set(h hooks) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.hooks = h
+}
+
+// forget marks the moment Stripe forgets the idempotency keys sent so far
+// (it keeps them 24 hours): a create sent again after it is made again.
+func (r *recorder) forget() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.forgotAt = len(r.log)
+}
+
+// history is every call so far, and forgotAt.
+func (r *recorder) history() ([]recorded, int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.log), r.forgotAt
 }
 
 func (r *recorder) take() []recorded {
@@ -148,17 +335,15 @@ func writes(reqs []recorded) []recorded {
 	return out
 }
 
+// newRecorder returns a recorder in front of stripe-mock and a client
+// sending through it. Its faults are injected above the connection, so
+// keep-alives can stay on: net/http resends a request by itself only when a
+// reused connection breaks, and a dropped answer breaks none.
 func newRecorder() (*recorder, *http.Client) {
-	rec := &recorder{base: http.DefaultTransport.(*http.Transport).Clone()}
-	return rec, &http.Client{Transport: rec, Timeout: 30 * time.Second}
+	return newRecorderOver(http.DefaultTransport.(*http.Transport).Clone())
 }
 
-// fakeClient is an HTTP client for the fake Stripe that never reuses a
-// connection: net/http retries a request with an Idempotency-Key by itself
-// when a reused connection closes before the answer, which would hide the
-// answers the fake drops on purpose.
-func fakeClient() *http.Client {
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.DisableKeepAlives = true
-	return &http.Client{Transport: tr, Timeout: 30 * time.Second}
+func newRecorderOver(tr *http.Transport) (*recorder, *http.Client) {
+	rec := &recorder{base: tr, forgotAt: -1}
+	return rec, &http.Client{Transport: rec, Timeout: 30 * time.Second}
 }

@@ -3,7 +3,12 @@ package billing_test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/http"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -103,8 +108,8 @@ func TestRunResumesAfterEveryFault(t *testing.T) {
 			t.Run(op+"/"+kind, func(t *testing.T) {
 				t.Parallel()
 				b := setup(t)
-				fake := newFakeStripe(t)
-				svc := b.service(t, billing.Config{StripeKey: stripetest.Key, StripeAPIBase: fake.srv.URL, StripeHTTPClient: fakeClient(), StripeRetries: -1, Concurrency: 2})
+				rec, hc := newRecorder()
+				svc := b.service(t, billing.Config{StripeKey: stripetest.Key, StripeAPIBase: stripetest.Shared(t).URL, StripeHTTPClient: hc, StripeRetries: -1, Concurrency: 2})
 				var tenants []catalog.Tenant
 				for i := range 3 {
 					tn := b.addTenant(t, fmt.Sprintf("t-%d", i), "basic")
@@ -112,12 +117,12 @@ func TestRunResumesAfterEveryFault(t *testing.T) {
 					tenants = append(tenants, tn)
 				}
 				// The second call of the step fails for one tenant; the others go through.
-				fake.setFault(func(o string, n int) string {
+				rec.set(hooks{fault: func(o string, n int) string {
 					if o == op && n == 2 {
 						return kind
 					}
 					return ""
-				})
+				}})
 				first := b.run(t, svc, b.last)
 				require.Equal(t, billing.BillingRunFailed, first.State)
 				require.Equal(t, 1, first.Failed)
@@ -126,36 +131,135 @@ func TestRunResumesAfterEveryFault(t *testing.T) {
 
 				second := b.run(t, svc, b.last)
 				require.Equal(t, billing.BillingRunDone, second.State, second.LastError)
-				requireOneInvoiceEach(t, b, fake, tenants)
+				requireOneInvoiceEach(t, b, rec, tenants)
 				third := b.run(t, svc, b.last)
 				require.Equal(t, billing.BillingRunDone, third.State)
-				requireOneInvoiceEach(t, b, fake, tenants)
+				requireOneInvoiceEach(t, b, rec, tenants)
 			})
 		}
 	}
 }
 
-func requireOneInvoiceEach(t *testing.T, b *testBundle, fake *fakeStripe, tenants []catalog.Tenant) {
+// requireOneInvoiceEach proves, from the catalog and the calls rec recorded
+// on the way to stripe-mock, that Stripe holds for each tenant (and for no
+// one else) one customer, one invoice of the period with one item per line
+// and of its amount, finalized once; and that the catalog holds their ids.
+//
+// stripe-mock keeps nothing, so "one" is proven by idempotency keys. Each
+// Stripe write makes one thing, named by the request itself (our metadata;
+// for a finalization, the invoice in its path): a tenant's customer, an
+// invoice, a line's item, an invoice's finalization. After the first call
+// for a thing that may have reached Stripe (every call but an injected
+// "fail"), every call for it must be the same request: the same
+// Idempotency-Key, path and parameters, which Stripe answers from its record
+// of the first instead of doing it again. Once Stripe has forgotten the keys
+// (rec.forget), no call may make again a thing made before; a finalization
+// may be asked again, as Stripe refuses to finalize an invoice that is not a
+// draft.
+func requireOneInvoiceEach(t *testing.T, b *testBundle, rec *recorder, tenants []catalog.Tenant) {
 	t.Helper()
-	state := fake.state()
+	calls, forgotAt := rec.history()
+	made := map[string]recorded{} // Stripe id -> the create that made it (its answer may have been dropped)
+	for _, c := range calls {
+		if strings.HasSuffix(c.Op, ".create") && c.reached() && c.ID != "" {
+			made[c.ID] = c
+		}
+	}
+	// thing names what a write makes in Stripe ("" for a read).
+	thing := func(c recorded) string {
+		switch c.Op {
+		case "customer.create":
+			return "the customer of tenant " + c.meta("tenantplane_tenant_id")
+		case "invoice.create":
+			return "the Stripe invoice of invoice " + c.meta("tenantplane_invoice_id")
+		case "invoiceitem.create":
+			return itemOf(c.meta("tenantplane_invoice_id"), c.meta("tenantplane_line"))
+		case "invoice.finalize":
+			si := made[strings.Split(c.Path, "/")[3]]
+			require.Equal(t, "invoice.create", si.Op, "%s finalizes an invoice no recorded call made", c.Path)
+			return finalizationOf(si.meta("tenantplane_invoice_id"))
+		}
+		require.Equal(t, http.MethodGet, c.Method, "a write this check cannot account for: %+v", c)
+		return ""
+	}
+	first := map[string]recorded{}
+	at := map[string]int{} // thing -> the index of its first call
+	for i, c := range calls {
+		th := thing(c)
+		if th == "" || !c.reached() {
+			continue
+		}
+		f, seen := first[th]
+		if !seen {
+			first[th], at[th] = c, i
+			continue
+		}
+		require.Equal(t, f.IdempotencyKey, c.IdempotencyKey, "%s: asked again under another key, Stripe would make it twice", th)
+		require.Equal(t, f.Path, c.Path, "%s: key %s sent again to another path", th, c.IdempotencyKey)
+		require.Equal(t, f.Form, c.Form, "%s: key %s sent again with other parameters", th, c.IdempotencyKey)
+		if forgotAt >= 0 && i >= forgotAt && c.Op != "invoice.finalize" && slices.IndexFunc(calls[:forgotAt], func(p recorded) bool { return p.reached() && thing(p) == th }) >= 0 {
+			require.Failf(t, "made twice", "%s: asked again after Stripe forgot its key, Stripe would make it twice", th)
+		}
+	}
+
+	invoices := map[string]billing.Invoice{} // our invoice id -> it
 	for _, tn := range tenants {
 		inv := b.invoice(t, tn.ID, b.last)
+		invoices[inv.ID] = inv
 		require.Equal(t, billing.InvoiceFinalized, inv.State, tn.Slug)
-		st := state[tn.ID]
-		require.NotNil(t, st, tn.Slug)
-		require.Equal(t, 1, st.Customers, "%s: one customer", tn.Slug)
-		require.Len(t, st.Invoices, 1, "%s: one invoice", tn.Slug)
-		require.Equal(t, "open", st.Invoices[0].Status)
-		require.Equal(t, 1, st.Invoices[0].Finalized)
-		require.Equal(t, catalog.FormatPeriod(b.last), st.Invoices[0].Period)
-		var amounts []int64
+		require.True(t, inv.Sent, tn.Slug)
+		customer := b.storedCustomer(t, tn.ID)
+		require.Equal(t, customer, inv.StripeCustomerID, "%s: invoiced to its one customer", tn.Slug)
+		require.Equal(t, tn.ID, made[customer].meta("tenantplane_tenant_id"), "%s: its customer %s is one made for it", tn.Slug, customer)
+		si := made[inv.StripeInvoiceID]
+		require.Equal(t, inv.ID, si.meta("tenantplane_invoice_id"), "%s: its Stripe invoice %s is one made for its invoice", tn.Slug, inv.StripeInvoiceID)
+		require.Equal(t, customer, si.Form.Get("customer"), tn.Slug)
+		// A draft that Stripe neither finalizes by itself nor fills with
+		// the customer's pending items: billing puts its items on it.
+		require.Equal(t, []string{"false", "exclude", inv.Currency}, []string{si.Form.Get("auto_advance"), si.Form.Get("pending_invoice_items_behavior"), si.Form.Get("currency")}, tn.Slug)
+		require.Equal(t, catalog.FormatPeriod(b.last), si.meta("tenantplane_period"), tn.Slug)
+		finalization := finalizationOf(inv.ID)
+		require.Contains(t, first, finalization, "%s: finalized", tn.Slug)
+		require.Equal(t, "/v1/invoices/"+inv.StripeInvoiceID+"/finalize", first[finalization].Path, tn.Slug)
+		require.Equal(t, "true", first[finalization].Form.Get("auto_advance"), "%s: finalized for Stripe to collect", tn.Slug)
 		for _, l := range inv.Lines {
-			amounts = append(amounts, l.Amount)
+			if l.Amount == 0 {
+				require.Empty(t, l.StripeItemID, "%s: line %d charges nothing", tn.Slug, l.No)
+				continue
+			}
+			item := made[l.StripeItemID]
+			require.Equal(t, []string{inv.ID, strconv.Itoa(l.No)}, []string{item.meta("tenantplane_invoice_id"), item.meta("tenantplane_line")},
+				"%s: line %d's item %s is one made for it", tn.Slug, l.No, l.StripeItemID)
+			require.Equal(t, inv.StripeInvoiceID, item.Form.Get("invoice"), "%s: line %d", tn.Slug, l.No)
+			require.Equal(t, []string{strconv.FormatInt(l.Amount, 10), inv.Currency}, []string{item.Form.Get("amount"), item.Form.Get("currency")}, "%s: line %d", tn.Slug, l.No)
+			require.False(t, item.Form.Has("price") || item.Form.Has("unit_amount"), "%s: line %d: an amount, not a price", tn.Slug, l.No)
+			require.Less(t, at[itemOf(inv.ID, strconv.Itoa(l.No))], at[finalization], "%s: line %d's item goes on the draft, before it is finalized", tn.Slug, l.No)
 		}
-		require.Equal(t, amounts, st.Invoices[0].Amounts, "%s: one item per line, with its amount", tn.Slug)
 	}
-	require.Len(t, state, len(tenants))
+	// Nothing else was made: no invoice but these, no item but theirs.
+	for th, c := range first {
+		switch c.Op {
+		case "customer.create":
+			require.True(t, slices.ContainsFunc(tenants, func(tn catalog.Tenant) bool { return tn.ID == c.meta("tenantplane_tenant_id") }), th)
+		case "invoice.create", "invoiceitem.create":
+			inv, ok := invoices[c.meta("tenantplane_invoice_id")]
+			require.True(t, ok, "%s: not an invoice of these tenants for the period", th)
+			charged := func(l billing.InvoiceLine) bool {
+				return strconv.Itoa(l.No) == c.meta("tenantplane_line") && l.Amount != 0
+			}
+			if c.Op == "invoiceitem.create" && !slices.ContainsFunc(inv.Lines, charged) {
+				require.Failf(t, "an item of no line", "%s: the invoice has no such line to charge", th)
+			}
+		}
+	}
 }
+
+// itemOf and finalizationOf name things requireOneInvoiceEach checks.
+func itemOf(invoiceID, line string) string {
+	return "the item of line " + line + " of invoice " + invoiceID
+}
+
+func finalizationOf(invoiceID string) string { return "the finalization of invoice " + invoiceID }
 
 // TestRunRecoversAfterIdempotencyKeysExpire drops Stripe's answer at a step,
 // then reruns more than a day later, when Stripe has forgotten the keys: the
@@ -167,23 +271,22 @@ func TestRunRecoversAfterIdempotencyKeysExpire(t *testing.T) {
 		t.Run(op, func(t *testing.T) {
 			t.Parallel()
 			b := setup(t)
-			fake := newFakeStripe(t)
+			rec, hc := newRecorder()
 			tn := b.addTenant(t, "slow-payer", "pro")
 			b.usage(t, tn.ID, b.last, 77)
-			svc := b.service(t, billing.Config{StripeKey: stripetest.Key, StripeAPIBase: fake.srv.URL, StripeHTTPClient: fakeClient(), StripeRetries: -1})
-			fake.setFault(func(o string, n int) string {
+			svc := b.service(t, billing.Config{StripeKey: stripetest.Key, StripeAPIBase: stripetest.Shared(t).URL, StripeHTTPClient: hc, StripeRetries: -1})
+			rec.set(hooks{fault: func(o string, n int) string {
 				if o == op {
 					return "drop"
 				}
 				return ""
-			})
+			}})
 			require.Equal(t, billing.BillingRunFailed, b.run(t, svc, b.last).State)
 
 			// A day later, Stripe has forgotten the keys. The catalog's clock
 			// has not moved: age the first attempts instead.
-			later := time.Now().Add(25 * time.Hour)
-			fake.setNow(func() time.Time { return later })
-			fake.setFault(nil)
+			rec.forget()
+			rec.set(aDayLater(t, rec))
 			_, err := b.store.Pool().Exec(context.Background(), `UPDATE billing_customers SET attempted_at = attempted_at - interval '25 hours'`)
 			require.NoError(t, err)
 			_, err = b.store.Pool().Exec(context.Background(), `UPDATE invoices SET send_started_at = send_started_at - interval '25 hours'`)
@@ -191,8 +294,82 @@ func TestRunRecoversAfterIdempotencyKeysExpire(t *testing.T) {
 
 			run := b.run(t, svc, b.last)
 			require.Equal(t, billing.BillingRunDone, run.State, run.LastError)
-			requireOneInvoiceEach(t, b, fake, []catalog.Tenant{tn})
+			requireOneInvoiceEach(t, b, rec, []catalog.Tenant{tn})
 		})
+	}
+}
+
+// aDayLater answers as Stripe does about the objects the calls recorded
+// before rec.forget made, which stripe-mock cannot: it keeps nothing, so it
+// finds none of them and finalizes any invoice anew. The hooks change only
+// these answers; every call is still checked by stripe-mock but a refused
+// finalization:
+//   - a search of customers, or a list of invoices or of items, holds the
+//     objects made before that match it (in place of stripe-mock's fixture,
+//     whose id and metadata are not ours);
+//   - an invoice finalized before reads as open (stripe-mock's is a draft),
+//     and finalizing it again is refused with Stripe's 400.
+func aDayLater(t *testing.T, rec *recorder) hooks {
+	before := func() []recorded {
+		calls, forgotAt := rec.history()
+		return calls[:forgotAt]
+	}
+	finalized := func(stripeInvoiceID string) bool {
+		return slices.ContainsFunc(before(), func(c recorded) bool {
+			return c.Op == "invoice.finalize" && c.reached() && c.Path == "/v1/invoices/"+stripeInvoiceID+"/finalize"
+		})
+	}
+	return hooks{
+		instead: func(c recorded) (int, string, bool) {
+			if c.Op == "invoice.finalize" && finalized(strings.Split(c.Path, "/")[3]) {
+				return http.StatusBadRequest, `{"error": {"type": "invalid_request_error", "message": "This invoice is already finalized, you can't re-finalize a non-draft invoice."}}`, true
+			}
+			return 0, "", false
+		},
+		edit: func(c recorded, answer map[string]any) {
+			var create string // the call that makes what c looks for
+			var match func(made recorded) bool
+			switch c.Op {
+			case "invoice.get":
+				if finalized(strings.Split(c.Path, "/")[3]) {
+					answer["status"] = "open"
+				}
+				return
+			case "customer.search":
+				m := regexp.MustCompile(`^metadata\['([^']+)'\]:'([^']*)'$`).FindStringSubmatch(c.Form.Get("query"))
+				if m == nil {
+					t.Errorf("a search billing does not make: %s", c.Form.Get("query"))
+					return
+				}
+				create, match = "customer.create", func(p recorded) bool { return p.meta(m[1]) == m[2] }
+			case "invoice.list":
+				create, match = "invoice.create", func(p recorded) bool { return p.Form.Get("customer") == c.Form.Get("customer") }
+			case "invoiceitem.list":
+				create, match = "invoiceitem.create", func(p recorded) bool { return p.Form.Get("invoice") == c.Form.Get("invoice") }
+			default:
+				return
+			}
+			var fixture map[string]any
+			if data, _ := answer["data"].([]any); len(data) > 0 {
+				fixture, _ = data[0].(map[string]any)
+			}
+			data := []any{}
+			for _, p := range before() {
+				if p.Op == create && p.reached() && p.ID != "" && match(p) {
+					obj := maps.Clone(fixture)
+					obj["id"] = p.ID
+					metadata := map[string]any{}
+					for k, v := range p.Form {
+						if name, ok := strings.CutPrefix(k, "metadata["); ok {
+							metadata[strings.TrimSuffix(name, "]")] = v[0]
+						}
+					}
+					obj["metadata"] = metadata
+					data = append(data, obj)
+				}
+			}
+			answer["data"] = data
+		},
 	}
 }
 
@@ -202,7 +379,8 @@ func TestRunRecoversAfterIdempotencyKeysExpire(t *testing.T) {
 func TestRunResumesAfterCrash(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	fake := newFakeStripe(t)
+	mock := stripetest.Shared(t)
+	rec, hc := newRecorder()
 	var tenants []catalog.Tenant
 	for i := range 20 {
 		tn := b.addTenant(t, fmt.Sprintf("c-%02d", i), "pro")
@@ -211,13 +389,13 @@ func TestRunResumesAfterCrash(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var once sync.Once
-	fake.setFault(func(op string, n int) string {
+	rec.set(hooks{fault: func(op string, n int) string {
 		if op == "invoiceitem.create" && n == 10 {
 			once.Do(cancel) // the process goes away mid-run
 		}
 		return ""
-	})
-	first := b.service(t, billing.Config{StripeKey: stripetest.Key, StripeAPIBase: fake.srv.URL, StripeHTTPClient: fakeClient(), Concurrency: 3})
+	}})
+	first := b.service(t, billing.Config{StripeKey: stripetest.Key, StripeAPIBase: mock.URL, StripeHTTPClient: hc, Concurrency: 3})
 	run, _, err := first.StartRun(context.Background(), b.last, "test")
 	require.NoError(t, err)
 	_, err = first.ProcessRun(ctx, run.ID)
@@ -228,35 +406,36 @@ func TestRunResumesAfterCrash(t *testing.T) {
 	require.Less(t, got.Progress.Finalized, 20)
 
 	// Another process, polling, takes it over.
-	second := b.service(t, billing.Config{StripeKey: stripetest.Key, StripeAPIBase: fake.srv.URL, StripeHTTPClient: fakeClient(), Concurrency: 3, PollInterval: 50 * time.Millisecond})
+	second := b.service(t, billing.Config{StripeKey: stripetest.Key, StripeAPIBase: mock.URL, StripeHTTPClient: hc, Concurrency: 3, PollInterval: 50 * time.Millisecond})
 	require.NoError(t, second.Start(context.Background()))
 	t.Cleanup(func() { _ = second.Stop(context.Background()) })
 	require.Eventually(t, func() bool {
 		r, err := b.billing.GetBillingRun(context.Background(), run.ID)
 		return err == nil && r.State == billing.BillingRunDone
 	}, 30*time.Second, 50*time.Millisecond)
-	requireOneInvoiceEach(t, b, fake, tenants)
+	requireOneInvoiceEach(t, b, rec, tenants)
 }
 
 // TestRunHeldByOneProcess shows two processes never work one run at once.
 func TestRunHeldByOneProcess(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	fake := newFakeStripe(t)
+	mock := stripetest.Shared(t)
+	rec, hc := newRecorder()
 	tn := b.addTenant(t, "acme", "basic")
 	b.usage(t, tn.ID, b.last, 1)
 	hold := make(chan struct{})
 	entered := make(chan struct{})
 	var once sync.Once
-	fake.setFault(func(op string, n int) string {
+	rec.set(hooks{fault: func(op string, n int) string {
 		if op == "customer.create" {
 			once.Do(func() { close(entered) })
 			<-hold
 		}
 		return ""
-	})
-	svc := b.service(t, billing.Config{StripeKey: stripetest.Key, StripeAPIBase: fake.srv.URL, StripeHTTPClient: fakeClient()})
-	other := b.service(t, billing.Config{StripeKey: stripetest.Key, StripeAPIBase: fake.srv.URL, StripeHTTPClient: fakeClient()})
+	}})
+	svc := b.service(t, billing.Config{StripeKey: stripetest.Key, StripeAPIBase: mock.URL, StripeHTTPClient: hc})
+	other := b.service(t, billing.Config{StripeKey: stripetest.Key, StripeAPIBase: mock.URL, StripeHTTPClient: hc})
 	run, _, err := svc.StartRun(context.Background(), b.last, "test")
 	require.NoError(t, err)
 	done := make(chan billing.BillingRun)
@@ -299,11 +478,11 @@ func TestLocalInvoicesAreSentLater(t *testing.T) {
 	inv := b.invoice(t, tn.ID, b.last)
 	require.False(t, inv.Sent)
 
-	fake := newFakeStripe(t)
-	sent := b.run(t, b.service(t, billing.Config{StripeKey: stripetest.Key, StripeAPIBase: fake.srv.URL, StripeHTTPClient: fakeClient()}), b.last)
+	rec, hc := newRecorder()
+	sent := b.run(t, b.service(t, billing.Config{StripeKey: stripetest.Key, StripeAPIBase: stripetest.Shared(t).URL, StripeHTTPClient: hc}), b.last)
 	require.Equal(t, billing.BillingRunDone, sent.State)
 	require.True(t, b.invoice(t, tn.ID, b.last).Sent)
-	requireOneInvoiceEach(t, b, fake, []catalog.Tenant{tn})
+	requireOneInvoiceEach(t, b, rec, []catalog.Tenant{tn})
 }
 
 // TestLateUsageIsAdjustedOnTheNextInvoice invoices a period, then records

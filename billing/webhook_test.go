@@ -31,7 +31,9 @@ func sign(payload []byte, secret string) string {
 	return webhook.GenerateTestSignedPayload(&webhook.UnsignedPayload{Payload: payload, Secret: secret, Timestamp: time.Now()}).Header
 }
 
-// sentInvoice bills a tenant through the fake Stripe and returns its invoice.
+// sentInvoice bills a tenant through stripe-mock and returns its invoice.
+// stripe-mock gives each invoice it is asked to create an id of its own, as
+// Stripe does: the events below name invoices by it.
 func (b *testBundle) sentInvoice(t *testing.T, svc *billing.Service, tn catalog.Tenant, period time.Time) billing.Invoice {
 	t.Helper()
 	b.usage(t, tn.ID, period, 100)
@@ -46,12 +48,12 @@ func TestWebhookMarksInvoicesPaid(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := context.Background()
-	fake := newFakeStripe(t)
-	svc := b.service(t, billing.Config{StripeKey: stripetest.Key, StripeAPIBase: fake.srv.URL, StripeHTTPClient: fakeClient(), WebhookSecret: webhookSecret})
+	svc := b.service(t, billing.Config{StripeKey: stripetest.Key, StripeAPIBase: stripetest.Shared(t).URL, WebhookSecret: webhookSecret})
 	acme, globex := b.addTenant(t, "acme", "pro"), b.addTenant(t, "globex", "basic")
 	b.usage(t, globex.ID, b.last, 1)
 	inv := b.sentInvoice(t, svc, acme, b.last)
 	other := b.invoice(t, globex.ID, b.last)
+	require.NotEqual(t, inv.StripeInvoiceID, other.StripeInvoiceID, "each invoice has a Stripe id of its own")
 
 	paid := event("evt_paid_1", "invoice.paid", inv.StripeInvoiceID, nil)
 	res, err := svc.HandleWebhook(ctx, paid, sign(paid, webhookSecret))
@@ -135,9 +137,8 @@ func TestDunningSuspendsAndPaymentResumes(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := context.Background()
-	fake := newFakeStripe(t)
 	clock := time.Now()
-	cfg := billing.Config{StripeKey: stripetest.Key, StripeAPIBase: fake.srv.URL, StripeHTTPClient: fakeClient(), WebhookSecret: webhookSecret,
+	cfg := billing.Config{StripeKey: stripetest.Key, StripeAPIBase: stripetest.Shared(t).URL, WebhookSecret: webhookSecret,
 		Suspender: suspender{b.store}, DunningGrace: 7 * 24 * time.Hour, Now: func() time.Time { return clock }}
 	svc := b.service(t, cfg)
 	late, onTime, held := b.addTenant(t, "late-payer", "pro"), b.addTenant(t, "on-time", "basic"), b.addTenant(t, "held", "basic")
@@ -205,10 +206,9 @@ func TestDunningResumeIsRetriedBySweep(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := context.Background()
-	fake := newFakeStripe(t)
 	clock := time.Now()
 	flaky := &flakySuspender{suspender: suspender{b.store}}
-	svc := b.service(t, billing.Config{StripeKey: stripetest.Key, StripeAPIBase: fake.srv.URL, StripeHTTPClient: fakeClient(), WebhookSecret: webhookSecret,
+	svc := b.service(t, billing.Config{StripeKey: stripetest.Key, StripeAPIBase: stripetest.Shared(t).URL, WebhookSecret: webhookSecret,
 		Suspender: flaky, Now: func() time.Time { return clock }})
 	tn := b.addTenant(t, "acme", "pro")
 	inv := b.sentInvoice(t, svc, tn, b.last)

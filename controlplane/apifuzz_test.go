@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"os"
-	"strconv"
 	"testing"
 	"time"
 
@@ -147,22 +145,10 @@ func TestAPIFuzz(t *testing.T) {
 // BenchmarkAPIFuzz is the long pass: TENANTPLANE_FUZZ_PER_OP requests per
 // operation (default 150).
 func BenchmarkAPIFuzz(b *testing.B) {
-	perOp := envInt(b, "TENANTPLANE_FUZZ_PER_OP", 150)
+	perOp := faulttest.EnvInt(b, "TENANTPLANE_FUZZ_PER_OP", 150)
 	seed := faulttest.Seed(b)
 	f := setupFuzz(b)
 	for b.Loop() {
 		f.fuzz(b, seed, perOp)
 	}
-}
-
-// envInt reads a whole number from the environment, def when unset.
-func envInt(t testing.TB, name string, def int) int {
-	t.Helper()
-	s := os.Getenv(name)
-	if s == "" {
-		return def
-	}
-	n, err := strconv.Atoi(s)
-	require.NoError(t, err, name)
-	return n
 }

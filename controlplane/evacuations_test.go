@@ -114,6 +114,7 @@ func TestEvacuateTwentyTenantsUnderTraffic(t *testing.T) {
 		slug   string
 		acked  []string
 		failed []string
+		cut    int // writes cut by the fence, retried
 		maxGap time.Duration
 	}
 	writers := make([]*writer, len(keys))
@@ -138,6 +139,11 @@ func TestEvacuateTwentyTenantsUnderTraffic(t *testing.T) {
 					last = time.Now()
 					n++
 					time.Sleep(25 * time.Millisecond) // under the plan's rate limit
+					continue
+				}
+				if err == nil && fenceCut(status, body) {
+					wr.cut++
+					time.Sleep(20 * time.Millisecond)
 					continue
 				}
 				wr.failed = append(wr.failed, fmt.Sprintf("%s: %d %v %s", email, status, err, body))
@@ -198,6 +204,7 @@ func TestEvacuateTwentyTenantsUnderTraffic(t *testing.T) {
 
 	for _, wr := range writers {
 		require.Empty(t, wr.failed, "%s: no request fails beyond the held window", wr.slug)
+		require.LessOrEqual(t, wr.cut, maxFenceCuts, "%s: writes cut by the fence", wr.slug)
 		require.NotEmpty(t, wr.acked)
 		_, tenant := call(t, "GET", f.admin+"/admin/v1/tenants/"+wr.slug, testToken, nil)
 		target := f.servers[tenant["server"].(string)].DSN(tenant["database"].(string))

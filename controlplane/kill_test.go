@@ -161,7 +161,7 @@ func TestRandomKills(t *testing.T) {
 	t.Parallel()
 	seed := faulttest.Seed(t)
 	r := rand.New(rand.NewPCG(seed, 0))
-	cycles := envInt(t, "TENANTPLANE_KILL_CYCLES", 2)
+	cycles := faulttest.EnvInt(t, "TENANTPLANE_KILL_CYCLES", 2)
 	catalogDSN := pgtest.NewDB(t)
 	pool, err := pgxpool.New(context.Background(), catalogDSN)
 	require.NoError(t, err)

@@ -60,12 +60,13 @@ func BenchmarkSoak(b *testing.B) {
 		_, k := f.tenantWithKey(b, fmt.Sprintf("soak-%d", i), "enterprise", server)
 		keys = append(keys, k)
 	}
-	conns := func() int64 {
-		var n int64
-		for _, dsn := range []string{pgtest.Shared(b).DSN("postgres"), faulty.DSN("postgres"), steady.DSN("postgres")} {
-			n += query[int64](b, dsn, `SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'tenantplane%'`)
+	// conns counts tenantplane's connections on the catalog's cluster and on
+	// each tenant server, in that order.
+	conns := func() (each [3]int64) {
+		for i, dsn := range []string{pgtest.Shared(b).DSN("postgres"), faulty.DSN("postgres"), steady.DSN("postgres")} {
+			each[i] = query[int64](b, dsn, `SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'tenantplane%'`)
 		}
-		return n
+		return each
 	}
 
 	for b.Loop() {
@@ -137,9 +138,12 @@ func BenchmarkSoak(b *testing.B) {
 				runtime.GC()
 				var ms runtime.MemStats
 				runtime.ReadMemStats(&ms)
-				s := soakSample{at: time.Since(start), heap: ms.HeapAlloc, goroutines: runtime.NumGoroutine(), conns: conns()}
+				each := conns()
+				s := soakSample{at: time.Since(start), heap: ms.HeapAlloc, goroutines: runtime.NumGoroutine(), conns: each[0] + each[1] + each[2]}
 				samples = append(samples, s)
-				b.Logf("%6s heap %6.1f MiB  goroutines %5d  conns %3d  requests %d (%d ok)", s.at.Round(time.Second), float64(s.heap)/(1<<20), s.goroutines, s.conns, requests.Load(), ok.Load())
+				// To stderr: a benchmark's log keeps only its first ten lines.
+				fmt.Fprintf(os.Stderr, "soak %6s heap %6.1f MiB  goroutines %5d  conns %3d (catalog %d, pg-faulty %d, pg-steady %d)  requests %d (%d ok)\n",
+					s.at.Round(time.Second), float64(s.heap)/(1<<20), s.goroutines, s.conns, each[0], each[1], each[2], requests.Load(), ok.Load())
 			}
 		}
 		tick.Stop()

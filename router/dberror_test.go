@@ -21,3 +21,13 @@ func TestDBErrorOfAFencedWrite(t *testing.T) {
 	require.True(t, errors.Is(err, other))
 	require.NotEqual(t, catalog.CodeUnavailable, catalog.CodeOf(err))
 }
+
+// A statement cut by a move's fence (its session terminated) is a 503 that
+// says why, to retry.
+func TestDBErrorOfATerminatedSession(t *testing.T) {
+	t.Parallel()
+	cut := &pgconn.PgError{Severity: "FATAL", Code: "57P01", Message: "terminating connection due to administrator command"}
+	err := dbError(cut, "user")
+	require.Equal(t, catalog.CodeUnavailable, catalog.CodeOf(err))
+	require.Contains(t, err.Error(), "a move's fence")
+}

@@ -9,8 +9,8 @@ import (
 	"net/http/httptest"
 	"os"
 	"slices"
-	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -164,10 +164,10 @@ func routerConns(t testing.TB, srv *pgtest.Server) int {
 func TestHungServerOnlyAffectsItsTenants(t *testing.T) {
 	faulttest.VerifyNoLeaks(t) // first: its check runs after every other cleanup
 	_ = faulttest.Seed(t)      // the schedule is fixed; the seed is printed for the record
-	h := runHungServer(t, 150)
+	h := runHungServer(t, 150, 1)
 	bad := slices.DeleteFunc(slices.Clone(h.hungAnswers), func(s string) bool { return s == "" })
-	require.Empty(t, bad, "each of the hung server's %d answers is a 503 within 2 s", len(h.hungAnswers))
-	require.GreaterOrEqual(t, len(h.hungAnswers), 8)
+	require.Empty(t, bad, "each of the hung server's tenant's %d answers is what its phase promises (503 within 2 s while the wire hangs, 200 before and after)", len(h.hungAnswers))
+	require.GreaterOrEqual(t, h.hungDuring, 8, "the hung server's tenant was asked while the wire hung")
 	// p99 within 20 % of the runs without the fault (before and after it),
 	// with 50 ms of slack: on a machine shared with other work a p99 of a
 	// few ms moves by tens of ms from one second to the next, while a hung
@@ -187,18 +187,14 @@ func TestHungServerOnlyAffectsItsTenants(t *testing.T) {
 }
 
 // BenchmarkHungServerOtherTenants measures what a hung server costs the
-// tenants of another: their p99 with the fault against without it (before
-// and after), perKey requests from each of three tenants in each phase
-// (TENANTPLANE_HUNG_PER_KEY, default 1000).
+// tenants of another: their p99 while it hangs against while it does not,
+// in alternating windows of perKey requests from each of three tenants
+// (TENANTPLANE_HUNG_PER_KEY, default 1000), cycles times
+// (TENANTPLANE_HUNG_CYCLES, default 4).
 func BenchmarkHungServerOtherTenants(b *testing.B) {
-	perKey := 1000
-	if s := os.Getenv("TENANTPLANE_HUNG_PER_KEY"); s != "" {
-		n, err := strconv.Atoi(s)
-		require.NoError(b, err)
-		perKey = n
-	}
+	perKey, cycles := faulttest.EnvInt(b, "TENANTPLANE_HUNG_PER_KEY", 1000), faulttest.EnvInt(b, "TENANTPLANE_HUNG_CYCLES", 4)
 	for b.Loop() {
-		h := runHungServer(b, perKey)
+		h := runHungServer(b, perKey, cycles)
 		b.ReportMetric(float64(h.base.Microseconds()), "p99_µs_nofault")
 		b.ReportMetric(float64(h.faulted.Microseconds()), "p99_µs_fault")
 		b.ReportMetric(float64(h.faulted)/float64(h.base), "p99_ratio")
@@ -210,18 +206,31 @@ func BenchmarkHungServerOtherTenants(b *testing.B) {
 type hungRun struct {
 	b              *faultBundle
 	hungSrv, okSrv *pgtest.Server
-	hungAnswers    []string      // one per answer of the hung server's tenant: "" for a 503 within 2 s
-	maxHung        time.Duration // the slowest of those answers
+	hungAnswers    []string      // one per answer of the hung server's tenant: "" for what its phase promises
+	hungDuring     int           // how many of them were asked and answered while the wire hung
+	maxHung        time.Duration // the slowest answer while the wire hung
 	base, faulted  time.Duration // p99 of the other server's tenants without and with the fault
 }
 
+// runHungServer's phases come round in this order, once per cycle; the
+// hung server's tenant gets in each what the router promises.
+const (
+	hungFlowing int32 = iota // the wire flows: 200
+	hungFault                // the wire hangs: 503 within 2 s
+	hungHealing              // it flows again, the server not yet seen up: 503 or 200, within 2 s
+)
+
 // runHungServer serves tenants on two servers, one behind a proxy, and
-// hangs that one's wire while both are asked: perKey requests from each of
-// three tenants of the other server without the fault, with it, and after
-// it; the hung server's tenant all along the fault. It checks that every
-// phase's requests of the other server succeed, and that the hung server's
-// tenant is served again once the wire flows.
-func runHungServer(t testing.TB, perKey int) hungRun {
+// hangs that one's wire cycles times: perKey requests from each of three
+// tenants of the other server while the wire flows, while it hangs, and so
+// on, ending with it flowing, while the hung server's tenant is asked all
+// along by clients of its own, so that the windows with and without the
+// fault carry the same traffic and differ only by the fault, and alternate,
+// so that other work on the machine falls on both alike. It checks that
+// every request of the other server succeeds, that the hung server's tenant
+// gets what each phase promises, and that it is served again each time the
+// wire flows.
+func runHungServer(t testing.TB, perKey, cycles int) hungRun {
 	t.Helper()
 	h := hungRun{hungSrv: pgtest.NewServer(t), okSrv: pgtest.NewServer(t)}
 	proxy := faulttest.NewProxy(t, "pg-hung", h.hungSrv.Addr())
@@ -239,13 +248,11 @@ func runHungServer(t testing.TB, perKey int) hungRun {
 		require.NoError(t, err)
 		require.Equal(t, http.StatusOK, status)
 	}
-	_, err := b.load(okKeys, 20) // warm
-	require.NoError(t, err)
-	baseline, err := b.load(okKeys, perKey)
-	require.NoError(t, err)
 
-	remove := proxy.Add(t, faulttest.Hang())
 	// The hung server's tenant, from several clients at once, all along.
+	// phase counts the changes; phase%3 is one of hungFlowing, hungFault
+	// and hungHealing.
+	var phase atomic.Int32
 	stop := make(chan struct{})
 	var hungMu sync.Mutex
 	var wg sync.WaitGroup
@@ -257,34 +264,68 @@ func runHungServer(t testing.TB, perKey int) hungRun {
 					return
 				default:
 				}
+				from := phase.Load()
 				status, d, err := b.get("/v1/users", hungKey)
+				to := phase.Load()
+				ok := err == nil && d < 2*time.Second
+				switch {
+				case from == to && from%3 == hungFlowing:
+					ok = ok && status == http.StatusOK
+				case from == to && from%3 == hungFault:
+					ok = ok && status == http.StatusServiceUnavailable
+				default: // healing, or across a change of phase
+					ok = ok && (status == http.StatusOK || status == http.StatusServiceUnavailable)
+				}
 				hungMu.Lock()
-				h.maxHung = max(h.maxHung, d)
-				if err != nil || status != http.StatusServiceUnavailable || d >= 2*time.Second {
-					h.hungAnswers = append(h.hungAnswers, fmt.Sprintf("status %d after %v (%v)", status, d, err))
-				} else {
+				if from == to && from%3 == hungFault {
+					h.maxHung = max(h.maxHung, d)
+					h.hungDuring++
+				}
+				if ok {
 					h.hungAnswers = append(h.hungAnswers, "")
+				} else {
+					h.hungAnswers = append(h.hungAnswers, fmt.Sprintf("phase %d→%d: status %d after %v (%v)", from%3, to%3, status, d, err))
 				}
 				hungMu.Unlock()
 				time.Sleep(20 * time.Millisecond)
 			}
 		})
 	}
-	time.Sleep(2500 * time.Millisecond) // the first requests find the hang, and the server is marked down
-	faulted, err := b.load(okKeys, perKey)
-	close(stop)
-	wg.Wait()
-	require.NoError(t, err, "another server's tenants were not served")
+	stopClients := sync.OnceFunc(func() {
+		close(stop)
+		wg.Wait()
+	})
+	defer stopClients() // when a check fails
 
-	remove()
-	start := time.Now()
-	require.Eventually(t, func() bool {
-		status, _, err := b.get("/v1/users", hungKey)
-		return err == nil && status == http.StatusOK
-	}, 10*time.Second, 50*time.Millisecond, "the hung server's tenant is served again once the wire flows")
-	t.Logf("back in service %v after the fault was removed", time.Since(start))
-	after, err := b.load(okKeys, perKey)
+	_, err := b.load(okKeys, 20) // warm
 	require.NoError(t, err)
-	h.base, h.faulted = p99(append(baseline, after...)), p99(faulted)
+	var flowing, faulted []time.Duration
+	for range cycles {
+		lat, err := b.load(okKeys, perKey)
+		require.NoError(t, err)
+		flowing = append(flowing, lat...)
+
+		phase.Add(1) // hungFault
+		remove := proxy.Add(t, faulttest.Hang())
+		time.Sleep(2500 * time.Millisecond) // the first requests find the hang, and the server is marked down
+		lat, err = b.load(okKeys, perKey)
+		require.NoError(t, err, "another server's tenants were not served")
+		faulted = append(faulted, lat...)
+
+		phase.Add(1) // hungHealing
+		remove()
+		start := time.Now()
+		require.Eventually(t, func() bool {
+			status, _, err := b.get("/v1/users", hungKey)
+			return err == nil && status == http.StatusOK
+		}, 10*time.Second, 50*time.Millisecond, "the hung server's tenant is served again once the wire flows")
+		t.Logf("back in service %v after the fault was removed", time.Since(start))
+		time.Sleep(100 * time.Millisecond) // requests sent before it was seen up have ended
+		phase.Add(1)                       // hungFlowing
+	}
+	lat, err := b.load(okKeys, perKey)
+	require.NoError(t, err)
+	stopClients()
+	h.base, h.faulted = p99(append(flowing, lat...)), p99(faulted)
 	return h
 }

@@ -507,3 +507,23 @@ func TestPooledRequestThatFailsWritesNothing(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, http.StatusOK, status, body)
 }
+
+// TestIsUUID: only a tenant id in the catalog's own text form is ever
+// written into a pooled request's SQL.
+func TestIsUUID(t *testing.T) {
+	t.Parallel()
+	for s, want := range map[string]bool{
+		"0b7f1c9e-3d2a-4c5b-9e8f-1a2b3c4d5e6f":     true,
+		"00000000-0000-0000-0000-000000000000":     true,
+		"0B7F1C9E-3D2A-4C5B-9E8F-1A2B3C4D5E6F":     false, // upper case is not the catalog's text
+		"0b7f1c9e3d2a4c5b9e8f1a2b3c4d5e6f":         false,
+		"0b7f1c9e-3d2a-4c5b-9e8f-1a2b3c4d5e6":      false,
+		"0b7f1c9e-3d2a-4c5b-9e8f-1a2b3c4d5e6f0":    false,
+		"0b7f1c9e-3d2a-4c5b-9e8f-1a2b3c4d5e6'":     false,
+		"0b7f1c9e-3d2a-4c5b-9e8f'-1a2b3c4d5e6":     false,
+		"x'), set_config('tenantplane.tenant_id',": false,
+		"": false,
+	} {
+		require.Equal(t, want, isUUID(s), "%q", s)
+	}
+}

@@ -161,6 +161,19 @@ func (r *resolver) resolve(ctx context.Context, key string) (*resolved, error) {
 	return res.Val.(*resolved), nil
 }
 
+// reread reads key's entry from the catalog again, whatever the cache
+// holds, and caches it.
+func (r *resolver) reread(key string) (*resolved, error) {
+	if !strings.HasPrefix(key, catalog.KeyPrefix) || len(key) > 100 {
+		return nil, errBadKey
+	}
+	var h [32]byte
+	copy(h[:], catalog.HashKey(key))
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	return r.load(ctx, h)
+}
+
 // staleWait is how long a request of a known key waits for its entry to be
 // read again before it is served the old one.
 const staleWait = 250 * time.Millisecond

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -280,16 +281,8 @@ func (r *Router) authenticate(c *gin.Context) {
 			return
 		}
 	}
-	switch e.tenant.State {
-	case catalog.TenantActive:
-	case catalog.TenantSuspended:
-		httpapi.Fail(c, catalog.CodeForbidden, "tenant %q is suspended", e.tenant.Slug)
-		return
-	case catalog.TenantDeleting, catalog.TenantDeleted:
-		httpapi.Fail(c, catalog.CodeNotFound, "tenant %q does not exist", e.tenant.Slug)
-		return
-	default:
-		httpapi.Fail(c, catalog.CodeUnavailable, "tenant %q is %s", e.tenant.Slug, e.tenant.State)
+	if err := servable(e); err != nil {
+		httpapi.WriteError(c, err)
 		return
 	}
 	if err := r.checkScope(c.Request.Method, c.FullPath(), e); err != nil {
@@ -330,6 +323,20 @@ func (r *Router) authenticate(c *gin.Context) {
 }
 
 const poolRouterKey = "tenantplane.router.router"
+
+// servable says why a tenant's requests cannot be served in its state, or nil.
+func servable(e *resolved) error {
+	switch e.tenant.State {
+	case catalog.TenantActive:
+		return nil
+	case catalog.TenantSuspended:
+		return catalog.Errorf(catalog.CodeForbidden, "tenant %q is suspended", e.tenant.Slug)
+	case catalog.TenantDeleting, catalog.TenantDeleted:
+		return catalog.Errorf(catalog.CodeNotFound, "tenant %q does not exist", e.tenant.Slug)
+	default:
+		return catalog.Errorf(catalog.CodeUnavailable, "tenant %q is %s", e.tenant.Slug, e.tenant.State)
+	}
+}
 
 // awaitRelease holds a request of a tenant whose move has its fence up,
 // instead of failing it: it waits for the tenant's next change in the
@@ -375,6 +382,7 @@ type held struct {
 	ended    bool // the transaction was committed or rolled back
 	endErr   error
 	writer   *txWriter
+	txw      txWriter // writer's storage, one allocation with held
 	slots    *tenantSlots
 	tenantID string
 	done     func() // ends the watch on the tenant's server (internal/stall); nil for a pooled tenant
@@ -406,21 +414,59 @@ func DB(c *gin.Context) (*pgxpool.Conn, error) {
 	if e.tenant.PoolID != 0 {
 		return r.pooledDB(c, e)
 	}
+	conn, err := r.dedicatedDB(c, e)
+	if err != nil && fencedOut(err) {
+		// The tenant's database refused it: a move's fence went up between
+		// this request's resolution and now, before this replica heard of
+		// the move's hold. Nothing has run yet, so it is asked again as a
+		// new request would be: held until the move switches or gives up,
+		// then on the tenant's database as it is then.
+		key, _ := strings.CutPrefix(c.GetHeader("Authorization"), "Bearer ")
+		fresh, rerr := r.resolver.reread(key)
+		if rerr == nil && fresh.tenant.Held {
+			fresh, rerr = r.awaitRelease(c, key, fresh)
+		}
+		if rerr == nil {
+			rerr = servable(fresh)
+		}
+		if rerr != nil {
+			return nil, rerr
+		}
+		c.Set(tenantKey, fresh)
+		if fresh.tenant.PoolID != 0 {
+			return r.pooledDB(c, fresh)
+		}
+		return r.dedicatedDB(c, fresh)
+	}
+	return conn, err
+}
+
+// fencedOut says whether err is a tenant database refusing a connection
+// because a move fenced it: CONNECT revoked from the tenant's role, or its
+// sessions terminated.
+func fencedOut(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && (pgErr.Code == "42501" || pgErr.Code == "57P01")
+}
+
+// dedicatedDB gives a dedicated tenant's request a connection of its own
+// database's pool, watched for a hung server.
+func (r *Router) dedicatedDB(c *gin.Context, e *resolved) (*pgxpool.Conn, error) {
 	if r.servers.Down(e.tenant.ServerID) {
 		return nil, serverDown(e.tenant.Server)
 	}
 	// The request's context, not c: a pool opened here keeps its values
 	// for connections made in the background, and c.Request changes below.
-	tp, err := r.pools.acquire(c.Request.Context(), e)
+	req := c.Request
+	tp, err := r.pools.acquire(req.Context(), e)
 	if err != nil {
 		return nil, unavailable(e, err)
 	}
 	// The rest of the request runs on a context that a server found hung
 	// cancels (see internal/stall).
-	ctx, cancel := context.WithCancelCause(c.Request.Context())
+	ctx, cancel := context.WithCancelCause(req.Context())
 	unwatch := r.servers.Watch(e.tenant.ServerID, e.tenant.Server, probeServer(tp.connCfg), cancel)
 	done := func() { unwatch(); cancel(nil) }
-	c.Request = c.Request.WithContext(ctx)
 	actx, acancel := context.WithTimeout(ctx, r.cfg.AcquireTimeout)
 	defer acancel()
 	conn, err := tp.pool.Acquire(actx)
@@ -429,6 +475,7 @@ func DB(c *gin.Context) (*pgxpool.Conn, error) {
 		r.pools.release(tp)
 		return nil, unavailable(e, err)
 	}
+	c.Request = req.WithContext(ctx)
 	c.Set(poolKey, &held{tp: tp, conn: conn, done: done})
 	return conn, nil
 }

@@ -253,6 +253,11 @@ func dbError(err error, what string) error {
 			// fence (the mover's restrictive policy on a pool database): the
 			// tenant is moving, and the write lands once it has.
 			return catalog.WrapError(catalog.CodeUnavailable, err, "the tenant is being moved: try again in a moment")
+		case pgErr.Code == "57P01":
+			// The session was ended for it (admin_shutdown): a move's fence
+			// cut a statement still running past the hold's wait, or the
+			// server is shutting down. The statement did not complete.
+			return catalog.WrapError(catalog.CodeUnavailable, err, "the tenant database ended the session (a move's fence, or a restart): retry in a moment")
 		case pgErr.Code == "57014" || pgErr.Code == "55P03" || strings.HasPrefix(pgErr.Code, "08") || strings.HasPrefix(pgErr.Code, "53") || strings.HasPrefix(pgErr.Code, "57P"):
 			return catalog.WrapError(catalog.CodeUnavailable, err, "the tenant database did not answer in time")
 		}

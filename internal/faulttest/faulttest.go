@@ -90,6 +90,21 @@ func VerifyNoLeaks(t *testing.T, opts ...goleak.Option) {
 	})
 }
 
+// EnvInt is the whole number in the environment variable name (a long
+// benchmark's size, say), def when it is unset.
+func EnvInt(t testing.TB, name string, def int) int {
+	t.Helper()
+	s := os.Getenv(name)
+	if s == "" {
+		return def
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatalf("%s=%q: want a whole number", name, s)
+	}
+	return n
+}
+
 // Fault is one Toxiproxy toxic: its type, the direction it applies to
 // ("downstream": from the dependency to us, "upstream": from us to it) and
 // its attributes, as Toxiproxy's API takes them.
