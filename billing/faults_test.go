@@ -2,7 +2,6 @@ package billing_test
 
 import (
 	"context"
-	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -46,12 +45,7 @@ func TestRunUnderNetworkFaults(t *testing.T) {
 			rec, client := newRecorderOver(tr)
 			client.Timeout = 2 * time.Second
 			svc := b.service(t, billing.Config{StripeKey: stripetest.Key, StripeAPIBase: proxy.URL(mock.URL), StripeHTTPClient: client, StripeRetries: -1, Concurrency: 2})
-			var tenants []catalog.Tenant
-			for i := range 3 {
-				tn := b.addTenant(t, fmt.Sprintf("t-%d", i), "basic")
-				b.usage(t, tn.ID, b.last, 1234)
-				tenants = append(tenants, tn)
-			}
+			tenants := b.billedTenants(t, 3)
 			remove := proxy.Add(t, fault)
 			start := time.Now()
 			first := b.run(t, svc, b.last)
@@ -85,12 +79,7 @@ func TestRunUnderACatalogReset(t *testing.T) {
 	b := setupOn(t, dsn)
 	rec, hc := newRecorder()
 	svc := b.service(t, billing.Config{StripeKey: stripetest.Key, StripeAPIBase: stripetest.Shared(t).URL, StripeHTTPClient: hc, StripeRetries: -1, Concurrency: 1})
-	var tenants []catalog.Tenant
-	for i := range 3 {
-		tn := b.addTenant(t, fmt.Sprintf("t-%d", i), "basic")
-		b.usage(t, tn.ID, b.last, 1234)
-		tenants = append(tenants, tn)
-	}
+	tenants := b.billedTenants(t, 3)
 	rec.set(hooks{fault: func(op string, n int) string {
 		if op == "invoice.create" && n == 2 {
 			proxy.Cut()

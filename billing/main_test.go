@@ -69,6 +69,19 @@ func (b *testBundle) addTenant(t testing.TB, slug, plan string) catalog.Tenant {
 	return tn
 }
 
+// billedTenants adds n basic tenants, t-0 ..., each with 1234 api_calls
+// in the period billed.
+func (b *testBundle) billedTenants(t testing.TB, n int) []catalog.Tenant {
+	t.Helper()
+	var tenants []catalog.Tenant
+	for i := range n {
+		tn := b.addTenant(t, fmt.Sprintf("t-%d", i), "basic")
+		b.usage(t, tn.ID, b.last, 1234)
+		tenants = append(tenants, tn)
+	}
+	return tenants
+}
+
 // usage records api_calls for a tenant in a period.
 func (b *testBundle) usage(t testing.TB, tenantID string, period time.Time, calls int64) {
 	t.Helper()

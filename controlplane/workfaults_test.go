@@ -20,22 +20,6 @@ import (
 	"github.com/tenantplane/tenantplane/internal/stripetest"
 )
 
-// copyTenantMigrations copies the embedded tenant migrations into a
-// directory of the test's own, for a TENANTPLANE_TENANT_MIGRATIONS the test
-// then adds to.
-func copyTenantMigrations(t *testing.T) string {
-	t.Helper()
-	dir := t.TempDir()
-	entries, err := os.ReadDir("../migrations/sql")
-	require.NoError(t, err)
-	for _, e := range entries {
-		raw, err := os.ReadFile(filepath.Join("../migrations/sql", e.Name()))
-		require.NoError(t, err)
-		require.NoError(t, os.WriteFile(filepath.Join(dir, e.Name()), raw, 0o644))
-	}
-	return dir
-}
-
 // TestWorkUnderCatalogFaults puts each network fault in turn (latency, a
 // hang, resets, a slow bandwidth, a sliced stream; one a subtest) on the
 // catalog's wire for three seconds while a running tenantplane provisions
@@ -70,7 +54,7 @@ func workUnderCatalogFault(t *testing.T, r *rand.Rand, fault faulttest.Fault) {
 	pool, err := pgxpool.New(ctx, catalogDSN)
 	require.NoError(t, err)
 	t.Cleanup(pool.Close)
-	k := &killRig{migDir: copyTenantMigrations(t), catalog: pool, settleWithin: 20 * time.Second, tap: newStripeTap(t, stripetest.Shared(t).URL, catalogDSN)}
+	k := &killRig{migDir: migrationsDir(t), catalog: pool, settleWithin: 20 * time.Second, tap: newStripeTap(t, stripetest.Shared(t).URL, catalogDSN)}
 	env := map[string]string{
 		"STRIPE_API_KEY": stripetest.Key, "STRIPE_API_BASE": k.tap.URL,
 		"TENANTPLANE_BILLING_GRACE": "off", "TENANTPLANE_STORAGE_INTERVAL": "off", "TENANTPLANE_DUNNING_GRACE": "off",
@@ -108,14 +92,7 @@ func workUnderCatalogFault(t *testing.T, r *rand.Rand, fault faulttest.Fault) {
 		if !t.Failed() {
 			return
 		}
-		var state string
-		_ = pool.QueryRow(context.Background(), `SELECT concat_ws(E'\n',
-			(SELECT string_agg(slug || ' ' || state || ' ' || last_error, '; ') FROM tenants WHERE state <> 'active'),
-			(SELECT string_agg(id || ' ' || state || ' ' || reason, '; ') FROM migration_runs),
-			(SELECT string_agg(tenant_id || ' ' || state || ' ' || attempts || ' ' || error || ' ' || note, '; ') FROM migration_run_tenants),
-			(SELECT string_agg(id || ' ' || state || ' ' || coalesce(last_error, ''), '; ') FROM billing_runs),
-			(SELECT string_agg(kind || ' ' || state || ' ' || attempt || ' ' || coalesce(errors::text, ''), '; ') FROM river_job))`).Scan(&state)
-		t.Logf("the catalog at the end:\n%s", state)
+		t.Logf("the catalog at the end:\n%s", k.unfinished(t))
 		var warnings []string
 		for _, line := range strings.Split(b.logs.String(), "\n") {
 			if strings.Contains(line, `"level":"WARN"`) || strings.Contains(line, `"level":"ERROR"`) {
@@ -138,11 +115,7 @@ func workUnderCatalogFault(t *testing.T, r *rand.Rand, fault faulttest.Fault) {
 	wait := time.Duration(r.IntN(300)) * time.Millisecond
 	time.Sleep(wait)
 	remove := proxy.Add(t, fault)
-	t.Logf("%s: on %v after the work was asked for, with %d tenants provisioning, %d fan-out tenants and %d invoices unfinished",
-		fault.Name, wait, k.count(t, `SELECT count(*) FROM tenants WHERE state = 'provisioning'`),
-		k.count(t, `SELECT count(*) FROM migration_run_tenants WHERE state IN ('pending', 'running')`),
-		k.count(t, `SELECT count(*) FROM invoices WHERE state <> 'finalized'`)+
-			k.count(t, `SELECT count(*) FROM billing_runs WHERE state IN ('pending', 'running')`))
+	t.Logf("%s: on %v after the work was asked for, with %s", fault.Name, wait, k.inFlight(t))
 	time.Sleep(3 * time.Second)
 	remove()
 
