@@ -125,6 +125,19 @@ func workUnderCatalogFault(t *testing.T, r *rand.Rand, fault faulttest.Fault) {
 	require.EqualValues(t, older+newer, k.count(t, `SELECT count(*) FROM tenants`))
 	k.check(t, 0, 0, "")
 	require.EqualValues(t, older, k.count(t, `SELECT count(*) FROM invoices`), "one invoice per older tenant")
+	// Each tenant's Stripe customer asked for under one idempotency key,
+	// however often the catalog made its job try again.
+	keys := map[string]map[string]bool{}
+	for _, c := range k.tap.customerCreates() {
+		if keys[c.TenantID] == nil {
+			keys[c.TenantID] = map[string]bool{}
+		}
+		keys[c.TenantID][c.IdempotencyKey] = true
+	}
+	require.Len(t, keys, older+newer, "a customer for each tenant")
+	for id, k := range keys {
+		require.Len(t, k, 1, "tenant %s: one customer creation key", id)
+	}
 	status, body = call(t, "GET", b.admin+"/admin/v1/migrations/status", testToken, nil)
 	require.Equal(t, http.StatusOK, status, body)
 	require.EqualValues(t, 1000, body["newest_version"], "every tenant at the new version")
