@@ -22,7 +22,7 @@ import (
 
 // TestWorkUnderCatalogFaults puts each network fault in turn (latency, a
 // hang, resets, a slow bandwidth, a sliced stream; one a subtest) on the
-// catalog's wire for three seconds while a running tenantplane provisions
+// catalog's wire for three seconds (TENANTPLANE_CATALOG_FAULT_SECONDS) while a running tenantplane provisions
 // new tenants, fans a new migration out to the older ones and sends a
 // billing run to Stripe (stripe-mock, every request recorded). Nobody
 // restarts or retries anything: once the fault is gone the process finishes
@@ -116,7 +116,7 @@ func workUnderCatalogFault(t *testing.T, r *rand.Rand, fault faulttest.Fault) {
 	time.Sleep(wait)
 	remove := proxy.Add(t, fault)
 	t.Logf("%s: on %v after the work was asked for, with %s", fault.Name, wait, k.inFlight(t))
-	time.Sleep(3 * time.Second)
+	time.Sleep(time.Duration(faulttest.EnvInt(t, "TENANTPLANE_CATALOG_FAULT_SECONDS", 3)) * time.Second)
 	remove()
 
 	start := time.Now()
