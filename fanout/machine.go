@@ -215,10 +215,11 @@ type ClaimRequest struct {
 	RunID      int64
 	Generation int
 	// Worker names the claimer: the process and the slot (its generation
-	// too), for operators, and so that a slot whose claim's answer was lost
-	// (the catalog reset under it) takes its own row again at its next
-	// claim instead of leaving it until the lease runs out. A worker claims
-	// only when it migrates none, so its own row is never being migrated.
+	// and attempt too), for operators, and so that a slot whose claim's
+	// answer was lost (the catalog reset under it) takes its own row again
+	// at its next claim instead of leaving it until the lease runs out. A
+	// worker claims only when it migrates none, so its own row is never
+	// being migrated.
 	Worker string
 	Lease  time.Duration // how long the claim lives without a heartbeat
 	// WaitForProvisioning keeps the run from finishing while tenants are

@@ -69,7 +69,7 @@ type slotWorker struct {
 func (w *slotWorker) Timeout(*river.Job[slotArgs]) time.Duration { return -1 }
 
 func (w *slotWorker) Work(ctx context.Context, job *river.Job[slotArgs]) error {
-	return w.s.runSlot(ctx, job.Args)
+	return w.s.runSlot(ctx, job.Args, job.Attempt)
 }
 
 // runSlot claims and migrates the run's tenants one after another until the
@@ -77,7 +77,14 @@ func (w *slotWorker) Work(ctx context.Context, job *river.Job[slotArgs]) error {
 // RescueAfter: then it hands over to a fresh attempt of itself (a snooze of
 // zero, which costs no attempt), so that River never takes a busy slot for a
 // stuck one.
-func (s *Service) runSlot(ctx context.Context, a slotArgs) error {
+//
+// The slot claims as its process, generation, slot and River attempt: a
+// snooze keeps the attempt, so a slot that snoozed because its claim's
+// answer was lost takes that tenant again at its next claim; a slot River
+// rescued (an attempt that looked stuck, which may still be migrating) is
+// another attempt, and never takes its predecessor's tenant before the
+// lease runs out.
+func (s *Service) runSlot(ctx context.Context, a slotArgs, attempt int) error {
 	run, err := s.store.GetMigrationRun(ctx, a.RunID)
 	if errors.Is(err, catalog.ErrNotFound) {
 		return nil
@@ -95,7 +102,7 @@ func (s *Service) runSlot(ctx context.Context, a slotArgs) error {
 		return river.JobSnooze(10 * time.Second)
 	}
 	req := ClaimRequest{
-		RunID: a.RunID, Generation: a.Generation, Worker: fmt.Sprintf("%s/g%d/s%d", s.worker(), a.Generation, a.Slot), Lease: s.cfg.Lease,
+		RunID: a.RunID, Generation: a.Generation, Worker: fmt.Sprintf("%s/g%d/s%d/a%d", s.worker(), a.Generation, a.Slot, attempt), Lease: s.cfg.Lease,
 		WaitForProvisioning: uint(run.TargetVersion) != s.schema.Latest(),
 	}
 	handOver := time.Now().Add(s.jobs.Config().RescueAfter / 3)
@@ -143,6 +150,11 @@ func (s *Service) runSlot(ctx context.Context, a slotArgs) error {
 		case ClaimGot:
 			err := s.migrateRunTenant(ctx, rt)
 			s.wake()
+			if catalog.CatalogDown(err) && ctx.Err() == nil {
+				// The result could not be recorded: this attempt takes
+				// the tenant again once the catalog answers.
+				return s.catalogDown(ctx, a, err)
+			}
 			if err != nil {
 				return err
 			}
