@@ -307,7 +307,10 @@ func execSQL(t *testing.T, dsn, sql string) {
 }
 
 // TestFanoutRunAfterADeployOfOtherMigrations: a run is under way when the
-// process is redeployed with one more tenant migration. The new process
+// process is redeployed with one more tenant migration. The old process
+// hands the run over after its current tenant, even when its slot was
+// fetched only as it stopped (it used to work the whole run then, its stop
+// waiting for it). The new process
 // never works on the old run: GET /migrations/runs/{id} says why in
 // warning, resuming it answers 409 naming both sets, a new run answers 409
 // while the old one is open, and once it is cancelled the new set's run
@@ -321,7 +324,7 @@ func TestFanoutRunAfterADeployOfOtherMigrations(t *testing.T) {
 	write := func(name, body string) {
 		require.NoError(t, os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644))
 	}
-	write("000003_slow.up.sql", "SELECT pg_sleep(1);\nCREATE TABLE slow_step (id int);\n")
+	write("000003_slow.up.sql", "SELECT pg_sleep(3);\nCREATE TABLE slow_step (id int);\n") // 9 s for the three, one at a time
 	write("000003_slow.down.sql", "DROP TABLE slow_step;\n")
 	f.redeploy(t, env)
 	status, run := call(t, "POST", f.admin+"/admin/v1/migrations/runs", testToken, map[string]any{"concurrency": 1, "canary": 0})

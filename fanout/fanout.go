@@ -162,10 +162,16 @@ func (s *Service) Start(ctx context.Context) error {
 // registry it then stops it; a shared one is stopped by its owner after
 // this Stop.
 func (s *Service) Stop(ctx context.Context) error {
+	// The channel stays closed (until a new Start): a slot River fetches
+	// after this, before the job client stops, must see it closed too, or
+	// it would work the whole run while the stop waits for it.
 	s.stopMu.Lock()
 	if s.stopping != nil {
-		close(s.stopping)
-		s.stopping = nil
+		select {
+		case <-s.stopping: // stopped already
+		default:
+			close(s.stopping)
+		}
 	}
 	s.stopMu.Unlock()
 	err := s.supervisor.Stop(ctx)
@@ -178,8 +184,8 @@ func (s *Service) Stop(ctx context.Context) error {
 	return err
 }
 
-// stoppingCh is closed once the service stops; nil (never closed) when it
-// is not started.
+// stoppingCh is closed once the service stops (and stays so until it
+// starts again); nil (never closed) when it was never started.
 func (s *Service) stoppingCh() <-chan struct{} {
 	s.stopMu.Lock()
 	defer s.stopMu.Unlock()
