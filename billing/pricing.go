@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dustin/go-humanize"
 	"github.com/tenantplane/tenantplane/catalog"
 )
 
@@ -92,7 +93,7 @@ func Price(in InvoiceInputs) ([]InvoiceLine, error) {
 			Kind: LineAdjustment, Meter: l.Meter, UsagePeriod: l.Period, Quantity: units, Included: p.Included,
 			UnitPriceMicros: p.UnitPriceMicros, PerUnits: max(p.PerUnits, 1), Amount: max(now-l.BilledAmount, 0),
 			Description: fmt.Sprintf("Adjustment: %s %s of %s recorded after it was invoiced (%s in all)",
-				group(units), l.Meter, monthName(l.Period), group(l.Total)),
+				humanize.Comma(units), l.Meter, monthName(l.Period), humanize.Comma(l.Total)),
 		})
 	}
 	return lines, nil
@@ -101,13 +102,13 @@ func Price(in InvoiceInputs) ([]InvoiceLine, error) {
 func usageDescription(p MeterPrice, q int64, month, currency string) string {
 	per := ""
 	if p.PerUnits > 1 {
-		per = " " + group(p.PerUnits)
+		per = " " + humanize.Comma(p.PerUnits)
 	}
 	included := ""
 	if p.Included > 0 {
-		included = fmt.Sprintf(", %s included", group(p.Included))
+		included = fmt.Sprintf(", %s included", humanize.Comma(p.Included))
 	}
-	return fmt.Sprintf("%s, %s: %s%s, at %s per%s", p.Meter, month, group(q), included, UnitPrice(p.UnitPriceMicros, currency), per)
+	return fmt.Sprintf("%s, %s: %s%s, at %s per%s", p.Meter, month, humanize.Comma(q), included, UnitPrice(p.UnitPriceMicros, currency), per)
 }
 
 // zeroDecimal are the currencies Stripe counts in whole units.
@@ -135,7 +136,7 @@ func FormatAmount(amount int64, currency string) string {
 	for range exp {
 		scale *= 10
 	}
-	s := group(amount / scale)
+	s := humanize.Comma(amount / scale)
 	if exp > 0 {
 		s += fmt.Sprintf(".%0*d", exp, amount%scale)
 	}
@@ -164,7 +165,7 @@ func UnitPrice(micros int64, currency string) string {
 		frac += "0"
 	}
 	wholeN, _ := strconv.ParseInt(whole, 10, 64)
-	out := group(wholeN)
+	out := humanize.Comma(wholeN)
 	if frac != "" {
 		out += "." + frac
 	}
@@ -177,24 +178,6 @@ func UnitPrice(micros int64, currency string) string {
 		return "£" + out
 	}
 	return out + " " + strings.ToUpper(currency)
-}
-
-// group writes n with thousands separators: 10000 is "10,000".
-func group(n int64) string {
-	s := strconv.FormatInt(n, 10)
-	neg := strings.HasPrefix(s, "-")
-	s = strings.TrimPrefix(s, "-")
-	var b strings.Builder
-	for i, r := range s {
-		if i > 0 && (len(s)-i)%3 == 0 {
-			b.WriteByte(',')
-		}
-		b.WriteRune(r)
-	}
-	if neg {
-		return "-" + b.String()
-	}
-	return b.String()
 }
 
 // monthName writes a period (YYYY-MM) as "March 2026".

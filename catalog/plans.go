@@ -2,6 +2,7 @@ package catalog
 
 import (
 	"context"
+	"errors"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -56,4 +57,59 @@ func (s *Store) GetPlan(ctx context.Context, name string) (Plan, error) {
 		names[i] = p.Name
 	}
 	return Plan{}, Errorf(CodeInvalid, "unknown plan %q (plans: %s)", name, strings.Join(names, ", "))
+}
+
+// ErrOtherTier is in the chain of SetTenantPlan's refusal of a plan of the
+// other isolation: that change is a promotion or demotion (package mover).
+var ErrOtherTier = errors.New("the plan is of the other tier")
+
+// SetTenantPlan gives an active or suspended tenant another plan of its own
+// tier (isolation), with the audit event tenant.plan_changed, and announces
+// the change on TenantChannel: every router replica applies the new plan's
+// rate limit and connections within a second. An unknown plan is
+// CodeInvalid listing the plans; a tenant in another state, or with an open
+// move (MovingError), is CodeConflict, as is a plan of the other tier
+// (ErrOtherTier: that change moves the tenant's rows). The tenant's own
+// plan again changes nothing and records nothing.
+func (s *Store) SetTenantPlan(ctx context.Context, slug, plan, actor string) (t Tenant, err error) {
+	p, err := s.GetPlan(ctx, plan)
+	if err != nil {
+		return Tenant{}, err
+	}
+	err = s.InTx(ctx, func(tx pgx.Tx) error {
+		var (
+			id, from string
+			state    TenantState
+			moveID   *int64
+			pooled   bool
+		)
+		err := tx.QueryRow(ctx, `SELECT id, plan, state, move_id, pool_id IS NOT NULL FROM tenants WHERE slug = $1 FOR UPDATE`, slug).
+			Scan(&id, &from, &state, &moveID, &pooled)
+		if err != nil {
+			return Classify(err, "tenant "+quote(slug))
+		}
+		switch {
+		case moveID != nil:
+			return MovingError(slug, *moveID)
+		case state != TenantActive && state != TenantSuspended:
+			return Errorf(CodeConflict, "tenant %s is %s; changing its plan needs it to be active or suspended", slug, state)
+		case pooled != (p.Isolation == IsolationPooled):
+			return WrapError(CodeConflict, ErrOtherTier, "plan %q is %s and tenant %s is not: the change moves its rows (a promotion or demotion)", plan, p.Isolation, slug)
+		}
+		if from != plan {
+			if _, err := tx.Exec(ctx, `UPDATE tenants SET plan = $2, updated_at = now() WHERE id = $1`, id, plan); err != nil {
+				return Classify(err, "tenant")
+			}
+			if err := InsertAudit(ctx, tx, AuditEvent{Actor: actor, Action: "tenant.plan_changed", TenantID: id, Subject: slug,
+				FromState: string(state), ToState: string(state), Details: map[string]any{"from": from, "to": plan}}); err != nil {
+				return err
+			}
+			if err := notifyTenant(ctx, tx, id); err != nil {
+				return err
+			}
+		}
+		t, err = scanTenant(tx.QueryRow(ctx, `SELECT `+tenantColumns+tenantFrom+`WHERE t.id = $1`, id))
+		return Classify(err, "tenant")
+	})
+	return t, err
 }

@@ -34,8 +34,15 @@ type Server struct {
 	Capacity    int         `json:"capacity"`
 	ConnBudget  int         `json:"conn_budget"`
 	State       ServerState `json:"state"`
-	Tenants     int         `json:"tenants"` // tenants placed on it that are not deleted
-	CreatedAt   time.Time   `json:"created_at"`
+	// Tenants counts the tenants with a database of their own on it that
+	// are not deleted: what Capacity limits (placement, moves). Pooled
+	// tenants have no database of their own and count against their pool
+	// database's capacity instead: PoolDatabases and PooledTenants say how
+	// many of those it holds.
+	Tenants       int       `json:"tenants"`
+	PoolDatabases int       `json:"pool_databases"`
+	PooledTenants int       `json:"pooled_tenants"`
+	CreatedAt     time.Time `json:"created_at"`
 }
 
 // NewServer is what registering a server takes. DSN is the admin DSN in
@@ -80,9 +87,9 @@ func (s *Store) CreateServer(ctx context.Context, ns NewServer) (Server, error) 
 		err := tx.QueryRow(ctx, `
 			INSERT INTO servers (name, dsn_sealed, dsn_redacted, capacity, conn_budget)
 			VALUES ($1, $2, $3, $4, $5)
-			RETURNING id, name, dsn_redacted, capacity, conn_budget, state, 0, created_at`,
+			RETURNING id, name, dsn_redacted, capacity, conn_budget, state, created_at`,
 			ns.Name, sealed, redacted, ns.Capacity, ns.ConnBudget,
-		).Scan(&srv.ID, &srv.Name, &srv.DSNRedacted, &srv.Capacity, &srv.ConnBudget, &srv.State, &srv.Tenants, &srv.CreatedAt)
+		).Scan(&srv.ID, &srv.Name, &srv.DSNRedacted, &srv.Capacity, &srv.ConnBudget, &srv.State, &srv.CreatedAt)
 		if err != nil {
 			return Classify(err, "server "+quote(ns.Name))
 		}
@@ -92,10 +99,14 @@ func (s *Store) CreateServer(ctx context.Context, ns NewServer) (Server, error) 
 }
 
 const serverColumns = `s.id, s.name, s.dsn_redacted, s.capacity, s.conn_budget, s.state,
-	(SELECT count(*) FROM tenants t WHERE t.server_id = s.id AND t.state <> 'deleted'), s.created_at`
+	(SELECT count(*) FROM tenants t WHERE t.server_id = s.id AND t.state <> 'deleted'),
+	(SELECT count(*) FROM pool_databases p WHERE p.server_id = s.id),
+	(SELECT count(*) FROM tenants t JOIN pool_databases p ON p.id = t.pool_id WHERE p.server_id = s.id AND t.state <> 'deleted'),
+	s.created_at`
 
 func scanServer(row pgx.Row) (srv Server, err error) {
-	err = row.Scan(&srv.ID, &srv.Name, &srv.DSNRedacted, &srv.Capacity, &srv.ConnBudget, &srv.State, &srv.Tenants, &srv.CreatedAt)
+	err = row.Scan(&srv.ID, &srv.Name, &srv.DSNRedacted, &srv.Capacity, &srv.ConnBudget, &srv.State, &srv.Tenants,
+		&srv.PoolDatabases, &srv.PooledTenants, &srv.CreatedAt)
 	return srv, err
 }
 

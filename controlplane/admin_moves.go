@@ -19,6 +19,33 @@ func (a *App) moveRoutes(v1 *gin.RouterGroup) {
 	v1.POST("/moves/:id/revert", a.revertMove)
 	v1.POST("/tenants/:slug/promote", a.promote)
 	v1.POST("/tenants/:slug/demote", a.demote)
+	v1.PATCH("/tenants/:slug", a.changePlan)
+}
+
+// changePlan gives a tenant another plan: one of its tier at once (200 with
+// the tenant), one of the other tier by a promotion or demotion that
+// carries it (202 with the tenant and the move; the plan changes at the
+// move's switch).
+func (a *App) changePlan(c *gin.Context) {
+	var body struct {
+		Plan string `json:"plan"`
+	}
+	if err := httpapi.BindJSON(c, &body); err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	t, m, err := a.moves.ChangePlan(c, c.Param("slug"), body.Plan, adminActor)
+	if err != nil {
+		httpapi.WriteError(c, err)
+		return
+	}
+	if m == nil {
+		a.logger.InfoContext(c, "plan changed", "tenant", t.Slug, "plan", t.Plan)
+		c.JSON(http.StatusOK, t)
+		return
+	}
+	a.logger.InfoContext(c, "plan change started", "tenant", t.Slug, "plan", m.Plan, "from_plan", m.FromPlan, "move", m.ID, "kind", m.Kind)
+	c.JSON(http.StatusAccepted, gin.H{"tenant": t, "move": m})
 }
 
 // promote starts moving a pooled tenant's rows into a database of its own

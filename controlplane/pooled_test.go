@@ -173,6 +173,38 @@ func writeUntil(api, key, prefix string, stop <-chan struct{}) (acked, failed, u
 	return acked, failed, unavailable, maxGap
 }
 
+// moveUnderWrites writes to a tenant (key) without a pause while start
+// starts a move, and until a little after the move is done: no request may
+// fail but for a rare 503 to retry (the routers hold the tenant's requests
+// while its fence is up). It returns the done move and the writes
+// acknowledged (emails prefix-NNNNN).
+func (f *fleet) moveUnderWrites(t *testing.T, key, prefix, what string, start func() map[string]any) (move map[string]any, acked []string) {
+	t.Helper()
+	stop := make(chan struct{})
+	var failed, unavailable []string
+	var gap time.Duration
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		acked, failed, unavailable, gap = writeUntil(f.api, key, prefix, stop)
+	}()
+	time.Sleep(300 * time.Millisecond)
+	move = start()
+	func() {
+		defer func() { close(stop); <-done }() // the writer stops, whatever happens
+		move = f.waitMove(t, move["id"])
+		time.Sleep(300 * time.Millisecond)
+	}()
+	require.Empty(t, failed, "%s: no request fails but for a 503 to retry", what)
+	require.LessOrEqual(t, len(unavailable), 3, "%s: the routers hold the tenant's requests; a 503 is the rare one that met the fence first: %v", what, unavailable)
+	if len(unavailable) > 0 {
+		t.Logf("%s: retried after 503: %v", what, unavailable)
+	}
+	require.NotEmpty(t, acked)
+	t.Logf("%s: %d inserts, longest gap %v, write pause %v ms, %v rows copied", what, len(acked), gap.Round(time.Millisecond), move["write_pause_ms"], move["rows_copied"])
+	return move, acked
+}
+
 func (f *fleet) waitMove(t testing.TB, id any) map[string]any {
 	t.Helper()
 	var move map[string]any
@@ -216,17 +248,23 @@ func setupLogicalFleet(t testing.TB, n int, env map[string]string) *fleet {
 // keep; the pool's other tenant is untouched throughout.
 func TestPromoteAndDemoteUnderWrites(t *testing.T) {
 	t.Parallel()
+	inBothModes(t, 2, map[string]string{"TENANTPLANE_MOVE_KEEP": "2s"}, promoteAndDemote)
+}
+
+// inBothModes runs test in parallel subtests on a fleet of n servers where
+// moves run in the copy mode (wal_level = replica) and on one where they
+// run online (logical).
+func inBothModes(t *testing.T, n int, env map[string]string, test func(t *testing.T, f *fleet, mode string)) {
 	for _, mode := range []string{"copy", "online"} {
 		t.Run(mode, func(t *testing.T) {
 			t.Parallel()
-			env := map[string]string{"TENANTPLANE_MOVE_KEEP": "2s"}
 			var f *fleet
 			if mode == "copy" {
-				f = setupFleet(t, 2, env)
+				f = setupFleet(t, n, env)
 			} else {
-				f = setupLogicalFleet(t, 2, env)
+				f = setupLogicalFleet(t, n, env)
 			}
-			promoteAndDemote(t, f, mode)
+			test(t, f, mode)
 		})
 	}
 }
@@ -256,36 +294,19 @@ func promoteAndDemote(t *testing.T, f *fleet, mode string) {
 
 	var all []string
 	for round, change := range []struct{ path, to string }{{"promote", "pg-2"}, {"demote", ""}} {
-		stop := make(chan struct{})
-		var acked, failed, unavailable []string
-		var gap time.Duration
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			acked, failed, unavailable, gap = writeUntil(f.api, keys[0], fmt.Sprintf("r%d", round), stop)
-		}()
-		time.Sleep(300 * time.Millisecond)
 		body := map[string]any{}
 		if change.to != "" {
 			body["to"] = change.to
 		}
-		status, move := call(t, "POST", f.admin+"/admin/v1/tenants/growing/"+change.path, testToken, body)
-		require.Equal(t, http.StatusAccepted, status, move)
+		move, acked := f.moveUnderWrites(t, keys[0], fmt.Sprintf("r%d", round), change.path, func() map[string]any {
+			status, move := call(t, "POST", f.admin+"/admin/v1/tenants/growing/"+change.path, testToken, body)
+			require.Equal(t, http.StatusAccepted, status, move)
+			return move
+		})
 		require.Equal(t, change.path, move["kind"])
 		require.Equal(t, pool["name"], move["pool"])
 		require.Equal(t, mode, move["mode"], move["mode_reason"])
-		move = f.waitMove(t, move["id"])
-		time.Sleep(300 * time.Millisecond)
-		close(stop)
-		<-done
-		require.Empty(t, failed, "%s: no request fails but for a 503 to retry", change.path)
-		require.LessOrEqual(t, len(unavailable), 3, "%s: the routers hold the tenant's requests; a 503 is the rare one that met the fence first: %v", change.path, unavailable)
-		if len(unavailable) > 0 {
-			t.Logf("%s: retried after 503: %v", change.path, unavailable)
-		}
-		require.NotEmpty(t, acked)
 		all = append(all, acked...)
-		t.Logf("%s: %d inserts, longest gap %v, write pause %v ms, %v rows copied", change.path, len(acked), gap.Round(time.Millisecond), move["write_pause_ms"], move["rows_copied"])
 
 		_, tenant := call(t, "GET", f.admin+"/admin/v1/tenants/growing", testToken, nil)
 		newSide, oldSide := poolDSN, f.servers["pg-2"].DSN(catalog.DatabaseName(id))
@@ -320,7 +341,7 @@ func promoteAndDemote(t *testing.T, f *fleet, mode string) {
 			}, 30*time.Second, 100*time.Millisecond, "the demoted tenant's database and role go after the keep")
 		}
 		status, body = call(t, "POST", fmt.Sprintf("%s/admin/v1/moves/%v/revert", f.admin, move["id"]), testToken, nil)
-		require.Equal(t, http.StatusConflict, status, "a change of tier is taken back by the opposite one: %v", body)
+		require.Equal(t, http.StatusConflict, status, "after the keep the source is gone: %v", body)
 	}
 	// The neighbour in the pool was served throughout and kept its rows.
 	status, page := call(t, "GET", f.api+"/v1/users", keys[1], nil)

@@ -276,11 +276,9 @@ func (s *Service) runBackup(ctx context.Context, id int64, last bool) error {
 	log := s.logger.With("tenant", b.Tenant, "backup", b.ID)
 	res, err := s.takeBackup(ctx, b)
 	if err != nil {
-		if err := s.attemptFailed(ctx, log, "backups", id, last, err); err != nil || !last {
-			return err
-		}
-		// Reported: in the audit log, besides the error log and the backup's row.
-		return s.store.RecordAudit(context.WithoutCancel(ctx), catalog.AuditEvent{Actor: actor, Action: "tenant.backup_failed",
+		// The last attempt's failure is reported in the audit log too,
+		// besides the error log and the backup's row.
+		return s.attemptFailed(ctx, log, "backups", id, last, err, &catalog.AuditEvent{Actor: actor, Action: "tenant.backup_failed",
 			TenantID: b.TenantID, Subject: b.Tenant, Reason: err.Error(), Details: map[string]any{"backup": b.ID, "attempts": b.Attempts}})
 	}
 	tag, err := s.store.Pool().Exec(ctx, `

@@ -256,15 +256,23 @@ func (s *Service) insertJob(ctx context.Context, tx pgx.Tx, args river.JobArgs) 
 // restores or exports): pending again to be retried, or failed for good
 // on the last attempt; it logs either. It returns the error River should
 // see: err to retry, nil once failed for good.
-func (s *Service) attemptFailed(ctx context.Context, log *slog.Logger, table string, id int64, last bool, err error) error {
+func (s *Service) attemptFailed(ctx context.Context, log *slog.Logger, table string, id int64, last bool, err error, failed *catalog.AuditEvent) error {
 	what := strings.TrimSuffix(table, "s")
 	state, outcome := StatePending, "retried"
 	if last {
 		state, outcome = StateFailed, StateFailed
 	}
 	s.metrics.jobs.WithLabelValues(what, outcome).Inc()
-	if _, uerr := s.store.Pool().Exec(context.WithoutCancel(ctx), `UPDATE `+table+` SET state = $2, last_error = $3,
-		finished_at = CASE WHEN $2 = 'failed' THEN now() END WHERE id = $1 AND state = 'running'`, id, state, err.Error()); uerr != nil {
+	uerr := s.store.InTx(context.WithoutCancel(ctx), func(tx pgx.Tx) error {
+		tag, xerr := tx.Exec(ctx, `UPDATE `+table+` SET state = $2, last_error = $3,
+			finished_at = CASE WHEN $2 = 'failed' THEN now() END WHERE id = $1 AND state = 'running'`, id, state, err.Error())
+		if xerr != nil || !last || failed == nil || tag.RowsAffected() == 0 {
+			return xerr
+		}
+		// The failure and its report are seen together, or not at all.
+		return catalog.InsertAudit(ctx, tx, *failed)
+	})
+	if uerr != nil {
 		log.WarnContext(ctx, "recording a failed "+what, "error", uerr)
 	}
 	if !last {

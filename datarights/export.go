@@ -179,7 +179,7 @@ func (s *Service) runExport(ctx context.Context, id int64, last bool) error {
 	log := s.logger.With("tenant", x.Tenant, "export", x.ID)
 	file, size, sum, manifest, err := s.writeExport(ctx, x)
 	if err != nil {
-		return s.attemptFailed(ctx, log, "exports", id, last, err)
+		return s.attemptFailed(ctx, log, "exports", id, last, err, nil)
 	}
 	tag, err := s.store.Pool().Exec(ctx, `UPDATE exports SET state = 'done', file = $2, size_bytes = $3, sha256 = $4, manifest = $5,
 		last_error = '', finished_at = now(), expires_at = now() + $6::interval WHERE id = $1 AND state = 'running'`,

@@ -193,7 +193,7 @@ func (s *Service) runRestore(ctx context.Context, id int64, last bool) error {
 	log := s.logger.With("restore", r.ID, "tenant", r.Tenant, "backup", r.BackupID)
 	tables, err := s.restore(ctx, r)
 	if err != nil {
-		if err := s.attemptFailed(ctx, log, "restores", id, last, err); err != nil || !last {
+		if err := s.attemptFailed(ctx, log, "restores", id, last, err, nil); err != nil || !last {
 			return err
 		}
 		if r.Mode == RestoreNewTenant {

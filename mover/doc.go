@@ -135,8 +135,14 @@
 // database's fence is FenceTenantRows, a restrictive policy per table that
 // refuses the tenant's rows to the pool's role, taken under the tables'
 // locks. After the keep, a promotion's rows are deleted from the pool and a
-// demotion's database dropped. Revert refuses them: the opposite change
-// takes one back.
+// demotion's database dropped. Revert takes one back, while its source is
+// kept, by the opposite change into that source (revertTier), copying the
+// tenant's rows. ChangePlan gives a tenant another plan: at once within its
+// tier (catalog.Store.SetTenantPlan), else by a promotion or demotion that
+// carries the plan (moves.plan, moves.from_plan): the tenant takes it in
+// the switch's transaction, and a revert puts the old one back.
+//
+//	t, m, err := svc.ChangePlan(ctx, "acme", "pro", "operator") // m nil: applied at once
 //
 // Not built yet: the native-subscription apply (ApplySubscription: the
 // online mode always applies the stream itself), a copy-back revert's

@@ -107,7 +107,13 @@ type Move struct {
 	Kind string `json:"kind"`
 	// Pool is the pool database of a promotion (its source) or a demotion
 	// (its target).
-	Pool         string     `json:"pool,omitempty"`
+	Pool string `json:"pool,omitempty"`
+	// Plan is the plan a promotion or demotion gives the tenant at its
+	// switch (a change of plan across tiers), "" where it keeps its plan;
+	// FromPlan is the tenant's plan when the move started, which a revert
+	// of such a move puts back.
+	Plan         string     `json:"plan,omitempty"`
+	FromPlan     string     `json:"from_plan,omitempty"`
 	Tenant       string     `json:"tenant"`
 	TenantID     string     `json:"tenant_id"`
 	From         string     `json:"from"`
@@ -316,16 +322,8 @@ func (s *Service) startMove(ctx context.Context, slug string, spec MoveSpec, act
 		var revertsID *int64
 		if reverts != nil {
 			revertsID = &reverts.ID
-			// Under the lock the source's drop job takes: a revert that
-			// comes after the drop began is refused.
-			var dropped bool
-			var keepUntil *time.Time
-			err := tx.QueryRow(ctx, `SELECT source_dropped, keep_until FROM moves WHERE id = $1 FOR UPDATE`, reverts.ID).Scan(&dropped, &keepUntil)
-			if err != nil {
-				return catalog.Classify(err, fmt.Sprintf("move %d", reverts.ID))
-			}
-			if dropped || keepUntil == nil || time.Until(*keepUntil) <= 0 {
-				return catalog.Errorf(catalog.CodeConflict, "move %d's source is gone: it cannot be reverted", reverts.ID)
+			if err := lockKept(ctx, tx, reverts.ID); err != nil {
+				return err
 			}
 		} else {
 			var kept int64
@@ -354,6 +352,22 @@ func (s *Service) startMove(ctx context.Context, slug string, spec MoveSpec, act
 	}
 	s.logger.InfoContext(ctx, "move started", "tenant", t.Slug, "move_id", id, "from", from.Name, "to", to.Name, "mode", mode)
 	return s.Get(ctx, id)
+}
+
+// lockKept locks move id, which a revert takes back, under the lock the
+// source's drop job takes, and refuses it (CodeConflict) when its source is
+// gone or past its keep: a revert that comes after the drop began is refused.
+func lockKept(ctx context.Context, tx pgx.Tx, id int64) error {
+	var dropped bool
+	var keepUntil *time.Time
+	err := tx.QueryRow(ctx, `SELECT source_dropped, keep_until FROM moves WHERE id = $1 FOR UPDATE`, id).Scan(&dropped, &keepUntil)
+	if err != nil {
+		return catalog.Classify(err, fmt.Sprintf("move %d", id))
+	}
+	if dropped || keepUntil == nil || time.Until(*keepUntil) <= 0 {
+		return catalog.Errorf(catalog.CodeConflict, "move %d's source is gone: it cannot be reverted", id)
+	}
+	return nil
 }
 
 // openMove completes a move recorded in tx: the tenant names it, the audit
@@ -536,7 +550,8 @@ func cancellable(phase string) bool {
 
 // Revert moves a done move's tenant back onto the source the move kept,
 // with every write made since: a new move (Reverts set) whose target is
-// the kept source database. Where the source is kept in step (KeepInStep)
+// the kept source database. A promotion or demotion is taken back by the
+// opposite one (revertTier). Where the source is kept in step (KeepInStep)
 // the revert only catches up the last writes and switches back
 // (revert.go); otherwise it copies every row back. The original becomes
 // reverted once the revert is done. A move that is not done, or whose
@@ -547,9 +562,6 @@ func (s *Service) Revert(ctx context.Context, id int64, actor string) (Move, err
 		return Move{}, err
 	}
 	switch {
-	case m.Kind != KindMove:
-		return Move{}, catalog.WrapError(catalog.CodeConflict, errTierRevert, "move %d is a %s: %s (tenantplane tenants %s %s)",
-			id, m.Kind, errTierRevert, map[string]string{KindPromote: "demote", KindDemote: "promote"}[m.Kind], m.Tenant)
 	case m.Phase != PhaseDone:
 		return Move{}, catalog.Errorf(catalog.CodeConflict, "move %d is %s: only a done move can be reverted (cancel one under way)", id, m.Phase)
 	case m.sourceDropped || m.KeepUntil == nil || time.Until(*m.KeepUntil) <= 0:
@@ -558,6 +570,9 @@ func (s *Service) Revert(ctx context.Context, id int64, actor string) (Move, err
 	t, err := s.store.GetTenantByID(ctx, m.TenantID)
 	if err != nil {
 		return Move{}, err
+	}
+	if m.Kind != KindMove {
+		return s.revertTier(ctx, m, t, actor)
 	}
 	if t.ServerID != m.toID {
 		return Move{}, catalog.Errorf(catalog.CodeConflict, "tenant %s is on server %s now, not %s: move %d cannot be reverted", t.Slug, t.Server, m.To, id)

@@ -24,7 +24,7 @@ const moveSelect = `SELECT m.id, t.slug, m.tenant_id, fs.name, ts.name, m.mode, 
 	m.rows_copied, m.bytes_copied, m.lag_bytes, m.write_pause_ms, m.keep_until, m.reverts, m.cancel_requested,
 	m.last_error, m.actor, m.created_at, m.updated_at, m.finished_at,
 	m.from_server_id, m.to_server_id, m.fenced_at, m.source_dropped,
-	m.keep_in_step, m.keep_reason, m.keep_lag_bytes, m.in_step, m.kind, coalesce(m.pool_id, 0)
+	m.keep_in_step, m.keep_reason, m.keep_lag_bytes, m.in_step, m.kind, coalesce(m.pool_id, 0), m.plan, m.from_plan
 	FROM moves m JOIN tenants t ON t.id = m.tenant_id
 	JOIN servers fs ON fs.id = m.from_server_id JOIN servers ts ON ts.id = m.to_server_id`
 
@@ -33,7 +33,7 @@ func scanMove(row pgx.Row) (m move, err error) {
 		&m.RowsCopied, &m.BytesCopied, &m.LagBytes, &m.WritePauseMS, &m.KeepUntil, &m.Reverts, &m.CancelRequested,
 		&m.LastError, &m.Actor, &m.CreatedAt, &m.UpdatedAt, &m.FinishedAt,
 		&m.fromID, &m.toID, &m.fencedAt, &m.sourceDropped,
-		&m.KeepInStep, &m.KeepReason, &m.KeepLagBytes, &m.inStep, &m.Kind, &m.poolID)
+		&m.KeepInStep, &m.KeepReason, &m.KeepLagBytes, &m.inStep, &m.Kind, &m.poolID, &m.Plan, &m.FromPlan)
 	if m.poolID != 0 {
 		m.Pool = catalog.PoolName(m.poolID)
 	}

@@ -2,7 +2,6 @@ package mover
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -58,6 +57,9 @@ type PromoteSpec struct {
 	// To is the server of the tenant's new database. Default: its pool
 	// database's server.
 	To string `json:"to,omitempty"`
+	// Plan, if set, is a dedicated plan the tenant takes at the switch
+	// (a change of plan across tiers); else it keeps its plan.
+	Plan string `json:"plan,omitempty"`
 }
 
 // DemoteSpec is what demoting a dedicated tenant takes.
@@ -66,6 +68,80 @@ type DemoteSpec struct {
 	// the active pool database with the most room, on the tenant's server
 	// first.
 	Pool int64 `json:"pool,omitempty"`
+	// Plan, if set, is a pooled plan the tenant takes at the switch (a
+	// change of plan across tiers); else it keeps its plan.
+	Plan string `json:"plan,omitempty"`
+}
+
+// tierPlan checks the plan a promotion (want dedicated) or demotion (want
+// pooled) carries: "" (none) or a plan of that isolation; else CodeInvalid.
+func (s *Service) tierPlan(ctx context.Context, kind, name string, want catalog.Isolation) error {
+	if name == "" {
+		return nil
+	}
+	p, err := s.store.GetPlan(ctx, name)
+	if err != nil {
+		return err
+	}
+	if p.Isolation != want {
+		return catalog.Errorf(catalog.CodeInvalid, "plan %q is %s: a %s needs a %s plan", name, p.Isolation, kind, want)
+	}
+	return nil
+}
+
+// ChangePlan gives a tenant another plan. A plan of its tier (isolation)
+// applies at once (catalog.Store.SetTenantPlan: audited, announced to the
+// routers); the returned move is nil. A plan of the other tier starts a
+// promotion (a pooled tenant to a dedicated plan) or a demotion (the
+// other way) that carries it, with the defaults of StartPromotion and
+// StartDemotion: the tenant takes the plan at the move's switch, keeps its
+// old one if the move aborts or is cancelled, and gets it back from a
+// revert of the move. An unknown plan is CodeInvalid listing the plans; a
+// tenant that is not active or suspended, or is moving, is CodeConflict.
+func (s *Service) ChangePlan(ctx context.Context, slug, plan, actor string) (catalog.Tenant, *Move, error) {
+	p, err := s.store.GetPlan(ctx, plan)
+	if err != nil {
+		return catalog.Tenant{}, nil, err
+	}
+	t, err := s.store.GetTenant(ctx, slug)
+	if err != nil {
+		return catalog.Tenant{}, nil, err
+	}
+	// Checked again under the tenant's lock by the change itself; here for
+	// a message about the plan rather than about a move.
+	switch {
+	case t.MoveID != nil:
+		return catalog.Tenant{}, nil, catalog.MovingError(t.Slug, *t.MoveID)
+	case t.State != catalog.TenantActive && t.State != catalog.TenantSuspended:
+		return catalog.Tenant{}, nil, catalog.Errorf(catalog.CodeConflict, "tenant %s is %s; changing its plan needs it to be active or suspended", t.Slug, t.State)
+	}
+	pooled := t.PoolID != 0
+	if pooled == (p.Isolation == catalog.IsolationPooled) {
+		t, err := s.store.SetTenantPlan(ctx, slug, plan, actor)
+		return t, nil, err
+	}
+	var m Move
+	if pooled {
+		m, err = s.StartPromotion(ctx, slug, PromoteSpec{Plan: plan}, actor)
+	} else {
+		m, err = s.StartDemotion(ctx, slug, DemoteSpec{Plan: plan}, actor)
+	}
+	if err != nil {
+		return catalog.Tenant{}, nil, err
+	}
+	if t, err = s.store.GetTenant(ctx, slug); err != nil {
+		return catalog.Tenant{}, nil, err
+	}
+	return t, &m, nil
+}
+
+// tierMove is a promotion or demotion to record (startTierMove).
+type tierMove struct {
+	kind                 string
+	fromID, toID, poolID int64
+	mode, reason         string
+	plan                 string // the plan the switch gives the tenant ("" keeps it)
+	reverts              *int64 // the move it takes back
 }
 
 // StartPromotion starts moving a pooled tenant's rows from its pool database
@@ -78,6 +154,13 @@ type DemoteSpec struct {
 // rows deleted once the keep is over. A tenant that is not pooled, not
 // active or suspended, or moving already is a CodeConflict.
 func (s *Service) StartPromotion(ctx context.Context, slug string, spec PromoteSpec, actor string) (Move, error) {
+	return s.startPromotion(ctx, slug, spec, actor, nil)
+}
+
+func (s *Service) startPromotion(ctx context.Context, slug string, spec PromoteSpec, actor string, reverts *int64) (Move, error) {
+	if err := s.tierPlan(ctx, KindPromote, spec.Plan, catalog.IsolationDedicated); err != nil {
+		return Move{}, err
+	}
 	t, err := s.store.GetTenant(ctx, slug)
 	if err != nil {
 		return Move{}, err
@@ -110,7 +193,8 @@ func (s *Service) StartPromotion(ctx context.Context, slug string, spec PromoteS
 	if err != nil {
 		return Move{}, err
 	}
-	return s.startTierMove(ctx, t, KindPromote, t.ServerID, target.ID, t.PoolID, mode, reason, actor)
+	return s.startTierMove(ctx, t, tierMove{kind: KindPromote, fromID: t.ServerID, toID: target.ID, poolID: t.PoolID,
+		mode: mode, reason: reason, plan: spec.Plan, reverts: reverts}, actor)
 }
 
 // StartDemotion starts moving a dedicated tenant's rows into a pool
@@ -118,6 +202,13 @@ func (s *Service) StartPromotion(ctx context.Context, slug string, spec PromoteS
 // picks; the fence is its own database's), after which its database and role are dropped once the keep
 // is over.
 func (s *Service) StartDemotion(ctx context.Context, slug string, spec DemoteSpec, actor string) (Move, error) {
+	return s.startDemotion(ctx, slug, spec, actor, nil)
+}
+
+func (s *Service) startDemotion(ctx context.Context, slug string, spec DemoteSpec, actor string, reverts *int64) (Move, error) {
+	if err := s.tierPlan(ctx, KindDemote, spec.Plan, catalog.IsolationPooled); err != nil {
+		return Move{}, err
+	}
 	t, err := s.store.GetTenant(ctx, slug)
 	if err != nil {
 		return Move{}, err
@@ -173,12 +264,15 @@ func (s *Service) StartDemotion(ctx context.Context, slug string, spec DemoteSpe
 	if err != nil {
 		return Move{}, err
 	}
-	return s.startTierMove(ctx, t, KindDemote, t.ServerID, pick.ServerID, pick.ID, mode, reason, actor)
+	return s.startTierMove(ctx, t, tierMove{kind: KindDemote, fromID: t.ServerID, toID: pick.ServerID, poolID: pick.ID,
+		mode: mode, reason: reason, plan: spec.Plan, reverts: reverts}, actor)
 }
 
 // startTierMove records a promotion or demotion and queues its job, as
-// startMove does a move.
-func (s *Service) startTierMove(ctx context.Context, t catalog.Tenant, kind string, fromID, toID, poolID int64, mode, reason, actor string) (Move, error) {
+// startMove does a move. The tenant's plan at this point is the move's
+// from_plan.
+func (s *Service) startTierMove(ctx context.Context, t catalog.Tenant, tm tierMove, actor string) (Move, error) {
+	kind := tm.kind
 	var id int64
 	err := s.store.InTx(ctx, func(tx pgx.Tx) error {
 		cur, err := lockTenant(ctx, tx, t.ID)
@@ -189,14 +283,20 @@ func (s *Service) startTierMove(ctx context.Context, t catalog.Tenant, kind stri
 			return err
 		}
 		var pool *int64
-		if err := tx.QueryRow(ctx, `SELECT pool_id FROM tenants WHERE id = $1`, t.ID).Scan(&pool); err != nil {
+		var plan string
+		if err := tx.QueryRow(ctx, `SELECT pool_id, plan FROM tenants WHERE id = $1`, t.ID).Scan(&pool, &plan); err != nil {
 			return catalog.Classify(err, "tenant")
 		}
-		if (kind == KindPromote) != (pool != nil) || (kind == KindPromote && *pool != poolID) {
+		if (kind == KindPromote) != (pool != nil) || (kind == KindPromote && *pool != tm.poolID) {
 			return catalog.Errorf(catalog.CodeConflict, "tenant %s changed tier meanwhile: try again", t.Slug)
 		}
 		if err := checkNoFanout(ctx, tx, t); err != nil {
 			return err
+		}
+		if tm.reverts != nil {
+			if err := lockKept(ctx, tx, *tm.reverts); err != nil {
+				return err
+			}
 		}
 		if kind == KindPromote {
 			// Its own role's password, sealed before the target is made.
@@ -204,18 +304,25 @@ func (s *Service) startTierMove(ctx context.Context, t catalog.Tenant, kind stri
 				return err
 			}
 		}
-		err = tx.QueryRow(ctx, `INSERT INTO moves (tenant_id, from_server_id, to_server_id, mode, mode_reason, actor, kind, pool_id)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id`, t.ID, fromID, toID, mode, reason, actor, kind, poolID).Scan(&id)
+		err = tx.QueryRow(ctx, `INSERT INTO moves (tenant_id, from_server_id, to_server_id, mode, mode_reason, actor, kind, pool_id, plan, from_plan, reverts)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id`,
+			t.ID, tm.fromID, tm.toID, tm.mode, tm.reason, actor, kind, tm.poolID, tm.plan, plan, tm.reverts).Scan(&id)
 		if err != nil {
 			return catalog.Classify(err, kind+" of tenant "+strconv.Quote(t.Slug))
 		}
-		return s.openMove(ctx, tx, t, id, "tenant."+kind+"_started", actor,
-			map[string]any{"move_id": id, "pool": catalog.PoolName(poolID), "mode": mode, "mode_reason": reason})
+		details := map[string]any{"move_id": id, "pool": catalog.PoolName(tm.poolID), "mode": tm.mode, "mode_reason": tm.reason}
+		if tm.plan != "" {
+			details["plan"], details["from_plan"] = tm.plan, plan
+		}
+		if tm.reverts != nil {
+			details["reverts"] = *tm.reverts
+		}
+		return s.openMove(ctx, tx, t, id, "tenant."+kind+"_started", actor, details)
 	})
 	if err != nil {
 		return Move{}, err
 	}
-	s.logger.InfoContext(ctx, kind+" started", "tenant", t.Slug, "move_id", id, "pool", catalog.PoolName(poolID))
+	s.logger.InfoContext(ctx, kind+" started", "tenant", t.Slug, "move_id", id, "pool", catalog.PoolName(tm.poolID), "plan", tm.plan)
 	return s.Get(ctx, id)
 }
 
@@ -284,14 +391,18 @@ func (s *Service) deletePoolRows(ctx context.Context, server, pool, tenantID str
 // or into the pool (demotion).
 func (s *Service) switchTenant(ctx context.Context, tx pgx.Tx, w *work) (pgconn.CommandTag, error) {
 	switch w.m.Kind {
+	// The plan a change of plan across tiers carries is taken here, with
+	// the tier: never before the switch, and never by a move that aborts.
 	case KindPromote:
 		return tx.Exec(ctx, `UPDATE tenants SET pool_id = NULL, server_id = $3, db_name = $5, db_role = $5,
+			plan = coalesce(nullif($6, ''), plan),
 			held = false, move_id = NULL, schema_version = $4, schema_dirty = false, updated_at = now()
-			WHERE id = $1 AND move_id = $2`, w.t.ID, w.m.ID, w.to.ID, w.version, w.own.Database)
+			WHERE id = $1 AND move_id = $2`, w.t.ID, w.m.ID, w.to.ID, w.version, w.own.Database, w.m.Plan)
 	case KindDemote:
 		return tx.Exec(ctx, `UPDATE tenants SET pool_id = $3, server_id = NULL, db_name = NULL, db_role = NULL,
+			plan = coalesce(nullif($5, ''), plan),
 			held = false, move_id = NULL, schema_version = $4, schema_dirty = false, updated_at = now()
-			WHERE id = $1 AND move_id = $2`, w.t.ID, w.m.ID, w.m.poolID, w.version)
+			WHERE id = $1 AND move_id = $2`, w.t.ID, w.m.ID, w.m.poolID, w.version, w.m.Plan)
 	}
 	return tx.Exec(ctx, `UPDATE tenants SET server_id = $3, held = false, move_id = NULL, schema_version = $4, schema_dirty = false,
 		updated_at = now() WHERE id = $1 AND move_id = $2`, w.t.ID, w.m.ID, w.to.ID, w.version)
@@ -349,5 +460,38 @@ func (s *Service) dropTierSource(ctx context.Context, m *move, t catalog.Tenant)
 	return nil
 }
 
-// errTierRevert refuses Revert of a promotion or demotion.
-var errTierRevert = errors.New("a change of tier is taken back by the opposite change")
+// revertTier takes back a done promotion or demotion m, while its source is
+// kept, by the opposite change into that source: a demotion into the pool
+// database it came from, or a promotion onto the server it came from (the
+// kept database made ready again), copying every row of the tenant (a move
+// with Reverts set; the original becomes reverted at its switch). A change
+// of plan across tiers gets its old plan (FromPlan) back at that switch.
+func (s *Service) revertTier(ctx context.Context, m move, t catalog.Tenant, actor string) (Move, error) {
+	plan := ""
+	if m.Plan != "" {
+		plan = m.FromPlan
+	}
+	if m.Kind == KindPromote {
+		if t.PoolID != 0 || t.ServerID != m.toID {
+			return Move{}, catalog.Errorf(catalog.CodeConflict, "tenant %s is no longer in the database move %d made on %s: it cannot be reverted", t.Slug, m.ID, m.To)
+		}
+		return s.startDemotion(ctx, t.Slug, DemoteSpec{Pool: m.poolID, Plan: plan}, actor, &m.ID)
+	}
+	if t.PoolID != m.poolID {
+		return Move{}, catalog.Errorf(catalog.CodeConflict, "tenant %s is no longer in pool database %s: move %d cannot be reverted", t.Slug, m.Pool, m.ID)
+	}
+	return s.startPromotion(ctx, t.Slug, PromoteSpec{To: m.From, Plan: plan}, actor, &m.ID)
+}
+
+// unfenceTargetPool lifts a fence of the tenant's rows in a demotion's
+// target pool database: one left there by a promotion out of it whose
+// source is kept (the demotion takes the tenant back there, a revert or
+// not). Its kept rows are replaced by the copy. Idempotent.
+func (s *Service) unfenceTargetPool(ctx context.Context, w *work) error {
+	conn, err := s.connect(ctx, w.to.Name, w.dstDB)
+	if err != nil {
+		return fmt.Errorf("target: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	return UnfenceTenantRows(ctx, conn, w.t.ID)
+}

@@ -239,6 +239,8 @@ func (s *Service) prepare(ctx context.Context, w *work) error {
 		if err := s.cfg.Targets.PrepareTarget(ctx, w.own, w.to, w.version); err != nil {
 			return fmt.Errorf("preparing the target on %s: %w", w.to.Name, err)
 		}
+	} else if err := s.unfenceTargetPool(ctx, w); err != nil {
+		return err
 	}
 	if w.m.Mode == ModeCopy {
 		if err := s.holdAndFence(ctx, w); err != nil {
@@ -716,6 +718,14 @@ func (s *Service) switchOver(ctx context.Context, w *work) error {
 			Subject: w.t.Slug, Details: details}); err != nil {
 			return err
 		}
+		if w.m.Plan != "" {
+			// A change of plan across tiers: the tenant takes its new plan
+			// with the tier, in this transaction.
+			if err := catalog.InsertAudit(ctx, tx, catalog.AuditEvent{Actor: "mover", Action: "tenant.plan_changed", TenantID: w.t.ID,
+				Subject: w.t.Slug, Details: map[string]any{"from": w.m.FromPlan, "to": w.m.Plan, "move_id": w.m.ID}}); err != nil {
+				return err
+			}
+		}
 		if err := notify(ctx, tx, w.t.ID); err != nil {
 			return err
 		}
@@ -777,7 +787,10 @@ func (s *Service) abort(ctx context.Context, w *work, reason string) error {
 	if err := s.abortKeep(ctx, w); err != nil {
 		return err
 	}
-	if w.m.Reverts == nil {
+	// A promotion or demotion that reverts another copied into that one's
+	// kept source, which is no longer what it kept: dropped as any target
+	// (a later revert copies again).
+	if w.m.Reverts == nil || w.m.Kind != KindMove {
 		if err := s.dropTarget(ctx, w); err != nil {
 			return fmt.Errorf("dropping the target on %s: %w", w.to.Name, err)
 		}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -58,7 +59,7 @@ func isUUID(s string) bool {
 // pool database's, shared by all of that pool's tenants.
 func (e *resolved) cacheKey() string {
 	if e.tenant.PoolID != 0 {
-		return "pool:" + fmt.Sprint(e.tenant.PoolID)
+		return "pool:" + strconv.FormatInt(e.tenant.PoolID, 10)
 	}
 	return e.tenant.ID
 }

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
 )
 
@@ -230,7 +231,7 @@ func writeRestore(w io.Writer, r Restore) error {
 		sort.Strings(names)
 		t := newTable(w, "TABLE", "ROWS")
 		for _, n := range names {
-			t.row(n, thousands(r.Tables[n]))
+			t.row(n, humanize.Comma(r.Tables[n]))
 		}
 		return t.flush()
 	case "failed":
@@ -303,7 +304,7 @@ with --out it downloads the zip to FILE and checks its SHA-256.`,
 				if x.Manifest != nil {
 					t := newTable(cmd.OutOrStdout(), "TABLE", "ROWS")
 					for _, mt := range x.Manifest.Tables {
-						t.row(mt.Name, thousands(mt.Rows))
+						t.row(mt.Name, humanize.Comma(mt.Rows))
 					}
 					return t.flush()
 				}

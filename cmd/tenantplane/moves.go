@@ -5,11 +5,11 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
 )
 
@@ -18,6 +18,8 @@ type Move struct {
 	ID              apiID   `json:"id"`
 	Kind            string  `json:"kind"`
 	Pool            string  `json:"pool"`
+	Plan            string  `json:"plan"`
+	FromPlan        string  `json:"from_plan"`
 	Tenant          string  `json:"tenant"`
 	From            string  `json:"from"`
 	To              string  `json:"to"`
@@ -73,7 +75,7 @@ func (m Move) progress() progressSnapshot {
 	if terminalMove(m.Phase) {
 		step = len(movePhases) - 1
 	}
-	counts := []string{fmt.Sprintf("%s rows", thousands(m.RowsCopied)), formatBytes(m.BytesCopied) + " copied"}
+	counts := []string{fmt.Sprintf("%s rows", humanize.Comma(m.RowsCopied)), formatBytes(m.BytesCopied) + " copied"}
 	if m.Mode == "online" {
 		counts = append(counts, "lag "+formatBytes(m.LagBytes))
 	}
@@ -308,6 +310,12 @@ func writeMoveStarted(w io.Writer, m Move) error {
 	case "demote":
 		msg = fmt.Sprintf("Demoting tenant %s from its database on %s into pool database %s on %s (move %s).", m.Tenant, m.From, m.Pool, m.To, m.ID)
 	}
+	if (m.Kind == "promote" || m.Kind == "demote") && m.Reverts != "" {
+		msg = fmt.Sprintf("Reverting move %s: %s", m.Reverts, msg)
+	}
+	if m.Plan != "" {
+		msg += fmt.Sprintf(" It takes plan %s (now %s) when it switches.", m.Plan, m.FromPlan)
+	}
 	if m.ModeReason != "" {
 		msg += " " + sentence(m.ModeReason)
 	}
@@ -326,7 +334,7 @@ func writeMoveEnd(w io.Writer, m Move, took time.Duration) error {
 		}
 	default:
 		msg = fmt.Sprintf("Move %s is %s: tenant %s moved from %s to %s, %s mode; %s rows, %s copied; writes paused %s (watched for %s).",
-			m.ID, m.Phase, m.Tenant, m.From, m.To, m.Mode, thousands(m.RowsCopied), formatBytes(m.BytesCopied), m.writePause(),
+			m.ID, m.Phase, m.Tenant, m.From, m.To, m.Mode, humanize.Comma(m.RowsCopied), formatBytes(m.BytesCopied), m.writePause(),
 			took.Round(100*time.Millisecond))
 		if m.Phase == "done" && !m.KeepUntil.IsZero() {
 			msg += fmt.Sprintf("\nThe source is kept until %s; to go back: tenantplane moves revert %s", m.KeepUntil, m.ID)
@@ -349,13 +357,16 @@ func writeMove(w io.Writer, m Move) error {
 	}
 	t.row("MODE:", mode)
 	t.row("PHASE:", m.phase())
-	t.row("COPIED:", fmt.Sprintf("%s rows, %s", thousands(m.RowsCopied), formatBytes(m.BytesCopied)))
+	t.row("COPIED:", fmt.Sprintf("%s rows, %s", humanize.Comma(m.RowsCopied), formatBytes(m.BytesCopied)))
 	if m.Mode == "online" {
 		t.row("LAG:", formatBytes(m.LagBytes))
 	}
 	t.row("WRITE_PAUSE:", m.writePause())
 	if m.Reverts != "" {
 		t.row("REVERTS:", "move "+string(m.Reverts))
+	}
+	if m.Plan != "" {
+		t.row("PLAN:", m.Plan+" (from "+m.FromPlan+", at the switch)")
 	}
 	if !m.KeepUntil.IsZero() {
 		t.row("KEEP_UNTIL:", m.KeepUntil.String())
@@ -388,7 +399,7 @@ func writeMoves(w io.Writer, moves []Move) error {
 	}
 	t := newTable(w, header...)
 	for _, m := range moves {
-		cells := []string{string(m.ID), m.Tenant, m.From, m.To, m.Mode, m.phase(), thousands(m.RowsCopied), formatBytes(m.BytesCopied),
+		cells := []string{string(m.ID), m.Tenant, m.From, m.To, m.Mode, m.phase(), humanize.Comma(m.RowsCopied), formatBytes(m.BytesCopied),
 			m.writePause(), m.CreatedAt.String(), m.FinishedAt.String()}
 		if withErrors {
 			cells = append(cells, truncate(m.LastError, 80))
@@ -411,34 +422,5 @@ func sentence(s string) string {
 	return s
 }
 
-// thousands writes n with a comma between each group of three digits.
-func thousands(n int64) string {
-	s := strconv.FormatInt(n, 10)
-	neg := strings.HasPrefix(s, "-")
-	s = strings.TrimPrefix(s, "-")
-	var b strings.Builder
-	for i, r := range s {
-		if i > 0 && (len(s)-i)%3 == 0 {
-			b.WriteByte(',')
-		}
-		b.WriteRune(r)
-	}
-	if neg {
-		return "-" + b.String()
-	}
-	return b.String()
-}
-
-// formatBytes writes n in the largest binary unit that keeps it at 1 or more.
-func formatBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
+// formatBytes writes n in the largest binary unit that keeps it at 1 or more: "1.5 KiB".
+func formatBytes(n int64) string { return humanize.IBytes(uint64(max(n, 0))) }

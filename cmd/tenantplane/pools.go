@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"strconv"
@@ -77,6 +78,7 @@ func newTenantsTierCmd(o *adminOptions, promote bool) *cobra.Command {
 	var (
 		to    string
 		pool  int64
+		plan  string
 		watch watchFlags
 	)
 	cmd := &cobra.Command{
@@ -109,16 +111,63 @@ and the tenant switched; its database and role are dropped once the keep
 				body["pool"] = pool
 			}
 		}
+		if plan != "" {
+			body["plan"] = plan
+		}
 		raw, err := o.call(cmd, "POST", path, nil, body)
 		if err != nil {
 			return err
 		}
 		return o.moveStarted(cmd, raw, watch)
 	}
+	cmd.Flags().StringVar(&plan, "plan", "", "a plan of the new tier the tenant takes when the move switches (default: it keeps its plan)")
 	if promote {
 		cmd.Flags().StringVar(&to, "to", "", "the server of its new database (default: its pool database's)")
 	} else {
 		cmd.Flags().Int64Var(&pool, "pool", 0, "the pool database's id (default: the one with the most room, on the tenant's server first)")
+	}
+	watch.registerMove(cmd)
+	return cmd
+}
+
+// newTenantsSetPlanCmd changes a tenant's plan: at once within its tier, by
+// a promotion or demotion across tiers.
+func newTenantsSetPlanCmd(o *adminOptions) *cobra.Command {
+	var watch watchFlags
+	cmd := &cobra.Command{
+		Use:   "set-plan SLUG PLAN",
+		Short: "Give a tenant another plan: at once within its tier, else by a promotion or demotion that carries it",
+		Long: `Give a tenant another plan (GET /admin/v1/plans lists them).
+
+A plan of the tenant's tier (dedicated or pooled) applies at once: every
+router applies its rate limit and connections within a second; the tenant
+is printed. A plan of the other tier moves the tenant: a pooled tenant is
+promoted into a database of its own, a dedicated one demoted into a pool
+database, and the tenant takes the plan when the move switches (an aborted
+or cancelled move leaves the old plan; reverting the move puts it back);
+the move is printed.`,
+		Example: `  tenantplane tenants set-plan acme pro --watch`,
+		Args:    cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			raw, err := o.call(cmd, "PATCH", pathf("/tenants/%s", args[0]), nil, map[string]string{"plan": args[1]})
+			if err != nil {
+				return err
+			}
+			var started struct {
+				Move json.RawMessage `json:"move"`
+			}
+			if err := json.Unmarshal(raw, &started); err != nil {
+				return fmt.Errorf("the admin API's answer is not the JSON expected: %w", err)
+			}
+			if started.Move != nil {
+				if o.json && !watch.on {
+					return o.print(cmd, raw, &started, func() error { return nil })
+				}
+				return o.moveStarted(cmd, started.Move, watch)
+			}
+			var t Tenant
+			return o.print(cmd, raw, &t, func() error { return writeTenant(cmd.OutOrStdout(), t) })
+		},
 	}
 	watch.registerMove(cmd)
 	return cmd

@@ -36,3 +36,31 @@ func TestPoolsAndTierCommands(t *testing.T) {
 	require.Contains(t, out, "Demoting tenant acme from its database on pg-2 into pool database tp_pool_3 on pg-1 (move 12).")
 	require.Equal(t, []string{`{}`}, admin.sent("POST /tenants/acme/demote"))
 }
+
+func TestTenantsSetPlan(t *testing.T) {
+	t.Parallel()
+	tenant := `{"id": "0b5e5f0e-8f8e-4a55-9a4e-0d5f00c0ffee", "slug": "acme", "name": "Acme Inc", "plan": "enterprise", "state": "active",
+		"server": "pg-1", "database": "t_acme", "schema_version": 3, "schema_dirty": false, "last_error": "", "delete_after": null,
+		"created_at": "2026-03-01T10:00:00Z", "updated_at": "2026-03-01T10:00:00Z"}`
+	promote := moveJSON(t, map[string]any{"kind": "promote", "pool": "tp_pool_3", "mode": "copy", "to": "pg-2", "plan": "pro", "from_plan": "free"})
+	admin, url := newCannedAdmin(t, map[string][]cannedAnswer{
+		"PATCH /tenants/acme": {ok(tenant), {http.StatusAccepted, `{"tenant": ` + tenant + `, "move": ` + promote + `}`}},
+		"POST /moves/12/revert": {{http.StatusAccepted, moveJSON(t, map[string]any{"id": 13, "kind": "demote", "pool": "tp_pool_3", "mode": "copy",
+			"mode_reason": "", "from": "pg-2", "to": "pg-1", "reverts": 12, "plan": "free", "from_plan": "pro"})}},
+	})
+	cli := func(args ...string) string {
+		t.Helper()
+		stdout, stderr, err := runCLI(t, "", append(args, "--admin-url", url, "--token", testToken)...)
+		require.NoError(t, err, stderr)
+		return stdout
+	}
+	out := cli("tenants", "set-plan", "acme", "enterprise")
+	require.Contains(t, out, "enterprise")
+	require.Contains(t, out, "acme")
+	out = cli("tenants", "set-plan", "acme", "pro")
+	require.Contains(t, out, "Promoting tenant acme from pool database tp_pool_3 on pg-1 to a database of its own on pg-2 (move 12). It takes plan pro (now free) when it switches.")
+	require.Equal(t, []string{`{"plan":"enterprise"}`, `{"plan":"pro"}`}, admin.sent("PATCH /tenants/acme"))
+
+	out = cli("moves", "revert", "12")
+	require.Contains(t, out, "Reverting move 12: Demoting tenant acme from its database on pg-2 into pool database tp_pool_3 on pg-1 (move 13). It takes plan free (now pro) when it switches.")
+}

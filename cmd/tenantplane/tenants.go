@@ -53,8 +53,8 @@ type tenantPage struct {
 }
 
 func newTenantsCmd() *cobra.Command {
-	cmd, o := newAdminGroup("tenants", "Create, list, show, suspend, resume, restore, retry, delete, move, promote and demote tenants, rotate their credentials; back up, restore, export and erase their data")
-	cmd.AddCommand(newTenantsCreateCmd(o), newTenantsListCmd(o), newTenantsShowCmd(o), newTenantsDeleteCmd(o), newTenantsMoveCmd(o), newTenantsTierCmd(o, true), newTenantsTierCmd(o, false),
+	cmd, o := newAdminGroup("tenants", "Create, list, show, suspend, resume, restore, retry, delete, move, promote and demote tenants, change their plan, rotate their credentials; back up, restore, export and erase their data")
+	cmd.AddCommand(newTenantsCreateCmd(o), newTenantsListCmd(o), newTenantsShowCmd(o), newTenantsDeleteCmd(o), newTenantsMoveCmd(o), newTenantsTierCmd(o, true), newTenantsTierCmd(o, false), newTenantsSetPlanCmd(o),
 		newTenantsNetworkCmd(o), newTenantsHostnamesCmd(o),
 		newTenantsBackupCmd(o), newTenantsBackupsCmd(o), newTenantsRestoreBackupCmd(o), newTenantsRestoreStatusCmd(o),
 		newTenantsExportCmd(o), newTenantsEraseCmd(o), newTenantsErasureCmd(o), newTenantsBillingAddressCmd(o))

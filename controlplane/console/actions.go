@@ -156,6 +156,18 @@ var actions = map[string]*action{
 			}
 			return fmt.Sprintf("%soperations/moves/%d", Prefix, m.ID), nil
 		}},
+	"plan": {Title: "Give this tenant another plan? One of its tier applies at once; one of the other tier moves its rows (a promotion or demotion), and the plan changes when that move switches.",
+		Button: "Change the plan", Done: "Plan changed, or the move that changes it started.", Fields: []string{"slug", "plan"},
+		Do: func(ctx context.Context, c *Console, v url.Values) (string, error) {
+			t, m, err := c.cfg.Moves.ChangePlan(ctx, v.Get("slug"), v.Get("plan"), Actor)
+			if err != nil {
+				return "", err
+			}
+			if m != nil {
+				return fmt.Sprintf("%soperations/moves/%d", Prefix, m.ID), nil
+			}
+			return tenantURL(t.Slug), nil
+		}},
 	"revoke-key": {Title: "Revoke this API key? Requests with it are refused within a second.", Button: "Revoke", Done: "Key revoked.",
 		Danger: true, Fields: []string{"slug", "key"},
 		Do: func(ctx context.Context, c *Console, v url.Values) (string, error) {

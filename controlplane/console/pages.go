@@ -212,6 +212,7 @@ type tenantData struct {
 	Invoices []billing.Invoice
 	Actions  []tenantAction
 	Servers  []catalog.Server // where it can move
+	Plans    []catalog.Plan   // it can change to
 }
 
 // tenantAction is a button on a tenant's page.
@@ -291,6 +292,10 @@ func (c *Console) tenantPage(w http.ResponseWriter, r *http.Request, s session) 
 			if srv.Name != t.Server && srv.State == catalog.ServerActive {
 				d.Servers = append(d.Servers, srv)
 			}
+		}
+		if d.Plans, err = c.cfg.Store.ListPlans(ctx); err != nil {
+			c.fail(w, r, s, err)
+			return
 		}
 	}
 	c.render(w, http.StatusOK, "tenant.html", page{Title: t.Slug, Nav: "tenants", CSRF: s.CSRF, Data: d, Notice: notice(r)})

@@ -1,0 +1,2 @@
+ALTER TABLE moves DROP COLUMN from_plan;
+ALTER TABLE moves DROP COLUMN plan;
