@@ -1,7 +1,7 @@
 package billing_test
 
 import (
-	"fmt"
+	"context"
 	"net/http"
 	"strings"
 	"testing"
@@ -12,6 +12,7 @@ import (
 	"github.com/tenantplane/tenantplane/billing"
 	"github.com/tenantplane/tenantplane/catalog"
 	"github.com/tenantplane/tenantplane/internal/faulttest"
+	"github.com/tenantplane/tenantplane/internal/pgtest"
 	"github.com/tenantplane/tenantplane/internal/stripetest"
 )
 
@@ -21,9 +22,13 @@ import (
 // the client's timeout; the run of the period once the wire is clean bills
 // the rest, and every tenant ends with one customer, one invoice and one
 // item per line in Stripe (requireOneInvoiceEach: what a call cut on the
-// wire may have made, its retry asked again under the same key).
+// wire may have made, its retry asked again under the same key). It runs
+// alone (its subtests in parallel): it checks that no goroutine is left
+// running once they are over.
 func TestRunUnderNetworkFaults(t *testing.T) {
-	t.Parallel()
+	pgtest.Shared(t)
+	stripetest.Shared(t)
+	faulttest.VerifyNoLeaks(t)
 	_ = faulttest.Seed(t) // the schedule is fixed; the seed is printed for the record
 	for _, fault := range faulttest.Each() {
 		t.Run(fault.Name, func(t *testing.T) {
@@ -40,12 +45,7 @@ func TestRunUnderNetworkFaults(t *testing.T) {
 			rec, client := newRecorderOver(tr)
 			client.Timeout = 2 * time.Second
 			svc := b.service(t, billing.Config{StripeKey: stripetest.Key, StripeAPIBase: proxy.URL(mock.URL), StripeHTTPClient: client, StripeRetries: -1, Concurrency: 2})
-			var tenants []catalog.Tenant
-			for i := range 3 {
-				tn := b.addTenant(t, fmt.Sprintf("t-%d", i), "basic")
-				b.usage(t, tn.ID, b.last, 1234)
-				tenants = append(tenants, tn)
-			}
+			tenants := b.billedTenants(t, 3)
 			remove := proxy.Add(t, fault)
 			start := time.Now()
 			first := b.run(t, svc, b.last)
@@ -67,4 +67,41 @@ func TestRunUnderNetworkFaults(t *testing.T) {
 			requireOneInvoiceEach(t, b, rec, tenants)
 		})
 	}
+}
+
+// TestRunUnderACatalogReset closes every catalog connection while Stripe is
+// creating the second invoice, so its answer cannot be recorded: the run
+// is not failed for it (nor the invoice), but stops, still running, for
+// the next poll to resume; the resumed run bills everyone once.
+func TestRunUnderACatalogReset(t *testing.T) {
+	t.Parallel()
+	proxy, dsn := faulttest.ProxyDSN(t, "catalog", pgtest.NewDB(t, catalogTemplate))
+	b := setupOn(t, dsn)
+	rec, hc := newRecorder()
+	svc := b.service(t, billing.Config{StripeKey: stripetest.Key, StripeAPIBase: stripetest.Shared(t).URL, StripeHTTPClient: hc, StripeRetries: -1, Concurrency: 1})
+	tenants := b.billedTenants(t, 3)
+	rec.set(hooks{fault: func(op string, n int) string {
+		if op == "invoice.create" && n == 2 {
+			proxy.Cut()
+			if err := proxy.Restore(); err != nil {
+				t.Error(err)
+			}
+		}
+		return ""
+	}})
+	ctx := context.Background()
+	run, _, err := svc.StartRun(ctx, b.last, "test")
+	require.NoError(t, err)
+	_, err = svc.ProcessRun(ctx, run.ID)
+	require.Error(t, err)
+	require.True(t, catalog.CatalogDown(err), "the run stopped on the catalog: %v", err)
+	stopped, err := svc.GetRun(ctx, run.ID)
+	require.NoError(t, err)
+	require.Equal(t, billing.BillingRunRunning, stopped.State, "not failed for the catalog's reset: %s", stopped.LastError)
+	require.Zero(t, stopped.Progress.Failed, "no invoice failed for it: %+v", stopped.Failures)
+
+	done, err := svc.ProcessRun(ctx, run.ID)
+	require.NoError(t, err)
+	require.Equal(t, billing.BillingRunDone, done.State, done.LastError)
+	requireOneInvoiceEach(t, b, rec, tenants)
 }

@@ -40,11 +40,17 @@ type testBundle struct {
 
 func setup(t testing.TB) *testBundle {
 	t.Helper()
+	return setupOn(t, pgtest.NewDB(t, catalogTemplate))
+}
+
+// setupOn is setup on a migrated catalog at dsn.
+func setupOn(t testing.TB, dsn string) *testBundle {
+	t.Helper()
 	key, err := catalog.ParseKey(catalog.NewKey())
 	require.NoError(t, err)
 	cipher, err := catalog.NewCipher(key)
 	require.NoError(t, err)
-	store, err := catalog.Open(context.Background(), pgtest.NewDB(t, catalogTemplate), cipher, catalog.StoreConfig{MaxConns: 40})
+	store, err := catalog.Open(context.Background(), dsn, cipher, catalog.StoreConfig{MaxConns: 40})
 	require.NoError(t, err)
 	t.Cleanup(store.Close)
 	return &testBundle{store: store, billing: billing.NewStore(store), last: catalog.PeriodOf(time.Now()).AddDate(0, -1, 0)}
@@ -61,6 +67,19 @@ func (b *testBundle) addTenant(t testing.TB, slug, plan string) catalog.Tenant {
 	tn, err := b.store.GetTenant(ctx, slug)
 	require.NoError(t, err)
 	return tn
+}
+
+// billedTenants adds n basic tenants, t-0 ..., each with 1234 api_calls
+// in the period billed.
+func (b *testBundle) billedTenants(t testing.TB, n int) []catalog.Tenant {
+	t.Helper()
+	var tenants []catalog.Tenant
+	for i := range n {
+		tn := b.addTenant(t, fmt.Sprintf("t-%d", i), "basic")
+		b.usage(t, tn.ID, b.last, 1234)
+		tenants = append(tenants, tn)
+	}
+	return tenants
 }
 
 // usage records api_calls for a tenant in a period.

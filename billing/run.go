@@ -271,10 +271,11 @@ func (s *Service) process(ctx context.Context, run BillingRun) (BillingRun, erro
 }
 
 // interrupted ends a run that stopped on err: when the process is stopping
-// (or lost its lock), the run stays running for another to resume;
-// otherwise it fails with the reason.
+// (or lost its lock), or the catalog did not answer, the run stays running
+// for the next poll (of this process or another) to resume; otherwise it
+// fails with the reason.
 func (s *Service) interrupted(ctx context.Context, run BillingRun, err error, finish func(string) (BillingRun, error)) (BillingRun, error) {
-	if ctx.Err() != nil {
+	if ctx.Err() != nil || catalog.CatalogDown(err) {
 		if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
 			err = cause
 		}
@@ -317,6 +318,13 @@ func (s *Service) sendAll(ctx context.Context, run BillingRun, logger *slog.Logg
 				}
 				if ctx.Err() != nil {
 					continue // stopping: the invoice resumes where it was
+				}
+				if catalog.CatalogDown(err) {
+					// Not the invoice's fault, nor Stripe's: the run stops
+					// and is resumed once the catalog answers, the invoice
+					// where its row says it got (each step is idempotent).
+					cancel(err)
+					continue
 				}
 				failed.Add(1)
 				msg := stepError(err)

@@ -110,12 +110,7 @@ func TestRunResumesAfterEveryFault(t *testing.T) {
 				b := setup(t)
 				rec, hc := newRecorder()
 				svc := b.service(t, billing.Config{StripeKey: stripetest.Key, StripeAPIBase: stripetest.Shared(t).URL, StripeHTTPClient: hc, StripeRetries: -1, Concurrency: 2})
-				var tenants []catalog.Tenant
-				for i := range 3 {
-					tn := b.addTenant(t, fmt.Sprintf("t-%d", i), "basic")
-					b.usage(t, tn.ID, b.last, 1234)
-					tenants = append(tenants, tn)
-				}
+				tenants := b.billedTenants(t, 3)
 				// The second call of the step fails for one tenant; the others go through.
 				rec.set(hooks{fault: func(o string, n int) string {
 					if o == op && n == 2 {

@@ -43,6 +43,10 @@ type Error struct {
 	Message string
 	Err     error
 	Subcode string
+
+	// down marks Classify's CodeUnavailable: the catalog itself did not
+	// answer (CatalogDown).
+	down bool
 }
 
 func (e *Error) Error() string {
@@ -144,9 +148,9 @@ func Classify(err error, what string) error {
 		case pgErr.Code == "23503", pgErr.Code == "23514", pgErr.Code[:2] == "22": // fk, check, data exception
 			return &Error{Code: CodeInvalid, Message: "invalid " + what, Err: err}
 		case pgErr.Code == "57014", pgErr.Code == "55P03": // query_canceled (statement timeout), lock_not_available
-			return &Error{Code: CodeUnavailable, Message: "catalog database is busy", Err: err}
+			return &Error{Code: CodeUnavailable, Message: "catalog database is busy", Err: err, down: true}
 		case pgErr.Code[:2] == "08", pgErr.Code[:2] == "53", pgErr.Code[:3] == "57P":
-			return &Error{Code: CodeUnavailable, Message: "catalog database is unavailable", Err: err}
+			return &Error{Code: CodeUnavailable, Message: "catalog database is unavailable", Err: err, down: true}
 		}
 		return fmt.Errorf("%s: %w", what, err)
 	}
@@ -155,7 +159,28 @@ func Classify(err error, what string) error {
 	}
 	// Anything that is not a server-side error is the transport: the catalog
 	// could not be reached, or did not answer in time.
-	return &Error{Code: CodeUnavailable, Message: "catalog database is unavailable", Err: err}
+	return &Error{Code: CodeUnavailable, Message: "catalog database is unavailable", Err: err, down: true}
+}
+
+// CatalogDown reports whether err is, or wraps, a catalog query's failure to
+// get an answer (Classify's CodeUnavailable: the catalog was unreachable,
+// lost the connection, timed out or was too busy), as opposed to an answer
+// that refused or a failure of something else. Background work meets it when
+// the catalog hangs or resets for a moment: it is nothing the item being
+// worked on did, so the work waits and tries again instead of failing the
+// item for an operator to retry.
+func CatalogDown(err error) bool {
+	for err != nil {
+		var e *Error
+		if !errors.As(err, &e) {
+			return false
+		}
+		if e.down {
+			return true
+		}
+		err = e.Err
+	}
+	return false
 }
 
 // ValidText reports whether s can be stored as PostgreSQL text: valid UTF-8

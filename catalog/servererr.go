@@ -18,6 +18,10 @@ import (
 // an operator: PostgreSQL's message, or why the connection failed. It never
 // includes the DSN.
 func DescribeServerError(err error) string {
+	if CatalogDown(err) {
+		// The catalog, met on the way (a server's DSN, say): not the server.
+		return MessageOf(err) + " (" + ConnectReason(err) + ")"
+	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		return pgErr.Message

@@ -305,3 +305,58 @@ func execSQL(t *testing.T, dsn, sql string) {
 	_, err = conn.Exec(context.Background(), sql)
 	require.NoError(t, err, sql)
 }
+
+// TestFanoutRunAfterADeployOfOtherMigrations: a run is under way when the
+// process is redeployed with one more tenant migration. The old process
+// hands the run over after its current tenant, even when its slot was
+// fetched only as it stopped (it used to work the whole run then, its stop
+// waiting for it). The new process
+// never works on the old run: GET /migrations/runs/{id} says why in
+// warning, resuming it answers 409 naming both sets, a new run answers 409
+// while the old one is open, and once it is cancelled the new set's run
+// takes every tenant to its newest version, none dirty.
+func TestFanoutRunAfterADeployOfOtherMigrations(t *testing.T) {
+	t.Parallel()
+	dir := migrationsDir(t)
+	env := map[string]string{"TENANTPLANE_TENANT_MIGRATIONS": dir, "TENANTPLANE_SECRET_KEY": catalog.NewKey()}
+	f := setupFleet(t, 1, env)
+	tenants := f.createTenants(t, "deploy", 3)
+	write := func(name, body string) {
+		require.NoError(t, os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644))
+	}
+	write("000003_slow.up.sql", "SELECT pg_sleep(3);\nCREATE TABLE slow_step (id int);\n") // 9 s for the three, one at a time
+	write("000003_slow.down.sql", "DROP TABLE slow_step;\n")
+	f.redeploy(t, env)
+	status, run := call(t, "POST", f.admin+"/admin/v1/migrations/runs", testToken, map[string]any{"concurrency": 1, "canary": 0})
+	require.Equal(t, http.StatusCreated, status, run)
+	id := run["id"]
+	oldHash := run["schema_hash"].(string)
+
+	write("000004_more.up.sql", "CREATE TABLE more_step (id int);\n")
+	write("000004_more.down.sql", "DROP TABLE more_step;\n")
+	f.redeploy(t, env)
+	runURL := fmt.Sprintf("%s/admin/v1/migrations/runs/%v", f.admin, id)
+	status, run = call(t, "GET", runURL, testToken, nil)
+	require.Equal(t, http.StatusOK, status, run)
+	require.Equal(t, "running", run["state"], "not the new process's to end yet: %v", run)
+	require.Contains(t, run["warning"], "the run was made with other tenant migrations (schema "+oldHash+")")
+	require.Contains(t, run["warning"], "versions 1, 2, 3, 4")
+	status, body := call(t, "POST", runURL+"/resume", testToken, nil)
+	require.Equal(t, http.StatusConflict, status, body)
+	require.Contains(t, body["error"].(map[string]any)["message"], "resume it from a process that has its migrations, or cancel it and start a new run here")
+	status, body = call(t, "POST", f.admin+"/admin/v1/migrations/runs", testToken, nil)
+	require.Equal(t, http.StatusConflict, status, body)
+
+	status, body = call(t, "POST", runURL+"/cancel", testToken, nil)
+	require.Equal(t, http.StatusOK, status, body)
+	status, run = call(t, "POST", f.admin+"/admin/v1/migrations/runs", testToken, map[string]any{"concurrency": 3})
+	require.Equal(t, http.StatusCreated, status, run)
+	require.NotEqual(t, oldHash, run["schema_hash"])
+	f.waitRunState(t, run["id"], "done")
+	for _, tn := range tenants {
+		srv := f.servers[tn["server"].(string)]
+		db := tn["database"].(string)
+		require.EqualValues(t, 4, query[int64](t, srv.DSN(db), `SELECT version FROM schema_migrations`), db)
+		require.False(t, query[bool](t, srv.DSN(db), `SELECT dirty FROM schema_migrations`), db)
+	}
+}

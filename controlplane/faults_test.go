@@ -29,11 +29,13 @@ func timed(t testing.TB, method, url, token string) (int, time.Duration) {
 // seen and an admin call answer 503 within seconds instead of hanging; when
 // the fault is gone everything works again with no restart; and the usage
 // counted meanwhile reaches the catalog exactly once, every flush that
-// failed retried, none counted twice.
+// failed retried, none counted twice. It runs alone: it checks that no
+// goroutine is left running once the process has stopped.
 func TestCatalogFaults(t *testing.T) {
-	t.Parallel()
+	catalogDSN := pgtest.NewDB(t)
+	faulttest.VerifyNoLeaks(t)
 	_ = faulttest.Seed(t) // the schedule is fixed; the seed is printed for the record
-	proxy, dsn := faulttest.ProxyDSN(t, "catalog", pgtest.NewDB(t))
+	proxy, dsn := faulttest.ProxyDSN(t, "catalog", catalogDSN)
 	f := setupFleetOn(t, dsn, 1, map[string]string{"TENANTPLANE_USAGE_FLUSH_INTERVAL": "200ms"}, 0)
 	known, key := f.tenantWithKey(t, "known", "enterprise", "")
 	ids := []string{known["id"].(string)}

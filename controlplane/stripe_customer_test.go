@@ -47,6 +47,9 @@ type stripeTap struct {
 	refuse func(c stripeCall) (status int, body string, ok bool)
 	// answers holds stripe-mock's answers to the paths answerPath matches.
 	answers map[string][]byte
+	// delay, when set, holds each request that long before passing it on:
+	// a slower Stripe, so that work that calls it is under way longer.
+	delay time.Duration
 }
 
 // answerPath are the requests whose answers the tap keeps (finalize: the tax).
@@ -95,8 +98,9 @@ func newStripeTap(t *testing.T, mockURL, catalogDSN string) *stripeTap {
 		}
 		tap.mu.Lock()
 		tap.calls = append(tap.calls, call)
-		refuse := tap.refuse
+		refuse, delay := tap.refuse, tap.delay
 		tap.mu.Unlock()
+		time.Sleep(delay)
 		if refuse != nil {
 			if status, body, ok := refuse(call); ok {
 				w.Header().Set("Content-Type", "application/json")

@@ -40,6 +40,13 @@ type Config struct {
 	// heartbeat: a process that dies has its tenants taken over, and its
 	// runs given new workers, this long after. Default 30s.
 	Lease time.Duration
+	// AbandonAfter is how long a running run made with other tenant
+	// migrations than this process's may go without a worker before this
+	// process fails it, saying so: the processes that had its migrations are
+	// gone (a deploy brought another set). A run so failed no longer keeps a
+	// new run from starting, and is resumed from a process that has its
+	// migrations. Default 2 Leases; its own processes revive a run after one.
+	AbandonAfter time.Duration
 	// Limits bound each statement of a run's tenant migrations.
 	// Default: migrations.Limits' defaults.
 	Limits migrations.Limits
@@ -101,6 +108,9 @@ func New(db *catalog.Store, cfg Config) (*Service, error) {
 	if cfg.Lease == 0 {
 		cfg.Lease = 30 * time.Second
 	}
+	if cfg.AbandonAfter == 0 {
+		cfg.AbandonAfter = 2 * cfg.Lease
+	}
 	if cfg.ConnectTimeout == 0 {
 		cfg.ConnectTimeout = 5 * time.Second
 	}
@@ -152,10 +162,16 @@ func (s *Service) Start(ctx context.Context) error {
 // registry it then stops it; a shared one is stopped by its owner after
 // this Stop.
 func (s *Service) Stop(ctx context.Context) error {
+	// The channel stays closed (until a new Start): a slot River fetches
+	// after this, before the job client stops, must see it closed too, or
+	// it would work the whole run while the stop waits for it.
 	s.stopMu.Lock()
 	if s.stopping != nil {
-		close(s.stopping)
-		s.stopping = nil
+		select {
+		case <-s.stopping: // stopped already
+		default:
+			close(s.stopping)
+		}
 	}
 	s.stopMu.Unlock()
 	err := s.supervisor.Stop(ctx)
@@ -168,8 +184,8 @@ func (s *Service) Stop(ctx context.Context) error {
 	return err
 }
 
-// stoppingCh is closed once the service stops; nil (never closed) when it
-// is not started.
+// stoppingCh is closed once the service stops (and stays so until it
+// starts again); nil (never closed) when it was never started.
 func (s *Service) stoppingCh() <-chan struct{} {
 	s.stopMu.Lock()
 	defer s.stopMu.Unlock()

@@ -49,9 +49,11 @@ func (b *fanoutBundle) tenantsOn(t *testing.T, prefix string, servers ...string)
 // the other server are done meanwhile; the hung server's are stopped,
 // saying the server did not answer, and taken again later instead of
 // holding their slots for ever; once the wire flows again the run finishes
-// with every tenant at the new version and none dirty.
+// with every tenant at the new version and none dirty. It runs alone: it
+// checks that no goroutine is left running once the service has stopped.
 func TestFanoutUnderAHungServer(t *testing.T) {
-	t.Parallel()
+	pgtest.Shared(t)
+	faulttest.VerifyNoLeaks(t)
 	_ = faulttest.Seed(t) // the schedule is fixed; the seed is printed for the record
 	b := setupFanout(t)
 	ctx := context.Background()
@@ -124,9 +126,12 @@ func TestFanoutUnderAHungServer(t *testing.T) {
 // sliced stream): a slowed wire still migrates its tenants; resets fail
 // them with an error that says the connection was lost, and a resume once
 // the wire is clean finishes them; the other server's tenants are done
-// either way, and every tenant ends at the new version, none dirty.
+// either way, and every tenant ends at the new version, none dirty. It runs
+// alone: it checks that no goroutine is left running once the service has
+// stopped.
 func TestFanoutUnderNetworkFaults(t *testing.T) {
-	t.Parallel()
+	pgtest.Shared(t)
+	faulttest.VerifyNoLeaks(t)
 	_ = faulttest.Seed(t) // the schedule is fixed; the seed is printed for the record
 	b := setupFanout(t)
 	ctx := context.Background()

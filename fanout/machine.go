@@ -214,8 +214,14 @@ const (
 type ClaimRequest struct {
 	RunID      int64
 	Generation int
-	Worker     string        // the process, for operators
-	Lease      time.Duration // how long the claim lives without a heartbeat
+	// Worker names the claimer: the process and the slot (its generation
+	// and attempt too), for operators, and so that a slot whose claim's
+	// answer was lost (the catalog reset under it) takes its own row again
+	// at its next claim instead of leaving it until the lease runs out. A
+	// worker claims only when it migrates none, so its own row is never
+	// being migrated.
+	Worker string
+	Lease  time.Duration // how long the claim lives without a heartbeat
 	// WaitForProvisioning keeps the run from finishing while tenants are
 	// still provisioning, so that those created during it join it (needed
 	// when new tenants are not created at the run's target).
@@ -363,6 +369,37 @@ func reviveRun(ctx context.Context, st *store, id int64, after time.Duration, en
 		return enqueue(ctx, tx, run, max(1, min(run.Concurrency, run.Counts.Pending+run.Counts.Running)))
 	})
 	return revived, err
+}
+
+// abandonRun fails a running run made with other tenant migrations than
+// the caller's (schemaHash) that no worker has touched for longer than
+// after: no process with the run's migrations is left to work on it (its
+// own supervisors revive a run after one lease). The reason says so and
+// what to do; a run failed so is resumed from a process that has the run's
+// migrations, and no longer keeps another run from starting. It reports
+// whether it failed the run (false: attended meanwhile, no longer running,
+// or of the caller's migrations).
+func abandonRun(ctx context.Context, st *store, id int64, schemaHash string, after time.Duration, reason func(MigrationRun) string) (bool, error) {
+	abandoned := false
+	err := st.db.InTx(ctx, func(tx pgx.Tx) error {
+		if _, err := st.lockRun(ctx, tx, id); err != nil {
+			return err
+		}
+		run, err := st.getRun(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		if run.State != RunRunning || run.SchemaHash == schemaHash {
+			return nil
+		}
+		why := reason(run)
+		if abandoned, err = st.failUnattended(ctx, tx, id, after, why); err != nil || !abandoned {
+			return err
+		}
+		return catalog.InsertAudit(ctx, tx, catalog.AuditEvent{Actor: "fanout", Action: "migration_run.failed", Subject: runSubject(id),
+			FromState: string(RunRunning), ToState: string(RunFailed), Reason: why})
+	})
+	return abandoned, err
 }
 
 func tenantsN(n int) string {

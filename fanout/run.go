@@ -135,8 +135,9 @@ func (s *Service) Report(ctx context.Context, id int64) (RunReport, error) {
 	rep := RunReport{MigrationRun: run, NewestVersion: s.schema.Latest(), Failed: []RunTenant{}, Running: []RunTenant{}}
 	switch {
 	case run.SchemaHash != s.schema.Hash():
-		rep.Warning = fmt.Sprintf("the run was made with other tenant migrations (%s) than this process has (%s): only processes with the same migrations work on it",
-			run.SchemaHash, s.schema.Hash())
+		rep.Warning = fmt.Sprintf("the run was made with other tenant migrations (schema %s) than this process has (schema %s: %s, %s): "+
+			"only processes with the same migrations work on it or resume it",
+			run.SchemaHash, s.schema.Hash(), s.schema.Origin(), versionList(s.schema.Versions()))
 		rep.NewestVersion = 0 // not known for that set
 	case run.State == RunRunning && time.Since(run.HeartbeatAt) > 2*s.cfg.Lease:
 		rep.Warning = fmt.Sprintf("no worker has touched the run for %s: are the processes with its tenant migrations running?", time.Since(run.HeartbeatAt).Round(time.Second))
@@ -157,8 +158,22 @@ func (s *Service) Report(ctx context.Context, id int64) (RunReport, error) {
 	return rep, nil
 }
 
-// ChangeRun pauses, resumes or cancels a run.
+// ChangeRun pauses, resumes or cancels a run. Only a process with the
+// tenant migrations a run was made with resumes it: another would queue
+// workers that no process of its own kind takes.
 func (s *Service) ChangeRun(ctx context.Context, id int64, action RunAction, actor string) (MigrationRun, error) {
+	if action == RunResume {
+		run, err := s.store.GetMigrationRun(ctx, id)
+		if err != nil {
+			return MigrationRun{}, err
+		}
+		if run.SchemaHash != s.schema.Hash() {
+			return MigrationRun{}, catalog.Errorf(catalog.CodeConflict,
+				"run %d was made with other tenant migrations (schema %s, target version %d) than this process has (schema %s: %s, %s): "+
+					"resume it from a process that has its migrations, or cancel it and start a new run here",
+				id, run.SchemaHash, run.TargetVersion, s.schema.Hash(), s.schema.Origin(), versionList(s.schema.Versions()))
+		}
+	}
 	run, err := changeRun(ctx, s.store, id, action, actor, s.enqueueSlots)
 	if err == nil {
 		s.logger.InfoContext(ctx, "migration run "+string(action), "run", id, "op", "fanout", "state", run.State, "actor", actor)

@@ -69,7 +69,7 @@ type slotWorker struct {
 func (w *slotWorker) Timeout(*river.Job[slotArgs]) time.Duration { return -1 }
 
 func (w *slotWorker) Work(ctx context.Context, job *river.Job[slotArgs]) error {
-	return w.s.runSlot(ctx, job.Args)
+	return w.s.runSlot(ctx, job.Args, job.Attempt)
 }
 
 // runSlot claims and migrates the run's tenants one after another until the
@@ -77,10 +77,20 @@ func (w *slotWorker) Work(ctx context.Context, job *river.Job[slotArgs]) error {
 // RescueAfter: then it hands over to a fresh attempt of itself (a snooze of
 // zero, which costs no attempt), so that River never takes a busy slot for a
 // stuck one.
-func (s *Service) runSlot(ctx context.Context, a slotArgs) error {
+//
+// The slot claims as its process, generation, slot and River attempt: a
+// snooze keeps the attempt, so a slot that snoozed because its claim's
+// answer was lost takes that tenant again at its next claim; a slot River
+// rescued (an attempt that looked stuck, which may still be migrating) is
+// another attempt, and never takes its predecessor's tenant before the
+// lease runs out.
+func (s *Service) runSlot(ctx context.Context, a slotArgs, attempt int) error {
 	run, err := s.store.GetMigrationRun(ctx, a.RunID)
 	if errors.Is(err, catalog.ErrNotFound) {
 		return nil
+	}
+	if catalog.CatalogDown(err) && ctx.Err() == nil {
+		return s.catalogDown(ctx, a, err)
 	}
 	if err != nil {
 		return err
@@ -92,7 +102,7 @@ func (s *Service) runSlot(ctx context.Context, a slotArgs) error {
 		return river.JobSnooze(10 * time.Second)
 	}
 	req := ClaimRequest{
-		RunID: a.RunID, Generation: a.Generation, Worker: s.worker(), Lease: s.cfg.Lease,
+		RunID: a.RunID, Generation: a.Generation, Worker: fmt.Sprintf("%s/g%d/s%d/a%d", s.worker(), a.Generation, a.Slot, attempt), Lease: s.cfg.Lease,
 		WaitForProvisioning: uint(run.TargetVersion) != s.schema.Latest(),
 	}
 	handOver := time.Now().Add(s.jobs.Config().RescueAfter / 3)
@@ -111,6 +121,9 @@ func (s *Service) runSlot(ctx context.Context, a slotArgs) error {
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
+			}
+			if catalog.CatalogDown(err) {
+				return s.catalogDown(ctx, a, err)
 			}
 			return fmt.Errorf("run %d: claiming a tenant: %w", a.RunID, err)
 		}
@@ -137,11 +150,30 @@ func (s *Service) runSlot(ctx context.Context, a slotArgs) error {
 		case ClaimGot:
 			err := s.migrateRunTenant(ctx, rt)
 			s.wake()
+			if catalog.CatalogDown(err) && ctx.Err() == nil {
+				// The result could not be recorded: this attempt takes
+				// the tenant again once the catalog answers.
+				return s.catalogDown(ctx, a, err)
+			}
 			if err != nil {
 				return err
 			}
 		}
 	}
+}
+
+// catalogRetry is how long a slot, or a tenant, waits for a catalog that did
+// not answer before it tries again.
+const catalogRetry = time.Second
+
+// catalogDown ends a slot's attempt whose catalog did not answer: the slot
+// is tried again shortly (a snooze costs no attempt, so a catalog that hangs
+// or resets for a while never uses up the slot's tries), and the run's
+// tenants wait for it meanwhile.
+func (s *Service) catalogDown(ctx context.Context, a slotArgs, err error) error {
+	s.logger.WarnContext(ctx, "fan-out slot: the catalog did not answer; trying again in "+catalogRetry.String(),
+		"run", a.RunID, "slot", a.Slot, "op", "fanout", "error", err)
+	return river.JobSnooze(catalogRetry)
 }
 
 // migrateRunTenant migrates one claimed tenant and records the result. It
@@ -188,6 +220,15 @@ func (s *Service) migrateRunTenant(ctx context.Context, rt RunTenant) error {
 	})
 	var out migrations.Outcome
 	cfg, err := s.connConfig(ctx, rt.Server, rt.Database, "tenantplane-fanout")
+	if catalog.CatalogDown(err) && ctx.Err() == nil {
+		// Not the tenant's doing: it is taken again once the catalog
+		// answers, its tries untouched.
+		cancel()
+		hb.Wait()
+		res.State, res.RetryAfter = RunTenantPending, catalogRetry
+		res.Note = fmt.Sprintf("the catalog did not answer (%v); trying again", err)
+		return s.finishRunTenant(ctx, logger, res, start)
+	}
 	if err == nil {
 		unwatch := s.servers.Watch(rt.Server, rt.Server, stall.ConnProbe(cfg, nil), cancelCause)
 		out, err = migrations.Migrate(mctx, cfg, s.schema, uint(rt.ToVersion), s.cfg.Limits)
@@ -260,6 +301,16 @@ func (s *Service) finishRunTenant(ctx context.Context, logger *slog.Logger, res 
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	halted, stale, err := finishTenant(rctx, s.store, res)
+	// A catalog that hangs or resets for a moment: record it once it
+	// answers, rather than leave the tenant for its lease to run out. Only
+	// the claim's owner records, so a retry never overwrites another's.
+	for wait := 100 * time.Millisecond; catalog.CatalogDown(err) && rctx.Err() == nil; wait = min(2*wait, time.Second) {
+		select {
+		case <-rctx.Done():
+		case <-time.After(wait):
+			halted, stale, err = finishTenant(rctx, s.store, res)
+		}
+	}
 	if err != nil {
 		logger.ErrorContext(ctx, "recording a tenant's migration failed; it will be taken again", "error", err)
 		return err
@@ -280,6 +331,29 @@ func (s *Service) finishRunTenant(ctx context.Context, logger *slog.Logger, res 
 		logger.ErrorContext(ctx, "migration run halted")
 	}
 	return nil
+}
+
+// abandonOtherRuns fails the running runs of other tenant migrations that
+// no process has worked on for AbandonAfter (abandonRun).
+func (s *Service) abandonOtherRuns(ctx context.Context) {
+	ids, err := s.store.OtherUnattendedRuns(ctx, s.schema.Hash(), s.cfg.AbandonAfter)
+	if err != nil && ctx.Err() == nil {
+		s.logger.WarnContext(ctx, "fan-out supervisor: listing other migrations' runs failed", "error", err)
+	}
+	for _, id := range ids {
+		abandoned, err := abandonRun(ctx, s.store, id, s.schema.Hash(), s.cfg.AbandonAfter, func(run MigrationRun) string {
+			return fmt.Sprintf("no process with this run's tenant migrations (schema %s, target version %d) has worked on it for %s; "+
+				"this process has other ones (schema %s: %s, %s): resume the run from a process that has its migrations, or start a new one",
+				run.SchemaHash, run.TargetVersion, s.cfg.AbandonAfter, s.schema.Hash(), s.schema.Origin(), versionList(s.schema.Versions()))
+		})
+		switch {
+		case err != nil && ctx.Err() == nil:
+			s.logger.WarnContext(ctx, "fan-out supervisor: failing another migrations' run failed", "run", id, "error", err)
+		case abandoned:
+			s.logger.ErrorContext(ctx, "migration run failed: no process with its tenant migrations is left", "run", id, "op", "fanout",
+				"schema", s.schema.Hash())
+		}
+	}
 }
 
 // superviseRuns gives a new generation of slots to each running run of this
@@ -303,6 +377,7 @@ func (s *Service) superviseRuns(ctx context.Context) {
 				s.logger.WarnContext(ctx, "run had no live worker; queued new ones", "run", id, "op", "fanout")
 			}
 		}
+		s.abandonOtherRuns(ctx)
 		select {
 		case <-ctx.Done():
 			return

@@ -354,14 +354,17 @@ func (s *store) getRunTenant(ctx context.Context, q catalog.Querier, runID int64
 	return rt, nil
 }
 
-// claimSQL picks the next tenant the run's limits allow and claims it. It
+// claimSQL picks the next tenant the run's limits allow and claims it:
+// a pending one, one whose lease ran out, or one claimed by the same worker
+// before (whose claim's answer was lost: ClaimRequest.Worker). It
 // answers whether the run is running (for this generation), whether any
 // tenant is not settled yet, and the claimed tenant, if any.
 const claimSQL = `
 WITH run AS (
 	SELECT concurrency, per_server FROM migration_runs WHERE id = $1 AND state = 'running' AND generation = $2
 ), live AS (
-	SELECT server_id FROM migration_run_tenants WHERE run_id = $1 AND state = 'running' AND lease_until >= now()
+	-- the claimer's own row is not live: it claims only when it migrates none
+	SELECT server_id FROM migration_run_tenants WHERE run_id = $1 AND state = 'running' AND lease_until >= now() AND worker <> $4
 ), busy AS (
 	SELECT server_id, count(*) AS n FROM live GROUP BY server_id
 ), gate AS (
@@ -372,7 +375,7 @@ WITH run AS (
 	FROM migration_run_tenants rt CROSS JOIN run CROSS JOIN gate LEFT JOIN busy b ON b.server_id = rt.server_id
 	WHERE rt.run_id = $1
 	  AND ((rt.state = 'pending' AND (rt.not_before IS NULL OR rt.not_before <= now()))
-	       OR (rt.state = 'running' AND rt.lease_until < now()))
+	       OR (rt.state = 'running' AND (rt.lease_until < now() OR rt.worker = $4)))
 	  AND (NOT gate.canaries_only OR rt.canary)
 	  AND coalesce(b.n, 0) < run.per_server
 	  AND (SELECT count(*) FROM live) < run.concurrency
@@ -380,12 +383,13 @@ WITH run AS (
 	LIMIT 1
 ), claimed AS (
 	UPDATE migration_run_tenants rt SET
-		note = CASE WHEN rt.state = 'running' THEN 'taken over from ' || rt.worker || ', whose lease ran out' ELSE rt.note END,
+		note = CASE WHEN rt.state = 'running' AND rt.worker = $4 THEN 'claimed again by its worker, who never got the answer to its claim'
+		            WHEN rt.state = 'running' THEN 'taken over from ' || rt.worker || ', whose lease ran out' ELSE rt.note END,
 		state = 'running', lease_owner = gen_random_uuid(), lease_until = now() + make_interval(secs => $3),
 		worker = $4, attempts = rt.attempts + 1, not_before = NULL, started_at = now(), finished_at = NULL
 	WHERE rt.run_id = $1 AND rt.tenant_id = (SELECT tenant_id FROM pick)
 	  -- again, for a row that its late owner finished meanwhile
-	  AND (rt.state = 'pending' OR (rt.state = 'running' AND rt.lease_until < now()))
+	  AND (rt.state = 'pending' OR (rt.state = 'running' AND (rt.lease_until < now() OR rt.worker = $4)))
 	RETURNING rt.tenant_id
 )
 SELECT EXISTS (SELECT 1 FROM run),
@@ -544,8 +548,17 @@ SELECT count(*) FROM done`
 // has shown a sign of life in for longer than after: their workers' process
 // died, and reviveRun should give them new ones.
 func (s *store) UnattendedRuns(ctx context.Context, schemaHash string, after time.Duration) ([]int64, error) {
+	return s.unattendedRuns(ctx, "=", schemaHash, after)
+}
+
+// OtherUnattendedRuns is UnattendedRuns of the runs of every other tenant schema.
+func (s *store) OtherUnattendedRuns(ctx context.Context, schemaHash string, after time.Duration) ([]int64, error) {
+	return s.unattendedRuns(ctx, "<>", schemaHash, after)
+}
+
+func (s *store) unattendedRuns(ctx context.Context, op, schemaHash string, after time.Duration) ([]int64, error) {
 	rows, err := s.db.Pool().Query(ctx, `SELECT id FROM migration_runs
-		WHERE state = 'running' AND schema_hash = $1 AND heartbeat_at < now() - make_interval(secs => $2)`, schemaHash, after.Seconds())
+		WHERE state = 'running' AND schema_hash `+op+` $1 AND heartbeat_at < now() - make_interval(secs => $2)`, schemaHash, after.Seconds())
 	if err != nil {
 		return nil, catalog.Classify(err, "migration runs")
 	}
@@ -559,6 +572,17 @@ func (s *store) UnattendedRuns(ctx context.Context, schemaHash string, after tim
 func (s *store) bumpUnattended(ctx context.Context, q catalog.Querier, id int64, after time.Duration) (bool, error) {
 	tag, err := q.Exec(ctx, `UPDATE migration_runs SET generation = generation + 1, heartbeat_at = now(), updated_at = now()
 		WHERE id = $1 AND state = 'running' AND heartbeat_at < now() - make_interval(secs => $2)`, id, after.Seconds())
+	if err != nil {
+		return false, catalog.Classify(err, runSubject(id))
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+// failUnattended fails a running run that no worker has touched for longer
+// than after, with the reason, and reports whether it did.
+func (s *store) failUnattended(ctx context.Context, q catalog.Querier, id int64, after time.Duration, reason string) (bool, error) {
+	tag, err := q.Exec(ctx, `UPDATE migration_runs SET state = 'failed', reason = $3, finished_at = now(), updated_at = now()
+		WHERE id = $1 AND state = 'running' AND heartbeat_at < now() - make_interval(secs => $2)`, id, after.Seconds(), reason)
 	if err != nil {
 		return false, catalog.Classify(err, runSubject(id))
 	}

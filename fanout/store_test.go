@@ -3,6 +3,7 @@ package fanout
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -46,9 +47,17 @@ func activeTenants(t *testing.T, b *storeBundle, servers []string, n int) {
 	}
 }
 
+// claim claims as a new worker each time.
 func claim(t *testing.T, b *storeBundle, run MigrationRun, lease time.Duration) (RunTenant, ClaimOutcome) {
 	t.Helper()
-	rt, outcome, err := claimTenant(context.Background(), b.runs, ClaimRequest{RunID: run.ID, Generation: run.Generation, Worker: "test", Lease: lease})
+	return claimAs(t, b, run, lease, fmt.Sprintf("test-%d", workers.Add(1)))
+}
+
+var workers atomic.Int64
+
+func claimAs(t *testing.T, b *storeBundle, run MigrationRun, lease time.Duration, worker string) (RunTenant, ClaimOutcome) {
+	t.Helper()
+	rt, outcome, err := claimTenant(context.Background(), b.runs, ClaimRequest{RunID: run.ID, Generation: run.Generation, Worker: worker, Lease: lease})
 	require.NoError(t, err)
 	return rt, outcome
 }
@@ -101,6 +110,18 @@ func TestRunClaimsKeepCanaryAndLimits(t *testing.T) {
 	_, o = claim(t, b, run, time.Minute)
 	require.Equal(t, ClaimWait, o)
 
+	// A worker claims only when it migrates nothing: one that claims again
+	// before its lease ran out never got the answer to its claim (the
+	// catalog reset under it), and gets its row back at once, though the
+	// server's limit is reached; the lost claim no longer counts.
+	again, o := claimAs(t, b, run, time.Minute, c4.Worker)
+	require.Equal(t, ClaimGot, o)
+	require.Equal(t, c4.TenantID, again.TenantID)
+	require.Contains(t, again.Note, "claimed again by its worker")
+	_, lost := finish(t, b, c4, RunTenantDone)
+	require.True(t, lost, "the lost claim no longer counts")
+	c4 = again
+
 	// A failure within max_failures goes on; only the claim's owner records.
 	forged := c3
 	forged.LeaseOwner = "00000000-0000-0000-0000-000000000000"
@@ -118,7 +139,7 @@ func TestRunClaimsKeepCanaryAndLimits(t *testing.T) {
 	require.Equal(t, ClaimGot, o6)
 	require.Equal(t, c5.TenantID, c6.TenantID)
 	require.Equal(t, 2, c6.Attempts)
-	require.Contains(t, c6.Note, "taken over from test")
+	require.Contains(t, c6.Note, "taken over from "+c5.Worker)
 	_, stale = finish(t, b, c5, RunTenantDone)
 	require.True(t, stale, "the old claim no longer counts")
 

@@ -21,9 +21,11 @@ import (
 // makes its tenant; a hung or resetting one fails it, within the server
 // timeout, with an error naming the server and what went wrong; once the
 // wire is clean again a retry makes it. After every round nothing is
-// orphaned on either server.
+// orphaned on either server. It runs alone: it checks that no goroutine is
+// left running once the provisioner has stopped.
 func TestProvisioningUnderNetworkFaults(t *testing.T) {
-	t.Parallel()
+	pgtest.Shared(t)
+	faulttest.VerifyNoLeaks(t)
 	_ = faulttest.Seed(t) // the schedule is fixed; the seed is printed for the record
 	b := setup(t)         // pg-1: healthy
 	ctx := context.Background()

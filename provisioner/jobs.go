@@ -54,13 +54,18 @@ func (w *dropWorker) Work(ctx context.Context, job *river.Job[dropArgs]) error {
 }
 
 // runJob runs one tenant job. An interrupted job (the process is stopping)
-// returns its error so River retries it, here or on another replica. Any
-// other failure marks the tenant failed with the reason, for the operator to
-// read and retry: a server that is down should not be hammered by retries.
+// returns its error so River retries it, here or on another replica; one
+// the catalog did not answer (catalog.CatalogDown) is tried again shortly,
+// the tenant left as it is. Any other failure marks the tenant failed with
+// the reason, for the operator to read and retry: a server that is down
+// should not be hammered by retries.
 func (p *Provisioner) runJob(ctx context.Context, tenantID, what string, fn func(context.Context, catalog.Tenant) error) error {
 	t, err := p.store.GetTenantByID(ctx, tenantID)
 	if errors.Is(err, catalog.ErrNotFound) {
 		return nil
+	}
+	if catalog.CatalogDown(err) && ctx.Err() == nil {
+		return river.JobSnooze(catalogRetry)
 	}
 	if err != nil {
 		return err
@@ -75,6 +80,13 @@ func (p *Provisioner) runJob(ctx context.Context, tenantID, what string, fn func
 	case ctx.Err() != nil || errors.Is(err, errInterrupted):
 		logger.WarnContext(ctx, what+" interrupted; it will resume", "error", err)
 		return err
+	case catalog.CatalogDown(err):
+		// The catalog hung or reset under the job: nothing the tenant or
+		// its server did. The tenant stays where it is and the job tries
+		// again shortly (a snooze costs no attempt); every step is
+		// idempotent, so the retry finds done what was done.
+		logger.WarnContext(ctx, what+": the catalog did not answer; trying again in "+catalogRetry.String(), "error", err)
+		return river.JobSnooze(catalogRetry)
 	}
 	reason := fmt.Sprintf("%s failed: %v", what, err)
 	logger.ErrorContext(ctx, what+" failed", "error", err)
@@ -91,6 +103,21 @@ func (p *Provisioner) runJob(ctx context.Context, tenantID, what string, fn func
 	}
 	return nil
 }
+
+// stepError says which step on a tenant server failed, in words for an
+// operator (catalog.DescribeServerError). A failure of the catalog met on
+// the way (a server's DSN, say) stays in the chain: runJob sees it and
+// waits for the catalog instead of failing the tenant for its server.
+func stepError(server, step string, err error) error {
+	if catalog.CatalogDown(err) {
+		return fmt.Errorf("server %s: %s: %w", server, step, err)
+	}
+	return fmt.Errorf("server %s: %s: %s", server, step, catalog.DescribeServerError(err))
+}
+
+// catalogRetry is how long a tenant job waits for a catalog that did not
+// answer before it tries again.
+const catalogRetry = time.Second
 
 // errInterrupted marks a step stopped on purpose (tests' crash hook).
 var errInterrupted = errors.New("interrupted")
@@ -174,24 +201,24 @@ func (p *Provisioner) onServerSteps(ctx context.Context, srv catalog.Server, t c
 	}
 	claimed, err := p.claimWarm(ctx, pool, t, password)
 	if err != nil {
-		return schema, fmt.Errorf("server %s: claiming a warm database: %s", srv.Name, catalog.DescribeServerError(err))
+		return schema, stepError(srv.Name, "claiming a warm database", err)
 	}
 	schema = catalog.SchemaState{Version: int64(p.schema.Latest())}
 	if !claimed {
 		if err := p.ensureRole(ctx, pool, t.Role, password); err != nil {
-			return schema, fmt.Errorf("server %s: creating role: %s", srv.Name, catalog.DescribeServerError(err))
+			return schema, stepError(srv.Name, "creating role", err)
 		}
 		if err := p.step(ctx, t, "role"); err != nil {
 			return schema, err
 		}
 		if err := p.ensureDatabase(ctx, srv, pool, t); err != nil {
-			return schema, fmt.Errorf("server %s: creating database: %s", srv.Name, catalog.DescribeServerError(err))
+			return schema, stepError(srv.Name, "creating database", err)
 		}
 		if err := p.step(ctx, t, "database"); err != nil {
 			return schema, err
 		}
 		if schema.Version, schema.Dirty, err = p.grantTables(ctx, srv.Name, t.Database, t.Role); err != nil {
-			return schema, fmt.Errorf("server %s: granting the tenant role: %s", srv.Name, catalog.DescribeServerError(err))
+			return schema, stepError(srv.Name, "granting the tenant role", err)
 		}
 		if err := p.step(ctx, t, "schema"); err != nil {
 			return schema, err

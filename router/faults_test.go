@@ -16,7 +16,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 
 	"github.com/tenantplane/tenantplane/catalog"
 	"github.com/tenantplane/tenantplane/internal/faulttest"
@@ -163,8 +162,8 @@ func routerConns(t testing.TB, srv *pgtest.Server) int {
 // It runs alone (no t.Parallel): the goroutine-leak check reads every
 // goroutine of the process, and the latency comparison wants a quiet one.
 func TestHungServerOnlyAffectsItsTenants(t *testing.T) {
-	t.Cleanup(func() { goleak.VerifyNone(t, goleak.IgnoreCurrent()) }) // runs last
-	_ = faulttest.Seed(t)                                              // the schedule is fixed; the seed is printed for the record
+	faulttest.VerifyNoLeaks(t) // first: its check runs after every other cleanup
+	_ = faulttest.Seed(t)      // the schedule is fixed; the seed is printed for the record
 	h := runHungServer(t, 150, 1)
 	bad := slices.DeleteFunc(slices.Clone(h.hungAnswers), func(s string) bool { return s == "" })
 	require.Empty(t, bad, "each of the hung server's tenant's %d answers is what its phase promises (503 within 2 s while the wire hangs, 200 before and after)", len(h.hungAnswers))
