@@ -29,7 +29,8 @@ type meter struct {
 	pending  []usageBatch         // flushed but not yet accepted, oldest first
 	keysUsed map[string]time.Time // API key id -> last use, for the keys' last_used_at
 
-	flushMu sync.Mutex // one flush at a time
+	flushMu sync.Mutex           // one flush at a time
+	touched map[string]time.Time // API key id -> the use last written to last_used_at; guarded by flushMu
 	loop    startstop.Loop
 
 	flushed prometheus.Counter
@@ -49,7 +50,7 @@ type usageBatch struct {
 const flushTimeout = 5 * time.Second
 
 func newMeter(store *catalog.Store, logger *slog.Logger, interval time.Duration, reg prometheus.Registerer) *meter {
-	m := &meter{store: store, logger: logger, interval: interval, counts: map[meterKey]int64{}, keysUsed: map[string]time.Time{},
+	m := &meter{store: store, logger: logger, interval: interval, counts: map[meterKey]int64{}, keysUsed: map[string]time.Time{}, touched: map[string]time.Time{},
 		flushed: prometheus.NewCounter(prometheus.CounterOpts{Name: "tenantplane_router_api_calls_flushed_total", Help: "api_calls written to the catalog."})}
 	if reg != nil {
 		reg.MustRegister(m.flushed)
@@ -150,20 +151,39 @@ func (m *meter) flush(ctx context.Context) error {
 	return nil
 }
 
-// touchKeys records when keys were last used; at-most-once is enough here.
+// keyTouchEvery is how often a key in use has its last_used_at written: to
+// the minute, not a row update per key on every flush.
+const keyTouchEvery = time.Minute
+
+// touchKeys records when keys were last used, each at most once a
+// keyTouchEvery; at-most-once is enough here. Called under flushMu.
 func (m *meter) touchKeys(ctx context.Context, used map[string]time.Time) error {
-	if len(used) == 0 {
-		return nil
-	}
 	ids := make([]string, 0, len(used))
 	var latest time.Time
 	for id, at := range used {
+		if at.Sub(m.touched[id]) < keyTouchEvery {
+			continue
+		}
 		ids = append(ids, id)
 		if at.After(latest) {
 			latest = at
 		}
 	}
-	return m.store.TouchAPIKeys(ctx, ids, latest)
+	for id, at := range m.touched {
+		if time.Since(at) >= keyTouchEvery {
+			delete(m.touched, id) // its next use is written anyway
+		}
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	if err := m.store.TouchAPIKeys(ctx, ids, latest); err != nil {
+		return err
+	}
+	for _, id := range ids {
+		m.touched[id] = used[id]
+	}
+	return nil
 }
 
 func newBatchID() string {
