@@ -125,7 +125,7 @@ func (r *Router) pooledDB(c *gin.Context, e *resolved) (*pgxpool.Conn, error) {
 	if !isUUID(e.tenant.ID) {
 		return nil, catalog.Errorf(catalog.CodeInternal, "tenant id %q is not a UUID", e.tenant.ID)
 	}
-	wait, cancel := context.WithTimeout(c, r.cfg.AcquireTimeout)
+	wait, cancel := context.WithTimeout(c.Request.Context(), r.cfg.AcquireTimeout) // not c: its Value takes a lock
 	defer cancel()
 	ts, err := r.slots.take(wait, e.tenant.ID, e.plan.MaxConns)
 	if err != nil {
