@@ -1,6 +1,7 @@
 package controlplane
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	_ "embed"
@@ -70,6 +71,23 @@ func numericID(c *gin.Context, what string) (int64, bool) {
 		return 0, false
 	}
 	return id, true
+}
+
+// getByID answers GET of a numbered object: get reads it by its :id (a
+// malformed one is 404, as numericID says), the answer is the object.
+func getByID[T any](what string, get func(context.Context, int64) (T, error)) gin.HandlerFunc {
+	return func(c *gin.Context) {
+		id, ok := numericID(c, what)
+		if !ok {
+			return
+		}
+		v, err := get(c, id)
+		if err != nil {
+			httpapi.WriteError(c, err)
+			return
+		}
+		c.JSON(http.StatusOK, v)
+	}
 }
 
 func (a *App) listServers(c *gin.Context) {

@@ -40,7 +40,7 @@ func (a *App) billingRoutes(e *gin.Engine, v1 *gin.RouterGroup) {
 	v1.POST("/plans/:name/versions", a.createPlanVersion)
 	v1.POST("/billing/runs", a.startBillingRun)
 	v1.GET("/billing/runs", a.listBillingRuns)
-	v1.GET("/billing/runs/:id", a.getBillingRun)
+	v1.GET("/billing/runs/:id", getByID("billing run", a.billing.GetRun))
 	v1.GET("/tenants/:slug/invoices", a.listInvoices)
 	v1.GET("/tenants/:slug/invoice-preview", a.invoicePreview)
 	v1.GET("/tenants/:slug/billing-address", a.getBillingAddress)
@@ -230,19 +230,6 @@ func (a *App) listBillingRuns(c *gin.Context) {
 		return
 	}
 	c.JSON(http.StatusOK, httpapi.Page("runs", runs, next, nil))
-}
-
-func (a *App) getBillingRun(c *gin.Context) {
-	id, ok := numericID(c, "billing run")
-	if !ok {
-		return
-	}
-	run, err := a.billing.GetRun(c, id)
-	if err != nil {
-		httpapi.WriteError(c, err)
-		return
-	}
-	c.JSON(http.StatusOK, run)
 }
 
 func (a *App) listInvoices(c *gin.Context) {

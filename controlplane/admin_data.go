@@ -18,7 +18,7 @@ func (a *App) dataRoutes(v1 *gin.RouterGroup) {
 	v1.GET("/tenants/:slug/backups", a.listBackups)
 	v1.GET("/tenants/:slug/backups/:id", a.getBackup)
 	v1.POST("/tenants/:slug/backups/:id/restore", a.startRestore)
-	v1.GET("/restores/:id", a.getRestore)
+	v1.GET("/restores/:id", getByID("restore", a.data.GetRestore))
 	v1.POST("/tenants/:slug/exports", a.startExport)
 	v1.GET("/tenants/:slug/exports", a.listExports)
 	v1.GET("/tenants/:slug/exports/:id", a.getExport)
@@ -91,19 +91,6 @@ func (a *App) startRestore(c *gin.Context) {
 	}
 	a.logger.InfoContext(c, "restore started", "tenant", r.Tenant, "backup", r.BackupID, "restore", r.ID, "mode", r.Mode)
 	c.JSON(http.StatusAccepted, r)
-}
-
-func (a *App) getRestore(c *gin.Context) {
-	id, ok := numericID(c, "restore")
-	if !ok {
-		return
-	}
-	r, err := a.data.GetRestore(c, id)
-	if err != nil {
-		httpapi.WriteError(c, err)
-		return
-	}
-	c.JSON(http.StatusOK, r)
 }
 
 func (a *App) startExport(c *gin.Context) {

@@ -19,7 +19,7 @@ func (a *App) evacuationRoutes(v1 *gin.RouterGroup) {
 	v1.POST("/servers/:name/activate", a.activateServer)
 	v1.POST("/servers/rebalance", a.rebalance)
 	v1.GET("/evacuations", a.listEvacuations)
-	v1.GET("/evacuations/:id", a.getEvacuation)
+	v1.GET("/evacuations/:id", getByID("evacuation", a.moves.GetEvacuation))
 	v1.POST("/evacuations/:id/pause", a.evacuationAction((*mover.Service).PauseEvacuation, "paused"))
 	v1.POST("/evacuations/:id/resume", a.evacuationAction((*mover.Service).ResumeEvacuation, "resumed"))
 	v1.POST("/evacuations/:id/cancel", a.evacuationAction((*mover.Service).CancelEvacuation, "cancelled"))
@@ -89,19 +89,6 @@ func (a *App) listEvacuations(c *gin.Context) {
 }
 
 func evacuationID(c *gin.Context) (int64, bool) { return numericID(c, "evacuation") }
-
-func (a *App) getEvacuation(c *gin.Context) {
-	id, ok := evacuationID(c)
-	if !ok {
-		return
-	}
-	e, err := a.moves.GetEvacuation(c, id)
-	if err != nil {
-		httpapi.WriteError(c, err)
-		return
-	}
-	c.JSON(http.StatusOK, e)
-}
 
 func (a *App) evacuationAction(do func(*mover.Service, context.Context, int64, string) (mover.Evacuation, error), done string) gin.HandlerFunc {
 	return func(c *gin.Context) {

@@ -16,7 +16,7 @@ import (
 func (a *App) fanoutRoutes(v1 *gin.RouterGroup) {
 	v1.POST("/migrations/runs", a.startRun)
 	v1.GET("/migrations/runs", a.listRuns)
-	v1.GET("/migrations/runs/:id", a.getRun)
+	v1.GET("/migrations/runs/:id", getByID("run", a.fanout.Report))
 	v1.GET("/migrations/runs/:id/tenants", a.runTenants)
 	v1.POST("/migrations/runs/:id/pause", a.changeRun(fanout.RunPause))
 	v1.POST("/migrations/runs/:id/resume", a.changeRun(fanout.RunResume))
@@ -61,19 +61,6 @@ func (a *App) listRuns(c *gin.Context) {
 }
 
 func runID(c *gin.Context) (int64, bool) { return numericID(c, "run") }
-
-func (a *App) getRun(c *gin.Context) {
-	id, ok := runID(c)
-	if !ok {
-		return
-	}
-	report, err := a.fanout.Report(c, id)
-	if err != nil {
-		httpapi.WriteError(c, err)
-		return
-	}
-	c.JSON(http.StatusOK, report)
-}
 
 // runTenants lists a run's tenants, ?state= one of pending, running, done,
 // failed, skipped.

@@ -14,7 +14,7 @@ import (
 func (a *App) moveRoutes(v1 *gin.RouterGroup) {
 	v1.POST("/tenants/:slug/move", a.startMove)
 	v1.GET("/moves", a.listMoves)
-	v1.GET("/moves/:id", a.getMove)
+	v1.GET("/moves/:id", getByID("move", a.moves.Get))
 	v1.POST("/moves/:id/cancel", a.cancelMove)
 	v1.POST("/moves/:id/revert", a.revertMove)
 	v1.POST("/tenants/:slug/promote", a.promote)
@@ -118,19 +118,6 @@ func (a *App) listMoves(c *gin.Context) {
 }
 
 func moveID(c *gin.Context) (int64, bool) { return numericID(c, "move") }
-
-func (a *App) getMove(c *gin.Context) {
-	id, ok := moveID(c)
-	if !ok {
-		return
-	}
-	m, err := a.moves.Get(c, id)
-	if err != nil {
-		httpapi.WriteError(c, err)
-		return
-	}
-	c.JSON(http.StatusOK, m)
-}
 
 // cancelMove asks an open move to stop: it rolls back from where it is (the
 // fence lifted, the target dropped) and ends aborted. The answer is the move

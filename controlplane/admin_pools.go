@@ -14,7 +14,7 @@ import (
 func (a *App) poolRoutes(v1 *gin.RouterGroup) {
 	v1.POST("/pools", a.createPool)
 	v1.GET("/pools", a.listPools)
-	v1.GET("/pools/:id", a.getPool)
+	v1.GET("/pools/:id", getByID("pool database", a.store.GetPoolDatabase))
 	v1.POST("/pools/:id/retry", a.retryPool)
 }
 
@@ -74,17 +74,4 @@ func (a *App) listPools(c *gin.Context) {
 		return
 	}
 	c.JSON(http.StatusOK, gin.H{"pools": pools})
-}
-
-func (a *App) getPool(c *gin.Context) {
-	id, ok := numericID(c, "pool database")
-	if !ok {
-		return
-	}
-	p, err := a.store.GetPoolDatabase(c, id)
-	if err != nil {
-		httpapi.WriteError(c, err)
-		return
-	}
-	c.JSON(http.StatusOK, p)
 }
