@@ -742,32 +742,9 @@ func (s *store) GetBillingRun(ctx context.Context, id int64) (BillingRun, error)
 // (YYYY-MM) or of all when period is "": at most limit (catalog.CheckLimit's bounds)
 // after cursor, and the next page's cursor ("" on the last).
 func (s *store) ListBillingRuns(ctx context.Context, period string, limit int, cursor string) ([]BillingRun, string, error) {
-	limit, err := catalog.CheckLimit(limit)
-	if err != nil {
-		return nil, "", err
-	}
-	before, err := catalog.IDCursor(cursor)
-	if err != nil {
-		return nil, "", err
-	}
-	rows, err := s.pool.Query(ctx, `SELECT `+billingRunColumns+` FROM billing_runs
-		WHERE ($1 = '' OR to_char(period, 'YYYY-MM') = $1) AND id < $3 ORDER BY id DESC LIMIT $2`, period, limit+1, before)
-	if err != nil {
-		return nil, "", catalog.Classify(err, "billing runs")
-	}
-	runs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (BillingRun, error) { return scanBillingRun(row) })
-	if err != nil {
-		return nil, "", catalog.Classify(err, "billing runs")
-	}
-	next := ""
-	if len(runs) > limit {
-		runs = runs[:limit]
-		next = catalog.EncodeCursor(strconv.FormatInt(runs[limit-1].ID, 10))
-	}
-	if runs == nil {
-		runs = []BillingRun{}
-	}
-	return runs, next, nil
+	return catalog.IDPage(ctx, s.pool, limit, cursor, "billing runs", `SELECT `+billingRunColumns+` FROM billing_runs
+		WHERE ($1 = '' OR to_char(period, 'YYYY-MM') = $1) AND id < $2 ORDER BY id DESC LIMIT $3`,
+		scanBillingRun, func(r BillingRun) int64 { return r.ID }, period)
 }
 
 // OpenBillingRuns returns the runs pending or running, oldest first.

@@ -1,10 +1,13 @@
 package catalog
 
 import (
+	"context"
 	"encoding/base64"
 	"math"
 	"strconv"
 	"strings"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // Every list of both APIs pages the same way: ?limit= from 1 to
@@ -69,4 +72,35 @@ func IDCursor(cursor string) (int64, error) {
 		return 0, ErrBadCursor()
 	}
 	return id, nil
+}
+
+// IDPage pages a list ordered by a numeric id, newest first: it runs query
+// with args followed by the id to list below and the row limit (so those
+// are its last two parameters), scans each row, and returns at most limit
+// of them (CheckLimit's bounds) after cursor, with the next page's cursor
+// ("" on the last). what names the list in errors.
+func IDPage[T any](ctx context.Context, q Querier, limit int, cursor, what, query string,
+	scan func(pgx.Row) (T, error), id func(T) int64, args ...any) ([]T, string, error) {
+	limit, err := CheckLimit(limit)
+	if err != nil {
+		return nil, "", err
+	}
+	before, err := IDCursor(cursor)
+	if err != nil {
+		return nil, "", err
+	}
+	rows, err := q.Query(ctx, query, append(args, before, limit+1)...)
+	if err != nil {
+		return nil, "", Classify(err, what)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (T, error) { return scan(r) })
+	if err != nil {
+		return nil, "", Classify(err, what)
+	}
+	next := ""
+	if len(out) > limit {
+		out = out[:limit]
+		next = EncodeCursor(strconv.FormatInt(id(out[limit-1]), 10))
+	}
+	return out, next, nil
 }

@@ -10,7 +10,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -140,36 +139,8 @@ func (s *Service) ListBackups(ctx context.Context, slug string, limit int, curso
 	if err != nil {
 		return nil, "", err
 	}
-	return listPage(ctx, s.store, limit, cursor, backupSelect+`WHERE b.tenant_id = $1 AND b.id < $2 ORDER BY b.id DESC LIMIT $3`,
-		t.ID, scanBackup, func(b Backup) int64 { return b.ID })
-}
-
-// listPage runs a query of rows ordered by id, newest first, whose
-// arguments are (key, below id, limit), and pages it with catalog's cursors.
-func listPage[T any](ctx context.Context, store *catalog.Store, limit int, cursor, query string, key any,
-	scan func(pgx.Row) (T, error), id func(T) int64) ([]T, string, error) {
-	limit, err := catalog.CheckLimit(limit)
-	if err != nil {
-		return nil, "", err
-	}
-	before, err := catalog.IDCursor(cursor)
-	if err != nil {
-		return nil, "", err
-	}
-	rows, err := store.Pool().Query(ctx, query, key, before, limit+1)
-	if err != nil {
-		return nil, "", catalog.Classify(err, "list")
-	}
-	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (T, error) { return scan(r) })
-	if err != nil {
-		return nil, "", catalog.Classify(err, "list")
-	}
-	next := ""
-	if len(out) > limit {
-		out = out[:limit]
-		next = catalog.EncodeCursor(strconv.FormatInt(id(out[limit-1]), 10))
-	}
-	return out, next, nil
+	return catalog.IDPage(ctx, s.store.Pool(), limit, cursor, "backups", backupSelect+`WHERE b.tenant_id = $1 AND b.id < $2 ORDER BY b.id DESC LIMIT $3`,
+		scanBackup, func(b Backup) int64 { return b.ID }, t.ID)
 }
 
 // ScheduleBackups queues a backup of every active or suspended tenant whose

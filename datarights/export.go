@@ -142,8 +142,8 @@ func (s *Service) ListExports(ctx context.Context, slug string, limit int, curso
 	if err != nil {
 		return nil, "", err
 	}
-	return listPage(ctx, s.store, limit, cursor, exportSelect+`WHERE x.tenant_id = $1 AND x.id < $2 ORDER BY x.id DESC LIMIT $3`,
-		t.ID, scanExport, func(x Export) int64 { return x.ID })
+	return catalog.IDPage(ctx, s.store.Pool(), limit, cursor, "exports", exportSelect+`WHERE x.tenant_id = $1 AND x.id < $2 ORDER BY x.id DESC LIMIT $3`,
+		scanExport, func(x Export) int64 { return x.ID }, t.ID)
 }
 
 // OpenExport opens a finished export's zip for download. An export not

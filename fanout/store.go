@@ -172,26 +172,10 @@ func (s *store) GetMigrationRun(ctx context.Context, id int64) (MigrationRun, er
 // (catalog.CheckLimit's bounds) after cursor, and the cursor of the next page ("" on
 // the last).
 func (s *store) ListMigrationRuns(ctx context.Context, limit int, cursor string) ([]MigrationRun, string, error) {
-	limit, err := catalog.CheckLimit(limit)
+	ids, next, err := catalog.IDPage(ctx, s.db.Pool(), limit, cursor, "migration runs", `SELECT r.id FROM migration_runs r WHERE r.id < $1 ORDER BY r.id DESC LIMIT $2`,
+		func(r pgx.Row) (id int64, err error) { err = r.Scan(&id); return id, err }, func(id int64) int64 { return id })
 	if err != nil {
 		return nil, "", err
-	}
-	before, err := catalog.IDCursor(cursor)
-	if err != nil {
-		return nil, "", err
-	}
-	rows, err := s.db.Pool().Query(ctx, `SELECT r.id FROM migration_runs r WHERE r.id < $1 ORDER BY r.id DESC LIMIT $2`, before, limit+1)
-	if err != nil {
-		return nil, "", catalog.Classify(err, "migration runs")
-	}
-	ids, err := pgx.CollectRows(rows, pgx.RowTo[int64])
-	if err != nil {
-		return nil, "", catalog.Classify(err, "migration runs")
-	}
-	next := ""
-	if len(ids) > limit {
-		ids = ids[:limit]
-		next = catalog.EncodeCursor(strconv.FormatInt(ids[limit-1], 10))
 	}
 	runs := make([]MigrationRun, 0, len(ids))
 	for _, id := range ids {

@@ -318,41 +318,18 @@ func (s *Service) GetEvacuation(ctx context.Context, id int64) (Evacuation, erro
 // at a time (catalog's limits and cursors), with their counts but not their
 // tenants; the cursor is "" on the last page.
 func (s *Service) ListEvacuations(ctx context.Context, limit int, cursor string) ([]Evacuation, string, error) {
-	limit, err := catalog.CheckLimit(limit)
-	if err != nil {
-		return nil, "", err
-	}
-	before, err := catalog.IDCursor(cursor)
-	if err != nil {
-		return nil, "", err
-	}
-	rows, err := s.store.Pool().Query(ctx, `SELECT e.id, e.kind, coalesce(s.name, ''), e.state, e.concurrency, e.per_server, e.mode, e.max_attempts, e.last_error, e.actor,
+	return catalog.IDPage(ctx, s.store.Pool(), limit, cursor, "evacuations", `SELECT e.id, e.kind, coalesce(s.name, ''), e.state, e.concurrency, e.per_server, e.mode, e.max_attempts, e.last_error, e.actor,
 		e.created_at, e.updated_at, e.finished_at,
 		count(et.tenant_id), count(*) FILTER (WHERE et.state = 'pending'), count(*) FILTER (WHERE et.state = 'moving'),
 		count(*) FILTER (WHERE et.state = 'moved'), count(*) FILTER (WHERE et.state = 'failed'), count(*) FILTER (WHERE et.state = 'skipped')
 		FROM evacuations e LEFT JOIN servers s ON s.id = e.server_id LEFT JOIN evacuation_tenants et ON et.evacuation_id = e.id
-		WHERE e.id < $1 GROUP BY e.id, s.name ORDER BY e.id DESC LIMIT $2`, before, limit+1)
-	if err != nil {
-		return nil, "", catalog.Classify(err, "evacuations")
-	}
-	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Evacuation, error) {
-		var e Evacuation
-		err := row.Scan(&e.ID, &e.Kind, &e.Server, &e.State, &e.Concurrency, &e.PerServer, &e.Mode, &e.MaxAttempts, &e.LastError, &e.Actor,
-			&e.CreatedAt, &e.UpdatedAt, &e.FinishedAt, &e.Total, &e.Pending, &e.Moving, &e.Moved, &e.Failed, &e.Skipped)
-		return e, err
-	})
-	if err != nil {
-		return nil, "", catalog.Classify(err, "evacuations")
-	}
-	next := ""
-	if len(out) > limit {
-		out = out[:limit]
-		next = catalog.EncodeCursor(strconv.FormatInt(out[limit-1].ID, 10))
-	}
-	if out == nil {
-		out = []Evacuation{}
-	}
-	return out, next, nil
+		WHERE e.id < $1 GROUP BY e.id, s.name ORDER BY e.id DESC LIMIT $2`,
+		func(row pgx.Row) (Evacuation, error) {
+			var e Evacuation
+			err := row.Scan(&e.ID, &e.Kind, &e.Server, &e.State, &e.Concurrency, &e.PerServer, &e.Mode, &e.MaxAttempts, &e.LastError, &e.Actor,
+				&e.CreatedAt, &e.UpdatedAt, &e.FinishedAt, &e.Total, &e.Pending, &e.Moving, &e.Moved, &e.Failed, &e.Skipped)
+			return e, err
+		}, func(e Evacuation) int64 { return e.ID })
 }
 
 // PauseEvacuation stops an evacuation from starting moves; the moves under

@@ -503,36 +503,8 @@ func (s *Service) Get(ctx context.Context, id int64) (Move, error) {
 // List returns moves, newest first, a page at a time (catalog's limits and
 // cursors); the cursor is "" on the last page.
 func (s *Service) List(ctx context.Context, limit int, cursor string) ([]Move, string, error) {
-	limit, err := catalog.CheckLimit(limit)
-	if err != nil {
-		return nil, "", err
-	}
-	before, err := catalog.IDCursor(cursor)
-	if err != nil {
-		return nil, "", err
-	}
-	rows, err := s.store.Pool().Query(ctx, moveSelect+` WHERE m.id < $1 ORDER BY m.id DESC LIMIT $2`, before, limit+1)
-	if err != nil {
-		return nil, "", catalog.Classify(err, "moves")
-	}
-	var out []Move
-	for rows.Next() {
-		m, err := scanMove(rows)
-		if err != nil {
-			rows.Close()
-			return nil, "", catalog.Classify(err, "moves")
-		}
-		out = append(out, m.Move)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, "", catalog.Classify(err, "moves")
-	}
-	next := ""
-	if len(out) > limit {
-		out = out[:limit]
-		next = catalog.EncodeCursor(strconv.FormatInt(out[limit-1].ID, 10))
-	}
-	return out, next, nil
+	return catalog.IDPage(ctx, s.store.Pool(), limit, cursor, "moves", moveSelect+` WHERE m.id < $1 ORDER BY m.id DESC LIMIT $2`,
+		func(r pgx.Row) (Move, error) { m, err := scanMove(r); return m.Move, err }, func(m Move) int64 { return m.ID })
 }
 
 // Cancel asks the job of a move that has not switched yet to stop: it lifts
